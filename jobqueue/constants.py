@@ -1,0 +1,96 @@
+"""The shared vocabulary: statuses, priorities, limits and file names.
+
+Everything here is a plain value; no module-level state.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+
+class Status(enum.StrEnum):
+    """Status of a job or of one of its opcodes (both share the strings)."""
+
+    QUEUED = "queued"
+    WAITING = "waiting"
+    CANCELING = "canceling"
+    RUNNING = "running"
+    CANCELED = "canceled"
+    SUCCESS = "success"
+    ERROR = "error"
+
+
+#: A job or opcode in one of these will never change again.
+FINALIZED: Final = frozenset({Status.CANCELED, Status.SUCCESS, Status.ERROR})
+#: Accepted by the queue but not yet running.
+PENDING: Final = frozenset({Status.QUEUED, Status.WAITING, Status.CANCELING})
+
+# Priorities: lower number runs first, like Unix nice values.
+PRIO_HIGHEST: Final = -20
+PRIO_LOWEST: Final = 19
+PRIO_HIGH: Final = -10
+PRIO_NORMAL: Final = 0
+PRIO_LOW: Final = 10
+PRIO_DEFAULT: Final = PRIO_NORMAL
+#: The priorities a client may submit or change to; the rest are reached only
+#: through lock-wait escalation.
+PRIO_SUBMIT_VALID: Final = frozenset({PRIO_HIGH, PRIO_NORMAL, PRIO_LOW})
+PRIO_NAMES: Final = {"high": PRIO_HIGH, "normal": PRIO_NORMAL, "low": PRIO_LOW}
+
+# Log entry types written by the queue and the built-in LUs.
+ELOG_MESSAGE: Final = "message"
+ELOG_STDOUT: Final = "stdout"
+ELOG_STDERR: Final = "stderr"
+
+# Fixed texts clients and tests match on.
+MSG_CANCELED: Final = "Job canceled by request"
+MSG_UNCLEAN_SHUTDOWN: Final = "Unclean master daemon shutdown"
+MSG_PRECEDING_FAILED: Final = "Preceding opcode failed"
+MSG_DRAINED: Final = "Job queue is drained, refusing job"
+MSG_SHUTTING_DOWN: Final = "Job queue is shutting down, refusing job"
+
+#: WaitForJobChange answer when nothing changed before the timeout.
+JOB_NOTCHANGED: Final = "nochange"
+
+# Layout under the state directory.
+QUEUE_DIR: Final = "queue"
+ARCHIVE_DIR: Final = "archive"
+CORRUPT_DIR: Final = "corrupt"
+RUN_DIR: Final = "run"
+LOG_DIR: Final = "log"
+SERIAL_FILE: Final = "serial"
+VERSION_FILE: Final = "version"
+DRAIN_FILE: Final = "drain"
+LOCK_FILE: Final = "lock"
+JOB_FILE_PREFIX: Final = "job-"
+TEMP_SUFFIX: Final = ".tmp"
+MASTER_SOCKET: Final = "master.sock"
+QUERY_SOCKET: Final = "query.sock"
+PID_FILE: Final = "jobqueue-masterd.pid"
+DAEMON_LOG: Final = "jobqueue-masterd.log"
+
+#: On-disk format version written to queue/version.
+QUEUE_FORMAT_VERSION: Final = 1
+#: Archived jobs are spread over directories of this many ids each.
+JOBS_PER_ARCHIVE_DIR: Final = 10_000
+FILE_MODE: Final = 0o600
+DIR_MODE: Final = 0o700
+
+# Limits and defaults.
+DEFAULT_WORKERS: Final = 25
+DEFAULT_MAX_JOBS: Final = 50_000
+DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
+DEFAULT_CLIENT_TIMEOUT: Final = 300.0
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 60.0
+DEFAULT_KILL_GRACE: Final = 10.0
+#: The server never blocks a WaitForJobChange call for longer than this.
+WFJC_MAX_TIMEOUT: Final = 60.0
+#: Per-opcode cap on captured command output (lines and bytes).
+COMMAND_LOG_MAX_LINES: Final = 10_000
+COMMAND_LOG_MAX_BYTES: Final = 1024 * 1024
+
+#: The LUXI protocol version we announce (Ganeti's 2.6 numbering is 2060000).
+LUXI_VERSION: Final = 2060000
+#: Message terminator on the wire.
+LUXI_EOM: Final = b"\x03"

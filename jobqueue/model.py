@@ -1,0 +1,250 @@
+"""Job and opcode records, and the pure rules that derive a job's status.
+
+A job's status and priority are never stored: they follow from its opcodes
+(``calc_status``, ``calc_priority``). ``to_dict``/``from_dict`` give exactly
+the keys of the on-disk format described in ``doc/storage.rst``.
+
+Nothing here does I/O or takes locks; whoever owns a ``Job`` serialises access
+to it (the queue holds a per-job lock while it changes one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from jobqueue import constants
+from jobqueue.constants import FINALIZED, Status
+from jobqueue.errors import JobFileCorrupted
+
+#: ``[seconds, microseconds]``, as stored on disk and sent on the wire.
+Timestamp = list[int]
+#: ``[serial, [sec, usec], log_type, message]``.
+LogEntry = list[Any]
+
+
+def split_time(value: float) -> Timestamp:
+    """Split a float time into ``[seconds, microseconds]`` (0 <= usec < 10**6)."""
+    seconds = int(value)
+    micros = round((value - seconds) * 1_000_000)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    return [seconds, micros]
+
+
+def merge_time(stamp: Sequence[int]) -> float:
+    """Inverse of ``split_time``."""
+    return stamp[0] + stamp[1] / 1_000_000
+
+
+def now_stamp(clock: Callable[[], float] = time.time) -> Timestamp:
+    """The current time as a timestamp."""
+    return split_time(clock())
+
+
+@dataclasses.dataclass
+class QueuedOpCode:
+    """One opcode of a job and what happened to it.
+
+    ``input`` is the opcode as submitted (a dict with ``OP_ID``); ``priority``
+    starts as the input's priority and may change while the opcode waits.
+    """
+
+    input: dict[str, Any]
+    status: Status = Status.QUEUED
+    result: Any = None
+    log: list[LogEntry] = dataclasses.field(default_factory=list)
+    priority: int = constants.PRIO_DEFAULT
+    start_timestamp: Timestamp | None = None
+    exec_timestamp: Timestamp | None = None
+    end_timestamp: Timestamp | None = None
+
+    @property
+    def op_id(self) -> str:
+        return str(self.input.get("OP_ID", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "status": str(self.status),
+            "result": self.result,
+            "log": self.log,
+            "priority": self.priority,
+            "start_timestamp": self.start_timestamp,
+            "exec_timestamp": self.exec_timestamp,
+            "end_timestamp": self.end_timestamp,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QueuedOpCode:
+        """Rebuild from ``to_dict`` output; missing optional keys take defaults."""
+        op_input = data["input"]
+        if not isinstance(op_input, dict) or not isinstance(op_input.get("OP_ID"), str):
+            raise ValueError("opcode input must be an object with a string OP_ID")
+        log = data.get("log") or []
+        if not isinstance(log, list) or not all(_is_log_entry(e) for e in log):
+            raise ValueError("opcode log must be a list of [serial, [sec, usec], type, msg]")
+        priority = data.get("priority", constants.PRIO_DEFAULT)
+        if not _is_int(priority):
+            raise ValueError("opcode priority must be an integer")
+        return cls(
+            input=op_input,
+            status=Status(data["status"]),
+            result=data.get("result"),
+            log=log,
+            priority=priority,
+            start_timestamp=_timestamp_or_none(data.get("start_timestamp")),
+            exec_timestamp=_timestamp_or_none(data.get("exec_timestamp")),
+            end_timestamp=_timestamp_or_none(data.get("end_timestamp")),
+        )
+
+
+@dataclasses.dataclass
+class Job:
+    """A job: an id and a list of opcodes run one after the other.
+
+    ``log_serial`` is the highest log serial handed out; it is not stored but
+    recomputed from the opcode logs on load.
+    """
+
+    id: int
+    ops: list[QueuedOpCode]
+    received_timestamp: Timestamp | None = None
+    start_timestamp: Timestamp | None = None
+    end_timestamp: Timestamp | None = None
+    log_serial: int = 0
+
+    @classmethod
+    def new(cls, job_id: int, op_inputs: Iterable[dict[str, Any]], received: Timestamp) -> Job:
+        """A freshly submitted job; each opcode's priority comes from its input."""
+        ops = [
+            QueuedOpCode(input=dict(op), priority=op.get("priority", constants.PRIO_DEFAULT))
+            for op in op_inputs
+        ]
+        return cls(id=job_id, ops=ops, received_timestamp=received)
+
+    @property
+    def status(self) -> Status:
+        return calc_status(op.status for op in self.ops)
+
+    @property
+    def priority(self) -> int:
+        return calc_priority(self.ops)
+
+    @property
+    def is_finalized(self) -> bool:
+        return self.status in FINALIZED
+
+    def add_log(self, op_index: int, log_type: str, message: Any, stamp: Timestamp) -> LogEntry:
+        """Append a log entry to opcode ``op_index`` with the next job-wide serial."""
+        self.log_serial += 1
+        entry: LogEntry = [self.log_serial, stamp, log_type, message]
+        self.ops[op_index].log.append(entry)
+        return entry
+
+    def log_entries_after(self, serial: int | None) -> list[LogEntry]:
+        """All log entries with a serial greater than ``serial`` (all when None)."""
+        floor = -1 if serial is None else serial
+        return [entry for op in self.ops for entry in op.log if entry[0] > floor]
+
+    def finalize_pending(self, status: Status, result: Any, stamp: Timestamp) -> None:
+        """Give every unfinished opcode ``status`` and ``result``; end the job."""
+        for op in self.ops:
+            if op.status not in FINALIZED:
+                op.status = status
+                op.result = result
+                op.end_timestamp = stamp
+        self.end_timestamp = stamp
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ops": [op.to_dict() for op in self.ops],
+            "received_timestamp": self.received_timestamp,
+            "start_timestamp": self.start_timestamp,
+            "end_timestamp": self.end_timestamp,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Job:
+        """Rebuild a job from its stored form.
+
+        Raises ``JobFileCorrupted`` for anything that is not a well-formed job.
+        """
+        try:
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            job_id = int(data["id"])
+            raw_ops = data["ops"]
+            if not isinstance(raw_ops, list) or not raw_ops:
+                raise ValueError("ops must be a non-empty list")
+            ops = [QueuedOpCode.from_dict(op) for op in raw_ops]
+            job = cls(
+                id=job_id,
+                ops=ops,
+                received_timestamp=_timestamp_or_none(data.get("received_timestamp")),
+                start_timestamp=_timestamp_or_none(data.get("start_timestamp")),
+                end_timestamp=_timestamp_or_none(data.get("end_timestamp")),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise JobFileCorrupted(f"Invalid job data: {err}") from err
+        job.log_serial = max((entry[0] for op in ops for entry in op.log), default=0)
+        return job
+
+
+def calc_status(op_statuses: Iterable[Status]) -> Status:
+    """Derive a job's status from its opcodes' statuses, in order.
+
+    Successful opcodes are skipped; the first canceling, error or canceled
+    opcode decides; otherwise a running or waiting opcode shows through, else
+    the job is queued. A job whose opcodes all succeeded is a success.
+    """
+    status = Status.QUEUED
+    all_success = True
+    for op_status in op_statuses:
+        if op_status == Status.SUCCESS:
+            continue
+        all_success = False
+        if op_status in (Status.CANCELING, Status.ERROR, Status.CANCELED):
+            return op_status
+        if op_status in (Status.WAITING, Status.RUNNING):
+            status = op_status
+    return Status.SUCCESS if all_success else status
+
+
+def calc_priority(ops: Iterable[QueuedOpCode]) -> int:
+    """A job's priority: the best (lowest) over its unfinished opcodes."""
+    return min(
+        (op.priority for op in ops if op.status not in FINALIZED),
+        default=constants.PRIO_DEFAULT,
+    )
+
+
+def default_summary(op_input: dict[str, Any]) -> str:
+    """A summary that needs no opcode definitions: the OP_ID without ``OP_``."""
+    op_id = str(op_input.get("OP_ID", "?"))
+    return op_id.removeprefix("OP_")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _timestamp_or_none(value: Any) -> Timestamp | None:
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value):
+        return value
+    raise ValueError(f"invalid timestamp {value!r}")
+
+
+def _is_log_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, list)
+        and len(entry) == 4
+        and _is_int(entry[0])
+        and isinstance(entry[2], str)
+        and _timestamp_or_none(entry[1]) is not None
+    )

@@ -1,0 +1,173 @@
+"""The job model: exact round-trips and the derived status and priority."""
+
+from __future__ import annotations
+
+import pytest
+import simplejson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jobqueue import constants
+from jobqueue.constants import Status
+from jobqueue.errors import JobFileCorrupted
+from jobqueue.model import Job, QueuedOpCode, calc_status, merge_time, split_time
+
+Q, W, R, C, X = Status.QUEUED, Status.WAITING, Status.RUNNING, Status.CANCELING, Status.CANCELED
+S, E = Status.SUCCESS, Status.ERROR
+
+
+def full_job() -> Job:
+    """A job with every field set to a non-default value."""
+    op1 = QueuedOpCode(
+        input={"OP_ID": "OP_TEST_DELAY", "duration": 0.5, "priority": -10},
+        status=S,
+        result={"exit_code": 0, "nested": [1, 2.5, None, "x"]},
+        log=[[1, [100, 5], "message", "hello"], [2, [100, 999999], "stdout", "out"]],
+        priority=-10,
+        start_timestamp=[100, 1],
+        exec_timestamp=[100, 2],
+        end_timestamp=[101, 0],
+    )
+    op2 = QueuedOpCode(input={"OP_ID": "OP_TEST_DUMMY"}, status=Q, priority=10)
+    return Job(id=42, ops=[op1, op2], received_timestamp=[99, 7], start_timestamp=[100, 0])
+
+
+def test_round_trip_every_field() -> None:
+    job = full_job()
+    restored = Job.from_dict(simplejson.loads(simplejson.dumps(job.to_dict())))
+    assert restored == Job(**{**job.__dict__, "log_serial": 2})
+    assert restored.to_dict() == job.to_dict()
+
+
+def test_stored_keys_are_ganetis() -> None:
+    data = full_job().to_dict()
+    assert set(data) == {"id", "ops", "received_timestamp", "start_timestamp", "end_timestamp"}
+    assert set(data["ops"][0]) == {
+        "input",
+        "status",
+        "result",
+        "log",
+        "priority",
+        "start_timestamp",
+        "exec_timestamp",
+        "end_timestamp",
+    }
+    assert "status" not in data and "priority" not in data  # derived, never stored
+
+
+def test_restore_tolerates_missing_optional_keys() -> None:
+    job = Job.from_dict({"id": 3, "ops": [{"input": {"OP_ID": "OP_X"}, "status": "queued"}]})
+    assert job.ops[0].priority == constants.PRIO_DEFAULT
+    assert job.ops[0].log == [] and job.ops[0].start_timestamp is None
+    assert job.received_timestamp is None and job.log_serial == 0
+
+
+def test_log_serial_recomputed_on_load() -> None:
+    assert Job.from_dict(full_job().to_dict()).log_serial == 2
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [],
+        "job",
+        {"id": 1},
+        {"id": 1, "ops": []},
+        {"id": "x", "ops": [{"input": {"OP_ID": "A"}, "status": "queued"}]},
+        {"id": 1, "ops": [{"input": {"OP_ID": "A"}, "status": "bogus"}]},
+        {"id": 1, "ops": [{"input": "A", "status": "queued"}]},
+        {"id": 1, "ops": [{"input": {"OP_ID": "A"}, "status": "queued", "log": [[1]]}]},
+        {"id": 1, "ops": [{"input": {"OP_ID": "A"}, "status": "queued", "priority": "x"}]},
+        {"id": 1, "ops": [{"input": {"OP_ID": "A"}, "status": "queued"}], "end_timestamp": 5},
+    ],
+)
+def test_malformed_jobs_are_rejected_with_a_typed_error(data: object) -> None:
+    with pytest.raises(JobFileCorrupted):
+        Job.from_dict(data)
+
+
+# The reference's status table, plus the boundary cases of the scan order.
+STATUS_CASES = [
+    ([Q], Q),
+    ([Q, Q], Q),
+    ([W], W),
+    ([W, Q], W),
+    ([R], R),
+    ([R, Q], R),
+    ([S], S),
+    ([S, S, S], S),
+    ([S, Q], Q),
+    ([S, W, Q], W),
+    ([S, R, Q], R),
+    ([C], C),
+    ([C, C], C),
+    ([S, C, C], C),
+    ([X], X),
+    ([S, X, X], X),
+    ([E], E),
+    ([S, E, E], E),
+    ([S, S, E], E),
+    ([W, E], E),
+    ([R, X], X),
+    ([Q, W], W),
+    ([W, R], R),
+    ([R, W], W),
+    ([C, E], C),
+    ([E, X], E),
+]
+
+
+@pytest.mark.parametrize(("ops", "expected"), STATUS_CASES)
+def test_derived_status(ops: list[Status], expected: Status) -> None:
+    assert calc_status(ops) == expected
+
+
+@given(st.lists(st.sampled_from(list(Status)), min_size=1, max_size=8))
+def test_derived_status_properties(ops: list[Status]) -> None:
+    status = calc_status(ops)
+    assert (status == S) == all(op == S for op in ops)
+    if any(op in (C, E, X) for op in ops):
+        assert status == next(op for op in ops if op in (C, E, X))
+
+
+def test_priority_is_minimum_over_unfinished_ops() -> None:
+    job = full_job()  # op1 success at -10 (ignored), op2 queued at 10
+    assert job.priority == 10
+    job.ops[1].status = Status.RUNNING
+    assert job.priority == 10
+    job.ops.append(QueuedOpCode(input={"OP_ID": "OP_X"}, priority=-10))
+    assert job.priority == -10
+    for op in job.ops:
+        op.status = S
+    assert job.priority == constants.PRIO_DEFAULT
+
+
+def test_new_job_takes_priorities_from_inputs() -> None:
+    job = Job.new(1, [{"OP_ID": "A", "priority": 10}, {"OP_ID": "B"}], [1, 0])
+    assert [op.priority for op in job.ops] == [10, 0]
+    assert job.status == Q and job.priority == 0
+
+
+def test_log_serials_and_filtering() -> None:
+    job = Job.new(1, [{"OP_ID": "A"}, {"OP_ID": "B"}], [1, 0])
+    job.add_log(0, "message", "a", [1, 0])
+    job.add_log(1, "message", "b", [2, 0])
+    job.add_log(1, "stdout", "c", [3, 0])
+    assert [e[0] for e in job.log_entries_after(None)] == [1, 2, 3]
+    assert [e[3] for e in job.log_entries_after(1)] == ["b", "c"]
+    assert job.log_entries_after(3) == []
+
+
+def test_finalize_pending_leaves_finished_ops() -> None:
+    job = full_job()
+    job.finalize_pending(Status.CANCELED, constants.MSG_CANCELED, [200, 0])
+    assert [op.status for op in job.ops] == [S, X]
+    assert job.ops[0].result != constants.MSG_CANCELED
+    assert job.status == X and job.end_timestamp == [200, 0]
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_split_time_is_valid_and_close(value: float) -> None:
+    seconds, micros = split_time(value)
+    assert 0 <= micros < 1_000_000
+    assert abs(merge_time([seconds, micros]) - value) <= 1e-6 * max(1.0, value / 1e9) + 1e-6
