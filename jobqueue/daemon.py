@@ -1,12 +1,307 @@
-"""Placeholder until its issue lands."""
+"""jobqueue-masterd: builds the object graph, handles signals, nothing else.
 
+Start-up order matters: take the queue lock (a second daemon fails here),
+check the on-disk version, load and recover jobs, and only then create the
+sockets, so a socket that exists always belongs to a daemon that is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import logging
+import os
+import signal
 import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from jobqueue import __version__, constants
+from jobqueue.errors import GenericError
+from jobqueue.locking import LockManager
+from jobqueue.lus import builtin_registry, load_plugins
+from jobqueue.luxi.server import LuxiServer
+from jobqueue.paths import StatePaths
+from jobqueue.queue import JobQueue
+from jobqueue.storage import FileJobStore, QueueLock
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
+log = logging.getLogger("jobqueue")
 
 
-def main() -> int:
-    """Say what is missing and exit 2."""
-    print("daemon: not yet built", file=sys.stderr)
-    return 2
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobqueue-masterd",
+        description="The jobqueue master daemon: owns the queue in STATE_DIR and serves "
+        "LUXI clients on STATE_DIR/run/master.sock and query.sock.",
+    )
+    add = parser.add_argument
+    add(
+        "--state-dir",
+        metavar="DIR",
+        help="state directory (default: $JOBQUEUE_STATE_DIR, else /var/lib/jobqueue for root, "
+        "else $XDG_STATE_HOME/jobqueue)",
+    )
+    add(
+        "--workers",
+        type=_positive_int,
+        default=constants.DEFAULT_WORKERS,
+        help="worker threads running jobs (default: %(default)s)",
+    )
+    add(
+        "--max-jobs",
+        type=_positive_int,
+        default=constants.DEFAULT_MAX_JOBS,
+        help="live jobs before submissions fail with JobQueueFull (default: %(default)s)",
+    )
+    add(
+        "--socket-group",
+        metavar="NAME",
+        help="group whose members may use the master socket (besides root and the daemon's user)",
+    )
+    add(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE and register the opcodes in its PAIRS (repeatable)",
+    )
+    add(
+        "--log-file",
+        metavar="FILE",
+        help="log to FILE (reopened on SIGHUP); default: stderr, or log/jobqueue-masterd.log "
+        "with --daemonize",
+    )
+    add("--debug", action="store_true", help="log debug messages")
+    add(
+        "--daemonize",
+        action="store_true",
+        help="fork into the background and write run/jobqueue-masterd.pid",
+    )
+    add(
+        "--shutdown-timeout",
+        type=float,
+        default=constants.DEFAULT_SHUTDOWN_TIMEOUT,
+        metavar="SECONDS",
+        help="on SIGTERM, wait this long for running opcodes (default: %(default)s)",
+    )
+    add(
+        "--kill-grace",
+        type=float,
+        default=constants.DEFAULT_KILL_GRACE,
+        metavar="SECONDS",
+        help="between SIGTERM and SIGKILL when a running command is killed (default: %(default)s)",
+    )
+    add(
+        "--max-message-size",
+        type=_positive_int,
+        default=constants.DEFAULT_MAX_MESSAGE_SIZE,
+        metavar="BYTES",
+        help="largest request accepted (default: %(default)s)",
+    )
+    add(
+        "--client-timeout",
+        type=float,
+        default=constants.DEFAULT_CLIENT_TIMEOUT,
+        metavar="SECONDS",
+        help="close connections idle this long (default: %(default)s)",
+    )
+    add("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+class _ReopenableFileHandler(logging.FileHandler):
+    """A file handler that SIGHUP can make reopen its file (after logrotate)."""
+
+    def reopen(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self.close()
+            self.stream = self._open()
+
+
+def _setup_logging(args: argparse.Namespace, paths: StatePaths) -> _ReopenableFileHandler | None:
+    level = logging.DEBUG if args.debug else logging.INFO
+    log_file = args.log_file or (paths.log_file if args.daemonize else None)
+    handler: logging.Handler
+    file_handler = None
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handler = file_handler = _ReopenableFileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    return file_handler
+
+
+def _prepare_dirs(paths: StatePaths) -> None:
+    """State dirs: the queue private, run/ reachable so others can use query.sock."""
+    for path, mode in (
+        (paths.root, 0o755),
+        (paths.run_dir, 0o755),
+        (paths.log_dir, 0o750),
+        (paths.queue_dir, constants.DIR_MODE),
+    ):
+        os.makedirs(path, mode=mode, exist_ok=True)
+
+
+def _daemonize(ready_fd_holder: list[int]) -> None:
+    """Fork twice; the original process exits once the daemon reports ready."""
+    read_fd, write_fd = os.pipe()
+    if os.fork() > 0:
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            message = pipe.read().decode("utf-8", "replace")
+        if message.startswith("OK"):
+            os._exit(0)
+        sys.stderr.write(message or "jobqueue-masterd: failed to start\n")
+        os._exit(1)
+    os.close(read_fd)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    ready_fd_holder.append(write_fd)
+
+
+def _report(ready_fd: list[int], message: str) -> None:
+    if ready_fd:
+        os.write(ready_fd[0], message.encode())
+        os.close(ready_fd.pop())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    paths = StatePaths.resolve(args.state_dir)
+    ready_fd: list[int] = []
+    try:
+        _prepare_dirs(paths)
+        if args.daemonize:
+            _daemonize(ready_fd)
+        file_handler = _setup_logging(args, paths)
+        return _run(args, paths, ready_fd, file_handler)
+    except (GenericError, OSError) as err:
+        message = f"jobqueue-masterd: {err.args[0] if err.args else err}\n"
+        _report(ready_fd, message)
+        sys.stderr.write(message)
+        return 1
+
+
+def _run(
+    args: argparse.Namespace,
+    paths: StatePaths,
+    ready_fd: list[int],
+    file_handler: _ReopenableFileHandler | None,
+) -> int:
+    lock = QueueLock(os.path.join(paths.queue_dir, constants.LOCK_FILE))
+    lock.acquire()
+    try:
+        socket_gid = grp.getgrnam(args.socket_group).gr_gid if args.socket_group else None
+    except KeyError:
+        lock.release()
+        raise GenericError(f"Unknown group {args.socket_group!r}") from None
+    registry = builtin_registry()
+    load_plugins(registry, args.plugin, log)
+    storage = FileJobStore(paths.queue_dir, summarize=registry.summarize, logger=log)
+    queue = JobQueue(
+        storage,
+        registry,
+        LockManager(),
+        workers=args.workers,
+        max_jobs=args.max_jobs,
+        kill_grace=args.kill_grace,
+        logger=log,
+    )
+    queue.start()
+    server = LuxiServer(
+        queue,
+        master_path=paths.master_socket,
+        query_path=paths.query_socket,
+        queue_dir=paths.queue_dir,
+        socket_group=socket_gid,
+        max_message_size=args.max_message_size,
+        client_timeout=args.client_timeout,
+        logger=log,
+    )
+    stop = _install_signal_handlers(paths, file_handler)
+    server.start()
+    _write_pid_file(paths.pid_file)
+    log.info(
+        "jobqueue-masterd %s ready on %s (%d workers)",
+        __version__,
+        paths.master_socket,
+        args.workers,
+    )
+    _report(ready_fd, "OK\n")
+    while not stop.wait(3600):
+        pass
+    _shutdown(queue, server, args.shutdown_timeout, args.kill_grace)
+    lock.release()
+    _remove(paths.pid_file)
+    log.info("jobqueue-masterd stopped")
+    return 0
+
+
+def _install_signal_handlers(
+    paths: StatePaths, file_handler: _ReopenableFileHandler | None
+) -> threading.Event:
+    stop = threading.Event()
+
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():  # second signal: leave at once
+            log.warning("Second signal %d; exiting immediately", signum)
+            for path in (paths.master_socket, paths.query_socket, paths.pid_file):
+                _remove(path)
+            os._exit(1)
+        log.info("Signal %d received; shutting down", signum)
+        stop.set()
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        if file_handler is not None:
+            file_handler.reopen()
+            log.info("Log file reopened")
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    return stop
+
+
+def _shutdown(queue: JobQueue, server: LuxiServer, timeout: float, kill_grace: float) -> None:
+    """Refuse new jobs, let running opcodes finish (bounded), then close everything."""
+    queue.prepare_shutdown()
+    if not queue.wait_idle(timeout):
+        log.warning("Opcodes still running after %.0fs; killing them", timeout)
+        queue.kill_running()
+        queue.wait_idle(kill_grace + 2)
+    server.stop()
+    queue.shutdown()
+
+
+def _write_pid_file(path: str) -> None:
+    temp = f"{path}.{os.getpid()}.tmp"
+    with open(temp, "w", encoding="ascii") as handle:
+        handle.write(f"{os.getpid()}\n")
+    os.replace(temp, path)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ to it (the queue holds a per-job lock while it changes one).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -157,6 +158,20 @@ class Job:
                 op.result = result
                 op.end_timestamp = stamp
         self.end_timestamp = stamp
+
+    def snapshot(self) -> dict[str, Any]:
+        """A deep copy of the job's state, for ``restore`` after a failed write."""
+        return copy.deepcopy(self.to_dict())
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Return to a ``snapshot`` in place (opcode objects keep their identity)."""
+        restored = Job.from_dict(state)
+        for op, old in zip(self.ops, restored.ops, strict=True):
+            op.__dict__.update(old.__dict__)
+        self.received_timestamp = restored.received_timestamp
+        self.start_timestamp = restored.start_timestamp
+        self.end_timestamp = restored.end_timestamp
+        self.log_serial = restored.log_serial
 
     def to_dict(self) -> dict[str, Any]:
         return {

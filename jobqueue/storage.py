@@ -166,6 +166,14 @@ class JobStore(abc.ABC):
         """Read a job from the live queue or the archive; None if it does not exist."""
         return self._read(job_id)
 
+    def exists(self, job_id: int) -> bool:
+        """Whether the job is live or archived (without reading it)."""
+        return self.index_entry(job_id) is not None or self._is_archived(job_id)
+
+    @abc.abstractmethod
+    def _is_archived(self, job_id: int) -> bool:
+        """Whether an archived copy of the job exists."""
+
     def archive_jobs(self, job_ids: Iterable[int]) -> list[int]:
         """Move live jobs to the archive; return those moved (others were not live)."""
         moved = self._move_to_archive(sorted(set(job_ids)))
@@ -369,6 +377,9 @@ class FileJobStore(JobStore):
             return decode_job(data)
         return None
 
+    def _is_archived(self, job_id: int) -> bool:
+        return os.path.exists(self._archived_path(job_id))
+
     def _move_to_archive(self, job_ids: Sequence[int]) -> list[int]:
         moved: list[int] = []
         touched: set[str] = set()
@@ -470,6 +481,9 @@ class MemoryJobStore(JobStore):
     def _read(self, job_id: int) -> Job | None:
         data = self._live.get(job_id) or self._archive.get(job_id)
         return None if data is None else decode_job(data)
+
+    def _is_archived(self, job_id: int) -> bool:
+        return job_id in self._archive
 
     def _move_to_archive(self, job_ids: Sequence[int]) -> list[int]:
         moved = [job_id for job_id in job_ids if job_id in self._live]

@@ -1,0 +1,227 @@
+"""Advancing a job by one opcode: the step, its verdict, and the callbacks.
+
+``step`` takes the next unfinished opcode of a job through Ganeti's
+transitions (queued -> waiting -> running -> success/error, or canceled) and
+returns a ``Verdict``: ``DEFER`` (put the job back in the pool), ``WAITDEP``
+(parked until a dependency finishes; no worker held) or ``FINISHED``. It needs
+no threads and is tested without any; the worker pool only loops over it.
+
+Locking: ``ActiveJob.lock`` guards the job's record and its writes; the step
+holds it for each transition but never while the LU runs, so cancel,
+priority changes and log feedback can get in meanwhile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+from typing import Any, Protocol
+
+from jobqueue import constants
+from jobqueue.constants import FINALIZED, Status
+from jobqueue.depmgr import DependencyManager, Outcome
+from jobqueue.errors import GenericError, OpExecError, ProgrammerError, encode_error
+from jobqueue.locking import LockAttemptTimeoutStrategy
+from jobqueue.model import Job, QueuedOpCode, Timestamp
+from jobqueue.processor import Processor
+from jobqueue.signals import JobCanceled, LockAcquireTimeout, QueueShutdown
+
+
+class Verdict(enum.Enum):
+    DEFER = "defer"
+    WAITDEP = "waitdep"
+    FINISHED = "finished"
+
+
+@dataclasses.dataclass(eq=False)
+class ActiveJob:
+    """A live, unfinished job and what the queue tracks about it in memory."""
+
+    job: Job
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    run_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    kill: threading.Event = dataclasses.field(default_factory=threading.Event)
+    strategy: LockAttemptTimeoutStrategy | None = None
+    strategy_op: int = -1
+    rerun: bool = False
+
+
+class StepEnv(Protocol):
+    """What the step needs from the queue."""
+
+    processor: Processor
+    depmgr: DependencyManager
+
+    def write(self, job: Job) -> None: ...
+    def now(self) -> Timestamp: ...
+    def accepting(self) -> bool: ...
+    def new_strategy(self) -> LockAttemptTimeoutStrategy: ...
+    def submit_from_lu(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]: ...
+
+
+def step(active: ActiveJob, env: StepEnv) -> Verdict:
+    """Run the job's next opcode and say what to do with the job next."""
+    job = active.job
+    with active.lock:
+        index = next_opcode(job)
+        if index is None:
+            return Verdict.FINISHED
+        op = job.ops[index]
+        if op.status == Status.CANCELING:
+            return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
+        if op.status == Status.QUEUED:
+            _mark_waiting_locked(job, op, env.now())
+            env.write(job)
+    verdict = _check_dependencies(active, op, env)
+    if verdict is not None:
+        return verdict
+    callbacks = OpCallbacks(active, index, env)
+    try:
+        result = env.processor.exec_opcode(
+            op.input,
+            callbacks,
+            owner=job.id,
+            job_id=job.id,
+            lock_timeout=_next_lock_timeout(active, index, env),
+        )
+    except LockAcquireTimeout:
+        return Verdict.DEFER
+    except QueueShutdown:
+        with active.lock:
+            op.status = Status.QUEUED
+            env.write(job)
+        return Verdict.DEFER
+    except JobCanceled:
+        with active.lock:
+            return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
+    except GenericError as err:
+        with active.lock:
+            return _fail_locked(active, env, op, err)
+    with active.lock:
+        op.status, op.result, op.end_timestamp = Status.SUCCESS, result, env.now()
+        last = index == len(job.ops) - 1
+        if last:
+            job.end_timestamp = op.end_timestamp
+        env.write(job)
+        if last:
+            return Verdict.FINISHED
+        if job.ops[index + 1].status == Status.CANCELING:  # canceled while it ran
+            return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
+    return Verdict.DEFER
+
+
+def next_opcode(job: Job) -> int | None:
+    """Index of the first unfinished opcode; ``ProgrammerError`` if one is running."""
+    for index, op in enumerate(job.ops):
+        if op.status == Status.RUNNING:
+            raise ProgrammerError(f"Job {job.id}: opcode {index} is already running")
+        if op.status not in FINALIZED:
+            return index
+    return None
+
+
+def _mark_waiting_locked(job: Job, op: QueuedOpCode, now: Timestamp) -> None:
+    op.status = Status.WAITING
+    op.result = None
+    op.start_timestamp = now
+    if job.start_timestamp is None:
+        job.start_timestamp = now
+
+
+def _finish_locked(active: ActiveJob, env: StepEnv, status: Status, result: Any) -> Verdict:
+    active.job.finalize_pending(status, result, env.now())
+    env.write(active.job)
+    return Verdict.FINISHED
+
+
+def _fail_locked(active: ActiveJob, env: StepEnv, op: QueuedOpCode, err: Exception) -> Verdict:
+    op.status, op.result, op.end_timestamp = Status.ERROR, encode_error(err), env.now()
+    preceding = encode_error(OpExecError(constants.MSG_PRECEDING_FAILED))
+    return _finish_locked(active, env, Status.ERROR, preceding)
+
+
+def _check_dependencies(active: ActiveJob, op: QueuedOpCode, env: StepEnv) -> Verdict | None:
+    """None when every dependency is satisfied, else the verdict to return."""
+    for dep_id, wanted in op.input.get("depends") or []:
+        outcome, message = env.depmgr.check(active.job.id, int(dep_id), wanted)
+        if outcome == Outcome.CONTINUE:
+            continue
+        with active.lock:
+            if op.status == Status.CANCELING:  # canceled while we looked
+                env.depmgr.remove_waiter(active.job.id)
+                return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
+            if outcome == Outcome.WAIT:
+                return Verdict.WAITDEP
+            if outcome == Outcome.CANCEL:
+                return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
+            return _fail_locked(active, env, op, OpExecError(message))
+    return None
+
+
+def _next_lock_timeout(active: ActiveJob, index: int, env: StepEnv) -> float | None:
+    """The next per-attempt lock timeout; raises the priority when one round is used up."""
+    if active.strategy is None or active.strategy_op != index:
+        active.strategy, active.strategy_op = env.new_strategy(), index
+    timeout = active.strategy.next_attempt()
+    op = active.job.ops[index]
+    if timeout is None and op.priority > constants.PRIO_HIGHEST:
+        with active.lock:
+            op.priority -= 1
+            env.write(active.job)
+        active.strategy = env.new_strategy()
+        timeout = active.strategy.next_attempt()
+    return timeout
+
+
+class OpCallbacks:
+    """The ``ExecCallbacks`` of one opcode of one job."""
+
+    def __init__(self, active: ActiveJob, index: int, env: StepEnv) -> None:
+        self._active = active
+        self._index = index
+        self._env = env
+
+    @property
+    def _op(self) -> QueuedOpCode:
+        return self._active.job.ops[self._index]
+
+    def notify_start(self) -> None:
+        with self._active.lock:
+            self._check_cancel_locked()
+            self._op.status = Status.RUNNING
+            self._op.exec_timestamp = self._env.now()
+            self._env.write(self._active.job)
+
+    def feedback(self, log_type: str, message: Any) -> None:
+        self.feedback_many([(log_type, message)])
+
+    def feedback_many(self, entries: list[tuple[str, Any]]) -> None:
+        with self._active.lock:
+            stamp = self._env.now()
+            for log_type, message in entries:
+                self._active.job.add_log(self._index, log_type, message, stamp)
+            self._env.write(self._active.job)
+
+    def check_cancel(self) -> None:
+        with self._active.lock:
+            self._check_cancel_locked()
+
+    def _check_cancel_locked(self) -> None:
+        if self._op.status == Status.CANCELING:
+            raise JobCanceled()
+        if self._op.status == Status.WAITING and not self._env.accepting():
+            raise QueueShutdown()
+
+    def kill_requested(self) -> bool:
+        return self._active.kill.is_set()
+
+    def wait_kill(self, timeout: float) -> bool:
+        return self._active.kill.wait(timeout)
+
+    def submit_many_jobs(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]:
+        return self._env.submit_from_lu(jobs)
+
+    def current_priority(self) -> int:
+        with self._active.lock:
+            return self._op.priority

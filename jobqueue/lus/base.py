@@ -1,0 +1,95 @@
+"""What every logical unit shares: the context it runs in and its base class."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+from jobqueue import constants
+from jobqueue.opcodes import OpCode
+
+
+class ExecCallbacks(Protocol):
+    """The queue's side of running one opcode (implemented by the job step)."""
+
+    def notify_start(self) -> None:
+        """Locks are held; the opcode is about to run."""
+
+    def feedback(self, log_type: str, message: Any) -> None:
+        """Append one log entry to the opcode and write the job."""
+
+    def feedback_many(self, entries: list[tuple[str, Any]]) -> None:
+        """Append several log entries with one write."""
+
+    def check_cancel(self) -> None:
+        """Raise ``JobCanceled`` or ``QueueShutdown`` when the opcode must stop."""
+
+    def kill_requested(self) -> bool:
+        """Whether a running opcode was asked to stop (``CancelJob(id, kill=True)``)."""
+
+    def wait_kill(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; True as soon as a kill is requested."""
+
+    def submit_many_jobs(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]:
+        """Submit jobs as ``SubmitManyJobs`` does."""
+
+    def current_priority(self) -> int:
+        """The opcode's current priority (it may change while waiting)."""
+
+
+@dataclasses.dataclass
+class ResultWithJobs:
+    """Returned by an LU to have the processor submit ``jobs``.
+
+    The opcode's result becomes ``{"jobs": [[true, id] | [false, reason]], **extra}``.
+    """
+
+    jobs: list[list[dict[str, Any]]]
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class LUContext:
+    """Everything an LU may use besides its opcode."""
+
+    job_id: int
+    callbacks: ExecCallbacks
+    kill_grace: float = constants.DEFAULT_KILL_GRACE
+
+    def log(self, message: Any, log_type: str = constants.ELOG_MESSAGE) -> None:
+        self.callbacks.feedback(log_type, message)
+
+
+class LogicalUnit:
+    """Base class: subclasses implement ``exec`` and, if needed, the hooks.
+
+    Order of calls by the processor: ``check_arguments``, ``locks`` (then the
+    locks are acquired), ``exec`` or, for ``dry_run``, ``dry_run_result``.
+    """
+
+    #: Take the cluster lock exclusively (no other opcode runs meanwhile).
+    REQ_CLUSTER_EXCLUSIVE: ClassVar[bool] = False
+
+    def __init__(self, op: OpCode, ctx: LUContext) -> None:
+        self.op = op
+        self.ctx = ctx
+
+    def check_arguments(self) -> None:
+        """Checks that need more than types; raise ``OpPrereqError``."""
+
+    def locks(self) -> tuple[list[str], list[str]]:
+        """Resource locks as (exclusive names, shared names)."""
+        return [], []
+
+    def exec(self) -> Any:
+        raise NotImplementedError
+
+    def dry_run_result(self) -> Any:
+        """What a dry run returns; by default nothing."""
+        return None
+
+
+LUClass = type[LogicalUnit]
+Pairs = list[tuple[type[OpCode], LUClass]]
+PluginLoader = Callable[[], Pairs]

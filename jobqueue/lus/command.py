@@ -1,0 +1,283 @@
+"""Running commands: one command per opcode, or one job per item (fan-out).
+
+``OP_COMMAND_RUN`` runs ``argv`` without a shell, in its own process group,
+with a minimal environment plus what the opcode asks for. Every output line
+becomes a job log entry as it arrives (capped per opcode). A kill request
+sends SIGTERM to the whole group, then SIGKILL after the grace period; when
+the command exits, whatever it left running in its group is killed too.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import selectors
+import signal
+import subprocess
+import time
+from typing import Any, ClassVar
+
+from jobqueue import constants
+from jobqueue.errors import ECODE_INVAL, OpExecError, OpPrereqError
+from jobqueue.lus.base import LogicalUnit, ResultWithJobs
+from jobqueue.opcodes import (
+    NON_EMPTY_STRING,
+    NON_NEGATIVE_NUMBER,
+    OPCODE_OBJECT,
+    STRING,
+    STRING_DICT,
+    OpCode,
+    Param,
+    list_of,
+    optional,
+)
+from jobqueue.signals import JobCanceled
+
+#: How often the output loop looks at kill requests and the timeout.
+_TICK = 0.1
+_SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def base_environment(job_id: int) -> dict[str, str]:
+    """The environment every command starts from, before the opcode's ``env``."""
+    user = pwd.getpwuid(os.geteuid())
+    return {
+        "PATH": _SAFE_PATH,
+        "LANG": "C.UTF-8",
+        "HOME": user.pw_dir,
+        "USER": user.pw_name,
+        "LOGNAME": user.pw_name,
+        "JOBQUEUE_JOB_ID": str(job_id),
+    }
+
+
+class OpCommandRun(OpCode):
+    OP_ID = "OP_COMMAND_RUN"
+    SUMMARY_FIELD = "argv"
+    PARAMS = (
+        Param("argv", list_of(STRING, non_empty=True), required=True, doc="Command and args"),
+        Param("env", STRING_DICT, default={}, doc="Added to the minimal base environment"),
+        Param("cwd", optional(NON_EMPTY_STRING), doc="Working directory"),
+        Param("timeout", optional(NON_NEGATIVE_NUMBER), doc="Seconds before it is killed"),
+        Param("locks", list_of(NON_EMPTY_STRING), default=[], doc="Exclusive resource locks"),
+        Param("shared_locks", list_of(NON_EMPTY_STRING), default=[], doc="Shared locks"),
+    )
+
+    @classmethod
+    def summary(cls, values: dict[str, Any]) -> str:
+        argv = values.get("argv") or [""]
+        return f"COMMAND_RUN({os.path.basename(str(argv[0]))})"
+
+
+class _OutputLog:
+    """Turns pipe output into log entries, capped in lines and bytes."""
+
+    def __init__(self, ctx_feedback: Any) -> None:
+        self._feedback_many = ctx_feedback
+        self._partial: dict[str, bytes] = {constants.ELOG_STDOUT: b"", constants.ELOG_STDERR: b""}
+        self.lines = 0
+        self.bytes = 0
+        self.truncated = False
+        self.stderr_tail: list[str] = []
+
+    def add(self, log_type: str, data: bytes, *, final: bool = False) -> None:
+        buffered = self._partial[log_type] + data
+        *complete, rest = buffered.split(b"\n")
+        if final and rest:
+            complete, rest = [*complete, rest], b""
+        self._partial[log_type] = rest
+        entries = [(log_type, raw.decode("utf-8", "replace")) for raw in complete]
+        if log_type == constants.ELOG_STDERR:
+            self.stderr_tail = (self.stderr_tail + [text for _, text in entries])[-5:]
+        self._emit(entries)
+
+    def _emit(self, entries: list[tuple[str, str]]) -> None:
+        kept: list[tuple[str, Any]] = []
+        for entry in entries:
+            if self.truncated:
+                break
+            self.lines += 1
+            self.bytes += len(entry[1])
+            if (
+                self.lines > constants.COMMAND_LOG_MAX_LINES
+                or self.bytes > constants.COMMAND_LOG_MAX_BYTES
+            ):
+                self.truncated = True
+                kept.append((constants.ELOG_MESSAGE, "output truncated"))
+            else:
+                kept.append(entry)
+        if kept:
+            self._feedback_many(kept)
+
+
+class LUCommandRun(LogicalUnit):
+    """Runs one command; see the module docstring."""
+
+    def locks(self) -> tuple[list[str], list[str]]:
+        return list(self.op.locks), list(self.op.shared_locks)
+
+    def dry_run_result(self) -> Any:
+        return {"argv": self.op.argv}
+
+    def exec(self) -> dict[str, Any]:
+        env = base_environment(self.ctx.job_id) | self.op.env
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                self.op.argv,
+                env=env,
+                cwd=self.op.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as err:
+            raise OpExecError(f"Cannot run {self.op.argv[0]!r}: {err.strerror}") from err
+        output = _OutputLog(self.ctx.callbacks.feedback_many)
+        outcome = self._follow(proc, output, started)
+        duration = round(time.monotonic() - started, 6)
+        if outcome == "killed":
+            self.ctx.callbacks.check_cancel()
+            raise JobCanceled()
+        tail = "; ".join(output.stderr_tail)
+        if outcome == "timeout":
+            raise OpExecError(f"Command timed out after {self.op.timeout}s; stderr: {tail}")
+        if proc.returncode != 0:
+            raise OpExecError(
+                f"Command {self.op.argv[0]!r} exited with code {proc.returncode}; stderr: {tail}"
+            )
+        return {"exit_code": proc.returncode, "duration": duration}
+
+    def _follow(self, proc: subprocess.Popen[bytes], output: _OutputLog, started: float) -> str:
+        """Relay output until the command ends; return "exited", "timeout" or "killed"."""
+        assert proc.stdout is not None and proc.stderr is not None
+        selector = selectors.DefaultSelector()
+        selector.register(proc.stdout, selectors.EVENT_READ, constants.ELOG_STDOUT)
+        selector.register(proc.stderr, selectors.EVENT_READ, constants.ELOG_STDERR)
+        outcome = "exited"
+        try:
+            while selector.get_map():
+                for key, _ in selector.select(_TICK):
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        selector.unregister(key.fileobj)
+                        output.add(key.data, b"", final=True)
+                    else:
+                        output.add(key.data, data)
+                if proc.poll() is not None and outcome == "exited":
+                    _kill_group(proc.pid, signal.SIGKILL)  # leftovers holding our pipes
+                elif outcome == "exited" and self.ctx.callbacks.kill_requested():
+                    outcome = "killed"
+                    self._stop(proc)
+                elif outcome == "exited" and self._timed_out(started):
+                    outcome = "timeout"
+                    self._stop(proc)
+        finally:
+            selector.close()
+            proc.stdout.close()
+            proc.stderr.close()
+            proc.wait()
+            _kill_group(proc.pid, signal.SIGKILL)
+        return outcome
+
+    def _timed_out(self, started: float) -> bool:
+        return self.op.timeout is not None and time.monotonic() - started > self.op.timeout
+
+    def _stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGTERM the group, SIGKILL it after the grace period."""
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=self.ctx.kill_grace)
+        except subprocess.TimeoutExpired:
+            pass
+        _kill_group(proc.pid, signal.SIGKILL)
+
+
+def _kill_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class OpCommandFanout(OpCode):
+    OP_ID = "OP_COMMAND_FANOUT"
+    SUMMARY_FIELD = "argv"
+    PARAMS = (
+        Param(
+            "argv",
+            list_of(STRING, non_empty=True),
+            required=True,
+            doc="Command; {item} is replaced by each item",
+        ),
+        Param("items", list_of(STRING, non_empty=True), required=True, doc="One job per item"),
+        Param(
+            "locks",
+            list_of(NON_EMPTY_STRING),
+            default=[],
+            doc="Exclusive lock templates, e.g. host:{item}",
+        ),
+        Param("shared_locks", list_of(NON_EMPTY_STRING), default=[], doc="Shared lock templates"),
+        Param("env", STRING_DICT, default={}, doc="Environment for every command"),
+        Param("timeout", optional(NON_NEGATIVE_NUMBER), doc="Per-command timeout"),
+        Param(
+            "then",
+            list_of(OPCODE_OBJECT),
+            default=[],
+            doc="Opcodes of a last job that waits for all item jobs",
+        ),
+    )
+    FANOUT_LIMIT: ClassVar[int] = 10_000
+
+    @classmethod
+    def summary(cls, values: dict[str, Any]) -> str:
+        argv = values.get("argv") or [""]
+        count = len(values.get("items") or [])
+        return f"COMMAND_FANOUT({os.path.basename(str(argv[0]))} x{count})"
+
+
+def _fill(template: str, item: str) -> str:
+    return template.replace("{item}", item)
+
+
+class LUCommandFanout(LogicalUnit):
+    """Returns one ``OP_COMMAND_RUN`` job per item, plus the ``then`` job."""
+
+    def check_arguments(self) -> None:
+        if len(self.op.items) > OpCommandFanout.FANOUT_LIMIT:
+            raise OpPrereqError(
+                f"OP_COMMAND_FANOUT.items: at most {OpCommandFanout.FANOUT_LIMIT} items",
+                ECODE_INVAL,
+            )
+
+    def _jobs(self) -> list[list[dict[str, Any]]]:
+        jobs: list[list[dict[str, Any]]] = [
+            [
+                {
+                    "OP_ID": OpCommandRun.OP_ID,
+                    "argv": [_fill(arg, item) for arg in self.op.argv],
+                    "locks": [_fill(name, item) for name in self.op.locks],
+                    "shared_locks": [_fill(name, item) for name in self.op.shared_locks],
+                    "env": dict(self.op.env),
+                    "timeout": self.op.timeout,
+                }
+            ]
+            for item in self.op.items
+        ]
+        if self.op.then:
+            everything = [status.value for status in sorted(constants.FINALIZED)]
+            depends = [[-offset, everything] for offset in range(1, len(jobs) + 1)]
+            first, *rest = self.op.then
+            jobs.append([{**first, "depends": depends}, *rest])
+        return jobs
+
+    def dry_run_result(self) -> Any:
+        return {"jobs": self._jobs()}
+
+    def exec(self) -> ResultWithJobs:
+        return ResultWithJobs(self._jobs())
+
+
+PAIRS = [(OpCommandRun, LUCommandRun), (OpCommandFanout, LUCommandFanout)]

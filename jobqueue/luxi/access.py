@@ -1,0 +1,117 @@
+"""Who may talk to the LUXI sockets: socket file modes, peer credentials, the rule.
+
+Socket files are created under a temporary name with their final mode and
+group and renamed into place once listening, so an existing socket path
+always means a daemon that accepts connections.
+
+The kernel reports the connecting process's pid, uid and primary gid
+(``SO_PEERCRED``, taken at ``connect`` time). Supplementary groups are read
+from ``/proc/<pid>/status``; that is a snapshot of the process now, not at
+connect time, and a peer in another pid namespace (pid 0) has none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import socket
+import struct
+from collections.abc import Callable, Collection
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerCredentials:
+    """The process at the other end of a Unix socket."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """Read the peer's credentials of a connected Unix socket; OSError if unavailable."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid)
+
+
+def supplementary_groups(pid: int, *, proc_dir: str = "/proc") -> frozenset[int]:
+    """The ``Groups:`` of process ``pid``; empty when it cannot be read."""
+    if pid <= 0:
+        return frozenset()
+    try:
+        with open(os.path.join(proc_dir, str(pid), "status"), encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Groups:"):
+                    return frozenset(int(group) for group in line.split()[1:])
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass
+    return frozenset()
+
+
+class MasterAccess:
+    """Allow a peer whose uid is in ``allowed_uids`` or who belongs to ``group``.
+
+    Membership is the primary gid or a supplementary group as reported by
+    ``groups_of(pid)``. With ``group`` None only the uids are allowed.
+    """
+
+    def __init__(
+        self,
+        *,
+        allowed_uids: Collection[int],
+        group: int | None,
+        groups_of: Callable[[int], frozenset[int]] = supplementary_groups,
+    ) -> None:
+        self._allowed_uids = frozenset(allowed_uids)
+        self._group = group
+        self._groups_of = groups_of
+
+    def allows(self, peer: PeerCredentials) -> bool:
+        """Whether ``peer`` may use the master socket."""
+        if peer.uid in self._allowed_uids:
+            return True
+        if self._group is None:
+            return False
+        return peer.gid == self._group or self._group in self._groups_of(peer.pid)
+
+
+def listen_unix(
+    path: str, mode: int, group: int | None, *, backlog: int
+) -> tuple[socket.socket, int]:
+    """Bind under a temporary name in ``path``'s directory, set mode and group, listen, rename.
+
+    Returns the listening (non-blocking) socket and the inode of the socket
+    file. Raises OSError; nothing is left behind then.
+    """
+    temp = os.path.join(os.path.dirname(path), f".luxi-{secrets.token_hex(4)}")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(temp)
+        try:
+            os.chmod(temp, mode)
+            if group is not None:
+                os.chown(temp, -1, group)
+            sock.listen(backlog)
+            os.rename(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        inode = os.stat(path).st_ino
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock, inode
+
+
+def remove_socket_file(path: str, inode: int) -> None:
+    """Unlink ``path`` if it is still the socket file we created (same inode)."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)

@@ -1,0 +1,204 @@
+"""LUXI messages and framing as pure functions: no sockets, no threads.
+
+A message on the wire is one JSON document, a newline and the terminator
+byte ``constants.LUXI_EOM`` (ETX, which cannot occur in JSON text).
+
+A request is ``{"method": str, "args": list[, "version": int]}``; a
+response is ``{"success": bool, "result": any}``. A failed call carries an
+encoded error (``[ClassName, [args...]]``, see ``jobqueue.errors``) as its
+result. Every parse failure is a ``LuxiError``, whatever the input bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import simplejson
+
+from jobqueue import constants, errors
+
+KEY_METHOD = "method"
+KEY_ARGS = "args"
+KEY_VERSION = "version"
+KEY_SUCCESS = "success"
+KEY_RESULT = "result"
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One parsed request; ``version`` is None when the client sent none."""
+
+    method: str
+    args: list[Any]
+    version: int | None
+
+
+def _finite_float(text: str) -> float:
+    """Parse a JSON number; refuse ones that overflow to infinity (``1e999``)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"Number {text[:40]} is out of range")
+    return value
+
+
+def _dumps(value: Any) -> bytes:
+    """Serialise ``value`` as a terminated message.
+
+    Raises LuxiError for NaN/Infinity, unserialisable or too deeply nested
+    values, so nothing that a strict peer would reject ever leaves.
+    """
+    try:
+        text = simplejson.dumps(value, allow_nan=False)
+    except (ValueError, TypeError, RecursionError) as err:
+        raise errors.LuxiError(f"Cannot serialise message: {err}") from None
+    return text.encode("ascii") + b"\n" + constants.LUXI_EOM
+
+
+def _loads(frame: bytes, what: str) -> Any:
+    """Decode one frame (terminator already stripped) into a JSON value.
+
+    Raises LuxiError for invalid UTF-8, invalid JSON (including NaN and
+    Infinity literals and numbers out of range) and excessive nesting.
+    """
+    try:
+        text = frame.strip().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise errors.LuxiError(f"Invalid {what}: not valid UTF-8 ({err.reason})") from None
+    try:
+        return simplejson.loads(text, allow_nan=False, parse_float=_finite_float)
+    except RecursionError:
+        raise errors.LuxiError(f"Invalid {what}: JSON nested too deeply") from None
+    except ValueError as err:
+        raise errors.LuxiError(f"Invalid {what}: not valid JSON ({err})") from None
+
+
+def encode_request(method: str, args: list[Any], version: int | None = None) -> bytes:
+    """Build a terminated request message; ``version`` is left out when None.
+
+    Raises LuxiError if the arguments cannot be serialised (NaN, Infinity,
+    objects JSON does not know).
+    """
+    message: dict[str, Any] = {KEY_METHOD: method, KEY_ARGS: args}
+    if version is not None:
+        message[KEY_VERSION] = version
+    return _dumps(message)
+
+
+def parse_request(frame: bytes) -> Request:
+    """Parse one request frame (without its terminator).
+
+    Whether the method exists is the server's business, not checked here.
+    Raises LuxiError, and nothing else, for any malformed input.
+    """
+    message = _loads(frame, "request")
+    if not isinstance(message, dict):
+        raise errors.LuxiError("Invalid request: not a JSON object")
+    method = message.get(KEY_METHOD)
+    if not isinstance(method, str):
+        raise errors.LuxiError("Invalid request: 'method' is missing or not a string")
+    args = message.get(KEY_ARGS)
+    if not isinstance(args, list):
+        raise errors.LuxiError("Invalid request: 'args' is missing or not a list")
+    version = message.get(KEY_VERSION)
+    if KEY_VERSION in message and (not isinstance(version, int) or isinstance(version, bool)):
+        raise errors.LuxiError("Invalid request: 'version' is not an integer")
+    return Request(method=method, args=args, version=version)
+
+
+def encode_response(success: bool, result: Any) -> bytes:
+    """Build a terminated response message (never with a version).
+
+    Raises LuxiError if ``result`` cannot be serialised.
+    """
+    return _dumps({KEY_SUCCESS: success, KEY_RESULT: result})
+
+
+def parse_response(frame: bytes) -> tuple[bool, Any]:
+    """Parse one response frame (without its terminator) into (success, result).
+
+    A ``version`` key, if any, is ignored. Raises LuxiError unless the frame
+    is an object with a boolean ``success`` and a ``result``.
+    """
+    message = _loads(frame, "response")
+    if not isinstance(message, dict):
+        raise errors.LuxiError("Invalid response from server: not a JSON object")
+    for key in (KEY_SUCCESS, KEY_RESULT):
+        if key not in message:
+            raise errors.LuxiError(f"Invalid response from server: no '{key}' key")
+    success = message[KEY_SUCCESS]
+    if not isinstance(success, bool):
+        raise errors.LuxiError("Invalid response from server: 'success' is not a boolean")
+    return success, message[KEY_RESULT]
+
+
+class FrameBuffer:
+    """Split a byte stream into terminator-delimited frames.
+
+    Work is linear in the bytes fed: each chunk is scanned once and the
+    partial tail is kept as a list of pieces, joined only when its frame
+    completes. After a ``LuxiError`` the stream is out of step and the
+    connection should be closed; the buffer is left empty.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        if max_size < 1:
+            raise errors.ProgrammerError(f"max_size must be positive, got {max_size}")
+        self._max_size = max_size
+        self._pieces: list[bytes] = []
+        self._pending_size = 0
+
+    @property
+    def pending_size(self) -> int:
+        """Number of bytes held of a frame whose terminator has not arrived."""
+        return self._pending_size
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the frames it completed, terminators stripped.
+
+        Raises LuxiError if a frame, complete or still partial, is longer
+        than ``max_size`` bytes.
+        """
+        frames: list[bytes] = []
+        start = 0
+        while (end := data.find(constants.LUXI_EOM, start)) >= 0:
+            self._append(data[start:end])
+            frames.append(b"".join(self._pieces))
+            self._pieces.clear()
+            self._pending_size = 0
+            start = end + len(constants.LUXI_EOM)
+        if start < len(data):
+            self._append(data[start:])
+        return frames
+
+    def _append(self, piece: bytes) -> None:
+        """Add ``piece`` to the pending frame, enforcing the size limit."""
+        if self._pending_size + len(piece) > self._max_size:
+            self._pieces.clear()
+            self._pending_size = 0
+            raise errors.LuxiError(f"Message exceeds the maximum size of {self._max_size} bytes")
+        self._pieces.append(piece)
+        self._pending_size += len(piece)
+
+
+def call(
+    send_and_receive: Callable[[bytes], bytes],
+    method: str,
+    args: list[Any],
+    version: int | None = None,
+) -> Any:
+    """Make one LUXI call over ``send_and_receive`` and return its result.
+
+    ``send_and_receive`` gets a terminated request and returns the response
+    frame (a trailing terminator is tolerated), so a plain function can
+    stand in for a socket. A failed call raises the decoded error (an
+    unknown class name becomes ``GenericError``); a malformed response and
+    whatever the transport raises propagate unchanged.
+    """
+    reply = send_and_receive(encode_request(method, args, version))
+    success, result = parse_response(reply.removesuffix(constants.LUXI_EOM))
+    if not success:
+        raise errors.decode_error(result)
+    return result

@@ -1,0 +1,123 @@
+"""The opcode processor: runs one opcode through its logical unit.
+
+For one opcode it builds the LU, takes its locks level by level (the cluster
+lock, then the resource locks, each set in sorted name order, at the opcode's
+current priority and within the caller's time budget), tells the queue the
+opcode started, runs it, and turns a ``ResultWithJobs`` into submitted jobs.
+It reaches the queue only through the ``ExecCallbacks`` it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from jobqueue import constants
+from jobqueue.errors import GenericError, OpExecError, ProgrammerError
+from jobqueue.locking import CLUSTER_LOCK, LockManager
+from jobqueue.lus.base import ExecCallbacks, LogicalUnit, LUContext, ResultWithJobs
+from jobqueue.opcodes import Registry
+from jobqueue.signals import JobCanceled, LockAcquireTimeout, QueueShutdown
+
+JOBS_KEY = "jobs"
+
+
+class Processor:
+    """Runs opcodes; one instance serves every worker thread."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        locks: LockManager,
+        *,
+        kill_grace: float = constants.DEFAULT_KILL_GRACE,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._registry = registry
+        self._locks = locks
+        self._kill_grace = kill_grace
+        self._clock = clock
+        self._log = logger or logging.getLogger(__name__)
+
+    def exec_opcode(
+        self,
+        op_input: dict[str, Any],
+        cbs: ExecCallbacks,
+        *,
+        owner: Hashable,
+        job_id: int,
+        lock_timeout: float | None,
+    ) -> Any:
+        """Run one opcode and return its result.
+
+        Raises ``LockAcquireTimeout`` when the locks were not all acquired
+        within ``lock_timeout`` seconds (None = wait as long as it takes),
+        ``JobCanceled``/``QueueShutdown`` from ``cbs.check_cancel``, and
+        ``GenericError`` subclasses for failures; any other exception of the
+        LU is logged and raised as ``OpExecError``. Locks are always released.
+        """
+        _, lu_class = self._registry.lookup(op_input.get("OP_ID"))
+        op = self._registry.build(op_input)
+        lu: LogicalUnit = lu_class(op, LUContext(job_id, cbs, self._kill_grace))
+        try:
+            lu.check_arguments()
+            self._acquire_locks(lu, cbs, owner, lock_timeout)
+            cbs.notify_start()
+            result = lu.dry_run_result() if op.dry_run else lu.exec()
+            return self._process_result(op_input, result, cbs)
+        except (GenericError, JobCanceled, QueueShutdown, LockAcquireTimeout):
+            raise
+        except Exception as err:
+            self._log.exception("Opcode %s of job %s failed", op_input.get("OP_ID"), job_id)
+            raise OpExecError(str(err) or type(err).__name__) from err
+        finally:
+            self._locks.release(owner)
+
+    def _acquire_locks(
+        self, lu: LogicalUnit, cbs: ExecCallbacks, owner: Hashable, timeout: float | None
+    ) -> None:
+        """Cluster lock first, then resource locks in sorted order; all or none."""
+        exclusive, shared = lu.locks()
+        wanted = {name: False for name in shared} | {name: True for name in exclusive}
+        if CLUSTER_LOCK in wanted:
+            raise ProgrammerError(f"Resource lock name {CLUSTER_LOCK!r} is reserved")
+        plan = [(CLUSTER_LOCK, lu.REQ_CLUSTER_EXCLUSIVE), *sorted(wanted.items())]
+        deadline = None if timeout is None else self._clock() + timeout
+        for name, exclusive_mode in plan:
+            cbs.check_cancel()
+            remaining = None if deadline is None else max(0.0, deadline - self._clock())
+            acquired = self._locks.acquire(
+                owner,
+                [name],
+                shared=not exclusive_mode,
+                timeout=remaining,
+                priority=cbs.current_priority(),
+            )
+            if not acquired:
+                self._locks.release(owner)
+                cbs.check_cancel()  # an interrupted wait may mean "canceled"
+                raise LockAcquireTimeout()
+
+    def _process_result(self, op_input: dict[str, Any], result: Any, cbs: ExecCallbacks) -> Any:
+        """Submit the jobs of a ``ResultWithJobs``; other results pass through."""
+        if not isinstance(result, ResultWithJobs):
+            return result
+        if JOBS_KEY in result.extra:
+            raise ProgrammerError(f"ResultWithJobs extra may not contain {JOBS_KEY!r}")
+        jobs = [[inherit(op_input, child) for child in job] for job in result.jobs]
+        return {**result.extra, JOBS_KEY: cbs.submit_many_jobs(jobs)}
+
+
+def inherit(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """A child opcode as submitted by ``parent``: debug level, priority, comment."""
+    child = dict(child)
+    if parent.get("debug_level") is not None:
+        child["debug_level"] = parent["debug_level"]
+    if child.get("priority") is None and parent.get("priority") is not None:
+        child["priority"] = parent["priority"]
+    if child.get("comment") is None:
+        child["comment"] = f"Submitted by {parent.get('OP_ID')}"
+    return child

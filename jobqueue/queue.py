@@ -1,0 +1,501 @@
+"""The job queue: submission, cancel, priority, archive, queries, recovery.
+
+``JobQueue`` owns the live, unfinished jobs in memory (``ActiveJob``), the
+worker pool that advances them one opcode per task (``jobstep.step``) and
+the dependency manager. Every state change is written through storage
+before it is reported; a submission is durable before its id is returned.
+
+Locking: ``_lock`` guards ``_active`` and ``_accepting`` and is held only
+for dictionary operations; each job's own ``ActiveJob.lock`` guards its
+record. Never take ``_lock`` while holding a job lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from jobqueue import __version__, constants, query
+from jobqueue.constants import FINALIZED, Status
+from jobqueue.depmgr import DependencyManager
+from jobqueue.errors import (
+    ECODE_INVAL,
+    GenericError,
+    JobLost,
+    JobQueueDrainError,
+    JobQueueError,
+    JobQueueFull,
+    NoSuchTask,
+    OpPrereqError,
+    StorageError,
+)
+from jobqueue.jobstep import ActiveJob, Verdict, step
+from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
+from jobqueue.model import Job, Timestamp, now_stamp
+from jobqueue.opcodes import Registry
+from jobqueue.processor import Processor
+from jobqueue.storage import IndexEntry, JobStore
+from jobqueue.submission import prepare_jobs
+from jobqueue.workerpool import DeferTask, WorkerPool
+
+#: Seconds before a job whose write failed is tried again.
+STORAGE_RETRY_DELAY = 1.0
+_ARCHIVE_BATCH = 1000
+
+
+class JobQueue:
+    """See the module docstring; ``daemon.py`` builds one per process."""
+
+    def __init__(
+        self,
+        storage: JobStore,
+        registry: Registry,
+        locks: LockManager,
+        *,
+        workers: int = constants.DEFAULT_WORKERS,
+        max_jobs: int = constants.DEFAULT_MAX_JOBS,
+        kill_grace: float = constants.DEFAULT_KILL_GRACE,
+        strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
+        clock: Callable[[], float] = time.time,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.storage = storage
+        self.registry = registry
+        self.locks = locks
+        self.processor = Processor(registry, locks, kill_grace=kill_grace, logger=logger)
+        self.depmgr = DependencyManager(self._status_of, self._enqueue)
+        self._max_jobs = max_jobs
+        self._strategy_factory = strategy_factory
+        self._clock = clock
+        self._log = logger or logging.getLogger(__name__)
+        self._lock = threading.Lock()
+        self._active: dict[int, ActiveJob] = {}
+        self._accepting = True
+        self.pool = WorkerPool("Jq", workers, self._run_task, logger=self._log)
+
+    # -- StepEnv --------------------------------------------------------------
+    def write(self, job: Job) -> None:
+        self.storage.write_job(job)
+
+    def now(self) -> Timestamp:
+        return now_stamp(self._clock)
+
+    def accepting(self) -> bool:
+        with self._lock:
+            return self._accepting
+
+    def new_strategy(self) -> LockAttemptTimeoutStrategy:
+        return self._strategy_factory()
+
+    # -- start and stop -------------------------------------------------------
+    def start(self) -> None:
+        """Load the queue and recover what a previous daemon left unfinished.
+
+        Queued jobs are re-queued; waiting ones go back to queued; running
+        and canceling ones end in error ("Unclean master daemon shutdown").
+        """
+        for job in self.storage.load():
+            status = job.status
+            if status in (Status.RUNNING, Status.CANCELING):
+                job.finalize_pending(Status.ERROR, constants.MSG_UNCLEAN_SHUTDOWN, self.now())
+                self.write(job)
+                self._log.warning(
+                    "Job %s was %s at an unclean shutdown; marked as error", job.id, status
+                )
+                continue
+            if status == Status.WAITING:
+                for op in job.ops:
+                    if op.status == Status.WAITING:
+                        op.status, op.result = Status.QUEUED, None
+                self.write(job)
+            self._activate([job])
+        self._log.info(
+            "Job queue loaded: %d live jobs, %d to run",
+            self.storage.live_count(),
+            len(self._active),
+        )
+
+    def prepare_shutdown(self) -> None:
+        """Refuse new jobs, pick no new tasks, send lock waiters back to queued."""
+        with self._lock:
+            self._accepting = False
+            active = list(self._active)
+        self.pool.set_active(False)
+        for job_id in active:
+            self.locks.interrupt(job_id)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no opcode runs; False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        while self.pool.has_running_tasks():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def kill_running(self) -> None:
+        """Ask every running opcode to stop now (a shutdown that took too long)."""
+        with self._lock:
+            actives = list(self._active.values())
+        for active in actives:
+            active.kill.set()
+
+    def shutdown(self) -> None:
+        self.pool.terminate()
+
+    # -- the worker task --------------------------------------------------------
+    def _activate(self, jobs: list[Job]) -> None:
+        with self._lock:
+            for job in jobs:
+                self._active[job.id] = ActiveJob(job)
+        self.pool.add_many_tasks(
+            [job.id for job in jobs], [job.priority for job in jobs], [job.id for job in jobs]
+        )
+
+    def _enqueue(self, job_ids: list[int]) -> None:
+        with self._lock:
+            actives = [self._active[i] for i in job_ids if i in self._active]
+        for active in actives:
+            self.pool.add_task(active.job.id, active.job.priority, active.job.id)
+
+    def _run_task(self, job_id: int) -> None:
+        """One pool task: advance the job by one opcode (one worker per job)."""
+        with self._lock:
+            active = self._active.get(job_id)
+        if active is None:
+            return
+        if not active.run_lock.acquire(blocking=False):
+            active.rerun = True  # the worker that has it will look again
+            return
+        try:
+            active.rerun = False
+            self.pool.set_task_name(f"Job{job_id}")
+            verdict = step(active, self)
+            if verdict == Verdict.WAITDEP and active.rerun:
+                verdict = Verdict.DEFER
+        except StorageError as err:
+            self._recover_from_failed_write(active, err)
+            return
+        finally:
+            active.run_lock.release()
+        if verdict == Verdict.FINISHED:
+            self._finished(job_id)
+        elif verdict == Verdict.DEFER:
+            raise DeferTask(priority=active.job.priority)
+
+    def _finished(self, job_id: int) -> None:
+        with self._lock:
+            self._active.pop(job_id, None)
+        self.depmgr.notify(job_id)
+
+    def _recover_from_failed_write(self, active: ActiveJob, err: StorageError) -> None:
+        """Go back to what is on disk and try the job again a little later."""
+        job_id = active.job.id
+        self._log.error(
+            "Cannot write job %s (%s); retrying in %.0fs", job_id, err, STORAGE_RETRY_DELAY
+        )
+        with active.lock:
+            try:
+                on_disk = self.storage.read_job(job_id)
+            except GenericError:
+                on_disk = None
+            if on_disk is not None:
+                active.job.restore(on_disk.to_dict())
+            for op in active.job.ops:
+                if op.status == Status.RUNNING:  # it ran, but its end could not be recorded
+                    op.status = Status.ERROR
+                    op.result = f"Result lost: {err.args[0]}"
+        timer = threading.Timer(STORAGE_RETRY_DELAY, self._enqueue, args=([job_id],))
+        timer.daemon = True
+        timer.start()
+
+    def _status_of(self, job_id: int) -> Status | None:
+        with self._lock:
+            active = self._active.get(job_id)
+        if active is not None:
+            with active.lock:
+                return active.job.status
+        entry = self.storage.index_entry(job_id)
+        if entry is not None:
+            return entry.status
+        job = self._read_quietly(job_id)
+        return None if job is None else job.status
+
+    # -- submission -----------------------------------------------------------
+    def submit_job(self, ops: list[Any], *, drained_ok: bool = False) -> int:
+        """Submit one job; its id once it is on disk. Raises on any problem."""
+        (result,) = self._submit([ops], drained_ok=drained_ok, relative_ok=False)
+        if isinstance(result, GenericError):
+            raise result
+        return result
+
+    def submit_many_jobs(self, jobs: list[Any], *, drained_ok: bool = False) -> list[list[Any]]:
+        """Submit several jobs; ``[[true, id] | [false, reason], ...]`` in order."""
+        if not isinstance(jobs, list):
+            raise OpPrereqError("SubmitManyJobs needs a list of jobs", ECODE_INVAL)
+        results = self._submit(jobs, drained_ok=drained_ok, relative_ok=True)
+        return [[False, str(r)] if isinstance(r, GenericError) else [True, r] for r in results]
+
+    def submit_from_lu(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]:
+        """Jobs returned by an LU: a drained or closing queue fails each job, not the LU."""
+        try:
+            return self.submit_many_jobs(jobs)
+        except JobQueueError as err:
+            return [[False, str(err)] for _ in jobs]
+
+    def _submit(
+        self, jobs: list[Any], *, drained_ok: bool, relative_ok: bool
+    ) -> list[int | GenericError]:
+        with self._lock:
+            if not self._accepting:
+                raise JobQueueError(constants.MSG_SHUTTING_DOWN)
+        if not drained_ok and self.storage.is_drained():
+            raise JobQueueDrainError(constants.MSG_DRAINED)
+        prepared = prepare_jobs(
+            jobs, self.registry, self.storage.exists, relative_ok, self.storage.allocate_ids
+        )
+        room = self._max_jobs - self.storage.live_count()
+        to_write: list[Job] = []
+        results: list[int | GenericError] = []
+        now = self.now()
+        for item in prepared:
+            if isinstance(item, GenericError):
+                results.append(item)
+            elif len(to_write) >= room:
+                results.append(JobQueueFull(f"The job queue is full ({self._max_jobs} jobs)"))
+            else:
+                to_write.append(Job.new(item[0], item[1], now))
+                results.append(item[0])
+        write_results = self.storage.write_jobs(to_write)
+        failures = {job.id: err for job, err in zip(to_write, write_results, strict=True) if err}
+        self._activate([job for job in to_write if job.id not in failures])
+        return [failures.get(r, r) if isinstance(r, int) else r for r in results]
+
+    # -- cancel and priority ---------------------------------------------------
+    def cancel_job(self, job_id: int, kill: bool = False) -> list[Any]:
+        """Cancel a queued or waiting job; with ``kill`` also a running one."""
+        active = self._get_active(job_id)
+        if active is None:
+            return [False, self._not_active_message(job_id)]
+        with active.lock:
+            status, job = active.job.status, active.job
+            if status == Status.QUEUED:
+                self._change_locked(
+                    active,
+                    lambda: job.finalize_pending(
+                        Status.CANCELED, constants.MSG_CANCELED, self.now()
+                    ),
+                )
+                reply = [True, f"Job {job_id} canceled"]
+            elif status == Status.WAITING or (
+                kill and status in (Status.RUNNING, Status.CANCELING)
+            ):
+                self._change_locked(active, lambda: _mark_canceling(job))
+                if kill:
+                    active.kill.set()
+                reply = [True, f"Job {job_id} will be {'killed' if kill else 'canceled'}"]
+            elif status == Status.RUNNING:
+                return [False, f"Job {job_id} is running; cancel it with kill to stop it"]
+            else:
+                return [False, f"Job {job_id} is already being canceled"]
+        if status == Status.QUEUED:
+            self._finished(job_id)
+        else:
+            self.locks.interrupt(job_id)
+            if self.depmgr.remove_waiter(job_id):
+                self._enqueue([job_id])
+        return reply
+
+    def change_job_priority(self, job_id: int, priority: int) -> list[Any]:
+        """Change the priority of the job's queued and waiting opcodes."""
+        if priority not in constants.PRIO_SUBMIT_VALID:
+            raise OpPrereqError(
+                f"Invalid priority {priority}, allowed are {sorted(constants.PRIO_SUBMIT_VALID)}",
+                ECODE_INVAL,
+            )
+        active = self._get_active(job_id)
+        if active is None:
+            return [False, self._not_active_message(job_id)]
+        with active.lock:
+            if active.job.status == Status.CANCELING:
+                return [False, f"Job {job_id} is cancelling"]
+            pending = [op for op in active.job.ops if op.status in (Status.QUEUED, Status.WAITING)]
+            if not pending:
+                return [False, f"Job {job_id} had no pending opcodes"]
+
+            def change() -> None:
+                for op in pending:
+                    op.priority = priority
+
+            self._change_locked(active, change)
+            active.strategy = None  # escalation restarts from the new priority
+            new_priority = active.job.priority
+        try:
+            self.pool.change_task_priority(job_id, new_priority)
+        except NoSuchTask:
+            pass  # running or parked on a dependency; picked up at its next turn
+        return [
+            True,
+            f"Priorities of pending opcodes for job {job_id} have been changed to {priority}",
+        ]
+
+    def _change_locked(self, active: ActiveJob, change: Callable[[], None]) -> None:
+        """Apply ``change`` and write it; on a failed write undo it and raise."""
+        before = active.job.snapshot()
+        change()
+        try:
+            self.write(active.job)
+        except StorageError:
+            active.job.restore(before)
+            raise
+
+    def _get_active(self, job_id: int) -> ActiveJob | None:
+        with self._lock:
+            return self._active.get(job_id)
+
+    def _not_active_message(self, job_id: int) -> str:
+        if self.storage.exists(job_id):
+            return f"Job {job_id} has already finished"
+        return f"Job {job_id} not found"
+
+    # -- archive -------------------------------------------------------------
+    def archive_job(self, job_id: int) -> bool:
+        """Archive one finished live job; False if it is not that."""
+        entry = self.storage.index_entry(job_id)
+        if entry is None or entry.status not in FINALIZED or self._get_active(job_id):
+            return False
+        return self.storage.archive_job(job_id)
+
+    def auto_archive_jobs(self, age: float, timeout: float) -> list[int]:
+        """Archive finished jobs older than ``age`` seconds (-1: all) within ``timeout``.
+
+        Returns ``[archived, left unchecked]``; call again while the second is > 0.
+        """
+        now, deadline = self._clock(), time.monotonic() + max(0.0, timeout)
+        entries = self.storage.index_entries()
+        archived, checked, batch = 0, 0, []
+        for entry in entries:
+            if time.monotonic() > deadline:
+                break
+            checked += 1
+            if _old_enough(entry, age, now) and self._get_active(entry.id) is None:
+                batch.append(entry.id)
+            if len(batch) >= _ARCHIVE_BATCH:
+                archived += len(self.storage.archive_jobs(batch))
+                batch = []
+        archived += len(self.storage.archive_jobs(batch)) if batch else 0
+        return [archived, len(entries) - checked]
+
+    # -- queries -------------------------------------------------------------
+    def _record(self, job_id: int, full: bool) -> query.Record | None:
+        entry = self.storage.index_entry(job_id)
+        if entry is not None and not full:
+            return entry, None
+        job = self._read_quietly(job_id)
+        if job is None:
+            return None
+        return IndexEntry.of(job, self.registry.summarize), job
+
+    def _read_quietly(self, job_id: int) -> Job | None:
+        try:
+            return self.storage.read_job(job_id)
+        except GenericError as err:
+            self._log.warning("Cannot read job %s: %s", job_id, err)
+            return None
+
+    def query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> list[list[Any]]:
+        """Old-style rows of plain values; all live jobs when ``job_ids`` is None."""
+        full = query.needs_full_job(fields)
+        ids = self.storage.live_ids() if job_ids is None else job_ids
+        return query.old_style_rows(fields, [self._record(i, full) for i in ids])
+
+    def query(
+        self, what: str, fields: list[str], qfilter: Any, archived: bool = False
+    ) -> dict[str, Any]:
+        """Query2: ``{"fields": [definitions], "data": [[[status, value], ...], ...]}``."""
+        definitions = query.query_fields(what, fields)["fields"]
+        if what == "lock":
+            if qfilter is not None:
+                raise OpPrereqError("Lock queries can't be filtered", ECODE_INVAL)
+            locks = self.locks.lock_info() + self.depmgr.lock_info()
+            return {"fields": definitions, "data": query.rows(what, fields, locks)}
+        predicate, used = query.compile_filter(what, qfilter)
+        full = query.needs_full_job([*fields, *used])
+        explicit = query.requested_ids(qfilter)
+        if explicit is not None:
+            records = [self._record(i, full) for i in explicit]
+            records = [r for r in records if r is None or predicate(r)]
+        else:
+            ids = self.storage.archived_ids() if archived else self.storage.live_ids()
+            records = [
+                r for r in (self._record(i, full) for i in ids) if r is not None and predicate(r)
+            ]
+        return {"fields": definitions, "data": query.rows(what, fields, records)}
+
+    def query_fields(self, what: str, fields: list[str] | None) -> dict[str, Any]:
+        return query.query_fields(what, fields)
+
+    def check_job_change(
+        self,
+        job_id: int,
+        fields: list[str],
+        prev_job_info: list[Any] | None,
+        prev_log_serial: int | None,
+    ) -> list[Any] | None:
+        """``[job_info, new log entries]`` if the job (on disk) changed, else None.
+
+        A canceling or finished job always counts as changed. ``JobLost`` if
+        the job does not exist.
+        """
+        job = self._read_quietly(job_id)
+        if job is None:
+            raise JobLost(f"Job {job_id} not found")
+        record = (IndexEntry.of(job, self.registry.summarize), job)
+        info = query.old_style_rows(fields, [record])[0]
+        log = job.log_entries_after(prev_log_serial)
+        if (
+            job.status in (Status.QUEUED, Status.WAITING, Status.RUNNING)
+            and not log
+            and info == prev_job_info
+        ):
+            return None
+        return [info, log]
+
+    # -- queue-wide settings ---------------------------------------------------
+    def set_drain_flag(self, flag: bool) -> bool:
+        self.storage.set_drained(flag)
+        return True
+
+    def query_config_values(self, fields: list[str]) -> list[Any]:
+        values: dict[str, Callable[[], Any]] = {
+            "drain_flag": self.storage.is_drained,
+            "version": lambda: __version__,
+            "luxi_version": lambda: constants.LUXI_VERSION,
+            "queue_format_version": lambda: constants.QUEUE_FORMAT_VERSION,
+            "live_jobs": self.storage.live_count,
+            "max_jobs": lambda: self._max_jobs,
+            "workers": lambda: self.pool.stats()["workers"],
+            "accepting_jobs": self.accepting,
+        }
+        unknown = [name for name in fields if name not in values]
+        if unknown:
+            raise OpPrereqError(f"Unknown config fields: {', '.join(unknown)}", ECODE_INVAL)
+        return [values[name]() for name in fields]
+
+
+def _mark_canceling(job: Job) -> None:
+    for op in job.ops:
+        if op.status not in FINALIZED:
+            op.status = Status.CANCELING
+
+
+def _old_enough(entry: IndexEntry, age: float, now: float) -> bool:
+    if entry.status not in FINALIZED:
+        return False
+    if age < 0:
+        return True
+    stamp = entry.end_timestamp or entry.start_timestamp or entry.received_timestamp
+    return stamp is not None and now - stamp[0] > age

@@ -1,0 +1,384 @@
+"""A generic priority worker pool.
+
+A fixed (but resizable) set of daemon threads takes tasks from a heap and
+hands each task's payload to one ``run_task`` callable. Lower priority
+numbers run first; tasks of equal priority run in the order they were added.
+
+A task may carry an id. At most one queued entry exists per id: adding an id
+that is already queued keeps the queued entry and only improves its priority.
+A running task can raise ``DeferTask`` to be put back into the queue under
+the same id, behind the tasks already waiting at its priority.
+
+The pool knows nothing of jobs; it imports nothing of the project but
+``jobqueue.errors``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+from jobqueue.errors import NoSuchTask, ProgrammerError
+
+#: Rebuild the heap once abandoned entries outnumber live ones by this much.
+_COMPACT_SLACK = 64
+
+
+class DeferTask(Exception):
+    """Raised by a running task to be queued again under the same id.
+
+    Not a ``GenericError`` on purpose: it never leaves the pool. With
+    ``priority`` None the task keeps the priority it ran with.
+    """
+
+    def __init__(self, priority: int | None = None) -> None:
+        """Ask to be queued again at ``priority`` (None: the current one)."""
+        super().__init__(priority)
+        self.priority = priority
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class _Task:
+    """One heap entry; ordered by priority, then by the order it was added in."""
+
+    priority: int
+    order: int
+    task_id: Hashable = dataclasses.field(compare=False)
+    payload: Any = dataclasses.field(compare=False)
+
+
+class _Worker(threading.Thread):
+    """A pool thread; its fields belong to the pool and follow the pool's lock."""
+
+    def __init__(self, pool: WorkerPool, name: str) -> None:
+        """Make an unstarted daemon thread for ``pool`` named ``name``."""
+        super().__init__(name=name, daemon=True)
+        self.pool = pool
+        self.base_name = name
+        self.stopping = False
+        self.current: _Task | None = None
+
+    def run(self) -> None:
+        """Serve the pool until told to stop."""
+        self.pool._work(self)
+
+
+class WorkerPool:
+    """Runs queued payloads on a set of worker threads, best priority first."""
+
+    # Locking: the one Condition ``self._lock`` guards every attribute below
+    # that changes after __init__ (the heap, the queued-id map, the workers
+    # and their ``stopping``/``current`` fields, the active flag). Methods
+    # ending in ``_locked`` need the caller to hold it. Waiters are of two
+    # kinds (idle workers, quiesce), so every change is announced with
+    # notify_all. The lock is never held while a task runs.
+
+    def __init__(
+        self,
+        name: str,
+        num_workers: int,
+        run_task: Callable[[Any], None],
+        *,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        """Start ``num_workers`` daemon threads named ``f"{name}{n}"`` (n from 1).
+
+        ``run_task(payload)`` is called in a worker thread for every task.
+        Raises ProgrammerError if ``num_workers`` is negative.
+        """
+        self._name = name
+        self._run_task_fn = run_task
+        self._logger = logger or logging.getLogger(__name__)
+        self._lock = threading.Condition()
+        self._heap: list[_Task] = []
+        # The live entry of every queued task; a heap entry not found here
+        # under its own id is abandoned and skipped by the workers.
+        self._queued: dict[Hashable, _Task] = {}
+        self._workers: list[_Worker] = []
+        self._threads: list[_Worker] = []  # every started thread not yet joined
+        self._active = True
+        self._order = itertools.count()
+        self._task_ids = itertools.count()
+        self._worker_numbers = itertools.count(1)
+        self.resize(num_workers)
+
+    # -- adding and reprioritising -------------------------------------------
+
+    def add_task(
+        self, payload: Any, priority: int = 0, task_id: Hashable | None = None
+    ) -> Hashable:
+        """Queue ``payload`` and return its task id.
+
+        Without ``task_id`` a fresh int is assigned (unique among assigned
+        ids; a caller mixing its own ints in must avoid clashes). If the id
+        is already queued, nothing new is queued: the existing entry stays
+        and moves to ``priority`` if that is better. Takes the lock.
+        """
+        with self._lock:
+            task_id = self._add_task_locked(payload, priority, task_id)
+            self._lock.notify_all()
+        return task_id
+
+    def add_many_tasks(
+        self,
+        payloads: Sequence[Any],
+        priority: int | Sequence[int] = 0,
+        task_ids: Sequence[Hashable] | None = None,
+    ) -> list[Hashable]:
+        """Queue several payloads at once, as ``add_task`` would; return their ids.
+
+        ``priority`` is one priority for all or one per payload; ``task_ids``
+        is None or one id per payload. Raises ProgrammerError, adding nothing,
+        if a list has the wrong length. Takes the lock.
+        """
+        if isinstance(priority, int):
+            priorities: Sequence[int] = [priority] * len(payloads)
+        else:
+            priorities = priority
+        if len(priorities) != len(payloads):
+            raise ProgrammerError(f"{len(payloads)} tasks but {len(priorities)} priorities")
+        if task_ids is not None and len(task_ids) != len(payloads):
+            raise ProgrammerError(f"{len(payloads)} tasks but {len(task_ids)} task ids")
+        ids: Sequence[Hashable | None] = [None] * len(payloads) if task_ids is None else task_ids
+        with self._lock:
+            added = [
+                self._add_task_locked(payload, prio, task_id)
+                for payload, prio, task_id in zip(payloads, priorities, ids, strict=True)
+            ]
+            self._lock.notify_all()
+        return added
+
+    def change_task_priority(self, task_id: Hashable, priority: int) -> None:
+        """Move a queued task to ``priority``, keeping its place among equals.
+
+        Raises NoSuchTask if ``task_id`` is not queued (never added, already
+        finished, or running and not queued again). Takes the lock.
+        """
+        with self._lock:
+            task = self._queued.get(task_id)
+            if task is None:
+                raise NoSuchTask(task_id)
+            if task.priority != priority:
+                self._push_locked(dataclasses.replace(task, priority=priority))
+                self._lock.notify_all()
+
+    def _add_task_locked(self, payload: Any, priority: int, task_id: Hashable | None) -> Hashable:
+        """Queue one task or merge it into the queued entry with the same id."""
+        if task_id is None:
+            task_id = next(self._task_ids)
+        queued = self._queued.get(task_id)
+        if queued is None:
+            self._push_locked(_Task(priority, next(self._order), task_id, payload))
+        elif priority < queued.priority:
+            self._push_locked(dataclasses.replace(queued, priority=priority))
+        return task_id
+
+    def _push_locked(self, task: _Task) -> None:
+        """Make ``task`` the live entry for its id, abandoning any previous one."""
+        self._queued[task.task_id] = task
+        heapq.heappush(self._heap, task)
+        if len(self._heap) > 2 * len(self._queued) + _COMPACT_SLACK:
+            self._heap = list(self._queued.values())
+            heapq.heapify(self._heap)
+
+    def _pop_live_locked(self) -> _Task | None:
+        """Remove and return the best live task, dropping abandoned entries."""
+        while self._heap:
+            task = heapq.heappop(self._heap)
+            if self._queued.get(task.task_id) is task:
+                del self._queued[task.task_id]
+                return task
+        return None
+
+    # -- inside a running task -----------------------------------------------
+
+    def current_priority(self) -> int:
+        """Return the priority the calling task runs with.
+
+        Raises ProgrammerError unless called from a task of this pool. Needs
+        no lock: only the worker's own thread sets its current task.
+        """
+        return self._current_task().priority
+
+    def current_task_id(self) -> Hashable:
+        """Return the id of the calling task; ProgrammerError outside a task."""
+        return self._current_task().task_id
+
+    def set_task_name(self, name: str) -> None:
+        """Rename the calling worker thread ``f"{worker}/{name}"`` until the task ends.
+
+        Raises ProgrammerError unless called from a task of this pool.
+        """
+        self._current_task()
+        worker = threading.current_thread()
+        assert isinstance(worker, _Worker)
+        worker.name = f"{worker.base_name}/{name}"
+
+    def _in_own_worker(self) -> bool:
+        """Tell whether the calling thread is one of this pool's workers."""
+        worker = threading.current_thread()
+        return isinstance(worker, _Worker) and worker.pool is self
+
+    def _current_task(self) -> _Task:
+        """The task the calling thread runs for this pool; ProgrammerError if none."""
+        worker = threading.current_thread()
+        if not isinstance(worker, _Worker) or worker.pool is not self or worker.current is None:
+            raise ProgrammerError("not called from a task of this worker pool")
+        return worker.current
+
+    # -- state and waiting ---------------------------------------------------
+
+    def set_active(self, active: bool) -> None:
+        """Let workers pick new tasks (True) or not (False); takes the lock.
+
+        Running tasks finish either way, and tasks can still be added.
+        """
+        with self._lock:
+            self._active = active
+            self._lock.notify_all()
+
+    def is_active(self) -> bool:
+        """Tell whether workers pick new tasks; takes the lock."""
+        with self._lock:
+            return self._active
+
+    def quiesce(self, timeout: float | None = None) -> bool:
+        """Wait until no task is queued and none runs; True if that was reached.
+
+        Queued tasks count even while the pool is inactive or has no
+        workers, so then this waits for the whole ``timeout`` (forever when
+        None) and returns False. Raises ProgrammerError if called from one
+        of this pool's tasks, which could never see the pool idle. Takes the
+        lock (released while waiting).
+        """
+        if self._in_own_worker():
+            raise ProgrammerError("quiesce called from a task of the same pool")
+        with self._lock:
+            return self._lock.wait_for(self._is_idle_locked, timeout)
+
+    def has_running_tasks(self) -> bool:
+        """Tell whether any worker is running a task; takes the lock."""
+        with self._lock:
+            return self._count_running_locked() > 0
+
+    def stats(self) -> dict[str, int]:
+        """Return counts of live workers, queued tasks and running tasks; takes the lock."""
+        with self._lock:
+            return {
+                "workers": len(self._workers),
+                "queued": len(self._queued),
+                "running": self._count_running_locked(),
+            }
+
+    def _is_idle_locked(self) -> bool:
+        """Tell whether nothing is queued and nothing runs."""
+        return not self._queued and self._count_running_locked() == 0
+
+    def _count_running_locked(self) -> int:
+        """Count the workers that are running a task."""
+        return sum(1 for worker in self._workers if worker.current is not None)
+
+    # -- workers -------------------------------------------------------------
+
+    def resize(self, num_workers: int) -> None:
+        """Grow or shrink the pool to ``num_workers`` threads; takes the lock.
+
+        Growing first keeps workers that were told to stop but have not yet
+        left. Surplus workers leave after their current task; this does not
+        wait for them. Raises ProgrammerError if ``num_workers`` is negative.
+        """
+        if num_workers < 0:
+            raise ProgrammerError(f"negative number of workers: {num_workers}")
+        with self._lock:
+            staying = [worker for worker in self._workers if not worker.stopping]
+            leaving = [worker for worker in self._workers if worker.stopping]
+            for worker in staying[num_workers:]:
+                worker.stopping = True
+            for worker in leaving[: max(0, num_workers - len(staying))]:
+                worker.stopping = False
+            for _ in range(num_workers - len(staying) - len(leaving)):
+                self._start_worker_locked()
+            self._threads = [thread for thread in self._threads if thread.is_alive()]
+            self._lock.notify_all()
+
+    def terminate(self) -> None:
+        """Stop every worker after its current task, join them, drop queued tasks.
+
+        Idempotent; the pool can be grown again with ``resize``. Raises
+        ProgrammerError if called from one of this pool's workers, which
+        cannot join itself. Takes the lock, but not while joining.
+        """
+        if self._in_own_worker():
+            raise ProgrammerError("terminate called from a worker of the same pool")
+        with self._lock:
+            for worker in self._workers:
+                worker.stopping = True
+            threads = list(self._threads)
+            self._lock.notify_all()
+        for thread in threads:
+            thread.join()
+        with self._lock:
+            self._threads = [thread for thread in self._threads if thread.is_alive()]
+            self._heap.clear()
+            self._queued.clear()
+            self._lock.notify_all()
+
+    def _start_worker_locked(self) -> None:
+        """Start one more worker thread with the next free number."""
+        worker = _Worker(self, f"{self._name}{next(self._worker_numbers)}")
+        self._workers.append(worker)
+        self._threads.append(worker)
+        worker.start()
+
+    def _work(self, worker: _Worker) -> None:
+        """The worker thread's loop: take a task, run it, report back, repeat."""
+        try:
+            while (task := self._next_task(worker)) is not None:
+                defer_priority = self._run_one(worker, task)
+                with self._lock:
+                    worker.current = None
+                    if defer_priority is not None:
+                        self._add_task_locked(task.payload, defer_priority, task.task_id)
+                    self._lock.notify_all()
+        finally:
+            with self._lock:
+                if worker in self._workers:  # only if something escaped _run_one
+                    self._workers.remove(worker)
+                self._lock.notify_all()
+
+    def _next_task(self, worker: _Worker) -> _Task | None:
+        """Block until there is a task for ``worker``; None when it must leave.
+
+        Takes the lock. A leaving worker drops out of the pool in the same
+        locked step, so ``resize`` never revives a worker that already left.
+        """
+        with self._lock:
+            while not worker.stopping:
+                task = self._pop_live_locked() if self._active else None
+                if task is not None:
+                    worker.current = task
+                    return task
+                self._lock.wait()
+            self._workers.remove(worker)
+            self._lock.notify_all()
+            return None
+
+    def _run_one(self, worker: _Worker, task: _Task) -> int | None:
+        """Run one task without the lock; return the priority to defer it at, or None.
+
+        Exceptions other than DeferTask are logged and swallowed.
+        """
+        try:
+            self._run_task_fn(task.payload)
+        except DeferTask as defer:
+            return task.priority if defer.priority is None else defer.priority
+        except Exception:
+            self._logger.exception("%s: task %r failed", worker.base_name, task.task_id)
+        finally:
+            worker.name = worker.base_name
+        return None
