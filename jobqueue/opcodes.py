@@ -198,7 +198,8 @@ class Registry:
         unknown = sorted(set(data) - set(params) - {"OP_ID"})
         if unknown:
             raise OpPrereqError(
-                f"Opcode {opcode.OP_ID} has no parameter {', '.join(map(repr, unknown))}",
+                "Unknown parameter "
+                + ", ".join(f"'{opcode.OP_ID}.{name}'" for name in unknown),
                 ECODE_INVAL,
             )
         result: dict[str, Any] = {"OP_ID": opcode.OP_ID}

@@ -38,14 +38,14 @@ import functools
 import itertools
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Collection
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from jobqueue import constants, errors
-from jobqueue.luxi import access, protocol
+from jobqueue.luxi import access, methods, protocol
+from jobqueue.luxi.methods import METHODS
 from jobqueue.watcher import JobFileWatcher
 
 _T = TypeVar("_T")
@@ -57,139 +57,6 @@ SHUTDOWN_GRACE = 5.0
 _BACKLOG = 1024
 _READ_SIZE = 65536
 _NAME_IN_ERRORS = 100  # characters of a client-supplied method name quoted back
-
-
-class QueueApi(Protocol):
-    """What the server needs from the job queue; ``jobqueue.queue.JobQueue`` provides it."""
-
-    def submit_job(self, ops: list[Any], *, drained_ok: bool = False) -> int: ...
-    def submit_many_jobs(self, jobs: list[Any], *, drained_ok: bool = False) -> list[list[Any]]: ...
-    def check_job_change(
-        self,
-        job_id: int,
-        fields: list[str],
-        prev_job_info: list[Any] | None,
-        prev_log_serial: int | None,
-    ) -> list[Any] | None: ...
-    def cancel_job(self, job_id: int, kill: bool = False) -> list[Any]: ...
-    def change_job_priority(self, job_id: int, priority: int) -> list[Any]: ...
-    def archive_job(self, job_id: int) -> bool: ...
-    def auto_archive_jobs(self, age: float, timeout: float) -> list[int]: ...
-    def query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> list[list[Any]]: ...
-    def query(
-        self, what: str, fields: list[str], qfilter: Any, archived: bool = False
-    ) -> dict[str, Any]: ...
-    def query_fields(self, what: str, fields: list[str] | None) -> dict[str, Any]: ...
-    def set_drain_flag(self, flag: bool) -> bool: ...
-    def query_config_values(self, fields: list[str]) -> list[Any]: ...
-
-
-def wfjc_timeout(requested: float) -> float:
-    """The seconds a WaitForJobChange call may block: 0 to WFJC_MAX_TIMEOUT."""
-    return min(max(requested, 0.0), constants.WFJC_MAX_TIMEOUT)
-
-
-# -- argument checking --------------------------------------------------------
-_DIGITS = re.compile(r"[0-9]{1,20}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _to_job_id(value: Any) -> int:
-    """An int >= 0 or a string of digits (``gnt-job watch`` sends ``"42"``)."""
-    if _is_int(value) and value >= 0:
-        return int(value)
-    if isinstance(value, str) and _DIGITS.fullmatch(value):
-        return int(value)
-    raise ValueError(value)
-
-
-def _checked(predicate: Callable[[Any], bool]) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if not predicate(value):
-            raise ValueError(value)
-        return value
-
-    return check
-
-
-def _or_null(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: None if value is None else convert(value)
-
-
-def _each(convert: Callable[[Any], Any]) -> Callable[[Any], list[Any]]:
-    def convert_list(value: Any) -> list[Any]:
-        if not isinstance(value, list):
-            raise ValueError(value)
-        return [convert(item) for item in value]
-
-    return convert_list
-
-
-@dataclasses.dataclass(frozen=True)
-class _Kind:
-    """What an argument must be: words for the error, and a converter.
-
-    ``convert`` returns the value to pass on or raises ValueError.
-    """
-
-    words: str
-    convert: Callable[[Any], Any]
-
-
-_is_str = _checked(lambda value: isinstance(value, str))
-_JOB_ID = _Kind("a job id (a non-negative integer or a string of digits)", _to_job_id)
-_JOB_IDS_OR_NULL = _Kind("a list of job ids or null", _or_null(_each(_to_job_id)))
-_LIST = _Kind("a list", _checked(lambda value: isinstance(value, list)))
-_LIST_OR_NULL = _Kind(
-    "a list or null", _checked(lambda value: value is None or isinstance(value, list))
-)
-_FIELDS = _Kind("a list of strings", _each(_is_str))
-_FIELDS_OR_NULL = _Kind("a list of strings or null", _or_null(_each(_is_str)))
-_INT = _Kind("an integer", _checked(_is_int))
-_INT_OR_NULL = _Kind("an integer or null", _or_null(_checked(_is_int)))
-_NUMBER = _Kind("a number", _checked(lambda value: _is_int(value) or isinstance(value, float)))
-_BOOL = _Kind("a boolean", _checked(lambda value: isinstance(value, bool)))
-_STR = _Kind("a string", _is_str)
-_ANY = _Kind("any value", lambda value: value)
-
-_Args = tuple[tuple[str, _Kind], ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Method:
-    """How one LUXI method is served.
-
-    ``call(queue, *args)`` runs in the executor; with ``is_async`` it is
-    ``call(server, *args)``, a coroutine run in the loop instead.
-    ``args`` then ``optional`` are the positional arguments, as (name, kind).
-    ``read_only`` methods are allowed on the query socket.
-    """
-
-    call: Callable[..., Any]
-    args: _Args
-    optional: _Args = ()
-    read_only: bool = False
-    is_async: bool = False
-
-    def convert_args(self, name: str, args: list[Any]) -> list[Any]:
-        """Check count and types of ``args``; LuxiError naming the first bad one."""
-        low, high = len(self.args), len(self.args) + len(self.optional)
-        if not low <= len(args) <= high:
-            expected = str(low) if low == high else f"{low} to {high}"
-            raise errors.LuxiError(f"{name}: expected {expected} arguments, got {len(args)}")
-        converted = []
-        specs = self.args + self.optional
-        for number, ((arg_name, kind), value) in enumerate(zip(specs, args, strict=False), 1):
-            try:
-                converted.append(kind.convert(value))
-            except ValueError:
-                raise errors.LuxiError(
-                    f"{name}: argument {number} ({arg_name}) must be {kind.words}"
-                ) from None
-        return converted
 
 
 # -- connections --------------------------------------------------------------
@@ -213,7 +80,7 @@ class LuxiServer:
 
     def __init__(
         self,
-        queue: QueueApi,
+        queue: methods.QueueApi,
         *,
         master_path: str,
         query_path: str,
@@ -240,8 +107,9 @@ class LuxiServer:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=handler_threads, thread_name_prefix="luxi-handler"
         )
-        self._state_lock = threading.Lock()  # guards _thread and _stop_called
+        self._state_lock = threading.Lock()  # guards _thread, _ready and _stop_called
         self._thread: threading.Thread | None = None
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._stop_called = False
         self._abandoned_handlers = False
         # Loop-thread state, set up by _main.
@@ -260,18 +128,19 @@ class LuxiServer:
         Raises LuxiError if a socket cannot be created, JobQueueError if the
         queue directory cannot be watched; nothing is left behind then.
         """
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         with self._state_lock:
             if self._thread is not None:
                 raise errors.ProgrammerError("A LuxiServer can be started only once")
-            self._thread = threading.Thread(
+            ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._ready = ready
+            self._thread = thread = threading.Thread(
                 target=self._run_loop, args=(ready,), name="luxi-server", daemon=True
             )
-            self._thread.start()
+            thread.start()
         try:
             ready.result()
         except BaseException:
-            self._thread.join()
+            thread.join()
             self._executor.shutdown(wait=False, cancel_futures=True)
             raise
 
@@ -280,18 +149,20 @@ class LuxiServer:
 
         New connections are refused at once, idle ones closed, in-flight
         requests get up to SHUTDOWN_GRACE seconds to be answered, waiting
-        WaitForJobChange calls are answered "nochange".
+        WaitForJobChange calls are answered "nochange". Waits for a
+        concurrent ``start`` to finish first.
         """
         with self._state_lock:
-            thread, loop = self._thread, self._loop
+            thread, ready = self._thread, self._ready
             if thread is None or self._stop_called:
                 return
+            if thread is threading.current_thread():
+                raise errors.ProgrammerError("LuxiServer.stop called from its own loop thread")
             self._stop_called = True
-        if thread is threading.current_thread():
-            raise errors.ProgrammerError("LuxiServer.stop called from its own loop thread")
-        if loop is not None:
+        concurrent.futures.wait([ready])  # _loop and _stop_requested are set once it is done
+        if self._loop is not None and self._stop_requested is not None:
             with contextlib.suppress(RuntimeError):  # the loop already ended
-                loop.call_soon_threadsafe(self._request_stop)
+                self._loop.call_soon_threadsafe(self._stop_requested.set)
         thread.join()
         self._executor.shutdown(wait=not self._abandoned_handlers, cancel_futures=True)
 
@@ -305,11 +176,8 @@ class LuxiServer:
                 self._log.exception("The LUXI server loop failed")
 
     # -- loop thread ------------------------------------------------------------
-    def _request_stop(self) -> None:
-        if self._stop_requested is not None:
-            self._stop_requested.set()
-
     async def _main(self, ready: concurrent.futures.Future[None]) -> None:
+        """Open, report to ``start`` through ``ready``, serve until stopped, shut down."""
         self._loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         try:
@@ -359,6 +227,7 @@ class LuxiServer:
         self._listeners.clear()
 
     async def _shutdown(self) -> None:
+        """Refuse new clients, close idle ones, give busy ones SHUTDOWN_GRACE seconds."""
         self._closing = True
         self._close_listeners()
         for connection in list(self._connections):
@@ -385,12 +254,12 @@ class LuxiServer:
         assert task is not None
         connection = _Connection(next(self._connection_numbers), task)
         self._connections.add(connection)
-        kind = self._query_path if read_only else self._master_path
+        where = self._query_path if read_only else self._master_path
         try:
             peer = self._peer(writer)
             allowed = read_only or (peer is not None and self._access.allows(peer))
             denied = "" if allowed else " (denied)"
-            self._log.debug("Connection %d to %s from %s%s", connection.number, kind, peer, denied)
+            self._log.debug("Connection %d to %s from %s%s", connection.number, where, peer, denied)
             if not self._closing:
                 await self._serve(connection, reader, writer, read_only=read_only, allowed=allowed)
         except asyncio.CancelledError:
@@ -498,7 +367,7 @@ class LuxiServer:
     async def _dispatch(self, request: protocol.Request, read_only: bool) -> Any:
         """Look the method up, check access and arguments, run the handler."""
         name = request.method
-        method = _METHODS.get(name)
+        method = METHODS.get(name)
         if method is None:
             raise errors.LuxiError(f"Unknown method {name[:_NAME_IN_ERRORS]!r}")
         if read_only and not method.read_only:
@@ -516,7 +385,7 @@ class LuxiServer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(func, *args))
 
-    async def _wait_for_job_change(
+    async def wait_for_job_change(
         self,
         job_id: int,
         fields: list[str],
@@ -530,7 +399,7 @@ class LuxiServer:
         JobLost from the queue propagates (an unknown job).
         """
         assert self._watcher is not None, "the watcher is started before any connection"
-        deadline = self._clock() + wfjc_timeout(timeout)
+        deadline = self._clock() + methods.wfjc_timeout(timeout)
         with self._watcher.subscribe(job_id) as subscription:
             while True:
                 result = await self._run_blocking(
@@ -541,62 +410,3 @@ class LuxiServer:
                 remaining = deadline - self._clock()
                 if remaining <= 0 or self._closing or not await subscription.wait(remaining):
                     return constants.JOB_NOTCHANGED
-
-
-_METHODS: dict[str, _Method] = {
-    "SubmitJob": _Method(lambda queue, ops: queue.submit_job(ops), (("ops", _LIST),)),
-    "SubmitJobToDrainedQueue": _Method(
-        lambda queue, ops: queue.submit_job(ops, drained_ok=True), (("ops", _LIST),)
-    ),
-    "SubmitManyJobs": _Method(lambda queue, jobs: queue.submit_many_jobs(jobs), (("jobs", _LIST),)),
-    "WaitForJobChange": _Method(
-        LuxiServer._wait_for_job_change,
-        (
-            ("job_id", _JOB_ID),
-            ("fields", _FIELDS),
-            ("prev_job_info", _LIST_OR_NULL),
-            ("prev_log_serial", _INT_OR_NULL),
-            ("timeout", _NUMBER),
-        ),
-        read_only=True,
-        is_async=True,
-    ),
-    "CancelJob": _Method(
-        lambda queue, job_id, kill=False: queue.cancel_job(job_id, kill),
-        (("job_id", _JOB_ID),),
-        optional=(("kill", _BOOL),),
-    ),
-    "ChangeJobPriority": _Method(
-        lambda queue, job_id, priority: queue.change_job_priority(job_id, priority),
-        (("job_id", _JOB_ID), ("priority", _INT)),
-    ),
-    "ArchiveJob": _Method(lambda queue, job_id: queue.archive_job(job_id), (("job_id", _JOB_ID),)),
-    "AutoArchiveJobs": _Method(
-        lambda queue, age, timeout: queue.auto_archive_jobs(age, timeout),
-        (("age", _NUMBER), ("timeout", _NUMBER)),
-    ),
-    "QueryJobs": _Method(
-        lambda queue, job_ids, fields: queue.query_jobs(job_ids, fields),
-        (("job_ids", _JOB_IDS_OR_NULL), ("fields", _FIELDS)),
-        read_only=True,
-    ),
-    "Query": _Method(
-        lambda queue, what, fields, qfilter, archived=False: queue.query(
-            what, fields, qfilter, archived=archived
-        ),
-        (("what", _STR), ("fields", _FIELDS), ("qfilter", _ANY)),
-        optional=(("archived", _BOOL),),
-        read_only=True,
-    ),
-    "QueryFields": _Method(
-        lambda queue, what, fields: queue.query_fields(what, fields),
-        (("what", _STR), ("fields", _FIELDS_OR_NULL)),
-        read_only=True,
-    ),
-    "SetDrainFlag": _Method(lambda queue, flag: queue.set_drain_flag(flag), (("flag", _BOOL),)),
-    "QueryConfigValues": _Method(
-        lambda queue, fields: queue.query_config_values(fields),
-        (("fields", _FIELDS),),
-        read_only=True,
-    ),
-}

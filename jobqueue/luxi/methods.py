@@ -1,0 +1,208 @@
+"""The LUXI methods: what each one takes, who may call it, what it calls.
+
+``METHODS`` maps a method name to a ``Method``: its positional arguments,
+each with a kind that checks and converts it (job ids also arrive as digit
+strings), whether the read-only query socket allows it, and the call to make
+on the queue (or, for the one asynchronous method, on the server).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from jobqueue import constants, errors
+
+
+class QueueApi(Protocol):
+    """What the server needs from the job queue; ``jobqueue.queue.JobQueue`` provides it."""
+
+    def submit_job(self, ops: list[Any], *, drained_ok: bool = False) -> int: ...
+    def submit_many_jobs(self, jobs: list[Any], *, drained_ok: bool = False) -> list[list[Any]]: ...
+    def check_job_change(
+        self,
+        job_id: int,
+        fields: list[str],
+        prev_job_info: list[Any] | None,
+        prev_log_serial: int | None,
+    ) -> list[Any] | None: ...
+    def cancel_job(self, job_id: int, kill: bool = False) -> list[Any]: ...
+    def change_job_priority(self, job_id: int, priority: int) -> list[Any]: ...
+    def archive_job(self, job_id: int) -> bool: ...
+    def auto_archive_jobs(self, age: float, timeout: float) -> list[int]: ...
+    def query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> list[list[Any]]: ...
+    def query(
+        self, what: str, fields: list[str], qfilter: Any, archived: bool = False
+    ) -> dict[str, Any]: ...
+    def query_fields(self, what: str, fields: list[str] | None) -> dict[str, Any]: ...
+    def set_drain_flag(self, flag: bool) -> bool: ...
+    def query_config_values(self, fields: list[str]) -> list[Any]: ...
+
+
+def wfjc_timeout(requested: float) -> float:
+    """The seconds a WaitForJobChange call may block: 0 to WFJC_MAX_TIMEOUT."""
+    return min(max(requested, 0.0), constants.WFJC_MAX_TIMEOUT)
+
+
+# -- argument checking --------------------------------------------------------
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _to_job_id(value: Any) -> int:
+    """An int >= 0 or a string of digits (``gnt-job watch`` sends ``"42"``)."""
+    if _is_int(value) and value >= 0:
+        return int(value)
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        return int(value)
+    raise ValueError(value)
+
+
+def _checked(predicate: Callable[[Any], bool]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not predicate(value):
+            raise ValueError(value)
+        return value
+
+    return check
+
+
+def _or_null(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else convert(value)
+
+
+def _each(convert: Callable[[Any], Any]) -> Callable[[Any], list[Any]]:
+    def convert_list(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise ValueError(value)
+        return [convert(item) for item in value]
+
+    return convert_list
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    """What an argument must be: words for the error, and a converter.
+
+    ``convert`` returns the value to pass on or raises ValueError.
+    """
+
+    words: str
+    convert: Callable[[Any], Any]
+
+
+_is_str = _checked(lambda value: isinstance(value, str))
+_JOB_ID = _Kind("a job id (a non-negative integer or a string of digits)", _to_job_id)
+_JOB_IDS_OR_NULL = _Kind("a list of job ids or null", _or_null(_each(_to_job_id)))
+_LIST = _Kind("a list", _checked(lambda value: isinstance(value, list)))
+_LIST_OR_NULL = _Kind(
+    "a list or null", _checked(lambda value: value is None or isinstance(value, list))
+)
+_FIELDS = _Kind("a list of strings", _each(_is_str))
+_FIELDS_OR_NULL = _Kind("a list of strings or null", _or_null(_each(_is_str)))
+_INT = _Kind("an integer", _checked(_is_int))
+_INT_OR_NULL = _Kind("an integer or null", _or_null(_checked(_is_int)))
+_NUMBER = _Kind("a number", _checked(lambda value: _is_int(value) or isinstance(value, float)))
+_BOOL = _Kind("a boolean", _checked(lambda value: isinstance(value, bool)))
+_STR = _Kind("a string", _is_str)
+_ANY = _Kind("any value", lambda value: value)
+
+_Args = tuple[tuple[str, _Kind], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """How one LUXI method is served.
+
+    ``call(queue, *args)`` runs in the executor; with ``is_async`` it is
+    ``call(server, *args)``, a coroutine run in the loop instead.
+    ``args`` then ``optional`` are the positional arguments, as (name, kind).
+    ``read_only`` methods are allowed on the query socket.
+    """
+
+    call: Callable[..., Any]
+    args: _Args
+    optional: _Args = ()
+    read_only: bool = False
+    is_async: bool = False
+
+    def convert_args(self, name: str, args: list[Any]) -> list[Any]:
+        """Check count and types of ``args``; LuxiError naming the first bad one."""
+        low, high = len(self.args), len(self.args) + len(self.optional)
+        if not low <= len(args) <= high:
+            expected = str(low) if low == high else f"{low} to {high}"
+            raise errors.LuxiError(f"{name}: expected {expected} arguments, got {len(args)}")
+        converted = []
+        specs = self.args + self.optional
+        for number, ((arg_name, kind), value) in enumerate(zip(specs, args, strict=False), 1):
+            try:
+                converted.append(kind.convert(value))
+            except ValueError:
+                raise errors.LuxiError(
+                    f"{name}: argument {number} ({arg_name}) must be {kind.words}"
+                ) from None
+        return converted
+
+
+METHODS: dict[str, Method] = {
+    "SubmitJob": Method(lambda queue, ops: queue.submit_job(ops), (("ops", _LIST),)),
+    "SubmitJobToDrainedQueue": Method(
+        lambda queue, ops: queue.submit_job(ops, drained_ok=True), (("ops", _LIST),)
+    ),
+    "SubmitManyJobs": Method(lambda queue, jobs: queue.submit_many_jobs(jobs), (("jobs", _LIST),)),
+    "WaitForJobChange": Method(
+        lambda server, *args: server.wait_for_job_change(*args),
+        (
+            ("job_id", _JOB_ID),
+            ("fields", _FIELDS),
+            ("prev_job_info", _LIST_OR_NULL),
+            ("prev_log_serial", _INT_OR_NULL),
+            ("timeout", _NUMBER),
+        ),
+        read_only=True,
+        is_async=True,
+    ),
+    "CancelJob": Method(
+        lambda queue, job_id, kill=False: queue.cancel_job(job_id, kill),
+        (("job_id", _JOB_ID),),
+        optional=(("kill", _BOOL),),
+    ),
+    "ChangeJobPriority": Method(
+        lambda queue, job_id, priority: queue.change_job_priority(job_id, priority),
+        (("job_id", _JOB_ID), ("priority", _INT)),
+    ),
+    "ArchiveJob": Method(lambda queue, job_id: queue.archive_job(job_id), (("job_id", _JOB_ID),)),
+    "AutoArchiveJobs": Method(
+        lambda queue, age, timeout: queue.auto_archive_jobs(age, timeout),
+        (("age", _NUMBER), ("timeout", _NUMBER)),
+    ),
+    "QueryJobs": Method(
+        lambda queue, job_ids, fields: queue.query_jobs(job_ids, fields),
+        (("job_ids", _JOB_IDS_OR_NULL), ("fields", _FIELDS)),
+        read_only=True,
+    ),
+    "Query": Method(
+        lambda queue, what, fields, qfilter, archived=False: queue.query(
+            what, fields, qfilter, archived=archived
+        ),
+        (("what", _STR), ("fields", _FIELDS), ("qfilter", _ANY)),
+        optional=(("archived", _BOOL),),
+        read_only=True,
+    ),
+    "QueryFields": Method(
+        lambda queue, what, fields: queue.query_fields(what, fields),
+        (("what", _STR), ("fields", _FIELDS_OR_NULL)),
+        read_only=True,
+    ),
+    "SetDrainFlag": Method(lambda queue, flag: queue.set_drain_flag(flag), (("flag", _BOOL),)),
+    "QueryConfigValues": Method(
+        lambda queue, fields: queue.query_config_values(fields),
+        (("fields", _FIELDS),),
+        read_only=True,
+    ),
+}
