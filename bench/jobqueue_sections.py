@@ -1,0 +1,342 @@
+"""Sections 2, 3 (our half), 4 and 6: the daemon's submission, throughput, watching, CLI.
+
+Every section starts its own daemon on a fresh state directory (see
+``bench.daemon``) and stops it before returning. While the daemon does not
+exist they raise DaemonUnavailable, printed as a "skipped" row. Section 5
+lives in ``bench.scale``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    Context,
+    Row,
+    at_most,
+    compare,
+    compare_ratio_max,
+    latency_rows,
+    median,
+)
+from bench.daemon import (
+    FINALIZED,
+    NOOP,
+    Daemon,
+    DaemonUnavailable,
+    check_submitted,
+    wait_until_finished,
+)
+
+SUBMIT = "2 submit"
+E2E = "3 e2e"
+WATCH = "4 watch"
+CLI = "6 cli"
+SUBMIT_WORKERS = 2
+#: Long jobs the other waiters of section 4 watch (each takes a worker).
+BLOCKER_JOBS = 10
+#: Our end-to-end target against each peer: (minimum ratio, strictly greater).
+PEER_TARGETS = {"huey-sqlite": (1.5, False), "rq-redis": (1.0, True), "task-spooler": (1.0, True)}
+#: Printed by the watched job's command: one line with a timestamp per interval.
+WATCH_SCRIPT = """\
+import sys, time
+count, interval = int(sys.argv[1]), float(sys.argv[2])
+for _ in range(count):
+    print(repr(time.time()), flush=True)
+    time.sleep(interval)
+"""
+
+
+@contextlib.contextmanager
+def connected(daemon: Daemon) -> Iterator[Any]:
+    """Yield a client of ``daemon``, closed when the block ends."""
+    client = daemon.client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def submit_concurrently(
+    daemon: Daemon, clients: int, jobs: int, seconds: float
+) -> tuple[float, list[float]]:
+    """Submit ``jobs`` single-opcode jobs from ``clients`` threads, one connection each.
+
+    Stops early after ``seconds``. Returns (jobs per second, latency of each
+    SubmitJob call in seconds). Raises the first error a client thread hit.
+    """
+    per_client = max(1, jobs // clients)
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(clients + 1)
+
+    def submit(index: int) -> None:
+        try:
+            with connected(daemon) as client:
+                barrier.wait(60)
+                deadline = time.perf_counter() + seconds
+                for _ in range(per_client):
+                    if time.perf_counter() > deadline:
+                        break
+                    began = time.perf_counter()
+                    client.submit_job([NOOP])
+                    latencies[index].append(time.perf_counter() - began)
+        except BaseException as error:
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=submit, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait(60)
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join(600)
+    elapsed = time.perf_counter() - began
+    if errors:
+        raise errors[0]
+    flat = [value for values in latencies for value in values]
+    return len(flat) / elapsed, flat
+
+
+def run_submit(ctx: Context) -> Iterator[Row]:
+    """Section 2: SubmitManyJobs and SubmitJob throughput against the disk limit."""
+    settings = ctx.settings
+    disk_one = ctx.values.get("disk.files_per_s.1")
+    disk_many = ctx.values.get(f"disk.files_per_s.{settings.submit_clients}")
+    size = settings.submit_batch_size
+    with ctx.scratch_dir("submit-") as scratch, Daemon(scratch / "state", SUBMIT_WORKERS) as daemon:
+        with connected(daemon) as client:
+            check_submitted(client.submit_many_jobs([[NOOP]] * 10))  # warm-up
+            batch_latencies = []
+            began = time.perf_counter()
+            deadline = began + settings.submit_seconds
+            for _ in range(settings.submit_batches):
+                if time.perf_counter() > deadline:
+                    break
+                call_began = time.perf_counter()
+                check_submitted(client.submit_many_jobs([[NOOP]] * size))
+                batch_latencies.append(time.perf_counter() - call_began)
+            rate = len(batch_latencies) * size / (time.perf_counter() - began)
+        row = Row(SUBMIT, f"SubmitManyJobs, batches of {size}", rate, "jobs/s")
+        yield compare(row, disk_one, "disk 1 thread")
+        yield from latency_rows(SUBMIT, f"SubmitManyJobs({size}) latency", batch_latencies)
+        for clients in (1, settings.submit_clients):
+            rate, latencies = submit_concurrently(
+                daemon, clients, settings.submit_single_jobs, settings.submit_seconds
+            )
+            noun = "client" if clients == 1 else "clients"
+            row = Row(SUBMIT, f"SubmitJob, {clients} {noun}", rate, "jobs/s")
+            if clients == 1:
+                yield compare(row, disk_one, "disk 1 thread")
+            else:
+                label = f"disk {clients} threads"
+                yield compare(row, disk_many, label, minimum=0.70)
+            yield from latency_rows(SUBMIT, f"SubmitJob latency, {clients} {noun}", latencies)
+
+
+def run_jobs_once(ctx: Context, workers: int, jobs: int) -> tuple[float, dict[str, int]]:
+    """Submit ``jobs`` no-ops in one SubmitManyJobs; return (seconds until all ended, statuses)."""
+    with (
+        ctx.scratch_dir("e2e-") as scratch,
+        Daemon(scratch / "state", workers) as daemon,
+        connected(daemon) as client,
+    ):
+        began = time.perf_counter()
+        job_ids = check_submitted(client.submit_many_jobs([[NOOP]] * jobs))
+        counts = wait_until_finished(client, job_ids, ctx.settings.peer_timeout)
+        return time.perf_counter() - began, counts
+
+
+def run_e2e(ctx: Context) -> Iterator[Row]:
+    """Section 3, our half: no-op jobs submitted in bulk until all succeed; ratio to peers."""
+    jobs, repeats = ctx.settings.e2e_jobs, ctx.settings.e2e_repeats
+    for workers in ctx.settings.e2e_workers:
+        runs = [run_jobs_once(ctx, workers, jobs)]
+        while len(runs) < repeats and runs[0][0] < ctx.settings.peer_timeout / 4:
+            runs.append(run_jobs_once(ctx, workers, jobs))
+        rates = [counts.get("success", 0) / elapsed for elapsed, counts in runs]
+        rate = median(rates)
+        ctx.values[f"jobqueue.e2e.{workers}"] = rate
+        failed = sum(jobs - counts.get("success", 0) for _, counts in runs)
+        detail = {"jobs": jobs, "jobs_per_s_each": rates, "runs": runs}
+        metric = f"jobqueue, {workers} workers (median of {len(runs)})"
+        if failed:
+            metric += f" ({failed} jobs not successful)"
+        yield Row(E2E, metric, rate, "jobs/s", detail=detail)
+        for peer, (minimum, strictly) in PEER_TARGETS.items():
+            reference = ctx.values.get(f"peer.{peer}.{workers}")
+            row = Row(E2E, f"jobqueue vs {peer}, {workers} workers", rate, "jobs/s")
+            yield compare(row, reference, peer, minimum=minimum, strictly=strictly)
+
+
+def watch_job(client: Any, changes: int, interval: float, timeout: float) -> dict[str, Any]:
+    """Run a job that logs ``changes`` stdout lines and follow it with WaitForJobChange.
+
+    Returns the latencies (seconds) from each log entry's timestamp, and from
+    the time the command printed, to the moment the waiter woke with it.
+    Raises RuntimeError when the job fails or most of its lines are missing.
+    """
+    argv = [sys.executable, "-c", WATCH_SCRIPT, str(changes), str(interval)]
+    job_id = client.submit_job([{"OP_ID": "OP_COMMAND_RUN", "argv": argv}])
+    info: Any = None
+    serial: Any = None
+    from_entry: list[float] = []
+    from_print: list[float] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = client.wait_for_job_change(job_id, ["status"], info, serial, 30)
+        woke = time.time()
+        if not answer:
+            raise RuntimeError(f"watched job {job_id} lost")
+        if answer == "nochange":
+            continue
+        info, entries = answer
+        for entry_serial, stamp, kind, text in entries:
+            serial = entry_serial if serial is None else max(serial, entry_serial)
+            if kind != "stdout":
+                continue
+            from_entry.append(woke - (stamp[0] + stamp[1] / 1e6))
+            with contextlib.suppress(ValueError):
+                from_print.append(woke - float(str(text).strip()))
+        if info[0] in FINALIZED:
+            break
+    if info is None or info[0] != "success" or len(from_entry) < changes * 0.9:
+        status = "no answer" if info is None else info[0]
+        raise RuntimeError(f"watched job {job_id}: {status}, {len(from_entry)}/{changes} entries")
+    return {"from_entry": from_entry, "from_print": from_print}
+
+
+class OtherWaiters:
+    """Clients that each sit in WaitForJobChange on a long job, one connection each."""
+
+    def __init__(self, daemon: Daemon, job_ids: list[int], count: int) -> None:
+        self.daemon = daemon
+        self.job_ids = job_ids
+        self.count = count
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.waiting = 0
+        self.errors: list[BaseException] = []
+        self.threads = [
+            threading.Thread(target=self._wait, args=(i,), daemon=True) for i in range(count)
+        ]
+
+    def _wait(self, index: int) -> None:
+        job_id = self.job_ids[index % len(self.job_ids)]
+        counted = False
+        try:
+            with connected(self.daemon) as client:
+                info: Any = None
+                serial: Any = None
+                while not self.stop.is_set():
+                    answer = client.wait_for_job_change(job_id, ["status"], info, serial, 2)
+                    if not counted:
+                        counted = True
+                        with self.lock:
+                            self.waiting += 1
+                    if not answer:  # job lost: nothing left to wait for
+                        break
+                    if answer == "nochange":
+                        continue
+                    info, entries = answer
+                    serial = max([entry[0] for entry in entries], default=serial)
+                    if info[0] in FINALIZED:
+                        break
+        except BaseException as error:
+            self.errors.append(error)
+        finally:
+            if counted:
+                with self.lock:
+                    self.waiting -= 1
+
+    def __enter__(self) -> OtherWaiters:
+        for thread in self.threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while self.waiting < self.count and not self.errors and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.errors or self.waiting < self.count:
+            self.stop.set()
+            raise RuntimeError(
+                f"only {self.waiting} of {self.count} waiters started: {self.errors}"
+            )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+
+def run_watch(ctx: Context) -> Iterator[Row]:
+    """Section 4: notification latency alone, then with many other clients waiting."""
+    settings = ctx.settings
+    changes, interval = settings.watch_changes, settings.watch_interval
+    expected = changes * interval * 1.5 + 5
+    workers = settings.daemon_workers
+    with ctx.scratch_dir("watch-") as scratch, Daemon(scratch / "state", workers) as daemon:
+        with connected(daemon) as client:
+            alone = watch_job(client, changes, interval, expected * 4)
+        yield from watch_rows("alone", alone)
+        # The others wait on a few long jobs that change only when they end.
+        blocker_seconds = expected * 2 + 10
+        blocker = {"OP_ID": "OP_TEST_DELAY", "duration": blocker_seconds}
+        with connected(daemon) as client:
+            blockers = [client.submit_job([blocker]) for _ in range(BLOCKER_JOBS)]
+            with OtherWaiters(daemon, blockers, settings.watch_waiters) as others:
+                crowded = watch_job(client, changes, interval, expected * 4)
+                still_waiting = others.waiting
+            wait_until_finished(client, blockers, blocker_seconds * 2 + 60)
+        label = f"{settings.watch_waiters} other waiters"
+        yield from watch_rows(label, crowded, still_waiting=still_waiting)
+
+
+def watch_rows(label: str, measured: dict[str, Any], **detail: Any) -> Iterator[Row]:
+    """Rows for one watch run: p50 and p99 of the latency, the p99 against 10 ms."""
+    for row in latency_rows(WATCH, f"WaitForJobChange, {label},", measured["from_entry"], detail):
+        if row.metric.endswith("p99"):
+            at_most(row, 10.0)
+        yield row
+    printed = measured["from_print"]
+    if printed:
+        rows = list(latency_rows(WATCH, f"print to wake-up, {label},", printed, detail))
+        yield rows[-1]
+
+
+def timed_runs(command: list[str], runs: int) -> list[float]:
+    """Run ``command`` ``runs`` times (after one warm-up); return wall times in ms."""
+    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append((time.perf_counter() - began) * 1000)
+    return times
+
+
+def run_cli(ctx: Context) -> Iterator[Row]:
+    """Section 6: ``jobctl list`` on an empty queue against a bare interpreter."""
+    jobctl = Path(sys.executable).parent / "jobctl"
+    if not jobctl.exists():
+        raise DaemonUnavailable(f"no jobctl beside {Path(sys.executable).name}")
+    runs = ctx.settings.cli_runs
+    with ctx.scratch_dir("cli-") as scratch, Daemon(scratch / "state", SUBMIT_WORKERS) as daemon:
+        command = [str(jobctl), "--socket", daemon.socket_path, "list"]
+        check = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        if check.returncode != 0:
+            lines = (check.stderr or check.stdout).strip().splitlines() or ["no output"]
+            raise RuntimeError(f"jobctl list exited {check.returncode}: {lines[-1]}")
+        bare = median(timed_runs([sys.executable, "-c", "pass"], runs))
+        listing = median(timed_runs(command, runs))
+    yield Row(CLI, "python -c pass (median)", bare, "ms", detail={"runs": runs})
+    row = Row(CLI, "jobctl list, empty queue (median)", listing, "ms", detail={"runs": runs})
+    yield compare_ratio_max(row, bare, "python -c pass", 2.0)
