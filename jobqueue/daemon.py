@@ -3,6 +3,12 @@
 Start-up order matters: take the queue lock (a second daemon fails here),
 check the on-disk version, load and recover jobs, and only then create the
 sockets, so a socket that exists always belongs to a daemon that is ready.
+
+Testing aid: when the environment variable ``JOBQUEUE_FAULT_FILE`` names a
+control file, job storage goes through ``jobqueue.faults.FaultyDisk``, which
+fails disk writes with ENOSPC or EIO while that file asks for it. It exists
+for the fault tests only and must never be set in production (see
+``doc/reliability.rst``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from types import FrameType
 
 from jobqueue import __version__, constants
 from jobqueue.errors import GenericError
+from jobqueue.faults import FAULT_FILE_ENV, disk_from_environment
 from jobqueue.locking import LockManager
 from jobqueue.lus import builtin_registry, load_plugins
 from jobqueue.luxi.server import LuxiServer
@@ -26,6 +33,7 @@ from jobqueue.paths import StatePaths
 from jobqueue.queue import JobQueue
 from jobqueue.storage import FileJobStore, QueueLock
 
+PID_FILE_MODE = 0o644
 LOG_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
 log = logging.getLogger("jobqueue")
 
@@ -214,7 +222,10 @@ def _run(
         raise GenericError(f"Unknown group {args.socket_group!r}") from None
     registry = builtin_registry()
     load_plugins(registry, args.plugin, log)
-    storage = FileJobStore(paths.queue_dir, summarize=registry.summarize, logger=log)
+    disk = disk_from_environment(os.environ)
+    if disk is not None:
+        log.warning("Storage fault injection enabled by %s (test-only)", FAULT_FILE_ENV)
+    storage = FileJobStore(paths.queue_dir, summarize=registry.summarize, disk=disk, logger=log)
     queue = JobQueue(
         storage,
         registry,
@@ -291,8 +302,11 @@ def _shutdown(queue: JobQueue, server: LuxiServer, timeout: float, kill_grace: f
 
 
 def _write_pid_file(path: str) -> None:
+    """Write our pid atomically; mode 0644 whatever the umask (others must not rewrite it)."""
     temp = f"{path}.{os.getpid()}.tmp"
-    with open(temp, "w", encoding="ascii") as handle:
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PID_FILE_MODE)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        os.fchmod(fd, PID_FILE_MODE)  # O_CREAT's mode is filtered by the umask
         handle.write(f"{os.getpid()}\n")
     os.replace(temp, path)
 

@@ -89,7 +89,13 @@ class JobQueueFull(JobQueueError):
 
 
 class StorageError(JobQueueError):
-    """A write could not be made durable; the previous version is intact."""
+    """A write could not be made durable; the previous version is intact.
+
+    ``args`` are ``(message, errno)``; the text is the message alone.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class JobFileCorrupted(JobQueueError):

@@ -45,6 +45,8 @@ class ActiveJob:
     strategy: LockAttemptTimeoutStrategy | None = None
     strategy_op: int = -1
     rerun: bool = False
+    #: The record holds a change not yet on disk; the next step writes it first.
+    unsaved: bool = False
 
 
 class StepEnv(Protocol):
@@ -64,15 +66,17 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
     """Run the job's next opcode and say what to do with the job next."""
     job = active.job
     with active.lock:
+        if active.unsaved:
+            _save_locked(active, env)
         index = next_opcode(job)
         if index is None:
             return Verdict.FINISHED
         op = job.ops[index]
         if op.status == Status.CANCELING:
             return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
-        if op.status == Status.QUEUED:
+        if op.status == Status.QUEUED:  # written once it really waits, or as it starts
             _mark_waiting_locked(job, op, env.now())
-            env.write(job)
+            active.unsaved = True
     verdict = _check_dependencies(active, op, env)
     if verdict is not None:
         return verdict
@@ -86,11 +90,14 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
             lock_timeout=_next_lock_timeout(active, index, env),
         )
     except LockAcquireTimeout:
+        with active.lock:
+            if active.unsaved:
+                _save_locked(active, env)
         return Verdict.DEFER
     except QueueShutdown:
         with active.lock:
             op.status = Status.QUEUED
-            env.write(job)
+            _save_locked(active, env)
         return Verdict.DEFER
     except JobCanceled:
         with active.lock:
@@ -103,7 +110,7 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
         last = index == len(job.ops) - 1
         if last:
             job.end_timestamp = op.end_timestamp
-        env.write(job)
+        _save_locked(active, env)
         if last:
             return Verdict.FINISHED
         if job.ops[index + 1].status == Status.CANCELING:  # canceled while it ran
@@ -121,6 +128,22 @@ def next_opcode(job: Job) -> int | None:
     return None
 
 
+def end_lost_opcodes_locked(job: Job, reason: str, now: Timestamp) -> bool:
+    """After a failed write: a running opcode, whose end could not be recorded, failed.
+
+    Its result says so; the opcodes after it fail as after any error. Returns
+    whether the job changed (and so must be written before it counts as done).
+    """
+    running = [op for op in job.ops if op.status == Status.RUNNING]
+    for op in running:
+        op.status, op.result, op.end_timestamp = Status.ERROR, f"Result lost: {reason}", now
+    if running:
+        job.finalize_pending(
+            Status.ERROR, encode_error(OpExecError(constants.MSG_PRECEDING_FAILED)), now
+        )
+    return bool(running)
+
+
 def _mark_waiting_locked(job: Job, op: QueuedOpCode, now: Timestamp) -> None:
     op.status = Status.WAITING
     op.result = None
@@ -129,9 +152,15 @@ def _mark_waiting_locked(job: Job, op: QueuedOpCode, now: Timestamp) -> None:
         job.start_timestamp = now
 
 
+def _save_locked(active: ActiveJob, env: StepEnv) -> None:
+    """Write the job; everything in memory is on disk afterwards."""
+    env.write(active.job)
+    active.unsaved = False
+
+
 def _finish_locked(active: ActiveJob, env: StepEnv, status: Status, result: Any) -> Verdict:
     active.job.finalize_pending(status, result, env.now())
-    env.write(active.job)
+    _save_locked(active, env)
     return Verdict.FINISHED
 
 
@@ -152,6 +181,8 @@ def _check_dependencies(active: ActiveJob, op: QueuedOpCode, env: StepEnv) -> Ve
                 env.depmgr.remove_waiter(active.job.id)
                 return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
             if outcome == Outcome.WAIT:
+                if active.unsaved:  # parked: show it as waiting
+                    _save_locked(active, env)
                 return Verdict.WAITDEP
             if outcome == Outcome.CANCEL:
                 return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
@@ -168,7 +199,7 @@ def _next_lock_timeout(active: ActiveJob, index: int, env: StepEnv) -> float | N
     if timeout is None and op.priority > constants.PRIO_HIGHEST:
         with active.lock:
             op.priority -= 1
-            env.write(active.job)
+            _save_locked(active, env)
         active.strategy = env.new_strategy()
         timeout = active.strategy.next_attempt()
     return timeout
@@ -191,7 +222,12 @@ class OpCallbacks:
             self._check_cancel_locked()
             self._op.status = Status.RUNNING
             self._op.exec_timestamp = self._env.now()
-            self._env.write(self._active.job)
+            _save_locked(self._active, self._env)
+
+    def notify_waiting(self) -> None:
+        with self._active.lock:
+            if self._active.unsaved:
+                _save_locked(self._active, self._env)
 
     def feedback(self, log_type: str, message: Any) -> None:
         self.feedback_many([(log_type, message)])
@@ -201,7 +237,7 @@ class OpCallbacks:
             stamp = self._env.now()
             for log_type, message in entries:
                 self._active.job.add_log(self._index, log_type, message, stamp)
-            self._env.write(self._active.job)
+            _save_locked(self._active, self._env)
 
     def check_cancel(self) -> None:
         with self._active.lock:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -38,7 +40,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    """An int (of any size) or a finite float; a huge int is never converted to float."""
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 ANY = Type(lambda value: True, "any JSON value")
@@ -46,6 +49,11 @@ BOOL = Type(lambda value: isinstance(value, bool), "a boolean")
 INT = Type(_is_int, "an integer")
 NON_NEGATIVE_INT = Type(lambda value: _is_int(value) and value >= 0, "an integer >= 0")
 NON_NEGATIVE_NUMBER = Type(lambda value: _is_number(value) and value >= 0, "a number >= 0")
+#: Seconds a thread can wait for: beyond ``threading.TIMEOUT_MAX`` a wait raises OverflowError.
+SECONDS = Type(
+    lambda value: _is_number(value) and 0 <= value <= threading.TIMEOUT_MAX,
+    f"a number of seconds from 0 to {threading.TIMEOUT_MAX:.0f}",
+)
 STRING = Type(lambda value: isinstance(value, str), "a string")
 NON_EMPTY_STRING = Type(lambda value: isinstance(value, str) and value != "", "a non-empty string")
 
@@ -80,11 +88,15 @@ OPCODE_OBJECT = Type(
 )
 
 
+#: A job id given as a string: ASCII digits, as many as an int64 has at most.
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
 def _is_dependency(value: Any) -> bool:
     if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], list)):
         return False
     job_id, statuses = value
-    id_ok = _is_int(job_id) or (isinstance(job_id, str) and job_id.isdigit())
+    id_ok = _is_int(job_id) or (isinstance(job_id, str) and _DIGITS.fullmatch(job_id) is not None)
     return id_ok and all(status in constants.FINALIZED for status in statuses)
 
 
@@ -198,8 +210,7 @@ class Registry:
         unknown = sorted(set(data) - set(params) - {"OP_ID"})
         if unknown:
             raise OpPrereqError(
-                "Unknown parameter "
-                + ", ".join(f"'{opcode.OP_ID}.{name}'" for name in unknown),
+                "Unknown parameter " + ", ".join(f"'{opcode.OP_ID}.{name}'" for name in unknown),
                 ECODE_INVAL,
             )
         result: dict[str, Any] = {"OP_ID": opcode.OP_ID}

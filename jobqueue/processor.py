@@ -88,14 +88,16 @@ class Processor:
         deadline = None if timeout is None else self._clock() + timeout
         for name, exclusive_mode in plan:
             cbs.check_cancel()
-            remaining = None if deadline is None else max(0.0, deadline - self._clock())
+            priority = cbs.current_priority()
             acquired = self._locks.acquire(
-                owner,
-                [name],
-                shared=not exclusive_mode,
-                timeout=remaining,
-                priority=cbs.current_priority(),
+                owner, [name], shared=not exclusive_mode, timeout=0, priority=priority
             )
+            if not acquired:
+                cbs.notify_waiting()
+                remaining = None if deadline is None else max(0.0, deadline - self._clock())
+                acquired = self._locks.acquire(
+                    owner, [name], shared=not exclusive_mode, timeout=remaining, priority=priority
+                )
             if not acquired:
                 self._locks.release(owner)
                 cbs.check_cancel()  # an interrupted wait may mean "canceled"

@@ -32,7 +32,7 @@ from jobqueue.errors import (
     OpPrereqError,
     StorageError,
 )
-from jobqueue.jobstep import ActiveJob, Verdict, step
+from jobqueue.jobstep import ActiveJob, Verdict, end_lost_opcodes_locked, step
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.model import Job, Timestamp, now_stamp
 from jobqueue.opcodes import Registry
@@ -174,13 +174,13 @@ class JobQueue:
             active.rerun = False
             self.pool.set_task_name(f"Job{job_id}")
             verdict = step(active, self)
-            if verdict == Verdict.WAITDEP and active.rerun:
-                verdict = Verdict.DEFER
         except StorageError as err:
             self._recover_from_failed_write(active, err)
             return
         finally:
             active.run_lock.release()
+        if verdict == Verdict.WAITDEP and active.rerun:  # read after release: none is lost
+            verdict = Verdict.DEFER
         if verdict == Verdict.FINISHED:
             self._finished(job_id)
         elif verdict == Verdict.DEFER:
@@ -192,7 +192,11 @@ class JobQueue:
         self.depmgr.notify(job_id)
 
     def _recover_from_failed_write(self, active: ActiveJob, err: StorageError) -> None:
-        """Go back to what is on disk and try the job again a little later."""
+        """Go back to what is on disk and try the job again a little later.
+
+        An opcode that was running ends in error; that end is written by the
+        job's next step, before the job can count as finished.
+        """
         job_id = active.job.id
         self._log.error(
             "Cannot write job %s (%s); retrying in %.0fs", job_id, err, STORAGE_RETRY_DELAY
@@ -204,10 +208,9 @@ class JobQueue:
                 on_disk = None
             if on_disk is not None:
                 active.job.restore(on_disk.to_dict())
-            for op in active.job.ops:
-                if op.status == Status.RUNNING:  # it ran, but its end could not be recorded
-                    op.status = Status.ERROR
-                    op.result = f"Result lost: {err.args[0]}"
+                active.unsaved = False
+            if end_lost_opcodes_locked(active.job, err.args[0], self.now()):
+                active.unsaved = True
         timer = threading.Timer(STORAGE_RETRY_DELAY, self._enqueue, args=([job_id],))
         timer.daemon = True
         timer.start()

@@ -111,8 +111,8 @@ class JobStore(abc.ABC):
         """Read a live or archived job, None if neither exists."""
 
     @abc.abstractmethod
-    def _move_to_archive(self, job_ids: Sequence[int]) -> list[int]:
-        """Move live jobs into the archive; return the ids moved."""
+    def _move_to_archive(self, job_ids: Sequence[int], moved: list[int]) -> None:
+        """Move live jobs into the archive, appending each id to ``moved`` once it moved."""
 
     @abc.abstractmethod
     def _scan(self) -> Iterator[Job]:
@@ -175,11 +175,18 @@ class JobStore(abc.ABC):
         """Whether an archived copy of the job exists."""
 
     def archive_jobs(self, job_ids: Iterable[int]) -> list[int]:
-        """Move live jobs to the archive; return those moved (others were not live)."""
-        moved = self._move_to_archive(sorted(set(job_ids)))
-        with self._lock:
-            for job_id in moved:
-                self._index.pop(job_id, None)
+        """Move live jobs to the archive; return those moved (others were not live).
+
+        Raises ``StorageError`` when a move or a directory sync fails; the
+        index then still follows the files: a job is live or archived, never both.
+        """
+        moved: list[int] = []
+        try:
+            self._move_to_archive(sorted(set(job_ids)), moved)
+        finally:
+            with self._lock:
+                for job_id in moved:
+                    self._index.pop(job_id, None)
         return moved
 
     def archive_job(self, job_id: int) -> bool:
@@ -226,6 +233,52 @@ class Disk:
             os.close(fd)
 
 
+class GroupSync:
+    """Shares one ``sync`` call among concurrent callers (a group commit).
+
+    A caller needs a sync that *starts* after it called; if one is running it
+    waits for that one to end and then for the next, which it may run itself.
+    Callers arriving together therefore cost about two syncs, not one each.
+    Raises the ``OSError`` of a failed sync to every caller it should have
+    covered. ``_cond`` guards the counters; the sync runs without it.
+    """
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self._sync = sync
+        self._cond = threading.Condition()
+        self._started = 0
+        self._finished = 0
+        self._running = False
+        self._failure: tuple[int, OSError] | None = None
+
+    def sync(self) -> None:
+        with self._cond:
+            needed = self._started + 1
+            while self._finished < needed:
+                if self._running:
+                    self._cond.wait()
+                else:
+                    self._run_locked()
+            if self._failure is not None and self._failure[0] >= needed:
+                failed = self._failure[1]
+                raise OSError(failed.errno, failed.strerror)
+
+    def _run_locked(self) -> None:
+        self._running = True
+        self._started += 1
+        number = self._started
+        self._cond.release()
+        try:
+            self._sync()
+        except OSError as err:
+            self._failure = (number, err)
+        finally:
+            self._cond.acquire()
+            self._running = False
+            self._finished = number
+            self._cond.notify_all()
+
+
 class FileJobStore(JobStore):
     """Jobs as files under ``queue_dir``; see the module docstring."""
 
@@ -243,6 +296,7 @@ class FileJobStore(JobStore):
         self.archive_dir = os.path.join(queue_dir, constants.ARCHIVE_DIR)
         self.corrupt_dir = os.path.join(queue_dir, constants.CORRUPT_DIR)
         self._disk = disk or Disk()
+        self._queue_dir_sync = GroupSync(lambda: self._disk.fsync_dir(self.queue_dir))
         self._id_block = id_block
         self._log = logger or logging.getLogger(__name__)
         self._temp_counter = itertools.count()
@@ -292,8 +346,9 @@ class FileJobStore(JobStore):
     def write_file(self, path: str, data: bytes, *, new: bool) -> None:
         """Atomically replace ``path`` with ``data``; fsync the directory if ``new``.
 
-        Raises ``StorageError``; on failure the temp file is removed and the
-        previous version of ``path`` is untouched.
+        ``new`` means ``path`` does not exist yet. Raises ``StorageError``; on
+        failure the temp file is removed and the previous version of ``path``
+        is untouched (a new ``path`` whose directory sync failed is removed).
         """
         directory, name = os.path.split(path)
         temp = os.path.join(
@@ -309,13 +364,15 @@ class FileJobStore(JobStore):
             finally:
                 os.close(fd)
             self._disk.replace(temp, path)
-            if new:
-                self._disk.fsync_dir(directory)
         except OSError as err:
             _unlink_quietly(temp)
-            raise StorageError(
-                f"Cannot write {path}: {os.strerror(err.errno or 0)}", err.errno or 0
-            ) from err
+            raise _storage_error(f"Cannot write {path}", err) from err
+        if new:
+            try:
+                self._disk.fsync_dir(directory)
+            except OSError as err:
+                _unlink_quietly(path)  # a name that is not durable must not stay visible
+                raise _storage_error(f"Cannot write {path}", err) from err
 
     def _job_path(self, job_id: int) -> str:
         return os.path.join(self.queue_dir, f"{constants.JOB_FILE_PREFIX}{job_id}")
@@ -353,11 +410,9 @@ class FileJobStore(JobStore):
                 new_paths.append(path)
         if new_paths:
             try:
-                self._disk.fsync_dir(self.queue_dir)
+                self._queue_dir_sync.sync()
             except OSError as err:
-                failure = StorageError(
-                    f"Cannot sync {self.queue_dir}: {os.strerror(err.errno or 0)}", err.errno
-                )
+                failure = _storage_error(f"Cannot sync {self.queue_dir}", err)
                 for path in new_paths:  # not durable, so never acknowledge them
                     _unlink_quietly(path)
                 new = set(new_paths)
@@ -372,34 +427,53 @@ class FileJobStore(JobStore):
             try:
                 with open(path, "rb") as handle:
                     data = handle.read()
-            except FileNotFoundError:
-                continue
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.ENAMETOOLONG):  # a huge id: no such file
+                    continue
+                raise
             return decode_job(data)
         return None
 
     def _is_archived(self, job_id: int) -> bool:
         return os.path.exists(self._archived_path(job_id))
 
-    def _move_to_archive(self, job_ids: Sequence[int]) -> list[int]:
-        moved: list[int] = []
+    def _move_to_archive(self, job_ids: Sequence[int], moved: list[int]) -> None:
+        """Rename each job into its archive sub-directory, then sync the directories.
+
+        Stops at the first failed move; raises ``StorageError`` for it or for
+        a failed sync, after the moves already done are in ``moved``.
+        """
+        failure: StorageError | None = None
         touched: set[str] = set()
         for job_id in job_ids:
             target = self._archived_path(job_id)
-            target_dir = os.path.dirname(target)
-            if target_dir not in touched and not os.path.isdir(target_dir):
-                os.makedirs(target_dir, mode=constants.DIR_MODE, exist_ok=True)
-                self._disk.fsync_dir(self.archive_dir)
             try:
-                self._disk.replace(self._job_path(job_id), target)
-            except FileNotFoundError:
-                continue
+                if not self._archive_one(job_id, target, touched):
+                    continue
             except OSError as err:
-                raise StorageError(f"Cannot archive job {job_id}: {err}", err.errno) from err
-            touched.add(target_dir)
+                failure = _storage_error(f"Cannot archive job {job_id}", err)
+                break
+            touched.add(os.path.dirname(target))
             moved.append(job_id)
         for directory in [*sorted(touched), self.queue_dir] if touched else []:
-            self._disk.fsync_dir(directory)
-        return moved
+            try:
+                self._disk.fsync_dir(directory)
+            except OSError as err:
+                failure = failure or _storage_error(f"Cannot sync {directory}", err)
+        if failure is not None:
+            raise failure
+
+    def _archive_one(self, job_id: int, target: str, touched: set[str]) -> bool:
+        """Rename one live job to ``target``; False if it is not live. Raises OSError."""
+        target_dir = os.path.dirname(target)
+        if target_dir not in touched and not os.path.isdir(target_dir):
+            os.makedirs(target_dir, mode=constants.DIR_MODE, exist_ok=True)
+            self._disk.fsync_dir(self.archive_dir)
+        try:
+            self._disk.replace(self._job_path(job_id), target)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _scan(self) -> Iterator[Job]:
         highest = 0
@@ -445,12 +519,19 @@ class FileJobStore(JobStore):
         return os.path.exists(os.path.join(self.queue_dir, constants.DRAIN_FILE))
 
     def set_drained(self, drained: bool) -> None:
+        """Create or remove the drain file durably; ``StorageError`` leaves it as it was."""
         path = os.path.join(self.queue_dir, constants.DRAIN_FILE)
-        if drained:
+        exists = os.path.exists(path)
+        if drained and not exists:
             self.write_file(path, b"", new=True)
-        elif os.path.exists(path):
-            os.unlink(path)
-            self._disk.fsync_dir(self.queue_dir)
+        elif not drained and exists:
+            try:
+                os.unlink(path)
+                self._disk.fsync_dir(self.queue_dir)
+            except OSError as err:
+                with contextlib.suppress(OSError):  # not durably gone: show it again
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, constants.FILE_MODE))
+                raise _storage_error(f"Cannot remove {path}", err) from err
 
 
 class MemoryJobStore(JobStore):
@@ -485,11 +566,11 @@ class MemoryJobStore(JobStore):
     def _is_archived(self, job_id: int) -> bool:
         return job_id in self._archive
 
-    def _move_to_archive(self, job_ids: Sequence[int]) -> list[int]:
-        moved = [job_id for job_id in job_ids if job_id in self._live]
-        for job_id in moved:
-            self._archive[job_id] = self._live.pop(job_id)
-        return moved
+    def _move_to_archive(self, job_ids: Sequence[int], moved: list[int]) -> None:
+        for job_id in job_ids:
+            if job_id in self._live:
+                self._archive[job_id] = self._live.pop(job_id)
+                moved.append(job_id)
 
     def _scan(self) -> Iterator[Job]:
         for data in list(self._live.values()):
@@ -536,6 +617,12 @@ class QueueLock:
             os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
+
+
+def _storage_error(what: str, err: OSError) -> StorageError:
+    """``StorageError`` "<what>: <strerror>", carrying the errno."""
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    return StorageError(f"{what}: {reason}", err.errno or 0)
 
 
 def _unlink_quietly(path: str) -> None:

@@ -71,12 +71,14 @@ class _Worker(threading.Thread):
 class WorkerPool:
     """Runs queued payloads on a set of worker threads, best priority first."""
 
-    # Locking: the one Condition ``self._lock`` guards every attribute below
-    # that changes after __init__ (the heap, the queued-id map, the workers
-    # and their ``stopping``/``current`` fields, the active flag). Methods
-    # ending in ``_locked`` need the caller to hold it. Waiters are of two
-    # kinds (idle workers, quiesce), so every change is announced with
-    # notify_all. The lock is never held while a task runs.
+    # Locking: the one lock ``self._lock`` guards every attribute below that
+    # changes after __init__ (the heap, the queued-id map, the workers and
+    # their ``stopping``/``current`` fields, the active flag). Methods ending
+    # in ``_locked`` need the caller to hold it. Two conditions share it:
+    # idle workers wait on ``_work_ready``, woken one per new task (waking
+    # all of them for every task made them fight over the lock), and
+    # ``quiesce`` waits on ``_state_changed``, announced whenever a task ends
+    # or a worker leaves. The lock is never held while a task runs.
 
     def __init__(
         self,
@@ -94,7 +96,9 @@ class WorkerPool:
         self._name = name
         self._run_task_fn = run_task
         self._logger = logger or logging.getLogger(__name__)
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        self._state_changed = threading.Condition(self._lock)
         self._heap: list[_Task] = []
         # The live entry of every queued task; a heap entry not found here
         # under its own id is abandoned and skipped by the workers.
@@ -121,7 +125,7 @@ class WorkerPool:
         """
         with self._lock:
             task_id = self._add_task_locked(payload, priority, task_id)
-            self._lock.notify_all()
+            self._work_ready.notify()
         return task_id
 
     def add_many_tasks(
@@ -150,7 +154,7 @@ class WorkerPool:
                 self._add_task_locked(payload, prio, task_id)
                 for payload, prio, task_id in zip(payloads, priorities, ids, strict=True)
             ]
-            self._lock.notify_all()
+            self._work_ready.notify(len(added))
         return added
 
     def change_task_priority(self, task_id: Hashable, priority: int) -> None:
@@ -165,7 +169,7 @@ class WorkerPool:
                 raise NoSuchTask(task_id)
             if task.priority != priority:
                 self._push_locked(dataclasses.replace(task, priority=priority))
-                self._lock.notify_all()
+                pass  # same number of tasks: nobody to wake
 
     def _add_task_locked(self, payload: Any, priority: int, task_id: Hashable | None) -> Hashable:
         """Queue one task or merge it into the queued entry with the same id."""
@@ -240,7 +244,7 @@ class WorkerPool:
         """
         with self._lock:
             self._active = active
-            self._lock.notify_all()
+            self._work_ready.notify_all()
 
     def is_active(self) -> bool:
         """Tell whether workers pick new tasks; takes the lock."""
@@ -259,7 +263,7 @@ class WorkerPool:
         if self._in_own_worker():
             raise ProgrammerError("quiesce called from a task of the same pool")
         with self._lock:
-            return self._lock.wait_for(self._is_idle_locked, timeout)
+            return self._state_changed.wait_for(self._is_idle_locked, timeout)
 
     def has_running_tasks(self) -> bool:
         """Tell whether any worker is running a task; takes the lock."""
@@ -304,7 +308,7 @@ class WorkerPool:
             for _ in range(num_workers - len(staying) - len(leaving)):
                 self._start_worker_locked()
             self._threads = [thread for thread in self._threads if thread.is_alive()]
-            self._lock.notify_all()
+            self._wake_everyone_locked()
 
     def terminate(self) -> None:
         """Stop every worker after its current task, join them, drop queued tasks.
@@ -319,14 +323,19 @@ class WorkerPool:
             for worker in self._workers:
                 worker.stopping = True
             threads = list(self._threads)
-            self._lock.notify_all()
+            self._wake_everyone_locked()
         for thread in threads:
             thread.join()
         with self._lock:
             self._threads = [thread for thread in self._threads if thread.is_alive()]
             self._heap.clear()
             self._queued.clear()
-            self._lock.notify_all()
+            self._wake_everyone_locked()
+
+    def _wake_everyone_locked(self) -> None:
+        """Wake every waiter: workers must re-check ``stopping``, quiesce the counts."""
+        self._work_ready.notify_all()
+        self._state_changed.notify_all()
 
     def _start_worker_locked(self) -> None:
         """Start one more worker thread with the next free number."""
@@ -342,14 +351,14 @@ class WorkerPool:
                 defer_priority = self._run_one(worker, task)
                 with self._lock:
                     worker.current = None
-                    if defer_priority is not None:
+                    if defer_priority is not None:  # this worker looks for work next anyway
                         self._add_task_locked(task.payload, defer_priority, task.task_id)
-                    self._lock.notify_all()
+                    self._state_changed.notify_all()
         finally:
             with self._lock:
                 if worker in self._workers:  # only if something escaped _run_one
                     self._workers.remove(worker)
-                self._lock.notify_all()
+                self._wake_everyone_locked()
 
     def _next_task(self, worker: _Worker) -> _Task | None:
         """Block until there is a task for ``worker``; None when it must leave.
@@ -363,9 +372,10 @@ class WorkerPool:
                 if task is not None:
                     worker.current = task
                     return task
-                self._lock.wait()
+                self._work_ready.wait()
             self._workers.remove(worker)
-            self._lock.notify_all()
+            self._work_ready.notify()  # pass on a wake-up this worker may have taken
+            self._state_changed.notify_all()
             return None
 
     def _run_one(self, worker: _Worker, task: _Task) -> int | None:

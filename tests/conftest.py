@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,8 +17,8 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     made: list[Daemon] = []
     state_dir = state_dir_under(tmp_path)
 
-    def make(*args: str, workers: int = 4) -> Daemon:
-        daemon = Daemon(state_dir, *args, workers=workers)
+    def make(*args: str, workers: int = 4, **options: Any) -> Daemon:
+        daemon = Daemon(state_dir, *args, workers=workers, **options)
         made.append(daemon)
         return daemon
 

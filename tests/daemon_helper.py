@@ -44,12 +44,25 @@ def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = 
 
 
 class Daemon:
-    """One real daemon process on its own state directory."""
+    """One real daemon process on its own state directory.
 
-    def __init__(self, state_dir: Path, *args: str, workers: int = 4) -> None:
+    ``env`` is added to the daemon's environment; ``preexec_fn`` runs in the
+    child before the daemon starts (e.g. to set a umask or drop privileges).
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *args: str,
+        workers: int = 4,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.paths = StatePaths(str(state_dir))
         self.args = ["--workers", str(workers), *args]
+        self.env = env
+        self.preexec_fn = preexec_fn
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir.parent / f"{state_dir.name}-daemon.log"
         self._clients: list[Client] = []
@@ -66,8 +79,11 @@ class Daemon:
         ]
 
     def start(self) -> Daemon:
+        env = None if self.env is None else {**os.environ, **self.env}
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log)
+            self.proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=log, env=env, preexec_fn=self.preexec_fn
+            )
         wait_until(self._ready, what=f"the daemon to listen; log:\n{self.log()}")
         return self
 

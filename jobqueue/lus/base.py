@@ -13,6 +13,9 @@ from jobqueue.opcodes import OpCode
 class ExecCallbacks(Protocol):
     """The queue's side of running one opcode (implemented by the job step)."""
 
+    def notify_waiting(self) -> None:
+        """A lock is not free: the opcode will wait for it (written to disk now)."""
+
     def notify_start(self) -> None:
         """Locks are held; the opcode is about to run."""
 

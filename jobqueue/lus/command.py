@@ -22,12 +22,11 @@ from jobqueue.errors import ECODE_INVAL, OpExecError, OpPrereqError
 from jobqueue.lus.base import LogicalUnit, ResultWithJobs
 from jobqueue.opcodes import (
     NON_EMPTY_STRING,
-    NON_NEGATIVE_NUMBER,
     OPCODE_OBJECT,
-    STRING,
-    STRING_DICT,
+    SECONDS,
     OpCode,
     Param,
+    Type,
     list_of,
     optional,
 )
@@ -36,6 +35,36 @@ from jobqueue.signals import JobCanceled
 #: How often the output loop looks at kill requests and the timeout.
 _TICK = 0.1
 _SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _is_os_string(value: Any) -> bool:
+    """A string the OS takes in an argument, a variable or a path: no NUL, no lone surrogate."""
+    if not isinstance(value, str) or "\0" in value:
+        return False
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_environment(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        _is_os_string(name) and "=" not in name and _is_os_string(text)
+        for name, text in value.items()
+    )
+
+
+#: Checked at submission, so a job never fails later in ``exec`` on what the OS refuses.
+OS_STRING = Type(_is_os_string, "a string without NUL characters or lone surrogates")
+NON_EMPTY_OS_STRING = Type(
+    lambda value: _is_os_string(value) and value != "",
+    "a non-empty string without NUL characters or lone surrogates",
+)
+ENVIRONMENT = Type(
+    _is_environment,
+    "an object of strings without NUL characters or lone surrogates, names without '='",
+)
 
 
 def base_environment(job_id: int) -> dict[str, str]:
@@ -55,10 +84,10 @@ class OpCommandRun(OpCode):
     OP_ID = "OP_COMMAND_RUN"
     SUMMARY_FIELD = "argv"
     PARAMS = (
-        Param("argv", list_of(STRING, non_empty=True), required=True, doc="Command and args"),
-        Param("env", STRING_DICT, default={}, doc="Added to the minimal base environment"),
-        Param("cwd", optional(NON_EMPTY_STRING), doc="Working directory"),
-        Param("timeout", optional(NON_NEGATIVE_NUMBER), doc="Seconds before it is killed"),
+        Param("argv", list_of(OS_STRING, non_empty=True), required=True, doc="Command and args"),
+        Param("env", ENVIRONMENT, default={}, doc="Added to the minimal base environment"),
+        Param("cwd", optional(NON_EMPTY_OS_STRING), doc="Working directory"),
+        Param("timeout", optional(SECONDS), doc="Seconds before it is killed"),
         Param("locks", list_of(NON_EMPTY_STRING), default=[], doc="Exclusive resource locks"),
         Param("shared_locks", list_of(NON_EMPTY_STRING), default=[], doc="Shared locks"),
     )
@@ -158,7 +187,7 @@ class LUCommandRun(LogicalUnit):
         selector.register(proc.stderr, selectors.EVENT_READ, constants.ELOG_STDERR)
         outcome = "exited"
         try:
-            while selector.get_map():
+            while selector.get_map() or proc.poll() is None:
                 for key, _ in selector.select(_TICK):
                     data = os.read(key.fd, 65536)
                     if not data:
@@ -208,11 +237,11 @@ class OpCommandFanout(OpCode):
     PARAMS = (
         Param(
             "argv",
-            list_of(STRING, non_empty=True),
+            list_of(OS_STRING, non_empty=True),
             required=True,
             doc="Command; {item} is replaced by each item",
         ),
-        Param("items", list_of(STRING, non_empty=True), required=True, doc="One job per item"),
+        Param("items", list_of(OS_STRING, non_empty=True), required=True, doc="One job per item"),
         Param(
             "locks",
             list_of(NON_EMPTY_STRING),
@@ -220,8 +249,8 @@ class OpCommandFanout(OpCode):
             doc="Exclusive lock templates, e.g. host:{item}",
         ),
         Param("shared_locks", list_of(NON_EMPTY_STRING), default=[], doc="Shared lock templates"),
-        Param("env", STRING_DICT, default={}, doc="Environment for every command"),
-        Param("timeout", optional(NON_NEGATIVE_NUMBER), doc="Per-command timeout"),
+        Param("env", ENVIRONMENT, default={}, doc="Environment for every command"),
+        Param("timeout", optional(SECONDS), doc="Per-command timeout"),
         Param(
             "then",
             list_of(OPCODE_OBJECT),

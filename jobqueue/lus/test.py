@@ -11,7 +11,7 @@ from jobqueue.opcodes import (
     BOOL,
     NON_EMPTY_STRING,
     NON_NEGATIVE_INT,
-    NON_NEGATIVE_NUMBER,
+    SECONDS,
     STRING,
     OpCode,
     Param,
@@ -34,7 +34,7 @@ class OpTestDelay(OpCode):
     OP_ID = "OP_TEST_DELAY"
     SUMMARY_FIELD = "duration"
     PARAMS = (
-        Param("duration", NON_NEGATIVE_NUMBER, required=True, doc="Seconds to sleep per round"),
+        Param("duration", SECONDS, required=True, doc="Seconds to sleep per round"),
         Param("repeat", NON_NEGATIVE_INT, default=0, doc="Rounds; 0 means one silent delay"),
         Param("on_master", BOOL, default=True, doc="Sleep in the daemon"),
         Param("on_nodes", list_of(NON_EMPTY_STRING), default=[], doc="Remote nodes (none here)"),

@@ -63,6 +63,16 @@ def _to_job_id(value: Any) -> int:
     raise ValueError(value)
 
 
+def _to_float(value: Any) -> float:
+    """A JSON number as a float; ValueError for anything else, or an int too big for a float."""
+    if not (_is_int(value) or isinstance(value, float)):
+        raise ValueError(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(value) from None
+
+
 def _checked(predicate: Callable[[Any], bool]) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if not predicate(value):
@@ -107,7 +117,7 @@ _FIELDS = _Kind("a list of strings", _each(_is_str))
 _FIELDS_OR_NULL = _Kind("a list of strings or null", _or_null(_each(_is_str)))
 _INT = _Kind("an integer", _checked(_is_int))
 _INT_OR_NULL = _Kind("an integer or null", _or_null(_checked(_is_int)))
-_NUMBER = _Kind("a number", _checked(lambda value: _is_int(value) or isinstance(value, float)))
+_NUMBER = _Kind("a number", _to_float)
 _BOOL = _Kind("a boolean", _checked(lambda value: isinstance(value, bool)))
 _STR = _Kind("a string", _is_str)
 _ANY = _Kind("any value", lambda value: value)

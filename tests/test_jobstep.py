@@ -1,0 +1,687 @@
+"""``jobstep.step`` driven by hand, with no threads (Ganeti's TestJobProcessor scenarios)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from jobqueue import constants
+from jobqueue.constants import FINALIZED, Status
+from jobqueue.depmgr import DependencyManager
+from jobqueue.errors import OpExecError, ProgrammerError, encode_error
+from jobqueue.jobstep import ActiveJob, OpCallbacks, Verdict, step
+from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
+from jobqueue.lus import builtin_registry
+from jobqueue.model import Job
+from jobqueue.processor import Processor
+from jobqueue.signals import JobCanceled, LockAcquireTimeout
+from jobqueue.storage import MemoryJobStore
+
+JOB_ID = 1
+CANCELED = constants.MSG_CANCELED
+PRECEDING = encode_error(OpExecError(constants.MSG_PRECEDING_FAILED))
+REQUESTED = encode_error(OpExecError("Opcode failure was requested"))
+
+
+class Env:
+    """A StepEnv: in-memory storage that counts writes, a tick clock, fake dependency data.
+
+    Every write checks Ganeti's invariant: a job is finalized iff it has an
+    end timestamp.
+    """
+
+    def __init__(
+        self,
+        processor: Any = None,
+        *,
+        locks: LockManager | None = None,
+        attempts: int = 3,
+        first_timeout: float = 0.01,
+    ) -> None:
+        self.store = MemoryJobStore()
+        self.writes = 0
+        self.locks = locks or LockManager()
+        self.processor = processor or Processor(
+            builtin_registry(), self.locks, logger=logging.getLogger("test.jobstep")
+        )
+        self.statuses: dict[int, Status] = {}
+        self.enqueued: list[int] = []
+        self.depmgr = DependencyManager(self.statuses.get, self.enqueued.extend)
+        self.is_accepting = True
+        self.ticks = itertools.count(1000)
+        self.attempts = attempts
+        self.first_timeout = first_timeout
+        self.strategies = 0
+        self.submitted: list[list[list[dict[str, Any]]]] = []
+
+    def write(self, job: Job) -> None:
+        assert (job.status in FINALIZED) == (job.end_timestamp is not None), job.to_dict()
+        self.writes += 1
+        self.store.write_job(job)
+
+    def now(self) -> list[int]:
+        return [next(self.ticks), 0]
+
+    def accepting(self) -> bool:
+        return self.is_accepting
+
+    def new_strategy(self) -> LockAttemptTimeoutStrategy:
+        self.strategies += 1
+        return LockAttemptTimeoutStrategy(
+            total=self.attempts * self.first_timeout,
+            min_wait=self.first_timeout,
+            max_wait=self.first_timeout,
+            rng=lambda: 0.5,
+        )
+
+    def submit_from_lu(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]:
+        self.submitted.append(jobs)
+        return [[True, 500 + number] for number in range(len(jobs))]
+
+    def stored(self, job_id: int = JOB_ID) -> Job:
+        job = self.store.read_job(job_id)
+        assert job is not None
+        return job
+
+
+Exec = Callable[[dict[str, Any], OpCallbacks, Any], Any]
+
+
+class FakeProcessor:
+    """Runs each call through the next function of ``script`` (op input, callbacks, timeout)."""
+
+    def __init__(self, *script: Exec) -> None:
+        self.script = list(script)
+        self.calls: list[dict[str, Any]] = []
+
+    def exec_opcode(
+        self,
+        op_input: dict[str, Any],
+        cbs: OpCallbacks,
+        *,
+        owner: Any,
+        job_id: int,
+        lock_timeout: float | None,
+    ) -> Any:
+        assert owner == job_id
+        self.calls.append(
+            {"input": op_input, "timeout": lock_timeout, "priority": cbs.current_priority()}
+        )
+        assert self.script, "processor called more often than expected"
+        return self.script.pop(0)(op_input, cbs, lock_timeout)
+
+
+def succeed(result: Any = "ok") -> Exec:
+    def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+        cbs.check_cancel()
+        cbs.notify_start()
+        return result
+
+    return run
+
+
+def time_out(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+    cbs.check_cancel()
+    raise LockAcquireTimeout()
+
+
+def dummy(**params: Any) -> dict[str, Any]:
+    return {"OP_ID": "OP_TEST_DUMMY", **params}
+
+
+def make_job(*ops: dict[str, Any], job_id: int = JOB_ID) -> ActiveJob:
+    return ActiveJob(Job.new(job_id, ops, [900, 0]))
+
+
+def statuses(job: Job) -> list[str]:
+    return [str(op.status) for op in job.ops]
+
+
+def results(job: Job) -> list[Any]:
+    return [op.result for op in job.ops]
+
+
+def cancel_queued(active: ActiveJob, env: Env) -> None:
+    """What the queue does to cancel a queued job: finalize it at once."""
+    active.job.finalize_pending(Status.CANCELED, CANCELED, env.now())
+    env.write(active.job)
+
+
+def mark_canceling(active: ActiveJob) -> None:
+    """What the queue does to cancel a waiting (or killed running) job."""
+    for op in active.job.ops:
+        if op.status not in FINALIZED:
+            op.status = Status.CANCELING
+
+
+def run_to_end(active: ActiveJob, env: Env, limit: int = 100) -> list[Verdict]:
+    verdicts = []
+    for _ in range(limit):
+        verdicts.append(step(active, env))
+        if verdicts[-1] != Verdict.DEFER:
+            return verdicts
+    raise AssertionError(f"job did not finish in {limit} steps")
+
+
+class TestSuccess:
+    @pytest.mark.parametrize("count", [1, 3, 10])
+    def test_success(self, count: int) -> None:
+        env = Env()
+        active = make_job(*[dummy(result=index) for index in range(count)])
+        job = active.job
+        for index in range(count):
+            before = env.writes
+            verdict = step(active, env)
+            # queued -> running (locks free: "waiting" is never written), running -> success
+            assert env.writes - before == 2
+            op = job.ops[index]
+            assert op.status == Status.SUCCESS and op.result == index
+            assert op.start_timestamp is not None and op.exec_timestamp is not None
+            assert op.start_timestamp < op.exec_timestamp < op.end_timestamp
+            assert job.start_timestamp == job.ops[0].start_timestamp
+            if index < count - 1:
+                assert verdict == Verdict.DEFER
+                assert job.status == Status.QUEUED
+                assert env.stored().status == Status.QUEUED
+                assert job.end_timestamp is None
+            else:
+                assert verdict == Verdict.FINISHED
+        assert job.status == Status.SUCCESS
+        assert job.end_timestamp == job.ops[-1].end_timestamp
+        assert env.stored().to_dict() == job.to_dict()
+        assert results(env.stored()) == list(range(count))
+        assert env.locks.lock_info() == []
+
+    def test_finished_job_is_a_no_op(self) -> None:
+        env = Env()
+        active = make_job(dummy())
+        assert run_to_end(active, env) == [Verdict.FINISHED]
+        writes, state = env.writes, active.job.to_dict()
+        assert step(active, env) == Verdict.FINISHED
+        assert env.writes == writes and active.job.to_dict() == state
+
+    def test_statuses_seen_while_running(self) -> None:
+        seen: list[tuple[str, str]] = []
+
+        def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+            seen.append(("picked", str(env.stored().status)))
+            cbs.notify_waiting()  # a lock was busy: now the wait shows on disk
+            seen.append(("waiting", str(env.stored().status)))
+            cbs.notify_start()
+            seen.append(("started", str(env.stored().status)))
+            return None
+
+        env = Env(FakeProcessor(run))
+        active = make_job(dummy())
+        env.write(active.job)
+        assert step(active, env) == Verdict.FINISHED
+        assert seen == [("picked", "queued"), ("waiting", "waiting"), ("started", "running")]
+
+    def test_waiting_is_written_once_and_only_when_it_waits(self) -> None:
+        def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+            cbs.notify_waiting()
+            cbs.notify_waiting()
+            raise LockAcquireTimeout()
+
+        env = Env(FakeProcessor(run))
+        active = make_job(dummy())
+        assert step(active, env) == Verdict.DEFER
+        assert env.writes == 1 and statuses(env.stored()) == ["waiting"]
+
+    def test_job_with_running_opcode_is_a_programmer_error(self) -> None:
+        env = Env(FakeProcessor())
+        active = make_job(dummy(), dummy())
+        active.job.ops[0].status = Status.RUNNING
+        with pytest.raises(ProgrammerError):
+            step(active, env)
+        assert env.writes == 0
+
+    def test_partially_run_job_resumes_at_the_next_opcode(self) -> None:
+        env = Env()
+        active = make_job(
+            dummy(result="a", messages=["m1"]),
+            dummy(result="b", messages=["m2"]),
+            dummy(result="c", messages=["m3"]),
+        )
+        assert step(active, env) == Verdict.DEFER
+        assert step(active, env) == Verdict.DEFER
+        # a new daemon reads the job back from storage
+        restored = Job.from_dict(env.stored().to_dict())
+        assert statuses(restored) == ["success", "success", "queued"]
+        assert restored.log_serial == 2
+        again = ActiveJob(restored)
+        before = env.writes
+        assert step(again, env) == Verdict.FINISHED
+        assert env.writes - before == 3  # running, log, success
+        assert results(restored) == ["a", "b", "c"]
+        assert [entry[0] for entry in restored.log_entries_after(None)] == [1, 2, 3]
+
+    def test_log_serials_increase_across_opcodes(self) -> None:
+        env = Env()
+        active = make_job(
+            dummy(messages=["a", "b"]),
+            dummy(),
+            dummy(messages=["c"]),
+            dummy(messages=["d", "e", "f"]),
+        )
+        run_to_end(active, env)
+        entries = env.stored().log_entries_after(None)
+        assert [entry[3] for entry in entries] == ["a", "b", "c", "d", "e", "f"]
+        serials = [entry[0] for entry in entries]
+        assert serials == sorted(set(serials)) and serials[0] == 1
+        assert [entry[0] for entry in env.stored().log_entries_after(3)] == [4, 5, 6]
+        assert [len(op.log) for op in env.stored().ops] == [2, 0, 1, 3]
+        assert all(entry[2] == "message" for entry in entries)
+
+    def test_feedback_with_and_without_type(self) -> None:
+        def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+            cbs.notify_start()
+            before = env.writes
+            cbs.feedback("message", "one")
+            cbs.feedback("stdout", {"structured": True})
+            cbs.feedback_many([("stderr", "x"), ("stderr", "y")])
+            assert env.writes - before == 3
+            return None
+
+        env = Env(FakeProcessor(run))
+        step(make_job(dummy()), env)
+        log = env.stored().ops[0].log
+        assert [(e[0], e[2], e[3]) for e in log] == [
+            (1, "message", "one"),
+            (2, "stdout", {"structured": True}),
+            (3, "stderr", "x"),
+            (4, "stderr", "y"),
+        ]
+        assert log[2][1] == log[3][1], "one batch, one timestamp"
+
+    def test_jobs_submitted_by_an_lu(self) -> None:
+        env = Env()
+        child = {"OP_ID": "OP_TEST_DELAY", "duration": 0}
+        active = make_job(dummy(submit_jobs=[[child], [child]]))
+        assert step(active, env) == Verdict.FINISHED
+        assert active.job.ops[0].result == {"jobs": [[True, 500], [True, 501]]}
+        assert len(env.submitted) == 1 and len(env.submitted[0]) == 2
+
+
+class TestErrors:
+    @pytest.mark.parametrize(("count", "failing"), [(1, 0), (3, 0), (3, 1), (5, 4), (10, 3)])
+    def test_opcode_error(self, count: int, failing: int) -> None:
+        env = Env()
+        ops = [dummy(result=index, fail=index == failing) for index in range(count)]
+        active = make_job(*ops)
+        verdicts = run_to_end(active, env)
+        assert verdicts == [Verdict.DEFER] * failing + [Verdict.FINISHED]
+        job = env.stored()
+        assert job.status == Status.ERROR
+        assert statuses(job) == ["success"] * failing + ["error"] * (count - failing)
+        assert results(job) == [
+            *range(failing),
+            REQUESTED,
+            *[PRECEDING] * (count - failing - 1),
+        ]
+        assert job.end_timestamp is not None
+        assert all(op.end_timestamp is not None for op in job.ops)
+        assert all(op.start_timestamp is None for op in job.ops[failing + 1 :])
+        assert step(active, env) == Verdict.FINISHED
+
+    def test_error_before_start_leaves_no_exec_timestamp(self) -> None:
+        env = Env()
+        delay = {"OP_ID": "OP_TEST_DELAY", "duration": 0, "on_nodes": ["n1"]}
+        active = make_job(delay, dummy())
+        assert step(active, env) == Verdict.FINISHED
+        job = env.stored()
+        assert statuses(job) == ["error", "error"]
+        assert job.ops[0].result[0] == "OpPrereqError"
+        assert job.ops[0].exec_timestamp is None and job.ops[0].start_timestamp is not None
+        assert env.writes == 1  # error (it never waited for anything)
+
+    def test_foreign_exception_is_encoded(self) -> None:
+        def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+            cbs.notify_start()
+            raise OpExecError("broke")
+
+        env = Env(FakeProcessor(run))
+        active = make_job(dummy(), dummy())
+        assert step(active, env) == Verdict.FINISHED
+        assert results(active.job) == [["OpExecError", ["broke"]], PRECEDING]
+
+
+class TestCancel:
+    def test_cancel_while_queued(self) -> None:
+        env = Env(FakeProcessor())
+        active = make_job(dummy(), dummy())
+        cancel_queued(active, env)
+        writes = env.writes
+        assert step(active, env) == Verdict.FINISHED
+        assert env.writes == writes
+        job = env.stored()
+        assert statuses(job) == ["canceled", "canceled"]
+        assert results(job) == [CANCELED, CANCELED]
+        assert job.start_timestamp is None and job.end_timestamp is not None
+
+    def test_cancel_while_waiting_in_queue(self) -> None:
+        processor = FakeProcessor(time_out)
+        env = Env(processor)
+        active = make_job(dummy(), dummy(), dummy())
+        assert step(active, env) == Verdict.DEFER
+        assert statuses(active.job) == ["waiting", "queued", "queued"]
+        mark_canceling(active)
+        assert active.job.status == Status.CANCELING
+        writes = env.writes
+        assert step(active, env) == Verdict.FINISHED
+        assert env.writes == writes + 1
+        assert len(processor.calls) == 1, "a canceling opcode must not run"
+        job = env.stored()
+        assert statuses(job) == ["canceled"] * 3 and results(job) == [CANCELED] * 3
+        assert job.start_timestamp is not None and job.end_timestamp is not None
+
+    def test_cancel_during_lock_wait(self) -> None:
+        active = make_job(dummy(), dummy())
+
+        def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+            cbs.check_cancel()
+            mark_canceling(active)  # the cancel arrives while the locks are awaited
+            cbs.check_cancel()
+            raise AssertionError("check_cancel did not see the cancel")
+
+        env = Env(FakeProcessor(run))
+        assert step(active, env) == Verdict.FINISHED
+        assert statuses(env.stored()) == ["canceled", "canceled"]
+        assert results(env.stored()) == [CANCELED, CANCELED]
+
+    def test_cancel_during_lock_wait_with_timeout(self) -> None:
+        """The real processor: the lock attempt times out after the cancel arrived."""
+        active = make_job({"OP_ID": "OP_COMMAND_RUN", "argv": ["false"], "locks": ["busy"]})
+        locks = ClockHookLockManager(lambda: mark_canceling(active))
+        assert locks.acquire("other", ["busy"], shared=False, timeout=0)
+        locks.armed = True
+        env = Env(locks=locks)
+        assert step(active, env) == Verdict.FINISHED
+        assert locks.fired
+        assert statuses(env.stored()) == ["canceled"]
+        assert results(env.stored()) == [CANCELED]
+        assert locks.owned(JOB_ID) == {}
+
+    def test_cancel_wins_over_queue_shutdown(self) -> None:
+        active = make_job({"OP_ID": "OP_COMMAND_RUN", "argv": ["false"], "locks": ["busy"]})
+        env: Env
+
+        def both() -> None:
+            env.is_accepting = False
+            mark_canceling(active)
+
+        locks = ClockHookLockManager(both)
+        assert locks.acquire("other", ["busy"], shared=False, timeout=0)
+        locks.armed = True
+        env = Env(locks=locks)
+        assert step(active, env) == Verdict.FINISHED
+        assert statuses(env.stored()) == ["canceled"]
+
+    def test_cancel_between_opcodes(self) -> None:
+        env = Env()
+        active = make_job(dummy(result=1), dummy(), dummy())
+        assert step(active, env) == Verdict.DEFER
+        assert active.job.status == Status.QUEUED
+        cancel_queued(active, env)
+        assert step(active, env) == Verdict.FINISHED
+        job = env.stored()
+        assert statuses(job) == ["success", "canceled", "canceled"]
+        assert results(job) == [1, CANCELED, CANCELED]
+
+    def test_killed_while_running_but_opcode_succeeded(self) -> None:
+        active = make_job(dummy(), dummy(), dummy())
+
+        def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+            cbs.notify_start()
+            mark_canceling(active)  # CancelJob(kill=True) while the LU runs
+            return "done anyway"
+
+        env = Env(FakeProcessor(run))
+        assert step(active, env) == Verdict.FINISHED
+        job = env.stored()
+        assert statuses(job) == ["success", "canceled", "canceled"]
+        assert results(job) == ["done anyway", CANCELED, CANCELED]
+
+    def test_lu_raising_job_canceled(self) -> None:
+        def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+            cbs.notify_start()
+            raise JobCanceled()
+
+        env = Env(FakeProcessor(run))
+        active = make_job(dummy(), dummy())
+        assert step(active, env) == Verdict.FINISHED
+        assert statuses(env.stored()) == ["canceled", "canceled"]
+
+
+class ClockHookLockManager(LockManager):
+    """A real LockManager whose clock runs ``hook`` once, while the job waits for a lock.
+
+    The clock is read inside the wait loop, with the manager's mutex held and
+    the job's request queued; so the hook changes the job's state "while the
+    locks are awaited" without a second thread. Every reading is one second
+    later than the last, so timed waits end at once.
+    """
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        super().__init__(clock=self._tick)
+        self.hook = hook
+        self.armed = False
+        self.fired = False
+        self._now = 0.0
+
+    def _job_is_queued_locked(self) -> bool:
+        return any(
+            request.owner == JOB_ID for lock in self._locks.values() for request in lock.pending
+        )
+
+    def _tick(self) -> float:
+        if self.armed and not self.fired and self._job_is_queued_locked():
+            self.fired = True
+            self.hook()
+        self._now += 1.0
+        return self._now
+
+
+class TestQueueShutdown:
+    def test_shutdown_during_lock_wait(self) -> None:
+        active = make_job({"OP_ID": "OP_COMMAND_RUN", "argv": ["false"], "locks": ["busy"]})
+        env: Env
+
+        def shut_down() -> None:
+            env.is_accepting = False
+
+        locks = ClockHookLockManager(shut_down)
+        assert locks.acquire("other", ["busy"], shared=False, timeout=0)
+        locks.armed = True
+        env = Env(locks=locks)
+        assert step(active, env) == Verdict.DEFER
+        assert locks.fired
+        job = env.stored()
+        assert statuses(job) == ["queued"]
+        assert job.start_timestamp is not None and job.end_timestamp is None
+        assert locks.owned(JOB_ID) == {}
+
+    def test_shutdown_between_opcodes(self) -> None:
+        env = Env()
+        active = make_job(dummy(result="kept"), dummy(), dummy())
+        assert step(active, env) == Verdict.DEFER
+        env.is_accepting = False
+        assert step(active, env) == Verdict.DEFER
+        job = env.stored()
+        assert statuses(job) == ["success", "queued", "queued"]
+        assert results(job) == ["kept", None, None]
+        assert job.end_timestamp is None
+        env.is_accepting = True
+        assert run_to_end(active, env) == [Verdict.DEFER, Verdict.FINISHED]
+        assert env.stored().status == Status.SUCCESS
+
+    def test_shutdown_before_start(self) -> None:
+        env = Env()
+        env.is_accepting = False
+        active = make_job(dummy())
+        assert step(active, env) == Verdict.DEFER
+        job = env.stored()
+        assert statuses(job) == ["queued"]
+        assert job.start_timestamp is not None and job.end_timestamp is None
+
+
+class TestDependencies:
+    def test_wait_then_continue(self) -> None:
+        env = Env()
+        env.statuses[50] = Status.RUNNING
+        env.statuses[51] = Status.SUCCESS
+        active = make_job(dummy(depends=[[51, []], [50, ["success"]]], result="ran"))
+        assert step(active, env) == Verdict.WAITDEP
+        assert env.writes == 1  # only queued -> waiting
+        assert env.stored().status == Status.WAITING
+        assert env.depmgr.waiting_jobs() == {JOB_ID}
+        assert step(active, env) == Verdict.WAITDEP
+        assert env.writes == 1, "no write while waiting"
+        env.statuses[50] = Status.SUCCESS
+        env.depmgr.notify(50)
+        assert env.enqueued == [JOB_ID]
+        assert step(active, env) == Verdict.FINISHED
+        assert env.stored().ops[0].result == "ran"
+        assert env.depmgr.waiting_jobs() == set()
+
+    def test_continue(self) -> None:
+        env = Env()
+        env.statuses.update({10: Status.SUCCESS, 11: Status.ERROR, 12: Status.CANCELED})
+        depends = [[10, ["success"]], [11, []], ["12", ["canceled", "error"]]]
+        active = make_job(dummy(depends=depends))
+        assert step(active, env) == Verdict.FINISHED
+        assert env.stored().status == Status.SUCCESS
+
+    def test_cancel(self) -> None:
+        env = Env()
+        env.statuses[10] = Status.CANCELED
+        active = make_job(dummy(result=0), dummy(depends=[[10, ["success"]]]), dummy())
+        assert run_to_end(active, env) == [Verdict.DEFER, Verdict.FINISHED]
+        job = env.stored()
+        assert statuses(job) == ["success", "canceled", "canceled"]
+        assert results(job) == [0, CANCELED, CANCELED]
+
+    def test_wrong_status(self) -> None:
+        env = Env()
+        env.statuses[10] = Status.ERROR
+        active = make_job(dummy(result=0), dummy(depends=[[10, ["success"]]]), dummy())
+        assert run_to_end(active, env) == [Verdict.DEFER, Verdict.FINISHED]
+        job = env.stored()
+        assert statuses(job) == ["success", "error", "error"]
+        name, (message,) = job.ops[1].result
+        assert name == "OpExecError"
+        assert "10" in message and "error" in message and "success" in message
+        assert job.ops[2].result == PRECEDING
+
+    def test_missing_dependency(self) -> None:
+        env = Env()
+        active = make_job(dummy(depends=[[99, []]]))
+        assert step(active, env) == Verdict.FINISHED
+        name, (message,) = env.stored().ops[0].result
+        assert name == "OpExecError" and "99" in message and "lost" in message
+        assert env.depmgr.waiting_jobs() == set()
+
+    def test_self_dependency(self) -> None:
+        env = Env()
+        active = make_job(dummy(depends=[[JOB_ID, []]]))
+        assert step(active, env) == Verdict.FINISHED
+        assert env.stored().status == Status.ERROR
+        assert "itself" in env.stored().ops[0].result[1][0]
+
+    def test_canceled_while_waiting_for_dependency(self) -> None:
+        env = Env()
+        env.statuses[10] = Status.WAITING
+        active = make_job(dummy(depends=[[10, []]]), dummy())
+        assert step(active, env) == Verdict.WAITDEP
+        mark_canceling(active)
+        assert env.depmgr.remove_waiter(JOB_ID)
+        assert step(active, env) == Verdict.FINISHED
+        assert statuses(env.stored()) == ["canceled", "canceled"]
+        assert env.depmgr.lock_info() == []
+
+
+class TestLockTimeouts:
+    def test_timeout_defers_and_keeps_waiting(self) -> None:
+        processor = FakeProcessor(time_out, time_out, succeed())
+        env = Env(processor, attempts=5, first_timeout=0.5)
+        active = make_job(dummy())
+        assert step(active, env) == Verdict.DEFER
+        assert step(active, env) == Verdict.DEFER
+        assert env.writes == 1  # queued -> waiting only
+        assert env.stored().status == Status.WAITING
+        assert step(active, env) == Verdict.FINISHED
+        assert [call["timeout"] for call in processor.calls] == [0.5, 0.5, 0.5]
+        assert env.stored().status == Status.SUCCESS
+
+    def test_priority_escalation(self) -> None:
+        processor = FakeProcessor()
+        env = Env(processor, attempts=2, first_timeout=1.0)
+        active = make_job(dummy(priority=constants.PRIO_LOW))
+        op = active.job.ops[0]
+
+        def attempt(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+            if timeout is None:  # blocking acquire: the locks come eventually
+                return succeed("finally")(op_input, cbs, timeout)
+            return time_out(op_input, cbs, timeout)
+
+        processor.script = [attempt] * 200
+        writes_at: list[tuple[int, int]] = []  # (priority, writes) after every step
+        verdicts = []
+        for _ in range(200):
+            verdicts.append(step(active, env))
+            writes_at.append((op.priority, env.writes))
+            if verdicts[-1] == Verdict.FINISHED:
+                break
+        assert verdicts[-1] == Verdict.FINISHED and op.result == "finally"
+        calls = processor.calls
+        # every attempt used the opcode's current priority for its locks
+        assert [call["priority"] for call in calls] == [prio for prio, _ in writes_at]
+        priorities = [call["priority"] for call in calls]
+        assert priorities[0] == constants.PRIO_LOW
+        assert min(priorities) == constants.PRIO_HIGHEST
+        assert priorities == sorted(priorities, reverse=True)
+        assert all(a - b in (0, 1) for a, b in itertools.pairwise(priorities))
+        # two attempts per priority, from 10 down to -20, then one blocking attempt
+        levels = constants.PRIO_LOW - constants.PRIO_HIGHEST + 1
+        assert len(calls) == 2 * levels + 1
+        assert [call["timeout"] for call in calls] == [1.0] * (2 * levels) + [None]
+        assert calls[-1]["priority"] == constants.PRIO_HIGHEST
+        # one write per priority change (plus waiting, running, success)
+        assert env.writes == 1 + (levels - 1) + 2
+        for (prio_a, writes_a), (prio_b, writes_b) in itertools.pairwise(writes_at[:-1]):
+            assert writes_b - writes_a == (1 if prio_b != prio_a else 0)
+        assert env.strategies == levels
+
+    def test_escalation_never_goes_below_highest(self) -> None:
+        processor = FakeProcessor(*[time_out] * 5)
+        env = Env(processor, attempts=1, first_timeout=1.0)
+        active = make_job(dummy())
+        active.job.ops[0].priority = constants.PRIO_HIGHEST + 1
+        for _ in range(5):
+            assert step(active, env) == Verdict.DEFER
+        assert [call["timeout"] for call in processor.calls] == [1.0, 1.0, None, None, None]
+        assert active.job.ops[0].priority == constants.PRIO_HIGHEST
+        assert env.stored().ops[0].priority == constants.PRIO_HIGHEST
+
+    def test_new_opcode_gets_a_new_strategy(self) -> None:
+        processor = FakeProcessor(time_out, succeed(), succeed())
+        env = Env(processor, attempts=2, first_timeout=1.0)
+        active = make_job(dummy(), dummy())
+        assert run_to_end(active, env) == [Verdict.DEFER, Verdict.DEFER, Verdict.FINISHED]
+        assert [call["timeout"] for call in processor.calls] == [1.0, 1.0, 1.0]
+        assert env.strategies == 2
+        assert [op.priority for op in active.job.ops] == [0, 0]
+
+    def test_real_processor_lock_timeout(self) -> None:
+        env = Env(attempts=2, first_timeout=0.001)
+        assert env.locks.acquire("other", ["busy"], shared=False, timeout=0)
+        active = make_job({"OP_ID": "OP_COMMAND_RUN", "argv": ["false"], "locks": ["busy"]})
+        assert step(active, env) == Verdict.DEFER
+        assert step(active, env) == Verdict.DEFER
+        assert statuses(env.stored()) == ["waiting"]
+        assert env.locks.owned(JOB_ID) == {}
+        assert env.writes == 1
