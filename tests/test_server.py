@@ -287,8 +287,8 @@ DISPATCH: list[tuple[str, list[Any], tuple[Any, ...], Any]] = [
         [True, "Priority of job 4 changed to -10"],
     ),
     ("ArchiveJob", ["42"], ("archive_job", 42), True),
-    ("AutoArchiveJobs", [3600, 89], ("auto_archive_jobs", 3600, 89), [3, 0]),
-    ("AutoArchiveJobs", [-1, 2.5], ("auto_archive_jobs", -1, 2.5), [3, 0]),
+    ("AutoArchiveJobs", [3600, 89], ("auto_archive_jobs", 3600.0, 89.0), [3, 0]),
+    ("AutoArchiveJobs", [-1, 2.5], ("auto_archive_jobs", -1.0, 2.5), [3, 0]),
     (
         "QueryJobs",
         [None, ["id", "status"]],
