@@ -237,52 +237,6 @@ class Disk:
             os.close(fd)
 
 
-class GroupSync:
-    """Shares one ``sync`` call among concurrent callers (a group commit).
-
-    A caller needs a sync that *starts* after it called; if one is running it
-    waits for that one to end and then for the next, which it may run itself.
-    Callers arriving together therefore cost about two syncs, not one each.
-    Raises the ``OSError`` of a failed sync to every caller it should have
-    covered. ``_cond`` guards the counters; the sync runs without it.
-    """
-
-    def __init__(self, sync: Callable[[], None]) -> None:
-        self._sync = sync
-        self._cond = threading.Condition()
-        self._started = 0
-        self._finished = 0
-        self._running = False
-        self._failure: tuple[int, OSError] | None = None
-
-    def sync(self) -> None:
-        with self._cond:
-            needed = self._started + 1
-            while self._finished < needed:
-                if self._running:
-                    self._cond.wait()
-                else:
-                    self._run_locked()
-            if self._failure is not None and self._failure[0] >= needed:
-                failed = self._failure[1]
-                raise OSError(failed.errno, failed.strerror)
-
-    def _run_locked(self) -> None:
-        self._running = True
-        self._started += 1
-        number = self._started
-        self._cond.release()
-        try:
-            self._sync()
-        except OSError as err:
-            self._failure = (number, err)
-        finally:
-            self._cond.acquire()
-            self._running = False
-            self._finished = number
-            self._cond.notify_all()
-
-
 class FileJobStore(JobStore):
     """Jobs as files under ``queue_dir``; see the module docstring."""
 
@@ -300,7 +254,6 @@ class FileJobStore(JobStore):
         self.archive_dir = os.path.join(queue_dir, constants.ARCHIVE_DIR)
         self.corrupt_dir = os.path.join(queue_dir, constants.CORRUPT_DIR)
         self._disk = disk or Disk()
-        self._queue_dir_sync = GroupSync(lambda: self._disk.fsync_dir(self.queue_dir))
         self._batch_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._id_block = id_block
         self._log = logger or logging.getLogger(__name__)
@@ -412,7 +365,7 @@ class FileJobStore(JobStore):
         ]
         if new_paths:
             try:
-                self._queue_dir_sync.sync()
+                self._disk.fsync_dir(self.queue_dir)
             except OSError as err:
                 failure = _storage_error(f"Cannot sync {self.queue_dir}", err)
                 for path in new_paths:  # not durable, so never acknowledge them

@@ -159,21 +159,21 @@ def test_failed_write_keeps_old_version_and_leaves_no_temp(tmp_path: Path, fail_
 
 
 def test_failed_batch_reports_per_job(tmp_path: Path) -> None:
-    class FailSecond(Disk):
-        calls = 0
+    class FailJobTwo(Disk):
+        """Fails the rename that would put job 2 in place (batches write in parallel)."""
 
-        def fsync(self, fd: int) -> None:
-            self.calls += 1
-            if self.calls == 2:
+        def replace(self, src: str, dst: str) -> None:
+            if dst.endswith("/job-2"):
                 raise OSError(errno.EIO, "I/O error")
-            super().fsync(fd)
+            super().replace(src, dst)
 
     FileJobStore(str(tmp_path / "q")).allocate_ids(3)
-    store = FileJobStore(str(tmp_path / "q"), disk=FailSecond())
+    store = FileJobStore(str(tmp_path / "q"), disk=FailJobTwo())
     results = store.write_jobs([make_job(1), make_job(2), make_job(3)])
     assert [r is None for r in results] == [True, False, True]
     assert store.live_ids() == [1, 3]
     assert not (tmp_path / "q" / "job-2").exists()
+    assert not [n for n in queue_files(tmp_path / "q") if n.endswith(".tmp")]
 
 
 def test_temp_files_cleaned_at_start(tmp_path: Path) -> None:
