@@ -1,0 +1,97 @@
+"""The exit codes of ``jobctl``, and the one-line message for each failure.
+
+The table here is the only place the numbers live; the man page
+(``doc/jobctl.rst``) repeats it for users.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from jobqueue import errors
+
+
+class ExitCode(enum.IntEnum):
+    """What the process exit status of ``jobctl`` means."""
+
+    OK = 0
+    #: Anything else went wrong: a job failed, a request was refused, ...
+    FAILURE = 1
+    #: Bad command line (argparse's own code).
+    USAGE = 2
+    #: Nothing listens on the daemon's socket.
+    NO_DAEMON = 3
+    #: The socket or the method is not open to this user.
+    PERMISSION = 4
+    #: The queue is drained and refuses new jobs.
+    DRAINED = 5
+    #: The queue holds its maximum number of jobs.
+    QUEUE_FULL = 6
+    #: A job named on the command line does not exist.
+    NOT_FOUND = 7
+    #: The user declined a confirmation prompt.
+    DECLINED = 13
+    #: A query asked for a field the daemon does not know.
+    UNKNOWN_FIELD = 14
+    #: Interrupted with Ctrl-C.
+    INTERRUPTED = 130
+
+
+#: One line per code, for ``jobctl --help``; the man page explains them at length.
+MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.FAILURE: "failure",
+    ExitCode.USAGE: "bad usage",
+    ExitCode.NO_DAEMON: "daemon not running",
+    ExitCode.PERMISSION: "permission denied",
+    ExitCode.DRAINED: "queue drained",
+    ExitCode.QUEUE_FULL: "queue full",
+    ExitCode.NOT_FOUND: "job not found",
+    ExitCode.DECLINED: "confirmation declined",
+    ExitCode.UNKNOWN_FIELD: "unknown field",
+    ExitCode.INTERRUPTED: "interrupted",
+}
+
+
+class CommandFailed(Exception):
+    """A command gives up with ``message`` on stderr and exit ``code``.
+
+    A control-flow signal of the CLI, raised by command functions and caught
+    only by ``main``; it never leaves the process.
+    """
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.FAILURE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def _one_line(text: str) -> str:
+    """Squeeze a possibly multi-line message onto one line."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def describe_error(err: errors.GenericError, socket_path: str) -> tuple[ExitCode, str]:
+    """Return the exit code and the stderr line for an error from the daemon."""
+    text = _one_line(str(err))
+    if isinstance(err, errors.NoMasterError):
+        return ExitCode.NO_DAEMON, (
+            f"Cannot reach the job queue daemon at {socket_path}; is it running?"
+        )
+    if isinstance(err, errors.AccessDenied):
+        if not text.lower().startswith("permission denied"):
+            text = f"Permission denied: {text}"
+        return ExitCode.PERMISSION, text
+    if isinstance(err, errors.JobQueueDrainError):
+        return ExitCode.DRAINED, "The job queue is drained and refuses new jobs"
+    if isinstance(err, errors.JobQueueFull):
+        return ExitCode.QUEUE_FULL, f"The job queue is full: {text}"
+    if isinstance(err, errors.JobLost):
+        return ExitCode.NOT_FOUND, text
+    if isinstance(err, errors.RequestTimeout):
+        return ExitCode.FAILURE, f"The job queue daemon did not answer in time: {text}"
+    if isinstance(err, errors.LuxiError):
+        return ExitCode.FAILURE, f"Communication with the job queue daemon failed: {text}"
+    if isinstance(err, errors.OpPrereqError):
+        return ExitCode.FAILURE, f"Request refused: {text}"
+    return ExitCode.FAILURE, f"Error: {text}"

@@ -1,0 +1,174 @@
+"""Turning query results into text: cells, tables, timestamps, job details.
+
+Pure functions of their arguments (local time comes from ``time.localtime``)
+so they are tested without a daemon.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeGuard
+
+# Result status of one value in a Query answer.
+RS_NORMAL = 0
+RS_UNKNOWN = 1
+RS_NODATA = 2
+RS_UNAVAIL = 3
+RS_OFFLINE = 4
+
+#: What a non-normal value looks like in a table.
+STATUS_TEXT = {RS_UNKNOWN: "??", RS_NODATA: "*", RS_UNAVAIL: "-", RS_OFFLINE: "*"}
+#: Job fields holding one ``[seconds, microseconds]`` timestamp.
+TIMESTAMP_FIELDS = frozenset({"received_ts", "start_ts", "end_ts"})
+#: Job fields holding one timestamp (or null) per opcode.
+OP_TIMESTAMP_FIELDS = frozenset({"opstart", "opexec", "opend"})
+#: Field kind the daemon uses for names it does not know.
+KIND_UNKNOWN = "unknown"
+KIND_NUMBER = "number"
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def is_timestamp(value: Any) -> TypeGuard[Sequence[float]]:
+    """Tell whether ``value`` is a ``[seconds, microseconds]`` pair."""
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(part, int | float) and not isinstance(part, bool) for part in value)
+    )
+
+
+def merge_timestamp(value: Sequence[float]) -> float:
+    """Seconds since the epoch from a ``[seconds, microseconds]`` pair."""
+    return float(value[0]) + float(value[1]) / 1_000_000
+
+
+def format_timestamp(value: Any) -> str:
+    """Local time of a ``[seconds, microseconds]`` pair; ``-`` for null, ``?`` for junk."""
+    if value is None:
+        return "-"
+    if not is_timestamp(value):
+        return "?"
+    return time.strftime(TIME_FORMAT, time.localtime(value[0]))
+
+
+def compact_json(value: Any) -> str:
+    """One-line JSON text of ``value``."""
+    import json
+
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def format_value(field: str, value: Any) -> str:
+    """Text of one normal (status 0) value of job or lock field ``field``."""
+    if field in TIMESTAMP_FIELDS:
+        return format_timestamp(value)
+    if field in OP_TIMESTAMP_FIELDS and isinstance(value, list):
+        return ",".join(format_timestamp(item) for item in value)
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "Y" if value else "N"
+    if isinstance(value, str | int | float):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(item, str | int | float) for item in value):
+        return ",".join(str(item) for item in value)
+    return compact_json(value)
+
+
+def format_cell(field: str, cell: Sequence[Any]) -> str:
+    """Text of one ``[status, value]`` cell of a Query answer."""
+    status, value = cell[0], cell[1] if len(cell) > 1 else None
+    if status != RS_NORMAL:
+        return STATUS_TEXT.get(status, "?")
+    return format_value(field, value)
+
+
+def is_numeric_column(kind: str, cells: Iterable[Sequence[Any]]) -> bool:
+    """Whether a column is right-aligned: numeric kind, or only integer values."""
+    if kind == KIND_NUMBER:
+        return True
+    values = [cell[1] for cell in cells if cell[0] == RS_NORMAL]
+    return bool(values) and all(type(value) is int for value in values)
+
+
+def render_table(
+    headers: Sequence[str] | None,
+    rows: Sequence[Sequence[str]],
+    numeric: Sequence[bool],
+    separator: str | None = None,
+) -> list[str]:
+    """Lay out ``rows`` (and ``headers`` unless None) as lines of text.
+
+    With a ``separator`` the cells are joined by it unpadded; otherwise
+    columns are padded with spaces to a common width, numeric columns
+    right-aligned, and trailing spaces are stripped.
+    """
+    table = [list(headers)] if headers is not None else []
+    table.extend(list(row) for row in rows)
+    if separator is not None:
+        return [separator.join(row) for row in table]
+    widths = [max((len(row[col]) for row in table), default=0) for col in range(len(numeric))]
+    lines = []
+    for row in table:
+        cells = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(row, widths, numeric, strict=True)
+        ]
+        lines.append(" ".join(cells).rstrip())
+    return lines
+
+
+def query_to_table(
+    answer: dict[str, Any], separator: str | None, headers: bool
+) -> tuple[list[str], list[str]]:
+    """Render a Query answer; return its lines and the unknown field names."""
+    fields = answer["fields"]
+    names = [field["name"] for field in fields]
+    rows = answer["data"]
+    unknown = [field["name"] for field in fields if field.get("kind") == KIND_UNKNOWN]
+    numeric = [
+        is_numeric_column(field.get("kind", ""), (row[col] for row in rows))
+        for col, field in enumerate(fields)
+    ]
+    text_rows = [
+        [format_cell(name, cell) for name, cell in zip(names, row, strict=True)] for row in rows
+    ]
+    titles = [field.get("title") or field["name"] for field in fields] if headers else None
+    return render_table(titles, text_rows, numeric, separator), unknown
+
+
+def query_to_objects(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Query answer as one ``{field: value}`` object per row (null if not normal)."""
+    names = [field["name"] for field in answer["fields"]]
+    return [
+        {name: _plain_value(cell) for name, cell in zip(names, row, strict=True)}
+        for row in answer["data"]
+    ]
+
+
+def _plain_value(cell: Sequence[Any]) -> Any:
+    """The value of a ``[status, value]`` cell, None unless the status is normal."""
+    return cell[1] if cell[0] == RS_NORMAL else None
+
+
+def format_pending(pending: Any) -> str:
+    """Lock waiters ``[[mode, [names]], ...]`` as ``mode:a,b mode:c``."""
+    if not pending:
+        return "-"
+    return " ".join(f"{mode}:{','.join(str(name) for name in names)}" for mode, names in pending)
+
+
+def format_lock_row(row: Sequence[Sequence[Any]]) -> list[str]:
+    """Cells of one row of ``Query("lock", [name, mode, owner, pending])``."""
+    name, mode, owner, pending = (cell[1] if cell[0] == RS_NORMAL else None for cell in row)
+    owners = ",".join(str(item) for item in owner) if owner else "-"
+    return [str(name) if name is not None else "-", mode or "-", owners, format_pending(pending)]
+
+
+def format_log_message(message: Any) -> str:
+    """One log message as printable text: control characters escaped."""
+    text = message if isinstance(message, str) else str(message)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)

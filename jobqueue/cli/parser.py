@@ -1,0 +1,434 @@
+"""The ``jobctl`` command line: the table of commands and their arguments.
+
+Each command has a small function adding its arguments. ``build_parser``
+builds only the sub-command being run when it knows it, since building all
+sixteen would cost start-up time for nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from jobqueue.cli.exitcodes import MEANINGS
+from jobqueue.constants import PRIO_NAMES, Status
+
+#: Global options taking a value, as they may appear before the command.
+VALUE_OPTIONS = ("--socket", "--state-dir")
+EPILOG = "Exit status: " + ", ".join(f"{int(code)} {text}" for code, text in MEANINGS.items())
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without importing shutil (saves start-up time)."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            columns = int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
+            try:
+                columns = os.get_terminal_size(sys.stdout.fileno()).columns
+            except (AttributeError, OSError, ValueError):
+                columns = 80
+        super().__init__(prog, width=max(columns - 2, 40))
+
+
+def _checked(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    """An argparse type from a parser raising ValueError; ``name`` shows in errors."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def _lazy(module: str, name: str) -> Callable[[str], Any]:
+    """An argparse type calling ``jobqueue.cli.<module>.<name>``, imported on use."""
+    return _checked(
+        lambda text: getattr(importlib.import_module(f"jobqueue.cli.{module}"), name)(text), name
+    )
+
+
+def _parse_job_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"invalid job id '{text}'")
+    return int(text)
+
+
+def _parse_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"invalid number of seconds '{text}'")
+    return value
+
+
+def _parse_count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"invalid count '{text}'")
+    return int(text)
+
+
+JOB_ID = _checked(_parse_job_id, "job id")
+SECONDS = _checked(_parse_seconds, "seconds")
+COUNT = _checked(_parse_count, "count")
+PRIORITIES = list(PRIO_NAMES)
+
+
+def global_options(in_subcommand: bool) -> argparse.ArgumentParser:
+    """``--socket``, ``--state-dir`` and ``--debug``; before or after the command.
+
+    In sub-commands their defaults are suppressed so they do not undo a value
+    given before the command.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    default: Any = argparse.SUPPRESS if in_subcommand else None
+    group = parent.add_argument_group("global options")
+    group.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=default,
+        help="the daemon's socket (wins over --state-dir)",
+    )
+    group.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=default,
+        help="the daemon's state directory (default: $JOBQUEUE_STATE_DIR, else the default"
+        " for this user)",
+    )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS if in_subcommand else False,
+        help="show a traceback on errors",
+    )
+    return parent
+
+
+def _submit_options(parser: argparse.ArgumentParser, many: bool = True) -> None:
+    """Options of every command that submits jobs."""
+    group = parser.add_argument_group("submit options")
+    group.add_argument("--priority", choices=PRIORITIES, help="priority of the new job(s)")
+    if many:
+        group.add_argument(
+            "--depends",
+            metavar="ID[:STATUS,...]",
+            action="append",
+            default=[],
+            type=_lazy("opbuild", "parse_depends"),
+            help="run only after job ID has ended, with one of the STATUSes (success, error,"
+            " canceled; none = any); repeatable; write --depends=-1 for a relative id",
+        )
+        group.add_argument("--comment", help="a comment stored with every opcode")
+    group.add_argument("--watch", action="store_true", help="follow the job(s) until they end")
+
+
+def _output_options(parser: argparse.ArgumentParser, formats: tuple[str, ...] = ()) -> None:
+    parser.add_argument("--no-headers", action="store_true", help="do not print column headers")
+    parser.add_argument("--separator", metavar="S", help="join columns with S, unpadded")
+    if formats:
+        parser.add_argument("--output", choices=formats, default=formats[0], help="output format")
+
+
+def _job_selection(parser: argparse.ArgumentParser, verb: str) -> None:
+    """``ID...`` or one of ``--pending``, ``--queued``, ``--waiting``."""
+    parser.add_argument("job_ids", metavar="ID", nargs="*", type=JOB_ID, help=f"jobs to {verb}")
+    group = parser.add_mutually_exclusive_group()
+    for flag, which in (
+        ("--pending", "queued or waiting"),
+        ("--queued", "queued"),
+        ("--waiting", "waiting"),
+    ):
+        group.add_argument(flag, action="store_true", help=f"{verb} all {which} jobs")
+
+
+def _add_submit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE|-", help="the job file; - reads stdin")
+    _submit_options(parser)
+
+
+def _add_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lock",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="exclusive lock to hold; repeatable",
+    )
+    parser.add_argument(
+        "--shared-lock",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="shared lock to hold; repeatable",
+    )
+    parser.add_argument(
+        "--timeout", type=SECONDS, metavar="S", help="stop the command after S seconds"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        type=_lazy("opbuild", "parse_env"),
+        help="set an environment variable; repeatable",
+    )
+    parser.add_argument("--cwd", metavar="DIR", help="working directory of the command")
+    parser.add_argument(
+        "argv", metavar="CMD", nargs="+", help="the command and its arguments, after --"
+    )
+    _submit_options(parser)
+
+
+def _add_fanout(parser: argparse.ArgumentParser) -> None:
+    items = parser.add_mutually_exclusive_group(required=True)
+    items.add_argument(
+        "--item", action="extend", nargs="+", metavar="X", help="the items; repeatable"
+    )
+    items.add_argument(
+        "--items-file", metavar="F", help="read the items from F, one per line (- = stdin)"
+    )
+    parser.add_argument(
+        "--lock",
+        action="append",
+        default=[],
+        metavar="TEMPLATE",
+        help="exclusive lock per item, e.g. host:{item}; repeatable",
+    )
+    parser.add_argument(
+        "--shared-lock",
+        action="append",
+        default=[],
+        metavar="TEMPLATE",
+        help="shared lock per item; repeatable",
+    )
+    parser.add_argument(
+        "--timeout", type=SECONDS, metavar="S", help="stop each command after S seconds"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        type=_lazy("opbuild", "parse_env"),
+        help="set an environment variable for every command; repeatable",
+    )
+    parser.add_argument(
+        "--then-run", metavar="CMD", help="command (one shell-quoted string) to run after all items"
+    )
+    parser.add_argument(
+        "argv", metavar="CMD", nargs="+", help="the command, with {item} for the item, after --"
+    )
+    _submit_options(parser)
+
+
+def _add_delay(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("duration", metavar="SECONDS", type=SECONDS, help="how long to sleep")
+    parser.add_argument(
+        "--repeat",
+        type=COUNT,
+        default=0,
+        metavar="N",
+        help="sleep N times, logging each round (default 0: once, silently)",
+    )
+    _submit_options(parser)
+
+
+def _add_retry(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_id", metavar="ID", type=JOB_ID, help="the finished job to repeat")
+    _submit_options(parser, many=False)
+
+
+def _add_list(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_ids", metavar="ID", nargs="*", type=JOB_ID, help="only these jobs")
+    parser.add_argument(
+        "-o",
+        dest="fields",
+        metavar="FIELD,...",
+        help="fields to show (default id,status,summary); +FIELD,... adds to the default",
+    )
+    _output_options(parser, ("table", "json"))
+    parser.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        choices=[status.value for status in Status],
+        help="only jobs in this status; repeatable",
+    )
+    for flag, which in (
+        ("pending", "queued or waiting"),
+        ("running", "running"),
+        ("error", "failed"),
+        ("finished", "finished"),
+    ):
+        parser.add_argument(f"--{flag}", action="store_true", help=f"only {which} jobs")
+    parser.add_argument(
+        "--archived", action="store_true", help="list archived jobs instead of live ones"
+    )
+
+
+def _add_list_fields(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", metavar="FIELD", nargs="*", help="only these fields")
+    _output_options(parser, ("table", "json"))
+
+
+def _add_info(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_ids", metavar="ID", nargs="+", type=JOB_ID, help="the jobs")
+    parser.add_argument("--output", choices=("text", "json"), default="text", help="output format")
+
+
+def _add_job(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_id", metavar="ID", type=JOB_ID, help="the job")
+
+
+def _add_jobs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_ids", metavar="ID", nargs="+", type=JOB_ID, help="the jobs")
+
+
+def _add_cancel(parser: argparse.ArgumentParser) -> None:
+    _job_selection(parser, "cancel")
+    parser.add_argument("--kill", action="store_true", help="also stop jobs that are running")
+    parser.add_argument("--force", action="store_true", help="do not ask for confirmation")
+
+
+def _add_change_priority(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--priority", choices=PRIORITIES, required=True, help="the new priority")
+    _job_selection(parser, "change")
+
+
+def _add_autoarchive(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "age",
+        metavar="AGE|all",
+        type=_lazy("timespec", "parse_age"),
+        help="90s, 30m, 6h, 2d, 1w, plain seconds, or all",
+    )
+
+
+def _add_queue(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action", choices=("info", "drain", "undrain"), help="show, set or clear the drain flag"
+    )
+
+
+def _add_locks(parser: argparse.ArgumentParser) -> None:
+    _output_options(parser)
+
+
+class Command(NamedTuple):
+    """One sub-command: where it is implemented, its help, its arguments."""
+
+    handler: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    description: str | None = None
+
+
+COMMANDS: dict[str, Command] = {
+    "submit": Command(
+        "cmd_submit:cmd_submit",
+        "submit jobs from a JSON file",
+        _add_submit,
+        "Submit a JSON list of opcodes as one job, or a list of such lists as several jobs"
+        " in one request; print the job id(s), one per line.",
+    ),
+    "run": Command(
+        "cmd_submit:cmd_run",
+        "submit a job running one command",
+        _add_run,
+        "Submit a job running one command: jobctl run [options] -- CMD ARGS...",
+    ),
+    "fanout": Command(
+        "cmd_submit:cmd_fanout",
+        "submit a job running a command per item",
+        _add_fanout,
+        "Submit a job running CMD once per item, {item} replaced by the item:"
+        " jobctl fanout --item a b [options] -- CMD {item}...",
+    ),
+    "delay": Command("cmd_submit:cmd_delay", "submit a job that sleeps", _add_delay),
+    "retry": Command(
+        "cmd_submit:cmd_retry",
+        "submit a finished job again",
+        _add_retry,
+        "Submit a new job with the opcodes of a finished one, without its dependencies.",
+    ),
+    "list": Command("cmd_query:cmd_list", "list jobs", _add_list),
+    "list-fields": Command(
+        "cmd_query:cmd_list_fields", "describe the job fields", _add_list_fields
+    ),
+    "info": Command("cmd_query:cmd_info", "show everything about jobs", _add_info),
+    "locks": Command("cmd_query:cmd_locks", "show the locks, their owners and waiters", _add_locks),
+    "watch": Command("follow:cmd_watch", "print a job's log until it ends", _add_job),
+    "wait": Command("follow:cmd_wait", "wait until jobs end", _add_jobs),
+    "cancel": Command("cmd_manage:cmd_cancel", "cancel jobs", _add_cancel),
+    "change-priority": Command(
+        "cmd_manage:cmd_change_priority", "change the priority of jobs", _add_change_priority
+    ),
+    "archive": Command("cmd_manage:cmd_archive", "archive finished jobs", _add_jobs),
+    "autoarchive": Command(
+        "cmd_manage:cmd_autoarchive", "archive finished jobs older than AGE", _add_autoarchive
+    ),
+    "queue": Command("cmd_manage:cmd_queue", "show, set or clear the drain flag", _add_queue),
+}
+
+
+def find_command(argv: list[str]) -> str | None:
+    """The command word of ``argv``: its first word that is no global option or value.
+
+    None when ``-h``/``--help`` comes first: the main help lists every command.
+    """
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word in ("-h", "--help"):
+            return None
+        if word in VALUE_OPTIONS:
+            index += 2
+        elif word.startswith("-"):
+            index += 1
+        else:
+            return word
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``jobctl`` parser.
+
+    With a known ``command`` only that sub-command is registered, with its
+    arguments (all that parsing its command line needs); otherwise every
+    sub-command is registered with its arguments, for help and for errors.
+    """
+    parser = argparse.ArgumentParser(
+        prog="jobctl",
+        description="Submit, follow and manage the jobs of the job queue daemon.",
+        parents=[global_options(in_subcommand=False)],
+        epilog=EPILOG,
+        allow_abbrev=False,
+        formatter_class=_Formatter,
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    common = global_options(in_subcommand=True)
+    names = [command] if command in COMMANDS else list(COMMANDS)
+    for name in names:
+        spec = COMMANDS[name]
+        sub = subparsers.add_parser(
+            name,
+            help=spec.help,
+            description=spec.description or spec.help,
+            parents=[common],
+            allow_abbrev=False,
+            formatter_class=_Formatter,
+        )
+        sub.set_defaults(command=name)
+        spec.add_arguments(sub)
+    return parser

@@ -1,0 +1,335 @@
+"""The real ``jobctl`` in a subprocess against a scripted daemon: every command,
+its output, and every error line with its exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import pytest
+
+from jobqueue import errors
+from tests import test_cli_fakeluxi as fake
+from tests.test_cli_fakeluxi import FakeLuxi, JobTable, in_order, run_jobctl
+
+luxi = fake.luxi  # fixtures shared with the other CLI tests
+short_dir = fake.short_dir
+
+DELAY = {"OP_ID": "OP_TEST_DELAY", "duration": 1.0, "repeat": 0}
+T0 = 1700000000  # 2023-11-14 22:13:20 UTC; the subprocesses run with TZ=UTC
+
+
+def job(job_id: int, status: str, summary: list[str], **more: Any) -> dict[str, Any]:
+    return {"id": job_id, "status": status, "priority": 0, "summary": summary, **more}
+
+
+JOBS = [
+    job(
+        1,
+        "success",
+        ["OP_TEST_DELAY(1.0)"],
+        received_ts=[T0, 0],
+        start_ts=[T0 + 1, 0],
+        end_ts=[T0 + 2, 250000],
+        ops=[DELAY],
+        opstatus=["success"],
+        opresult=[None],
+        oplog=[[[1, [T0 + 1, 0], "message", "Test delay iteration 1/1"]]],
+        opstart=[[T0 + 1, 0]],
+        opexec=[[T0 + 1, 100]],
+        opend=[[T0 + 2, 250000]],
+    ),
+    job(2, "running", ["OP_COMMAND_RUN(ls)"], received_ts=[T0 + 60, 0]),
+    job(12, "queued", ["OP_TEST_DELAY(5)", "OP_TEST_DELAY(1)"], priority=-10),
+]
+ARCHIVED = [job(3, "error", ["OP_COMMAND_RUN(false)"], ops=[DELAY], opstatus=["error"])]
+
+
+@pytest.fixture
+def fake_daemon(luxi: FakeLuxi) -> FakeLuxi:
+    JobTable(JOBS, ARCHIVED).install(luxi)
+    return luxi
+
+
+class TestErrors:
+    def test_daemon_not_running(self, short_dir: str) -> None:
+        path = os.path.join(short_dir, "missing.sock")
+        result = run_jobctl(path, "list")
+        assert result.returncode == 3
+        assert result.stderr == f"Cannot reach the job queue daemon at {path}; is it running?\n"
+        assert result.stdout == ""
+
+    def test_default_socket_comes_from_the_state_dir(self, short_dir: str) -> None:
+        result = run_jobctl(None, "queue", "info", env={"JOBQUEUE_STATE_DIR": short_dir})
+        assert result.returncode == 3
+        assert os.path.join(short_dir, "run", "master.sock") in result.stderr
+        result = run_jobctl(None, "--state-dir", os.path.join(short_dir, "x"), "queue", "info")
+        assert os.path.join(short_dir, "x", "run", "master.sock") in result.stderr
+
+    def test_permission_denied(self, luxi: FakeLuxi) -> None:
+        def refuse(*args: Any) -> None:
+            raise errors.AccessDenied("Method SubmitJob is not allowed on this socket")
+
+        luxi.answers["SubmitJob"] = refuse
+        result = run_jobctl(luxi.path, "delay", "1")
+        assert result.returncode == 4
+        assert result.stderr == (
+            "Permission denied: Method SubmitJob is not allowed on this socket\n"
+        )
+
+    def test_drained_and_full(self, luxi: FakeLuxi) -> None:
+        luxi.answers["SubmitJob"] = in_order(
+            errors.JobQueueDrainError("Job queue is drained, refusing job"),
+            errors.JobQueueFull("Job queue is full (50000 jobs)"),
+        )
+        result = run_jobctl(luxi.path, "delay", "1")
+        assert (result.returncode, result.stderr) == (
+            5,
+            "The job queue is drained and refuses new jobs\n",
+        )
+        result = run_jobctl(luxi.path, "delay", "1")
+        assert result.returncode == 6
+        assert result.stderr == "The job queue is full: Job queue is full (50000 jobs)\n"
+
+    def test_other_failure_is_one_line_and_debug_adds_the_traceback(
+        self,
+        luxi: FakeLuxi,
+    ) -> None:
+        def refuse(*args: Any) -> None:
+            raise errors.OpPrereqError("Unknown opcode\nOP_NOPE", errors.ECODE_INVAL)
+
+        luxi.answers["SubmitJob"] = refuse
+        result = run_jobctl(luxi.path, "delay", "1")
+        assert (result.returncode, result.stderr) == (
+            1,
+            "Request refused: Unknown opcode OP_NOPE\n",
+        )
+        result = run_jobctl(luxi.path, "--debug", "delay", "1")
+        assert result.returncode == 1
+        assert "Traceback (most recent call last)" in result.stderr
+        assert result.stderr.endswith("Request refused: Unknown opcode OP_NOPE\n")
+
+    @pytest.mark.parametrize(
+        "args",
+        [[], ["frobnicate"], ["info"], ["info", "abc"], ["delay", "-1"], ["autoarchive", "6x"]],
+    )
+    def test_usage_errors_exit_2(self, args: list[str]) -> None:
+        result = run_jobctl("/nonexistent", *args)
+        assert result.returncode == 2
+        assert "usage: jobctl" in result.stderr
+
+    def test_help_everywhere(self) -> None:
+        result = run_jobctl(None, "--help")
+        assert result.returncode == 0
+        assert "change-priority" in result.stdout and "Exit status" in result.stdout
+        result = run_jobctl(None, "fanout", "--help")
+        assert result.returncode == 0 and "--items-file" in result.stdout
+
+    def test_console_script(self) -> None:
+        script = os.path.join(os.path.dirname(sys.executable), "jobctl")
+        if not os.path.exists(script):
+            pytest.skip("the jobctl console script is not installed")
+        import subprocess
+
+        result = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
+        assert result.returncode == 0 and "usage: jobctl" in result.stdout
+
+
+class TestSubmit:
+    def test_one_job_from_a_file_with_options(self, luxi: FakeLuxi, short_dir: str) -> None:
+        path = os.path.join(short_dir, "job.json")
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump([DELAY, {"OP_ID": "OP_TEST_DELAY", "duration": 2}], handle)
+        luxi.answers["SubmitJob"] = 17
+        result = run_jobctl(
+            luxi.path,
+            "submit",
+            path,
+            "--priority",
+            "low",
+            "--depends",
+            "3:success,error",
+            "--depends",
+            "4",
+            "--comment",
+            "nightly",
+        )
+        assert (result.returncode, result.stdout, result.stderr) == (0, "17\n", "")
+        extra = {
+            "priority": 10,
+            "depends": [[3, ["success", "error"]], [4, []]],
+            "comment": "nightly",
+        }
+        assert luxi.args_of("SubmitJob") == [
+            [[{**DELAY, **extra}, {"OP_ID": "OP_TEST_DELAY", "duration": 2, **extra}]]
+        ]
+
+    def test_many_jobs_from_stdin(self, luxi: FakeLuxi) -> None:
+        luxi.answers["SubmitManyJobs"] = [[True, 18], [False, "Job queue is full"], [True, 20]]
+        jobs = [[DELAY], [DELAY], [DELAY]]
+        result = run_jobctl(luxi.path, "submit", "-", "--depends=-1", stdin=json.dumps(jobs))
+        assert result.returncode == 1
+        assert result.stdout == "18\n20\n"
+        assert result.stderr == "Failed to submit job 2: Job queue is full\n"
+        sent = luxi.args_of("SubmitManyJobs")[0][0]
+        assert sent == [[{**DELAY, "depends": [[-1, []]]}]] * 3
+
+    def test_bad_job_files(self, luxi: FakeLuxi, short_dir: str) -> None:
+        result = run_jobctl(luxi.path, "submit", "-", stdin="[{")
+        assert result.returncode == 1
+        assert result.stderr.startswith("Invalid job file -: Not valid JSON")
+        missing = os.path.join(short_dir, "nope.json")
+        result = run_jobctl(luxi.path, "submit", missing)
+        assert (result.returncode, result.stderr) == (
+            1,
+            f"Cannot read {missing}: No such file or directory\n",
+        )
+        assert luxi.calls == []
+
+    def test_run_builds_the_opcode(self, luxi: FakeLuxi) -> None:
+        luxi.answers["SubmitJob"] = 5
+        result = run_jobctl(
+            luxi.path,
+            "run",
+            "--lock",
+            "db",
+            "--shared-lock",
+            "net",
+            "--shared-lock",
+            "dns",
+            "--timeout",
+            "30",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--cwd",
+            "/srv",
+            "--priority",
+            "high",
+            "--",
+            "backup",
+            "--full",
+            "-v",
+        )
+        assert (result.returncode, result.stdout) == (0, "5\n")
+        assert luxi.args_of("SubmitJob") == [
+            [
+                [
+                    {
+                        "OP_ID": "OP_COMMAND_RUN",
+                        "argv": ["backup", "--full", "-v"],
+                        "locks": ["db"],
+                        "shared_locks": ["net", "dns"],
+                        "timeout": 30.0,
+                        "env": {"A": "1", "B": "x=y"},
+                        "cwd": "/srv",
+                        "priority": -10,
+                    }
+                ]
+            ]
+        ]
+
+    def test_run_defaults(self, luxi: FakeLuxi) -> None:
+        luxi.answers["SubmitJob"] = 6
+        assert run_jobctl(luxi.path, "run", "true").returncode == 0
+        assert luxi.args_of("SubmitJob")[0][0] == [
+            {
+                "OP_ID": "OP_COMMAND_RUN",
+                "argv": ["true"],
+                "locks": [],
+                "shared_locks": [],
+                "timeout": None,
+                "env": {},
+                "cwd": None,
+            }
+        ]
+
+    def test_fanout_from_items_file(self, luxi: FakeLuxi) -> None:
+        luxi.answers["SubmitJob"] = 7
+        result = run_jobctl(
+            luxi.path,
+            "fanout",
+            "--items-file",
+            "-",
+            "--lock",
+            "host:{item}",
+            "--then-run",
+            "notify 'all hosts'",
+            "--",
+            "ssh",
+            "{item}",
+            "uptime",
+            stdin="web1\n# spare\n\nweb2\n",
+        )
+        assert (result.returncode, result.stdout) == (0, "7\n")
+        opcode = luxi.args_of("SubmitJob")[0][0][0]
+        assert opcode == {
+            "OP_ID": "OP_COMMAND_FANOUT",
+            "argv": ["ssh", "{item}", "uptime"],
+            "items": ["web1", "web2"],
+            "locks": ["host:{item}"],
+            "then": [
+                {
+                    "OP_ID": "OP_COMMAND_RUN",
+                    "argv": ["notify", "all hosts"],
+                    "locks": [],
+                    "shared_locks": [],
+                    "timeout": None,
+                    "env": {},
+                    "cwd": None,
+                }
+            ],
+        }
+
+    def test_fanout_items_on_the_command_line(self, luxi: FakeLuxi) -> None:
+        luxi.answers["SubmitJob"] = 8
+        result = run_jobctl(
+            luxi.path, "fanout", "--item", "a", "b", "--item", "c", "--", "x", "{item}"
+        )
+        assert result.returncode == 0
+        opcode = luxi.args_of("SubmitJob")[0][0][0]
+        assert (opcode["items"], "then" in opcode) == (["a", "b", "c"], False)
+
+    def test_delay_and_watch(self, luxi: FakeLuxi) -> None:
+        luxi.answers["SubmitJob"] = 9
+        luxi.answers["WaitForJobChange"] = in_order(
+            [["running"], [[1, [T0, 0], "message", "Test delay iteration 1/2"]]],
+            "nochange",
+            [["success"], [[2, [T0 + 1, 0], "message", "Test delay iteration 2/2"]]],
+        )
+        result = run_jobctl(luxi.path, "delay", "0.5", "--repeat", "1", "--watch")
+        assert luxi.args_of("SubmitJob")[0][0] == [
+            {"OP_ID": "OP_TEST_DELAY", "duration": 0.5, "repeat": 1}
+        ]
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            "9",
+            "Output from job 9 follows",
+            "-------------------------",
+            "Tue Nov 14 22:13:20 2023 Test delay iteration 1/2",
+            "Tue Nov 14 22:13:21 2023 Test delay iteration 2/2",
+        ]
+        prev_serials = [args[3] for args in luxi.args_of("WaitForJobChange")]
+        assert prev_serials == [None, 1, 1]
+
+    def test_retry(self, fake_daemon: FakeLuxi) -> None:
+        fake_daemon.answers["SubmitJob"] = 40
+        dep = {**DELAY, "depends": [[1, []]], "comment": "first"}
+        JobTable([*JOBS, job(30, "error", ["x"], ops=[dep])]).install(fake_daemon)
+        result = run_jobctl(fake_daemon.path, "retry", "30")
+        assert (result.returncode, result.stdout) == (0, "40\n")
+        assert fake_daemon.args_of("QueryJobs") == [[[30], ["ops", "status"]]]
+        assert fake_daemon.args_of("SubmitJob") == [[[{**DELAY, "comment": "Retry of job 30"}]]]
+
+    def test_retry_refuses_unfinished_and_unknown_jobs(self, fake_daemon: FakeLuxi) -> None:
+        result = run_jobctl(fake_daemon.path, "retry", "2")
+        assert result.returncode == 1
+        assert result.stderr == (
+            "Job 2 has not finished (status running); only finished jobs can be retried\n"
+        )
+        result = run_jobctl(fake_daemon.path, "retry", "99")
+        assert (result.returncode, result.stderr) == (7, "Job 99 not found\n")
+        assert "SubmitJob" not in fake_daemon.methods()

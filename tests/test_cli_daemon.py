@@ -1,0 +1,198 @@
+"""``jobctl`` and ``jobqueue-cleaner`` end to end, against the real daemon."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from jobqueue import cleaner
+from tests.daemon_helper import Daemon, wait_until
+from tests.test_cli_fakeluxi import run_jobctl
+
+
+def jobctl(
+    daemon: Daemon, *args: str, socket: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_jobctl(socket or daemon.paths.master_socket, *args)
+
+
+def submit(daemon: Daemon, *args: str) -> int:
+    result = jobctl(daemon, *args)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.splitlines()[0])
+
+
+def status_of(daemon: Daemon, job_id: int) -> str:
+    return jobctl(daemon, "list", str(job_id), "-o", "status", "--no-headers").stdout.strip()
+
+
+class TestAgainstTheDaemon:
+    def test_submit_follow_inspect_retry_archive(self, daemon: Daemon) -> None:
+        result = jobctl(daemon, "delay", "0.01", "--repeat", "2", "--watch")
+        assert result.returncode == 0, result.stderr
+        ok_id, header, dashes, *log = result.stdout.splitlines()
+        assert header == f"Output from job {ok_id} follows" and set(dashes) == {"-"}
+        assert [line.split(" ", 5)[-1] for line in log] == [
+            "Test delay iteration 1/2",
+            "Test delay iteration 2/2",
+        ]
+
+        bad = submit(daemon, "run", "--", "sh", "-c", "echo out; exit 3")
+        result = jobctl(daemon, "wait", str(bad))
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"Job {bad} failed: ")
+        assert "exited with code 3" in result.stderr
+
+        result = jobctl(daemon, "list", "--no-headers", "-o", "id,status", "--separator", " ")
+        assert result.stdout.splitlines() == [f"{ok_id} success", f"{bad} error"]
+        info = jobctl(daemon, "info", str(bad)).stdout
+        assert "  Status: error" in info and " stdout out" in info
+
+        again = submit(daemon, "retry", str(bad))
+        assert daemon.wait_job(again) == "error"
+        ops = daemon.client().query_jobs([again], ["ops"])[0][0]
+        assert ops[0]["comment"] == f"Retry of job {bad}"
+
+        assert jobctl(daemon, "archive", ok_id).returncode == 0
+        result = jobctl(daemon, "list", "--archived", "-o", "id", "--no-headers")
+        assert result.stdout.split() == [ok_id]
+        assert jobctl(daemon, "info", ok_id).returncode == 0
+        result = jobctl(daemon, "autoarchive", "all")
+        assert result.stdout == "Archived 2 jobs, 0 unchecked left\n"
+
+    def test_drain_locks_cancel_and_permissions(self, daemon: Daemon) -> None:
+        assert jobctl(daemon, "queue", "drain").returncode == 0
+        assert jobctl(daemon, "queue", "info").stdout.startswith("The drain flag is set\n")
+        result = jobctl(daemon, "delay", "0")
+        assert (result.returncode, result.stderr) == (
+            5,
+            "The job queue is drained and refuses new jobs\n",
+        )
+        jobctl(daemon, "queue", "undrain")
+
+        holder = submit(daemon, "run", "--lock", "x", "--", "sleep", "30")
+        wait_until(lambda: status_of(daemon, holder) == "running", what="the lock holder")
+        waiter = submit(daemon, "run", "--lock", "x", "--", "true")
+        wait_until(lambda: status_of(daemon, waiter) == "waiting", what="the lock waiter")
+        locks = jobctl(daemon, "locks", "--no-headers").stdout.splitlines()
+        assert f"x exclusive {holder} exclusive:{waiter}" in [" ".join(x.split()) for x in locks]
+
+        result = jobctl(daemon, "cancel", "--pending", "--force")
+        assert result.returncode == 0 and f"Job {waiter}" in result.stdout
+        assert jobctl(daemon, "cancel", "--kill", str(holder)).returncode == 0
+        result = jobctl(daemon, "wait", str(holder), str(waiter))
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [
+            f"Job {holder} failed: Job was canceled",
+            f"Job {waiter} failed: Job was canceled",
+        ]
+
+        result = jobctl(daemon, "delay", "0", socket=daemon.paths.query_socket)
+        assert result.returncode == 4 and result.stderr.startswith("Permission denied")
+        assert jobctl(daemon, "watch", "999").returncode == 7
+
+    def test_cleaner_archives_then_prunes(self, daemon: Daemon) -> None:
+        job_ids = [submit(daemon, "delay", "0") for _ in range(3)]
+        assert jobctl(daemon, "wait", *map(str, job_ids)).returncode == 0
+        state = str(daemon.state_dir)
+        assert cleaner.main(["--state-dir", state, "--job-age", "all"]) == 0
+        assert cleaner.main(["--state-dir", state, "--archive-age", "0"]) == 0
+        with open(os.path.join(state, "log", cleaner.LOG_NAME), encoding="utf-8") as handle:
+            first, second = (line[20:] for line in handle.read().splitlines())
+        assert first.startswith("archived 3 jobs, pruned 0 archived files")
+        assert second == "archived 0 jobs, pruned 3 archived files, removed 0 empty directories"
+        result = jobctl(daemon, "info", str(job_ids[0]))
+        assert (result.returncode, result.stderr) == (7, f"Job {job_ids[0]} not found\n")
+
+
+class TestEveryCommandAgainstTheDaemon:
+    """The commands and error lines the other tests here do not reach."""
+
+    def test_submit_file_run_fanout_and_priority(self, daemon: Daemon, tmp_path: object) -> None:
+        from pathlib import Path
+
+        folder = Path(str(tmp_path))
+        first = submit(daemon, "delay", "0")
+        spec = folder / "jobs.json"
+        spec.write_text('[[{"OP_ID": "OP_TEST_DUMMY", "result": 7}], [{"OP_ID": "OP_TEST_DUMMY"}]]')
+        result = jobctl(
+            daemon, "submit", str(spec), "--priority", "high", "--depends", f"{first}:success"
+        )
+        assert result.returncode == 0, result.stderr
+        two = [int(line) for line in result.stdout.split()]
+        assert len(two) == 2
+        (row,) = daemon.client().query_jobs([two[0]], ["ops"])
+        assert row[0][0]["priority"] == -10 and row[0][0]["depends"] == [[first, ["success"]]]
+        assert jobctl(daemon, "wait", *map(str, two)).returncode == 0
+
+        ran = submit(
+            daemon,
+            "run",
+            "--lock",
+            "host:a",
+            "--env",
+            "GREETING=hi",
+            "--",
+            "sh",
+            "-c",
+            'echo "$GREETING"',
+        )
+        assert jobctl(daemon, "watch", str(ran)).stdout.rstrip().endswith("hi")
+
+        fan = submit(
+            daemon,
+            "fanout",
+            "--item",
+            "x",
+            "--item",
+            "y",
+            "--then-run",
+            "true",
+            "--",
+            "echo",
+            "{item}",
+        )
+        assert jobctl(daemon, "wait", str(fan)).returncode == 0
+        (row,) = daemon.client().query_jobs([fan], ["opresult"])
+        children = [job_id for ok, job_id in row[0][0]["jobs"]]
+        assert len(children) == 3
+        assert jobctl(daemon, "wait", *map(str, children)).returncode == 0
+
+        gate = folder / "gate"
+        blocker = submit(
+            daemon,
+            "run",
+            "--lock",
+            "only",
+            "--",
+            "sh",
+            "-c",
+            f"while [ ! -e {gate} ]; do sleep 0.01; done",
+        )
+        queued = submit(daemon, "run", "--lock", "only", "--", "true")
+        wait_until(lambda: status_of(daemon, queued) in ("queued", "waiting"))
+        result = jobctl(daemon, "change-priority", "--priority", "high", str(queued))
+        assert result.returncode == 0 and f"job {queued}" in result.stdout
+        (row,) = daemon.client().query_jobs([queued], ["priority"])
+        assert row == [-10]
+        gate.touch()
+        assert jobctl(daemon, "wait", str(blocker), str(queued)).returncode == 0
+
+    def test_list_fields_and_unknown_field(self, daemon: Daemon) -> None:
+        fields = jobctl(daemon, "list-fields", "--no-headers").stdout
+        assert {"id", "status", "summary", "oplog"} <= {
+            line.split()[0] for line in fields.splitlines()
+        }
+        result = jobctl(daemon, "list", "-o", "id,bogus")
+        assert result.returncode == 14
+        assert "Warning: Queried for unknown fields bogus" in result.stderr
+
+    def test_daemon_down(self, daemon: Daemon) -> None:
+        socket = daemon.paths.master_socket
+        daemon.stop()
+        result = jobctl(daemon, "list")
+        assert result.returncode == 3
+        assert result.stderr.strip() == (
+            f"Cannot reach the job queue daemon at {socket}; is it running?"
+        )
+        assert "Traceback" not in result.stderr

@@ -1,0 +1,93 @@
+"""The man pages and the bash completion agree with the code."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from jobqueue.cli.exitcodes import ExitCode
+from jobqueue.cli.parser import COMMANDS
+from tests import test_cli_fakeluxi as fake
+from tests.test_cli_commands import JOBS
+from tests.test_cli_fakeluxi import REPO_ROOT, FakeLuxi, JobTable
+
+luxi = fake.luxi  # fixtures shared with the other CLI tests
+short_dir = fake.short_dir
+DOC = os.path.join(REPO_ROOT, "doc")
+
+
+def read(*parts: str) -> str:
+    with open(os.path.join(DOC, *parts), encoding="utf-8") as handle:
+        return handle.read()
+
+
+def exit_table(text: str) -> dict[int, str]:
+    """Code -> first words of its meaning, from the EXIT STATUS table."""
+    section = text.split("EXIT STATUS\n===========\n", 1)[1].split("\nENVIRONMENT\n", 1)[0]
+    return {int(m[1]): m[2] for m in re.finditer(r"^(\d+) +(\S.*)$", section, re.MULTILINE)}
+
+
+class TestManPages:
+    def test_jobctl_documents_every_command_and_exit_code(self) -> None:
+        text = read("jobctl.rst")
+        for name in COMMANDS:
+            assert f"\n``{name}``" in text, name
+        assert set(exit_table(text)) == {int(code) for code in ExitCode}
+
+    def test_cleaner_page(self) -> None:
+        text = read("jobqueue-cleaner.rst")
+        for option in ("--state-dir", "--socket", "--job-age", "--archive-age", "--log-file"):
+            assert f"``{option}``" in text
+        assert set(exit_table(text)) == {0, 1, 2}
+        assert "JOBQUEUE_STATE_DIR" in text
+
+    def test_service_unit(self) -> None:
+        text = read("examples", "jobqueue-masterd.service")
+        for line in (
+            "Type=simple",
+            "ExecStart=/usr/local/bin/jobqueue-masterd --state-dir /var/lib/jobqueue",
+            "Restart=on-failure",
+            "KillSignal=SIGTERM",
+            "TimeoutStopSec=90",
+        ):
+            assert f"\n{line}\n" in text
+
+
+class TestBashCompletion:
+    def complete(self, *words: str) -> list[str]:
+        script = os.path.join(DOC, "examples", "jobctl.bash-completion")
+        program = (
+            f"source {script}\n"
+            'COMP_WORDS=("$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))\n'
+            '_jobctl; printf "%s\\n" "${COMPREPLY[@]}"\n'
+        )
+        env = {
+            **os.environ,
+            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+        }
+        result = subprocess.run(
+            ["bash", "-c", program, "bash", "jobctl", *words],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=True,
+        )
+        return result.stdout.split()
+
+    @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+    def test_commands_options_and_job_ids(self, luxi: FakeLuxi) -> None:
+        if not os.path.exists(os.path.join(os.path.dirname(sys.executable), "jobctl")):
+            pytest.skip("the jobctl console script is not installed")
+        JobTable(JOBS).install(luxi)
+        assert self.complete("ch") == ["change-priority"]
+        assert self.complete("list", "--fin") == ["--finished"]
+        assert self.complete("queue", "") == ["info", "drain", "undrain"]
+        assert self.complete("--socket", luxi.path, "cancel", "") == ["12"]
+        assert self.complete("--socket", luxi.path, "watch", "") == ["2", "12"]
+        assert luxi.args_of("Query")[0][1] == ["id"]

@@ -1,0 +1,348 @@
+"""Pure unit tests of the jobctl helpers: no daemon, no subprocess."""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import pytest
+
+from jobqueue import errors
+from jobqueue.cli import formatting, jobinfo, opbuild, selection
+from jobqueue.cli.exitcodes import ExitCode, describe_error
+from jobqueue.cli.follow import Progress, failure_reason
+from jobqueue.cli.parser import COMMANDS, build_parser, find_command
+from jobqueue.cli.timespec import AGE_ALL, parse_age, parse_timespec
+
+
+def local(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+class TestTimespec:
+    @pytest.mark.parametrize(
+        ("text", "seconds"),
+        [
+            ("0", 0),
+            ("90", 90),
+            ("90s", 90),
+            ("30m", 1800),
+            ("6h", 21600),
+            ("2d", 172800),
+            ("1w", 604800),
+            (" 3H ", 10800),
+        ],
+    )
+    def test_valid(self, text: str, seconds: int) -> None:
+        assert parse_timespec(text) == seconds
+
+    @pytest.mark.parametrize("text", ["", "h", "-5", "1.5h", "5x", "5 h", "١٢", "all"])
+    def test_invalid(self, text: str) -> None:
+        with pytest.raises(ValueError, match="Invalid time specification"):
+            parse_timespec(text)
+
+    def test_all_is_minus_one(self) -> None:
+        assert parse_age("all") == AGE_ALL == -1
+        assert parse_age("ALL") == -1
+        assert parse_age("1d") == 86400
+
+
+class TestSelection:
+    def test_ids_and_statuses(self) -> None:
+        assert selection.job_filter([1, 2], []) == ["|", ["=", "id", 1], ["=", "id", 2]]
+        assert selection.job_filter([], ["queued"]) == ["|", ["=", "status", "queued"]]
+        assert selection.job_filter([], []) is None
+        assert selection.job_filter([7], ["queued", "waiting", "queued"]) == [
+            "&",
+            ["|", ["=", "id", 7]],
+            ["|", ["=", "status", "queued"], ["=", "status", "waiting"]],
+        ]
+
+    def test_status_groups(self) -> None:
+        assert selection.PENDING == ("queued", "waiting")
+        assert set(selection.FINISHED) == {"success", "error", "canceled"}
+
+
+class TestOpbuild:
+    def test_depends(self) -> None:
+        assert opbuild.parse_depends("12") == [12, []]
+        assert opbuild.parse_depends("12:success,error") == [12, ["success", "error"]]
+        assert opbuild.parse_depends("-1:canceled") == [-1, ["canceled"]]
+        with pytest.raises(ValueError, match="Invalid status 'running'"):
+            opbuild.parse_depends("3:running")
+        with pytest.raises(ValueError, match="Invalid job id"):
+            opbuild.parse_depends("x:success")
+
+    def test_env(self) -> None:
+        assert opbuild.parse_env("A=b=c") == ("A", "b=c")
+        assert opbuild.parse_env("A=") == ("A", "")
+        for bad in ("A", "=b"):
+            with pytest.raises(ValueError, match="KEY=VALUE"):
+                opbuild.parse_env(bad)
+
+    def test_fanout_with_then(self) -> None:
+        opcode = opbuild.fanout_opcode(
+            ["ping", "{item}"], ["a", "b"], ["host:{item}"], "echo 'all done'"
+        )
+        assert opcode == {
+            "OP_ID": "OP_COMMAND_FANOUT",
+            "argv": ["ping", "{item}"],
+            "items": ["a", "b"],
+            "locks": ["host:{item}"],
+            "then": [opbuild.run_opcode(["echo", "all done"])],
+        }
+        assert opbuild.fanout_opcode(["x"], ["a"]) == {
+            "OP_ID": "OP_COMMAND_FANOUT",
+            "argv": ["x"],
+            "items": ["a"],
+            "locks": [],
+        }
+        extras = opbuild.fanout_opcode(
+            ["x"], ["a"], shared_locks=["s:{item}"], timeout=5.0, env={"A": "1"}
+        )
+        assert (extras["shared_locks"], extras["timeout"], extras["env"]) == (
+            ["s:{item}"],
+            5.0,
+            {"A": "1"},
+        )
+        with pytest.raises(ValueError, match="closing quotation"):
+            opbuild.fanout_opcode(["x"], ["a"], then_command="echo 'oops")
+        with pytest.raises(ValueError, match="No items"):
+            opbuild.fanout_opcode(["x"], [])
+
+    def test_parse_jobs(self) -> None:
+        one = '[{"OP_ID": "OP_TEST_DELAY", "duration": 1}]'
+        assert opbuild.parse_jobs(one) == ([[{"OP_ID": "OP_TEST_DELAY", "duration": 1}]], False)
+        many, is_many = opbuild.parse_jobs(f"[{one}, {one}]")
+        assert is_many and len(many) == 2
+        for bad, message in [
+            ("{", "Not valid JSON"),
+            ("[]", "non-empty list"),
+            ('[{"duration": 1}]', "OP_ID"),
+            ("[[]]", "Job 1"),
+        ]:
+            with pytest.raises(ValueError, match=message):
+                opbuild.parse_jobs(bad)
+
+    def test_apply_options_copies(self) -> None:
+        job = [{"OP_ID": "X"}]
+        result = opbuild.apply_options(job, -10, [[3, ["success"]]], "hello")
+        assert result == [
+            {"OP_ID": "X", "priority": -10, "depends": [[3, ["success"]]], "comment": "hello"}
+        ]
+        assert job == [{"OP_ID": "X"}]
+        assert opbuild.apply_options(job) == job
+
+    def test_retry_drops_depends_and_sets_comment(self) -> None:
+        ops = [{"OP_ID": "X", "depends": [[1, []]], "comment": "old", "priority": 10}]
+        assert opbuild.retry_job(ops, 4) == [
+            {"OP_ID": "X", "comment": "Retry of job 4", "priority": 10}
+        ]
+
+    def test_items_file(self) -> None:
+        assert opbuild.parse_items("a\n\n# comment\n  b  \n") == ["a", "b"]
+
+
+class TestFormatting:
+    def test_timestamps(self) -> None:
+        assert formatting.format_timestamp([1700000000, 5]) == local(1700000000)
+        assert formatting.format_timestamp(None) == "-"
+        assert formatting.format_timestamp("junk") == "?"
+        assert formatting.format_value("opstart", [[1700000000, 0], None]) == (
+            f"{local(1700000000)},-"
+        )
+
+    def test_values(self) -> None:
+        assert formatting.format_value("summary", ["A(1)", "B"]) == "A(1),B"
+        assert formatting.format_value("x", True) == "Y"
+        assert formatting.format_value("x", None) == "-"
+        assert formatting.format_value("ops", [{"b": 1, "a": 2}]) == '[{"a":2,"b":1}]'
+
+    def test_cells_by_status(self) -> None:
+        assert [formatting.format_cell("id", [status, 1]) for status in range(5)] == [
+            "1",
+            "??",
+            "*",
+            "-",
+            "*",
+        ]
+
+    def test_table_alignment(self) -> None:
+        lines = formatting.render_table(
+            ["ID", "Status"], [["1", "running"], ["100", "ok"]], [True, False]
+        )
+        assert lines == [" ID Status", "  1 running", "100 ok"]
+        assert formatting.render_table(None, [["1", "a"]], [True, False], "|") == ["1|a"]
+
+    def test_query_to_table_numbers_and_unknown(self) -> None:
+        answer = {
+            "fields": [
+                {"name": "id", "title": "ID", "kind": "text", "doc": ""},
+                {"name": "bogus", "title": "bogus", "kind": "unknown", "doc": ""},
+            ],
+            "data": [[[0, 5], [1, None]], [[0, 10], [1, None]]],
+        }
+        lines, unknown = formatting.query_to_table(answer, None, True)
+        assert lines == ["ID bogus", " 5 ??", "10 ??"]
+        assert unknown == ["bogus"]
+        assert formatting.query_to_objects(answer) == [
+            {"id": 5, "bogus": None},
+            {"id": 10, "bogus": None},
+        ]
+
+    def test_lock_row(self) -> None:
+        row = [[0, "job/27"], [0, None], [0, None], [0, [["job", [34, 21]], ["shared", ["w1"]]]]]
+        assert formatting.format_lock_row(row) == ["job/27", "-", "-", "job:34,21 shared:w1"]
+        row = [[0, "a"], [0, "exclusive"], [0, ["Jq1", "Jq2"]], [0, []]]
+        assert formatting.format_lock_row(row) == ["a", "exclusive", "Jq1,Jq2", "-"]
+
+    def test_log_message_escapes_control_characters(self) -> None:
+        assert formatting.format_log_message("a\tb\x1b") == "a\\tb\\x1b"
+        assert formatting.format_log_message(42) == "42"
+
+
+class TestJobInfo:
+    def job(self) -> dict[str, Any]:
+        return {
+            "id": 3,
+            "status": "error",
+            "priority": 0,
+            "received_ts": [1700000000, 0],
+            "start_ts": [1700000001, 500000],
+            "end_ts": [1700000003, 0],
+            "ops": [{"OP_ID": "OP_TEST_DELAY", "duration": 1, "repeat": 0}],
+            "opstatus": ["error"],
+            "opresult": [["OpExecError", ["boom"]]],
+            "oplog": [[[1, [1700000002, 0], "message", "sleeping"], "junk"]],
+            "opstart": [[1700000001, 500000]],
+            "opexec": [None],
+            "opend": [[1700000003, 0]],
+        }
+
+    def test_report(self) -> None:
+        lines = jobinfo.job_lines(self.job())
+        assert lines[:3] == ["Job ID: 3", "  Status: error", "  Priority: 0"]
+        assert f"  Processing start: {local(1700000001)} (delta 1.500000s)" in lines
+        assert "  Total processing time: 3.000000 seconds" in lines
+        assert "    - OP_TEST_DELAY" in lines
+        assert "          duration: 1" in lines
+        assert "        Result: OpExecError: boom" in lines
+        assert f"          1 {local(1700000002)} message sleeping" in lines
+        assert '          "junk"' in lines
+        assert "        Execution start: -" in lines
+        assert not any("OP_ID:" in line for line in lines)
+
+    def test_results(self) -> None:
+        assert jobinfo.describe_result({"a": 1}) == '{"a":1}'
+        assert jobinfo.describe_result(None) == "None"
+        job = self.job()
+        job["opresult"] = [{"jobs": [[True, 4]]}]
+        assert "          jobs: [[true,4]]" in jobinfo.job_lines(job)
+
+
+class TestFailureReason:
+    def test_reasons(self) -> None:
+        assert failure_reason("canceled", None, None) == "Job was canceled"
+        assert failure_reason("error", ["error"], [["OpExecError", ["boom"]]]) == "boom"
+        assert (
+            failure_reason("error", ["success", "error"], [1, ["OpPrereqError", ["bad", "x"]]])
+            == "partial failure (opcode 1): bad"
+        )
+        assert failure_reason("error", ["error"], ["Unclean master daemon shutdown"]) == (
+            "Unclean master daemon shutdown"
+        )
+        assert failure_reason("lost", None, None) == "Job lost"
+
+
+class TestProgress:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def test_rewrites_one_line_on_a_terminal(self) -> None:
+        stream = self.Tty()
+        progress = Progress(stream, 40)
+        progress.show(17, 2)
+        progress.show(40, 2)
+        progress.done()
+        assert stream.getvalue() == "\r17/40 finished, 2 failed\r40/40 finished, 2 failed\n"
+
+    def test_silent_elsewhere(self) -> None:
+        stream = io.StringIO()
+        progress = Progress(stream, 3)
+        progress.show(1, 0)
+        progress.done()
+        assert stream.getvalue() == ""
+
+
+class TestExitCodes:
+    @pytest.mark.parametrize(
+        ("error", "code", "text"),
+        [
+            (
+                errors.NoMasterError("x"),
+                ExitCode.NO_DAEMON,
+                "Cannot reach the job queue daemon at /s",
+            ),
+            (
+                errors.AccessDenied("Permission denied connecting"),
+                ExitCode.PERMISSION,
+                "Permission",
+            ),
+            (errors.AccessDenied("method not allowed"), ExitCode.PERMISSION, "Permission denied: "),
+            (errors.JobQueueDrainError("x"), ExitCode.DRAINED, "The job queue is drained"),
+            (errors.JobQueueFull("x"), ExitCode.QUEUE_FULL, "The job queue is full"),
+            (errors.JobLost("Job 4 not found"), ExitCode.NOT_FOUND, "Job 4 not found"),
+            (errors.OpPrereqError("bad\nthing"), ExitCode.FAILURE, "Request refused: bad thing"),
+            (errors.RequestTimeout("slow"), ExitCode.FAILURE, "The job queue daemon did not"),
+        ],
+    )
+    def test_mapping(self, error: errors.GenericError, code: ExitCode, text: str) -> None:
+        got_code, message = describe_error(error, "/s")
+        assert got_code == code
+        assert message.startswith(text) and "\n" not in message
+
+    def test_table_values_are_documented_numbers(self) -> None:
+        assert {code.name: int(code) for code in ExitCode} == {
+            "OK": 0,
+            "FAILURE": 1,
+            "USAGE": 2,
+            "NO_DAEMON": 3,
+            "PERMISSION": 4,
+            "DRAINED": 5,
+            "QUEUE_FULL": 6,
+            "NOT_FOUND": 7,
+            "DECLINED": 13,
+            "UNKNOWN_FIELD": 14,
+            "INTERRUPTED": 130,
+        }
+
+
+class TestParser:
+    def test_find_command_skips_global_options(self) -> None:
+        assert find_command(["--socket", "list", "info", "3"]) == "info"
+        assert find_command(["--socket=x", "--debug", "list"]) == "list"
+        assert find_command(["--help"]) is None
+        assert find_command(["-h", "list"]) is None
+        assert find_command(["bogus"]) == "bogus"
+
+    def test_every_command_parses_its_help(self) -> None:
+        parser = build_parser()
+        for name in COMMANDS:
+            with pytest.raises(SystemExit) as exc:
+                parser.parse_args([name, "--help"])
+            assert exc.value.code == 0
+
+    def test_run_takes_everything_after_the_double_dash(self) -> None:
+        args = build_parser("run").parse_args(
+            ["run", "--lock", "a", "--", "ls", "-l", "--lock", "b"]
+        )
+        assert args.argv == ["ls", "-l", "--lock", "b"]
+        assert args.lock == ["a"]
+
+    def test_global_options_after_the_command(self) -> None:
+        args = build_parser("list").parse_args(["--socket", "/a", "list", "--debug"])
+        assert (args.socket, args.debug) == ("/a", True)
+        args = build_parser("list").parse_args(["list", "--socket", "/b"])
+        assert args.socket == "/b"
