@@ -8,7 +8,6 @@ for anyone else.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 
@@ -30,11 +29,26 @@ def default_state_dir(environ: Mapping[str, str] | None = None, euid: int | None
     return os.path.join(xdg, "jobqueue")
 
 
-@dataclasses.dataclass(frozen=True)
 class StatePaths:
-    """Every path of the layout, derived from one state directory."""
+    """Every path of the layout, derived from one state directory.
 
-    root: str
+    A plain class, not a dataclass: the CLI imports this module, and
+    ``dataclasses`` (through ``inspect``) would slow every ``jobctl`` start.
+    """
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StatePaths) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __repr__(self) -> str:
+        return f"StatePaths({self.root!r})"
 
     @classmethod
     def resolve(cls, state_dir: str | None = None) -> StatePaths:
