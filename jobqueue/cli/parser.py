@@ -157,23 +157,27 @@ def _add_submit(parser: argparse.ArgumentParser) -> None:
     _submit_options(parser)
 
 
-def _add_run(parser: argparse.ArgumentParser) -> None:
+def _command_options(parser: argparse.ArgumentParser, *, per_item: bool) -> None:
+    """--lock, --shared-lock, --timeout and --env, shared by run and fanout."""
+    lock = "TEMPLATE" if per_item else "NAME"
+    each = " per item, e.g. host:{item}" if per_item else " to hold"
     parser.add_argument(
         "--lock",
         action="append",
         default=[],
-        metavar="NAME",
-        help="exclusive lock to hold; repeatable",
+        metavar=lock,
+        help=f"exclusive lock{each}; repeatable",
     )
     parser.add_argument(
         "--shared-lock",
         action="append",
         default=[],
-        metavar="NAME",
-        help="shared lock to hold; repeatable",
+        metavar=lock,
+        help=f"shared lock{each}; repeatable",
     )
+    command = "each command" if per_item else "the command"
     parser.add_argument(
-        "--timeout", type=SECONDS, metavar="S", help="stop the command after S seconds"
+        "--timeout", type=SECONDS, metavar="S", help=f"stop {command} after S seconds"
     )
     parser.add_argument(
         "--env",
@@ -181,8 +185,12 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="K=V",
         type=_lazy("opbuild", "parse_env"),
-        help="set an environment variable; repeatable",
+        help=f"set an environment variable for {command}; repeatable",
     )
+
+
+def _add_run(parser: argparse.ArgumentParser) -> None:
+    _command_options(parser, per_item=False)
     parser.add_argument("--cwd", metavar="DIR", help="working directory of the command")
     parser.add_argument(
         "argv", metavar="CMD", nargs="+", help="the command and its arguments, after --"
@@ -198,31 +206,7 @@ def _add_fanout(parser: argparse.ArgumentParser) -> None:
     items.add_argument(
         "--items-file", metavar="F", help="read the items from F, one per line (- = stdin)"
     )
-    parser.add_argument(
-        "--lock",
-        action="append",
-        default=[],
-        metavar="TEMPLATE",
-        help="exclusive lock per item, e.g. host:{item}; repeatable",
-    )
-    parser.add_argument(
-        "--shared-lock",
-        action="append",
-        default=[],
-        metavar="TEMPLATE",
-        help="shared lock per item; repeatable",
-    )
-    parser.add_argument(
-        "--timeout", type=SECONDS, metavar="S", help="stop each command after S seconds"
-    )
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="K=V",
-        type=_lazy("opbuild", "parse_env"),
-        help="set an environment variable for every command; repeatable",
-    )
+    _command_options(parser, per_item=True)
     parser.add_argument(
         "--then-run", metavar="CMD", help="command (one shell-quoted string) to run after all items"
     )
