@@ -216,11 +216,11 @@ class JobQueue:
         timer.start()
 
     def _status_of(self, job_id: int) -> Status | None:
-        with self._lock:
-            active = self._active.get(job_id)
-        if active is not None:
-            with active.lock:
-                return active.job.status
+        """The job's status as last written (what dependents may act on), None if unknown.
+
+        Not the in-memory record: after a failed write that one may already
+        show an end that is not on disk yet.
+        """
         entry = self.storage.index_entry(job_id)
         if entry is not None:
             return entry.status

@@ -1,0 +1,278 @@
+"""Storage faults: the real daemon on a disk that fails with ENOSPC or EIO on demand.
+
+The daemon runs with ``JOBQUEUE_FAULT_FILE`` pointing at a control file
+(see ``jobqueue.faults``). While it says so, every write, fsync, rename and
+directory sync of job storage fails. The promises checked here are those of
+``doc/reliability.rst``: a change that cannot be made durable is reported as
+an error and is not visible; reads keep working; nothing stored is damaged;
+everything resumes once the disk works again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from jobqueue import errors
+from jobqueue.constants import FINALIZED, MSG_CANCELED, Status
+from jobqueue.errors import StorageError
+from jobqueue.faults import FAULT_FILE_ENV
+from jobqueue.locking import LockManager
+from jobqueue.lus import builtin_registry
+from jobqueue.luxi.client import Client
+from jobqueue.model import Job, merge_time
+from jobqueue.queue import JobQueue
+from jobqueue.storage import MemoryJobStore
+from tests.daemon_helper import Daemon, wait_until
+from tests.queue_files import (
+    clear_fault,
+    file_bytes,
+    job_paths,
+    load_jobs,
+    read_job,
+    set_fault,
+    temp_files,
+)
+
+DELAY0 = {"OP_ID": "OP_TEST_DELAY", "duration": 0}
+LONG = {"OP_ID": "OP_TEST_DELAY", "duration": 60}
+MESSAGES = {"ENOSPC": "No space left on device", "EIO": "Input/output error"}
+
+
+@dataclasses.dataclass
+class FaultyDaemon:
+    daemon: Daemon
+    control: Path
+    client: Client
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.daemon.state_dir / "queue"
+
+    def status(self, job_id: int) -> str:
+        (row,) = self.client.query_jobs([job_id], ["status"])
+        return str(row[0])
+
+    def disk_status(self, job_id: int) -> str:
+        return str(read_job(job_paths(self.queue_dir)[job_id]).status)
+
+
+@pytest.fixture
+def faulty(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> Iterator[FaultyDaemon]:
+    """A daemon with one worker on a fault-injecting disk, faults off."""
+    control = tmp_path / "faults"
+    daemon = daemon_factory(workers=1, env={FAULT_FILE_ENV: str(control)}).start()
+    yield FaultyDaemon(daemon, control, daemon.client())
+    clear_fault(control)
+
+
+def _busy_queue(fd: FaultyDaemon) -> tuple[list[int], int, int]:
+    """Two finished jobs, one running (holding the only worker) and one queued."""
+    finished = [fd.client.submit_job([DELAY0]) for _ in range(2)]
+    for job_id in finished:
+        fd.daemon.wait_job(job_id)
+    running = fd.client.submit_job([LONG])
+    wait_until(lambda: fd.status(running) == "running", what="the long job to run")
+    queued = fd.client.submit_job([DELAY0])
+    assert fd.status(queued) == "queued"
+    return finished, running, queued
+
+
+@pytest.mark.parametrize("fault", ["ENOSPC", "EIO"])
+def test_no_change_is_reported_or_visible_while_writes_fail(
+    faulty: FaultyDaemon, fault: str
+) -> None:
+    client = faulty.client
+    finished, running, queued = _busy_queue(faulty)
+    before = file_bytes(faulty.queue_dir)
+    set_fault(faulty.control, fault)
+    message = MESSAGES[fault]
+
+    with pytest.raises(errors.StorageError, match=message):
+        client.submit_job([DELAY0])
+    results = client.submit_many_jobs([[DELAY0], [DELAY0]])
+    assert [ok for ok, _ in results] == [False, False]
+    for _, reason in results:  # the plain message, not a tuple of arguments
+        assert reason.startswith("Cannot write ") and reason.endswith(message), reason
+    with pytest.raises(errors.StorageError, match=message):
+        client.set_drain_flag(True)
+    with pytest.raises(errors.StorageError, match=message):
+        client.cancel_job(queued)
+    with pytest.raises(errors.StorageError, match=message):
+        client.change_job_priority(queued, -10)
+    with pytest.raises(errors.StorageError, match=message):
+        client.cancel_job(running, kill=True)
+
+    # Reads keep working and show the old state.
+    assert client.query_config_values(["drain_flag", "live_jobs"]) == [False, 4]
+    rows = client.query_jobs([*finished, running, queued], ["status", "priority"])
+    assert rows == [["success", 0], ["success", 0], ["running", 0], ["queued", 0]]
+    assert client.wait_for_job_change(queued, ["status"], None, None, 0) == [["queued"], []]
+    query = client.query("job", ["id"], ["=", "status", "queued"])
+    assert query["data"] == [[[0, queued]]]
+    # Nothing on disk changed, nothing was left behind, the running job still runs.
+    assert file_bytes(faulty.queue_dir) == before
+    assert temp_files(faulty.queue_dir) == []
+    assert faulty.disk_status(running) == "running"
+
+    clear_fault(faulty.control)
+    assert client.cancel_job(queued) == [True, f"Job {queued} canceled"]
+    assert client.cancel_job(running, kill=True)[0] is True
+    assert faulty.daemon.wait_job(running) == "canceled"
+    new_job = client.submit_job([DELAY0])
+    assert faulty.daemon.wait_job(new_job) == "success"
+    jobs = load_jobs(faulty.queue_dir)
+    assert sorted(jobs) == sorted([*finished, running, queued, new_job])
+    assert jobs[queued].ops[0].result == MSG_CANCELED
+    assert all(jobs[i].status == "success" for i in finished)
+    assert all(file_bytes(faulty.queue_dir)[f"job-{i}"] == before[f"job-{i}"] for i in finished)
+
+
+def test_failed_directory_sync_leaves_no_trace(faulty: FaultyDaemon) -> None:
+    """Only the directory fsync fails: a new name must not survive unreported."""
+    client = faulty.client
+    job_ids = set(job_paths(faulty.queue_dir))
+    set_fault(faulty.control, "EIO fsync_dir")
+    with pytest.raises(errors.StorageError, match="Input/output error"):
+        client.submit_job([DELAY0])
+    assert set(job_paths(faulty.queue_dir)) == job_ids
+    with pytest.raises(errors.StorageError, match="Input/output error"):
+        client.set_drain_flag(True)
+    assert client.query_config_values(["drain_flag"]) == [False]
+    assert not (faulty.queue_dir / "drain").exists()
+
+    clear_fault(faulty.control)
+    assert client.set_drain_flag(True) is True
+    set_fault(faulty.control, "EIO fsync_dir")
+    with pytest.raises(errors.StorageError, match="Input/output error"):
+        client.set_drain_flag(False)
+    assert client.query_config_values(["drain_flag"]) == [True]
+    assert (faulty.queue_dir / "drain").exists()
+
+    clear_fault(faulty.control)
+    assert client.set_drain_flag(False) is True
+    assert client.query_config_values(["drain_flag"]) == [False]
+    assert temp_files(faulty.queue_dir) == []
+
+
+@pytest.mark.parametrize("fault", ["ENOSPC", "EIO fsync_dir"])
+def test_archive_failure_keeps_the_job_in_one_place(faulty: FaultyDaemon, fault: str) -> None:
+    client = faulty.client
+    job_id = client.submit_job([DELAY0])
+    faulty.daemon.wait_job(job_id)
+    set_fault(faulty.control, fault)
+    with pytest.raises(errors.StorageError):
+        client.archive_job(job_id)
+    with pytest.raises(errors.StorageError):
+        client.auto_archive_jobs(-1, 10)
+    paths = job_paths(faulty.queue_dir)  # fails if the job were in two places
+    live = paths[job_id].parent == faulty.queue_dir
+    assert client.query_jobs(None, ["id"]) == ([[job_id]] if live else [])
+    assert client.query_jobs([job_id], ["status"]) == [["success"]]
+    clear_fault(faulty.control)
+    assert client.auto_archive_jobs(-1, 10) == [1 if live else 0, 0]
+    assert client.query_jobs(None, ["id"]) == []
+    assert job_paths(faulty.queue_dir)[job_id].parent.parent.name == "archive"
+
+
+@pytest.mark.parametrize("moment", ["feedback", "result"])
+@pytest.mark.parametrize("op_count", [1, 2])
+def test_running_job_whose_writes_fail_ends_final_and_consistent(
+    faulty: FaultyDaemon, moment: str, op_count: int
+) -> None:
+    """Writes of a running job fail (its log or its end); once space returns it ends."""
+    client = faulty.client
+    done = client.submit_job([DELAY0])
+    faulty.daemon.wait_job(done)
+    done_bytes = (faulty.queue_dir / f"job-{done}").read_bytes()
+    if moment == "feedback":
+        first = {"OP_ID": "OP_TEST_DELAY", "duration": 0.2, "repeat": 50}
+    else:
+        first = {"OP_ID": "OP_TEST_DELAY", "duration": 0.5}
+    job_id = client.submit_job([first, DELAY0][:op_count])
+    wait_until(lambda: faulty.disk_status(job_id) == "running", what="the job to run")
+    set_fault(faulty.control, "ENOSPC")
+    wait_until(
+        lambda: f"Cannot write job {job_id}" in faulty.daemon.log(),
+        what="a failed write of the running job",
+    )
+    assert faulty.disk_status(job_id) == "running"
+    clear_fault(faulty.control)
+
+    status = faulty.daemon.wait_job(job_id)
+    job = read_job(faulty.queue_dir / f"job-{job_id}")
+    assert job.status == status == "error"
+    assert all(op.status in FINALIZED for op in job.ops)
+    assert job.ops[0].result.startswith("Result lost: Cannot write")
+    assert job.ops[0].end_timestamp is not None
+    for op in job.ops[1:]:  # never run after the first one failed
+        assert op.status == "error" and op.exec_timestamp is None
+    assert job.end_timestamp is not None
+    assert client.query_jobs([job_id], ["status", "opstatus"]) == [
+        [status, [op.status for op in job.ops]]
+    ]
+    assert (faulty.queue_dir / f"job-{done}").read_bytes() == done_bytes
+    assert temp_files(faulty.queue_dir) == []
+    # The queue still works normally.
+    assert faulty.daemon.wait_job(client.submit_job([DELAY0])) == "success"
+
+
+class FailingMemoryStore(MemoryJobStore):
+    """Job writes of the ids in ``fail_ids`` fail with ENOSPC; ``failed`` records them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_ids: set[int] = set()
+        self.failed: set[int] = set()
+
+    def _write(self, jobs: Sequence[Job]) -> list[StorageError | None]:
+        results: list[StorageError | None] = []
+        for job in jobs:
+            if job.id in self.fail_ids:
+                self.failed.add(job.id)
+                results.append(StorageError("Cannot write: No space left on device", 28))
+            else:
+                results.extend(super()._write([job]))
+        return results
+
+
+def test_dependents_wait_for_an_end_that_is_on_disk() -> None:
+    """A job whose end could not be written is not final to its dependents (found by the
+    fault storm: a dependent ran while its dependency's file still said running)."""
+    store = FailingMemoryStore()
+    queue = JobQueue(store, builtin_registry(), LockManager(), workers=2)
+    queue.start()
+    try:
+        first = queue.submit_job([{"OP_ID": "OP_TEST_DELAY", "duration": 0.3}])
+        wait_until(lambda: _indexed_status(store, first) == Status.RUNNING, what="it to run")
+        store.fail_ids.add(first)
+        wait_until(lambda: first in store.failed, what="its end to fail to be written")
+        second = queue.submit_job([{**DELAY0, "depends": [[first, []]]}])
+        wait_until(
+            lambda: (
+                second in queue.depmgr.waiting_jobs() or _indexed_status(store, second) in FINALIZED
+            ),
+            what="the dependent to park or to finish",
+        )
+        assert second in queue.depmgr.waiting_jobs()
+        assert _indexed_status(store, first) == Status.RUNNING
+        store.fail_ids.clear()
+        wait_until(lambda: _indexed_status(store, second) in FINALIZED, what="the dependent")
+        first_job, second_job = store.read_job(first), store.read_job(second)
+        assert first_job is not None and second_job is not None
+        assert first_job.ops[0].status == Status.ERROR
+        assert str(first_job.ops[0].result).startswith("Result lost: Cannot write")
+        assert second_job.status == Status.SUCCESS
+        assert first_job.end_timestamp is not None and second_job.ops[0].exec_timestamp
+        assert merge_time(first_job.end_timestamp) <= merge_time(second_job.ops[0].exec_timestamp)
+    finally:
+        queue.prepare_shutdown()
+        queue.shutdown()
+
+
+def _indexed_status(store: MemoryJobStore, job_id: int) -> Status | None:
+    entry = store.index_entry(job_id)
+    return None if entry is None else entry.status
