@@ -261,21 +261,50 @@ class JobQueue:
             jobs, self.registry, self.storage.exists, relative_ok, self.storage.allocate_ids
         )
         room = self._max_jobs - self.storage.live_count()
+        refused: dict[int, GenericError] = {}  # ids of this call that will not be stored
         to_write: list[Job] = []
         results: list[int | GenericError] = []
         now = self.now()
         for item in prepared:
             if isinstance(item, GenericError):
                 results.append(item)
+                continue
+            job_id, ops = item
+            blocker = _refused_dependency(ops, refused)
+            if blocker is not None:
+                refused[job_id] = _dependency_refused(blocker)
             elif len(to_write) >= room:
-                results.append(JobQueueFull(f"The job queue is full ({self._max_jobs} jobs)"))
+                refused[job_id] = JobQueueFull(f"The job queue is full ({self._max_jobs} jobs)")
             else:
-                to_write.append(Job.new(item[0], item[1], now))
-                results.append(item[0])
-        write_results = self.storage.write_jobs(to_write)
-        failures = {job.id: err for job, err in zip(to_write, write_results, strict=True) if err}
-        self._activate([job for job in to_write if job.id not in failures])
-        return [failures.get(r, r) if isinstance(r, int) else r for r in results]
+                to_write.append(Job.new(job_id, ops, now))
+            results.append(job_id)
+        for job, failure in zip(to_write, self.storage.write_jobs(to_write), strict=True):
+            if failure is not None:
+                refused[job.id] = failure
+        self._withdraw_orphans(to_write, refused)
+        self._activate([job for job in to_write if job.id not in refused])
+        return [refused.get(r, r) if isinstance(r, int) else r for r in results]
+
+    def _withdraw_orphans(self, written: list[Job], refused: dict[int, GenericError]) -> None:
+        """Remove written jobs whose dependency of the same call could not be stored.
+
+        They were never acknowledged, so removing them loses nothing; if the
+        removal fails they stay and fail when they run ("job lost").
+        """
+        orphans = []
+        for job in written:  # dependencies only point backwards: one pass is transitive
+            blocker = _refused_dependency([op.input for op in job.ops], refused)
+            if job.id not in refused and blocker is not None:
+                refused[job.id] = _dependency_refused(blocker)
+                orphans.append(job.id)
+        if orphans:
+            try:
+                self.storage.discard_jobs(orphans)
+            except StorageError as err:
+                self._log.error("Cannot withdraw jobs %s: %s", orphans, err)
+                for job_id in orphans:  # those still on disk (in the index) are kept
+                    if self.storage.index_entry(job_id) is not None:
+                        del refused[job_id]
 
     # -- cancel and priority ---------------------------------------------------
     def cancel_job(self, job_id: int, kill: bool = False) -> list[Any]:
@@ -487,6 +516,19 @@ class JobQueue:
         if unknown:
             raise OpPrereqError(f"Unknown config fields: {', '.join(unknown)}", ECODE_INVAL)
         return [values[name]() for name in fields]
+
+
+def _refused_dependency(ops: list[dict[str, Any]], refused: dict[int, GenericError]) -> int | None:
+    """The first dependency of ``ops`` that is among the ``refused`` jobs, if any."""
+    for op in ops:
+        for dep_id, _ in op.get("depends") or []:
+            if dep_id in refused:
+                return int(dep_id)
+    return None
+
+
+def _dependency_refused(dep_id: int) -> OpPrereqError:
+    return OpPrereqError(f"Dependency job {dep_id} of this submission was refused", ECODE_INVAL)
 
 
 def _mark_canceling(job: Job) -> None:

@@ -193,6 +193,24 @@ class JobStore(abc.ABC):
                     self._index.pop(job_id, None)
         return moved
 
+    def discard_jobs(self, job_ids: Sequence[int]) -> None:
+        """Delete live jobs that were written but never acknowledged to anyone.
+
+        Raises ``StorageError`` if they cannot be removed durably; the index
+        keeps whatever is still on disk.
+        """
+        removed: list[int] = []
+        try:
+            self._remove(job_ids, removed)
+        finally:
+            with self._lock:
+                for job_id in removed:
+                    self._index.pop(job_id, None)
+
+    @abc.abstractmethod
+    def _remove(self, job_ids: Sequence[int], removed: list[int]) -> None:
+        """Delete live job files, appending each id to ``removed`` once it is gone."""
+
     def archive_job(self, job_id: int) -> bool:
         """Archive one live job; False if it is not in the live queue."""
         return bool(self.archive_jobs([job_id]))
@@ -377,6 +395,20 @@ class FileJobStore(JobStore):
                 ]
         return results
 
+    def _remove(self, job_ids: Sequence[int], removed: list[int]) -> None:
+        for job_id in job_ids:
+            try:
+                os.unlink(self._job_path(job_id))
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                raise _storage_error(f"Cannot remove job {job_id}", err) from err
+            removed.append(job_id)
+        try:
+            self._disk.fsync_dir(self.queue_dir)
+        except OSError as err:
+            raise _storage_error(f"Cannot sync {self.queue_dir}", err) from err
+
     def _write_one(self, job: Job) -> StorageError | None:
         try:
             self.write_file(self._job_path(job.id), encode_job(job), new=False)
@@ -536,6 +568,11 @@ class MemoryJobStore(JobStore):
 
     def _is_archived(self, job_id: int) -> bool:
         return job_id in self._archive
+
+    def _remove(self, job_ids: Sequence[int], removed: list[int]) -> None:
+        for job_id in job_ids:
+            self._live.pop(job_id, None)
+            removed.append(job_id)
 
     def _move_to_archive(self, job_ids: Sequence[int], moved: list[int]) -> None:
         for job_id in job_ids:
