@@ -9,7 +9,7 @@ from jobqueue.constants import FINALIZED, MSG_UNCLEAN_SHUTDOWN, PENDING, Status
 from jobqueue.luxi.client import Client
 from jobqueue.model import Job, merge_time
 from tests.daemon_helper import wait_until
-from tests.queue_files import corrupt_files, load_jobs
+from tests.queue_files import corrupt_files, load_jobs, temp_files
 from tests.soak.load import Submitted
 
 #: A Query2 filter for live jobs that are not final yet.
@@ -126,3 +126,15 @@ def check_children(jobs: dict[int, Job]) -> None:
                     assert child_id.startswith(("Cannot write ", "Cannot sync ")), child_id
                     continue
                 assert jobs[child_id].ops[0].input["comment"] == f"{op.input['comment']}/child"
+
+
+def check_final_state(
+    checker: CrashChecker, jobs: dict[int, Job], acked: dict[int, Submitted]
+) -> int:
+    """Everything a storm checks at its end; returns the dependencies checked."""
+    checker.check_tags(jobs, acked)
+    dependencies = check_dependencies(jobs)
+    check_children(jobs)
+    assert temp_files(checker.queue_dir) == []
+    assert corrupt_files(checker.queue_dir) == []
+    return dependencies

@@ -23,13 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_helper import Daemon, wait_until
-from tests.queue_files import corrupt_files, job_paths, load_jobs, temp_files
-from tests.soak.invariants import (
-    CrashChecker,
-    check_children,
-    check_dependencies,
-    wait_all_final,
-)
+from tests.queue_files import corrupt_files, job_paths, load_jobs
+from tests.soak.invariants import CrashChecker, check_final_state, wait_all_final
 from tests.soak.load import Ledger, LoadClients
 from tests.soak.support import SoakReport, pick, seeded_rng, soak_timeout
 
@@ -76,11 +71,7 @@ def test_crash_storm(
     jobs = load_jobs(checker.queue_dir)
     assert set(acked) <= set(jobs)
     assert set(jobs) == set(job_paths(checker.queue_dir))
-    checker.check_tags(jobs, acked)
-    dependencies = check_dependencies(jobs)
-    check_children(jobs)
-    assert temp_files(checker.queue_dir) == []
-    assert corrupt_files(checker.queue_dir) == []
+    dependencies = check_final_state(checker, jobs, acked)
     print(
         f"crash storm: {rounds} rounds, {len(acked)} acknowledged, {len(jobs)} on disk, "
         f"{checker.unclean_checked} running at a kill, {dependencies} dependencies checked, "
