@@ -6,7 +6,11 @@ Everything here is a plain value; no module-level state.
 from __future__ import annotations
 
 import enum
-from typing import Final
+
+# Start-up speed: ``typing`` is imported for the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 
 class Status(enum.StrEnum):

@@ -32,7 +32,10 @@ this tree on purpose.
 
 from __future__ import annotations
 
-from typing import Any
+# Start-up speed: ``typing`` is imported for the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Error codes for OpPrereqError, as Ganeti uses them.
 ECODE_INVAL = "wrong_input"

@@ -1,8 +1,12 @@
-"""Pure unit tests of the jobctl helpers: no daemon, no subprocess."""
+"""Pure unit tests of the jobctl helpers: no daemon, and no subprocess but the
+one that checks what jobctl imports at start-up."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -346,3 +350,24 @@ class TestParser:
         assert (args.socket, args.debug) == ("/a", True)
         args = build_parser("list").parse_args(["list", "--socket", "/b"])
         assert args.socket == "/b"
+
+
+class TestStartup:
+    def test_no_slow_modules_on_the_import_path(self) -> None:
+        """jobctl's modules leave out what would slow every start (see the modules)."""
+        commands = {f"jobqueue.cli.{spec.handler.split(':')[0]}" for spec in COMMANDS.values()}
+        modules = ["jobqueue.cli.main", "jobqueue.luxi.client", *sorted(commands)]
+        slow = ["typing", "simplejson", "decimal", "threading", "dataclasses", "inspect"]
+        code = (
+            f"import sys; before = set(sys.modules); import {', '.join(modules)}; "
+            f"print([name for name in {slow!r} if name in set(sys.modules) - before])"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            timeout=60,
+            check=True,
+        )
+        assert result.stdout.strip() == "[]"

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from jobqueue.cli import formatting, selection
 from jobqueue.cli.context import Context
 from jobqueue.cli.exitcodes import CommandFailed, ExitCode
 from jobqueue.constants import PRIO_NAMES
 
+# Start-up speed: ``typing`` is imported for the type checker only.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from jobqueue.luxi.client import Client
 
 #: Seconds the daemon may spend in one AutoArchiveJobs call.

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
 
 from jobqueue.cli import formatting, selection
 from jobqueue.cli.context import Context
 from jobqueue.cli.exitcodes import CommandFailed, ExitCode
+
+# Start-up speed: ``typing`` is imported for the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_FIELDS = ["id", "status", "summary"]
 LOCK_FIELDS = ["name", "mode", "owner", "pending"]

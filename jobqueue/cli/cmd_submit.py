@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
 
 from jobqueue.cli import opbuild
 from jobqueue.cli.context import Context
 from jobqueue.cli.exitcodes import CommandFailed, ExitCode
 from jobqueue.cli.follow import watch_job
 from jobqueue.constants import FINALIZED, PRIO_NAMES
+
+# Start-up speed: ``typing`` is imported for the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _read_text(context: Context, path: str) -> str:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
 
+# Start-up speed: ``typing`` is imported for the type checker only.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import TextIO
+
     from jobqueue.luxi.client import Client
 
 ClientFactory = Callable[[str], "Client"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
 
 from jobqueue import errors
 from jobqueue.cli.context import Context
@@ -14,7 +13,11 @@ from jobqueue.cli.formatting import format_log_message, merge_timestamp
 from jobqueue.cli.selection import unique
 from jobqueue.constants import FINALIZED, Status
 
+# Start-up speed: ``typing`` is imported for the type checker only.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, TextIO
+
     from jobqueue.luxi.client import Client
 
 #: Pseudo-status of a job the daemon forgot while we were waiting for it.

@@ -5,8 +5,6 @@ Pure functions from the ``{field: value}`` object of one job to lines.
 
 from __future__ import annotations
 
-from typing import Any
-
 from jobqueue import errors
 from jobqueue.cli.formatting import (
     compact_json,
@@ -15,6 +13,11 @@ from jobqueue.cli.formatting import (
     is_timestamp,
     merge_timestamp,
 )
+
+# Start-up speed: ``typing`` is imported for the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: The fields ``info`` asks the daemon for.
 INFO_FIELDS = [

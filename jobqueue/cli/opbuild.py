@@ -9,9 +9,16 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Sequence
-from typing import Any
 
 from jobqueue.constants import FINALIZED
+
+# Start-up speed: ``typing`` is imported for the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    Opcode = dict[str, Any]
+    Job = list[Opcode]
 
 OP_COMMAND_RUN = "OP_COMMAND_RUN"
 OP_COMMAND_FANOUT = "OP_COMMAND_FANOUT"
@@ -19,9 +26,6 @@ OP_TEST_DELAY = "OP_TEST_DELAY"
 #: The placeholder that ``fanout`` replaces with each item.
 ITEM_PLACEHOLDER = "{item}"
 _DEPEND_STATUSES = sorted(status.value for status in FINALIZED)
-
-Opcode = dict[str, Any]
-Job = list[Opcode]
 
 
 def parse_depends(text: str) -> list[Any]:

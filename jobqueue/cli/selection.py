@@ -7,9 +7,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, TypeVar
 
 from jobqueue.constants import FINALIZED, Status
+
+# Start-up speed: ``typing`` is imported for the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    Filter = list[Any] | None
+    T = TypeVar("T")
 
 #: Job statuses selected by the shorthand options of ``list``, ``cancel``, ...
 QUEUED = (Status.QUEUED.value,)
@@ -18,9 +25,6 @@ PENDING = (Status.QUEUED.value, Status.WAITING.value)
 RUNNING = (Status.RUNNING.value,)
 ERROR = (Status.ERROR.value,)
 FINISHED = tuple(status.value for status in Status if status in FINALIZED)
-
-Filter = list[Any] | None
-T = TypeVar("T")
 
 
 def any_of(field: str, values: Sequence[Any]) -> Filter:

@@ -13,16 +13,34 @@ matching ``jobqueue.errors`` class (``OpPrereqError``, ``JobQueueDrainError``,
 
 from __future__ import annotations
 
+import _thread
 import errno
 import socket
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, cast
 
 from jobqueue import constants, errors
 from jobqueue.luxi import protocol
 from jobqueue.paths import StatePaths
+
+# Start-up speed: ``typing`` is imported for the type checker only, and the
+# lock comes from ``_thread`` (``threading.Lock`` is the same type).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    class Transport(Protocol):
+        """Carries one terminated request and returns the response frame."""
+
+        def exchange(self, message: bytes) -> bytes:
+            """Send ``message``; return the answer frame without its terminator."""
+            ...
+
+        def close(self) -> None:
+            """Release the connection; safe to call more than once."""
+            ...
+
+    TransportFactory = Callable[[str, float], Transport]
 
 #: Seconds to wait for an answer to one read (a timeout is not retried).
 DEFAULT_TIMEOUT = 180.0
@@ -33,21 +51,6 @@ _RECV_SIZE = 65536
 
 _NO_MASTER_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR})
 _ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
-
-
-class Transport(Protocol):
-    """Carries one terminated request and returns the response frame."""
-
-    def exchange(self, message: bytes) -> bytes:
-        """Send ``message``; return the answer frame without its terminator."""
-        ...
-
-    def close(self) -> None:
-        """Release the connection; safe to call more than once."""
-        ...
-
-
-TransportFactory = Callable[[str, float], Transport]
 
 
 def _connect_error(path: str, err: OSError) -> errors.LuxiError:
@@ -190,7 +193,7 @@ class Client:
         self.path = path if path is not None else StatePaths.resolve(state_dir).master_socket
         self.timeout = timeout
         self._transport_factory: TransportFactory = transport_factory or UnixTransport
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._transport: Transport | None = None
 
     def __enter__(self) -> Client:
@@ -242,7 +245,8 @@ class Client:
 
     def submit_many_jobs(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]:
         """Submit several jobs; return ``[True, id]`` or ``[False, message]`` for each."""
-        return cast(list[list[Any]], self.call("SubmitManyJobs", jobs))
+        result: list[list[Any]] = self.call("SubmitManyJobs", jobs)
+        return result
 
     def wait_for_job_change(
         self,
@@ -253,18 +257,20 @@ class Client:
         timeout: float,
     ) -> str | list[Any] | None:
         """Block until the job changes; ``"nochange"``, ``[job_info, log]`` or None."""
-        answer = self.call(
+        answer: str | list[Any] | None = self.call(
             "WaitForJobChange", job_id, fields, prev_job_info, prev_log_serial, timeout
         )
-        return cast(str | list[Any] | None, answer)
+        return answer
 
     def cancel_job(self, job_id: int, kill: bool = False) -> list[Any]:
         """Cancel a job; return ``[success, message]``."""
-        return cast(list[Any], self.call("CancelJob", job_id, kill))
+        result: list[Any] = self.call("CancelJob", job_id, kill)
+        return result
 
     def change_job_priority(self, job_id: int, priority: int) -> list[Any]:
         """Change the priority of a job's pending opcodes; return ``[success, message]``."""
-        return cast(list[Any], self.call("ChangeJobPriority", job_id, priority))
+        result: list[Any] = self.call("ChangeJobPriority", job_id, priority)
+        return result
 
     def archive_job(self, job_id: int) -> bool:
         """Archive one finalized job; return whether it was archived."""
@@ -272,19 +278,23 @@ class Client:
 
     def auto_archive_jobs(self, age: float, timeout: float) -> list[int]:
         """Archive jobs older than ``age`` seconds; return ``[archived, left]``."""
-        return cast(list[int], self.call("AutoArchiveJobs", age, timeout))
+        result: list[int] = self.call("AutoArchiveJobs", age, timeout)
+        return result
 
     def query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> list[list[Any]]:
         """Return one row of ``fields`` per job (all live jobs for None)."""
-        return cast(list[list[Any]], self.call("QueryJobs", job_ids, fields))
+        result: list[list[Any]] = self.call("QueryJobs", job_ids, fields)
+        return result
 
     def query(self, what: str, fields: list[str], qfilter: Any = None) -> dict[str, Any]:
         """Run a new-style query; return ``{"fields": ..., "data": ...}``."""
-        return cast(dict[str, Any], self.call("Query", what, fields, qfilter))
+        result: dict[str, Any] = self.call("Query", what, fields, qfilter)
+        return result
 
     def query_fields(self, what: str, fields: list[str] | None = None) -> dict[str, Any]:
         """Describe the fields of resource ``what`` (all of them for None)."""
-        return cast(dict[str, Any], self.call("QueryFields", what, fields))
+        result: dict[str, Any] = self.call("QueryFields", what, fields)
+        return result
 
     def set_drain_flag(self, flag: bool) -> bool:
         """Set or clear the queue's drain flag."""
@@ -292,7 +302,8 @@ class Client:
 
     def query_config_values(self, fields: list[str]) -> list[Any]:
         """Return the values of configuration ``fields``, in order."""
-        return cast(list[Any], self.call("QueryConfigValues", fields))
+        result: list[Any] = self.call("QueryConfigValues", fields)
+        return result
 
     def wait_for_job(
         self,
