@@ -16,7 +16,6 @@ line on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading
@@ -25,15 +24,12 @@ from typing import Any
 
 from huey import SqliteHuey
 from huey.signals import SIGNAL_COMPLETE, SIGNAL_ERROR
+from peer_cli import base_parser, report
 
 
 def parse_args() -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, required=True)
-    parser.add_argument("--workers", type=int, required=True)
-    parser.add_argument("--work-dir", required=True)
-    parser.add_argument("--timeout", type=float, default=120.0)
+    parser = base_parser(__doc__)
     parser.add_argument("--initial-delay", type=float, default=0.01)
     parser.add_argument("--max-delay", type=float, default=0.1)
     return parser.parse_args()
@@ -108,11 +104,8 @@ def main() -> int:
         "sqlite_synchronous": synchronous,
         "sqlite_journal_mode": journal,
     }
-    print(json.dumps(result))
-    if not finished or completions.error:
-        print(f"huey: {completions.complete} of {args.jobs} completed", file=sys.stderr)
-        return 1
-    return 0
+    ok = finished and not completions.error
+    return report("huey", result, completions.complete, args.jobs, ok)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ workers are stopped before exiting; the result is one JSON line on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import signal
@@ -27,6 +26,7 @@ import time
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from peer_cli import base_parser, report
 from redis import Redis
 from rq import Queue, SimpleWorker, Worker
 
@@ -36,11 +36,7 @@ WORKER_CLASSES = {"fork": Worker, "simple": SimpleWorker}
 
 def parse_args() -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, required=True)
-    parser.add_argument("--workers", type=int, required=True)
-    parser.add_argument("--work-dir", required=True)
-    parser.add_argument("--timeout", type=float, default=120.0)
+    parser = base_parser(__doc__)
     parser.add_argument("--worker-class", choices=sorted(WORKER_CLASSES), default="fork")
     parser.add_argument("--redis-server", default="redis-server")
     return parser.parse_args()
@@ -190,11 +186,8 @@ def main() -> int:
         worker_class=args.worker_class,
         appendfsync=fsync_policy.get("appendfsync"),
     )
-    print(json.dumps(result))
-    if result["completed"] != args.jobs:
-        print(f"rq: {result['completed']} of {args.jobs} finished", file=sys.stderr)
-        return 1
-    return 0
+    completed = result["completed"]
+    return report("rq", result, completed, args.jobs, completed == args.jobs)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -24,16 +23,14 @@ import sys
 import time
 from typing import Any
 
+from peer_cli import base_parser, report
+
 UNFINISHED_STATES = {"queued", "running", "allocating"}
 
 
 def parse_args() -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, required=True)
-    parser.add_argument("--workers", type=int, required=True)
-    parser.add_argument("--work-dir", required=True)
-    parser.add_argument("--timeout", type=float, default=120.0)
+    parser = base_parser(__doc__)
     return parser.parse_args()
 
 
@@ -114,11 +111,8 @@ def main() -> int:
     result.update(
         peer="task-spooler", jobs=args.jobs, workers=args.workers, command=os.path.basename(command)
     )
-    print(json.dumps(result))
-    if result["completed"] != args.jobs:
-        print(f"task-spooler: {result['completed']} of {args.jobs} finished", file=sys.stderr)
-        return 1
-    return 0
+    completed = result["completed"]
+    return report("task-spooler", result, completed, args.jobs, completed == args.jobs)
 
 
 if __name__ == "__main__":
