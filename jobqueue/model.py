@@ -88,7 +88,7 @@ class QueuedOpCode:
         if not isinstance(log, list) or not all(_is_log_entry(e) for e in log):
             raise ValueError("opcode log must be a list of [serial, [sec, usec], type, msg]")
         priority = data.get("priority", constants.PRIO_DEFAULT)
-        if not _is_int(priority):
+        if not is_json_int(priority):
             raise ValueError("opcode priority must be an integer")
         return cls(
             input=op_input,
@@ -243,14 +243,15 @@ def default_summary(op_input: dict[str, Any]) -> str:
     return op_id.removeprefix("OP_")
 
 
-def _is_int(value: Any) -> bool:
+def is_json_int(value: Any) -> bool:
+    """Whether ``value`` is an integer as JSON means it (``True`` is not one)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _timestamp_or_none(value: Any) -> Timestamp | None:
     if value is None:
         return None
-    if isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value):
+    if isinstance(value, list) and len(value) == 2 and all(is_json_int(v) for v in value):
         return value
     raise ValueError(f"invalid timestamp {value!r}")
 
@@ -259,7 +260,7 @@ def _is_log_entry(entry: Any) -> bool:
     return (
         isinstance(entry, list)
         and len(entry) == 4
-        and _is_int(entry[0])
+        and is_json_int(entry[0])
         and isinstance(entry[2], str)
         and _timestamp_or_none(entry[1]) is not None
     )

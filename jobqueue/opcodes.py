@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from jobqueue import constants
 from jobqueue.errors import ECODE_INVAL, OpCodeUnknown, OpPrereqError, ProgrammerError
+from jobqueue.model import default_summary, is_json_int
 
 Check = Callable[[Any], bool]
 
@@ -35,19 +36,15 @@ class Type:
         return self.check(value)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value: Any) -> bool:
     """An int (of any size) or a finite float; a huge int is never converted to float."""
-    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+    return is_json_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 ANY = Type(lambda value: True, "any JSON value")
 BOOL = Type(lambda value: isinstance(value, bool), "a boolean")
-INT = Type(_is_int, "an integer")
-NON_NEGATIVE_INT = Type(lambda value: _is_int(value) and value >= 0, "an integer >= 0")
+INT = Type(is_json_int, "an integer")
+NON_NEGATIVE_INT = Type(lambda value: is_json_int(value) and value >= 0, "an integer >= 0")
 NON_NEGATIVE_NUMBER = Type(lambda value: _is_number(value) and value >= 0, "a number >= 0")
 #: Seconds a thread can wait for: beyond ``threading.TIMEOUT_MAX`` a wait raises OverflowError.
 SECONDS = Type(
@@ -96,7 +93,9 @@ def _is_dependency(value: Any) -> bool:
     if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], list)):
         return False
     job_id, statuses = value
-    id_ok = _is_int(job_id) or (isinstance(job_id, str) and _DIGITS.fullmatch(job_id) is not None)
+    id_ok = is_json_int(job_id) or (
+        isinstance(job_id, str) and _DIGITS.fullmatch(job_id) is not None
+    )
     return id_ok and all(status in constants.FINALIZED for status in statuses)
 
 
@@ -244,7 +243,7 @@ class Registry:
         try:
             opcode, _ = self.lookup(data.get("OP_ID"))
         except OpCodeUnknown:
-            return str(data.get("OP_ID", "?")).removeprefix("OP_")
+            return default_summary(data)
         return opcode.summary(data)
 
     def describe(self) -> list[dict[str, Any]]:

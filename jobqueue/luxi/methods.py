@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from jobqueue import constants, errors
+from jobqueue.model import is_json_int
 
 
 class QueueApi(Protocol):
@@ -50,13 +51,9 @@ def wfjc_timeout(requested: float) -> float:
 _DIGITS = re.compile(r"[0-9]{1,20}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _to_job_id(value: Any) -> int:
     """An int >= 0 or a string of digits (``gnt-job watch`` sends ``"42"``)."""
-    if _is_int(value) and value >= 0:
+    if is_json_int(value) and value >= 0:
         return int(value)
     if isinstance(value, str) and _DIGITS.fullmatch(value):
         return int(value)
@@ -65,7 +62,7 @@ def _to_job_id(value: Any) -> int:
 
 def _to_float(value: Any) -> float:
     """A JSON number as a float; ValueError for anything else, or an int too big for a float."""
-    if not (_is_int(value) or isinstance(value, float)):
+    if not (is_json_int(value) or isinstance(value, float)):
         raise ValueError(value)
     try:
         return float(value)
@@ -115,8 +112,8 @@ _LIST_OR_NULL = _Kind(
 )
 _FIELDS = _Kind("a list of strings", _each(_is_str))
 _FIELDS_OR_NULL = _Kind("a list of strings or null", _or_null(_each(_is_str)))
-_INT = _Kind("an integer", _checked(_is_int))
-_INT_OR_NULL = _Kind("an integer or null", _or_null(_checked(_is_int)))
+_INT = _Kind("an integer", _checked(is_json_int))
+_INT_OR_NULL = _Kind("an integer or null", _or_null(_checked(is_json_int)))
 _NUMBER = _Kind("a number", _to_float)
 _BOOL = _Kind("a boolean", _checked(lambda value: isinstance(value, bool)))
 _STR = _Kind("a string", _is_str)
