@@ -167,9 +167,8 @@ class WorkerPool:
             task = self._queued.get(task_id)
             if task is None:
                 raise NoSuchTask(task_id)
-            if task.priority != priority:
+            if task.priority != priority:  # same number of tasks: nobody to wake
                 self._push_locked(dataclasses.replace(task, priority=priority))
-                pass  # same number of tasks: nobody to wake
 
     def _add_task_locked(self, payload: Any, priority: int, task_id: Hashable | None) -> Hashable:
         """Queue one task or merge it into the queued entry with the same id."""
