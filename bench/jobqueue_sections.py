@@ -9,6 +9,7 @@ lives in ``bench.scale``.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import threading
@@ -321,12 +322,19 @@ def watch_rows(label: str, measured: dict[str, Any], **detail: Any) -> Iterator[
 
 
 def timed_runs(command: list[str], runs: int) -> list[float]:
-    """Run ``command`` ``runs`` times (after one warm-up); return wall times in ms."""
-    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    """Run ``command`` ``runs`` times (after one warm-up); return wall times in ms.
+
+    The warm-up may write the bytecode cache even where the caller's
+    environment forbids it: an installed ``jobctl`` has its cache, and
+    compiling its modules on every run would measure the compiler.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    quiet: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    subprocess.run(command, env=env, check=False, **quiet)
     times = []
     for _ in range(runs):
         began = time.perf_counter()
-        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(command, env=env, check=False, **quiet)
         times.append((time.perf_counter() - began) * 1000)
     return times
 

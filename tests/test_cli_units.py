@@ -357,7 +357,7 @@ class TestStartup:
         """jobctl's modules leave out what would slow every start (see the modules)."""
         commands = {f"jobqueue.cli.{spec.handler.split(':')[0]}" for spec in COMMANDS.values()}
         modules = ["jobqueue.cli.main", "jobqueue.luxi.client", *sorted(commands)]
-        slow = ["typing", "simplejson", "decimal", "threading", "dataclasses", "inspect"]
+        slow = ["typing", "simplejson", "decimal", "threading", "dataclasses", "inspect", "socket"]
         code = (
             f"import sys; before = set(sys.modules); import {', '.join(modules)}; "
             f"print([name for name in {slow!r} if name in set(sys.modules) - before])"

@@ -13,9 +13,9 @@ matching ``jobqueue.errors`` class (``OpPrereqError``, ``JobQueueDrainError``,
 
 from __future__ import annotations
 
+import _socket
 import _thread
 import errno
-import socket
 import time
 from collections.abc import Callable
 
@@ -23,8 +23,11 @@ from jobqueue import constants, errors
 from jobqueue.luxi import protocol
 from jobqueue.paths import StatePaths
 
-# Start-up speed: ``typing`` is imported for the type checker only, and the
-# lock comes from ``_thread`` (``threading.Lock`` is the same type).
+# Start-up speed: ``typing`` is imported for the type checker only, the lock
+# comes from ``_thread`` (``threading.Lock`` is the same type) and the socket
+# from ``_socket``, the C module under ``socket``: the Python wrapper builds
+# enums and imports ``selectors`` (a fifth of ``jobctl``'s start-up) for
+# nothing a client needs.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Protocol
@@ -62,9 +65,9 @@ def _connect_error(path: str, err: OSError) -> errors.LuxiError:
     return errors.LuxiError(f"Cannot connect to {path}: {err.strerror or err}")
 
 
-def _connect_once(path: str, timeout: float) -> socket.socket:
+def _connect_once(path: str, timeout: float) -> _socket.socket:
     """Open a stream socket to ``path``; the socket is closed if that fails."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(path)
@@ -97,12 +100,12 @@ class UnixTransport:
         self.path = path
         self._timeout = timeout
         self._buffer = protocol.FrameBuffer(max_message_size)
-        self._sock: socket.socket | None = self._connect(connect_timeout, clock, sleep)
+        self._sock: _socket.socket | None = self._connect(connect_timeout, clock, sleep)
         self._sock.settimeout(timeout)
 
     def _connect(
         self, connect_timeout: float, clock: Callable[[], float], sleep: Callable[[float], None]
-    ) -> socket.socket:
+    ) -> _socket.socket:
         """Connect, retrying only while the listener's backlog is full."""
         deadline = clock() + connect_timeout
         while True:
@@ -137,7 +140,7 @@ class UnixTransport:
             self.close()
             raise
 
-    def _send(self, sock: socket.socket, message: bytes) -> None:
+    def _send(self, sock: _socket.socket, message: bytes) -> None:
         """Write all of ``message``, translating socket errors."""
         try:
             sock.sendall(message)
@@ -146,7 +149,7 @@ class UnixTransport:
         except OSError as err:
             raise errors.ConnectionClosed(f"Lost the connection to {self.path}: {err}") from err
 
-    def _receive(self, sock: socket.socket) -> bytes:
+    def _receive(self, sock: _socket.socket) -> bytes:
         """Read until one complete frame has arrived and return it."""
         while True:
             try:
