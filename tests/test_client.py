@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from jobqueue import constants, errors
+from jobqueue.luxi import client as client_module
 from jobqueue.luxi import protocol
 from jobqueue.luxi.client import Client, UnixTransport
 from jobqueue.paths import StatePaths
@@ -253,10 +254,10 @@ class TestConnections:
     def test_permission_denied(
         self, sock_dir: str, monkeypatch: pytest.MonkeyPatch, code: int
     ) -> None:
-        def refuse(self: socket.socket, address: Any) -> None:
+        def refuse(path: str, timeout: float) -> Any:
             raise PermissionError(code, os.strerror(code))
 
-        monkeypatch.setattr(socket.socket, "connect", refuse)
+        monkeypatch.setattr(client_module, "_connect_once", refuse)
         path = os.path.join(sock_dir, "locked.sock")
         with pytest.raises(errors.AccessDenied, match=re.escape(path)):
             UnixTransport(path)
@@ -267,14 +268,14 @@ class TestConnections:
         now = [0.0]
         attempts: list[float] = []
 
-        def busy(self: socket.socket, address: Any) -> None:
+        def busy(path: str, timeout: float) -> Any:
             attempts.append(now[0])
             raise BlockingIOError(errno.EAGAIN, "busy")
 
         def sleep(seconds: float) -> None:
             now[0] += seconds
 
-        monkeypatch.setattr(socket.socket, "connect", busy)
+        monkeypatch.setattr(client_module, "_connect_once", busy)
         path = os.path.join(sock_dir, "busy.sock")
         with pytest.raises(errors.RequestTimeout, match="busy"):
             UnixTransport(path, connect_timeout=1.0, clock=lambda: now[0], sleep=sleep)

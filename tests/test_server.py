@@ -6,6 +6,7 @@ temp file + rename, so WaitForJobChange is woken by real inotify events.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import json
@@ -506,6 +507,34 @@ def test_requests_on_a_connection_are_handled_in_order(harness: Harness) -> None
         assert answers == [(True, [False]), (True, True)]
 
 
+def test_a_half_closed_client_still_gets_every_answer(harness: Harness) -> None:
+    harness.queue.gate = gate = threading.Event()
+    with connect(harness.master) as sock:
+        sock.sendall(
+            protocol.encode_request("QueryConfigValues", [["drain_flag"]])
+            + protocol.encode_request("ArchiveJob", [8])
+        )
+        sock.shutdown(socket.SHUT_WR)
+        harness.queue.wait_calls("query_config_values", 1)
+        gate.set()
+        answers = [protocol.parse_response(frame) for frame in recv_frames(sock, 2)]
+        assert answers == [(True, [False]), (True, True)]
+        assert closed_by_server(sock)
+
+
+def test_a_pipelining_client_is_not_read_ahead_of_its_answers(harness: Harness) -> None:
+    """Requests beyond the next one stay in the client's socket buffer, not in the daemon."""
+    harness.queue.gate = gate = threading.Event()
+    request = protocol.encode_request("QueryConfigValues", [["drain_flag"]])
+    with connect(harness.master) as sock:
+        sock.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            sock.sendall(request * 200_000)  # ~12 MB: far more than the socket buffers hold
+        gate.set()
+        with connect(harness.master) as other:
+            assert_ok(other)
+
+
 # -- size and idle limits -------------------------------------------------------------
 def test_oversized_message_gets_one_error_then_close(make_server: Callable[..., Harness]) -> None:
     harness = make_server(max_message_size=1024)
@@ -683,6 +712,28 @@ def test_wfjc_unknown_job_is_job_lost(harness: Harness) -> None:
         success, result = call_raw(sock, "WaitForJobChange", [99, ["status"], None, None, 10])
         assert not success and result[0] == "JobLost"
         assert_ok(sock)
+
+
+def test_wfjc_stops_waiting_when_its_client_goes_away(harness: Harness) -> None:
+    def subscriptions() -> int:
+        server = harness.server
+        assert server._loop is not None and server._watcher is not None
+        watcher = server._watcher
+        count = asyncio.run_coroutine_threadsafe(_call(watcher.subscription_count), server._loop)
+        return count.result(WAIT)
+
+    harness.queue.set_job(3, "queued")
+    with connect(harness.master) as sock:
+        sock.sendall(
+            protocol.encode_request("WaitForJobChange", [3, ["status"], ["queued"], None, 60])
+        )
+        harness.queue.wait_calls("check_job_change", 1)
+        assert subscriptions() == 1
+    wait_until(lambda: subscriptions() == 0, "the waiter to stop")
+
+
+async def _call(function: Callable[[], Any]) -> Any:
+    return function()
 
 
 def test_wfjc_many_waiters_cost_no_threads_and_all_wake(harness: Harness) -> None:

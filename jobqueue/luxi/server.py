@@ -4,18 +4,16 @@
 with ``SO_PEERCRED``, see ``access``) and on the query socket (read-only
 methods, anyone). Its asyncio loop runs in one dedicated thread, so the
 daemon's main thread stays free for signals; there is no thread per
-connection. Blocking queue calls run in a ``ThreadPoolExecutor``;
+connection, and no task either: each client is a ``connection.Connection``
+protocol (ordering, size limit, timeouts), which hands every request frame
+to ``_handle`` here.
+
+Blocking queue calls run in a ``ThreadPoolExecutor``, which also encodes
+their answers, so a large answer costs the loop thread nothing;
 ``WaitForJobChange`` waits on the ``JobFileWatcher`` in the loop and looks
 at the job file there too, so hundreds of waiting clients cost no threads
-and a change reaches its waiter without a thread hand-off.
-
-Per connection, requests are handled strictly in order: the next one is
-read only once the current one is answered. A malformed request, an
-unknown method or bad arguments get a ``LuxiError`` answer and the
-connection stays usable. A frame over ``max_message_size`` gets one error
-answer, then the connection is closed. A connection that has not sent a
-complete request within ``client_timeout`` seconds of connecting or of its
-last answer is closed; one with a request in flight never is.
+and a change reaches its waiter without a thread hand-off. A waiter whose
+client goes away stops waiting at once.
 
 Version: a request may carry ``"version"``. One that differs from
 ``constants.LUXI_VERSION`` is logged and accepted anyway: newer Ganeti
@@ -31,43 +29,28 @@ answered as a ``GenericError`` carrying its text, never as a bare string.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
-import dataclasses
-import functools
 import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
 
 from jobqueue import constants, errors
 from jobqueue.luxi import access, methods, protocol
+from jobqueue.luxi.connection import Connection, error_answer
 from jobqueue.luxi.methods import METHODS
 from jobqueue.watcher import JobFileWatcher
-
-_T = TypeVar("_T")
 
 MASTER_SOCKET_MODE = 0o660
 QUERY_SOCKET_MODE = 0o666
 #: Seconds ``stop`` lets in-flight requests finish and their answers go out.
 SHUTDOWN_GRACE = 5.0
 _BACKLOG = 1024
-_READ_SIZE = 65536
 _NAME_IN_ERRORS = 100  # characters of a client-supplied method name quoted back
-
-
-# -- connections --------------------------------------------------------------
-@dataclasses.dataclass(eq=False)
-class _Connection:
-    """A client connection; ``busy`` while it holds a request not yet answered."""
-
-    number: int
-    task: asyncio.Task[None]
-    busy: bool = False
 
 
 class LuxiServer:
@@ -118,7 +101,7 @@ class LuxiServer:
         self._stop_requested: asyncio.Event | None = None
         self._watcher: JobFileWatcher | None = None
         self._listeners: list[tuple[asyncio.AbstractServer, str, int]] = []
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
         self._connection_numbers = itertools.count(1)
         self._closing = False
 
@@ -208,10 +191,8 @@ class LuxiServer:
             except OSError as err:
                 raise errors.LuxiError(f"Cannot listen on {path}: {err}") from err
             try:
-                server = await asyncio.start_unix_server(
-                    functools.partial(self._on_connect, read_only=read_only),
-                    sock=sock,
-                    backlog=_BACKLOG,
+                server = await asyncio.get_running_loop().create_unix_server(
+                    self._connection_factory(read_only), sock=sock, backlog=_BACKLOG
                 )
             except BaseException:
                 sock.close()
@@ -232,141 +213,82 @@ class LuxiServer:
         self._closing = True
         self._close_listeners()
         for connection in list(self._connections):
-            if not connection.busy:
-                connection.task.cancel()
+            connection.close_when_idle()
         if self._watcher is not None:
             self._watcher.stop()  # wakes every WaitForJobChange: they answer "nochange"
-        tasks = [connection.task for connection in self._connections]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+        waiting = [connection.closed for connection in self._connections]
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=SHUTDOWN_GRACE)
             if pending:
                 self._log.warning("Dropping %d connections with unanswered requests", len(pending))
                 self._abandoned_handlers = True
-                for task in pending:
-                    task.cancel()
+                for connection in list(self._connections):
+                    connection.abort()
                 await asyncio.wait(pending)
         self._log.info("LUXI server stopped")
 
-    async def _on_connect(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, read_only: bool
-    ) -> None:
-        """Serve one connection until it closes; nothing escapes to other connections."""
-        task = asyncio.current_task()
-        assert task is not None
-        connection = _Connection(next(self._connection_numbers), task)
-        self._connections.add(connection)
-        where = self._query_path if read_only else self._master_path
-        try:
-            peer = self._peer(writer)
-            allowed = read_only or (peer is not None and self._access.allows(peer))
-            denied = "" if allowed else " (denied)"
-            self._log.debug("Connection %d to %s from %s%s", connection.number, where, peer, denied)
-            if not self._closing:
-                await self._serve(connection, reader, writer, read_only=read_only, allowed=allowed)
-        except asyncio.CancelledError:
-            self._log.debug("Connection %d closed by shutdown", connection.number)
-        except (ConnectionError, TimeoutError) as err:
-            self._log.debug("Connection %d lost: %s", connection.number, err)
-        except Exception:
-            self._log.exception("Connection %d failed", connection.number)
-        finally:
-            self._connections.discard(connection)
-            writer.close()
-            self._log.debug("Connection %d closed", connection.number)
+    def _connection_factory(self, read_only: bool) -> Callable[[], Connection]:
+        def make() -> Connection:
+            return Connection(
+                next(self._connection_numbers),
+                self._handle,
+                read_only=read_only,
+                allowed=self._allows,
+                on_open=self._track,
+                max_message_size=self._max_message_size,
+                client_timeout=self._client_timeout,
+                logger=self._log,
+            )
 
-    def _peer(self, writer: asyncio.StreamWriter) -> access.PeerCredentials | None:
+        return make
+
+    def _allows(self, sock: Any) -> bool:
+        """Whether the peer on ``sock`` may use the master socket."""
         try:
-            return access.peer_credentials(writer.get_extra_info("socket"))
+            peer = access.peer_credentials(sock)
         except OSError as err:
             self._log.warning("Cannot read the peer credentials of a connection: %s", err)
-            return None
+            return False
+        allowed = self._access.allows(peer)
+        self._log.debug("Connection from %s%s", peer, "" if allowed else " (denied)")
+        return allowed
 
-    async def _serve(
-        self,
-        connection: _Connection,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        read_only: bool,
-        allowed: bool,
-    ) -> None:
-        """Answer requests in order; return when the connection should close."""
-        buffer = protocol.FrameBuffer(self._max_message_size)
-        pending: collections.deque[bytes] = collections.deque()
-        while pending or not self._closing:
-            if not pending:
-                connection.busy = False
-                try:
-                    pending.extend(await self._read_frames(connection, reader, buffer))
-                except errors.LuxiError as err:  # oversized: the stream is out of step
-                    self._log.info("Connection %d: %s; closing it", connection.number, err)
-                    await self._send(writer, self._error_answer(err))
-                    return
-                if not pending:
-                    return
-            connection.busy = True
-            frame = pending.popleft()
-            if not allowed:
-                denied = errors.AccessDenied(
-                    "Permission denied: not allowed to use the master socket"
-                )
-                await self._send(writer, self._error_answer(denied))
-                return
-            await self._send(writer, await self._answer(connection, frame, read_only))
+    def _track(self, connection: Connection) -> None:
+        """Keep ``connection`` in ``_connections`` while it is open."""
+        self._connections.add(connection)
+        connection.closed.add_done_callback(lambda _: self._connections.discard(connection))
+        if self._closing:
+            connection.close_when_idle()
 
-    async def _read_frames(
-        self, connection: _Connection, reader: asyncio.StreamReader, buffer: protocol.FrameBuffer
-    ) -> list[bytes]:
-        """Read until at least one request is complete; [] on EOF or idle timeout.
-
-        Raises LuxiError when a message exceeds the size limit.
-        """
-        try:
-            async with asyncio.timeout(self._client_timeout):
-                while True:
-                    data = await reader.read(_READ_SIZE)
-                    if not data:
-                        return []
-                    frames = buffer.feed(data)
-                    if frames:
-                        return frames
-        except TimeoutError:
-            self._log.debug(
-                "Connection %d sent no complete request within %s seconds; closing it",
-                connection.number,
-                self._client_timeout,
-            )
-            return []
-
-    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        """Write one answer; TimeoutError if the client does not take it in time."""
-        writer.write(data)
-        async with asyncio.timeout(self._client_timeout):
-            await writer.drain()
-
-    @staticmethod
-    def _error_answer(err: BaseException) -> bytes:
-        return protocol.encode_response(False, errors.encode_error(err))
-
-    async def _answer(self, connection: _Connection, frame: bytes, read_only: bool) -> bytes:
-        """Handle one request frame and return the encoded answer; never raises."""
+    def _handle(self, connection: Connection, frame: bytes) -> bytes | asyncio.Future[bytes]:
+        """Answer one request frame: encoded now, or a future of it; never raises."""
         try:
             request = protocol.parse_request(frame)
             self._log.debug(
                 "Connection %d: %s", connection.number, request.method[:_NAME_IN_ERRORS]
             )
-            return protocol.encode_response(True, await self._dispatch(request, read_only))
-        except errors.GenericError as err:
+            method, args = self._resolve(request, connection.read_only)
+            loop = asyncio.get_running_loop()
+            if method.is_async:
+                return loop.create_task(self._answer_async(connection, method.call(self, *args)))
+            answer: asyncio.Future[bytes] = loop.create_future()
+            self._executor.submit(self._answer_blocking, connection, answer, method.call, args)
+            return answer
+        except Exception as err:
+            return self._failure(connection, err)
+
+    def _failure(self, connection: Connection, err: Exception) -> bytes:
+        """The answer to a failed request; unexpected errors are logged with their traceback."""
+        if isinstance(err, errors.GenericError):
             self._log.debug(
                 "Connection %d: request failed: %s", connection.number, err, exc_info=True
             )
-            return self._error_answer(err)
-        except Exception as err:
+        else:
             self._log.exception("Connection %d: unexpected error in a handler", connection.number)
-            return self._error_answer(err)
+        return error_answer(err)
 
-    async def _dispatch(self, request: protocol.Request, read_only: bool) -> Any:
-        """Look the method up, check access and arguments, run the handler."""
+    def _resolve(self, request: protocol.Request, read_only: bool) -> tuple[methods.Method, Any]:
+        """Look the method up, check access and arguments."""
         name = request.method
         method = METHODS.get(name)
         if method is None:
@@ -377,14 +299,29 @@ class LuxiServer:
             )
         if request.version is not None and request.version != constants.LUXI_VERSION:
             self._log.debug("Accepting %s from a client of LUXI version %s", name, request.version)
-        args = method.convert_args(name, request.args)
-        if method.is_async:
-            return await method.call(self, *args)
-        return await self._run_blocking(method.call, self._queue, *args)
+        return method, method.convert_args(name, request.args)
 
-    async def _run_blocking(self, func: Callable[..., _T], *args: Any) -> _T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(func, *args))
+    async def _answer_async(self, connection: Connection, call: Awaitable[Any]) -> bytes:
+        try:
+            return protocol.encode_response(True, await call)
+        except Exception as err:
+            return self._failure(connection, err)
+
+    def _answer_blocking(
+        self,
+        connection: Connection,
+        answer: asyncio.Future[bytes],
+        call: Callable[..., Any],
+        args: Any,
+    ) -> None:
+        """Run a queue call in a handler thread; encode its answer there too."""
+        try:
+            data = protocol.encode_response(True, call(self._queue, *args))
+        except Exception as err:
+            data = self._failure(connection, err)
+        loop = answer.get_loop()
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            loop.call_soon_threadsafe(_resolve_future, answer, data)
 
     async def wait_for_job_change(
         self,
@@ -414,3 +351,9 @@ class LuxiServer:
                 remaining = deadline - self._clock()
                 if remaining <= 0 or self._closing or not await subscription.wait(remaining):
                     return constants.JOB_NOTCHANGED
+
+
+def _resolve_future(future: asyncio.Future[bytes], data: bytes) -> None:
+    """Complete ``future`` with ``data`` unless its client has gone (it was cancelled)."""
+    if not future.done():
+        future.set_result(data)
