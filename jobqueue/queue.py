@@ -74,6 +74,7 @@ class JobQueue:
         self._lock = threading.Lock()
         self._active: dict[int, ActiveJob] = {}
         self._accepting = True
+        self._slots_claimed = 0  # jobs of submissions in progress, not yet in storage
         self.pool = WorkerPool("Jq", workers, self._run_task, logger=self._log)
 
     # -- StepEnv --------------------------------------------------------------
@@ -260,25 +261,32 @@ class JobQueue:
         prepared = prepare_jobs(
             jobs, self.registry, self.storage.exists, relative_ok, self.storage.allocate_ids
         )
-        room = self._max_jobs - self.storage.live_count()
         refused: dict[int, GenericError] = {}  # ids of this call that will not be stored
         to_write: list[Job] = []
         results: list[int | GenericError] = []
         now = self.now()
-        for item in prepared:
-            if isinstance(item, GenericError):
-                results.append(item)
-                continue
-            job_id, ops = item
-            blocker = _refused_dependency(ops, refused)
-            if blocker is not None:
-                refused[job_id] = _dependency_refused(blocker)
-            elif len(to_write) >= room:
-                refused[job_id] = JobQueueFull(f"The job queue is full ({self._max_jobs} jobs)")
-            else:
-                to_write.append(Job.new(job_id, ops, now))
-            results.append(job_id)
-        for job, failure in zip(to_write, self.storage.write_jobs(to_write), strict=True):
+        with self._lock:  # room is counted and claimed at once: concurrent calls share it
+            room = self._max_jobs - self.storage.live_count() - self._slots_claimed
+            for item in prepared:
+                if isinstance(item, GenericError):
+                    results.append(item)
+                    continue
+                job_id, ops = item
+                blocker = _refused_dependency(ops, refused)
+                if blocker is not None:
+                    refused[job_id] = _dependency_refused(blocker)
+                elif len(to_write) >= room:
+                    refused[job_id] = JobQueueFull(f"The job queue is full ({self._max_jobs} jobs)")
+                else:
+                    to_write.append(Job.new(job_id, ops, now))
+                results.append(job_id)
+            self._slots_claimed += len(to_write)
+        try:
+            failures = self.storage.write_jobs(to_write)  # counted as live from here on
+        finally:
+            with self._lock:
+                self._slots_claimed -= len(to_write)
+        for job, failure in zip(to_write, failures, strict=True):
             if failure is not None:
                 refused[job.id] = failure
         self._withdraw_orphans(to_write, refused)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -627,6 +629,29 @@ class TestSubmission:
             wait_for_status(queue, job_id, FINAL)
         assert queue.auto_archive_jobs(-1, 10) == [3, 0]
         assert queue.submit_job([dummy()]) > results[2][1]
+
+    def test_concurrent_submissions_never_overfill_the_queue(self, make_queue: MakeQueue) -> None:
+        queue = make_queue(max_jobs=40, workers=0)
+        start = threading.Barrier(16)
+
+        def submit_ten() -> None:
+            start.wait(WAIT)
+            for _ in range(10):
+                with contextlib.suppress(JobQueueFull):
+                    queue.submit_job([dummy()])
+
+        threads = [threading.Thread(target=submit_ten) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        assert queue.storage.live_count() <= 40
+        while True:  # no claimed slot is left behind: the queue fills up exactly
+            try:
+                queue.submit_job([dummy()])
+            except JobQueueFull:
+                break
+        assert queue.storage.live_count() == 40
 
 
 def hand_written_job(job_id: int, op_statuses: list[str]) -> dict[str, Any]:
