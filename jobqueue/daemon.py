@@ -1,8 +1,9 @@
 """jobqueue-masterd: builds the object graph, handles signals, nothing else.
 
 Start-up order matters: take the queue lock (a second daemon fails here),
-check the on-disk version, load and recover jobs, and only then create the
-sockets, so a socket that exists always belongs to a daemon that is ready.
+check the on-disk version, stop the commands a killed daemon left running,
+load and recover jobs, and only then create the sockets, so a socket that
+exists always belongs to a daemon that is ready.
 
 Testing aid: when the environment variable ``JOBQUEUE_FAULT_FILE`` names a
 control file, job storage goes through ``jobqueue.faults.FaultyDisk``, which
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from jobqueue import __version__, constants
+from jobqueue.children import ProcessGroups
 from jobqueue.errors import GenericError
 from jobqueue.faults import FAULT_FILE_ENV, disk_from_environment
 from jobqueue.locking import LockManager
@@ -157,6 +159,7 @@ def _prepare_dirs(paths: StatePaths) -> None:
     for path, mode in (
         (paths.root, 0o755),
         (paths.run_dir, 0o755),
+        (paths.commands_dir, constants.DIR_MODE),
         (paths.log_dir, 0o750),
         (paths.queue_dir, constants.DIR_MODE),
     ):
@@ -226,6 +229,13 @@ def _run(
     if disk is not None:
         log.warning("Storage fault injection enabled by %s (test-only)", FAULT_FILE_ENV)
     storage = FileJobStore(paths.queue_dir, summarize=registry.summarize, disk=disk, logger=log)
+    processes = ProcessGroups(paths.commands_dir, logger=log)
+    for leftover in processes.stop_leftovers(args.kill_grace):
+        log.warning(
+            "Stopped the leftover command of job %d (process group %d)",
+            leftover.job_id,
+            leftover.pgid,
+        )
     queue = JobQueue(
         storage,
         registry,
@@ -233,6 +243,7 @@ def _run(
         workers=args.workers,
         max_jobs=args.max_jobs,
         kill_grace=args.kill_grace,
+        processes=processes,
         logger=log,
     )
     queue.start()

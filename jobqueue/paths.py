@@ -68,6 +68,10 @@ class StatePaths:
         return os.path.join(self.root, constants.RUN_DIR)
 
     @property
+    def commands_dir(self) -> str:
+        return os.path.join(self.run_dir, constants.COMMANDS_DIR)
+
+    @property
     def log_dir(self) -> str:
         return os.path.join(self.root, constants.LOG_DIR)
 

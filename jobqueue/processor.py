@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobqueue import constants
 from jobqueue.errors import GenericError, OpExecError, ProgrammerError
@@ -20,6 +20,9 @@ from jobqueue.locking import CLUSTER_LOCK, LockManager
 from jobqueue.lus.base import ExecCallbacks, LogicalUnit, LUContext, ResultWithJobs
 from jobqueue.opcodes import Registry
 from jobqueue.signals import JobCanceled, LockAcquireTimeout, QueueShutdown
+
+if TYPE_CHECKING:
+    from jobqueue.children import ProcessGroups
 
 JOBS_KEY = "jobs"
 
@@ -33,12 +36,14 @@ class Processor:
         locks: LockManager,
         *,
         kill_grace: float = constants.DEFAULT_KILL_GRACE,
+        processes: ProcessGroups | None = None,
         clock: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
     ) -> None:
         self._registry = registry
         self._locks = locks
         self._kill_grace = kill_grace
+        self._processes = processes
         self._clock = clock
         self._log = logger or logging.getLogger(__name__)
 
@@ -61,7 +66,8 @@ class Processor:
         """
         _, lu_class = self._registry.lookup(op_input.get("OP_ID"))
         op = self._registry.build(op_input)
-        lu: LogicalUnit = lu_class(op, LUContext(job_id, cbs, self._kill_grace))
+        ctx = LUContext(job_id, cbs, self._kill_grace, self._processes)
+        lu: LogicalUnit = lu_class(op, ctx)
         try:
             lu.check_arguments()
             self._acquire_locks(lu, cbs, owner, lock_timeout)

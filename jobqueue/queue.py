@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobqueue import __version__, constants, query
 from jobqueue.constants import FINALIZED, Status
@@ -41,6 +41,9 @@ from jobqueue.storage import IndexEntry, JobStore
 from jobqueue.submission import prepare_jobs
 from jobqueue.workerpool import DeferTask, WorkerPool
 
+if TYPE_CHECKING:
+    from jobqueue.children import ProcessGroups
+
 #: Seconds before a job whose write failed is tried again.
 STORAGE_RETRY_DELAY = 1.0
 _ARCHIVE_BATCH = 1000
@@ -58,6 +61,7 @@ class JobQueue:
         workers: int = constants.DEFAULT_WORKERS,
         max_jobs: int = constants.DEFAULT_MAX_JOBS,
         kill_grace: float = constants.DEFAULT_KILL_GRACE,
+        processes: ProcessGroups | None = None,
         strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
         clock: Callable[[], float] = time.time,
         logger: logging.Logger | None = None,
@@ -65,7 +69,9 @@ class JobQueue:
         self.storage = storage
         self.registry = registry
         self.locks = locks
-        self.processor = Processor(registry, locks, kill_grace=kill_grace, logger=logger)
+        self.processor = Processor(
+            registry, locks, kill_grace=kill_grace, processes=processes, logger=logger
+        )
         self.depmgr = DependencyManager(self._status_of, self._enqueue)
         self._max_jobs = max_jobs
         self._strategy_factory = strategy_factory

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import pytest
 from jobqueue import errors
 from jobqueue.constants import MSG_SHUTTING_DOWN, MSG_UNCLEAN_SHUTDOWN
 from tests.daemon_helper import Daemon, raw_exchange, read_response, request, wait_until
+from tests.test_lus import group_is_gone
 
 DELAY0 = {"OP_ID": "OP_TEST_DELAY", "duration": 0}
 
@@ -136,6 +138,32 @@ def test_restart_recovery_after_sigkill(daemon_factory: Callable[..., Daemon]) -
     assert row == [[MSG_UNCLEAN_SHUTDOWN]]
     assert second.wait_job(queued) == "success"
     assert f"Job {running} was running at an unclean shutdown" in second.log()
+
+
+def test_restart_stops_commands_left_by_a_sigkill(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    first = daemon_factory("--kill-grace", "5", workers=1).start()
+    client = first.client()
+    pid_file = tmp_path / "pid"
+    script = f"echo $$ > {pid_file}.new && mv {pid_file}.new {pid_file}; exec sleep 600"
+    job_id = client.submit_job([{"OP_ID": "OP_COMMAND_RUN", "argv": ["sh", "-c", script]}])
+    pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), what="the pid"))
+    record = Path(first.paths.commands_dir, str(pid))
+    wait_until(record.exists, what="the command's record")
+    try:
+        first.kill9()
+        assert not group_is_gone(pid)  # the daemon's death did not take the command with it
+        second = daemon_factory("--kill-grace", "5", workers=1).start()
+        wait_until(lambda: group_is_gone(pid), timeout=10, what="the command to be stopped")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    assert second.wait_job(job_id) == "error"
+    (row,) = second.client().query_jobs([job_id], ["opresult"])
+    assert row == [[MSG_UNCLEAN_SHUTDOWN]]
+    assert f"Stopped the leftover command of job {job_id} (process group {pid})" in second.log()
+    assert os.listdir(first.paths.commands_dir) == []
 
 
 def test_second_daemon_refused(daemon: Daemon, daemon_factory: Callable[..., Daemon]) -> None:

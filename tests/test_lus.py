@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from jobqueue import constants
+from jobqueue.children import ProcessGroups
 from jobqueue.errors import (
     ECODE_INVAL,
     JobLost,
@@ -52,6 +53,7 @@ def make_queue(tmp_path: Path) -> Iterator[MakeQueue]:
         max_jobs: int = constants.DEFAULT_MAX_JOBS,
         queue_dir: Path | None = None,
         strategy_factory: Callable[[], LockAttemptTimeoutStrategy] | None = None,
+        processes: ProcessGroups | None = None,
     ) -> JobQueue:
         registry = builtin_registry()
         store = FileJobStore(str(queue_dir or tmp_path / "queue"), summarize=registry.summarize)
@@ -65,6 +67,7 @@ def make_queue(tmp_path: Path) -> Iterator[MakeQueue]:
             workers=workers,
             max_jobs=max_jobs,
             kill_grace=1.0,
+            processes=processes,
             logger=logging.getLogger("test.queue"),
             **extra,
         )
@@ -345,6 +348,25 @@ class TestCommandRun:
         assert wait_for_status(queue, job_id, FINAL, PROMPT) == "canceled"
         assert time.monotonic() - started < PROMPT
         assert info(queue, job_id)["opresult"] == [constants.MSG_CANCELED] * 2
+
+    def test_running_command_group_is_recorded(self, make_queue: MakeQueue, tmp_path: Path) -> None:
+        directory = tmp_path / "commands"
+        directory.mkdir()
+        queue = make_queue(processes=ProcessGroups(str(directory)))
+        job_id = queue.submit_job([command(["sh", "-c", "echo $$; exec sleep 30"])])
+
+        def pgid() -> int | None:
+            lines = log_of(info(queue, job_id), 0, "stdout")
+            return int(lines[0]) if lines else None
+
+        assert wait_until(lambda: pgid() is not None)
+        record = directory / str(pgid())
+        assert wait_until(record.exists)
+        assert record.read_text().split()[0] == str(job_id)
+        kill(queue, job_id)
+        assert os.listdir(directory) == []
+        assert run_job(queue, [command(["true"])])["status"] == "success"
+        assert os.listdir(directory) == []
 
     def test_dry_run(self, queue: JobQueue, tmp_path: Path) -> None:
         marker = tmp_path / "marker"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from jobqueue import constants
 from jobqueue.opcodes import OpCode
+
+if TYPE_CHECKING:
+    from jobqueue.children import ProcessGroups
 
 
 class ExecCallbacks(Protocol):
@@ -59,6 +62,8 @@ class LUContext:
     job_id: int
     callbacks: ExecCallbacks
     kill_grace: float = constants.DEFAULT_KILL_GRACE
+    #: Where commands record their process groups; None records nothing.
+    processes: ProcessGroups | None = None
 
     def log(self, message: Any, log_type: str = constants.ELOG_MESSAGE) -> None:
         self.callbacks.feedback(log_type, message)

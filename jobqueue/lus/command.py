@@ -4,7 +4,9 @@
 with a minimal environment plus what the opcode asks for. Every output line
 becomes a job log entry as it arrives (capped per opcode). A kill request
 sends SIGTERM to the whole group, then SIGKILL after the grace period; when
-the command exits, whatever it left running in its group is killed too.
+the command exits, whatever it left running in its group is killed too. While
+it runs, its group is recorded in ``ctx.processes`` (when given), so that a
+daemon started after this one was killed can stop it.
 """
 
 from __future__ import annotations
@@ -164,6 +166,8 @@ class LUCommandRun(LogicalUnit):
             )
         except OSError as err:
             raise OpExecError(f"Cannot run {self.op.argv[0]!r}: {err.strerror}") from err
+        if self.ctx.processes is not None:
+            self.ctx.processes.started(proc.pid, self.ctx.job_id)
         output = _OutputLog(self.ctx.callbacks.feedback_many)
         outcome = self._follow(proc, output, started)
         duration = round(time.monotonic() - started, 6)
@@ -209,6 +213,8 @@ class LUCommandRun(LogicalUnit):
             proc.stderr.close()
             proc.wait()
             _kill_group(proc.pid, signal.SIGKILL)
+            if self.ctx.processes is not None:
+                self.ctx.processes.ended(proc.pid)
         return outcome
 
     def _timed_out(self, started: float) -> bool:
