@@ -15,18 +15,19 @@ setup(
         "pyinotify>=0.9.6",
         # pyinotify imports asyncore, which Python 3.12 removed from the stdlib.
         'pyasyncore; python_version >= "3.12"',
-        "simplejson>=3.17",
     ],
     extras_require={
         "test": [
             "pytest>=7.4",
             "hypothesis>=6.80",
             "pytest-timeout>=2.1",
+            # The tests speak JSON as Ganeti's clients do (simplejson), apart
+            # from the daemon's own encoder (the stdlib's json).
+            "simplejson>=3.17",
         ],
         "lint": [
             "ruff>=0.4",
             "mypy>=1.8",
-            "types-simplejson",
         ],
     },
     entry_points={

@@ -257,10 +257,19 @@ def _timestamp_or_none(value: Any) -> Timestamp | None:
 
 
 def _is_log_entry(entry: Any) -> bool:
+    """``[serial, [sec, usec], type, message]`` as JSON decodes it.
+
+    Exact types (``type(x) is int`` also refuses ``True``): a job file's log
+    can hold thousands of entries and is checked at every read.
+    """
+    if type(entry) is not list or len(entry) != 4:
+        return False
+    serial, stamp, log_type, _ = entry
     return (
-        isinstance(entry, list)
-        and len(entry) == 4
-        and is_json_int(entry[0])
-        and isinstance(entry[2], str)
-        and _timestamp_or_none(entry[1]) is not None
+        type(serial) is int
+        and type(log_type) is str
+        and type(stamp) is list
+        and len(stamp) == 2
+        and type(stamp[0]) is int
+        and type(stamp[1]) is int
     )

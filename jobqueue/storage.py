@@ -27,14 +27,13 @@ import dataclasses
 import errno
 import fcntl
 import itertools
+import json
 import logging
 import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
-
-import simplejson
 
 from jobqueue import constants
 from jobqueue.constants import FINALIZED, Status
@@ -80,13 +79,13 @@ def archive_subdir(job_id: int) -> str:
 
 def encode_job(job: Job) -> bytes:
     """The bytes of a job file."""
-    return simplejson.dumps(job.to_dict(), separators=(",", ":")).encode("utf-8") + b"\n"
+    return json.dumps(job.to_dict(), separators=(",", ":")).encode("utf-8") + b"\n"
 
 
 def decode_job(data: bytes) -> Job:
     """Parse a job file; ``JobFileCorrupted`` for anything that is not a job."""
     try:
-        raw = simplejson.loads(data.decode("utf-8"))
+        raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise JobFileCorrupted(f"Not valid JSON: {err}") from err
     return Job.from_dict(raw)
