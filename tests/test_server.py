@@ -880,6 +880,23 @@ def test_access_rule_uses_uids_primary_and_supplementary_groups() -> None:
     assert not no_group.allows(access.PeerCredentials(pid=100, uid=2000, gid=50))
 
 
+def test_groups_reported_with_the_credentials_are_used_over_proc() -> None:
+    def must_not_read(pid: int) -> frozenset[int]:
+        raise AssertionError("the kernel reported the groups")
+
+    rule = access.MasterAccess(allowed_uids={0}, group=50, groups_of=must_not_read)
+    assert rule.allows(access.PeerCredentials(pid=7, uid=2000, gid=2000, groups=frozenset({50})))
+    assert not rule.allows(access.PeerCredentials(pid=7, uid=2000, gid=2000, groups=frozenset()))
+
+
+def test_peer_credentials_carry_the_supplementary_groups() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with left, right:
+        peer = access.peer_credentials(left)
+    assert (peer.pid, peer.uid, peer.gid) == (os.getpid(), os.geteuid(), os.getegid())
+    assert peer.groups == frozenset(os.getgroups())
+
+
 def test_supplementary_groups_from_proc(tmp_dir: str) -> None:
     os.makedirs(os.path.join(tmp_dir, "123"))
     with open(os.path.join(tmp_dir, "123", "status"), "w", encoding="ascii") as handle:

@@ -5,15 +5,18 @@ group and renamed into place once listening, so an existing socket path
 always means a daemon that accepts connections.
 
 The kernel reports the connecting process's pid, uid and primary gid
-(``SO_PEERCRED``, taken at ``connect`` time). Supplementary groups are read
-from ``/proc/<pid>/status``; that is a snapshot of the process now, not at
-connect time, and a peer in another pid namespace (pid 0) has none.
+(``SO_PEERCRED``) and its supplementary groups (``SO_PEERGROUPS``, Linux 4.13
+and later), all taken at ``connect`` time. Only where the kernel lacks
+``SO_PEERGROUPS`` are the groups read from ``/proc/<pid>/status`` instead:
+a snapshot of the process now, not at connect time, and none for a peer in
+another pid namespace (pid 0).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import secrets
 import socket
@@ -21,22 +24,46 @@ import struct
 from collections.abc import Callable, Collection
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+#: Linux's option number; Python's socket module does not name it.
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_GID_SIZE = 4
+#: Buffer sizes tried, in groups: most processes have few; Linux allows 65,536.
+_PEER_GROUP_COUNTS = (64, 65536)
 
 
 @dataclasses.dataclass(frozen=True)
 class PeerCredentials:
-    """The process at the other end of a Unix socket."""
+    """The process at the other end of a Unix socket.
+
+    ``groups`` are its supplementary groups when the kernel reported them.
+    """
 
     pid: int
     uid: int
     gid: int
+    groups: frozenset[int] | None = None
 
 
 def peer_credentials(sock: socket.socket) -> PeerCredentials:
     """Read the peer's credentials of a connected Unix socket; OSError if unavailable."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    return PeerCredentials(pid=pid, uid=uid, gid=gid)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid, groups=peer_groups(sock))
+
+
+def peer_groups(sock: socket.socket) -> frozenset[int] | None:
+    """The peer's supplementary groups as of ``connect``; None if the kernel cannot say."""
+    for count in _PEER_GROUP_COUNTS:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, count * _GID_SIZE)
+        except OSError as err:
+            if err.errno == errno.ERANGE:  # more groups than the buffer holds
+                continue
+            if err.errno in (errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP):
+                return None
+            raise
+        return frozenset(struct.unpack(f"{len(raw) // _GID_SIZE}I", raw))
+    return None
 
 
 def supplementary_groups(pid: int, *, proc_dir: str = "/proc") -> frozenset[int]:
@@ -56,8 +83,9 @@ def supplementary_groups(pid: int, *, proc_dir: str = "/proc") -> frozenset[int]
 class MasterAccess:
     """Allow a peer whose uid is in ``allowed_uids`` or who belongs to ``group``.
 
-    Membership is the primary gid or a supplementary group as reported by
-    ``groups_of(pid)``. With ``group`` None only the uids are allowed.
+    Membership is the primary gid or a supplementary group: those the
+    kernel reported with the credentials, else ``groups_of(pid)``. With
+    ``group`` None only the uids are allowed.
     """
 
     def __init__(
@@ -77,7 +105,10 @@ class MasterAccess:
             return True
         if self._group is None:
             return False
-        return peer.gid == self._group or self._group in self._groups_of(peer.pid)
+        if peer.gid == self._group:
+            return True
+        groups = peer.groups if peer.groups is not None else self._groups_of(peer.pid)
+        return self._group in groups
 
 
 def listen_unix(
