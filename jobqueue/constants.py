@@ -91,9 +91,11 @@ DEFAULT_SHUTDOWN_TIMEOUT: Final = 60.0
 DEFAULT_KILL_GRACE: Final = 10.0
 #: The server never blocks a WaitForJobChange call for longer than this.
 WFJC_MAX_TIMEOUT: Final = 60.0
-#: Per-opcode cap on captured command output (lines and bytes).
+#: Per-opcode cap on captured command output (lines, and bytes as written).
 COMMAND_LOG_MAX_LINES: Final = 10_000
 COMMAND_LOG_MAX_BYTES: Final = 1024 * 1024
+#: A longer line (or output without newlines) is logged in pieces of this size.
+COMMAND_LOG_MAX_LINE_BYTES: Final = 64 * 1024
 
 #: The LUXI protocol version we announce (Ganeti's 2.6 numbering is 2060000).
 LUXI_VERSION: Final = 2060000

@@ -324,6 +324,31 @@ class TestCommandRun:
         assert log_of(job, 0, "message") == ["output truncated"]
         assert job["oplog"][0][-1][2:] == ["message", "output truncated"]
 
+    def test_output_cap_counts_bytes_as_written(self, queue: JobQueue) -> None:
+        line = "\u00e9" * 1000  # 1,000 characters, 2,000 bytes in UTF-8
+        code = f"import sys; sys.stdout.buffer.write(({line!r} + '\\n').encode() * 600)"
+        job = run_job(queue, [command(py(code))])
+        assert job["status"] == "success"
+        stdout = log_of(job, 0, "stdout")
+        assert len(stdout) == constants.COMMAND_LOG_MAX_BYTES // 2000
+        assert set(stdout) == {line}
+        assert log_of(job, 0, "message") == ["output truncated"]
+
+    def test_output_without_newlines_is_logged_in_pieces(self, queue: JobQueue) -> None:
+        size = 3 * constants.COMMAND_LOG_MAX_BYTES
+        code = (
+            f"import sys; sys.stdout.write('x' * {size}); sys.stdout.flush(); "
+            "sys.stderr.write('boom\\n'); sys.exit(1)"
+        )
+        job = run_job(queue, [command(py(code))])
+        stdout = log_of(job, 0, "stdout")
+        piece = constants.COMMAND_LOG_MAX_LINE_BYTES
+        assert stdout == ["x" * piece] * (constants.COMMAND_LOG_MAX_BYTES // piece)
+        assert log_of(job, 0, "message") == ["output truncated"]
+        assert log_of(job, 0, "stderr") == []  # after the cap, output is dropped...
+        assert job["status"] == "error"
+        assert "stderr: boom" in str(job["opresult"][0])  # ...but the error still quotes it
+
     def test_background_child_does_not_hold_the_job(self, queue: JobQueue) -> None:
         started = time.monotonic()
         job = run_job(queue, [command(["sh", "-c", "sleep 30 & echo started"])])

@@ -36,6 +36,8 @@ from jobqueue.signals import JobCanceled
 
 #: How often the output loop looks at kill requests and the timeout.
 _TICK = 0.1
+#: Bytes of each of the last stderr lines quoted in a failed command's error.
+_TAIL_LINE_BYTES = 1000
 _SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -101,7 +103,14 @@ class OpCommandRun(OpCode):
 
 
 class _OutputLog:
-    """Turns pipe output into log entries, capped in lines and bytes."""
+    """Turns pipe output into log entries, capped in lines and in bytes.
+
+    Bytes are counted as the command wrote them, before decoding. A line
+    longer than ``COMMAND_LOG_MAX_LINE_BYTES`` is logged in pieces of that
+    size, so output without newlines never piles up in the daemon. Once the
+    cap is reached the rest is read and dropped, except that the last lines
+    of stderr are still kept for the error message.
+    """
 
     def __init__(self, ctx_feedback: Any) -> None:
         self._feedback_many = ctx_feedback
@@ -112,31 +121,33 @@ class _OutputLog:
         self.stderr_tail: list[str] = []
 
     def add(self, log_type: str, data: bytes, *, final: bool = False) -> None:
-        buffered = self._partial[log_type] + data
-        *complete, rest = buffered.split(b"\n")
+        *complete, rest = (self._partial[log_type] + data).split(b"\n")
+        limit = constants.COMMAND_LOG_MAX_LINE_BYTES
+        while len(rest) > limit:
+            complete.append(rest[:limit])
+            rest = rest[limit:]
         if final and rest:
             complete, rest = [*complete, rest], b""
         self._partial[log_type] = rest
-        entries = [(log_type, raw.decode("utf-8", "replace")) for raw in complete]
         if log_type == constants.ELOG_STDERR:
-            self.stderr_tail = (self.stderr_tail + [text for _, text in entries])[-5:]
-        self._emit(entries)
+            tail = [raw[:_TAIL_LINE_BYTES].decode("utf-8", "replace") for raw in complete[-5:]]
+            self.stderr_tail = (self.stderr_tail + tail)[-5:]
+        if not self.truncated:
+            self._emit(log_type, complete)
 
-    def _emit(self, entries: list[tuple[str, str]]) -> None:
+    def _emit(self, log_type: str, lines: list[bytes]) -> None:
         kept: list[tuple[str, Any]] = []
-        for entry in entries:
-            if self.truncated:
-                break
+        for raw in lines:
             self.lines += 1
-            self.bytes += len(entry[1])
+            self.bytes += len(raw)
             if (
                 self.lines > constants.COMMAND_LOG_MAX_LINES
                 or self.bytes > constants.COMMAND_LOG_MAX_BYTES
             ):
                 self.truncated = True
                 kept.append((constants.ELOG_MESSAGE, "output truncated"))
-            else:
-                kept.append(entry)
+                break
+            kept.append((log_type, raw.decode("utf-8", "replace")))
         if kept:
             self._feedback_many(kept)
 
