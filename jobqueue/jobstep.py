@@ -101,6 +101,10 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
         return Verdict.DEFER
     except JobCanceled:
         with active.lock:
+            if op.status == Status.RUNNING and not env.accepting():
+                # Killed by a shutdown that outlasted --shutdown-timeout, not
+                # canceled by anyone: the opcode did not finish, as after a crash.
+                return _fail_locked(active, env, op, OpExecError(constants.MSG_KILLED_AT_SHUTDOWN))
             return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
     except GenericError as err:
         with active.lock:

@@ -374,6 +374,16 @@ class TestCommandRun:
         assert time.monotonic() - started < PROMPT
         assert info(queue, job_id)["opresult"] == [constants.MSG_CANCELED] * 2
 
+    def test_killed_by_a_slow_shutdown_is_an_error_not_a_cancel(self, queue: JobQueue) -> None:
+        job_id = queue.submit_job([command(py("import time; time.sleep(30)")), dummy()])
+        wait_for_status(queue, job_id, "running")
+        queue.prepare_shutdown()
+        queue.kill_running()
+        assert wait_for_status(queue, job_id, FINAL, PROMPT) == "error"
+        first, second = info(queue, job_id)["opresult"]
+        assert first == ["OpExecError", [constants.MSG_KILLED_AT_SHUTDOWN]]
+        assert second == ["OpExecError", [constants.MSG_PRECEDING_FAILED]]
+
     def test_running_command_group_is_recorded(self, make_queue: MakeQueue, tmp_path: Path) -> None:
         directory = tmp_path / "commands"
         directory.mkdir()
