@@ -81,6 +81,8 @@ class JobQueue:
         self._active: dict[int, ActiveJob] = {}
         self._accepting = True
         self._slots_claimed = 0  # jobs of submissions in progress, not yet in storage
+        # Jobs read by check_job_change for one watcher generation (read-only).
+        self._watch_reads: tuple[int | None, dict[int, Job | None]] = (None, {})
         self.pool = WorkerPool("Jq", workers, self._run_task, logger=self._log)
 
     # -- StepEnv --------------------------------------------------------------
@@ -445,6 +447,22 @@ class JobQueue:
             return None
         return IndexEntry.of(job, self.registry.summarize), job
 
+    def _read_for_watch(self, job_id: int, generation: int | None) -> Job | None:
+        """``_read_quietly``, shared by the calls of one ``generation``; see check_job_change."""
+        if generation is None:
+            return self._read_quietly(job_id)
+        with self._lock:
+            if self._watch_reads[0] != generation:
+                self._watch_reads = (generation, {})
+            reads = self._watch_reads[1]
+            if job_id in reads:
+                return reads[job_id]
+        job = self._read_quietly(job_id)
+        with self._lock:
+            if self._watch_reads[0] == generation:
+                reads[job_id] = job
+        return job
+
     def _read_quietly(self, job_id: int) -> Job | None:
         try:
             return self.storage.read_job(job_id)
@@ -490,13 +508,19 @@ class JobQueue:
         fields: list[str],
         prev_job_info: list[Any] | None,
         prev_log_serial: int | None,
+        *,
+        generation: int | None = None,
     ) -> list[Any] | None:
         """``[job_info, new log entries]`` if the job (on disk) changed, else None.
 
         A canceling or finished job always counts as changed. ``JobLost`` if
-        the job does not exist.
+        the job does not exist. Calls passing the same ``generation`` (the
+        watcher's, after a wake-up) share one read of the job file, so many
+        waiters on one busy job parse it once per change. A caller's first
+        look passes None: it must see the file as it is now, which may be
+        newer than what another waiter read a moment ago.
         """
-        job = self._read_quietly(job_id)
+        job = self._read_for_watch(job_id, generation)
         if job is None:
             raise JobLost(f"Job {job_id} not found")
         record = (IndexEntry.of(job, self.registry.summarize), job)

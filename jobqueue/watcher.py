@@ -114,6 +114,17 @@ class JobFileWatcher:
         self._subscriptions: dict[int, set[Subscription]] = {}
         self._manager: Any = None  # a pyinotify.WatchManager while started
         self._fd: int | None = None
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """Counts the batches of events read (and wake-ups of everyone) so far.
+
+        Two looks at a job file made while it has the same value saw no
+        change reported in between; a change made since is still on its
+        way and will wake its subscribers again.
+        """
+        return self._generation
 
     @property
     def running(self) -> bool:
@@ -167,6 +178,7 @@ class JobFileWatcher:
                 del self._subscriptions[subscription.job_id]
 
     def _wake_all(self) -> None:
+        self._generation += 1
         for subs in self._subscriptions.values():
             for subscription in subs:
                 subscription._notify()
@@ -182,6 +194,7 @@ class JobFileWatcher:
             self._log.exception("Reading inotify events for %s failed", self.queue_dir)
             self._wake_all()
             return
+        self._generation += 1
         offset = 0
         while offset + _EVENT_HEADER.size <= len(data):
             _, mask, _, length = _EVENT_HEADER.unpack_from(data, offset)

@@ -1025,3 +1025,26 @@ class TestCheckJobChange:
     def test_unknown_job(self, queue: JobQueue) -> None:
         with pytest.raises(JobLost):
             queue.check_job_change(31337, ["status"], None, None)
+
+    def test_one_generation_shares_one_read(
+        self, queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        job_id = run_job(queue, [dummy()])["id"]
+        reads: list[int] = []
+        read_job = queue.storage.read_job
+
+        def counted(wanted: int) -> Any:
+            reads.append(wanted)
+            return read_job(wanted)
+
+        monkeypatch.setattr(queue.storage, "read_job", counted)
+        for generation in (7, 7, 7, None, None, 8, 8):
+            assert queue.check_job_change(
+                job_id, ["status"], ["queued"], None, generation=generation
+            ) == [["success"], []]
+        assert len(reads) == 1 + 2 + 1  # generation 7 once, each None, generation 8 once
+        with pytest.raises(JobLost):  # an unknown job is shared as unknown, too
+            queue.check_job_change(31337, ["status"], None, None, generation=8)
+        with pytest.raises(JobLost):
+            queue.check_job_change(31337, ["status"], None, None, generation=8)
+        assert reads.count(31337) == 1

@@ -52,6 +52,7 @@ class FakeQueue:
         self.fail_with: dict[str, BaseException] = {}
         self.gate: threading.Event | None = None
         self.config_result: list[Any] = [False]
+        self.generations: list[int | None] = []  # check_job_change's, in call order
 
     def _record(self, name: str, *args: Any) -> None:
         with self._calls_changed:
@@ -96,8 +97,11 @@ class FakeQueue:
         fields: list[str],
         prev_job_info: list[Any] | None,
         prev_log_serial: int | None,
+        *,
+        generation: int | None = None,
     ) -> list[Any] | None:
         self._record("check_job_change", job_id, fields, prev_job_info, prev_log_serial)
+        self.generations.append(generation)
         with self._calls_changed:
             status = self.jobs.get(job_id)
         if status is None:
@@ -667,6 +671,10 @@ def test_wfjc_blocks_until_the_job_file_is_rewritten(harness: Harness) -> None:
         sock.settimeout(WAIT)
         queue.set_job(3, "running")
         assert protocol.parse_response(recv_frame(sock)) == (True, [["running"], []])
+    # The first look reads the file afresh; the look after the wake-up may share
+    # the read of the other waiters woken by the same events.
+    first, *after_wake = queue.generations
+    assert first is None and after_wake and all(isinstance(g, int) for g in after_wake)
 
 
 def test_wfjc_times_out_with_nochange(harness: Harness) -> None:

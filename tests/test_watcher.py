@@ -215,3 +215,20 @@ def test_missing_directory_is_an_error_and_leaks_nothing(queue_dir: str) -> None
         assert not watcher.running
 
     run(scenario())
+
+
+def test_generation_moves_with_every_batch_of_events_read(queue_dir: str) -> None:
+    async def scenario() -> None:
+        watcher = await started(queue_dir)
+        with watcher.subscribe(7) as subscription:
+            before = watcher.generation
+            assert not await subscription.wait(SHORT)
+            assert watcher.generation == before  # nothing read, nothing counted
+            replace_job_file(queue_dir, 7)
+            assert await subscription.wait(WAIT)
+            after_change = watcher.generation
+            assert after_change > before
+            watcher.stop()  # wakes everyone: looks before and after must not be shared
+            assert watcher.generation > after_change
+
+    run(scenario())
