@@ -34,7 +34,8 @@ from jobqueue.lus import builtin_registry, load_plugins
 from jobqueue.luxi.server import LuxiServer
 from jobqueue.paths import StatePaths
 from jobqueue.queue import JobQueue
-from jobqueue.storage import FileJobStore, QueueLock
+from jobqueue.queuelock import QueueLock
+from jobqueue.storage import FileJobStore
 
 PID_FILE_MODE = 0o644
 LOG_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"

@@ -14,7 +14,8 @@ from jobqueue import constants
 from jobqueue.constants import Status
 from jobqueue.errors import JobQueueError, StorageError
 from jobqueue.model import Job
-from jobqueue.storage import Disk, FileJobStore, JobStore, MemoryJobStore, QueueLock
+from jobqueue.queuelock import QueueLock
+from jobqueue.storage import Disk, FileJobStore, JobStore, MemoryJobStore
 
 
 def make_job(job_id: int, status: Status = Status.QUEUED) -> Job:
