@@ -111,6 +111,8 @@ class ProcessGroups:
             names = sorted(os.listdir(self.directory))
         except FileNotFoundError:
             return []
+        if not names:
+            return []  # the usual start: no need to look through /proc
         boot_id = _boot_id()
         live = _live_groups()
         leftovers = []
