@@ -447,21 +447,24 @@ class JobQueue:
             return None
         return IndexEntry.of(job, self.registry.summarize), job
 
-    def _read_for_watch(self, job_id: int, generation: int | None) -> Job | None:
-        """``_read_quietly``, shared by the calls of one ``generation``; see check_job_change."""
+    def _read_for_watch(self, job_id: int, generation: int | None) -> tuple[Job | None, bool]:
+        """``_read_quietly``, shared within one ``generation``; True if another call read it.
+
+        See check_job_change. The job is shared: nobody may change it.
+        """
         if generation is None:
-            return self._read_quietly(job_id)
+            return self._read_quietly(job_id), False
         with self._lock:
             if self._watch_reads[0] != generation:
                 self._watch_reads = (generation, {})
             reads = self._watch_reads[1]
             if job_id in reads:
-                return reads[job_id]
+                return reads[job_id], True
         job = self._read_quietly(job_id)
         with self._lock:
             if self._watch_reads[0] == generation:
                 reads[job_id] = job
-        return job
+        return job, False
 
     def _read_quietly(self, job_id: int) -> Job | None:
         try:
@@ -510,19 +513,46 @@ class JobQueue:
         prev_log_serial: int | None,
         *,
         generation: int | None = None,
+        first_look: bool = True,
     ) -> list[Any] | None:
         """``[job_info, new log entries]`` if the job (on disk) changed, else None.
 
         A canceling or finished job always counts as changed. ``JobLost`` if
-        the job does not exist. Calls passing the same ``generation`` (the
-        watcher's, after a wake-up) share one read of the job file, so many
-        waiters on one busy job parse it once per change. A caller's first
-        look passes None: it must see the file as it is now, which may be
-        newer than what another waiter read a moment ago.
+        the job does not exist.
+
+        Calls passing the same ``generation`` (the watcher's) share one read
+        of the job file, so the waiters of one busy job parse it once per
+        change. A shared read can be one change behind the file while that
+        change's event is on its way; a waiter loses nothing by it, since the
+        event wakes it again. But a caller's ``first_look`` may bring news
+        newer than the shared read (from a QueryJobs, say), so whatever it
+        finds there other than "no change" is checked on a fresh read.
         """
-        job = self._read_for_watch(job_id, generation)
+        job, shared = self._read_for_watch(job_id, generation)
+        if shared and first_look:
+            result = self._change_of(job_id, job, fields, prev_job_info, prev_log_serial, None)
+            if result is None:
+                return None
+            job = self._read_quietly(job_id)
+        return self._change_of(job_id, job, fields, prev_job_info, prev_log_serial, JobLost)
+
+    def _change_of(
+        self,
+        job_id: int,
+        job: Job | None,
+        fields: list[str],
+        prev_job_info: list[Any] | None,
+        prev_log_serial: int | None,
+        lost: type[JobLost] | None,
+    ) -> list[Any] | None:
+        """The change ``check_job_change`` reports for ``job`` as read; None if none.
+
+        A missing job raises ``lost``, or counts as a change when it is None.
+        """
         if job is None:
-            raise JobLost(f"Job {job_id} not found")
+            if lost is None:
+                return []
+            raise lost(f"Job {job_id} not found")
         record = (IndexEntry.of(job, self.registry.summarize), job)
         info = query.old_style_rows(fields, [record])[0]
         log = job.log_entries_after(prev_log_serial)

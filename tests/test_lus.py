@@ -997,6 +997,19 @@ class TestQueries:
         assert oplog[1] == []
 
 
+def count_reads(queue: JobQueue, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids of the job files ``queue`` reads from now on, in order."""
+    reads: list[int] = []
+    read_job = queue.storage.read_job
+
+    def counted(job_id: int) -> Any:
+        reads.append(job_id)
+        return read_job(job_id)
+
+    monkeypatch.setattr(queue.storage, "read_job", counted)
+    return reads
+
+
 class TestCheckJobChange:
     def test_unchanged_and_changed(self, queue: JobQueue) -> None:
         job_id = queue.submit_job([delay(60, repeat=1)])
@@ -1027,24 +1040,46 @@ class TestCheckJobChange:
             queue.check_job_change(31337, ["status"], None, None)
 
     def test_one_generation_shares_one_read(
-        self, queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+        self, make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        job_id = run_job(queue, [dummy()])["id"]
-        reads: list[int] = []
-        read_job = queue.storage.read_job
+        queue = make_queue(workers=0)  # the job stays queued: "no change" is possible
+        job_id = queue.submit_job([dummy()])
+        reads = count_reads(queue, monkeypatch)
 
-        def counted(wanted: int) -> Any:
-            reads.append(wanted)
-            return read_job(wanted)
+        def look(generation: int | None, first_look: bool, prev: str = "queued") -> Any:
+            return queue.check_job_change(
+                job_id, ["status"], [prev], None, generation=generation, first_look=first_look
+            )
 
-        monkeypatch.setattr(queue.storage, "read_job", counted)
-        for generation in (7, 7, 7, None, None, 8, 8):
-            assert queue.check_job_change(
-                job_id, ["status"], ["queued"], None, generation=generation
-            ) == [["success"], []]
-        assert len(reads) == 1 + 2 + 1  # generation 7 once, each None, generation 8 once
+        assert [look(7, False) for _ in range(3)] == [None] * 3
+        assert len(reads) == 1  # one read for generation 7
+        assert look(None, False) is None and look(None, True) is None
+        assert len(reads) == 3  # no generation, no sharing
+        assert look(7, True) is None  # a first look finding no change trusts the shared read
+        assert len(reads) == 3
+        assert look(7, True, prev="running") == [["queued"], []]
+        assert len(reads) == 4  # ...but confirms a change on a fresh read
         with pytest.raises(JobLost):  # an unknown job is shared as unknown, too
-            queue.check_job_change(31337, ["status"], None, None, generation=8)
+            queue.check_job_change(31337, ["status"], None, None, generation=8, first_look=False)
         with pytest.raises(JobLost):
-            queue.check_job_change(31337, ["status"], None, None, generation=8)
+            queue.check_job_change(31337, ["status"], None, None, generation=8, first_look=False)
         assert reads.count(31337) == 1
+
+    def test_a_first_look_never_reports_a_shared_read_older_than_the_file(
+        self, make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        queue = make_queue(workers=0)
+        job_id = queue.submit_job([dummy()])
+        reads = count_reads(queue, monkeypatch)
+        shared = queue.check_job_change(job_id, ["status"], None, None, generation=9)
+        assert shared == [["queued"], []]
+        queue.cancel_job(job_id)  # the file changes; its event has not been counted yet
+        # A waiter may still be told the shared (older) state: a wake-up follows.
+        stale = queue.check_job_change(
+            job_id, ["status"], ["canceled"], None, generation=9, first_look=False
+        )
+        assert stale == [["queued"], []]
+        # A caller that already knows "canceled" (from a QueryJobs) is not sent back.
+        fresh = queue.check_job_change(job_id, ["status"], ["canceled"], None, generation=9)
+        assert fresh is not None and fresh[0] == ["canceled"]
+        assert len(reads) == 2

@@ -52,7 +52,7 @@ class FakeQueue:
         self.fail_with: dict[str, BaseException] = {}
         self.gate: threading.Event | None = None
         self.config_result: list[Any] = [False]
-        self.generations: list[int | None] = []  # check_job_change's, in call order
+        self.looks: list[tuple[int | None, bool]] = []  # check_job_change's, in order
 
     def _record(self, name: str, *args: Any) -> None:
         with self._calls_changed:
@@ -99,9 +99,10 @@ class FakeQueue:
         prev_log_serial: int | None,
         *,
         generation: int | None = None,
+        first_look: bool = True,
     ) -> list[Any] | None:
         self._record("check_job_change", job_id, fields, prev_job_info, prev_log_serial)
-        self.generations.append(generation)
+        self.looks.append((generation, first_look))
         with self._calls_changed:
             status = self.jobs.get(job_id)
         if status is None:
@@ -671,10 +672,12 @@ def test_wfjc_blocks_until_the_job_file_is_rewritten(harness: Harness) -> None:
         sock.settimeout(WAIT)
         queue.set_job(3, "running")
         assert protocol.parse_response(recv_frame(sock)) == (True, [["running"], []])
-    # The first look reads the file afresh; the look after the wake-up may share
-    # the read of the other waiters woken by the same events.
-    first, *after_wake = queue.generations
-    assert first is None and after_wake and all(isinstance(g, int) for g in after_wake)
+    # Every look names the watcher's generation, so reads can be shared; only
+    # the first is marked as such (a change it finds is confirmed afresh).
+    (first_generation, first), *after_wake = queue.looks
+    assert first and isinstance(first_generation, int)
+    assert after_wake and all(isinstance(g, int) and not look for g, look in after_wake)
+    assert after_wake[-1][0] > first_generation  # the wake-up came from a later batch
 
 
 def test_wfjc_times_out_with_nochange(harness: Harness) -> None:

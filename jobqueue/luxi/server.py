@@ -338,22 +338,27 @@ class LuxiServer:
         """
         assert self._watcher is not None, "the watcher is started before any connection"
         deadline = self._clock() + methods.wfjc_timeout(timeout)
-        generation: int | None = None  # the first look reads the file as it is now
+        first_look = True
         with self._watcher.subscribe(job_id) as subscription:
             while True:
                 # On the loop thread, not the handler pool: one read and parse of a
                 # job file (~0.1 ms; ~10 ms at the 1 MiB log cap), shared by the
-                # waiters that one change wakes. The two thread hand-offs of the
-                # pool doubled the p99 wake-up latency.
+                # waiters of one job between two batches of events. The two thread
+                # hand-offs of the pool doubled the p99 wake-up latency.
                 result = self._queue.check_job_change(
-                    job_id, fields, prev_job_info, prev_log_serial, generation=generation
+                    job_id,
+                    fields,
+                    prev_job_info,
+                    prev_log_serial,
+                    generation=self._watcher.generation,
+                    first_look=first_look,
                 )
                 if result is not None:
                     return result
                 remaining = deadline - self._clock()
                 if remaining <= 0 or self._closing or not await subscription.wait(remaining):
                     return constants.JOB_NOTCHANGED
-                generation = self._watcher.generation
+                first_look = False
 
 
 def _resolve_future(future: asyncio.Future[bytes], data: bytes) -> None:
