@@ -19,12 +19,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jobqueue import __version__, constants, query
+from jobqueue.changes import ChangeChecker
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.depmgr import DependencyManager
 from jobqueue.errors import (
     ECODE_INVAL,
     GenericError,
-    JobLost,
     JobQueueDrainError,
     JobQueueError,
     JobQueueFull,
@@ -81,8 +81,7 @@ class JobQueue:
         self._active: dict[int, ActiveJob] = {}
         self._accepting = True
         self._slots_claimed = 0  # jobs of submissions in progress, not yet in storage
-        # Jobs read by check_job_change for one watcher generation (read-only).
-        self._watch_reads: tuple[int | None, dict[int, Job | None]] = (None, {})
+        self._changes = ChangeChecker(self._read_quietly, registry.summarize)
         self.pool = WorkerPool("Jq", workers, self._run_task, logger=self._log)
 
     # -- StepEnv --------------------------------------------------------------
@@ -447,25 +446,6 @@ class JobQueue:
             return None
         return IndexEntry.of(job, self.registry.summarize), job
 
-    def _read_for_watch(self, job_id: int, generation: int | None) -> tuple[Job | None, bool]:
-        """``_read_quietly``, shared within one ``generation``; True if another call read it.
-
-        See check_job_change. The job is shared: nobody may change it.
-        """
-        if generation is None:
-            return self._read_quietly(job_id), False
-        with self._lock:
-            if self._watch_reads[0] != generation:
-                self._watch_reads = (generation, {})
-            reads = self._watch_reads[1]
-            if job_id in reads:
-                return reads[job_id], True
-        job = self._read_quietly(job_id)
-        with self._lock:
-            if self._watch_reads[0] == generation:
-                reads[job_id] = job
-        return job, False
-
     def _read_quietly(self, job_id: int) -> Job | None:
         try:
             return self.storage.read_job(job_id)
@@ -515,54 +495,18 @@ class JobQueue:
         generation: int | None = None,
         first_look: bool = True,
     ) -> list[Any] | None:
-        """``[job_info, new log entries]`` if the job (on disk) changed, else None.
+        """``[job_info, new log entries]`` if the job changed, else None; see ``changes``.
 
-        A canceling or finished job always counts as changed. ``JobLost`` if
-        the job does not exist.
-
-        Calls passing the same ``generation`` (the watcher's) share one read
-        of the job file, so the waiters of one busy job parse it once per
-        change. A shared read can be one change behind the file while that
-        change's event is on its way; a waiter loses nothing by it, since the
-        event wakes it again. But a caller's ``first_look`` may bring news
-        newer than the shared read (from a QueryJobs, say), so whatever it
-        finds there other than "no change" is checked on a fresh read.
+        ``JobLost`` if the job does not exist.
         """
-        job, shared = self._read_for_watch(job_id, generation)
-        if shared and first_look:
-            result = self._change_of(job_id, job, fields, prev_job_info, prev_log_serial, None)
-            if result is None:
-                return None
-            job = self._read_quietly(job_id)
-        return self._change_of(job_id, job, fields, prev_job_info, prev_log_serial, JobLost)
-
-    def _change_of(
-        self,
-        job_id: int,
-        job: Job | None,
-        fields: list[str],
-        prev_job_info: list[Any] | None,
-        prev_log_serial: int | None,
-        lost: type[JobLost] | None,
-    ) -> list[Any] | None:
-        """The change ``check_job_change`` reports for ``job`` as read; None if none.
-
-        A missing job raises ``lost``, or counts as a change when it is None.
-        """
-        if job is None:
-            if lost is None:
-                return []
-            raise lost(f"Job {job_id} not found")
-        record = (IndexEntry.of(job, self.registry.summarize), job)
-        info = query.old_style_rows(fields, [record])[0]
-        log = job.log_entries_after(prev_log_serial)
-        if (
-            job.status in (Status.QUEUED, Status.WAITING, Status.RUNNING)
-            and not log
-            and info == prev_job_info
-        ):
-            return None
-        return [info, log]
+        return self._changes.check(
+            job_id,
+            fields,
+            prev_job_info,
+            prev_log_serial,
+            generation=generation,
+            first_look=first_look,
+        )
 
     # -- queue-wide settings ---------------------------------------------------
     def set_drain_flag(self, flag: bool) -> bool:
