@@ -87,8 +87,7 @@ def error_answer(err: BaseException) -> bytes:
 class Connection(asyncio.Protocol):
     """One client of a LUXI socket; see the module docstring.
 
-    ``closed`` is done once the connection is gone. ``busy`` is true while
-    a received request is not yet answered or an answer not yet taken.
+    ``closed`` is done once the connection is gone.
     """
 
     def __init__(
@@ -113,8 +112,7 @@ class Connection(asyncio.Protocol):
         self._client_timeout = client_timeout
         self._log = logger
         self._pending: collections.deque[bytes] = collections.deque()
-        self._in_flight: asyncio.Future[bytes] | None = None
-        self._request_open = False  # a request is being answered
+        self._in_flight: asyncio.Future[bytes] | None = None  # a request being answered
         self._write_paused = False
         self._reading_paused = False
         self._eof = False
@@ -124,10 +122,6 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = self._loop.create_future()
-
-    @property
-    def busy(self) -> bool:
-        return self._request_open or bool(self._pending) or self._write_paused
 
     # -- asyncio.Protocol --------------------------------------------------------
     @_guarded
@@ -200,7 +194,7 @@ class Connection(asyncio.Protocol):
     def _advance(self) -> None:
         """Start the next request if none is in flight; close when nothing more is coming."""
         transport = self._transport
-        if transport is None or transport.is_closing() or self._request_open:
+        if transport is None or transport.is_closing() or self._in_flight is not None:
             return
         if self._write_paused:
             return
@@ -222,7 +216,6 @@ class Connection(asyncio.Protocol):
             denied = errors.AccessDenied("Permission denied: not allowed to use the master socket")
             self._last_word(error_answer(denied))
             return
-        self._request_open = True
         answer = self._handle(self, frame)
         if isinstance(answer, bytes):
             self._finish(answer)
@@ -244,7 +237,6 @@ class Connection(asyncio.Protocol):
 
     def _finish(self, answer: bytes) -> None:
         """Send ``answer`` to the request in flight, then go on with the next."""
-        self._request_open = False
         self._touch()
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -256,7 +248,6 @@ class Connection(asyncio.Protocol):
         """Send ``answer`` and close once it is out, starting no other request."""
         self._closing = True
         self._pending.clear()
-        self._request_open = False
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(answer)
             self._transport.close()
@@ -271,7 +262,7 @@ class Connection(asyncio.Protocol):
         self._timer = None
         if self._transport is None or self._transport.is_closing():
             return
-        if self._request_open and not self._write_paused:  # the daemon is the slow side
+        if self._in_flight is not None:  # the daemon is the slow side
             self._timer = self._loop.call_later(self._client_timeout, self._check_timeout)
             return
         remaining = self._last_activity + self._client_timeout - self._loop.time()
