@@ -31,6 +31,7 @@ from jobqueue.lus import builtin_registry
 from jobqueue.lus.command import base_environment
 from jobqueue.queue import JobQueue
 from jobqueue.storage import FileJobStore
+from tests.polling import poll_until
 
 #: Upper bound for waiting on anything that should happen soon.
 WAIT = 15.0
@@ -108,13 +109,8 @@ def wait_for_status(
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; return the last result."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return predicate()
-        time.sleep(0.01)
-    return True
+    """``poll_until`` with this module's default bound."""
+    return poll_until(predicate, timeout, interval=0.01)
 
 
 FIELDS = ["id", "status", "opstatus", "opresult", "oplog", "start_ts", "end_ts", "comment"]

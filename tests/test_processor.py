@@ -25,6 +25,7 @@ from jobqueue.lus.base import LogicalUnit, ResultWithJobs
 from jobqueue.opcodes import ANY, NON_EMPTY_STRING, OpCode, Param, Registry, list_of
 from jobqueue.processor import Processor, inherit
 from jobqueue.signals import JobCanceled, LockAcquireTimeout
+from tests.polling import poll_until
 
 OWNER = 7
 #: Upper bound for any wait in these tests; none should come close.
@@ -196,13 +197,8 @@ def probe(action: Callable[[LogicalUnit], Any] | None = None, **params: Any) -> 
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; return the last result."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return predicate()
-        time.sleep(0.002)
-    return True
+    """``poll_until`` with this module's default bound."""
+    return poll_until(predicate, timeout)
 
 
 class TestResultWithJobs:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 
 from jobqueue.errors import GenericError, NoSuchTask, ProgrammerError
 from jobqueue.workerpool import DeferTask, WorkerPool
+from tests.polling import poll_until
 
 #: Upper bound for any single wait in these tests; none should come close.
 WAIT = 2.0
@@ -20,13 +20,8 @@ MakePool = Callable[..., WorkerPool]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; return the last result."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return predicate()
-        time.sleep(0.002)
-    return True
+    """``poll_until`` with this module's default bound."""
+    return poll_until(predicate, timeout)
 
 
 @pytest.fixture
