@@ -196,6 +196,29 @@ def probe(action: Callable[[LogicalUnit], Any] | None = None, **params: Any) -> 
     return {"OP_ID": "OP_PROBE", "action": action, **params}
 
 
+def start_behind_a_held_lock(
+    processor: Processor, locks: LockManager
+) -> tuple[FakeCallbacks, threading.Thread, list[BaseException | Any]]:
+    """Run a probe needing lock "busy", held by "other", in a thread; it blocks there.
+
+    Returns its callbacks, the thread, and the list that receives the probe's
+    result or exception once the thread ends.
+    """
+    assert locks.acquire("other", ["busy"], shared=False, timeout=0)
+    cbs = FakeCallbacks(locks)
+    outcome: list[BaseException | Any] = []
+
+    def target() -> None:
+        try:
+            outcome.append(run(processor, probe(exclusive=["busy"]), cbs, timeout=None))
+        except BaseException as err:  # handed to the test thread
+            outcome.append(err)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return cbs, thread, outcome
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
     """``poll_until`` with this module's default bound."""
     return poll_until(predicate, timeout)
@@ -427,18 +450,7 @@ class TestLocks:
         assert run(processor, probe(shared=["c"]), cbs, timeout=0) == "probe done"
 
     def test_cancel_during_lock_wait(self, processor: Processor, locks: LockManager) -> None:
-        assert locks.acquire("other", ["busy"], shared=False, timeout=0)
-        cbs = FakeCallbacks(locks)
-        outcome: list[BaseException | Any] = []
-
-        def target() -> None:
-            try:
-                outcome.append(run(processor, probe(exclusive=["busy"]), cbs, timeout=None))
-            except BaseException as err:  # handed to the test thread
-                outcome.append(err)
-
-        thread = threading.Thread(target=target)
-        thread.start()
+        cbs, thread, outcome = start_behind_a_held_lock(processor, locks)
 
         def waiting() -> bool:
             return any(
@@ -460,18 +472,7 @@ class TestLocks:
     def test_interrupt_without_cancel_is_a_timeout(
         self, processor: Processor, locks: LockManager
     ) -> None:
-        assert locks.acquire("other", ["busy"], shared=False, timeout=0)
-        cbs = FakeCallbacks(locks)
-        outcome: list[BaseException | Any] = []
-
-        def target() -> None:
-            try:
-                outcome.append(run(processor, probe(exclusive=["busy"]), cbs, timeout=None))
-            except BaseException as err:
-                outcome.append(err)
-
-        thread = threading.Thread(target=target)
-        thread.start()
+        _, thread, outcome = start_behind_a_held_lock(processor, locks)
         assert wait_until(lambda: any(info["pending"] for info in locks.lock_info()))
         locks.interrupt(OWNER)
         thread.join(WAIT)
