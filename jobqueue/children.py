@@ -73,6 +73,7 @@ class ProcessGroups:
         self.directory = directory
         self._clock = clock
         self._log = logger or logging.getLogger(__name__)
+        self._boot_id = _boot_id()  # fixed for the life of this process
 
     def started(self, pgid: int, job_id: int) -> None:
         """Record the group of a command just started; a failure is only logged."""
@@ -82,7 +83,7 @@ class ProcessGroups:
                 "Cannot record process group %d of job %d: no /proc entry", pgid, job_id
             )
             return
-        line = f"{job_id} {_boot_id()} {fields[_START_TIME]}\n"
+        line = f"{job_id} {self._boot_id} {fields[_START_TIME]}\n"
         path = self._path(pgid)
         temp = path + constants.TEMP_SUFFIX
         try:
@@ -113,14 +114,13 @@ class ProcessGroups:
             return []
         if not names:
             return []  # the usual start: no need to look through /proc
-        boot_id = _boot_id()
         live = _live_groups()
         leftovers = []
         for name in names:
             record = self._read(name)
             if (
                 record is not None
-                and record.boot_id == boot_id
+                and record.boot_id == self._boot_id
                 and record.pgid in live
                 and _is_recorded_group(record.pgid, record.start_time)
             ):
