@@ -269,9 +269,8 @@ class JobQueue:
             jobs, self.registry, self.storage.exists, relative_ok, self.storage.allocate_ids
         )
         refused: dict[int, GenericError] = {}  # ids of this call that will not be stored
-        to_write: list[Job] = []
+        accepted: list[tuple[int, list[dict[str, Any]]]] = []
         results: list[int | GenericError] = []
-        now = self.now()
         with self._lock:  # room is counted and claimed at once: concurrent calls share it
             room = self._max_jobs - self.storage.live_count() - self._slots_claimed
             for item in prepared:
@@ -282,12 +281,14 @@ class JobQueue:
                 blocker = _refused_dependency(ops, refused)
                 if blocker is not None:
                     refused[job_id] = _dependency_refused(blocker)
-                elif len(to_write) >= room:
+                elif len(accepted) >= room:
                     refused[job_id] = JobQueueFull(f"The job queue is full ({self._max_jobs} jobs)")
                 else:
-                    to_write.append(Job.new(job_id, ops, now))
+                    accepted.append((job_id, ops))
                 results.append(job_id)
-            self._slots_claimed += len(to_write)
+            self._slots_claimed += len(accepted)
+        now = self.now()
+        to_write = [Job.new(job_id, ops, now) for job_id, ops in accepted]
         try:
             failures = self.storage.write_jobs(to_write)  # counted as live from here on
         finally:
