@@ -85,7 +85,7 @@ class ProcessGroups:
             return
         line = f"{job_id} {self._boot_id} {fields[_START_TIME]}\n"
         path = self._path(pgid)
-        temp = path + constants.TEMP_SUFFIX
+        temp = path + ".tmp"
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, constants.FILE_MODE)
             with os.fdopen(fd, "w", encoding="ascii") as handle:

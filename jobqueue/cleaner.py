@@ -5,26 +5,22 @@ Each run does three things:
 1. asks the daemon to archive finished jobs older than ``--job-age``
    (AutoArchiveJobs, repeated until no job is left unchecked); when the
    daemon is not running this step is skipped and is no failure;
-2. deletes archived job files (``queue/archive/K/job-N``) last modified
-   more than ``--archive-age`` ago, then the archive directories left empty;
+2. deletes archived jobs last changed more than ``--archive-age`` ago: the
+   daemon does it (PruneArchive, repeated until done), or, when it is not
+   running, the cleaner opens the queue's store itself for maintenance;
 3. appends one summary line to ``--log-file``.
 
-Only ``job-N`` files are deleted, so nothing the daemon writes elsewhere is
-touched. An archive directory is removed with ``rmdir``, which fails on a
-directory that is not empty; directories the daemon may be about to archive
-into (those of live jobs and the two newest) are never removed, so a
-concurrent ArchiveJob cannot find its directory gone.
+The cleaner knows nothing of how jobs are kept: both steps go through the
+daemon or through the store's contract (``jobqueue.storage``).
 
 Exit status: 0, or 1 when a step really failed (the daemon refused or did
-not answer, a file could not be deleted, the log could not be written).
+not answer, a job could not be deleted, the log could not be written).
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -32,110 +28,13 @@ from collections.abc import Sequence
 from jobqueue import constants, errors
 from jobqueue.cli.timespec import parse_age, parse_timespec
 from jobqueue.paths import StatePaths
+from jobqueue.storage.base import PruneResult
 
 LOG_NAME = "jobqueue-cleaner.log"
 DEFAULT_JOB_AGE = "6h"
 DEFAULT_ARCHIVE_AGE = "21d"
-_JOB_FILE_RE = re.compile(rf"^{re.escape(constants.JOB_FILE_PREFIX)}([0-9]+)$")
-#: rmdir failures meaning "not empty (any more)" or "already gone": not errors.
-_KEEP_ERRNOS = frozenset({errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT})
-
-
-class PruneResult:
-    """What pruning the archive did."""
-
-    def __init__(self) -> None:
-        self.files = 0
-        self.directories = 0
-        self.failures: list[str] = []
-
-
-def _subdir(job_id: int) -> int:
-    return job_id // constants.JOBS_PER_ARCHIVE_DIR
-
-
-def protected_subdirs(queue_dir: str) -> set[int]:
-    """Archive directories the daemon may archive into next; never removed.
-
-    Those of the live jobs, plus the directory of the highest id handed out
-    (``serial``) and the one before it, which hold ids of jobs that may be
-    submitted after this scan.
-    """
-    protected: set[int] = set()
-    try:
-        names = os.listdir(queue_dir)
-    except FileNotFoundError:
-        return protected
-    for name in names:
-        match = _JOB_FILE_RE.match(name)
-        if match:
-            protected.add(_subdir(int(match.group(1))))
-    try:
-        with open(os.path.join(queue_dir, constants.SERIAL_FILE), encoding="ascii") as handle:
-            newest = _subdir(int(handle.read().strip() or 0))
-    except (OSError, ValueError):
-        return protected
-    protected.update({newest, newest - 1})
-    return protected
-
-
-def _prune_directory(path: str, cutoff: float, result: PruneResult) -> None:
-    """Delete the ``job-N`` files in ``path`` last modified before ``cutoff``."""
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if not _JOB_FILE_RE.match(entry.name):
-                continue
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                    continue
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                result.failures.append(f"cannot delete {entry.path}: {err.strerror}")
-                continue
-            result.files += 1
-
-
-def prune_archive(
-    archive_dir: str, max_age: float, now: float, protected: set[int] | None = None
-) -> PruneResult:
-    """Delete archived job files older than ``max_age`` seconds, then empty directories.
-
-    Directories whose number is in ``protected`` are kept even when empty.
-    Failures are collected in the result, not raised.
-    """
-    result = PruneResult()
-    protected = protected or set()
-    cutoff = now - max_age
-    try:
-        names = sorted(os.listdir(archive_dir))
-    except FileNotFoundError:
-        return result
-    except OSError as err:
-        result.failures.append(f"cannot list {archive_dir}: {err.strerror}")
-        return result
-    for name in names:
-        path = os.path.join(archive_dir, name)
-        if not name.isdigit() or not os.path.isdir(path) or os.path.islink(path):
-            continue
-        try:
-            _prune_directory(path, cutoff, result)
-        except OSError as err:
-            result.failures.append(f"cannot list {path}: {err.strerror}")
-            continue
-        if int(name) in protected:
-            continue
-        try:
-            os.rmdir(path)
-        except OSError as err:
-            if err.errno not in _KEEP_ERRNOS:
-                result.failures.append(f"cannot remove {path}: {err.strerror}")
-            continue
-        result.directories += 1
-    return result
+#: Seconds one PruneArchive call may take before the cleaner asks again.
+PRUNE_TIMEOUT = 30
 
 
 def archive_old_jobs(socket_path: str, age: int) -> tuple[int, int] | None:
@@ -166,10 +65,51 @@ def archive_step(socket_path: str, age: int) -> tuple[str, str | None]:
     return f"archived {count} jobs" + (f" ({left} left unchecked)" if left else ""), None
 
 
+def prune_through_daemon(socket_path: str, age: float) -> PruneResult | None:
+    """Have the daemon prune its archive; None if it is not running.
+
+    Raises GenericError when the daemon refuses or does not answer.
+    """
+    from jobqueue.luxi.client import Client
+
+    total = PruneResult()
+    try:
+        with Client(socket_path) as client:
+            while True:
+                answer = client.prune_archive(age, PRUNE_TIMEOUT)
+                total.jobs += answer["jobs"]
+                total.directories += answer["directories"]
+                total.failures.extend(answer["failures"])
+                if not answer["unfinished"]:
+                    return total
+    except errors.NoMasterError:
+        return None
+
+
+def prune_store(queue_dir: str, age: float, now: float) -> PruneResult:
+    """Prune the archive of a queue whose daemon is not running, through its store."""
+    from jobqueue.storage.files import FileJobStore
+
+    try:
+        store = FileJobStore(queue_dir, owner=False)
+    except errors.GenericError as err:
+        return PruneResult(failures=[f"cannot open the job queue: {err}"])
+    return store.prune_archive(age, now)
+
+
+def prune_step(socket_path: str, queue_dir: str, age: float, now: float) -> PruneResult:
+    """Prune through the daemon, or the store when the daemon is not running."""
+    try:
+        pruned = prune_through_daemon(socket_path, age)
+    except errors.GenericError as err:
+        return PruneResult(failures=[f"pruning failed: {err}"])
+    return pruned if pruned is not None else prune_store(queue_dir, age, now)
+
+
 def summary_line(archiving: str, pruned: PruneResult, failures: Sequence[str]) -> str:
     """The one line a run leaves in the log."""
     line = (
-        f"{archiving}, pruned {pruned.files} archived files,"
+        f"{archiving}, pruned {pruned.jobs} archived jobs,"
         f" removed {pruned.directories} empty directories"
     )
     if failures:
@@ -226,10 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     paths = StatePaths.resolve(args.state_dir)
-    archiving, failure = archive_step(args.socket or paths.master_socket, job_age)
+    socket_path = args.socket or paths.master_socket
+    archiving, failure = archive_step(socket_path, job_age)
     failures = [failure] if failure else []
     now = time.time()
-    pruned = prune_archive(paths.archive_dir, archive_age, now, protected_subdirs(paths.queue_dir))
+    pruned = prune_step(socket_path, paths.queue_dir, archive_age, now)
     failures.extend(pruned.failures)
     line = summary_line(archiving, pruned, failures)
     log_file = args.log_file or os.path.join(paths.log_dir, LOG_NAME)

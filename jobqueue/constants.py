@@ -58,19 +58,12 @@ MSG_SHUTTING_DOWN: Final = "Job queue is shutting down, refusing job"
 #: WaitForJobChange answer when nothing changed before the timeout.
 JOB_NOTCHANGED: Final = "nochange"
 
-# Layout under the state directory.
+# Layout under the state directory (inside queue/, see jobqueue.storage.layout).
 QUEUE_DIR: Final = "queue"
-ARCHIVE_DIR: Final = "archive"
-CORRUPT_DIR: Final = "corrupt"
 RUN_DIR: Final = "run"
 COMMANDS_DIR: Final = "commands"
 LOG_DIR: Final = "log"
-SERIAL_FILE: Final = "serial"
-VERSION_FILE: Final = "version"
-DRAIN_FILE: Final = "drain"
 LOCK_FILE: Final = "lock"
-JOB_FILE_PREFIX: Final = "job-"
-TEMP_SUFFIX: Final = ".tmp"
 MASTER_SOCKET: Final = "master.sock"
 QUERY_SOCKET: Final = "query.sock"
 PID_FILE: Final = "jobqueue-masterd.pid"
@@ -78,8 +71,6 @@ DAEMON_LOG: Final = "jobqueue-masterd.log"
 
 #: On-disk format version written to queue/version.
 QUEUE_FORMAT_VERSION: Final = 1
-#: Archived jobs are spread over directories of this many ids each.
-JOBS_PER_ARCHIVE_DIR: Final = 10_000
 FILE_MODE: Final = 0o600
 DIR_MODE: Final = 0o700
 

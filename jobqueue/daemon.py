@@ -6,7 +6,7 @@ load and recover jobs, and only then create the sockets, so a socket that
 exists always belongs to a daemon that is ready.
 
 Testing aid: when the environment variable ``JOBQUEUE_FAULT_FILE`` names a
-control file, job storage goes through ``jobqueue.faults.FaultyDisk``, which
+control file, job storage goes through ``jobqueue.storage.faults.FaultyDisk``, which
 fails disk writes with ENOSPC or EIO while that file asks for it. It exists
 for the fault tests only and must never be set in production (see
 ``doc/reliability.rst``).
@@ -15,6 +15,8 @@ for the fault tests only and must never be set in production (see
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import gc
 import grp
 import logging
@@ -22,20 +24,28 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from jobqueue import __version__, constants
 from jobqueue.children import ProcessGroups
+from jobqueue.depmgr import DependencyManager
 from jobqueue.errors import GenericError
-from jobqueue.faults import FAULT_FILE_ENV, disk_from_environment
-from jobqueue.locking import LockManager
+from jobqueue.jobreader import JobReader, stored_status
+from jobqueue.livejobs import LiveJobs
+from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.lus import builtin_registry, load_plugins
 from jobqueue.luxi.server import LuxiServer
+from jobqueue.opcodes import Registry
 from jobqueue.paths import StatePaths
+from jobqueue.processor import Processor
 from jobqueue.queue import JobQueue
 from jobqueue.queuelock import QueueLock
-from jobqueue.storage import FileJobStore
+from jobqueue.storage.base import JobStore
+from jobqueue.storage.faults import FAULT_FILE_ENV, disk_from_environment
+from jobqueue.storage.files import FileJobStore
+from jobqueue.timers import Timers
+from jobqueue.workerpool import WorkerPool
 
 PID_FILE_MODE = 0o644
 LOG_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
@@ -212,6 +222,73 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+@dataclasses.dataclass(frozen=True)
+class Core:
+    """The daemon's job-handling objects, as ``build_core`` wires them."""
+
+    store: JobStore
+    live: LiveJobs
+    locks: LockManager
+    pool: WorkerPool
+    timers: Timers
+    queue: JobQueue
+    reader: JobReader
+
+    def stop(self) -> None:
+        """Stop the threads (after the queue's shutdown sequence)."""
+        self.queue.shutdown()
+        self.timers.stop()
+
+
+def build_core(
+    store: JobStore,
+    registry: Registry,
+    *,
+    max_jobs: int = constants.DEFAULT_MAX_JOBS,
+    kill_grace: float = constants.DEFAULT_KILL_GRACE,
+    processes: ProcessGroups | None = None,
+    strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
+    logger: logging.Logger | None = None,
+) -> Core:
+    """Wire the queue and everything around it; the one place that does (tests use it too).
+
+    The workers start only after the queue has loaded (``start_core``).
+    """
+    live = LiveJobs(registry.summarize)
+    locks = LockManager()
+    depmgr = DependencyManager(functools.partial(stored_status, live, store))
+    processor = Processor(
+        registry, locks, kill_grace=kill_grace, processes=processes, logger=logger
+    )
+    timers = Timers(logger=logger)
+
+    def run_task(job_id: int) -> None:
+        queue.run_task(job_id)
+
+    pool = WorkerPool("Jq", 0, run_task, logger=logger)
+    queue = JobQueue(
+        store,
+        live,
+        registry,
+        locks,
+        processor,
+        depmgr,
+        pool,
+        timers,
+        max_jobs=max_jobs,
+        strategy_factory=strategy_factory,
+        logger=logger,
+    )
+    reader = JobReader(live, store, locks, depmgr, registry.summarize, logger=logger)
+    return Core(store, live, locks, pool, timers, queue, reader)
+
+
+def start_core(core: Core, workers: int) -> None:
+    """Load and recover the queue, then start ``workers`` worker threads."""
+    core.queue.start()
+    core.pool.resize(workers)
+
+
 def _run(
     args: argparse.Namespace,
     paths: StatePaths,
@@ -230,7 +307,7 @@ def _run(
     disk = disk_from_environment(os.environ)
     if disk is not None:
         log.warning("Storage fault injection enabled by %s (test-only)", FAULT_FILE_ENV)
-    storage = FileJobStore(paths.queue_dir, summarize=registry.summarize, disk=disk, logger=log)
+    store = FileJobStore(paths.queue_dir, disk=disk, logger=log)
     processes = ProcessGroups(paths.commands_dir, logger=log)
     for leftover in processes.stop_leftovers(args.kill_grace):
         log.warning(
@@ -238,11 +315,9 @@ def _run(
             leftover.job_id,
             leftover.pgid,
         )
-    queue = JobQueue(
-        storage,
+    core = build_core(
+        store,
         registry,
-        LockManager(),
-        workers=args.workers,
         max_jobs=args.max_jobs,
         kill_grace=args.kill_grace,
         processes=processes,
@@ -250,14 +325,14 @@ def _run(
     )
     gc.disable()  # loading makes many objects and no garbage; see _settle_gc
     try:
-        queue.start()
+        start_core(core, args.workers)
     finally:
         _settle_gc()
     server = LuxiServer(
-        queue,
+        core.queue,
+        core.reader,
         master_path=paths.master_socket,
         query_path=paths.query_socket,
-        queue_dir=paths.queue_dir,
         socket_group=socket_gid,
         max_message_size=args.max_message_size,
         client_timeout=args.client_timeout,
@@ -275,7 +350,7 @@ def _run(
     _report(ready_fd, "OK\n")
     while not stop.wait(3600):
         pass
-    _shutdown(queue, server, args.shutdown_timeout, args.kill_grace)
+    _shutdown(core, server, args.shutdown_timeout, args.kill_grace)
     lock.release()
     _remove(paths.pid_file)
     log.info("jobqueue-masterd stopped")
@@ -321,15 +396,23 @@ def _install_signal_handlers(
     return stop
 
 
-def _shutdown(queue: JobQueue, server: LuxiServer, timeout: float, kill_grace: float) -> None:
-    """Refuse new jobs, let running opcodes finish (bounded), then close everything."""
+def _shutdown(core: Core, server: LuxiServer, timeout: float, kill_grace: float) -> None:
+    """Refuse new jobs, let running opcodes finish (bounded), then close everything.
+
+    Ids reserved but never handed out are given back, so they stay dense.
+    """
+    queue = core.queue
     queue.prepare_shutdown()
     if not queue.wait_idle(timeout):
         log.warning("Opcodes still running after %.0fs; killing them", timeout)
         queue.kill_running()
         queue.wait_idle(kill_grace + 2)
     server.stop()
-    queue.shutdown()
+    core.stop()
+    try:
+        core.store.release_unused_ids()
+    except GenericError as err:
+        log.warning("Cannot give back unused job ids: %s", err)
 
 
 def _write_pid_file(path: str) -> None:

@@ -3,8 +3,8 @@
 An opcode may carry ``depends: [[job_id, [statuses...]], ...]``. Before it
 runs, the job step asks ``DependencyManager.check`` about each dependency in
 turn. A dependency that has not finished registers the job as a *waiter*; the
-job then holds no worker and is re-queued by ``notify`` when the dependency
-finishes. Rules:
+job then holds no worker; when the dependency finishes, ``notify`` returns
+the waiters for the queue to re-queue. Rules:
 
 * finished with a wanted status (or any status, when none is listed): go on;
 * canceled, and ``canceled`` not listed: the waiting job is canceled too;
@@ -31,15 +31,13 @@ class Outcome(enum.Enum):
 
 
 StatusLookup = Callable[[int], Status | None]
-Enqueue = Callable[[list[int]], None]
 
 
 class DependencyManager:
     """Tracks which jobs wait for which; ``_lock`` guards ``_waiters``."""
 
-    def __init__(self, status_of: StatusLookup, enqueue: Enqueue) -> None:
+    def __init__(self, status_of: StatusLookup) -> None:
         self._status_of = status_of
-        self._enqueue = enqueue
         self._lock = threading.Lock()
         self._waiters: dict[int, set[int]] = {}
 
@@ -68,12 +66,11 @@ class DependencyManager:
             f"Dependency job {dep_id} finished with status '{status}', not one of {_words(wanted)}",
         )
 
-    def notify(self, finished_id: int) -> None:
-        """Re-queue every job waiting for ``finished_id`` (outside the lock)."""
+    def notify(self, finished_id: int) -> list[int]:
+        """The jobs that waited for ``finished_id``, sorted; they wait no more."""
         with self._lock:
             waiters = self._waiters.pop(finished_id, set())
-        if waiters:
-            self._enqueue(sorted(waiters))
+        return sorted(waiters)
 
     def remove_waiter(self, job_id: int) -> bool:
         """Stop ``job_id`` waiting for anything; True if it was waiting."""

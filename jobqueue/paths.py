@@ -60,10 +60,6 @@ class StatePaths:
         return os.path.join(self.root, constants.QUEUE_DIR)
 
     @property
-    def archive_dir(self) -> str:
-        return os.path.join(self.queue_dir, constants.ARCHIVE_DIR)
-
-    @property
     def run_dir(self) -> str:
         return os.path.join(self.root, constants.RUN_DIR)
 

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jobqueue.errors import ECODE_INVAL, OpPrereqError
+from jobqueue.livejobs import IndexEntry
 from jobqueue.model import Job
-from jobqueue.storage import IndexEntry
 
 # Result status of one value (Ganeti's RS_*).
 RS_NORMAL, RS_UNKNOWN, RS_NODATA, RS_UNAVAIL = 0, 1, 2, 3

@@ -1,13 +1,15 @@
-"""The job queue: submission, cancel, priority, archive, queries, recovery.
+"""The job queue: submission, cancel, priority, archive, recovery; the one writer of jobs.
 
-``JobQueue`` owns the live, unfinished jobs in memory (``ActiveJob``), the
-worker pool that advances them one opcode per task (``jobstep.step``) and
-the dependency manager. Every state change is written through storage
-before it is reported; a submission is durable before its id is returned.
+``JobQueue`` owns the live, unfinished jobs in memory (``ActiveJob``) and
+has the worker pool advance them one opcode per task (``jobstep.step``).
+Every state change is written through the store and, once durable,
+published to ``LiveJobs``, where queries and waiters read it; a submission
+is durable before its id is returned. Read-only questions are answered by
+``jobreader.JobReader``; ``daemon.py`` builds both and what they use.
 
-Locking: ``_lock`` guards ``_active`` and ``_accepting`` and is held only
-for dictionary operations; each job's own ``ActiveJob.lock`` guards its
-record. Never take ``_lock`` while holding a job lock.
+Locking: ``_lock`` guards ``_active``, ``_accepting`` and ``_slots_claimed``
+and is held only for dictionary operations; each job's own ``ActiveJob.lock``
+guards its record. Never take ``_lock`` while holding a job lock.
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from jobqueue import __version__, constants, query
-from jobqueue.changes import ChangeChecker
+from jobqueue import __version__, constants
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.depmgr import DependencyManager
 from jobqueue.errors import (
@@ -33,16 +34,15 @@ from jobqueue.errors import (
     StorageError,
 )
 from jobqueue.jobstep import ActiveJob, Verdict, end_lost_opcodes_locked, step
+from jobqueue.livejobs import IndexEntry, LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.model import Job, Timestamp, now_stamp
 from jobqueue.opcodes import Registry
 from jobqueue.processor import Processor
-from jobqueue.storage import IndexEntry, JobStore
+from jobqueue.storage.base import JobStore
 from jobqueue.submission import prepare_jobs
+from jobqueue.timers import Timers
 from jobqueue.workerpool import DeferTask, WorkerPool
-
-if TYPE_CHECKING:
-    from jobqueue.children import ProcessGroups
 
 #: Seconds before a job whose write failed is tried again.
 STORAGE_RETRY_DELAY = 1.0
@@ -54,25 +54,29 @@ class JobQueue:
 
     def __init__(
         self,
-        storage: JobStore,
+        store: JobStore,
+        live: LiveJobs,
         registry: Registry,
         locks: LockManager,
+        processor: Processor,
+        depmgr: DependencyManager,
+        pool: WorkerPool,
+        timers: Timers,
         *,
-        workers: int = constants.DEFAULT_WORKERS,
         max_jobs: int = constants.DEFAULT_MAX_JOBS,
-        kill_grace: float = constants.DEFAULT_KILL_GRACE,
-        processes: ProcessGroups | None = None,
         strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
         clock: Callable[[], float] = time.time,
         logger: logging.Logger | None = None,
     ) -> None:
-        self.storage = storage
+        """``pool`` must run its tasks through ``run_task``; it may start with no workers."""
+        self.store = store
+        self.live = live
         self.registry = registry
         self.locks = locks
-        self.processor = Processor(
-            registry, locks, kill_grace=kill_grace, processes=processes, logger=logger
-        )
-        self.depmgr = DependencyManager(self._status_of, self._enqueue)
+        self.processor = processor
+        self.depmgr = depmgr
+        self.pool = pool
+        self._timers = timers
         self._max_jobs = max_jobs
         self._strategy_factory = strategy_factory
         self._clock = clock
@@ -80,13 +84,13 @@ class JobQueue:
         self._lock = threading.Lock()
         self._active: dict[int, ActiveJob] = {}
         self._accepting = True
-        self._slots_claimed = 0  # jobs of submissions in progress, not yet in storage
-        self._changes = ChangeChecker(self._read_quietly, registry.summarize)
-        self.pool = WorkerPool("Jq", workers, self._run_task, logger=self._log)
+        self._slots_claimed = 0  # jobs of submissions in progress, not yet stored
 
     # -- StepEnv --------------------------------------------------------------
     def write(self, job: Job) -> None:
-        self.storage.write_job(job)
+        """Replace the stored job durably, then publish it; ``StorageError`` publishes nothing."""
+        self.store.replace_job(job)
+        self.live.publish([job])
 
     def now(self) -> Timestamp:
         return now_stamp(self._clock)
@@ -105,7 +109,10 @@ class JobQueue:
         Queued jobs are re-queued; waiting ones go back to queued; running
         and canceling ones end in error ("Unclean master daemon shutdown").
         """
-        for job in self.storage.load():
+        jobs = list(self.store.load_jobs())
+        self.live.load(jobs)
+        unfinished = sorted((job for job in jobs if not job.is_finalized), key=lambda j: j.id)
+        for job in unfinished:
             status = job.status
             if status in (Status.RUNNING, Status.CANCELING):
                 job.finalize_pending(Status.ERROR, constants.MSG_UNCLEAN_SHUTDOWN, self.now())
@@ -121,9 +128,7 @@ class JobQueue:
                 self.write(job)
             self._activate([job])
         self._log.info(
-            "Job queue loaded: %d live jobs, %d to run",
-            self.storage.live_count(),
-            len(self._active),
+            "Job queue loaded: %d live jobs, %d to run", self.live.count(), len(self._active)
         )
 
     def prepare_shutdown(self) -> None:
@@ -137,12 +142,11 @@ class JobQueue:
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no opcode runs; False if ``timeout`` passed first."""
-        deadline = time.monotonic() + timeout
-        while self.pool.has_running_tasks():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return self.pool.wait_no_running(timeout)
+
+    def running_count(self) -> int:
+        """How many jobs a worker is running now."""
+        return self.pool.stats()["running"]
 
     def kill_running(self) -> None:
         """Ask every running opcode to stop now (a shutdown that took too long)."""
@@ -152,6 +156,7 @@ class JobQueue:
             active.kill.set()
 
     def shutdown(self) -> None:
+        """Stop the workers (after ``prepare_shutdown`` and ``wait_idle``)."""
         self.pool.terminate()
 
     # -- the worker task --------------------------------------------------------
@@ -169,7 +174,7 @@ class JobQueue:
         for active in actives:
             self.pool.add_task(active.job.id, active.job.priority, active.job.id)
 
-    def _run_task(self, job_id: int) -> None:
+    def run_task(self, job_id: int) -> None:
         """One pool task: advance the job by one opcode (one worker per job)."""
         with self._lock:
             active = self._active.get(job_id)
@@ -197,7 +202,9 @@ class JobQueue:
     def _finished(self, job_id: int) -> None:
         with self._lock:
             self._active.pop(job_id, None)
-        self.depmgr.notify(job_id)
+        waiters = self.depmgr.notify(job_id)
+        if waiters:
+            self._enqueue(waiters)
 
     def _recover_from_failed_write(self, active: ActiveJob, err: StorageError) -> None:
         """Go back to what is on disk and try the job again a little later.
@@ -211,7 +218,7 @@ class JobQueue:
         )
         with active.lock:
             try:
-                on_disk = self.storage.read_job(job_id)
+                on_disk = self.store.read_job(job_id)
             except GenericError:
                 on_disk = None
             if on_disk is not None:
@@ -219,21 +226,7 @@ class JobQueue:
                 active.unsaved = False
             if end_lost_opcodes_locked(active.job, err.args[0], self.now()):
                 active.unsaved = True
-        timer = threading.Timer(STORAGE_RETRY_DELAY, self._enqueue, args=([job_id],))
-        timer.daemon = True
-        timer.start()
-
-    def _status_of(self, job_id: int) -> Status | None:
-        """The job's status as last written (what dependents may act on), None if unknown.
-
-        Not the in-memory record: after a failed write that one may already
-        show an end that is not on disk yet.
-        """
-        entry = self.storage.index_entry(job_id)
-        if entry is not None:
-            return entry.status
-        job = self._read_quietly(job_id)
-        return None if job is None else job.status
+        self._timers.call_later(STORAGE_RETRY_DELAY, lambda: self._enqueue([job_id]))
 
     # -- submission -----------------------------------------------------------
     def submit_job(self, ops: list[Any], *, drained_ok: bool = False) -> int:
@@ -263,16 +256,16 @@ class JobQueue:
         with self._lock:
             if not self._accepting:
                 raise JobQueueError(constants.MSG_SHUTTING_DOWN)
-        if not drained_ok and self.storage.is_drained():
+        if not drained_ok and self.store.is_drained():
             raise JobQueueDrainError(constants.MSG_DRAINED)
         prepared = prepare_jobs(
-            jobs, self.registry, self.storage.exists, relative_ok, self.storage.allocate_ids
+            jobs, self.registry, self._exists, relative_ok, self.store.allocate_ids
         )
         refused: dict[int, GenericError] = {}  # ids of this call that will not be stored
         accepted: list[tuple[int, list[dict[str, Any]]]] = []
         results: list[int | GenericError] = []
         with self._lock:  # room is counted and claimed at once: concurrent calls share it
-            room = self._max_jobs - self.storage.live_count() - self._slots_claimed
+            room = self._max_jobs - self.live.count() - self._slots_claimed
             for item in prepared:
                 if isinstance(item, GenericError):
                     results.append(item)
@@ -290,13 +283,14 @@ class JobQueue:
         now = self.now()
         to_write = [Job.new(job_id, ops, now) for job_id, ops in accepted]
         try:
-            failures = self.storage.write_jobs(to_write)  # counted as live from here on
+            failures = self.store.create_jobs(to_write)
+            for job, failure in zip(to_write, failures, strict=True):
+                if failure is not None:
+                    refused[job.id] = failure
+            self.live.publish(job for job in to_write if job.id not in refused)  # live from here
         finally:
             with self._lock:
                 self._slots_claimed -= len(to_write)
-        for job, failure in zip(to_write, failures, strict=True):
-            if failure is not None:
-                refused[job.id] = failure
         self._withdraw_orphans(to_write, refused)
         self._activate([job for job in to_write if job.id not in refused])
         return [refused.get(r, r) if isinstance(r, int) else r for r in results]
@@ -314,13 +308,17 @@ class JobQueue:
                 refused[job.id] = _dependency_refused(blocker)
                 orphans.append(job.id)
         if orphans:
+            removed: list[int] = []
             try:
-                self.storage.discard_jobs(orphans)
+                removed = self.store.discard_jobs(orphans)
             except StorageError as err:
                 self._log.error("Cannot withdraw jobs %s: %s", orphans, err)
-                for job_id in orphans:  # those still on disk (in the index) are kept
-                    if self.storage.index_entry(job_id) is not None:
-                        del refused[job_id]
+            self.live.drop(removed)
+            for job_id in set(orphans) - set(removed):  # still stored: they stay, and run
+                del refused[job_id]
+
+    def _exists(self, job_id: int) -> bool:
+        return self.live.contains(job_id) or self.store.is_archived(job_id)
 
     # -- cancel and priority ---------------------------------------------------
     def cancel_job(self, job_id: int, kill: bool = False) -> list[Any]:
@@ -347,6 +345,8 @@ class JobQueue:
                 reply = [True, f"Job {job_id} will be {'killed' if kill else 'canceled'}"]
             elif status == Status.RUNNING:
                 return [False, f"Job {job_id} is running; cancel it with kill to stop it"]
+            elif status in FINALIZED:
+                return [False, f"Job {job_id} has already finished"]
             else:
                 return [False, f"Job {job_id} is already being canceled"]
         if status == Status.QUEUED:
@@ -405,17 +405,21 @@ class JobQueue:
             return self._active.get(job_id)
 
     def _not_active_message(self, job_id: int) -> str:
-        if self.storage.exists(job_id):
+        if self._exists(job_id):
             return f"Job {job_id} has already finished"
         return f"Job {job_id} not found"
 
     # -- archive -------------------------------------------------------------
     def archive_job(self, job_id: int) -> bool:
-        """Archive one finished live job; False if it is not that."""
-        entry = self.storage.index_entry(job_id)
-        if entry is None or entry.status not in FINALIZED or self._get_active(job_id):
+        """Archive one finished live job; False if it is not that.
+
+        A job counts as finished once its end is written, even while its
+        worker is still wrapping up: nothing writes it after that.
+        """
+        entry = self.live.entry(job_id)
+        if entry is None or entry.status not in FINALIZED:
             return False
-        return self.storage.archive_job(job_id)
+        return bool(self._archive([job_id]))
 
     def auto_archive_jobs(self, age: float, timeout: float) -> list[int]:
         """Archive finished jobs older than ``age`` seconds (-1: all) within ``timeout``.
@@ -423,104 +427,54 @@ class JobQueue:
         Returns ``[archived, left unchecked]``; call again while the second is > 0.
         """
         now, deadline = self._clock(), time.monotonic() + max(0.0, timeout)
-        entries = self.storage.index_entries()
+        entries = self.live.entries()
         archived, checked, batch = 0, 0, []
         for entry in entries:
             if time.monotonic() > deadline:
                 break
             checked += 1
-            if _old_enough(entry, age, now) and self._get_active(entry.id) is None:
+            if _old_enough(entry, age, now):
                 batch.append(entry.id)
             if len(batch) >= _ARCHIVE_BATCH:
-                archived += len(self.storage.archive_jobs(batch))
+                archived += len(self._archive(batch))
                 batch = []
-        archived += len(self.storage.archive_jobs(batch)) if batch else 0
+        archived += len(self._archive(batch)) if batch else 0
         return [archived, len(entries) - checked]
 
-    # -- queries -------------------------------------------------------------
-    def _record(self, job_id: int, full: bool) -> query.Record | None:
-        entry = self.storage.index_entry(job_id)
-        if entry is not None and not full:
-            return entry, None
-        job = self._read_quietly(job_id)
-        if job is None:
-            return None
-        return IndexEntry.of(job, self.registry.summarize), job
+    def _archive(self, job_ids: list[int]) -> list[int]:
+        """Move jobs to the archive and out of the live view; ``StorageError`` after a failure."""
+        moved, failure = self.store.archive_jobs(job_ids)
+        self.live.drop(moved)
+        if failure is not None:
+            raise failure
+        return moved
 
-    def _read_quietly(self, job_id: int) -> Job | None:
-        try:
-            return self.storage.read_job(job_id)
-        except GenericError as err:
-            self._log.warning("Cannot read job %s: %s", job_id, err)
-            return None
+    def prune_archive(self, age: float, timeout: float) -> dict[str, Any]:
+        """Delete archived jobs older than ``age`` seconds, for about ``timeout`` seconds.
 
-    def query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> list[list[Any]]:
-        """Old-style rows of plain values; all live jobs when ``job_ids`` is None."""
-        full = query.needs_full_job(fields)
-        ids = self.storage.live_ids() if job_ids is None else job_ids
-        return query.old_style_rows(fields, [self._record(i, full) for i in ids])
-
-    def query(
-        self, what: str, fields: list[str], qfilter: Any, archived: bool = False
-    ) -> dict[str, Any]:
-        """Query2: ``{"fields": [definitions], "data": [[[status, value], ...], ...]}``."""
-        definitions = query.query_fields(what, fields)["fields"]
-        if what == "lock":
-            if qfilter is not None:
-                raise OpPrereqError("Lock queries can't be filtered", ECODE_INVAL)
-            locks = self.locks.lock_info() + self.depmgr.lock_info()
-            return {"fields": definitions, "data": query.rows(what, fields, locks)}
-        predicate, used = query.compile_filter(what, qfilter)
-        full = query.needs_full_job([*fields, *used])
-        explicit = query.requested_ids(qfilter)
-        if explicit is not None:
-            records = [self._record(i, full) for i in explicit]
-            records = [r for r in records if r is None or predicate(r)]
-        else:
-            ids = self.storage.archived_ids() if archived else self.storage.live_ids()
-            records = [
-                r for r in (self._record(i, full) for i in ids) if r is not None and predicate(r)
-            ]
-        return {"fields": definitions, "data": query.rows(what, fields, records)}
-
-    def query_fields(self, what: str, fields: list[str] | None) -> dict[str, Any]:
-        return query.query_fields(what, fields)
-
-    def check_job_change(
-        self,
-        job_id: int,
-        fields: list[str],
-        prev_job_info: list[Any] | None,
-        prev_log_serial: int | None,
-        *,
-        generation: int | None = None,
-        first_look: bool = True,
-    ) -> list[Any] | None:
-        """``[job_info, new log entries]`` if the job changed, else None; see ``changes``.
-
-        ``JobLost`` if the job does not exist.
+        ``{"jobs": deleted, "directories": removed, "unfinished": more to do,
+        "failures": [messages]}``; call again while ``unfinished``.
         """
-        return self._changes.check(
-            job_id,
-            fields,
-            prev_job_info,
-            prev_log_serial,
-            generation=generation,
-            first_look=first_look,
-        )
+        result = self.store.prune_archive(max(0.0, age), self._clock(), max(0.0, timeout))
+        return {
+            "jobs": result.jobs,
+            "directories": result.directories,
+            "unfinished": result.unfinished,
+            "failures": result.failures,
+        }
 
     # -- queue-wide settings ---------------------------------------------------
     def set_drain_flag(self, flag: bool) -> bool:
-        self.storage.set_drained(flag)
+        self.store.set_drained(flag)
         return True
 
     def query_config_values(self, fields: list[str]) -> list[Any]:
         values: dict[str, Callable[[], Any]] = {
-            "drain_flag": self.storage.is_drained,
+            "drain_flag": self.store.is_drained,
             "version": lambda: __version__,
             "luxi_version": lambda: constants.LUXI_VERSION,
             "queue_format_version": lambda: constants.QUEUE_FORMAT_VERSION,
-            "live_jobs": self.storage.live_count,
+            "live_jobs": self.live.count,
             "max_jobs": lambda: self._max_jobs,
             "workers": lambda: self.pool.stats()["workers"],
             "accepting_jobs": self.accepting,

@@ -264,6 +264,17 @@ class WorkerPool:
         with self._lock:
             return self._state_changed.wait_for(self._is_idle_locked, timeout)
 
+    def wait_no_running(self, timeout: float | None = None) -> bool:
+        """Wait until no task runs (queued ones may remain); True if that was reached.
+
+        Raises ProgrammerError if called from one of this pool's tasks. Takes
+        the lock (released while waiting).
+        """
+        if self._in_own_worker():
+            raise ProgrammerError("wait_no_running called from a task of the same pool")
+        with self._lock:
+            return self._state_changed.wait_for(lambda: self._count_running_locked() == 0, timeout)
+
     def has_running_tasks(self) -> bool:
         """Tell whether any worker is running a task; takes the lock."""
         with self._lock:

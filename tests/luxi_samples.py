@@ -16,6 +16,7 @@ VALID_CALLS: dict[str, list[Any]] = {
     "ChangeJobPriority": [1, 10],
     "ArchiveJob": [1],
     "AutoArchiveJobs": [3600, 1],
+    "PruneArchive": [86400, 1],
     "QueryJobs": [[1], ["id", "status"]],
     "Query": ["job", ["id"], None, False],
     "QueryFields": ["job", None],

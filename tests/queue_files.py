@@ -12,7 +12,8 @@ from pathlib import Path
 from jobqueue import constants
 from jobqueue.errors import JobFileCorrupted
 from jobqueue.model import Job
-from jobqueue.storage import JOB_FILE_RE, decode_job
+from jobqueue.storage import layout
+from jobqueue.storage.base import decode_job
 
 
 def job_paths(queue_dir: Path) -> dict[int, Path]:
@@ -23,10 +24,9 @@ def job_paths(queue_dir: Path) -> dict[int, Path]:
     found: dict[int, Path] = {}
     candidates = list(queue_dir.glob("job-*")) + list(queue_dir.glob("archive/*/job-*"))
     for path in candidates:
-        match = JOB_FILE_RE.match(path.name)
-        if not match:
+        job_id = layout.job_id_of(path.name)
+        if job_id is None:
             continue
-        job_id = int(match.group(1))
         assert job_id not in found, f"job {job_id} is both in {found[job_id]} and {path}"
         found[job_id] = path
     return found
@@ -38,7 +38,7 @@ def read_job(path: Path) -> Job:
         job = decode_job(path.read_bytes())
     except JobFileCorrupted as err:
         raise AssertionError(f"{path} is corrupt: {err}") from err
-    assert f"{constants.JOB_FILE_PREFIX}{job.id}" == path.name, f"{path} holds job {job.id}"
+    assert f"{layout.JOB_FILE_PREFIX}{job.id}" == path.name, f"{path} holds job {job.id}"
     return job
 
 
@@ -62,13 +62,13 @@ def file_bytes(queue_dir: Path) -> dict[str, bytes]:
 def temp_files(queue_dir: Path) -> list[str]:
     """Leftover temporary files of interrupted or failed writes."""
     return sorted(
-        str(path.relative_to(queue_dir)) for path in queue_dir.rglob(f"*{constants.TEMP_SUFFIX}")
+        str(path.relative_to(queue_dir)) for path in queue_dir.rglob(f"*{layout.TEMP_SUFFIX}")
     )
 
 
 def corrupt_files(queue_dir: Path) -> list[str]:
     """Names of the files the daemon moved aside as unparseable."""
-    corrupt = queue_dir / constants.CORRUPT_DIR
+    corrupt = queue_dir / layout.CORRUPT_DIR
     return sorted(os.listdir(corrupt)) if corrupt.is_dir() else []
 
 

@@ -83,7 +83,7 @@ class TestPruning:
         ]
         (line,) = read_log(state)
         assert line[20:] == (
-            "daemon not running; skipped archiving, pruned 5 archived files,"
+            "daemon not running; skipped archiving, pruned 5 archived jobs,"
             " removed 2 empty directories"
         )
         time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")
@@ -92,17 +92,19 @@ class TestPruning:
         assert cleaner.main(["--state-dir", state, "--archive-age", "4w"]) == 0
         assert cleaner.main(["--state-dir", state, "--archive-age", "4w"]) == 0
         first, second = (line[20:] for line in read_log(state))
-        assert "pruned 1 archived files, removed 1 empty directories" in first
-        assert "pruned 0 archived files, removed 0 empty directories" in second
+        assert "pruned 1 archived jobs, removed 1 empty directories" in first
+        assert "pruned 0 archived jobs, removed 0 empty directories" in second
         archive = os.path.join(state, "queue", "archive")
         assert not os.path.exists(os.path.join(archive, "0", "job-1"))
         assert os.path.exists(os.path.join(archive, "1", "job-10001"))
 
-    def test_missing_state_dir_is_no_failure(self, tmp_path: Any) -> None:
+    def test_missing_state_dir_is_a_failure(
+        self, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         log = str(tmp_path / "cleaner.log")
-        assert cleaner.main(["--state-dir", str(tmp_path / "none"), "--log-file", log]) == 0
-        with open(log, encoding="utf-8") as handle:
-            assert "pruned 0 archived files, removed 0 empty directories" in handle.read()
+        assert cleaner.main(["--state-dir", str(tmp_path / "none"), "--log-file", log]) == 1
+        assert "cannot open the job queue" in capsys.readouterr().err
+        assert not (tmp_path / "none").exists()
 
     def test_unwritable_log_is_a_failure(
         self, state: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
@@ -115,20 +117,38 @@ class TestPruning:
             cleaner.main(["--state-dir", state, "--archive-age", "soon"])
         assert exc.value.code == 2
 
-    def test_protected_subdirs(self, state: str) -> None:
-        assert cleaner.protected_subdirs(os.path.join(state, "queue")) == {4, 5, 7}
+    def test_pruning_goes_through_the_daemon_when_it_runs(self, state: str, luxi: FakeLuxi) -> None:
+        before = tree(os.path.join(state, "queue", "archive"))
+        luxi.answers["AutoArchiveJobs"] = [0, 0]
+        luxi.answers["PruneArchive"] = in_order(
+            {"jobs": 4, "directories": 1, "unfinished": True, "failures": []},
+            {"jobs": 2, "directories": 0, "unfinished": False, "failures": ["cannot delete x"]},
+        )
+        assert cleaner.main(["--state-dir", state, "--socket", luxi.path]) == 1
+        assert luxi.args_of("PruneArchive") == [[21 * DAY, cleaner.PRUNE_TIMEOUT]] * 2
+        (line,) = read_log(state)
+        assert line[20:] == (
+            "archived 0 jobs, pruned 6 archived jobs, removed 1 empty directories;"
+            " errors: cannot delete x"
+        )
+        assert tree(os.path.join(state, "queue", "archive")) == before  # the daemon's job
+
+
+PRUNED_5 = {"jobs": 5, "directories": 2, "unfinished": False, "failures": []}
 
 
 class TestArchiving:
     def test_loops_until_nothing_is_left(self, state: str, luxi: FakeLuxi) -> None:
+        luxi.answers["PruneArchive"] = PRUNED_5
         luxi.answers["AutoArchiveJobs"] = in_order([5, 3], [2, 1], [0, 0])
         assert cleaner.main(["--state-dir", state, "--socket", luxi.path]) == 0
         assert luxi.args_of("AutoArchiveJobs") == [[6 * 3600, 30]] * 3
         assert read_log(state)[0][20:] == (
-            "archived 7 jobs, pruned 5 archived files, removed 2 empty directories"
+            "archived 7 jobs, pruned 5 archived jobs, removed 2 empty directories"
         )
 
     def test_job_age_all(self, state: str, luxi: FakeLuxi) -> None:
+        luxi.answers["PruneArchive"] = PRUNED_5
         luxi.answers["AutoArchiveJobs"] = [0, 0]
         assert cleaner.main(["--state-dir", state, "--socket", luxi.path, "--job-age", "all"]) == 0
         assert luxi.args_of("AutoArchiveJobs") == [[-1, 30]]
@@ -136,13 +156,15 @@ class TestArchiving:
     def test_refusal_is_a_failure_but_pruning_still_happens(
         self, state: str, luxi: FakeLuxi, capsys: pytest.CaptureFixture[str]
     ) -> None:
+        luxi.answers["PruneArchive"] = PRUNED_5
+
         def refuse(age: int, timeout: int) -> None:
             raise errors.AccessDenied("AutoArchiveJobs is not allowed on this socket")
 
         luxi.answers["AutoArchiveJobs"] = refuse
         assert cleaner.main(["--state-dir", state, "--socket", luxi.path]) == 1
         (line,) = read_log(state)
-        assert line[20:].startswith("archiving failed, pruned 5 archived files")
+        assert line[20:].startswith("archiving failed, pruned 5 archived jobs")
         assert line.endswith(
             "errors: archiving failed: AutoArchiveJobs is not allowed on this socket"
         )
@@ -151,6 +173,7 @@ class TestArchiving:
         )
 
     def test_as_a_program(self, state: str, luxi: FakeLuxi) -> None:
+        luxi.answers["PruneArchive"] = PRUNED_5
         luxi.answers["AutoArchiveJobs"] = [1, 0]
         command = [sys.executable, "-m", "jobqueue.cleaner", "--state-dir", state]
         result = subprocess.run(

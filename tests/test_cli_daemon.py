@@ -99,8 +99,8 @@ class TestAgainstTheDaemon:
         assert cleaner.main(["--state-dir", state, "--archive-age", "0"]) == 0
         with open(os.path.join(state, "log", cleaner.LOG_NAME), encoding="utf-8") as handle:
             first, second = (line[20:] for line in handle.read().splitlines())
-        assert first.startswith("archived 3 jobs, pruned 0 archived files")
-        assert second == "archived 0 jobs, pruned 3 archived files, removed 0 empty directories"
+        assert first.startswith("archived 3 jobs, pruned 0 archived jobs")
+        assert second == "archived 0 jobs, pruned 3 archived jobs, removed 0 empty directories"
         result = jobctl(daemon, "info", str(job_ids[0]))
         assert (result.returncode, result.stderr) == (7, f"Job {job_ids[0]} not found\n")
 

@@ -122,6 +122,24 @@ def test_archive_and_autoarchive(daemon: Daemon) -> None:
     assert client.query_jobs(None, ["id"]) == []
 
 
+def test_a_job_seen_finished_archives_at_once(daemon: Daemon) -> None:
+    """ArchiveJob right after a watcher saw the end: the job is archived, every time
+    (it used to answer false while the job's worker was still wrapping up)."""
+    client = daemon.client()
+    for _ in range(20):
+        job_id = client.submit_job([DELAY0])
+        assert client.wait_for_job(job_id) == "success"
+        assert client.archive_job(job_id) is True
+
+
+def test_ids_stay_dense_across_a_clean_restart(daemon_factory: Callable[..., Daemon]) -> None:
+    first = daemon_factory().start()
+    before = first.client().submit_job([DELAY0])
+    first.stop()
+    second = daemon_factory().start()
+    assert second.client().submit_job([DELAY0]) == before + 1
+
+
 def test_restart_recovery_after_sigkill(daemon_factory: Callable[..., Daemon]) -> None:
     first = daemon_factory(workers=1).start()
     client = first.client()

@@ -23,8 +23,14 @@ class Harness:
     def __init__(self) -> None:
         self.statuses: dict[int, Status] = {}
         self.enqueued: list[list[int]] = []
-        self.manager = DependencyManager(self.statuses.get, self.enqueue)
+        self.manager = DependencyManager(self.statuses.get)
         self.on_enqueue: Any = None
+
+    def notify(self, finished_id: int) -> None:
+        """What the queue does: notify, then re-queue the waiters it was given."""
+        waiters = self.manager.notify(finished_id)
+        if waiters:
+            self.enqueue(waiters)
 
     def enqueue(self, job_ids: list[int]) -> None:
         assert self.manager._lock.acquire(blocking=False), "enqueue called under the manager lock"
@@ -113,7 +119,7 @@ def test_finalized_right_away_registers_nothing(harness: Harness) -> None:
     harness.statuses[10] = Status.SUCCESS
     assert harness.check(20, 10, ["success"]) == Outcome.CONTINUE
     assert harness.manager.lock_info() == []
-    harness.manager.notify(10)
+    harness.notify(10)
     assert harness.enqueued == []
 
 
@@ -125,10 +131,10 @@ def test_notify_reenqueues_outside_the_lock(harness: Harness) -> None:
     seen: list[Any] = []
     harness.on_enqueue = lambda ids: seen.append(harness.manager.lock_info())
     harness.statuses[10] = Status.SUCCESS
-    harness.manager.notify(10)
+    harness.notify(10)
     assert harness.enqueued == [[21, 22, 23]]
     assert seen == [[]], "waiters must be cleared before they are re-queued"
-    harness.manager.notify(10)
+    harness.notify(10)
     assert harness.enqueued == [[21, 22, 23]], "a second notify finds nobody"
 
 
@@ -139,14 +145,14 @@ def test_enqueue_may_check_again(harness: Harness) -> None:
     outcomes: list[Outcome] = []
     harness.on_enqueue = lambda ids: outcomes.extend(harness.check(i, 10, []) for i in ids)
     harness.statuses[10] = Status.SUCCESS
-    harness.manager.notify(10)
+    harness.notify(10)
     assert outcomes == [Outcome.CONTINUE]
 
 
 def test_notify_of_unrelated_job(harness: Harness) -> None:
     harness.statuses[10] = Status.RUNNING
     harness.check(20, 10, [])
-    harness.manager.notify(11)
+    harness.notify(11)
     assert harness.enqueued == []
     assert harness.manager.lock_info() == [pseudo_lock(10, [20])]
 
@@ -174,7 +180,7 @@ def test_remove_waiter(harness: Harness) -> None:
     assert harness.manager.remove_waiter(20)
     assert not harness.manager.remove_waiter(20)
     assert harness.manager.lock_info() == [pseudo_lock(11, [21])]
-    harness.manager.notify(10)
+    harness.notify(10)
     assert harness.enqueued == []
 
 
@@ -228,7 +234,7 @@ def test_many_waiters_on_many_deps(harness: Harness, seed: int) -> None:
         waiting_on_it = sorted(j for j, left in remaining.items() if left and left[0] == dep_id)
         before = len(harness.enqueued)
         harness.statuses[dep_id] = rng.choice(sorted(FINALIZED - {Status.CANCELED}))
-        harness.manager.notify(dep_id)
+        harness.notify(dep_id)
         if waiting_on_it:
             assert harness.enqueued[before:] == [waiting_on_it]
         else:

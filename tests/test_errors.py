@@ -76,4 +76,4 @@ def test_state_dir_resolution() -> None:
     assert default_state_dir({"HOME": "/h", "XDG_STATE_HOME": "/x"}, euid=5) == "/x/jobqueue"
     paths = StatePaths("/s")
     assert paths.master_socket == "/s/run/master.sock"
-    assert paths.queue_dir == "/s/queue" and paths.archive_dir == "/s/queue/archive"
+    assert paths.queue_dir == "/s/queue"

@@ -1,7 +1,7 @@
 """Storage faults: the real daemon on a disk that fails with ENOSPC or EIO on demand.
 
 The daemon runs with ``JOBQUEUE_FAULT_FILE`` pointing at a control file
-(see ``jobqueue.faults``). While it says so, every write, fsync, rename and
+(see ``jobqueue.storage.faults``). While it says so, every write, fsync, rename and
 directory sync of job storage fails. The promises checked here are those of
 ``doc/reliability.rst``: a change that cannot be made durable is reported as
 an error and is not visible; reads keep working; nothing stored is damaged;
@@ -11,21 +11,21 @@ everything resumes once the disk works again.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from jobqueue import errors
 from jobqueue.constants import FINALIZED, MSG_CANCELED, Status
+from jobqueue.daemon import build_core, start_core
 from jobqueue.errors import StorageError
-from jobqueue.faults import FAULT_FILE_ENV
-from jobqueue.locking import LockManager
+from jobqueue.livejobs import LiveJobs
 from jobqueue.lus import builtin_registry
 from jobqueue.luxi.client import Client
 from jobqueue.model import Job, merge_time
-from jobqueue.queue import JobQueue
-from jobqueue.storage import MemoryJobStore
+from jobqueue.storage.faults import FAULT_FILE_ENV
+from jobqueue.storage.memory import MemoryJobStore
 from tests.daemon_helper import Daemon, wait_until
 from tests.queue_files import (
     clear_fault,
@@ -228,39 +228,36 @@ class FailingMemoryStore(MemoryJobStore):
         self.fail_ids: set[int] = set()
         self.failed: set[int] = set()
 
-    def _write(self, jobs: Sequence[Job]) -> list[StorageError | None]:
-        results: list[StorageError | None] = []
-        for job in jobs:
-            if job.id in self.fail_ids:
-                self.failed.add(job.id)
-                results.append(StorageError("Cannot write: No space left on device", 28))
-            else:
-                results.extend(super()._write([job]))
-        return results
+    def replace_job(self, job: Job) -> None:
+        if job.id in self.fail_ids:
+            self.failed.add(job.id)
+            raise StorageError("Cannot write: No space left on device", 28)
+        super().replace_job(job)
 
 
 def test_dependents_wait_for_an_end_that_is_on_disk() -> None:
     """A job whose end could not be written is not final to its dependents (found by the
     fault storm: a dependent ran while its dependency's file still said running)."""
     store = FailingMemoryStore()
-    queue = JobQueue(store, builtin_registry(), LockManager(), workers=2)
-    queue.start()
+    core = build_core(store, builtin_registry())
+    start_core(core, 2)
+    queue, live = core.queue, core.live
     try:
         first = queue.submit_job([{"OP_ID": "OP_TEST_DELAY", "duration": 0.3}])
-        wait_until(lambda: _indexed_status(store, first) == Status.RUNNING, what="it to run")
+        wait_until(lambda: _indexed_status(live, first) == Status.RUNNING, what="it to run")
         store.fail_ids.add(first)
         wait_until(lambda: first in store.failed, what="its end to fail to be written")
         second = queue.submit_job([{**DELAY0, "depends": [[first, []]]}])
         wait_until(
             lambda: (
-                second in queue.depmgr.waiting_jobs() or _indexed_status(store, second) in FINALIZED
+                second in queue.depmgr.waiting_jobs() or _indexed_status(live, second) in FINALIZED
             ),
             what="the dependent to park or to finish",
         )
         assert second in queue.depmgr.waiting_jobs()
-        assert _indexed_status(store, first) == Status.RUNNING
+        assert _indexed_status(live, first) == Status.RUNNING
         store.fail_ids.clear()
-        wait_until(lambda: _indexed_status(store, second) in FINALIZED, what="the dependent")
+        wait_until(lambda: _indexed_status(live, second) in FINALIZED, what="the dependent")
         first_job, second_job = store.read_job(first), store.read_job(second)
         assert first_job is not None and second_job is not None
         assert first_job.ops[0].status == Status.ERROR
@@ -270,9 +267,9 @@ def test_dependents_wait_for_an_end_that_is_on_disk() -> None:
         assert merge_time(first_job.end_timestamp) <= merge_time(second_job.ops[0].exec_timestamp)
     finally:
         queue.prepare_shutdown()
-        queue.shutdown()
+        core.stop()
 
 
-def _indexed_status(store: MemoryJobStore, job_id: int) -> Status | None:
-    entry = store.index_entry(job_id)
-    return None if entry is None else entry.status
+def _indexed_status(live: LiveJobs, job_id: int) -> Status | None:
+    """The status as last written and published."""
+    return live.status_of(job_id)

@@ -19,7 +19,7 @@ from jobqueue.lus import builtin_registry
 from jobqueue.model import Job
 from jobqueue.processor import Processor
 from jobqueue.signals import JobCanceled, LockAcquireTimeout
-from jobqueue.storage import MemoryJobStore
+from jobqueue.storage.memory import MemoryJobStore
 
 JOB_ID = 1
 CANCELED = constants.MSG_CANCELED
@@ -49,8 +49,7 @@ class Env:
             builtin_registry(), self.locks, logger=logging.getLogger("test.jobstep")
         )
         self.statuses: dict[int, Status] = {}
-        self.enqueued: list[int] = []
-        self.depmgr = DependencyManager(self.statuses.get, self.enqueued.extend)
+        self.depmgr = DependencyManager(self.statuses.get)
         self.is_accepting = True
         self.ticks = itertools.count(1000)
         self.attempts = attempts
@@ -61,7 +60,7 @@ class Env:
     def write(self, job: Job) -> None:
         assert (job.status in FINALIZED) == (job.end_timestamp is not None), job.to_dict()
         self.writes += 1
-        self.store.write_job(job)
+        self.store.replace_job(job)
 
     def now(self) -> list[int]:
         return [next(self.ticks), 0]
@@ -542,8 +541,7 @@ class TestDependencies:
         assert step(active, env) == Verdict.WAITDEP
         assert env.writes == 1, "no write while waiting"
         env.statuses[50] = Status.SUCCESS
-        env.depmgr.notify(50)
-        assert env.enqueued == [JOB_ID]
+        assert env.depmgr.notify(50) == [JOB_ID]
         assert step(active, env) == Verdict.FINISHED
         assert env.stored().ops[0].result == "ran"
         assert env.depmgr.waiting_jobs() == set()

@@ -17,20 +17,19 @@ import pytest
 
 from jobqueue import constants
 from jobqueue.children import ProcessGroups
+from jobqueue.daemon import Core, build_core, start_core
 from jobqueue.errors import (
     ECODE_INVAL,
-    JobLost,
     JobQueueDrainError,
     JobQueueError,
     JobQueueFull,
     OpPrereqError,
 )
 from jobqueue.jobstep import Verdict
-from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
+from jobqueue.locking import LockAttemptTimeoutStrategy
 from jobqueue.lus import builtin_registry
 from jobqueue.lus.command import base_environment
-from jobqueue.queue import JobQueue
-from jobqueue.storage import FileJobStore
+from jobqueue.storage.files import FileJobStore
 from tests.polling import poll_until
 
 #: Upper bound for waiting on anything that should happen soon.
@@ -40,13 +39,34 @@ PROMPT = 5.0
 FINAL = ("success", "error", "canceled")
 RS_NORMAL, RS_UNKNOWN = 0, 1
 
-MakeQueue = Callable[..., JobQueue]
+
+class QueueUnderTest:
+    """A started queue and its reader, as the LUXI server uses them: changes go to
+    the queue (every attribute of ``JobQueue``), questions to the reader."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core.queue, name)
+
+    def query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> list[list[Any]]:
+        return self.core.reader.query_jobs(job_ids, fields)
+
+    def query(self, what: str, fields: list[str], qfilter: Any, archived: bool = False) -> Any:
+        return self.core.reader.query(what, fields, qfilter, archived)
+
+    def query_fields(self, what: str, fields: list[str] | None) -> Any:
+        return self.core.reader.query_fields(what, fields)
+
+
+MakeQueue = Callable[..., QueueUnderTest]
 
 
 @pytest.fixture
 def make_queue(tmp_path: Path) -> Iterator[MakeQueue]:
     """Build started queues on files under tmp_path; all are shut down afterwards."""
-    queues: list[JobQueue] = []
+    cores: list[Core] = []
 
     def make(
         *,
@@ -55,41 +75,39 @@ def make_queue(tmp_path: Path) -> Iterator[MakeQueue]:
         queue_dir: Path | None = None,
         strategy_factory: Callable[[], LockAttemptTimeoutStrategy] | None = None,
         processes: ProcessGroups | None = None,
-    ) -> JobQueue:
+    ) -> QueueUnderTest:
         registry = builtin_registry()
-        store = FileJobStore(str(queue_dir or tmp_path / "queue"), summarize=registry.summarize)
+        store = FileJobStore(str(queue_dir or tmp_path / "queue"))
         extra: dict[str, Any] = {}
         if strategy_factory is not None:
             extra["strategy_factory"] = strategy_factory
-        queue = JobQueue(
+        core = build_core(
             store,
             registry,
-            LockManager(),
-            workers=workers,
             max_jobs=max_jobs,
             kill_grace=1.0,
             processes=processes,
             logger=logging.getLogger("test.queue"),
             **extra,
         )
-        queues.append(queue)
-        queue.start()
-        return queue
+        cores.append(core)
+        start_core(core, workers)
+        return QueueUnderTest(core)
 
     yield make
-    for queue in queues:
-        queue.prepare_shutdown()
-        queue.kill_running()  # long test commands must not hold up the join
-        queue.shutdown()
+    for core in cores:
+        core.queue.prepare_shutdown()
+        core.queue.kill_running()  # long test commands must not hold up the join
+        core.stop()
 
 
 @pytest.fixture
-def queue(make_queue: MakeQueue) -> JobQueue:
+def queue(make_queue: MakeQueue) -> QueueUnderTest:
     return make_queue()
 
 
 def wait_for_status(
-    queue: JobQueue, job_id: int, statuses: Iterable[str] | str, timeout: float = WAIT
+    queue: QueueUnderTest, job_id: int, statuses: Iterable[str] | str, timeout: float = WAIT
 ) -> str:
     """Poll the job's status until it is one of ``statuses``; return it.
 
@@ -116,12 +134,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
 FIELDS = ["id", "status", "opstatus", "opresult", "oplog", "start_ts", "end_ts", "comment"]
 
 
-def info(queue: JobQueue, job_id: int) -> dict[str, Any]:
+def info(queue: QueueUnderTest, job_id: int) -> dict[str, Any]:
     (row,) = queue.query_jobs([job_id], FIELDS)
     return dict(zip(FIELDS, row, strict=True))
 
 
-def run_job(queue: JobQueue, ops: list[dict[str, Any]], timeout: float = WAIT) -> dict[str, Any]:
+def run_job(
+    queue: QueueUnderTest, ops: list[dict[str, Any]], timeout: float = WAIT
+) -> dict[str, Any]:
     """Submit a job, wait until it is finished, return its fields."""
     job_id = queue.submit_job(ops)
     wait_for_status(queue, job_id, FINAL, timeout)
@@ -154,20 +174,20 @@ def delay(duration: float, **params: Any) -> dict[str, Any]:
     return {"OP_ID": "OP_TEST_DELAY", "duration": duration, **params}
 
 
-def start_blocker(queue: JobQueue, **params: Any) -> int:
+def start_blocker(queue: QueueUnderTest, **params: Any) -> int:
     """A job that runs until it is killed; returns once it runs."""
     job_id = queue.submit_job([delay(60, **params)])
     wait_for_status(queue, job_id, "running")
     return job_id
 
 
-def kill(queue: JobQueue, job_id: int) -> None:
+def kill(queue: QueueUnderTest, job_id: int) -> None:
     assert queue.cancel_job(job_id, kill=True)[0]
     assert wait_for_status(queue, job_id, FINAL, PROMPT) == "canceled"
 
 
 class TestTestDelay:
-    def test_sleeps_for_the_duration(self, queue: JobQueue) -> None:
+    def test_sleeps_for_the_duration(self, queue: QueueUnderTest) -> None:
         job_id = queue.submit_job([delay(0.2)])
         wait_for_status(queue, job_id, FINAL)
         (row,) = queue.query_jobs([job_id], ["status", "opresult", "opexec", "opend", "oplog"])
@@ -175,57 +195,57 @@ class TestTestDelay:
         assert stamp(row[3][0]) - stamp(row[2][0]) >= 0.2
         assert row[4] == [[]], "no repeat: a silent delay"
 
-    def test_repeat_logs_each_iteration(self, queue: JobQueue) -> None:
+    def test_repeat_logs_each_iteration(self, queue: QueueUnderTest) -> None:
         job = run_job(queue, [delay(0, repeat=3)])
         assert job["status"] == "success"
         assert log_of(job) == [f"Test delay iteration {i}/3" for i in (1, 2, 3)]
 
-    def test_on_nodes_fails_the_opcode(self, queue: JobQueue) -> None:
+    def test_on_nodes_fails_the_opcode(self, queue: QueueUnderTest) -> None:
         job = run_job(queue, [delay(0, on_nodes=["node1"]), dummy()])
         assert job["opstatus"] == ["error", "error"]
         name, args = job["opresult"][0]
         assert name == "OpPrereqError" and args[1] == ECODE_INVAL and "on_nodes" in args[0]
         assert job["opresult"][1] == ["OpExecError", [constants.MSG_PRECEDING_FAILED]]
 
-    def test_negative_duration_rejected_at_submit(self, queue: JobQueue) -> None:
+    def test_negative_duration_rejected_at_submit(self, queue: QueueUnderTest) -> None:
         with pytest.raises(OpPrereqError, match=r"OP_TEST_DELAY\.duration"):
             queue.submit_job([delay(-1)])
-        assert queue.storage.live_count() == 0
+        assert queue.live.count() == 0
 
 
 class TestTestJqueue:
-    def test_log_messages(self, queue: JobQueue) -> None:
+    def test_log_messages(self, queue: QueueUnderTest) -> None:
         job = run_job(queue, [{"OP_ID": "OP_TEST_JQUEUE", "log_messages": ["one", "two"]}])
         assert job["status"] == "success" and job["opresult"] == [True]
         assert log_of(job, 0, "message") == ["one", "two"]
         serials = [entry[0] for entry in job["oplog"][0]]
         assert serials == sorted(set(serials))
 
-    def test_fail(self, queue: JobQueue) -> None:
+    def test_fail(self, queue: QueueUnderTest) -> None:
         job = run_job(queue, [{"OP_ID": "OP_TEST_JQUEUE", "fail": True, "log_messages": ["x"]}])
         assert job["status"] == "error"
         assert job["opresult"] == [["OpExecError", ["Opcode failure was requested"]]]
         assert log_of(job) == ["x"]
 
     @pytest.mark.parametrize("param", ["notify_waitlock", "notify_exec"])
-    def test_notifications_rejected_at_submit(self, queue: JobQueue, param: str) -> None:
+    def test_notifications_rejected_at_submit(self, queue: QueueUnderTest, param: str) -> None:
         with pytest.raises(OpPrereqError, match=rf"OP_TEST_JQUEUE\.{param}"):
             queue.submit_job([{"OP_ID": "OP_TEST_JQUEUE", param: True}])
 
 
 class TestTestDummy:
-    def test_result_and_messages(self, queue: JobQueue) -> None:
+    def test_result_and_messages(self, queue: QueueUnderTest) -> None:
         job = run_job(queue, [dummy(result={"a": [1, 2]}, messages=["m1", "m2"])])
         assert job["status"] == "success"
         assert job["opresult"] == [{"a": [1, 2]}]
         assert log_of(job, 0, "message") == ["m1", "m2"]
 
-    def test_fail(self, queue: JobQueue) -> None:
+    def test_fail(self, queue: QueueUnderTest) -> None:
         job = run_job(queue, [dummy(fail=True), dummy()])
         assert job["opstatus"] == ["error", "error"]
         assert job["opresult"][0] == ["OpExecError", ["Opcode failure was requested"]]
 
-    def test_submit_jobs(self, queue: JobQueue) -> None:
+    def test_submit_jobs(self, queue: QueueUnderTest) -> None:
         children = [[dummy(result="c1")], [dummy(result="c2"), dummy(result="c3")]]
         job = run_job(queue, [dummy(submit_jobs=children, priority=constants.PRIO_LOW)])
         assert job["status"] == "success"
@@ -243,7 +263,7 @@ class TestTestDummy:
 
 
 class TestCommandRun:
-    def test_output_becomes_log_entries(self, queue: JobQueue) -> None:
+    def test_output_becomes_log_entries(self, queue: QueueUnderTest) -> None:
         code = (
             "import sys\n"
             "for n in range(3):\n"
@@ -259,7 +279,7 @@ class TestCommandRun:
         serials = [entry[0] for entry in job["oplog"][0]]
         assert serials == sorted(set(serials))
 
-    def test_non_zero_exit(self, queue: JobQueue) -> None:
+    def test_non_zero_exit(self, queue: QueueUnderTest) -> None:
         code = "import sys; print('first problem', file=sys.stderr); sys.exit('last problem')"
         job = run_job(queue, [command(py(code))])
         assert job["status"] == "error"
@@ -268,23 +288,23 @@ class TestCommandRun:
         assert "code 1" in message and "last problem" in message
         assert log_of(job, 0, "stderr") == ["first problem", "last problem"]
 
-    def test_exit_code_is_named(self, queue: JobQueue) -> None:
+    def test_exit_code_is_named(self, queue: QueueUnderTest) -> None:
         job = run_job(queue, [command(py("raise SystemExit(7)"))])
         assert "code 7" in job["opresult"][0][1][0]
 
-    def test_missing_program(self, queue: JobQueue, tmp_path: Path) -> None:
+    def test_missing_program(self, queue: QueueUnderTest, tmp_path: Path) -> None:
         job = run_job(queue, [command([str(tmp_path / "no-such-program")])])
         assert job["status"] == "error"
         assert "Cannot run" in job["opresult"][0][1][0]
 
-    def test_timeout(self, queue: JobQueue) -> None:
+    def test_timeout(self, queue: QueueUnderTest) -> None:
         started = time.monotonic()
         job = run_job(queue, [command(py("import time; time.sleep(30)"), timeout=0.3)])
         assert time.monotonic() - started < PROMPT
         assert job["status"] == "error"
         assert "timed out" in job["opresult"][0][1][0]
 
-    def test_timeout_with_output_closed(self, queue: JobQueue) -> None:
+    def test_timeout_with_output_closed(self, queue: QueueUnderTest) -> None:
         code = "import os, time; os.close(1); os.close(2); time.sleep(30)"
         started = time.monotonic()
         job = run_job(queue, [command(py(code), timeout=0.3)])
@@ -292,7 +312,7 @@ class TestCommandRun:
         assert job["status"] == "error"
         assert "timed out" in job["opresult"][0][1][0]
 
-    def test_environment_is_base_plus_requested(self, queue: JobQueue) -> None:
+    def test_environment_is_base_plus_requested(self, queue: QueueUnderTest) -> None:
         code = "import json, os; print(json.dumps(dict(os.environ)))"
         extra = {"JQ_TEST_VAR": "hello world", "HOME": "/nonexistent-home"}
         job = run_job(queue, [command(py(code), env=extra)])
@@ -303,13 +323,13 @@ class TestCommandRun:
         assert environment == expected
         assert environment["JOBQUEUE_JOB_ID"] == str(job["id"])
 
-    def test_cwd(self, queue: JobQueue, tmp_path: Path) -> None:
+    def test_cwd(self, queue: QueueUnderTest, tmp_path: Path) -> None:
         workdir = tmp_path / "work dir"
         workdir.mkdir()
         job = run_job(queue, [command(py("import os; print(os.getcwd())"), cwd=str(workdir))])
         assert log_of(job, 0, "stdout") == [str(workdir)]
 
-    def test_output_is_capped(self, queue: JobQueue) -> None:
+    def test_output_is_capped(self, queue: QueueUnderTest) -> None:
         lines = constants.COMMAND_LOG_MAX_LINES + 50
         code = f"import sys; sys.stdout.write(''.join(f'{{n}}\\n' for n in range({lines})))"
         job = run_job(queue, [command(py(code))])
@@ -320,7 +340,7 @@ class TestCommandRun:
         assert log_of(job, 0, "message") == ["output truncated"]
         assert job["oplog"][0][-1][2:] == ["message", "output truncated"]
 
-    def test_output_cap_counts_bytes_as_written(self, queue: JobQueue) -> None:
+    def test_output_cap_counts_bytes_as_written(self, queue: QueueUnderTest) -> None:
         line = "\u00e9" * 1000  # 1,000 characters, 2,000 bytes in UTF-8
         code = f"import sys; sys.stdout.buffer.write(({line!r} + '\\n').encode() * 600)"
         job = run_job(queue, [command(py(code))])
@@ -330,7 +350,7 @@ class TestCommandRun:
         assert set(stdout) == {line}
         assert log_of(job, 0, "message") == ["output truncated"]
 
-    def test_output_without_newlines_is_logged_in_pieces(self, queue: JobQueue) -> None:
+    def test_output_without_newlines_is_logged_in_pieces(self, queue: QueueUnderTest) -> None:
         size = 3 * constants.COMMAND_LOG_MAX_BYTES
         code = (
             f"import sys; sys.stdout.write('x' * {size}); sys.stdout.flush(); "
@@ -345,14 +365,14 @@ class TestCommandRun:
         assert job["status"] == "error"
         assert "stderr: boom" in str(job["opresult"][0])  # ...but the error still quotes it
 
-    def test_background_child_does_not_hold_the_job(self, queue: JobQueue) -> None:
+    def test_background_child_does_not_hold_the_job(self, queue: QueueUnderTest) -> None:
         started = time.monotonic()
         job = run_job(queue, [command(["sh", "-c", "sleep 30 & echo started"])])
         assert time.monotonic() - started < PROMPT
         assert job["status"] == "success"
         assert log_of(job, 0, "stdout") == ["started"]
 
-    def test_background_child_is_killed(self, queue: JobQueue) -> None:
+    def test_background_child_is_killed(self, queue: QueueUnderTest) -> None:
         started = time.monotonic()
         job = run_job(queue, [command(["sh", "-c", "echo $$; sleep 30 &"])])
         assert time.monotonic() - started < PROMPT
@@ -361,7 +381,7 @@ class TestCommandRun:
         pgid = int(pgid_text)
         assert wait_until(lambda: group_is_gone(pgid), PROMPT), f"group {pgid} still alive"
 
-    def test_kill(self, queue: JobQueue) -> None:
+    def test_kill(self, queue: QueueUnderTest) -> None:
         job_id = queue.submit_job([command(py("import time; time.sleep(30)")), dummy()])
         wait_for_status(queue, job_id, "running")
         started = time.monotonic()
@@ -370,7 +390,9 @@ class TestCommandRun:
         assert time.monotonic() - started < PROMPT
         assert info(queue, job_id)["opresult"] == [constants.MSG_CANCELED] * 2
 
-    def test_killed_by_a_slow_shutdown_is_an_error_not_a_cancel(self, queue: JobQueue) -> None:
+    def test_killed_by_a_slow_shutdown_is_an_error_not_a_cancel(
+        self, queue: QueueUnderTest
+    ) -> None:
         job_id = queue.submit_job([command(py("import time; time.sleep(30)")), dummy()])
         wait_for_status(queue, job_id, "running")
         queue.prepare_shutdown()
@@ -399,7 +421,7 @@ class TestCommandRun:
         assert run_job(queue, [command(["true"])])["status"] == "success"
         assert os.listdir(directory) == []
 
-    def test_dry_run(self, queue: JobQueue, tmp_path: Path) -> None:
+    def test_dry_run(self, queue: QueueUnderTest, tmp_path: Path) -> None:
         marker = tmp_path / "marker"
         argv = ["touch", str(marker)]
         job = run_job(queue, [command(argv, dry_run=True)])
@@ -454,7 +476,7 @@ def max_overlap(spans: list[tuple[float, float]]) -> int:
 
 
 class TestCommandFanout:
-    def test_fanout_with_then_job(self, queue: JobQueue, tmp_path: Path) -> None:
+    def test_fanout_with_then_job(self, queue: QueueUnderTest, tmp_path: Path) -> None:
         out = tmp_path / "out"
         out.mkdir()
         items = [f"item-{n:02d}" for n in range(50)]
@@ -483,7 +505,7 @@ class TestCommandFanout:
         (ops,) = queue.query_jobs([job_ids[-1]], ["ops"])[0]
         assert sorted(dep[0] for dep in ops[0]["depends"]) == sorted(job_ids[:-1])
 
-    def test_shared_exclusive_lock_serialises(self, queue: JobQueue, tmp_path: Path) -> None:
+    def test_shared_exclusive_lock_serialises(self, queue: QueueUnderTest, tmp_path: Path) -> None:
         out = tmp_path / "out"
         out.mkdir()
         items = ["s1", "s2", "s3"]
@@ -502,7 +524,7 @@ class TestCommandFanout:
         (ops,) = queue.query_jobs([job_ids[0]], ["ops"])[0]
         assert ops[0]["locks"] == ["shared-lock"]
 
-    def test_fanout_items_get_their_own_locks(self, queue: JobQueue) -> None:
+    def test_fanout_items_get_their_own_locks(self, queue: QueueUnderTest) -> None:
         op = {
             "OP_ID": "OP_COMMAND_FANOUT",
             "argv": ["true", "{item}"],
@@ -523,7 +545,7 @@ class TestCommandFanout:
 
 class TestProcessing:
     def test_one_worker_per_job_even_if_enqueued_twice(
-        self, queue: JobQueue, caplog: pytest.LogCaptureFixture
+        self, queue: QueueUnderTest, caplog: pytest.LogCaptureFixture
     ) -> None:
         job_id = queue.submit_job([delay(0.3, repeat=1)])
         wait_for_status(queue, job_id, "running")
@@ -537,7 +559,7 @@ class TestProcessing:
         assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
     def test_wake_up_while_parking_is_not_lost(
-        self, queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+        self, queue: QueueUnderTest, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A second worker that finds the job busy just as it is parked makes it run again.
 
@@ -584,14 +606,14 @@ class TestProcessing:
         kill(queue, blocker)
         assert wait_for_status(queue, job_id, FINAL) == "success"
 
-    def test_steps_report_verdicts(self, queue: JobQueue) -> None:
+    def test_steps_report_verdicts(self, queue: QueueUnderTest) -> None:
         assert {verdict.value for verdict in Verdict} == {"defer", "waitdep", "finished"}
         job = run_job(queue, [dummy(result=n) for n in range(5)])
         assert job["opresult"] == [0, 1, 2, 3, 4]
 
 
 class TestSubmission:
-    def test_relative_dependencies(self, queue: JobQueue) -> None:
+    def test_relative_dependencies(self, queue: QueueUnderTest) -> None:
         results = queue.submit_many_jobs(
             [
                 [delay(0.1)],
@@ -612,29 +634,29 @@ class TestSubmission:
         assert stamp(exec_second) >= stamp(rows[0][1])
         assert stamp(exec_third) >= max(stamp(rows[0][1]), stamp(rows[1][1]))
 
-    def test_unresolvable_relative_dependency(self, queue: JobQueue) -> None:
+    def test_unresolvable_relative_dependency(self, queue: QueueUnderTest) -> None:
         results = queue.submit_many_jobs([[dummy(depends=[[-1, []]])], [dummy()]])
         assert results[0] == [False, "Unable to resolve relative job ID -1"]
         assert results[1][0] is True
 
-    def test_relative_dependency_in_submit_job(self, queue: JobQueue) -> None:
+    def test_relative_dependency_in_submit_job(self, queue: QueueUnderTest) -> None:
         with pytest.raises(OpPrereqError, match="Relative"):
             queue.submit_job([dummy(depends=[[-1, []]])])
 
-    def test_dependency_on_missing_job(self, queue: JobQueue) -> None:
+    def test_dependency_on_missing_job(self, queue: QueueUnderTest) -> None:
         with pytest.raises(OpPrereqError, match="9999"):
             queue.submit_job([dummy(depends=[[9999, []]])])
         (result,) = queue.submit_many_jobs([[dummy(depends=[[9999, []]])]])
         assert result[0] is False and "9999" in result[1]
-        assert queue.storage.live_count() == 0
+        assert queue.live.count() == 0
 
-    def test_dependency_on_archived_job(self, queue: JobQueue) -> None:
+    def test_dependency_on_archived_job(self, queue: QueueUnderTest) -> None:
         done = run_job(queue, [dummy()])["id"]
         assert queue.archive_job(done)
         job = run_job(queue, [dummy(result="after", depends=[[done, ["success"]]])])
         assert job["opresult"] == ["after"]
 
-    def test_failing_job_does_not_stop_the_others(self, queue: JobQueue) -> None:
+    def test_failing_job_does_not_stop_the_others(self, queue: QueueUnderTest) -> None:
         results = queue.submit_many_jobs(
             [
                 [dummy(result=1)],
@@ -649,9 +671,9 @@ class TestSubmission:
         assert "priority" in results[2][1]
         for _, job_id in (results[0], results[4]):
             assert wait_for_status(queue, job_id, FINAL) == "success"
-        assert queue.storage.live_count() == 2
+        assert queue.live.count() == 2
 
-    def test_drained_queue(self, queue: JobQueue) -> None:
+    def test_drained_queue(self, queue: QueueUnderTest) -> None:
         assert queue.set_drain_flag(True)
         assert queue.query_config_values(["drain_flag"]) == [True]
         with pytest.raises(JobQueueDrainError):
@@ -663,7 +685,7 @@ class TestSubmission:
         queue.set_drain_flag(False)
         assert queue.submit_job([dummy()]) > job_id
 
-    def test_drained_queue_fails_lu_jobs_not_the_lu(self, queue: JobQueue) -> None:
+    def test_drained_queue_fails_lu_jobs_not_the_lu(self, queue: QueueUnderTest) -> None:
         queue.set_drain_flag(True)
         job_id = queue.submit_job([dummy(submit_jobs=[[dummy()], [dummy()]])], drained_ok=True)
         wait_for_status(queue, job_id, FINAL)
@@ -698,13 +720,13 @@ class TestSubmission:
             thread.start()
         for thread in threads:
             thread.join(WAIT)
-        assert queue.storage.live_count() <= 40
+        assert queue.live.count() <= 40
         while True:  # no claimed slot is left behind: the queue fills up exactly
             try:
                 queue.submit_job([dummy()])
             except JobQueueFull:
                 break
-        assert queue.storage.live_count() == 40
+        assert queue.live.count() == 40
 
 
 def hand_written_job(job_id: int, op_statuses: list[str]) -> dict[str, Any]:
@@ -813,7 +835,7 @@ class TestCancel:
         assert info(queue, holder)["status"] == "running"
         kill(queue, holder)
 
-    def test_cancel_job_waiting_for_a_dependency(self, queue: JobQueue) -> None:
+    def test_cancel_job_waiting_for_a_dependency(self, queue: QueueUnderTest) -> None:
         blocker = start_blocker(queue)
         waiter = queue.submit_job([dummy(depends=[[blocker, []]])])
         wait_for_status(queue, waiter, "waiting")
@@ -827,7 +849,7 @@ class TestCancel:
         assert queue.depmgr.waiting_jobs() == set()
         kill(queue, blocker)
 
-    def test_cancel_running(self, queue: JobQueue) -> None:
+    def test_cancel_running(self, queue: QueueUnderTest) -> None:
         job_id = queue.submit_job([delay(30)])
         wait_for_status(queue, job_id, "running")
         reply = queue.cancel_job(job_id)
@@ -884,7 +906,7 @@ class TestPriority:
         starts = {job_id: stamp(info(queue, job_id)["start_ts"]) for job_id in low}
         assert sorted(low, key=starts.__getitem__) == [raised, low[0], low[1]]
 
-    def test_change_priority_errors(self, queue: JobQueue) -> None:
+    def test_change_priority_errors(self, queue: QueueUnderTest) -> None:
         done = run_job(queue, [dummy()])["id"]
         with pytest.raises(OpPrereqError):
             queue.change_job_priority(done, constants.PRIO_HIGHEST)
@@ -896,14 +918,14 @@ class TestPriority:
 
 
 class TestArchive:
-    def test_archive_job(self, queue: JobQueue) -> None:
+    def test_archive_job(self, queue: QueueUnderTest) -> None:
         done = run_job(queue, [dummy(result="old")])["id"]
         blocker = start_blocker(queue)
         assert queue.archive_job(blocker) is False
         assert queue.archive_job(done) is True
         assert queue.archive_job(done) is False
-        assert done not in queue.storage.live_ids()
-        assert queue.storage.archived_ids() == [done]
+        assert done not in queue.live.ids()
+        assert queue.store.archived_ids() == [done]
         assert queue.query_jobs([done], ["id", "status", "opresult"]) == [
             [done, "success", ["old"]]
         ]
@@ -916,20 +938,20 @@ class TestArchive:
         assert archived == [[[RS_NORMAL, done]]]
         kill(queue, blocker)
 
-    def test_auto_archive(self, queue: JobQueue) -> None:
+    def test_auto_archive(self, queue: QueueUnderTest) -> None:
         finished = [run_job(queue, [dummy(fail=n == 1)])["id"] for n in range(3)]
         blocker = start_blocker(queue)
         assert queue.auto_archive_jobs(3600, 10) == [0, 0]
         assert queue.auto_archive_jobs(-1, 10) == [3, 0]
-        assert queue.storage.live_ids() == [blocker]
-        assert queue.storage.archived_ids() == finished
+        assert queue.live.ids() == [blocker]
+        assert queue.store.archived_ids() == finished
         kill(queue, blocker)
         assert queue.auto_archive_jobs(-1, 10) == [1, 0]
-        assert queue.storage.live_ids() == []
+        assert queue.live.ids() == []
 
 
 class TestQueries:
-    def test_query_fields(self, queue: JobQueue) -> None:
+    def test_query_fields(self, queue: QueueUnderTest) -> None:
         every = queue.query_fields("job", None)["fields"]
         names = [field["name"] for field in every]
         assert names == sorted(names) and {"id", "status", "oplog"} <= set(names)
@@ -940,7 +962,7 @@ class TestQueries:
         with pytest.raises(OpPrereqError):
             queue.query_fields("nodes", None)
 
-    def test_query_filters(self, queue: JobQueue) -> None:
+    def test_query_filters(self, queue: QueueUnderTest) -> None:
         ok = run_job(queue, [dummy()])["id"]
         failed = run_job(queue, [dummy(fail=True)])["id"]
         canceled_job = queue.submit_job([dummy(depends=[[failed, ["success"]]])])
@@ -962,7 +984,7 @@ class TestQueries:
         with pytest.raises(OpPrereqError):
             queue.query("job", ["id"], ["~~", "id", 1])
 
-    def test_unknown_fields(self, queue: JobQueue) -> None:
+    def test_unknown_fields(self, queue: QueueUnderTest) -> None:
         job_id = run_job(queue, [dummy()])["id"]
         result = queue.query("job", ["id", "bogus"], None)
         assert result["fields"][1]["kind"] == "unknown"
@@ -970,7 +992,7 @@ class TestQueries:
         with pytest.raises(OpPrereqError, match="bogus"):
             queue.query_jobs([job_id], ["id", "bogus"])
 
-    def test_query_jobs_shapes(self, queue: JobQueue) -> None:
+    def test_query_jobs_shapes(self, queue: QueueUnderTest) -> None:
         job_id = run_job(queue, [delay(0, repeat=1), dummy(result=5)])["id"]
         fields = ["id", "status", "summary", "opstatus", "opresult", "priority", "oppriority"]
         assert queue.query_jobs([job_id, 999], fields) == [
@@ -991,91 +1013,3 @@ class TestQueries:
         (entry,) = oplog[0]
         assert entry[0] == 1 and entry[2:] == ["message", "Test delay iteration 1/1"]
         assert oplog[1] == []
-
-
-def count_reads(queue: JobQueue, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The ids of the job files ``queue`` reads from now on, in order."""
-    reads: list[int] = []
-    read_job = queue.storage.read_job
-
-    def counted(job_id: int) -> Any:
-        reads.append(job_id)
-        return read_job(job_id)
-
-    monkeypatch.setattr(queue.storage, "read_job", counted)
-    return reads
-
-
-class TestCheckJobChange:
-    def test_unchanged_and_changed(self, queue: JobQueue) -> None:
-        job_id = queue.submit_job([delay(60, repeat=1)])
-        wait_for_status(queue, job_id, "running")
-        assert wait_until(lambda: info(queue, job_id)["oplog"] != [[]])  # logged after start
-        current = queue.check_job_change(job_id, ["status"], None, None)
-        assert current is not None
-        job_info, log = current
-        assert job_info == ["running"]
-        assert [entry[3] for entry in log] == ["Test delay iteration 1/1"]
-        serial = log[-1][0]
-        assert queue.check_job_change(job_id, ["status"], ["running"], serial) is None
-        assert queue.check_job_change(job_id, ["status"], ["queued"], serial) == [["running"], []]
-        assert queue.check_job_change(job_id, ["status"], ["running"], 0) == [["running"], log]
-        kill(queue, job_id)
-        finished = queue.check_job_change(job_id, ["status"], ["canceled"], serial)
-        assert finished == [["canceled"], []]
-
-    def test_finished_job_reports_at_once(self, queue: JobQueue) -> None:
-        job_id = run_job(queue, [dummy(messages=["a", "b"])])["id"]
-        assert queue.check_job_change(job_id, ["status", "opresult"], ["success", [None]], 1) == [
-            ["success", [None]],
-            [[2, queue.query_jobs([job_id], ["oplog"])[0][0][0][1][1], "message", "b"]],
-        ]
-
-    def test_unknown_job(self, queue: JobQueue) -> None:
-        with pytest.raises(JobLost):
-            queue.check_job_change(31337, ["status"], None, None)
-
-    def test_one_generation_shares_one_read(
-        self, make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        queue = make_queue(workers=0)  # the job stays queued: "no change" is possible
-        job_id = queue.submit_job([dummy()])
-        reads = count_reads(queue, monkeypatch)
-
-        def look(generation: int | None, first_look: bool, prev: str = "queued") -> Any:
-            return queue.check_job_change(
-                job_id, ["status"], [prev], None, generation=generation, first_look=first_look
-            )
-
-        assert [look(7, False) for _ in range(3)] == [None] * 3
-        assert len(reads) == 1  # one read for generation 7
-        assert look(None, False) is None and look(None, True) is None
-        assert len(reads) == 3  # no generation, no sharing
-        assert look(7, True) is None  # a first look finding no change trusts the shared read
-        assert len(reads) == 3
-        assert look(7, True, prev="running") == [["queued"], []]
-        assert len(reads) == 4  # ...but confirms a change on a fresh read
-        with pytest.raises(JobLost):  # an unknown job is shared as unknown, too
-            queue.check_job_change(31337, ["status"], None, None, generation=8, first_look=False)
-        with pytest.raises(JobLost):
-            queue.check_job_change(31337, ["status"], None, None, generation=8, first_look=False)
-        assert reads.count(31337) == 1
-
-    def test_a_first_look_never_reports_a_shared_read_older_than_the_file(
-        self, make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        queue = make_queue(workers=0)
-        job_id = queue.submit_job([dummy()])
-        reads = count_reads(queue, monkeypatch)
-        shared = queue.check_job_change(job_id, ["status"], None, None, generation=9)
-        assert shared == [["queued"], []]
-        queue.cancel_job(job_id)  # the file changes; its event has not been counted yet
-        # A waiter may still be told the shared (older) state: a wake-up follows.
-        stale = queue.check_job_change(
-            job_id, ["status"], ["canceled"], None, generation=9, first_look=False
-        )
-        assert stale == [["queued"], []]
-        # A caller that already knows "canceled" (from a QueryJobs) is not sent back.
-        fresh = queue.check_job_change(job_id, ["status"], ["canceled"], None, generation=9)
-        assert fresh is not None and fresh[0] == ["canceled"]
-        assert len(reads) == 2

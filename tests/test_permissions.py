@@ -39,6 +39,7 @@ WRITE_METHODS = [
     "AutoArchiveJobs",
     "CancelJob",
     "ChangeJobPriority",
+    "PruneArchive",
     "SetDrainFlag",
     "SubmitJob",
     "SubmitJobToDrainedQueue",

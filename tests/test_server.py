@@ -1,7 +1,8 @@
-"""Tests for jobqueue.luxi.server: a fake queue behind real Unix sockets.
+"""Tests for jobqueue.luxi.server: a fake queue and reader behind real Unix sockets.
 
-The fake queue keeps job statuses in memory and writes ``job-N`` files by
-temp file + rename, so WaitForJobChange is woken by real inotify events.
+The fake keeps job statuses in memory and, like the real queue, announces
+each change to the jobs' watches from the changing thread, so
+WaitForJobChange is woken as by the real queue.
 """
 
 from __future__ import annotations
@@ -44,15 +45,15 @@ class FakeQueue:
     ``query_config_values`` until it is set, to keep a request in flight.
     """
 
-    def __init__(self, queue_dir: str) -> None:
-        self.queue_dir = queue_dir
+    def __init__(self) -> None:
         self._calls_changed = threading.Condition()
         self.calls: list[tuple[Any, ...]] = []
         self.jobs: dict[int, str] = {}
+        self.watches: dict[int, list[FakeWatch]] = {}
         self.fail_with: dict[str, BaseException] = {}
         self.gate: threading.Event | None = None
         self.config_result: list[Any] = [False]
-        self.looks: list[tuple[int | None, bool]] = []  # check_job_change's, in order
+        self.finished: set[int] = set()  # jobs whose watches hold no state: read them
 
     def _record(self, name: str, *args: Any) -> None:
         with self._calls_changed:
@@ -73,14 +74,35 @@ class FakeQueue:
         assert seen, f"expected {count} calls of {name}, got {len(self.calls_named(name))}"
 
     def set_job(self, job_id: int, status: str) -> None:
-        """Change a job and write its file the way storage does."""
+        """Change a job and announce it, as the queue publishes a durable write."""
         with self._calls_changed:
             self.jobs[job_id] = status
-        path = os.path.join(self.queue_dir, f"job-{job_id}")
-        temp = f"{path}.{threading.get_ident()}.tmp"
-        with open(temp, "w", encoding="ascii") as handle:
-            handle.write(f'{{"id": {job_id}, "status": "{status}"}}')
-        os.replace(temp, path)
+            watches = list(self.watches.get(job_id, ()))
+        for watch in watches:
+            watch.on_change()
+
+    def watch_count(self) -> int:
+        with self._calls_changed:
+            return sum(len(watches) for watches in self.watches.values())
+
+    # -- ReaderApi ----------------------------------------------------------------
+    def watch_job(self, job_id: int, on_change: Callable[[], None]) -> FakeWatch:
+        with self._calls_changed:
+            watch = FakeWatch(self, job_id, on_change)
+            self.watches.setdefault(job_id, []).append(watch)
+        return watch
+
+    def read_job(self, job_id: int) -> str | None:
+        self._record("read_job", job_id)
+        with self._calls_changed:
+            return self.jobs.get(job_id)
+
+    def job_change(
+        self, job: str, fields: list[str], prev_job_info: Any, prev_log_serial: int | None
+    ) -> list[Any] | None:
+        self._record("job_change", job, fields, prev_job_info, prev_log_serial)
+        info = [job]
+        return None if info == prev_job_info else [info, []]
 
     # -- QueueApi --------------------------------------------------------------
     def submit_job(self, ops: list[Any], *, drained_ok: bool = False) -> int:
@@ -90,25 +112,6 @@ class FakeQueue:
     def submit_many_jobs(self, jobs: list[Any], *, drained_ok: bool = False) -> list[list[Any]]:
         self._record("submit_many_jobs", jobs, drained_ok)
         return [[True, 18], [False, "bad opcode"]]
-
-    def check_job_change(
-        self,
-        job_id: int,
-        fields: list[str],
-        prev_job_info: list[Any] | None,
-        prev_log_serial: int | None,
-        *,
-        generation: int | None = None,
-        first_look: bool = True,
-    ) -> list[Any] | None:
-        self._record("check_job_change", job_id, fields, prev_job_info, prev_log_serial)
-        self.looks.append((generation, first_look))
-        with self._calls_changed:
-            status = self.jobs.get(job_id)
-        if status is None:
-            raise errors.JobLost(f"Job {job_id} not found")
-        info = [status]
-        return None if info == prev_job_info else [info, []]
 
     def cancel_job(self, job_id: int, kill: bool = False) -> list[Any]:
         self._record("cancel_job", job_id, kill)
@@ -151,7 +154,25 @@ class FakeQueue:
         return self.config_result
 
 
-_CONTRACT_CHECK: Callable[[str], QueueApi] = FakeQueue  # the fake satisfies the Protocol
+class FakeWatch:
+    """A watch of ``FakeQueue``: ``latest`` is the job's current status (None if unknown)."""
+
+    def __init__(self, queue: FakeQueue, job_id: int, on_change: Callable[[], None]) -> None:
+        self.queue, self.job_id, self.on_change = queue, job_id, on_change
+
+    @property
+    def latest(self) -> str | None:
+        with self.queue._calls_changed:
+            if self.job_id in self.queue.finished:
+                return None
+            return self.queue.jobs.get(self.job_id)
+
+    def close(self) -> None:
+        with self.queue._calls_changed:
+            self.queue.watches[self.job_id].remove(self)
+
+
+_CONTRACT_CHECK: Callable[[], QueueApi] = FakeQueue  # the fake satisfies the Protocol
 
 
 @dataclasses.dataclass
@@ -174,16 +195,12 @@ def make_server(tmp_dir: str) -> Iterator[Callable[..., Harness]]:
     servers: list[LuxiServer] = []
 
     def make(**kwargs: Any) -> Harness:
-        queue_dir = os.path.join(tmp_dir, "queue")
-        os.makedirs(queue_dir, exist_ok=True)
-        queue = FakeQueue(queue_dir)
+        queue = FakeQueue()
         number = len(servers)
         master = os.path.join(tmp_dir, f"master{number}")
         query = os.path.join(tmp_dir, f"query{number}")
         kwargs.setdefault("logger", logging.getLogger(LOGGER))
-        server = LuxiServer(
-            queue, master_path=master, query_path=query, queue_dir=queue_dir, **kwargs
-        )
+        server = LuxiServer(queue, queue, master_path=master, query_path=query, **kwargs)
         servers.append(server)
         server.start()
         return Harness(server, queue, master, query)
@@ -365,7 +382,7 @@ def test_client_calls_every_method(harness: Harness) -> None:
         assert client.set_drain_flag(False) is True
         assert client.query_config_values(["drain_flag"]) == [False]
         assert client.wait_for_job(5) == "success"
-    assert [call[0] for call in harness.queue.calls].count("check_job_change") == 2
+    assert [call[0] for call in harness.queue.calls].count("job_change") == 2
 
 
 def test_responses_have_no_version_and_any_request_version_is_accepted(harness: Harness) -> None:
@@ -655,29 +672,37 @@ def test_wfjc_returns_at_once_when_the_job_already_differs(harness: Harness) -> 
             [["running"], []],
         )
         assert time.monotonic() - begin < 1
-    assert harness.queue.calls == [("check_job_change", 42, ["status"], ["queued"], 3)]
+    # A live job is compared as published: nothing is read.
+    assert harness.queue.calls == [("job_change", "running", ["status"], ["queued"], 3)]
 
 
-def test_wfjc_blocks_until_the_job_file_is_rewritten(harness: Harness) -> None:
+def test_wfjc_blocks_until_the_job_changes(harness: Harness) -> None:
     queue = harness.queue
     queue.set_job(3, "queued")
     with connect(harness.master) as sock:
         sock.sendall(
             protocol.encode_request("WaitForJobChange", [3, ["status"], ["queued"], None, 30])
         )
-        queue.wait_calls("check_job_change", 1)  # subscribed, checked, now waiting
+        queue.wait_calls("job_change", 1)  # watching, compared, now waiting
         sock.settimeout(0.3)
         with pytest.raises(TimeoutError):
             sock.recv(1)  # nothing changed, so no answer
         sock.settimeout(WAIT)
         queue.set_job(3, "running")
         assert protocol.parse_response(recv_frame(sock)) == (True, [["running"], []])
-    # Every look names the watcher's generation, so reads can be shared; only
-    # the first is marked as such (a change it finds is confirmed afresh).
-    (first_generation, first), *after_wake = queue.looks
-    assert first and isinstance(first_generation, int)
-    assert after_wake and all(isinstance(g, int) and not look for g, look in after_wake)
-    assert after_wake[-1][0] > first_generation  # the wake-up came from a later batch
+    assert queue.calls_named("read_job") == []
+
+
+def test_wfjc_reads_a_job_the_queue_does_not_hold(make_server: Callable[..., Harness]) -> None:
+    harness = make_server()
+    harness.queue.jobs[8] = "success"
+    harness.queue.finished.add(8)
+    with connect(harness.query) as sock:
+        assert call_raw(sock, "WaitForJobChange", [8, ["status"], None, None, 30]) == (
+            True,
+            [["success"], []],
+        )
+    assert harness.queue.calls_named("read_job") == [("read_job", 8)]
 
 
 def test_wfjc_times_out_with_nochange(harness: Harness) -> None:
@@ -728,9 +753,8 @@ def test_wfjc_unknown_job_is_job_lost(harness: Harness) -> None:
 def test_wfjc_stops_waiting_when_its_client_goes_away(harness: Harness) -> None:
     def subscriptions() -> int:
         server = harness.server
-        assert server._loop is not None and server._watcher is not None
-        watcher = server._watcher
-        count = asyncio.run_coroutine_threadsafe(_call(watcher.subscription_count), server._loop)
+        assert server._loop is not None
+        count = asyncio.run_coroutine_threadsafe(_call(server.waiter_count), server._loop)
         return count.result(WAIT)
 
     harness.queue.set_job(3, "queued")
@@ -738,9 +762,10 @@ def test_wfjc_stops_waiting_when_its_client_goes_away(harness: Harness) -> None:
         sock.sendall(
             protocol.encode_request("WaitForJobChange", [3, ["status"], ["queued"], None, 60])
         )
-        harness.queue.wait_calls("check_job_change", 1)
-        assert subscriptions() == 1
+        harness.queue.wait_calls("job_change", 1)
+        assert subscriptions() == 1 and harness.queue.watch_count() == 1
     wait_until(lambda: subscriptions() == 0, "the waiter to stop")
+    assert harness.queue.watch_count() == 0
 
 
 async def _call(function: Callable[[], Any]) -> Any:
@@ -760,7 +785,7 @@ def test_wfjc_many_waiters_cost_no_threads_and_all_wake(harness: Harness) -> Non
                     "WaitForJobChange", [job_id, ["status"], ["queued"], None, 30]
                 )
             )
-        queue.wait_calls("check_job_change", count)
+        queue.wait_calls("job_change", count)
         assert threading.active_count() <= threads_before + 16
         begin = time.monotonic()
         with connect(harness.master) as sock:
@@ -815,7 +840,7 @@ def test_socket_files_are_renamed_into_place_and_removed_on_stop(
     assert os.stat(harness.master).st_gid == os.getgid()
     harness.server.stop()
     assert not os.path.exists(harness.master) and not os.path.exists(harness.query)
-    assert os.listdir(os.path.dirname(harness.master)) == ["queue"]
+    assert os.listdir(os.path.dirname(harness.master)) == []
     harness.server.stop()  # idempotent
 
 
@@ -829,26 +854,16 @@ def test_stale_socket_file_is_replaced(tmp_dir: str, make_server: Callable[..., 
 
 
 def test_start_failure_leaves_nothing_behind(tmp_dir: str) -> None:
-    queue_dir = os.path.join(tmp_dir, "queue")
-    os.makedirs(queue_dir)
     threads_before = threading.active_count()
     bad_master = LuxiServer(
-        FakeQueue(queue_dir),
+        FakeQueue(),
+        FakeQueue(),
         master_path=os.path.join(tmp_dir, "missing", "master"),
         query_path=os.path.join(tmp_dir, "query"),
-        queue_dir=queue_dir,
     )
     with pytest.raises(errors.LuxiError, match="Cannot listen"):
         bad_master.start()
-    bad_queue = LuxiServer(
-        FakeQueue(queue_dir),
-        master_path=os.path.join(tmp_dir, "master"),
-        query_path=os.path.join(tmp_dir, "query"),
-        queue_dir=os.path.join(tmp_dir, "missing"),
-    )
-    with pytest.raises(errors.JobQueueError, match="Cannot watch"):
-        bad_queue.start()
-    assert sorted(os.listdir(tmp_dir)) == ["queue"]
+    assert sorted(os.listdir(tmp_dir)) == []
     assert threading.active_count() == threads_before
     bad_master.stop()  # harmless after a failed start
 
@@ -952,7 +967,7 @@ def test_stop_lets_the_request_in_flight_finish(harness: Harness) -> None:
         waiting.sendall(
             protocol.encode_request("WaitForJobChange", [1, ["status"], ["queued"], None, 30])
         )
-        queue.wait_calls("check_job_change", 1)
+        queue.wait_calls("job_change", 1)
         in_flight.sendall(protocol.encode_request("QueryConfigValues", [["drain_flag"]]))
         queue.wait_calls("query_config_values", 1)
         begin = time.monotonic()
@@ -975,10 +990,10 @@ def test_stop_lets_the_request_in_flight_finish(harness: Harness) -> None:
 
 def test_stop_before_start_and_twice(tmp_dir: str) -> None:
     server = LuxiServer(
-        FakeQueue(tmp_dir),
+        FakeQueue(),
+        FakeQueue(),
         master_path=os.path.join(tmp_dir, "m"),
         query_path=os.path.join(tmp_dir, "q"),
-        queue_dir=tmp_dir,
     )
     server.stop()
     server.start()

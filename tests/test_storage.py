@@ -1,11 +1,13 @@
-"""Storage: one contract for both stores, then what only files can show."""
+"""Storage: one contract for every store, then what only files can show."""
 
 from __future__ import annotations
 
 import errno
 import os
 import stat
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,10 @@ from jobqueue.constants import Status
 from jobqueue.errors import JobQueueError, StorageError
 from jobqueue.model import Job
 from jobqueue.queuelock import QueueLock
-from jobqueue.storage import Disk, FileJobStore, JobStore, MemoryJobStore
+from jobqueue.storage.base import JobStore
+from jobqueue.storage.files import Disk, FileJobStore
+from jobqueue.storage.memory import MemoryBacking, MemoryJobStore
+from tests.polling import poll_until
 
 
 def make_job(job_id: int, status: Status = Status.QUEUED) -> Job:
@@ -26,11 +31,34 @@ def make_job(job_id: int, status: Status = Status.QUEUED) -> Job:
     return job
 
 
+class Stores:
+    """Handles on one queue, as separate processes would open it.
+
+    ``open()`` is a new owner after the previous one stopped (a restart);
+    ``other()`` a second handle that reads while the owner writes.
+    """
+
+    def __init__(self, owner: Callable[[], JobStore], other: Callable[[], JobStore]) -> None:
+        self.open = owner
+        self.other = other
+
+
 @pytest.fixture(params=["file", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
     if request.param == "file":
-        return FileJobStore(str(tmp_path / "queue"))
-    return MemoryJobStore()
+        queue = str(tmp_path / "queue")
+        return Stores(lambda: FileJobStore(queue), lambda: FileJobStore(queue, owner=False))
+    backing = MemoryBacking()
+    return Stores(lambda: MemoryJobStore(backing), lambda: MemoryJobStore(backing))
+
+
+@pytest.fixture
+def store(stores: Stores) -> JobStore:
+    return stores.open()
+
+
+def create(store: JobStore, *jobs: Job) -> None:
+    assert store.create_jobs(jobs) == [None] * len(jobs)
 
 
 class TestStoreContract:
@@ -42,11 +70,19 @@ class TestStoreContract:
         assert first == sorted(first) and len(set(first + second)) == 4
         assert second[0] > first[-1]
 
-    def test_write_read_round_trip(self, store: JobStore) -> None:
+    def test_a_clean_stop_keeps_ids_dense(self, stores: Stores) -> None:
+        first = stores.open()
+        (last,) = first.allocate_ids(1)
+        first.release_unused_ids()
+        with pytest.raises(JobQueueError):
+            first.allocate_ids(1)
+        assert stores.open().allocate_ids(1) == [last + 1]
+
+    def test_create_read_round_trip(self, store: JobStore) -> None:
         (job_id,) = store.allocate_ids(1)
         job = make_job(job_id)
         job.add_log(0, "message", "hi", [5, 6])
-        store.write_job(job)
+        create(store, job)
         restored = store.read_job(job_id)
         assert restored is not None and restored.to_dict() == job.to_dict()
         assert restored.log_serial == 1
@@ -54,34 +90,51 @@ class TestStoreContract:
     def test_read_missing_is_none(self, store: JobStore) -> None:
         assert store.read_job(12345) is None
 
-    def test_index_follows_writes(self, store: JobStore) -> None:
+    def test_replace_and_load(self, stores: Stores) -> None:
+        store = stores.open()
+        ids = store.allocate_ids(3)
+        create(store, *(make_job(i) for i in ids))
+        store.replace_job(make_job(ids[1], Status.ERROR))
+        loaded = {job.id: job.status for job in stores.open().load_jobs()}
+        assert loaded == {ids[0]: Status.QUEUED, ids[1]: Status.ERROR, ids[2]: Status.QUEUED}
+
+    def test_a_loaded_id_is_never_allocated_again(self, stores: Stores) -> None:
+        store = stores.open()
+        (job_id,) = store.allocate_ids(1)
+        create(store, make_job(job_id + 500))
+        reopened = stores.open()
+        list(reopened.load_jobs())
+        assert reopened.allocate_ids(1)[0] > job_id + 500
+
+    def test_discard(self, store: JobStore) -> None:
         ids = store.allocate_ids(2)
-        store.write_jobs([make_job(i) for i in ids])
-        assert store.live_ids() == ids and store.live_count() == 2
-        job = make_job(ids[0], Status.SUCCESS)
-        store.write_job(job)
-        entry = store.index_entry(ids[0])
-        assert entry is not None and entry.status == Status.SUCCESS
-        assert entry.summary == ["TEST_DELAY"]
-        assert [e.id for e in store.index_entries([ids[1], 999])] == [ids[1]]
+        create(store, *(make_job(i) for i in ids))
+        assert store.discard_jobs([ids[0]]) == [ids[0]]
+        assert store.read_job(ids[0]) is None
+        assert [job.id for job in store.load_jobs()] == [ids[1]]
 
     def test_archive_moves_and_lookup_still_works(self, store: JobStore) -> None:
         ids = store.allocate_ids(2)
-        store.write_jobs([make_job(i, Status.SUCCESS) for i in ids])
-        assert store.archive_jobs([*ids, 999]) == ids
-        assert store.live_ids() == [] and store.archived_ids() == ids
+        create(store, *(make_job(i, Status.SUCCESS) for i in ids))
+        assert store.archive_jobs([*ids, 999]) == (ids, None)
+        assert list(store.load_jobs()) == [] and store.archived_ids() == ids
+        assert store.is_archived(ids[0]) and not store.is_archived(999)
         archived = store.read_job(ids[0])
         assert archived is not None and archived.status == Status.SUCCESS
-        assert store.archive_job(ids[0]) is False  # no longer live
+        assert store.archive_jobs([ids[0]]) == ([], None)  # no longer live
 
-    def test_load_returns_unfinished_and_indexes_all(self, store: JobStore) -> None:
+    def test_prune_deletes_only_old_archived_jobs(self, store: JobStore) -> None:
         ids = store.allocate_ids(3)
-        store.write_jobs(
-            [make_job(ids[0]), make_job(ids[1], Status.ERROR), make_job(ids[2], Status.RUNNING)]
-        )
-        unfinished = store.load()
-        assert [job.id for job in unfinished] == [ids[0], ids[2]]
-        assert store.live_ids() == ids
+        create(store, *(make_job(i, Status.SUCCESS) for i in ids))
+        archived_at = time.time()
+        store.archive_jobs(ids[:2])
+        kept = store.prune_archive(3600, archived_at + 60)
+        assert kept.jobs == 0 and kept.failures == [] and not kept.unfinished
+        assert store.archived_ids() == ids[:2]
+        pruned = store.prune_archive(3600, archived_at + 7200)
+        assert pruned.jobs == 2 and pruned.failures == []
+        assert store.archived_ids() == [] and store.read_job(ids[0]) is None
+        assert store.read_job(ids[2]) is not None  # live jobs are never pruned
 
     def test_drain_flag(self, store: JobStore) -> None:
         assert not store.is_drained()
@@ -90,6 +143,33 @@ class TestStoreContract:
         store.set_drained(False)
         store.set_drained(False)
         assert not store.is_drained()
+
+    def test_change_feed_reports_another_handle_s_writes(self, stores: Stores) -> None:
+        owner = stores.open()
+        feed = stores.other().change_feed()
+        seen: list[int | None] = []
+        changed = threading.Condition()
+
+        def on_change(job_id: int | None) -> None:
+            with changed:
+                seen.append(job_id)
+                changed.notify_all()
+
+        def saw(*wanted: int) -> bool:
+            with changed:
+                return set(wanted) <= set(seen)
+
+        feed.start(on_change)
+        try:
+            ids = owner.allocate_ids(3)
+            create(owner, make_job(ids[0]), make_job(ids[1], Status.SUCCESS))
+            assert poll_until(lambda: saw(ids[0], ids[1]), 10)
+            owner.replace_job(make_job(ids[2]))
+            owner.archive_jobs([ids[1]])
+            assert poll_until(lambda: saw(ids[2]) and seen.count(ids[1]) >= 2, 10)
+        finally:
+            feed.stop()
+        feed.stop()  # idempotent
 
 
 def queue_files(queue: Path) -> list[str]:
@@ -114,10 +194,10 @@ def test_serial_is_durable_before_ids_are_returned(tmp_path: Path) -> None:
 
 def test_serial_behind_the_jobs_is_corrected_on_load(tmp_path: Path) -> None:
     store = FileJobStore(str(tmp_path / "q"))
-    store.write_job(make_job(500))
+    create(store, make_job(500))
     (tmp_path / "q" / "serial").write_text("3\n")
     store = FileJobStore(str(tmp_path / "q"))
-    store.load()
+    list(store.load_jobs())
     assert store.allocate_ids(1)[0] > 500
 
 
@@ -145,18 +225,15 @@ def test_failed_write_keeps_old_version_and_leaves_no_temp(tmp_path: Path, fail_
     queue = tmp_path / "queue"
     store = FileJobStore(str(queue))
     job = make_job(store.allocate_ids(1)[0])
-    store.write_job(job)
+    create(store, job)
     before = (queue / f"job-{job.id}").read_bytes()
     failing = FileJobStore(str(queue), disk=FailingDisk(fail_on))
-    failing.load()
     job.ops[0].status = Status.SUCCESS
     with pytest.raises(StorageError) as info:
-        failing.write_job(job)
+        failing.replace_job(job)
     assert "No space left" in str(info.value)
     assert (queue / f"job-{job.id}").read_bytes() == before
     assert not [n for n in queue_files(queue) if n.endswith(".tmp")]
-    entry = failing.index_entry(job.id)
-    assert entry is not None and entry.status == Status.QUEUED  # not reported as changed
 
 
 def test_failed_batch_reports_per_job(tmp_path: Path) -> None:
@@ -170,9 +247,9 @@ def test_failed_batch_reports_per_job(tmp_path: Path) -> None:
 
     FileJobStore(str(tmp_path / "q")).allocate_ids(3)
     store = FileJobStore(str(tmp_path / "q"), disk=FailJobTwo())
-    results = store.write_jobs([make_job(1), make_job(2), make_job(3)])
+    results = store.create_jobs([make_job(1), make_job(2), make_job(3)])
     assert [r is None for r in results] == [True, False, True]
-    assert store.live_ids() == [1, 3]
+    assert sorted(job.id for job in store.load_jobs()) == [1, 3]
     assert not (tmp_path / "q" / "job-2").exists()
     assert not [n for n in queue_files(tmp_path / "q") if n.endswith(".tmp")]
 
@@ -188,7 +265,7 @@ def test_temp_files_cleaned_at_start(tmp_path: Path) -> None:
 def test_archive_layout(tmp_path: Path) -> None:
     queue = tmp_path / "queue"
     store = FileJobStore(str(queue))
-    store.write_jobs([make_job(i, Status.SUCCESS) for i in (5, 9999, 10000, 123456)])
+    create(store, *(make_job(i, Status.SUCCESS) for i in (5, 9999, 10000, 123456)))
     store.archive_jobs([5, 9999, 10000, 123456])
     assert (queue / "archive" / "0" / "job-5").is_file()
     assert (queue / "archive" / "0" / "job-9999").is_file()
@@ -205,10 +282,10 @@ def test_corrupt_files_moved_aside(
 ) -> None:
     queue = tmp_path / "queue"
     store = FileJobStore(str(queue))
-    store.write_jobs([make_job(3), make_job(5)])
+    create(store, make_job(3), make_job(5))
     (queue / "job-4").write_bytes(content)
     store = FileJobStore(str(queue))
-    assert [job.id for job in store.load()] == [3, 5]
+    assert sorted(job.id for job in store.load_jobs()) == [3, 5]
     assert (queue / "corrupt" / "job-4").read_bytes() == content
     assert "job-4" in caplog.text and "corrupt" in caplog.text
 
@@ -216,9 +293,9 @@ def test_corrupt_files_moved_aside(
 def test_file_holding_another_id_is_corrupt(tmp_path: Path) -> None:
     queue = tmp_path / "queue"
     store = FileJobStore(str(queue))
-    store.write_job(make_job(3))
+    create(store, make_job(3))
     os.rename(queue / "job-3", queue / "job-8")
-    assert FileJobStore(str(queue)).load() == []
+    assert list(FileJobStore(str(queue)).load_jobs()) == []
     assert (queue / "corrupt" / "job-8").exists()
 
 
@@ -227,13 +304,13 @@ def test_foreign_files_ignored(tmp_path: Path) -> None:
     FileJobStore(str(queue))
     (queue / "README").write_text("hello")
     (queue / "job-abc").write_text("x")
-    assert FileJobStore(str(queue)).load() == []
+    assert list(FileJobStore(str(queue)).load_jobs()) == []
     assert (queue / "README").exists()
 
 
 def test_job_files_are_private(tmp_path: Path) -> None:
     store = FileJobStore(str(tmp_path / "q"))
-    store.write_job(make_job(1))
+    create(store, make_job(1))
     assert stat.S_IMODE(os.stat(tmp_path / "q" / "job-1").st_mode) == 0o600
 
 
@@ -261,3 +338,64 @@ def test_lock_refuses_second_owner_naming_the_pid(lock_path: str) -> None:
     second.acquire()  # free again after release
     second.release()
     second.release()
+
+
+def _touch(path: Path, age: float, content: str = "{}") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    stamp = time.time() - age
+    os.utime(path, (stamp, stamp))
+
+
+def test_prune_keeps_the_directories_archiving_may_use_next(tmp_path: Path) -> None:
+    """archive/0: an old and a recent job; 1: only an old job; 2: empty; 3: an old
+    non-job file; 4 and 5: old jobs, but 5 holds the newest id handed out (serial
+    50123) and 4 the one before, so both stay; 7: an old job, and the live job
+    70001 archives there next, so it stays too."""
+    queue = tmp_path / "queue"
+    archive = queue / "archive"
+    day = 86400
+    _touch(archive / "0" / "job-1", 30 * day)
+    _touch(archive / "0" / "job-2", 3 * day)
+    _touch(archive / "1" / "job-10001", 22 * day)
+    (archive / "2").mkdir(parents=True)
+    _touch(archive / "3" / "notes", 40 * day)
+    for name in ("4/job-40000", "5/job-50000", "7/job-70000"):
+        _touch(archive / name, 25 * day)
+    _touch(queue / "job-70001", 0)
+    _touch(queue / "serial", 0, "50123\n")
+    result = FileJobStore(str(queue), owner=False).prune_archive(21 * day, time.time())
+    assert (result.jobs, result.directories, result.failures) == (5, 2, [])
+    left = sorted(str(p.relative_to(archive)) for p in archive.rglob("*"))
+    assert left == ["0", "0/job-2", "3", "3/notes", "4", "5", "7"]
+
+
+def test_prune_stops_when_its_time_is_up(tmp_path: Path) -> None:
+    store = FileJobStore(str(tmp_path / "queue"))
+    create(store, *(make_job(i, Status.SUCCESS) for i in (1, 10001)))
+    store.archive_jobs([1, 10001])
+    result = store.prune_archive(0, time.time() + 60, budget=0)
+    assert result.unfinished and result.jobs == 0
+    assert store.prune_archive(0, time.time() + 60).jobs == 2
+
+
+def test_maintenance_handle_changes_nothing_it_does_not_have_to(tmp_path: Path) -> None:
+    with pytest.raises(JobQueueError, match="no such directory"):
+        FileJobStore(str(tmp_path / "missing"), owner=False)
+    assert not (tmp_path / "missing").exists()
+    queue = tmp_path / "queue"
+    FileJobStore(str(queue))
+    (queue / ".job-3.123.0.tmp").write_text("{half")  # the owner's write in progress
+    handle = FileJobStore(str(queue), owner=False)
+    assert (queue / ".job-3.123.0.tmp").exists()
+    with pytest.raises(JobQueueError):
+        handle.allocate_ids(1)
+
+
+def test_a_clean_stop_writes_back_the_serial(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    store = FileJobStore(str(queue), id_block=1000)
+    assert store.allocate_ids(3) == [1, 2, 3]
+    assert int((queue / "serial").read_text()) >= 1003
+    store.release_unused_ids()
+    assert (queue / "serial").read_text() == "3\n"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from jobqueue.locking import LockManager
+from jobqueue.daemon import Core, build_core, start_core
 from jobqueue.lus import builtin_registry
 from jobqueue.queue import JobQueue
-from jobqueue.storage import Disk, FileJobStore
+from jobqueue.storage.files import Disk, FileJobStore
 
 DUMMY = {"OP_ID": "OP_TEST_DUMMY"}
 
@@ -35,21 +35,19 @@ def disk() -> FailJob:
 
 @pytest.fixture
 def make_queue(tmp_path: Path, disk: FailJob) -> Iterator[Callable[..., JobQueue]]:
-    made: list[JobQueue] = []
+    made: list[Core] = []
 
     def make(max_jobs: int = 100) -> JobQueue:
-        registry = builtin_registry()
-        store = FileJobStore(str(tmp_path / "queue"), summarize=registry.summarize, disk=disk)
-        queue = JobQueue(store, registry, LockManager(), workers=1, max_jobs=max_jobs)
-        queue.pool.set_active(False)  # nothing runs: only submission is under test
-        queue.start()
-        made.append(queue)
-        return queue
+        store = FileJobStore(str(tmp_path / "queue"), disk=disk)
+        core = build_core(store, builtin_registry(), max_jobs=max_jobs)
+        start_core(core, 0)  # no workers, nothing runs: only submission is under test
+        made.append(core)
+        return core.queue
 
     yield make
-    for queue in made:
-        queue.prepare_shutdown()
-        queue.shutdown()
+    for core in made:
+        core.queue.prepare_shutdown()
+        core.stop()
 
 
 def test_dependent_of_a_job_refused_for_room_is_refused(
@@ -62,7 +60,7 @@ def test_dependent_of_a_job_refused_for_room_is_refused(
     assert results[1][0] is False
     assert "of this submission was refused" in results[1][1]
     assert results[2][0] is False and "full" in results[2][1]
-    assert queue.storage.live_count() == 1
+    assert queue.live.count() == 1
 
 
 def test_dependent_of_a_job_whose_write_failed_is_withdrawn(
@@ -85,4 +83,4 @@ def test_dependent_of_a_job_whose_write_failed_is_withdrawn(
     assert f"Dependency job {first + 2} of this submission was refused" in results[2][1]
     files = sorted(p.name for p in (tmp_path / "queue").glob("job-*"))
     assert files == sorted([f"job-{first}", f"job-{results[3][1]}"])
-    assert queue.storage.live_ids() == [first, results[3][1]]
+    assert queue.live.ids() == [first, results[3][1]]

@@ -284,6 +284,14 @@ class Client:
         result: list[int] = self.call("AutoArchiveJobs", age, timeout)
         return result
 
+    def prune_archive(self, age: float, timeout: float) -> dict[str, Any]:
+        """Delete archived jobs older than ``age`` seconds, for up to about ``timeout`` s.
+
+        Returns ``{"jobs", "directories", "unfinished", "failures"}`` (see doc/luxi.rst).
+        """
+        result: dict[str, Any] = self.call("PruneArchive", age, timeout)
+        return result
+
     def query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> list[list[Any]]:
         """Return one row of ``fields`` per job (all live jobs for None)."""
         result: list[list[Any]] = self.call("QueryJobs", job_ids, fields)

@@ -3,7 +3,8 @@
 ``METHODS`` maps a method name to a ``Method``: its positional arguments,
 each with a kind that checks and converts it (job ids also arrive as digit
 strings), whether the read-only query socket allows it, and the call to make
-on the queue (or, for the one asynchronous method, on the server).
+on the ``Services`` (the queue for changes, the reader for questions; for the
+one asynchronous method, on the server).
 """
 
 from __future__ import annotations
@@ -14,35 +15,54 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from jobqueue import constants, errors
-from jobqueue.model import is_json_int
+from jobqueue.model import Job, is_json_int
 
 
 class QueueApi(Protocol):
-    """What the server needs from the job queue; ``jobqueue.queue.JobQueue`` provides it."""
+    """What the server changes through; ``jobqueue.queue.JobQueue`` provides it."""
 
     def submit_job(self, ops: list[Any], *, drained_ok: bool = False) -> int: ...
     def submit_many_jobs(self, jobs: list[Any], *, drained_ok: bool = False) -> list[list[Any]]: ...
-    def check_job_change(
-        self,
-        job_id: int,
-        fields: list[str],
-        prev_job_info: list[Any] | None,
-        prev_log_serial: int | None,
-        *,
-        generation: int | None = None,
-        first_look: bool = True,
-    ) -> list[Any] | None: ...
     def cancel_job(self, job_id: int, kill: bool = False) -> list[Any]: ...
     def change_job_priority(self, job_id: int, priority: int) -> list[Any]: ...
     def archive_job(self, job_id: int) -> bool: ...
     def auto_archive_jobs(self, age: float, timeout: float) -> list[int]: ...
+    def set_drain_flag(self, flag: bool) -> bool: ...
+    def prune_archive(self, age: float, timeout: float) -> dict[str, Any]: ...
+    def query_config_values(self, fields: list[str]) -> list[Any]: ...
+
+
+class Watch(Protocol):
+    latest: Job | None
+
+    def close(self) -> None: ...
+
+
+class ReaderApi(Protocol):
+    """What the server asks; ``jobqueue.jobreader.JobReader`` provides it."""
+
+    def read_job(self, job_id: int) -> Job | None: ...
+    def watch_job(self, job_id: int, on_change: Callable[[], None]) -> Watch: ...
+    def job_change(
+        self,
+        job: Job,
+        fields: list[str],
+        prev_job_info: list[Any] | None,
+        prev_log_serial: int | None,
+    ) -> list[Any] | None: ...
     def query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> list[list[Any]]: ...
     def query(
         self, what: str, fields: list[str], qfilter: Any, archived: bool = False
     ) -> dict[str, Any]: ...
     def query_fields(self, what: str, fields: list[str] | None) -> dict[str, Any]: ...
-    def set_drain_flag(self, flag: bool) -> bool: ...
-    def query_config_values(self, fields: list[str]) -> list[Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Services:
+    """What the methods call: the queue for changes, the reader for questions."""
+
+    queue: QueueApi
+    reader: ReaderApi
 
 
 def wfjc_timeout(requested: float) -> float:
@@ -129,7 +149,7 @@ _Args = tuple[tuple[str, _Kind], ...]
 class Method:
     """How one LUXI method is served.
 
-    ``call(queue, *args)`` runs in the executor; with ``is_async`` it is
+    ``call(services, *args)`` runs in the executor; with ``is_async`` it is
     ``call(server, *args)``, a coroutine run in the loop instead.
     ``args`` then ``optional`` are the positional arguments, as (name, kind).
     ``read_only`` methods are allowed on the query socket.
@@ -160,11 +180,11 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "SubmitJob": Method(lambda queue, ops: queue.submit_job(ops), (("ops", _LIST),)),
+    "SubmitJob": Method(lambda s, ops: s.queue.submit_job(ops), (("ops", _LIST),)),
     "SubmitJobToDrainedQueue": Method(
-        lambda queue, ops: queue.submit_job(ops, drained_ok=True), (("ops", _LIST),)
+        lambda s, ops: s.queue.submit_job(ops, drained_ok=True), (("ops", _LIST),)
     ),
-    "SubmitManyJobs": Method(lambda queue, jobs: queue.submit_many_jobs(jobs), (("jobs", _LIST),)),
+    "SubmitManyJobs": Method(lambda s, jobs: s.queue.submit_many_jobs(jobs), (("jobs", _LIST),)),
     "WaitForJobChange": Method(
         lambda server, *args: server.wait_for_job_change(*args),
         (
@@ -178,26 +198,26 @@ METHODS: dict[str, Method] = {
         is_async=True,
     ),
     "CancelJob": Method(
-        lambda queue, job_id, kill=False: queue.cancel_job(job_id, kill),
+        lambda s, job_id, kill=False: s.queue.cancel_job(job_id, kill),
         (("job_id", _JOB_ID),),
         optional=(("kill", _BOOL),),
     ),
     "ChangeJobPriority": Method(
-        lambda queue, job_id, priority: queue.change_job_priority(job_id, priority),
+        lambda s, job_id, priority: s.queue.change_job_priority(job_id, priority),
         (("job_id", _JOB_ID), ("priority", _INT)),
     ),
-    "ArchiveJob": Method(lambda queue, job_id: queue.archive_job(job_id), (("job_id", _JOB_ID),)),
+    "ArchiveJob": Method(lambda s, job_id: s.queue.archive_job(job_id), (("job_id", _JOB_ID),)),
     "AutoArchiveJobs": Method(
-        lambda queue, age, timeout: queue.auto_archive_jobs(age, timeout),
+        lambda s, age, timeout: s.queue.auto_archive_jobs(age, timeout),
         (("age", _NUMBER), ("timeout", _NUMBER)),
     ),
     "QueryJobs": Method(
-        lambda queue, job_ids, fields: queue.query_jobs(job_ids, fields),
+        lambda s, job_ids, fields: s.reader.query_jobs(job_ids, fields),
         (("job_ids", _JOB_IDS_OR_NULL), ("fields", _FIELDS)),
         read_only=True,
     ),
     "Query": Method(
-        lambda queue, what, fields, qfilter, archived=False: queue.query(
+        lambda s, what, fields, qfilter, archived=False: s.reader.query(
             what, fields, qfilter, archived=archived
         ),
         (("what", _STR), ("fields", _FIELDS), ("qfilter", _ANY)),
@@ -205,13 +225,17 @@ METHODS: dict[str, Method] = {
         read_only=True,
     ),
     "QueryFields": Method(
-        lambda queue, what, fields: queue.query_fields(what, fields),
+        lambda s, what, fields: s.reader.query_fields(what, fields),
         (("what", _STR), ("fields", _FIELDS_OR_NULL)),
         read_only=True,
     ),
-    "SetDrainFlag": Method(lambda queue, flag: queue.set_drain_flag(flag), (("flag", _BOOL),)),
+    "PruneArchive": Method(
+        lambda s, age, timeout: s.queue.prune_archive(age, timeout),
+        (("age", _NUMBER), ("timeout", _NUMBER)),
+    ),
+    "SetDrainFlag": Method(lambda s, flag: s.queue.set_drain_flag(flag), (("flag", _BOOL),)),
     "QueryConfigValues": Method(
-        lambda queue, fields: queue.query_config_values(fields),
+        lambda s, fields: s.queue.query_config_values(fields),
         (("fields", _FIELDS),),
         read_only=True,
     ),

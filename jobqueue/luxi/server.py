@@ -10,10 +10,10 @@ to ``_handle`` here.
 
 Blocking queue calls run in a ``ThreadPoolExecutor``, which also encodes
 their answers, so a large answer costs the loop thread nothing;
-``WaitForJobChange`` waits on the ``JobFileWatcher`` in the loop and looks
-at the job file there too, so hundreds of waiting clients cost no threads
-and a change reaches its waiter without a thread hand-off. A waiter whose
-client goes away stops waiting at once.
+``WaitForJobChange`` waits in the loop (``jobwaits``) for the queue to
+publish a change of its job and compares the published state there, so
+hundreds of waiting clients cost no threads and no file is read for a live
+job. A waiter whose client goes away stops waiting at once.
 
 Version: a request may carry ``"version"``. One that differs from
 ``constants.LUXI_VERSION`` is logged and accepted anyway: newer Ganeti
@@ -42,8 +42,8 @@ from typing import Any
 from jobqueue import constants, errors
 from jobqueue.luxi import access, methods, protocol
 from jobqueue.luxi.connection import Connection, error_answer
+from jobqueue.luxi.jobwaits import JobWaits
 from jobqueue.luxi.methods import METHODS
-from jobqueue.watcher import JobFileWatcher
 
 MASTER_SOCKET_MODE = 0o660
 QUERY_SOCKET_MODE = 0o666
@@ -65,10 +65,10 @@ class LuxiServer:
     def __init__(
         self,
         queue: methods.QueueApi,
+        reader: methods.ReaderApi,
         *,
         master_path: str,
         query_path: str,
-        queue_dir: str,
         socket_group: int | None = None,
         max_message_size: int = constants.DEFAULT_MAX_MESSAGE_SIZE,
         client_timeout: float = constants.DEFAULT_CLIENT_TIMEOUT,
@@ -77,10 +77,10 @@ class LuxiServer:
         allowed_uids: Collection[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._queue = queue
+        self._services = methods.Services(queue, reader)
+        self._reader = reader
         self._master_path = master_path
         self._query_path = query_path
-        self._queue_dir = queue_dir
         self._socket_group = socket_group
         self._max_message_size = max_message_size
         self._client_timeout = client_timeout
@@ -99,7 +99,7 @@ class LuxiServer:
         # Loop-thread state, set up by _main.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
-        self._watcher: JobFileWatcher | None = None
+        self._waits: JobWaits | None = None
         self._listeners: list[tuple[asyncio.AbstractServer, str, int]] = []
         self._connections: set[Connection] = set()
         self._connection_numbers = itertools.count(1)
@@ -109,8 +109,7 @@ class LuxiServer:
     def start(self) -> None:
         """Start the loop thread; return once both sockets accept connections.
 
-        Raises LuxiError if a socket cannot be created, JobQueueError if the
-        queue directory cannot be watched; nothing is left behind then.
+        Raises LuxiError if a socket cannot be created; nothing is left behind then.
         """
         with self._state_lock:
             if self._thread is not None:
@@ -164,12 +163,11 @@ class LuxiServer:
         """Open, report to ``start`` through ``ready``, serve until stopped, shut down."""
         self._loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
+        self._waits = JobWaits(self._reader.watch_job, self._loop)
         try:
             await self._open()
         except BaseException as err:
             self._close_listeners()
-            if self._watcher is not None:
-                self._watcher.stop()
             ready.set_exception(err)
             return
         ready.set_result(None)
@@ -177,11 +175,7 @@ class LuxiServer:
         await self._shutdown()
 
     async def _open(self) -> None:
-        """Start the watcher, then bind and serve both sockets."""
-        self._watcher = JobFileWatcher(
-            self._queue_dir, asyncio.get_running_loop(), logger=self._log
-        )
-        self._watcher.start()
+        """Bind and serve both sockets."""
         for path, mode, group, read_only in (
             (self._master_path, MASTER_SOCKET_MODE, self._socket_group, False),
             (self._query_path, QUERY_SOCKET_MODE, None, True),
@@ -214,8 +208,8 @@ class LuxiServer:
         self._close_listeners()
         for connection in list(self._connections):
             connection.close_when_idle()
-        if self._watcher is not None:
-            self._watcher.stop()  # wakes every WaitForJobChange: they answer "nochange"
+        if self._waits is not None:
+            self._waits.wake_all()  # every WaitForJobChange answers "nochange"
         waiting = [connection.closed for connection in self._connections]
         if waiting:
             _, pending = await asyncio.wait(waiting, timeout=SHUTDOWN_GRACE)
@@ -316,7 +310,7 @@ class LuxiServer:
     ) -> None:
         """Run a queue call in a handler thread; encode its answer there too."""
         try:
-            data = protocol.encode_response(True, call(self._queue, *args))
+            data = protocol.encode_response(True, call(self._services, *args))
         except Exception as err:
             data = self._failure(connection, err)
         loop = answer.get_loop()
@@ -333,32 +327,31 @@ class LuxiServer:
     ) -> Any:
         """Answer once the job differs from what the client saw, or "nochange".
 
-        Subscribes before each look at the job, so no change is missed.
-        JobLost from the queue propagates (an unknown job).
+        Makes its waiter before each look at the job, so no change is missed.
+        A live, unfinished job is compared as last published, in the loop; any
+        other is read from the store in a handler thread. JobLost for an
+        unknown job.
         """
-        assert self._watcher is not None, "the watcher is started before any connection"
+        assert self._waits is not None, "made before any connection"
         deadline = self._clock() + methods.wfjc_timeout(timeout)
-        first_look = True
-        with self._watcher.subscribe(job_id) as subscription:
+        with self._waits.waiter(job_id) as waiter:
             while True:
-                # On the loop thread, not the handler pool: one read and parse of a
-                # job file (~0.1 ms; ~10 ms at the 1 MiB log cap), shared by the
-                # waiters of one job between two batches of events. The two thread
-                # hand-offs of the pool doubled the p99 wake-up latency.
-                result = self._queue.check_job_change(
-                    job_id,
-                    fields,
-                    prev_job_info,
-                    prev_log_serial,
-                    generation=self._watcher.generation,
-                    first_look=first_look,
-                )
+                job = waiter.latest
+                if job is None:
+                    loop = asyncio.get_running_loop()
+                    job = await loop.run_in_executor(self._executor, self._reader.read_job, job_id)
+                if job is None:
+                    raise errors.JobLost(f"Job {job_id} not found")
+                result = self._reader.job_change(job, fields, prev_job_info, prev_log_serial)
                 if result is not None:
                     return result
                 remaining = deadline - self._clock()
-                if remaining <= 0 or self._closing or not await subscription.wait(remaining):
+                if remaining <= 0 or self._closing or not await waiter.wait(remaining):
                     return constants.JOB_NOTCHANGED
-                first_look = False
+
+    def waiter_count(self) -> int:
+        """WaitForJobChange calls waiting now (for tests and diagnostics); loop thread only."""
+        return 0 if self._waits is None else self._waits.waiter_count()
 
 
 def _resolve_future(future: asyncio.Future[bytes], data: bytes) -> None:

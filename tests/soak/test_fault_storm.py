@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from jobqueue.faults import FAULT_FILE_ENV
+from jobqueue.storage.faults import FAULT_FILE_ENV
 from tests.daemon_helper import Daemon, wait_until
 from tests.queue_files import clear_fault, corrupt_files, load_jobs, set_fault
 from tests.soak.invariants import CrashChecker, check_final_state, wait_all_final

@@ -1,0 +1,161 @@
+"""Every read-only question about jobs: QueryJobs, Query, QueryFields, and what changed.
+
+``JobReader`` answers from the queue's view of its live jobs
+(``livejobs.LiveJobs``: index entries, and the published state of
+unfinished jobs) and reads the store only for what that view does not hold:
+the full state of finished and archived jobs. It never changes anything.
+
+``job_change`` is the heart of WaitForJobChange: it compares a job with what
+a caller last saw (its requested fields and the serial of its last log
+entry). ``watch_job`` lets a waiter hear of changes: by default from the
+queue that makes them (``LiveJobs``); a process that does not own the queue
+passes a source built on the store's change feed instead (``FeedWatches``).
+
+Thread-safe: called from handler threads and the server's loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from jobqueue import query
+from jobqueue.constants import Status
+from jobqueue.depmgr import DependencyManager
+from jobqueue.errors import ECODE_INVAL, GenericError, OpPrereqError
+from jobqueue.livejobs import IndexEntry, LiveJobs, Summarize
+from jobqueue.locking import LockManager
+from jobqueue.model import Job
+from jobqueue.query import Record
+from jobqueue.storage.base import JobStore
+
+_UNFINISHED = (Status.QUEUED, Status.WAITING, Status.RUNNING)
+
+
+class Watch(Protocol):
+    """A watch on one job: its newest known state (None: read the store), and ``close``."""
+
+    latest: Job | None
+
+    def close(self) -> None: ...
+
+
+class WatchSource(Protocol):
+    """Who tells a waiter that a job changed (``LiveJobs``, or ``FeedWatches``)."""
+
+    def watch(self, job_id: int, on_change: Callable[[], None]) -> Watch: ...
+
+
+def stored_status(live: LiveJobs, store: JobStore, job_id: int) -> Status | None:
+    """A job's status as last written, what dependents may act on; None if unknown.
+
+    Not the in-memory record of a running job: after a failed write that one
+    may already show an end that is not stored yet.
+    """
+    status = live.status_of(job_id)
+    if status is not None:
+        return status
+    job = _read_quietly(store, job_id, logging.getLogger(__name__))
+    return None if job is None else job.status
+
+
+class JobReader:
+    """See the module docstring; ``daemon.py`` builds one beside the queue."""
+
+    def __init__(
+        self,
+        live: LiveJobs,
+        store: JobStore,
+        locks: LockManager,
+        depmgr: DependencyManager,
+        summarize: Summarize,
+        *,
+        watches: WatchSource | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._live = live
+        self._store = store
+        self._locks = locks
+        self._depmgr = depmgr
+        self._summarize = summarize
+        self._watches: WatchSource = watches or live
+        self._log = logger or logging.getLogger(__name__)
+
+    def read_job(self, job_id: int) -> Job | None:
+        """The newest state of a job: published if unfinished, else from the store.
+
+        None for an unknown job, or one that cannot be read (logged).
+        """
+        return self._live.latest(job_id) or _read_quietly(self._store, job_id, self._log)
+
+    def watch_job(self, job_id: int, on_change: Callable[[], None]) -> Watch:
+        """Hear of the job's changes; see ``Watch``."""
+        return self._watches.watch(job_id, on_change)
+
+    def job_change(
+        self,
+        job: Job,
+        fields: list[str],
+        prev_job_info: list[Any] | None,
+        prev_log_serial: int | None,
+    ) -> list[Any] | None:
+        """``[job_info, new log entries]`` if ``job`` differs from what the caller saw, else None.
+
+        A canceling or finished job always counts as changed.
+        """
+        entry = IndexEntry.of(job, self._summarize, self._live.entry(job.id))
+        info = query.old_style_rows(fields, [(entry, job)])[0]
+        log = job.log_entries_after(prev_log_serial)
+        if job.status in _UNFINISHED and not log and info == prev_job_info:
+            return None
+        return [info, log]
+
+    def query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> list[list[Any]]:
+        """Old-style rows of plain values; all live jobs when ``job_ids`` is None."""
+        full = query.needs_full_job(fields)
+        ids = self._live.ids() if job_ids is None else job_ids
+        return query.old_style_rows(fields, [self._record(i, full) for i in ids])
+
+    def query(
+        self, what: str, fields: list[str], qfilter: Any, archived: bool = False
+    ) -> dict[str, Any]:
+        """Query2: ``{"fields": [definitions], "data": [[[status, value], ...], ...]}``."""
+        definitions = query.query_fields(what, fields)["fields"]
+        if what == "lock":
+            if qfilter is not None:
+                raise OpPrereqError("Lock queries can't be filtered", ECODE_INVAL)
+            locks = self._locks.lock_info() + self._depmgr.lock_info()
+            return {"fields": definitions, "data": query.rows(what, fields, locks)}
+        predicate, used = query.compile_filter(what, qfilter)
+        full = query.needs_full_job([*fields, *used])
+        explicit = query.requested_ids(qfilter)
+        if explicit is not None:
+            records = [self._record(i, full) for i in explicit]
+            records = [r for r in records if r is None or predicate(r)]
+        else:
+            ids = self._store.archived_ids() if archived else self._live.ids()
+            records = [
+                r for r in (self._record(i, full) for i in ids) if r is not None and predicate(r)
+            ]
+        return {"fields": definitions, "data": query.rows(what, fields, records)}
+
+    def query_fields(self, what: str, fields: list[str] | None) -> dict[str, Any]:
+        return query.query_fields(what, fields)
+
+    def _record(self, job_id: int, full: bool) -> Record | None:
+        entry = self._live.entry(job_id)
+        if entry is not None and not full:
+            return entry, None
+        job = self.read_job(job_id)
+        if job is None:
+            return None
+        return IndexEntry.of(job, self._summarize, entry), job
+
+
+def _read_quietly(store: JobStore, job_id: int, log: logging.Logger) -> Job | None:
+    try:
+        return store.read_job(job_id)
+    except GenericError as err:
+        log.warning("Cannot read job %s: %s", job_id, err)
+        return None

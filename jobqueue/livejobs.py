@@ -1,0 +1,209 @@
+"""The queue's view of its live jobs in memory, and the announcement of their changes.
+
+For every live job (stored, not archived) ``LiveJobs`` keeps an
+``IndexEntry``: what listing a job needs. For every unfinished one it also
+keeps the latest *published* state: a snapshot taken right after a write
+became durable, which later changes of the job record never touch. The
+queue publishes every write (``publish``); whoever watches a job
+(``watch``, WaitForJobChange) is told at once, on the writer's thread, and
+reads the new state from its watch without reading or parsing anything.
+Finished jobs keep only their entry: their full state is read from the store.
+
+Entries and snapshots change together under one lock, so a reader never
+sees an entry newer than the snapshot next to it, and neither ever goes
+back: a job has one writer, and it publishes in the order it writes.
+
+Thread-safe; callbacks are called without the lock held.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from jobqueue.constants import FINALIZED, Status
+from jobqueue.model import Job, Timestamp
+
+Summarize = Callable[[dict[str, Any]], str]
+
+
+@dataclasses.dataclass(slots=True)
+class IndexEntry:
+    """What listing a job needs, kept in memory for every live job."""
+
+    id: int
+    status: Status
+    priority: int
+    received_timestamp: Timestamp | None
+    start_timestamp: Timestamp | None
+    end_timestamp: Timestamp | None
+    summary: list[str]
+
+    @classmethod
+    def of(cls, job: Job, summarize: Summarize, previous: IndexEntry | None = None) -> IndexEntry:
+        """The entry of ``job``; opcodes never change, so ``previous``'s summary is reused."""
+        if previous is None or len(previous.summary) != len(job.ops):
+            summary = [summarize(op.input) for op in job.ops]
+        else:
+            summary = previous.summary
+        return cls(
+            id=job.id,
+            status=job.status,
+            priority=job.priority,
+            received_timestamp=job.received_timestamp,
+            start_timestamp=job.start_timestamp,
+            end_timestamp=job.end_timestamp,
+            summary=summary,
+        )
+
+
+def snapshot(job: Job) -> Job:
+    """A copy of ``job`` that later changes of ``job`` never reach.
+
+    Shallow where that is safe: opcode inputs, results, log entries and
+    timestamps are replaced, never changed in place; the log lists are copied.
+    """
+    ops = []
+    for op in job.ops:
+        clone = copy.copy(op)
+        clone.log = list(op.log)
+        ops.append(clone)
+    copied = copy.copy(job)
+    copied.ops = ops
+    return copied
+
+
+class JobWatch:
+    """Interest in one job: ``latest`` is its newest published state, None once finished
+    before the watch began, archived, or unknown (then read it from the store).
+
+    ``on_change`` is called, on the publishing thread, after each change.
+    Close it when done (it is a context manager too).
+    """
+
+    def __init__(
+        self, live: LiveJobs, job_id: int, latest: Job | None, on_change: Callable[[], None]
+    ) -> None:
+        self.job_id = job_id
+        self.latest = latest
+        self._live = live
+        self._on_change = on_change
+
+    def close(self) -> None:
+        self._live._unwatch(self)
+
+    def __enter__(self) -> JobWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class LiveJobs:
+    """See the module docstring; ``summarize`` gives an opcode's listing summary."""
+
+    def __init__(self, summarize: Summarize) -> None:
+        self._summarize = summarize
+        self._lock = threading.Lock()  # guards the three dicts
+        self._entries: dict[int, IndexEntry] = {}
+        self._latest: dict[int, Job] = {}
+        self._watches: dict[int, list[JobWatch]] = {}
+
+    # -- writers (the queue) -----------------------------------------------------
+    def load(self, jobs: Iterable[Job]) -> None:
+        """Add jobs read from the store at start (only unfinished ones are copied)."""
+        with self._lock:
+            for job in jobs:
+                entry = IndexEntry.of(job, self._summarize)
+                self._entries[job.id] = entry
+                if entry.status not in FINALIZED:
+                    self._latest[job.id] = snapshot(job)
+
+    def publish(self, jobs: Iterable[Job]) -> None:
+        """Announce the state of ``jobs`` as just made durable."""
+        copies = [snapshot(job) for job in jobs]
+        callbacks = []
+        with self._lock:
+            for copied in copies:
+                entry = IndexEntry.of(copied, self._summarize, self._entries.get(copied.id))
+                self._entries[entry.id] = entry
+                if entry.status in FINALIZED:
+                    self._latest.pop(entry.id, None)
+                else:
+                    self._latest[entry.id] = copied
+                for watch in self._watches.get(entry.id, ()):
+                    watch.latest = copied
+                    callbacks.append(watch._on_change)
+        for callback in callbacks:
+            callback()
+
+    def drop(self, job_ids: Iterable[int]) -> None:
+        """Forget jobs that left the live queue (archived, or withdrawn before anyone knew)."""
+        callbacks = []
+        with self._lock:
+            for job_id in job_ids:
+                self._entries.pop(job_id, None)
+                self._latest.pop(job_id, None)
+                for watch in self._watches.get(job_id, ()):
+                    watch.latest = None
+                    callbacks.append(watch._on_change)
+        for callback in callbacks:
+            callback()
+
+    # -- readers -------------------------------------------------------------------
+    def entry(self, job_id: int) -> IndexEntry | None:
+        with self._lock:
+            return self._entries.get(job_id)
+
+    def entries(self, job_ids: Iterable[int] | None = None) -> list[IndexEntry]:
+        """Entries sorted by id: all live jobs, or those of ``job_ids`` that are live."""
+        with self._lock:
+            if job_ids is None:
+                return sorted(self._entries.values(), key=lambda entry: entry.id)
+            return [self._entries[i] for i in job_ids if i in self._entries]
+
+    def latest(self, job_id: int) -> Job | None:
+        """The published state of an unfinished live job (read-only), else None."""
+        with self._lock:
+            return self._latest.get(job_id)
+
+    def status_of(self, job_id: int) -> Status | None:
+        """The job's status as last written, None if it is not live."""
+        with self._lock:
+            entry = self._entries.get(job_id)
+        return None if entry is None else entry.status
+
+    def ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._entries)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def contains(self, job_id: int) -> bool:
+        with self._lock:
+            return job_id in self._entries
+
+    # -- watches ---------------------------------------------------------------------
+    def watch(self, job_id: int, on_change: Callable[[], None]) -> JobWatch:
+        """Watch one job; see ``JobWatch``."""
+        with self._lock:
+            watch = JobWatch(self, job_id, self._latest.get(job_id), on_change)
+            self._watches.setdefault(job_id, []).append(watch)
+        return watch
+
+    def watch_count(self) -> int:
+        with self._lock:
+            return sum(len(watches) for watches in self._watches.values())
+
+    def _unwatch(self, watch: JobWatch) -> None:
+        with self._lock:
+            watches = self._watches.get(watch.job_id)
+            if watches is not None and watch in watches:
+                watches.remove(watch)
+                if not watches:
+                    del self._watches[watch.job_id]

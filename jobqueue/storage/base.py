@@ -1,0 +1,170 @@
+"""The storage contract: what the queue, the cleaner and the tools need from a store.
+
+A store keeps jobs durably and knows nothing else about them: it hands out
+ids that are never issued twice, creates and replaces whole jobs (a write
+either happens completely or not at all, and is durable when it returns),
+reads them back, moves finished ones to the archive, prunes old archived
+ones, keeps the queue-wide settings, and offers a feed of changes made by
+*another* process. How and where jobs are kept is the business of each store
+alone (``files``: one JSON file per job; ``memory``: dictionaries, for tests).
+
+What a store does not do: it keeps no index of live jobs and never decides
+what a job's state means. The queue owns the live jobs in memory
+(``jobqueue.livejobs``) and is the one writer of a store at a time.
+
+Thread safety: every method may be called from any thread. Writes of
+different jobs may run in parallel; the caller guarantees one writer per job.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from jobqueue.errors import JobFileCorrupted, StorageError
+from jobqueue.model import Job
+
+#: Called with the id of a job that another process changed, created,
+#: archived or removed; with None when anything may have changed (the feed
+#: lost track, e.g. an overflow). Called from a thread of the feed's own.
+ChangeCallback = Callable[[int | None], None]
+
+
+def encode_job(job: Job) -> bytes:
+    """The stored form of a job: compact JSON, one line."""
+    return json.dumps(job.to_dict(), separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def decode_job(data: bytes) -> Job:
+    """Parse a stored job; ``JobFileCorrupted`` for anything that is not a job."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise JobFileCorrupted(f"Not valid JSON: {err}") from err
+    return Job.from_dict(raw)
+
+
+@dataclasses.dataclass
+class PruneResult:
+    """What one pruning of the archive did; failures are collected, not raised."""
+
+    jobs: int = 0
+    directories: int = 0
+    failures: list[str] = dataclasses.field(default_factory=list)
+    #: Archived jobs not looked at because the time budget ran out.
+    unfinished: bool = False
+
+
+class ChangeFeed(abc.ABC):
+    """Changes made to a store by other processes, reported per job id.
+
+    ``start`` begins delivering to its callback from a thread of the feed's
+    own; ``stop`` ends that (idempotent). Delivery is conservative: a change
+    may be reported more than once or spuriously (``None`` = "anything"),
+    never missed while the feed runs.
+    """
+
+    @abc.abstractmethod
+    def start(self, on_change: ChangeCallback) -> None:
+        """Begin reporting; raises ``StorageError`` if the store cannot be watched."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop reporting and release what the feed holds; idempotent."""
+
+
+class JobStore(abc.ABC):
+    """Durable jobs, ids, archive and settings; see the module docstring."""
+
+    # -- ids -------------------------------------------------------------------
+    @abc.abstractmethod
+    def allocate_ids(self, count: int) -> list[int]:
+        """``count`` new, never-before-issued ids, increasing; ``StorageError`` if none."""
+
+    @abc.abstractmethod
+    def release_unused_ids(self) -> None:
+        """At a clean stop: give back ids reserved but never handed out.
+
+        No id may be allocated afterwards. Ids are never reused either way;
+        this only keeps them dense across restarts. Raises ``StorageError``.
+        """
+
+    # -- live jobs -----------------------------------------------------------
+    @abc.abstractmethod
+    def load_jobs(self) -> Iterator[Job]:
+        """Every live job once, in no particular order.
+
+        A stored job that cannot be parsed is set aside (never lost, never
+        loaded) and logged. Also makes sure no id at or below a loaded job's
+        id is ever allocated.
+        """
+
+    @abc.abstractmethod
+    def create_jobs(self, jobs: Sequence[Job]) -> list[StorageError | None]:
+        """Store new jobs, each durably; one result per job (None = stored).
+
+        A job whose result is an error is not stored (nothing of it stays).
+        """
+
+    @abc.abstractmethod
+    def replace_job(self, job: Job) -> None:
+        """Replace a stored live job durably; ``StorageError`` keeps the old version."""
+
+    @abc.abstractmethod
+    def discard_jobs(self, job_ids: Sequence[int]) -> list[int]:
+        """Delete live jobs that were stored but never acknowledged to anyone.
+
+        Returns the ids that are gone. Raises ``StorageError`` if one cannot
+        be removed durably; jobs not yet handled then stay.
+        """
+
+    @abc.abstractmethod
+    def read_job(self, job_id: int) -> Job | None:
+        """A live or archived job, None if neither exists.
+
+        Raises ``JobFileCorrupted`` for a stored job that cannot be parsed
+        and ``StorageError`` when the store cannot be read.
+        """
+
+    # -- archive ---------------------------------------------------------------
+    @abc.abstractmethod
+    def archive_jobs(self, job_ids: Iterable[int]) -> tuple[list[int], StorageError | None]:
+        """Move live jobs to the archive: the ids moved (others were not live), and a failure.
+
+        The failure (None when all went well) is that of the first move or
+        sync that failed; moving stops there. The jobs listed as moved are
+        archived, the others live: never both.
+        """
+
+    @abc.abstractmethod
+    def is_archived(self, job_id: int) -> bool:
+        """Whether an archived copy of the job exists."""
+
+    @abc.abstractmethod
+    def archived_ids(self) -> list[int]:
+        """Ids of all archived jobs, sorted."""
+
+    @abc.abstractmethod
+    def prune_archive(self, max_age: float, now: float, budget: float | None = None) -> PruneResult:
+        """Delete archived jobs last changed more than ``max_age`` seconds before ``now``.
+
+        Stops after about ``budget`` seconds (None: no limit) with
+        ``unfinished`` set. Safe while the queue runs; never raises for one
+        job that cannot be deleted (see ``failures``).
+        """
+
+    # -- queue-wide settings ------------------------------------------------------
+    @abc.abstractmethod
+    def is_drained(self) -> bool:
+        """Whether the drain flag is set."""
+
+    @abc.abstractmethod
+    def set_drained(self, drained: bool) -> None:
+        """Set or clear the drain flag durably; ``StorageError`` leaves it as it was."""
+
+    # -- other processes' changes --------------------------------------------------
+    @abc.abstractmethod
+    def change_feed(self) -> ChangeFeed:
+        """A new, unstarted feed of changes made through other handles on this store."""

@@ -1,0 +1,456 @@
+"""The file store: one JSON file per job under a queue directory (``doc/storage.rst``).
+
+Every job write is: temp file in the same directory, write, fsync, rename
+over the old file, and fsync of the directory when the name is new, so a
+crash leaves either the old or the new version. Ids are reserved in blocks:
+the ``serial`` file holds the highest id that may have been handed out,
+written durably before any id of the block is returned, so an id is never
+issued twice, even across crashes (ids skipped by a crash are never used).
+A clean stop writes back the last id handed out, so ids stay dense.
+
+The directory names are in ``layout``; changes made by other processes are
+reported by ``filefeed`` (inotify). This is the only module that opens job
+files.
+
+Thread safety: writes of different jobs run in parallel; the caller
+guarantees one writer per job. ``_lock`` guards the id counters,
+``_archive_lock`` orders archiving against pruning (a directory being
+archived into is never removed).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+from jobqueue import constants
+from jobqueue.errors import JobFileCorrupted, JobQueueError, StorageError
+from jobqueue.model import Job
+from jobqueue.storage import layout
+from jobqueue.storage.base import ChangeFeed, JobStore, PruneResult, decode_job, encode_job
+from jobqueue.storage.filefeed import FileChangeFeed
+
+#: Threads writing one batch of job files in parallel: a single thread waits
+#: for one journal commit per file, many share them (about 6x here).
+_BATCH_WRITERS = 16
+#: rmdir failures meaning "not empty (any more)" or "already gone": not errors.
+_KEEP_ERRNOS = frozenset({errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT})
+
+
+class Disk:
+    """The file-system calls the file store makes; tests replace single calls."""
+
+    def write(self, fd: int, data: bytes) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def replace(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class FileJobStore(JobStore):
+    """Jobs as files under ``queue_dir``; see the module docstring.
+
+    ``owner=False`` opens the directory of a running (or stopped) daemon
+    for maintenance: nothing is created or cleaned up, the version is only
+    checked, and no id may be allocated.
+    """
+
+    def __init__(
+        self,
+        queue_dir: str,
+        *,
+        disk: Disk | None = None,
+        id_block: int = 1000,
+        owner: bool = True,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.queue_dir = queue_dir
+        self.archive_dir = os.path.join(queue_dir, layout.ARCHIVE_DIR)
+        self.corrupt_dir = os.path.join(queue_dir, layout.CORRUPT_DIR)
+        self._disk = disk or Disk()
+        self._owner = owner
+        self._batch_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._id_block = id_block
+        self._log = logger or logging.getLogger(__name__)
+        self._temp_counter = itertools.count()
+        self._lock = threading.Lock()  # guards _last_id, _reserved, _batch_pool
+        self._archive_lock = threading.Lock()
+        if owner:
+            self._prepare_dirs()
+        elif not os.path.isdir(queue_dir):
+            raise JobQueueError(f"No job queue in {queue_dir}: no such directory")
+        self._check_version()
+        if owner:
+            self._clean_temp_files()
+        self._last_id = self._reserved = self._read_serial()
+
+    # -- set-up --------------------------------------------------------------
+    def _prepare_dirs(self) -> None:
+        for path in (self.queue_dir, self.archive_dir):
+            os.makedirs(path, mode=constants.DIR_MODE, exist_ok=True)
+
+    def _check_version(self) -> None:
+        path = self._path(layout.VERSION_FILE)
+        try:
+            with open(path, encoding="ascii") as handle:
+                text = handle.read().strip()
+        except FileNotFoundError:
+            if self._owner:
+                self.write_file(path, f"{constants.QUEUE_FORMAT_VERSION}\n".encode(), new=True)
+            return
+        except (OSError, UnicodeDecodeError) as err:
+            raise JobQueueError(f"Cannot read the queue format version in {path}: {err}") from err
+        if text != str(constants.QUEUE_FORMAT_VERSION):
+            raise JobQueueError(
+                f"Queue format version {text!r} in {path} is not supported (this jobqueue "
+                f"reads version {constants.QUEUE_FORMAT_VERSION}); refusing to start"
+            )
+
+    def _clean_temp_files(self) -> None:
+        for name in os.listdir(self.queue_dir):
+            if name.endswith(layout.TEMP_SUFFIX):
+                self._log.info("Removing temporary file %s left by a crash", name)
+                os.unlink(self._path(name))
+
+    def _read_serial(self) -> int:
+        path = self._path(layout.SERIAL_FILE)
+        try:
+            with open(path, encoding="ascii") as handle:
+                return int(handle.read().strip() or "0")
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as err:
+            raise JobQueueError(f"Cannot read the job serial in {path}: {err}") from err
+
+    # -- low-level writes ----------------------------------------------------
+    def write_file(self, path: str, data: bytes, *, new: bool) -> None:
+        """Atomically replace ``path`` with ``data``; fsync the directory if ``new``.
+
+        ``new`` means ``path`` does not exist yet. Raises ``StorageError``; on
+        failure the temp file is removed and the previous version of ``path``
+        is untouched (a new ``path`` whose directory sync failed is removed).
+        """
+        directory, name = os.path.split(path)
+        temp = os.path.join(
+            directory, f".{name}.{os.getpid()}.{next(self._temp_counter)}{layout.TEMP_SUFFIX}"
+        )
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, constants.FILE_MODE)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[self._disk.write(fd, view.tobytes()) :]
+                self._disk.fsync(fd)
+            finally:
+                os.close(fd)
+            self._disk.replace(temp, path)
+        except OSError as err:
+            _unlink_quietly(temp)
+            raise storage_error(f"Cannot write {path}", err) from err
+        if new:
+            try:
+                self._disk.fsync_dir(directory)
+            except OSError as err:
+                _unlink_quietly(path)  # a name that is not durable must not stay visible
+                raise storage_error(f"Cannot write {path}", err) from err
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.queue_dir, name)
+
+    def _job_path(self, job_id: int) -> str:
+        return self._path(layout.job_file_name(job_id))
+
+    def _archived_path(self, job_id: int) -> str:
+        return os.path.join(
+            self.archive_dir, layout.archive_subdir(job_id), layout.job_file_name(job_id)
+        )
+
+    # -- ids -------------------------------------------------------------------
+    def allocate_ids(self, count: int) -> list[int]:
+        if not self._owner:
+            raise JobQueueError("A store opened for maintenance allocates no ids")
+        with self._lock:
+            first = self._last_id + 1
+            if self._last_id + count > self._reserved:
+                reserved = self._last_id + count + self._id_block
+                self._write_serial_locked(reserved)
+                self._reserved = reserved
+            self._last_id += count
+            return list(range(first, first + count))
+
+    def release_unused_ids(self) -> None:
+        with self._lock:
+            if self._owner and self._reserved > self._last_id:
+                self._write_serial_locked(self._last_id)
+                self._reserved = self._last_id
+            self._owner = False  # nothing is allocated after this
+
+    def _write_serial_locked(self, value: int) -> None:
+        self.write_file(self._path(layout.SERIAL_FILE), f"{value}\n".encode(), new=False)
+
+    # -- live jobs -------------------------------------------------------------
+    def load_jobs(self) -> Iterator[Job]:
+        highest = 0
+        for name in os.listdir(self.queue_dir):
+            file_id = layout.job_id_of(name)
+            if file_id is None:
+                continue
+            try:
+                with open(self._path(name), "rb") as handle:
+                    job = decode_job(handle.read())
+                if job.id != file_id:
+                    raise JobFileCorrupted(f"File holds job {job.id}")
+            except (OSError, JobFileCorrupted) as err:
+                self._move_aside(name, err)
+                continue
+            highest = max(highest, job.id)
+            yield job
+        with self._lock:
+            if highest > self._reserved:  # a serial file behind its jobs: never reuse an id
+                self._write_serial_locked(highest)
+                self._last_id = self._reserved = highest
+
+    def _move_aside(self, name: str, reason: BaseException) -> None:
+        os.makedirs(self.corrupt_dir, mode=constants.DIR_MODE, exist_ok=True)
+        os.replace(self._path(name), os.path.join(self.corrupt_dir, name))
+        self._disk.fsync_dir(self.queue_dir)
+        self._log.error("Job file %s is corrupt (%s); moved to %s", name, reason, self.corrupt_dir)
+
+    def create_jobs(self, jobs: Sequence[Job]) -> list[StorageError | None]:
+        if len(jobs) > 1:  # parallel fsyncs share the file system's journal commits
+            results = list(self._batch_writers().map(self._write_one, jobs))
+        else:
+            results = [self._write_one(job) for job in jobs]
+        written = [job.id for job, failure in zip(jobs, results, strict=True) if failure is None]
+        if written:
+            try:
+                self._disk.fsync_dir(self.queue_dir)
+            except OSError as err:
+                failure = storage_error(f"Cannot sync {self.queue_dir}", err)
+                for job_id in written:  # not durable, so never acknowledge them
+                    _unlink_quietly(self._job_path(job_id))
+                return [failure if res is None else res for res in results]
+        return results
+
+    def replace_job(self, job: Job) -> None:
+        self.write_file(self._job_path(job.id), encode_job(job), new=False)
+
+    def _write_one(self, job: Job) -> StorageError | None:
+        try:
+            self.replace_job(job)
+        except StorageError as err:
+            return err
+        return None
+
+    def _batch_writers(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Threads that write the files of one batch in parallel (started on first use)."""
+        with self._lock:
+            if self._batch_pool is None:
+                self._batch_pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=_BATCH_WRITERS, thread_name_prefix="job-writer"
+                )
+            return self._batch_pool
+
+    def discard_jobs(self, job_ids: Sequence[int]) -> list[int]:
+        removed: list[int] = []
+        for job_id in job_ids:
+            try:
+                os.unlink(self._job_path(job_id))
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                raise storage_error(f"Cannot remove job {job_id}", err) from err
+            removed.append(job_id)
+        try:
+            self._disk.fsync_dir(self.queue_dir)
+        except OSError as err:
+            raise storage_error(f"Cannot sync {self.queue_dir}", err) from err
+        return removed
+
+    def read_job(self, job_id: int) -> Job | None:
+        for path in (self._job_path(job_id), self._archived_path(job_id)):
+            try:
+                with open(path, "rb") as handle:
+                    data = handle.read()
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.ENAMETOOLONG):  # a huge id: no such file
+                    continue
+                raise storage_error(f"Cannot read job {job_id}", err) from err
+            return decode_job(data)
+        return None
+
+    # -- archive ---------------------------------------------------------------
+    def archive_jobs(self, job_ids: Iterable[int]) -> tuple[list[int], StorageError | None]:
+        """Rename each job into its archive sub-directory, then sync the directories.
+
+        Stops at the first failed move (see the contract).
+        """
+        moved: list[int] = []
+        failure: StorageError | None = None
+        touched: set[str] = set()
+        with self._archive_lock:
+            for job_id in sorted(set(job_ids)):
+                target = self._archived_path(job_id)
+                try:
+                    if not self._archive_one(job_id, target, touched):
+                        continue
+                except OSError as err:
+                    failure = storage_error(f"Cannot archive job {job_id}", err)
+                    break
+                touched.add(os.path.dirname(target))
+                moved.append(job_id)
+            for directory in [*sorted(touched), self.queue_dir] if touched else []:
+                try:
+                    self._disk.fsync_dir(directory)
+                except OSError as err:
+                    failure = failure or storage_error(f"Cannot sync {directory}", err)
+        return moved, failure
+
+    def _archive_one(self, job_id: int, target: str, touched: set[str]) -> bool:
+        """Rename one live job to ``target``; False if it is not live. Raises OSError."""
+        target_dir = os.path.dirname(target)
+        if target_dir not in touched and not os.path.isdir(target_dir):
+            os.makedirs(target_dir, mode=constants.DIR_MODE, exist_ok=True)
+            self._disk.fsync_dir(self.archive_dir)
+        try:
+            self._disk.replace(self._job_path(job_id), target)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def is_archived(self, job_id: int) -> bool:
+        return os.path.exists(self._archived_path(job_id))
+
+    def archived_ids(self) -> list[int]:
+        ids: list[int] = []
+        for subdir in os.listdir(self.archive_dir):
+            path = os.path.join(self.archive_dir, subdir)
+            if os.path.isdir(path):
+                found = (layout.job_id_of(name) for name in os.listdir(path))
+                ids.extend(job_id for job_id in found if job_id is not None)
+        return sorted(ids)
+
+    def prune_archive(self, max_age: float, now: float, budget: float | None = None) -> PruneResult:
+        """Delete archived ``job-N`` files modified before ``now - max_age``, then empty dirs.
+
+        Directories the daemon may archive into next (those of live jobs and
+        of the two newest id ranges) are kept even when empty, so a
+        concurrent archiving in another process never finds its directory gone.
+        """
+        result = PruneResult()
+        deadline = None if budget is None else time.monotonic() + budget
+        try:
+            names = sorted(os.listdir(self.archive_dir))
+        except FileNotFoundError:
+            return result
+        except OSError as err:
+            result.failures.append(f"cannot list {self.archive_dir}: {err.strerror}")
+            return result
+        protected = self._protected_subdirs()
+        for name in names:
+            path = os.path.join(self.archive_dir, name)
+            if not name.isdigit() or not os.path.isdir(path) or os.path.islink(path):
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                result.unfinished = True
+                break
+            try:
+                _prune_directory(path, now - max_age, result)
+            except OSError as err:
+                result.failures.append(f"cannot list {path}: {err.strerror}")
+                continue
+            if name not in protected:
+                self._remove_empty_dir(path, result)
+        return result
+
+    def _protected_subdirs(self) -> set[str]:
+        protected = {
+            layout.archive_subdir(job_id)
+            for job_id in map(layout.job_id_of, os.listdir(self.queue_dir))
+            if job_id is not None
+        }
+        with contextlib.suppress(JobQueueError):
+            newest = max(self._read_serial(), self._reserved)
+            subdir = int(layout.archive_subdir(newest))
+            protected.update({str(subdir), str(subdir - 1)})
+        return protected
+
+    def _remove_empty_dir(self, path: str, result: PruneResult) -> None:
+        with self._archive_lock:
+            try:
+                os.rmdir(path)
+            except OSError as err:
+                if err.errno not in _KEEP_ERRNOS:
+                    result.failures.append(f"cannot remove {path}: {err.strerror}")
+                return
+        result.directories += 1
+
+    # -- settings --------------------------------------------------------------
+    def is_drained(self) -> bool:
+        return os.path.exists(self._path(layout.DRAIN_FILE))
+
+    def set_drained(self, drained: bool) -> None:
+        path = self._path(layout.DRAIN_FILE)
+        exists = os.path.exists(path)
+        if drained and not exists:
+            self.write_file(path, b"", new=True)
+        elif not drained and exists:
+            try:
+                os.unlink(path)
+                self._disk.fsync_dir(self.queue_dir)
+            except OSError as err:
+                with contextlib.suppress(OSError):  # not durably gone: show it again
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, constants.FILE_MODE))
+                raise storage_error(f"Cannot remove {path}", err) from err
+
+    # -- other processes' changes ------------------------------------------------
+    def change_feed(self) -> ChangeFeed:
+        return FileChangeFeed(self.queue_dir, logger=self._log)
+
+
+def _prune_directory(path: str, cutoff: float, result: PruneResult) -> None:
+    """Delete the ``job-N`` files in ``path`` last modified before ``cutoff``."""
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if layout.job_id_of(entry.name) is None:
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    continue
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                result.failures.append(f"cannot delete {entry.path}: {err.strerror}")
+                continue
+            result.jobs += 1
+
+
+def storage_error(what: str, err: OSError) -> StorageError:
+    """``StorageError`` "<what>: <strerror>", carrying the errno."""
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    return StorageError(f"{what}: {reason}", err.errno or 0)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

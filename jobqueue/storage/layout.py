@@ -1,0 +1,42 @@
+"""The names of the file store's queue directory, in one place (see ``doc/storage.rst``)::
+
+    job-N                 one live job, JSON
+    archive/<N//10000>/   archived jobs, job-N each
+    corrupt/              files that could not be parsed, moved aside at load
+    serial version drain  the id reservation, the format version, the drain flag
+    .<name>.<pid>.<n>.tmp a write in progress (removed at start)
+
+Only the file store and its change feed use these.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+ARCHIVE_DIR: Final = "archive"
+CORRUPT_DIR: Final = "corrupt"
+SERIAL_FILE: Final = "serial"
+VERSION_FILE: Final = "version"
+DRAIN_FILE: Final = "drain"
+TEMP_SUFFIX: Final = ".tmp"
+JOB_FILE_PREFIX: Final = "job-"
+JOBS_PER_ARCHIVE_DIR: Final = 10_000
+
+_JOB_NAME = re.compile(re.escape(JOB_FILE_PREFIX) + r"([0-9]+)")
+
+
+def job_file_name(job_id: int) -> str:
+    """``job-N``."""
+    return f"{JOB_FILE_PREFIX}{job_id}"
+
+
+def job_id_of(name: str) -> int | None:
+    """The id in a ``job-N`` name, None for any other name."""
+    match = _JOB_NAME.fullmatch(name)
+    return None if match is None else int(match.group(1))
+
+
+def archive_subdir(job_id: int) -> str:
+    """The archive sub-directory name that holds ``job_id``."""
+    return str(job_id // JOBS_PER_ARCHIVE_DIR)

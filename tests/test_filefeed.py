@@ -1,0 +1,116 @@
+"""The file store's change feed, with real inotify events on a temporary queue directory."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from jobqueue.errors import StorageError
+from jobqueue.storage.filefeed import FileChangeFeed
+
+#: Bound on every wait that should succeed, so a bug fails instead of hanging.
+WAIT = 5.0
+
+
+class Recorder:
+    """Collects what a feed reports; ``wait_for`` blocks until an id shows up."""
+
+    def __init__(self) -> None:
+        self.seen: list[int | None] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, job_id: int | None) -> None:
+        with self._changed:
+            self.seen.append(job_id)
+            self._changed.notify_all()
+
+    def wait_for(self, job_id: int) -> list[int | None]:
+        """Everything reported up to and including ``job_id``."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: job_id in self.seen, WAIT), self.seen
+            return list(self.seen)
+
+
+def replace_job_file(queue_dir: Path, job_id: int, content: str = "{}") -> None:
+    """Write ``job-<id>`` the way the store does: temp file, then rename over it."""
+    temp = queue_dir / f".job-{job_id}.tmp"
+    temp.write_text(content)
+    os.replace(temp, queue_dir / f"job-{job_id}")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def feed(tmp_path: Path) -> tuple[FileChangeFeed, Recorder]:
+    recorder = Recorder()
+    feed = FileChangeFeed(str(tmp_path))
+    feed.start(recorder)
+    yield feed, recorder
+    feed.stop()
+
+
+def test_a_replaced_job_file_is_reported(
+    tmp_path: Path, feed: tuple[FileChangeFeed, Recorder]
+) -> None:
+    _, recorder = feed
+    replace_job_file(tmp_path, 7)
+    assert recorder.wait_for(7) == [7]
+    replace_job_file(tmp_path, 7)
+    replace_job_file(tmp_path, 8)
+    assert recorder.wait_for(8)[-1] == 8
+
+
+def test_other_names_are_not_reported(
+    tmp_path: Path, feed: tuple[FileChangeFeed, Recorder]
+) -> None:
+    _, recorder = feed
+    (tmp_path / "serial").write_text("1\n")
+    os.replace(tmp_path / "serial", tmp_path / "serial2")
+    (tmp_path / "job-1.tmp").write_text("{}")
+    os.unlink(tmp_path / "job-1.tmp")
+    os.replace(tmp_path / "serial2", tmp_path / "job-abc")
+    replace_job_file(tmp_path, 99)  # the barrier: events arrive in order
+    assert recorder.wait_for(99) == [99]
+
+
+def test_archive_and_delete_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "archive" / "0").mkdir(parents=True)
+    replace_job_file(tmp_path, 5)
+    replace_job_file(tmp_path, 6)
+    recorder = Recorder()
+    feed = FileChangeFeed(str(tmp_path))
+    feed.start(recorder)
+    try:
+        os.rename(tmp_path / "job-5", tmp_path / "archive" / "0" / "job-5")
+        os.unlink(tmp_path / "job-6")
+        assert recorder.wait_for(6) == [5, 6]
+    finally:
+        feed.stop()
+
+
+def test_stop_releases_everything_and_is_idempotent(tmp_path: Path) -> None:
+    before, threads = open_fds(), threading.active_count()
+    feed = FileChangeFeed(str(tmp_path))
+    feed.start(Recorder())
+    assert open_fds() == before + 3  # inotify and the stop pipe
+    assert threading.active_count() == threads + 1
+    feed.stop()
+    assert open_fds() == before and threading.active_count() == threads
+    feed.stop()
+
+
+def test_start_twice_is_an_error(feed: tuple[FileChangeFeed, Recorder]) -> None:
+    with pytest.raises(StorageError, match="already started"):
+        feed[0].start(Recorder())
+
+
+def test_missing_directory_is_an_error_and_leaks_nothing(tmp_path: Path) -> None:
+    before = open_fds()
+    with pytest.raises(StorageError, match="Cannot watch"):
+        FileChangeFeed(str(tmp_path / "missing")).start(Recorder())
+    assert open_fds() == before
