@@ -61,6 +61,18 @@ for _ in range(count):
     time.sleep(interval)
 """
 
+#: Printed by the followed job's command: COUNT lines of SIZE bytes, one per interval.
+FOLLOWED_SCRIPT = """\
+import sys, time
+count, size, interval = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+for _ in range(count):
+    print("x" * (size - 1), flush=True)
+    time.sleep(interval)
+"""
+#: The followed job: its log grows to 128 KiB in lines of 128 bytes.
+FOLLOWED_LINES, FOLLOWED_LINE_SIZE, FOLLOWED_INTERVAL = 1024, 128, 0.002
+FOLLOWERS = 20
+
 
 @contextlib.contextmanager
 def connected(daemon: Daemon) -> Iterator[Any]:
@@ -281,6 +293,69 @@ class OtherWaiters:
             self.process.wait()
 
 
+def daemon_cpu_seconds(daemon: Daemon) -> float:
+    """User plus system CPU the daemon process has used so far."""
+    assert daemon.process is not None
+    with open(f"/proc/{daemon.process.pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def followed_job_cpu(daemon: Daemon, followers: int) -> float:
+    """Daemon CPU (s) spent on one job logging 128 KiB while ``followers`` clients follow it.
+
+    The followers (``bench.waiters``, a process of their own) wait on the job
+    before it starts printing: it first waits for a lock held by a blocker job.
+    """
+    argv = [sys.executable, "-c", FOLLOWED_SCRIPT]
+    argv += [str(FOLLOWED_LINES), str(FOLLOWED_LINE_SIZE), str(FOLLOWED_INTERVAL)]
+    with connected(daemon) as client:
+        hold = {"OP_ID": "OP_COMMAND_RUN", "argv": ["sleep", "600"], "locks": ["followed"]}
+        blocker = client.submit_job([hold])
+        wait_until_running(client, blocker)
+        job_id = client.submit_job(
+            [{"OP_ID": "OP_COMMAND_RUN", "argv": argv, "locks": ["followed"]}]
+        )
+        with (
+            OtherWaiters(daemon, [job_id], followers, WAITER_TIMEOUT)
+            if followers
+            else (contextlib.nullcontext())
+        ):
+            before = daemon_cpu_seconds(daemon)
+            client.cancel_job(blocker, True)
+            wait_until_finished(client, [job_id], 120)
+            used = daemon_cpu_seconds(daemon) - before
+        (status,) = client.query_jobs([job_id], ["status"])[0]
+        if status != "success":
+            raise RuntimeError(f"followed job {job_id}: {status}")
+    return used
+
+
+def wait_until_running(client: Any, job_id: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while client.query_jobs([job_id], ["status"])[0][0] != "running":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job_id} did not start")
+        time.sleep(0.01)
+
+
+def follower_rows(daemon: Daemon) -> Iterator[Row]:
+    """Daemon CPU per change of a job followed by ``FOLLOWERS`` clients, and with none."""
+    alone = followed_job_cpu(daemon, 0)
+    followed = followed_job_cpu(daemon, FOLLOWERS)
+    per_change = 1000 * followed / FOLLOWED_LINES
+    detail = {"cpu_s_no_followers": alone, "cpu_s_followed": followed, "lines": FOLLOWED_LINES}
+    yield Row(
+        WATCH,
+        f"daemon CPU per change, {FOLLOWERS} followers of a job logging 128 KiB",
+        per_change,
+        "ms",
+        compared_with="no followers",
+        ratio=followed / alone if alone else None,
+        detail=detail,
+    )
+
+
 def run_watch(ctx: Context) -> Iterator[Row]:
     """Section 4: notification latency alone, then with many other clients waiting."""
     settings = ctx.settings
@@ -291,6 +366,7 @@ def run_watch(ctx: Context) -> Iterator[Row]:
         with connected(daemon) as client:
             alone = watch_job(client, changes, interval, expected * 4)
         yield from watch_rows("alone", alone)
+        yield from follower_rows(daemon)
         # The others wait on a few long jobs that change only when they end;
         # killing those jobs afterwards wakes the waiters and ends them.
         blocker = {"OP_ID": "OP_TEST_DELAY", "duration": expected * 4 + 60}
