@@ -21,6 +21,7 @@ import gc
 import grp
 import logging
 import os
+import platform
 import signal
 import sys
 import threading
@@ -30,7 +31,7 @@ from types import FrameType
 from jobqueue import __version__, constants
 from jobqueue.children import ProcessGroups
 from jobqueue.depmgr import DependencyManager
-from jobqueue.errors import GenericError
+from jobqueue.errors import GenericError, JobQueueError
 from jobqueue.jobreader import JobReader, stored_status
 from jobqueue.livejobs import LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
@@ -40,7 +41,6 @@ from jobqueue.opcodes import Registry
 from jobqueue.paths import StatePaths
 from jobqueue.processor import Processor
 from jobqueue.queue import JobQueue
-from jobqueue.queuelock import QueueLock
 from jobqueue.storage.base import JobStore
 from jobqueue.storage.faults import FAULT_FILE_ENV, disk_from_environment
 from jobqueue.storage.files import FileJobStore
@@ -295,12 +295,9 @@ def _run(
     ready_fd: list[int],
     file_handler: _ReopenableFileHandler | None,
 ) -> int:
-    lock = QueueLock(os.path.join(paths.queue_dir, constants.LOCK_FILE))
-    lock.acquire()
     try:
         socket_gid = grp.getgrnam(args.socket_group).gr_gid if args.socket_group else None
     except KeyError:
-        lock.release()
         raise GenericError(f"Unknown group {args.socket_group!r}") from None
     registry = builtin_registry()
     load_plugins(registry, args.plugin, log)
@@ -308,6 +305,28 @@ def _run(
     if disk is not None:
         log.warning("Storage fault injection enabled by %s (test-only)", FAULT_FILE_ENV)
     store = FileJobStore(paths.queue_dir, disk=disk, logger=log)
+    leadership = store.leadership(f"{platform.node()} pid {os.getpid()}")
+    if not leadership.acquire(0):  # a second daemon on this queue fails here
+        raise JobQueueError(
+            f"The job queue in {paths.queue_dir} is in use by another daemon"
+            f" ({leadership.holder() or 'unknown'})"
+        )
+    try:
+        return _serve(args, paths, ready_fd, file_handler, store, registry, socket_gid)
+    finally:
+        leadership.release()
+
+
+def _serve(
+    args: argparse.Namespace,
+    paths: StatePaths,
+    ready_fd: list[int],
+    file_handler: _ReopenableFileHandler | None,
+    store: JobStore,
+    registry: Registry,
+    socket_gid: int | None,
+) -> int:
+    """Recover the queue, serve until a signal, shut down; the store is ours."""
     processes = ProcessGroups(paths.commands_dir, logger=log)
     for leftover in processes.stop_leftovers(args.kill_grace):
         log.warning(
@@ -351,7 +370,6 @@ def _run(
     while not stop.wait(3600):
         pass
     _shutdown(core, server, args.shutdown_timeout, args.kill_grace)
-    lock.release()
     _remove(paths.pid_file)
     log.info("jobqueue-masterd stopped")
     return 0

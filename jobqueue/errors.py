@@ -12,7 +12,9 @@ The tree::
      |    +-- JobQueueDrainError  the drain flag is set
      |    +-- JobQueueFull        too many live jobs
      |    +-- StorageError        a job file could not be made durable
+     |    |    +-- NotLeaderError a write refused: this process no longer leads
      |    +-- JobFileCorrupted    a job file could not be parsed
+     |    +-- NotMasterError      this daemon is a standby; names the master
      +-- LockError                a lock was misused (not a timeout)
      +-- NoSuchTask               the worker pool has no queued task by that id
      +-- LuxiError                a protocol-level failure
@@ -101,6 +103,20 @@ class StorageError(JobQueueError):
         return str(self.args[0]) if self.args else ""
 
 
+class NotLeaderError(StorageError):
+    """A write was refused because this process no longer leads the store (fenced)."""
+
+
+class NotMasterError(JobQueueError):
+    """This daemon is a standby and changes nothing; ``args`` are ``(message, master)``.
+
+    ``master`` names the daemon that leads now, or is None when none does.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class JobFileCorrupted(JobQueueError):
     """A job file could not be parsed into a job."""
 
@@ -152,7 +168,9 @@ _ENCODABLE: dict[str, type[GenericError]] = {
         JobQueueDrainError,
         JobQueueFull,
         StorageError,
+        NotLeaderError,
         JobFileCorrupted,
+        NotMasterError,
         LockError,
         NoSuchTask,
         LuxiError,

@@ -25,21 +25,41 @@ class QueueLock:
 
     def acquire(self) -> None:
         """Take the lock at once or raise ``JobQueueError`` naming the holder's pid."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, constants.FILE_MODE)
+        if not self.try_acquire():
+            raise JobQueueError(
+                f"The job queue in {os.path.dirname(self.path)} is in use by another "
+                f"daemon (pid {self.holder() or 'unknown'})"
+            )
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free; False if another process holds it.
+
+        Raises ``JobQueueError`` when the lock file cannot be opened or locked.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, constants.FILE_MODE)
+        except OSError as err:
+            raise JobQueueError(f"Cannot open {self.path}: {err.strerror}") from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise JobQueueError(
-                    f"The job queue in {os.path.dirname(self.path)} is in use by another "
-                    f"daemon (pid {holder})"
-                ) from err
-            raise JobQueueError(f"Cannot lock {self.path}: {err}") from err
+                return False
+            raise JobQueueError(f"Cannot lock {self.path}: {err.strerror}") from err
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        return True
+
+    def holder(self) -> str | None:
+        """The pid written by the holder, None if the file holds none."""
+        try:
+            with open(self.path, "rb") as handle:
+                text = handle.read(64).decode("ascii", "replace").strip()
+        except OSError:
+            return None
+        return text or None
 
     def release(self) -> None:
         """Release the lock (idempotent); the file stays."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from jobqueue import constants
 from jobqueue.errors import JobFileCorrupted
 from jobqueue.model import Job
 from jobqueue.storage import layout
@@ -54,7 +53,7 @@ def file_bytes(queue_dir: Path) -> dict[str, bytes]:
         for name in names:
             path = Path(root, name)
             relative = str(path.relative_to(queue_dir))
-            if relative != constants.LOCK_FILE:
+            if relative != layout.LOCK_FILE:
                 contents[relative] = path.read_bytes()
     return contents
 

@@ -14,7 +14,7 @@ import pytest
 
 from jobqueue import constants
 from jobqueue.constants import Status
-from jobqueue.errors import JobQueueError, StorageError
+from jobqueue.errors import JobQueueError, NotLeaderError, StorageError
 from jobqueue.model import Job
 from jobqueue.queuelock import QueueLock
 from jobqueue.storage.base import JobStore
@@ -63,6 +63,21 @@ def create(store: JobStore, *jobs: Job) -> None:
 
 class TestStoreContract:
     """Every JobStore implementation must pass these."""
+
+    def test_one_leader_at_a_time(self, stores: Stores) -> None:
+        first, second = stores.open(), stores.other()
+        leading = first.leadership("first")
+        assert leading.acquire(0)
+        assert leading.holder() is not None
+        waiting = second.leadership("second")
+        assert not waiting.acquire(0)
+        assert not waiting.acquire(0.3)
+        assert waiting.holder() == leading.holder()
+        create(first, make_job(first.allocate_ids(1)[0]))  # the leader writes
+        leading.release()
+        assert waiting.acquire(5)
+        assert not leading.lost.is_set()  # released, not lost
+        waiting.release()
 
     def test_ids_are_unique_and_increasing(self, store: JobStore) -> None:
         first = store.allocate_ids(3)
@@ -258,7 +273,9 @@ def test_temp_files_cleaned_at_start(tmp_path: Path) -> None:
     queue = tmp_path / "queue"
     FileJobStore(str(queue))
     (queue / ".job-3.123.0.tmp").write_text("{half")
-    FileJobStore(str(queue))
+    store = FileJobStore(str(queue))
+    assert ".job-3.123.0.tmp" in queue_files(queue)  # not before it owns the queue
+    list(store.load_jobs())
     assert ".job-3.123.0.tmp" not in queue_files(queue)
 
 
@@ -377,6 +394,42 @@ def test_prune_stops_when_its_time_is_up(tmp_path: Path) -> None:
     result = store.prune_archive(0, time.time() + 60, budget=0)
     assert result.unfinished and result.jobs == 0
     assert store.prune_archive(0, time.time() + 60).jobs == 2
+
+
+def test_a_leader_that_lost_its_lease_never_writes_again() -> None:
+    """Fencing, as with an expired etcd lease: the old leader's writes change nothing."""
+    backing = MemoryBacking()
+    old, new = MemoryJobStore(backing), MemoryJobStore(backing)
+    old_lead = old.leadership("old")
+    assert old_lead.acquire(0)
+    (job_id,) = old.allocate_ids(1)
+    create(old, make_job(job_id))
+    old_lead.expire()
+    assert old_lead.lost.is_set()
+    assert new.leadership("new").acquire(0)
+    changed = make_job(job_id, Status.SUCCESS)
+    with pytest.raises(NotLeaderError):
+        old.replace_job(changed)
+    assert isinstance(old.create_jobs([make_job(job_id + 1)])[0], NotLeaderError)
+    assert old.archive_jobs([job_id])[1] is not None
+    with pytest.raises(NotLeaderError):
+        old.allocate_ids(1)
+    stored = new.read_job(job_id)
+    assert stored is not None and stored.status == Status.QUEUED
+    assert new.read_job(job_id + 1) is None
+    new.replace_job(changed)  # the new leader writes
+
+
+def test_a_second_daemon_s_file_leadership_names_the_first(tmp_path: Path) -> None:
+    queue = str(tmp_path / "queue")
+    first = FileJobStore(queue).leadership("a")
+    assert first.acquire(0)
+    second = FileJobStore(queue, owner=False).leadership("b")
+    assert not second.acquire(0)
+    assert second.holder() == f"pid {os.getpid()}"
+    first.release()
+    assert second.acquire(0)
+    second.release()
 
 
 def test_maintenance_handle_changes_nothing_it_does_not_have_to(tmp_path: Path) -> None:

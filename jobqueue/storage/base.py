@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from jobqueue.errors import JobFileCorrupted, StorageError
@@ -73,6 +74,36 @@ class ChangeFeed(abc.ABC):
     @abc.abstractmethod
     def stop(self) -> None:
         """Stop reporting and release what the feed holds; idempotent."""
+
+
+class Leadership(abc.ABC):
+    """Who may write a store: at most one leader at a time, and fenced.
+
+    A daemon ``acquire``s leadership before it writes anything. Once held, it
+    can be lost (a lease not renewed in time, another process taking over):
+    ``lost`` is set then, and from that moment every write through the
+    store this leadership came from raises ``NotLeaderError`` and changes
+    nothing, however late the process notices. ``holder`` names the leader
+    for clients of a standby.
+    """
+
+    def __init__(self) -> None:
+        self.lost = threading.Event()
+
+    @abc.abstractmethod
+    def acquire(self, wait: float) -> bool:
+        """Become the leader, waiting up to ``wait`` seconds (0: try once); True if leading.
+
+        Raises ``StorageError`` when the store cannot be reached.
+        """
+
+    @abc.abstractmethod
+    def release(self) -> None:
+        """Stop leading (idempotent); writes through this store are refused afterwards."""
+
+    @abc.abstractmethod
+    def holder(self) -> str | None:
+        """The name of the current leader, None when nobody leads."""
 
 
 class JobStore(abc.ABC):
@@ -168,3 +199,13 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def change_feed(self) -> ChangeFeed:
         """A new, unstarted feed of changes made through other handles on this store."""
+
+    # -- who may write ---------------------------------------------------------------
+    @abc.abstractmethod
+    def leadership(self, name: str) -> Leadership:
+        """This handle's leadership of the store, under ``name`` (e.g. host and pid).
+
+        Writes through a handle whose leadership was acquired are fenced by
+        it (see ``Leadership``); a handle never acquired writes unfenced
+        (tests, tools that hold the store's lock by other means).
+        """

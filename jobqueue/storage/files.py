@@ -33,8 +33,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from jobqueue import constants
 from jobqueue.errors import JobFileCorrupted, JobQueueError, StorageError
 from jobqueue.model import Job
+from jobqueue.queuelock import QueueLock
 from jobqueue.storage import layout
-from jobqueue.storage.base import ChangeFeed, JobStore, PruneResult, decode_job, encode_job
+from jobqueue.storage.base import (
+    ChangeFeed,
+    JobStore,
+    Leadership,
+    PruneResult,
+    decode_job,
+    encode_job,
+)
 from jobqueue.storage.filefeed import FileChangeFeed
 
 #: Threads writing one batch of job files in parallel: a single thread waits
@@ -69,7 +77,9 @@ class FileJobStore(JobStore):
 
     ``owner=False`` opens the directory of a running (or stopped) daemon
     for maintenance: nothing is created or cleaned up, the version is only
-    checked, and no id may be allocated.
+    checked, and no id may be allocated. The owner cleans up what a crash
+    left when it loads the jobs, which it does once it holds the lock
+    (``leadership``), never before.
     """
 
     def __init__(
@@ -97,8 +107,6 @@ class FileJobStore(JobStore):
         elif not os.path.isdir(queue_dir):
             raise JobQueueError(f"No job queue in {queue_dir}: no such directory")
         self._check_version()
-        if owner:
-            self._clean_temp_files()
         self._last_id = self._reserved = self._read_serial()
 
     # -- set-up --------------------------------------------------------------
@@ -207,6 +215,11 @@ class FileJobStore(JobStore):
 
     # -- live jobs -------------------------------------------------------------
     def load_jobs(self) -> Iterator[Job]:
+        """See the contract; the owner first removes what interrupted writes left."""
+        if self._owner:
+            self._clean_temp_files()
+            with self._lock:
+                self._last_id = self._reserved = max(self._reserved, self._read_serial())
         highest = 0
         for name in os.listdir(self.queue_dir):
             file_id = layout.job_id_of(name)
@@ -423,6 +436,46 @@ class FileJobStore(JobStore):
     # -- other processes' changes ------------------------------------------------
     def change_feed(self) -> ChangeFeed:
         return FileChangeFeed(self.queue_dir, logger=self._log)
+
+    def leadership(self, name: str) -> Leadership:
+        return FileLeadership(QueueLock(self._path(layout.LOCK_FILE)))
+
+
+class FileLeadership(Leadership):
+    """The exclusive ``flock`` on ``queue/lock``: one daemon per queue directory.
+
+    It is never lost while the process lives (the kernel drops it when the
+    process dies), so file writes need no fencing.
+    """
+
+    #: How often a waiting ``acquire`` tries the lock again.
+    RETRY = 0.2
+
+    def __init__(self, lock: QueueLock) -> None:
+        super().__init__()
+        self._lock = lock
+        self._held = False
+
+    def acquire(self, wait: float) -> bool:
+        """Take the lock; False if another process still holds it after ``wait`` seconds.
+
+        Raises ``JobQueueError`` when the lock file cannot be opened.
+        """
+        deadline = time.monotonic() + wait
+        while not self._lock.try_acquire():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(self.RETRY, max(0.0, deadline - time.monotonic())))
+        self._held = True
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+        self._held = False
+
+    def holder(self) -> str | None:
+        pid = str(os.getpid()) if self._held else self._lock.holder()
+        return None if pid is None else f"pid {pid}"
 
 
 def _prune_directory(path: str, cutoff: float, result: PruneResult) -> None:

@@ -4,6 +4,7 @@
     archive/<N//10000>/   archived jobs, job-N each
     corrupt/              files that could not be parsed, moved aside at load
     serial version drain  the id reservation, the format version, the drain flag
+    lock                  flock'ed by the daemon that owns the queue
     .<name>.<pid>.<n>.tmp a write in progress (removed at start)
 
 Only the file store and its change feed use these.
@@ -19,6 +20,7 @@ CORRUPT_DIR: Final = "corrupt"
 SERIAL_FILE: Final = "serial"
 VERSION_FILE: Final = "version"
 DRAIN_FILE: Final = "drain"
+LOCK_FILE: Final = "lock"
 TEMP_SUFFIX: Final = ".tmp"
 JOB_FILE_PREFIX: Final = "job-"
 JOBS_PER_ARCHIVE_DIR: Final = 10_000

@@ -12,12 +12,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from jobqueue.errors import JobQueueError, StorageError
+from jobqueue.errors import JobQueueError, NotLeaderError, StorageError
 from jobqueue.model import Job
 from jobqueue.storage.base import (
     ChangeCallback,
     ChangeFeed,
     JobStore,
+    Leadership,
     PruneResult,
     decode_job,
     encode_job,
@@ -34,6 +35,8 @@ class MemoryBacking:
         self.serial = 0
         self.drained = False
         self.feeds: list[MemoryChangeFeed] = []
+        self.leader: MemoryLeadership | None = None
+        self.leader_changed = threading.Condition(self.lock)
 
 
 class MemoryJobStore(JobStore):
@@ -45,6 +48,13 @@ class MemoryJobStore(JobStore):
         self._backing = backing or MemoryBacking()
         self._clock = clock
         self._closed = False
+        self._leadership: MemoryLeadership | None = None
+
+    def _check_leader_locked(self) -> None:
+        """Fencing: once this handle led, it writes only while it still leads."""
+        lead = self._leadership
+        if lead is not None and lead.held_once and self._backing.leader is not lead:
+            raise NotLeaderError("This process no longer leads the job queue", 0)
 
     def _changed(self, job_ids: Iterable[int]) -> None:
         """Tell the feeds of the other stores on this backing (backing lock held)."""
@@ -57,6 +67,7 @@ class MemoryJobStore(JobStore):
         if self._closed:
             raise JobQueueError("The store was closed")
         with self._backing.lock:
+            self._check_leader_locked()
             first = self._backing.serial + 1
             self._backing.serial += count
             return list(range(first, first + count))
@@ -74,6 +85,10 @@ class MemoryJobStore(JobStore):
     def create_jobs(self, jobs: Sequence[Job]) -> list[StorageError | None]:
         encoded = [(job.id, encode_job(job)) for job in jobs]
         with self._backing.lock:
+            try:
+                self._check_leader_locked()
+            except NotLeaderError as err:
+                return [err] * len(jobs)
             self._backing.live.update(encoded)
             self._changed(job.id for job in jobs)
         return [None] * len(jobs)
@@ -81,11 +96,13 @@ class MemoryJobStore(JobStore):
     def replace_job(self, job: Job) -> None:
         data = encode_job(job)
         with self._backing.lock:
+            self._check_leader_locked()
             self._backing.live[job.id] = data
             self._changed([job.id])
 
     def discard_jobs(self, job_ids: Sequence[int]) -> list[int]:
         with self._backing.lock:
+            self._check_leader_locked()
             for job_id in job_ids:
                 self._backing.live.pop(job_id, None)
             self._changed(job_ids)
@@ -102,6 +119,10 @@ class MemoryJobStore(JobStore):
         moved = []
         now = self._clock()
         with self._backing.lock:
+            try:
+                self._check_leader_locked()
+            except NotLeaderError as err:
+                return [], err
             for job_id in sorted(set(job_ids)):
                 if job_id in self._backing.live:
                     self._backing.archive[job_id] = (self._backing.live.pop(job_id), now)
@@ -132,10 +153,52 @@ class MemoryJobStore(JobStore):
 
     def set_drained(self, drained: bool) -> None:
         with self._backing.lock:
+            self._check_leader_locked()
             self._backing.drained = drained
 
     def change_feed(self) -> ChangeFeed:
         return MemoryChangeFeed(self, self._backing)
+
+    def leadership(self, name: str) -> MemoryLeadership:
+        if self._leadership is None:
+            self._leadership = MemoryLeadership(name, self._backing)
+        return self._leadership
+
+
+class MemoryLeadership(Leadership):
+    """Leadership of a memory backing; ``expire`` plays a lease that ran out."""
+
+    def __init__(self, name: str, backing: MemoryBacking) -> None:
+        super().__init__()
+        self.name = name
+        self.held_once = False  # writes are fenced from the first acquire on
+        self._backing = backing
+
+    def acquire(self, wait: float) -> bool:
+        with self._backing.leader_changed:
+            won = self._backing.leader_changed.wait_for(
+                lambda: self._backing.leader in (None, self), wait
+            )
+            if won:
+                self._backing.leader = self
+                self.held_once = True
+                self.lost.clear()
+            return bool(won)
+
+    def release(self) -> None:
+        with self._backing.leader_changed:
+            if self._backing.leader is self:
+                self._backing.leader = None
+                self._backing.leader_changed.notify_all()
+
+    def expire(self) -> None:
+        """Lose leadership as an expired lease would: someone else may take over now."""
+        self.release()
+        self.lost.set()
+
+    def holder(self) -> str | None:
+        with self._backing.lock:
+            return None if self._backing.leader is None else self._backing.leader.name
 
 
 class MemoryChangeFeed(ChangeFeed):
