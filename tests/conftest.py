@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.daemon_helper import Daemon, state_dir_under
 from tests.etcd_cluster import EtcdCluster, TlsFiles, etcd_binary
+
+if TYPE_CHECKING:
+    from jobqueue.storage.etcdkv import EtcdKV
 
 
 @pytest.fixture
@@ -72,3 +75,21 @@ def etcd_shared(
     base = tmp_path_factory.mktemp(f"etcd{request.param}")
     with EtcdCluster(etcd_server, base, request.param) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def open_kv() -> Iterator[Callable[..., EtcdKV]]:
+    """Make etcd clients (``make(endpoints, timeout=2.0, **settings)``); all closed after."""
+    from jobqueue.storage.etcdconn import EtcdSettings
+    from jobqueue.storage.etcdkv import EtcdKV
+
+    made: list[EtcdKV] = []
+
+    def make(endpoints: list[str], timeout: float = 2.0, **options: Any) -> EtcdKV:
+        kv = EtcdKV(EtcdSettings(tuple(endpoints), timeout=timeout, **options))
+        made.append(kv)
+        return kv
+
+    yield make
+    for kv in made:
+        kv.close()
