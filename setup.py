@@ -2,6 +2,10 @@
 
 from setuptools import find_packages, setup
 
+# The etcd store (high availability) talks to etcd's v3 JSON gateway through
+# etcd3gw; doc/ha.rst says why this client. Tested with 2.7 against etcd 3.4.
+ETCD_REQUIRES = ["etcd3gw>=2.7,<3"]
+
 setup(
     name="jobqueue",
     version="0.1.0",
@@ -24,10 +28,16 @@ setup(
             # The tests speak JSON as Ganeti's clients do (simplejson), apart
             # from the daemon's own encoder (the stdlib's json).
             "simplejson>=3.17",
+            # The etcd tests run whenever an etcd server binary is found.
+            *ETCD_REQUIRES,
         ],
+        "etcd": ETCD_REQUIRES,
         "lint": [
             "ruff>=0.4",
             "mypy>=1.8",
+            # mypy checks the etcd wrapper against the client's types.
+            *ETCD_REQUIRES,
+            "types-requests",
         ],
     },
     entry_points={
