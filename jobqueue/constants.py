@@ -50,6 +50,7 @@ ELOG_STDERR: Final = "stderr"
 # Fixed texts clients and tests match on.
 MSG_CANCELED: Final = "Job canceled by request"
 MSG_UNCLEAN_SHUTDOWN: Final = "Unclean master daemon shutdown"
+MSG_FAILED_OVER: Final = "Master failed over: the master running this job stopped leading"
 MSG_KILLED_AT_SHUTDOWN: Final = "Killed at daemon shutdown: still running after --shutdown-timeout"
 MSG_PRECEDING_FAILED: Final = "Preceding opcode failed"
 MSG_DRAINED: Final = "Job queue is drained, refusing job"

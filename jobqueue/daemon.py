@@ -31,16 +31,19 @@ from types import FrameType
 from jobqueue import __version__, constants
 from jobqueue.children import ProcessGroups
 from jobqueue.depmgr import DependencyManager
-from jobqueue.errors import GenericError, JobQueueError
+from jobqueue.errors import GenericError
+from jobqueue.ha import Roles
 from jobqueue.jobreader import JobReader, stored_status
 from jobqueue.livejobs import LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.lus import builtin_registry, load_plugins
+from jobqueue.luxi.methods import QueueApi, ReaderApi
 from jobqueue.luxi.server import LuxiServer
 from jobqueue.opcodes import Registry
 from jobqueue.paths import StatePaths
 from jobqueue.processor import Processor
 from jobqueue.queue import JobQueue
+from jobqueue.standby import StandbyQueue, StoreMirror
 from jobqueue.storage.base import JobStore
 from jobqueue.storage.faults import FAULT_FILE_ENV, disk_from_environment
 from jobqueue.storage.files import FileJobStore
@@ -244,6 +247,8 @@ def build_core(
     store: JobStore,
     registry: Registry,
     *,
+    live: LiveJobs | None = None,
+    name: str | None = None,
     max_jobs: int = constants.DEFAULT_MAX_JOBS,
     kill_grace: float = constants.DEFAULT_KILL_GRACE,
     processes: ProcessGroups | None = None,
@@ -253,8 +258,9 @@ def build_core(
     """Wire the queue and everything around it; the one place that does (tests use it too).
 
     The workers start only after the queue has loaded (``start_core``).
+    ``live`` is the view of the jobs to keep (a standby's, taking over).
     """
-    live = LiveJobs(registry.summarize)
+    live = live or LiveJobs(registry.summarize)
     locks = LockManager()
     depmgr = DependencyManager(functools.partial(stored_status, live, store))
     processor = Processor(
@@ -276,6 +282,7 @@ def build_core(
         pool,
         timers,
         max_jobs=max_jobs,
+        name=name,
         strategy_factory=strategy_factory,
         logger=logger,
     )
@@ -283,9 +290,11 @@ def build_core(
     return Core(store, live, locks, pool, timers, queue, reader)
 
 
-def start_core(core: Core, workers: int) -> None:
+def start_core(
+    core: Core, workers: int, recovery_message: str = constants.MSG_UNCLEAN_SHUTDOWN
+) -> None:
     """Load and recover the queue, then start ``workers`` worker threads."""
-    core.queue.start()
+    core.queue.start(recovery_message)
     core.pool.resize(workers)
 
 
@@ -305,71 +314,84 @@ def _run(
     if disk is not None:
         log.warning("Storage fault injection enabled by %s (test-only)", FAULT_FILE_ENV)
     store = FileJobStore(paths.queue_dir, disk=disk, logger=log)
-    leadership = store.leadership(f"{platform.node()} pid {os.getpid()}")
-    if not leadership.acquire(0):  # a second daemon on this queue fails here
-        raise JobQueueError(
-            f"The job queue in {paths.queue_dir} is in use by another daemon"
-            f" ({leadership.holder() or 'unknown'})"
-        )
-    try:
-        return _serve(args, paths, ready_fd, file_handler, store, registry, socket_gid)
-    finally:
-        leadership.release()
-
-
-def _serve(
-    args: argparse.Namespace,
-    paths: StatePaths,
-    ready_fd: list[int],
-    file_handler: _ReopenableFileHandler | None,
-    store: JobStore,
-    registry: Registry,
-    socket_gid: int | None,
-) -> int:
-    """Recover the queue, serve until a signal, shut down; the store is ours."""
-    processes = ProcessGroups(paths.commands_dir, logger=log)
-    for leftover in processes.stop_leftovers(args.kill_grace):
-        log.warning(
-            "Stopped the leftover command of job %d (process group %d)",
-            leftover.job_id,
-            leftover.pgid,
-        )
-    core = build_core(
-        store,
-        registry,
-        max_jobs=args.max_jobs,
-        kill_grace=args.kill_grace,
-        processes=processes,
-        logger=log,
-    )
-    gc.disable()  # loading makes many objects and no garbage; see _settle_gc
-    try:
-        start_core(core, args.workers)
-    finally:
-        _settle_gc()
-    server = LuxiServer(
-        core.queue,
-        core.reader,
-        master_path=paths.master_socket,
-        query_path=paths.query_socket,
-        socket_group=socket_gid,
-        max_message_size=args.max_message_size,
-        client_timeout=args.client_timeout,
-        logger=log,
-    )
+    name = f"{platform.node()} pid {os.getpid()}"
+    leadership = store.leadership(name)
+    live = LiveJobs(registry.summarize)
     stop = _install_signal_handlers(paths, file_handler)
-    server.start()
-    _write_pid_file(paths.pid_file)
-    log.info(
-        "jobqueue-masterd %s ready on %s (%d workers)",
-        __version__,
-        paths.master_socket,
-        args.workers,
+    servers: list[LuxiServer] = []
+
+    def serve(queue: QueueApi, reader: ReaderApi) -> None:
+        """Answer with these from now on; the first call opens the sockets."""
+        if servers:
+            servers[0].set_services(queue, reader)
+            return
+        server = LuxiServer(
+            queue,
+            reader,
+            master_path=paths.master_socket,
+            query_path=paths.query_socket,
+            socket_group=socket_gid,
+            max_message_size=args.max_message_size,
+            client_timeout=args.client_timeout,
+            logger=log,
+        )
+        server.start()
+        servers.append(server)
+        _write_pid_file(paths.pid_file)
+        log.info("jobqueue-masterd %s ready on %s", __version__, paths.master_socket)
+        _report(ready_fd, "OK\n")
+
+    processes = ProcessGroups(paths.commands_dir, logger=log)
+
+    def make_term(recovery_message: str) -> Core:
+        """Stop what a killed daemon left running here, then build and recover the queue."""
+        for leftover in processes.stop_leftovers(args.kill_grace):
+            log.warning(
+                "Stopped the leftover command of job %d (process group %d)",
+                leftover.job_id,
+                leftover.pgid,
+            )
+        core = build_core(
+            store,
+            registry,
+            live=live,
+            name=name,
+            max_jobs=args.max_jobs,
+            kill_grace=args.kill_grace,
+            processes=processes,
+            logger=log,
+        )
+        gc.disable()  # loading makes many objects and no garbage; see _settle_gc
+        try:
+            start_core(core, args.workers, recovery_message)
+        finally:
+            _settle_gc()
+        log.info("Job queue recovered; %d workers", args.workers)
+        return core
+
+    status_of = functools.partial(stored_status, live, store)
+    roles = Roles(
+        store,
+        leadership,
+        StoreMirror(store, live, logger=log),
+        StandbyQueue(store, leadership.holder, live, max_jobs=args.max_jobs),
+        JobReader(
+            live, store, LockManager(), DependencyManager(status_of), registry.summarize, logger=log
+        ),
+        make_term=make_term,
+        serve=serve,
+        standby_allowed=False,
+        recovery_message=constants.MSG_UNCLEAN_SHUTDOWN,
+        shutdown_timeout=args.shutdown_timeout,
+        kill_grace=args.kill_grace,
+        logger=log,
     )
-    _report(ready_fd, "OK\n")
-    while not stop.wait(3600):
-        pass
-    _shutdown(core, server, args.shutdown_timeout, args.kill_grace)
+    try:
+        roles.run(stop)
+    finally:
+        for server in servers:
+            server.stop()
+        leadership.release()
     _remove(paths.pid_file)
     log.info("jobqueue-masterd stopped")
     return 0
@@ -412,25 +434,6 @@ def _install_signal_handlers(
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
     return stop
-
-
-def _shutdown(core: Core, server: LuxiServer, timeout: float, kill_grace: float) -> None:
-    """Refuse new jobs, let running opcodes finish (bounded), then close everything.
-
-    Ids reserved but never handed out are given back, so they stay dense.
-    """
-    queue = core.queue
-    queue.prepare_shutdown()
-    if not queue.wait_idle(timeout):
-        log.warning("Opcodes still running after %.0fs; killing them", timeout)
-        queue.kill_running()
-        queue.wait_idle(kill_grace + 2)
-    server.stop()
-    core.stop()
-    try:
-        core.store.release_unused_ids()
-    except GenericError as err:
-        log.warning("Cannot give back unused job ids: %s", err)
 
 
 def _write_pid_file(path: str) -> None:

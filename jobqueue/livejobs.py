@@ -113,18 +113,33 @@ class LiveJobs:
         self._watches: dict[int, list[JobWatch]] = {}
 
     # -- writers (the queue) -----------------------------------------------------
-    def load(self, jobs: Iterable[Job]) -> None:
-        """Add jobs read from the store at start (only unfinished ones are copied)."""
-        with self._lock:
-            for job in jobs:
-                entry = IndexEntry.of(job, self._summarize)
-                self._entries[job.id] = entry
-                if entry.status not in FINALIZED:
-                    self._latest[job.id] = snapshot(job)
+    def load(self, jobs: Iterable[Job], *, copy: bool = True) -> None:
+        """Replace the whole view with ``jobs``, read from the store.
 
-    def publish(self, jobs: Iterable[Job]) -> None:
-        """Announce the state of ``jobs`` as just made durable."""
-        copies = [snapshot(job) for job in jobs]
+        At start, at a takeover, or when a change feed lost track. With
+        ``copy`` the unfinished jobs are copied, as their owner goes on
+        changing them; a caller that hands over jobs nobody else holds
+        passes False. Every watch hears of it, as its job may have changed.
+        """
+        entries: dict[int, IndexEntry] = {}
+        latest: dict[int, Job] = {}
+        for job in jobs:
+            entry = entries[job.id] = IndexEntry.of(job, self._summarize)
+            if entry.status not in FINALIZED:
+                latest[job.id] = snapshot(job) if copy else job
+        callbacks = []
+        with self._lock:
+            self._entries, self._latest = entries, latest
+            for job_id, watches in self._watches.items():
+                for watch in watches:
+                    watch.latest = latest.get(job_id)
+                    callbacks.append(watch._on_change)
+        for callback in callbacks:
+            callback()
+
+    def publish(self, jobs: Iterable[Job], *, copy: bool = True) -> None:
+        """Announce the state of ``jobs`` as just made durable (see ``load`` for ``copy``)."""
+        copies = [snapshot(job) if copy else job for job in jobs]
         callbacks = []
         with self._lock:
             for copied in copies:

@@ -64,11 +64,15 @@ class JobQueue:
         timers: Timers,
         *,
         max_jobs: int = constants.DEFAULT_MAX_JOBS,
+        name: str | None = None,
         strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
         clock: Callable[[], float] = time.time,
         logger: logging.Logger | None = None,
     ) -> None:
-        """``pool`` must run its tasks through ``run_task``; it may start with no workers."""
+        """``pool`` must run its tasks through ``run_task``; it may start with no workers.
+
+        ``name`` is this daemon's name as the master (``QueryConfigValues``).
+        """
         self.store = store
         self.live = live
         self.registry = registry
@@ -78,6 +82,7 @@ class JobQueue:
         self.pool = pool
         self._timers = timers
         self._max_jobs = max_jobs
+        self._name = name
         self._strategy_factory = strategy_factory
         self._clock = clock
         self._log = logger or logging.getLogger(__name__)
@@ -103,11 +108,13 @@ class JobQueue:
         return self._strategy_factory()
 
     # -- start and stop -------------------------------------------------------
-    def start(self) -> None:
+    def start(self, recovery_message: str = constants.MSG_UNCLEAN_SHUTDOWN) -> None:
         """Load the queue and recover what a previous daemon left unfinished.
 
         Queued jobs are re-queued; waiting ones go back to queued; running
-        and canceling ones end in error ("Unclean master daemon shutdown").
+        and canceling ones end in error with ``recovery_message`` (an
+        unclean shutdown, or a master that failed over): an opcode that had
+        started never runs twice.
         """
         jobs = list(self.store.load_jobs())
         self.live.load(jobs)
@@ -115,11 +122,14 @@ class JobQueue:
         for job in unfinished:
             status = job.status
             if status in (Status.RUNNING, Status.CANCELING):
-                job.finalize_pending(Status.ERROR, constants.MSG_UNCLEAN_SHUTDOWN, self.now())
+                job.finalize_pending(Status.ERROR, recovery_message, self.now())
                 self.write(job)
-                self._log.warning(
-                    "Job %s was %s at an unclean shutdown; marked as error", job.id, status
+                when = (
+                    "at an unclean shutdown"
+                    if recovery_message == constants.MSG_UNCLEAN_SHUTDOWN
+                    else "when its master failed over"
                 )
+                self._log.warning("Job %s was %s %s; marked as error", job.id, status, when)
                 continue
             if status == Status.WAITING:
                 for op in job.ops:
@@ -308,11 +318,9 @@ class JobQueue:
                 refused[job.id] = _dependency_refused(blocker)
                 orphans.append(job.id)
         if orphans:
-            removed: list[int] = []
-            try:
-                removed = self.store.discard_jobs(orphans)
-            except StorageError as err:
-                self._log.error("Cannot withdraw jobs %s: %s", orphans, err)
+            removed, failure = self.store.discard_jobs(orphans)
+            if failure is not None:
+                self._log.error("Cannot withdraw jobs %s: %s", orphans, failure)
             self.live.drop(removed)
             for job_id in set(orphans) - set(removed):  # still stored: they stay, and run
                 del refused[job_id]
@@ -478,6 +486,8 @@ class JobQueue:
             "max_jobs": lambda: self._max_jobs,
             "workers": lambda: self.pool.stats()["workers"],
             "accepting_jobs": self.accepting,
+            "role": lambda: "master",
+            "master": lambda: self._name,
         }
         unknown = [name for name in fields if name not in values]
         if unknown:

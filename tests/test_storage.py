@@ -124,7 +124,7 @@ class TestStoreContract:
     def test_discard(self, store: JobStore) -> None:
         ids = store.allocate_ids(2)
         create(store, *(make_job(i) for i in ids))
-        assert store.discard_jobs([ids[0]]) == [ids[0]]
+        assert store.discard_jobs([ids[0]]) == ([ids[0]], None)
         assert store.read_job(ids[0]) is None
         assert [job.id for job in store.load_jobs()] == [ids[1]]
 

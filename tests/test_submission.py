@@ -21,6 +21,12 @@ class FailJob(Disk):
 
     def __init__(self) -> None:
         self.failing: str | None = None
+        self.failing_dir_syncs: list[bool] = []  # per coming directory sync: fail it?
+
+    def fsync_dir(self, path: str) -> None:
+        if self.failing_dir_syncs and self.failing_dir_syncs.pop(0):
+            raise OSError(errno.EIO, "Input/output error")
+        super().fsync_dir(path)
 
     def replace(self, src: str, dst: str) -> None:
         if self.failing is not None and dst.endswith(f"/{self.failing}"):
@@ -84,3 +90,17 @@ def test_dependent_of_a_job_whose_write_failed_is_withdrawn(
     files = sorted(p.name for p in (tmp_path / "queue").glob("job-*"))
     assert files == sorted([f"job-{first}", f"job-{results[3][1]}"])
     assert queue.live.ids() == [first, results[3][1]]
+
+
+def test_a_withdrawn_job_whose_removal_was_not_synced_is_still_refused(
+    make_queue: Callable[..., JobQueue], disk: FailJob, tmp_path: Path
+) -> None:
+    """Its file is gone (if not durably): acknowledging it would promise a lost job."""
+    queue = make_queue()
+    first = queue.submit_job([DUMMY])
+    disk.failing = f"job-{first + 1}"
+    disk.failing_dir_syncs = [False, True]  # the batch's sync works, the withdrawal's fails
+    results = queue.submit_many_jobs([[DUMMY], [{**DUMMY, "depends": [[-1, []]]}]])
+    assert [ok for ok, _ in results] == [False, False]
+    assert not (tmp_path / "queue" / f"job-{first + 2}").exists()
+    assert queue.live.ids() == [first]

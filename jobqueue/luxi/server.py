@@ -105,6 +105,16 @@ class LuxiServer:
         self._connection_numbers = itertools.count(1)
         self._closing = False
 
+    def set_services(self, queue: methods.QueueApi, reader: methods.ReaderApi) -> None:
+        """Serve later requests with ``queue`` and ``reader`` (a standby taking over).
+
+        Any thread. Requests already being handled finish with the old ones.
+        ``reader`` must watch jobs through the same view as the first reader
+        did, so that waiting WaitForJobChange calls keep hearing of changes.
+        """
+        self._services = methods.Services(queue, reader)
+        self._reader = reader
+
     # -- life cycle (caller's thread) -------------------------------------------
     def start(self) -> None:
         """Start the loop thread; return once both sockets accept connections.

@@ -144,11 +144,11 @@ class JobStore(abc.ABC):
         """Replace a stored live job durably; ``StorageError`` keeps the old version."""
 
     @abc.abstractmethod
-    def discard_jobs(self, job_ids: Sequence[int]) -> list[int]:
+    def discard_jobs(self, job_ids: Sequence[int]) -> tuple[list[int], StorageError | None]:
         """Delete live jobs that were stored but never acknowledged to anyone.
 
-        Returns the ids that are gone. Raises ``StorageError`` if one cannot
-        be removed durably; jobs not yet handled then stay.
+        Returns the ids that are gone (even if not durably: they must not be
+        acknowledged) and the failure that stopped the rest, None if none.
         """
 
     @abc.abstractmethod

@@ -281,7 +281,7 @@ class FileJobStore(JobStore):
                 )
             return self._batch_pool
 
-    def discard_jobs(self, job_ids: Sequence[int]) -> list[int]:
+    def discard_jobs(self, job_ids: Sequence[int]) -> tuple[list[int], StorageError | None]:
         removed: list[int] = []
         for job_id in job_ids:
             try:
@@ -289,13 +289,13 @@ class FileJobStore(JobStore):
             except FileNotFoundError:
                 pass
             except OSError as err:
-                raise storage_error(f"Cannot remove job {job_id}", err) from err
+                return removed, storage_error(f"Cannot remove job {job_id}", err)
             removed.append(job_id)
         try:
             self._disk.fsync_dir(self.queue_dir)
         except OSError as err:
-            raise storage_error(f"Cannot sync {self.queue_dir}", err) from err
-        return removed
+            return removed, storage_error(f"Cannot sync {self.queue_dir}", err)
+        return removed, None
 
     def read_job(self, job_id: int) -> Job | None:
         for path in (self._job_path(job_id), self._archived_path(job_id)):

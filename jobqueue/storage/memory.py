@@ -100,13 +100,16 @@ class MemoryJobStore(JobStore):
             self._backing.live[job.id] = data
             self._changed([job.id])
 
-    def discard_jobs(self, job_ids: Sequence[int]) -> list[int]:
+    def discard_jobs(self, job_ids: Sequence[int]) -> tuple[list[int], StorageError | None]:
         with self._backing.lock:
-            self._check_leader_locked()
+            try:
+                self._check_leader_locked()
+            except NotLeaderError as err:
+                return [], err
             for job_id in job_ids:
                 self._backing.live.pop(job_id, None)
             self._changed(job_ids)
-        return list(job_ids)
+        return list(job_ids), None
 
     def read_job(self, job_id: int) -> Job | None:
         with self._backing.lock:
