@@ -35,10 +35,10 @@ from jobqueue.errors import (
 from jobqueue.jobstep import ActiveJob, Verdict, end_lost_opcodes_locked, step
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.model import Job, Timestamp, now_stamp
-from jobqueue.opcodes import Registry
+from jobqueue.opcodes import OpCode, Registry
 from jobqueue.processor import Processor
 from jobqueue.storage import IndexEntry, JobStore
-from jobqueue.submission import prepare_jobs
+from jobqueue.submission import load_opcodes, prepare_jobs
 from jobqueue.workerpool import DeferTask, WorkerPool
 
 if TYPE_CHECKING:
@@ -119,6 +119,7 @@ class JobQueue:
                     if op.status == Status.WAITING:
                         op.status, op.result = Status.QUEUED, None
                 self.write(job)
+            load_opcodes(job, self.registry)
             self._activate([job])
         self._log.info(
             "Job queue loaded: %d live jobs, %d to run",
@@ -266,10 +267,15 @@ class JobQueue:
         if not drained_ok and self.storage.is_drained():
             raise JobQueueDrainError(constants.MSG_DRAINED)
         prepared = prepare_jobs(
-            jobs, self.registry, self.storage.exists, relative_ok, self.storage.allocate_ids
+            jobs,
+            self.registry,
+            self.storage.exists,
+            relative_ok,
+            self.storage.allocate_ids,
+            int(self._clock() * 1_000_000_000),
         )
         refused: dict[int, GenericError] = {}  # ids of this call that will not be stored
-        accepted: list[tuple[int, list[dict[str, Any]]]] = []
+        accepted: list[tuple[int, list[OpCode]]] = []
         results: list[int | GenericError] = []
         with self._lock:  # room is counted and claimed at once: concurrent calls share it
             room = self._max_jobs - self.storage.live_count() - self._slots_claimed
@@ -278,7 +284,7 @@ class JobQueue:
                     results.append(item)
                     continue
                 job_id, ops = item
-                blocker = _refused_dependency(ops, refused)
+                blocker = _refused_dependency([op.to_dict() for op in ops], refused)
                 if blocker is not None:
                     refused[job_id] = _dependency_refused(blocker)
                 elif len(accepted) >= room:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import jobqueue.lus.test
 from jobqueue import constants
 from jobqueue.children import ProcessGroups
 from jobqueue.errors import (
@@ -29,6 +31,7 @@ from jobqueue.jobstep import Verdict
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.lus import builtin_registry
 from jobqueue.lus.command import base_environment
+from jobqueue.lus.test import ELOG_JQUEUE_TEST
 from jobqueue.queue import JobQueue
 from jobqueue.storage import FileJobStore
 from tests.polling import poll_until
@@ -207,10 +210,95 @@ class TestTestJqueue:
         assert job["opresult"] == [["OpExecError", ["Opcode failure was requested"]]]
         assert log_of(job) == ["x"]
 
-    @pytest.mark.parametrize("param", ["notify_waitlock", "notify_exec"])
-    def test_notifications_rejected_at_submit(self, queue: JobQueue, param: str) -> None:
-        with pytest.raises(OpPrereqError, match=rf"OP_TEST_JQUEUE\.{param}"):
-            queue.submit_job([{"OP_ID": "OP_TEST_JQUEUE", param: True}])
+    def test_notifications_as_gnt_debug_test_jobqueue_drives_them(self, queue: JobQueue) -> None:
+        op = {
+            "OP_ID": "OP_TEST_JQUEUE",
+            "notify_waitlock": True,
+            "notify_exec": True,
+            "log_messages": ["one", "two"],
+        }
+        job_id = queue.submit_job([op])
+        answered = answer_notifications(queue, job_id)
+        job = info(queue, job_id)
+        assert job["status"] == "success" and job["opresult"] == [True]
+        assert answered == [
+            ("expandnames", None, "waiting"),
+            ("exec", None, "running"),
+            ("startmsg", 2, "running"),
+            ("logmsg", 1, "running"),
+            ("logmsg", 2, "running"),
+        ]
+        assert log_of(job, 0, "message") == ["TESTMSG=one", "TESTMSG=two"]
+        sockets = [entry[0] for entry in log_of(job, 0, ELOG_JQUEUE_TEST)]
+        assert len(set(sockets)) == 5 and not any(os.path.exists(p) for p in sockets)
+
+    def test_unanswered_notification_fails_the_opcode(
+        self, queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(jobqueue.lus.test, "NOTIFY_CONNECT_TIMEOUT", 0.3)
+        job = run_job(queue, [{"OP_ID": "OP_TEST_JQUEUE", "notify_exec": True}])
+        assert job["status"] == "error"
+        message = "Test notification 'exec': no answer within 0.3s"
+        assert job["opresult"] == [["OpExecError", [message]]]
+
+    def test_unconfirmed_notification_fails_the_opcode(
+        self, queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(jobqueue.lus.test, "NOTIFY_CONFIRM_TIMEOUT", 0.3)
+        job_id = queue.submit_job([{"OP_ID": "OP_TEST_JQUEUE", "notify_exec": True}])
+        path = wait_for_notification(queue, job_id)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)  # and never confirms
+            assert wait_for_status(queue, job_id, FINAL) == "error"
+        message = "Test notification 'exec': no answer within 0.3s"
+        assert info(queue, job_id)["opresult"] == [["OpExecError", [message]]]
+
+    def test_cancel_while_a_notification_waits_before_the_locks(self, queue: JobQueue) -> None:
+        job_id = queue.submit_job([{"OP_ID": "OP_TEST_JQUEUE", "notify_waitlock": True}])
+        wait_for_notification(queue, job_id)
+        assert queue.query_jobs([job_id], ["status"]) == [["waiting"]]
+        started = time.monotonic()
+        assert queue.cancel_job(job_id)[0]
+        assert wait_for_status(queue, job_id, FINAL, PROMPT) == "canceled"
+        assert time.monotonic() - started < PROMPT
+
+
+def wait_for_notification(queue: JobQueue, job_id: int) -> str:
+    """The socket path of the job's first test notification, once it is logged."""
+    found: list[str] = []
+
+    def logged() -> bool:
+        (row,) = queue.query_jobs([job_id], ["oplog"])
+        found.extend(e[3][0] for op in row[0] for e in op if e[2] == ELOG_JQUEUE_TEST)
+        return bool(found)
+
+    assert wait_until(logged), "no test notification"
+    return found[0]
+
+
+def answer_notifications(queue: JobQueue, job_id: int) -> list[tuple[str, Any, str]]:
+    """Play gnt-debug's test client until the job ends: note the job's status at
+    each notification, connect to its socket and confirm. Returns (test, argument,
+    status) per notification. A bounded poll of the job's log.
+    """
+    answered: list[tuple[str, Any, str]] = []
+    last_serial = 0
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        (row,) = queue.query_jobs([job_id], ["status", "oplog"])
+        status, oplog = row
+        for serial, _, log_type, message in (e for op in oplog for e in op):
+            if serial > last_serial and log_type == ELOG_JQUEUE_TEST:
+                path, test, argument = message
+                answered.append((test, argument, status))
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                    client.connect(path)
+                    client.sendall(b"\0")
+            last_serial = max(last_serial, serial)
+        if status in FINAL:
+            return answered
+        time.sleep(0.01)
+    raise AssertionError(f"job {job_id} did not finish; answered {answered}")
 
 
 class TestTestDummy:

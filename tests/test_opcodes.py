@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import textwrap
@@ -151,9 +152,12 @@ class TestValidate:
         first["on_nodes"].append("node1")
         assert second["on_nodes"] == []
         assert registry.validate(delay())["on_nodes"] == []
-        built = registry.build(delay())
-        built.on_nodes.append("node2")
-        assert registry.build(delay()).on_nodes == []
+        typed = registry.typed(delay())
+        typed.to_dict()["on_nodes"].append("node2")
+        assert typed.to_dict()["on_nodes"] == [] and typed.on_nodes == ()
+        assert registry.typed(delay()).to_dict()["on_nodes"] == []
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            typed.on_nodes = ("node3",)  # type: ignore[misc]
 
     def test_given_values_are_kept(self, registry: Registry) -> None:
         checked = registry.validate(delay(duration=2, repeat=3, on_nodes=["n1", "n2"]))
@@ -176,8 +180,8 @@ class TestValidate:
         assert checked["depends"] is None and checked["comment"] is None
         assert "priority" not in checked and "debug_level" not in checked
 
-    def test_build_gives_attribute_access_with_defaults(self, registry: Registry) -> None:
-        op = registry.build(registry.validate(delay(duration=0.25)))
+    def test_typed_gives_attribute_access_with_defaults(self, registry: Registry) -> None:
+        op = registry.typed(delay(duration=0.25))
         assert isinstance(op, OpTestDelay)
         assert (op.duration, op.repeat, op.on_master) == (0.25, 0, True)
         assert op.priority is None and op.dry_run is None and op.depends is None
