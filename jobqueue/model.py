@@ -263,7 +263,8 @@ def calc_priority(ops: Iterable[QueuedOpCode]) -> int:
 
 def default_summary(op_input: dict[str, Any]) -> str:
     """A summary that needs no opcode definitions: the OP_ID without ``OP_``."""
-    op_id = str(op_input.get("OP_ID", "?"))
+    raw = op_input.get("OP_ID", "?")
+    op_id = "?" if isinstance(raw, list | dict) else str(raw)  # no repr of deep values
     return op_id.removeprefix("OP_")
 
 

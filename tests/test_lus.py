@@ -30,8 +30,9 @@ from jobqueue.errors import (
 from jobqueue.jobstep import Verdict
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.lus import builtin_registry
-from jobqueue.lus.command import base_environment
-from jobqueue.lus.test import ELOG_JQUEUE_TEST
+from jobqueue.lus.command import OpCommandFanout, base_environment
+from jobqueue.lus.test import ELOG_JQUEUE_TEST, MAX_DELAY_REPEAT
+from jobqueue.opcodes import REASON_SOURCE_DAEMON
 from jobqueue.queue import JobQueue
 from jobqueue.storage import FileJobStore
 from tests.polling import poll_until
@@ -190,6 +191,24 @@ class TestTestDelay:
         assert name == "OpPrereqError" and args[1] == ECODE_INVAL and "on_nodes" in args[0]
         assert job["opresult"][1] == ["OpExecError", [constants.MSG_PRECEDING_FAILED]]
 
+    def test_ganeti_parameters_run(self, queue: JobQueue) -> None:
+        ganeti = {"on_node_uuids": None, "interruptible": True, "no_locks": False}
+        job = run_job(queue, [delay(0, **ganeti), delay(0, on_node_uuids=[])])
+        assert job["opstatus"] == ["success", "success"]
+
+    def test_on_node_uuids_fails_the_opcode(self, queue: JobQueue) -> None:
+        job = run_job(queue, [delay(0, on_node_uuids=["uuid-1"])])
+        name, args = job["opresult"][0]
+        assert name == "OpPrereqError" and args == [
+            "OP_TEST_DELAY.on_node_uuids: this queue has no remote nodes",
+            ECODE_INVAL,
+        ]
+
+    def test_repeat_beyond_the_cap_rejected_at_submit(self, queue: JobQueue) -> None:
+        with pytest.raises(OpPrereqError, match=r"OP_TEST_DELAY\.repeat"):
+            queue.submit_job([delay(0, repeat=MAX_DELAY_REPEAT + 1)])
+        assert queue.storage.live_count() == 0
+
     def test_negative_duration_rejected_at_submit(self, queue: JobQueue) -> None:
         with pytest.raises(OpPrereqError, match=r"OP_TEST_DELAY\.duration"):
             queue.submit_job([delay(-1)])
@@ -328,6 +347,24 @@ class TestTestDummy:
         assert first["comment"] == "Submitted by OP_TEST_DUMMY"
         (priority,) = queue.query_jobs([child_ids[0]], ["oppriority"])[0]
         assert priority == [constants.PRIO_LOW]
+
+    def test_lu_submitted_jobs_inherit_the_reason_trail(self, queue: JobQueue) -> None:
+        client = ["gnt:client:test", "why", 1_600_000_000_000_000_000]
+        parent = dummy(submit_jobs=[[dummy(), dummy()]], reason=[client])
+        job = run_job(queue, [parent])
+        ((_, child_id),) = job["opresult"][0]["jobs"]
+        assert wait_for_status(queue, child_id, FINAL) == "success"
+        ((parent_input,),) = queue.query_jobs([job["id"]], ["ops"])[0]
+        (child_inputs,) = queue.query_jobs([child_id], ["ops"])[0]
+        parent_trail = parent_input["reason"]
+        assert parent_trail[0] == client
+        assert parent_trail[1][:2] == [REASON_SOURCE_DAEMON, f"submitted as job {job['id']}"]
+        for child in child_inputs:
+            *inherited, by_parent, by_queue = child["reason"]
+            assert inherited == parent_trail
+            assert by_parent[:2] == ["gnt:opcode:OP_TEST_DUMMY", f"submitted by job {job['id']}"]
+            assert by_queue[:2] == [REASON_SOURCE_DAEMON, f"submitted as job {child_id}"]
+            assert parent_trail[1][2] <= by_parent[2] <= by_queue[2]
 
 
 class TestCommandRun:
@@ -589,6 +626,21 @@ class TestCommandFanout:
         assert max_overlap(intervals(out, items)) == 1
         (ops,) = queue.query_jobs([job_ids[0]], ["ops"])[0]
         assert ops[0]["locks"] == ["shared-lock"]
+
+    @pytest.mark.parametrize(
+        "params",
+        [
+            {"locks": ["{item}"], "items": ["a", ""]},
+            {"shared_locks": ["clus{item}"], "items": ["ter"]},
+            {"items": ["x"] * (OpCommandFanout.FANOUT_LIMIT + 1)},
+            {"then": [dummy(fail="no")]},
+        ],
+    )
+    def test_fanout_refused_at_submit(self, queue: JobQueue, params: dict[str, Any]) -> None:
+        op = {"OP_ID": "OP_COMMAND_FANOUT", "argv": ["true"], "items": ["a"], **params}
+        with pytest.raises(OpPrereqError, match="OP_COMMAND_FANOUT"):
+            queue.submit_job([op])
+        assert queue.storage.live_count() == 0
 
     def test_fanout_items_get_their_own_locks(self, queue: JobQueue) -> None:
         op = {

@@ -57,7 +57,8 @@ class Registry:
     def lookup(self, op_id: Any) -> tuple[type[OpCode], type[Any]]:
         """The opcode and LU classes; ``OpCodeUnknown`` if none is registered."""
         if not isinstance(op_id, str) or op_id not in self._entries:
-            raise OpCodeUnknown(f"Unknown opcode {op_id!r}")
+            name = show(op_id) if isinstance(op_id, list | dict) else repr(op_id)
+            raise OpCodeUnknown(f"Unknown opcode {name}")
         return self._entries[op_id]
 
     # -- validation ------------------------------------------------------------
