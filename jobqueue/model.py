@@ -132,15 +132,16 @@ class Job:
     ) -> Job:
         """A freshly submitted job; each opcode's priority comes from its input.
 
-        Typed opcodes make a job that can run; plain dicts one that can only
-        be stored and read (as tests of storage do).
+        Typed opcodes make a job that can run, whose inputs are their stored
+        forms (shared, never changed); plain dicts one that can only be stored
+        and read (as tests of storage do).
         """
         ops = []
         for opcode in opcodes:
             if isinstance(opcode, dict):
                 op = QueuedOpCode(input=dict(opcode))
             else:
-                op = QueuedOpCode(input=opcode.to_dict(), opcode=opcode)
+                op = QueuedOpCode(input=opcode.stored(), opcode=opcode)
             op.priority = op.input.get("priority", constants.PRIO_DEFAULT)
             ops.append(op)
         return cls(id=job_id, ops=ops, received_timestamp=received)

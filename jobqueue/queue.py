@@ -284,7 +284,7 @@ class JobQueue:
                     results.append(item)
                     continue
                 job_id, ops = item
-                blocker = _refused_dependency([op.to_dict() for op in ops], refused)
+                blocker = _refused_dependency([op.stored() for op in ops], refused)
                 if blocker is not None:
                     refused[job_id] = _dependency_refused(blocker)
                 elif len(accepted) >= room:

@@ -17,7 +17,7 @@ from typing import Any
 from jobqueue.constants import FINALIZED
 from jobqueue.errors import ECODE_INVAL, GenericError, OpPrereqError
 from jobqueue.model import Job
-from jobqueue.opcodes import REASON_SOURCE_DAEMON, OpCode, Registry, thaw
+from jobqueue.opcodes import REASON_SOURCE_DAEMON, OpCode, Registry
 
 Prepared = tuple[int, list[OpCode]] | GenericError
 
@@ -79,7 +79,7 @@ def _finish(
     entry = [REASON_SOURCE_DAEMON, f"submitted as job {ids[index]}", timestamp_ns]
     finished = []
     for op in ops:
-        changes: dict[str, Any] = {"reason": [*thaw(op.reason), entry]}
+        changes: dict[str, Any] = {"reason": [*op.stored().get("reason", ()), entry]}
         if op.depends:
             changes["depends"] = [
                 [_dependency_id(job_id, index, ids, exists), [str(status) for status in statuses]]

@@ -34,6 +34,7 @@ from jobqueue.opcodes import (
     Param,
     ReasonEntry,
     Registry,
+    Type,
     list_of,
     param,
 )
@@ -115,6 +116,8 @@ class TestValidate:
             (delay(depends=[[1]]), "OP_TEST_DELAY.depends"),
             (delay(depends=[["x1", []]]), "OP_TEST_DELAY.depends"),
             (delay(depends=[1, 2]), "OP_TEST_DELAY.depends"),
+            (delay(depends=[[1, [["success"]]]]), "OP_TEST_DELAY.depends"),
+            (delay(depends=[[1, [{"a": 1}]]]), "OP_TEST_DELAY.depends"),
         ],
     )
     def test_wrong_type(self, registry: Registry, data: dict[str, Any], name: str) -> None:
@@ -421,15 +424,18 @@ class TestTypedRecords:
         op = OpTestDelay(duration=1, on_nodes=("n",), reason=(ReasonEntry("s", "r", 3),))
         assert op.to_dict() == registry.validate(delay(on_nodes=["n"], reason=[["s", "r", 3]]))
 
-    def test_replaced_freezes_and_keeps_the_parameter_order(self, registry: Registry) -> None:
-        op = registry.typed(delay(comment="x"))
+    def test_replaced_freezes_and_keeps_places_in_the_json(self, registry: Registry) -> None:
+        op = registry.typed(delay(comment="x", depends=[[2, []]]))
         changed = op.replaced(reason=[["s", "r", 1]], depends=[[3, ["error"]]])
         assert changed.reason == (ReasonEntry("s", "r", 1),)
         assert changed.depends == (Dependency(3, (Status.ERROR,)),)
+        assert changed.duration == op.duration and isinstance(changed, OpTestDelay)
         assert list(changed.to_dict()) == [
-            "OP_ID", "depends", "comment", "reason", "duration", "repeat", "on_master", "on_nodes"
+            "OP_ID", "depends", "comment", "duration", "repeat", "on_master", "on_nodes", "reason"
         ]  # fmt: skip
+        assert changed.to_dict()["depends"] == [[3, ["error"]]]
         assert op.reason == () and "reason" not in op.to_dict()
+        assert op.to_dict()["depends"] == [[2, []]]
 
     def test_load_never_raises(self, registry: Registry) -> None:
         gone = registry.load({"OP_ID": "OP_GONE", "x": 1})
@@ -603,6 +609,20 @@ class TestNesting:
         with pytest.raises((OpPrereqError, OpCodeUnknown)) as info:
             registry.typed(data)
         assert len(str(info.value)) < 200
+
+    def test_a_plugin_check_never_sees_a_value_too_deep(self) -> None:
+        def recursive(value: Any) -> bool:
+            return not isinstance(value, list) or all(recursive(item) for item in value)
+
+        class OpTree(OpCode):
+            OP_ID = "OP_TREE"
+            PARAMS = (Param("tree", Type(recursive, "nested lists")),)
+
+        registry = Registry()
+        registry.register(OpTree, LUPluginThing)
+        assert registry.typed({"OP_ID": "OP_TREE", "tree": nested(10)}).tree == nested(10)
+        err = rejected(registry, {"OP_ID": "OP_TREE", "tree": nested(200_000)})
+        assert "'OP_TREE.tree' is nested deeper than 64 levels" in str(err)
 
     def test_nested_opcodes_count_from_the_outer_one(self, registry: Registry) -> None:
         # fanout(1) -> then list(2) -> opcode(3) -> result: 61 more levels are allowed

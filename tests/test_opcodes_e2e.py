@@ -89,8 +89,11 @@ def fanout_then(result: Any) -> dict[str, Any]:
         {"OP_ID": "OP_TEST_DUMMY", "result": nested(MAX_NESTING)},
         {"OP_ID": "OP_TEST_DUMMY", "result": nested(900)},
         fanout_then(nested(MAX_NESTING - 2)),
-        {"OP_ID": "OP_TEST_DUMMY", "submit_jobs": [[{"OP_ID": "OP_TEST_DUMMY", "result": [[]]}]]}
-        | {"messages": nested(MAX_NESTING)},
+        # dummy (1) > submit_jobs (2) > job (3) > opcode (4) > result: 61 lists end at 65
+        {
+            "OP_ID": "OP_TEST_DUMMY",
+            "submit_jobs": [[{"OP_ID": "OP_TEST_DUMMY", "result": nested(61)}]],
+        },
     ],
 )
 def test_deep_nesting_is_refused_at_submission(daemon: Daemon, deep: dict[str, Any]) -> None:
@@ -113,8 +116,11 @@ def test_every_accepted_job_stays_cancelable(daemon: Daemon) -> None:
     deepest = [
         {"OP_ID": "OP_TEST_DUMMY", "result": nested(MAX_NESTING - 1), "depends": waits},
         {**fanout_then(nested(MAX_NESTING - 3)), "depends": waits},
-        {"OP_ID": "OP_TEST_DUMMY", "submit_jobs": [[{"OP_ID": "OP_TEST_DUMMY"}]]}
-        | {"result": {"a": nested(MAX_NESTING - 2)}, "depends": waits},
+        {
+            "OP_ID": "OP_TEST_DUMMY",
+            "submit_jobs": [[{"OP_ID": "OP_TEST_DUMMY", "result": nested(MAX_NESTING - 4)}]],
+            "depends": waits,
+        },
     ]
     job_ids = [client.submit_job([op]) for op in deepest]
     for job_id in job_ids:

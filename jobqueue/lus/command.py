@@ -63,15 +63,17 @@ def _is_environment(value: Any) -> bool:
 
 
 #: Checked at submission, so a job never fails later in ``exec`` on what the OS refuses.
-OS_STRING = Type(_is_os_string, "a string without NUL characters or lone surrogates")
+OS_STRING = Type(_is_os_string, "a string without NUL characters or lone surrogates", nesting=0)
 NON_EMPTY_OS_STRING = Type(
     lambda value: _is_os_string(value) and value != "",
     "a non-empty string without NUL characters or lone surrogates",
+    nesting=0,
 )
 ENVIRONMENT = Type(
     _is_environment,
     "an object of strings without NUL characters or lone surrogates, names without '='",
     STRING_DICT.freeze,
+    nesting=1,
 )
 
 
@@ -80,7 +82,7 @@ def _is_lock_name(value: Any) -> bool:
 
 
 #: A resource lock: the cluster lock is taken by every opcode and may not be named.
-LOCK_NAME = Type(_is_lock_name, f"a non-empty lock name other than {CLUSTER_LOCK!r}")
+LOCK_NAME = Type(_is_lock_name, f"a non-empty lock name other than {CLUSTER_LOCK!r}", nesting=0)
 
 
 def base_environment(job_id: int) -> dict[str, str]:

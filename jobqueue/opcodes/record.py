@@ -145,6 +145,7 @@ class OpCode:
     FROZEN: ClassVar[bool] = True
     _declared: ClassVar[tuple[str, ...]] = ()
     _all_params: ClassVar[tuple[Param, ...] | None] = None
+    _params_by_name: ClassVar[dict[str, Param] | None] = None
 
     priority: int | None = param(
         INT, default=None, fill=False, doc="Priority: -10 high, 0 normal, 10 low"
@@ -196,6 +197,15 @@ class OpCode:
         return cached
 
     @classmethod
+    def params_by_name(cls) -> dict[str, Param]:
+        """``all_params`` by name (the same dict each time: do not change it)."""
+        cached: dict[str, Param] | None = cls.__dict__.get("_params_by_name")
+        if cached is None:
+            cached = {spec.name: spec for spec in cls.all_params()}
+            cls._params_by_name = cached
+        return cached
+
+    @classmethod
     def declared_names(cls) -> list[str]:
         """The names each class of the hierarchy declares itself, duplicates kept."""
         return [
@@ -227,12 +237,16 @@ class OpCode:
         Returns a new copy each time (lists and objects at every level), so
         the record never changes through it.
         """
+        copy: dict[str, Any] = json_copy(self.stored())
+        return copy
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON form itself, not a copy: for the job that stores it. Never change it."""
         stored: dict[str, Any] | None = self.__dict__.get("_json")
         if stored is None:
             stored = self._derive_json()
             object.__setattr__(self, "_json", stored)
-        copy: dict[str, Any] = json_copy(stored)
-        return copy
+        return stored
 
     def _derive_json(self) -> dict[str, Any]:
         result: dict[str, Any] = {"OP_ID": self.OP_ID}
@@ -244,16 +258,16 @@ class OpCode:
         return result
 
     def replaced(self, **json_values: Any) -> OpCode:
-        """A copy with some parameters set to trusted JSON values (frozen here, not checked)."""
-        params = {spec.name: spec for spec in self.all_params()}
+        """A copy with some parameters set to trusted JSON values (frozen here, not checked).
+
+        In the JSON form a parameter given before keeps its place; a new one goes last.
+        """
+        params = self.params_by_name()
         copy = object.__new__(type(self))
         copy.__dict__.update(self.__dict__)
         for name, value in json_values.items():
             copy.__dict__[name] = params[name].type.freeze(value) if self.FROZEN else value
-        merged = {**(self.__dict__.get("_json") or self._derive_json()), **json_values}
-        ordered = {"OP_ID": merged["OP_ID"]}
-        ordered.update((name, merged[name]) for name in params if name in merged)
-        copy.__dict__["_json"] = ordered
+        copy.__dict__["_json"] = {**self.stored(), **json_values}
         return copy
 
     @classmethod

@@ -13,6 +13,7 @@ storage, but never raises: what no longer validates becomes an
 
 from __future__ import annotations
 
+import functools
 import typing
 from collections.abc import Iterable
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from jobqueue.errors import ECODE_INVAL, GenericError, OpCodeUnknown, OpPrereqError, ProgrammerError
 from jobqueue.model import default_summary
 from jobqueue.opcodes.record import InvalidOpCode, OpCode, Param, fresh
-from jobqueue.opcodes.types import MAX_NESTING, OpcodeList, show, too_deep
+from jobqueue.opcodes.types import MAX_NESTING, Freeze, OpcodeList, same, show, too_deep
 
 
 class Registry:
@@ -28,6 +29,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[type[OpCode], type[Any]]] = {}
+        self._plans: dict[str, dict[str, tuple[Param, Freeze | None]]] = {}
 
     def register(self, opcode: type[OpCode], lu_class: type[Any]) -> None:
         """Add one opcode; ``ProgrammerError`` for a duplicate or malformed class."""
@@ -46,6 +48,7 @@ class Registry:
             raise ProgrammerError(f"{opcode.OP_ID}: {err}") from None
         _check_lu_matches(opcode, lu_class)
         self._entries[opcode.OP_ID] = (opcode, lu_class)
+        self._plans[opcode.OP_ID] = self._plan(opcode)
 
     def register_all(self, pairs: Iterable[tuple[type[OpCode], type[Any]]]) -> None:
         for opcode, lu_class in pairs:
@@ -86,17 +89,16 @@ class Registry:
             raise OpPrereqError(f"An opcode must be an object, got {show(data)}", ECODE_INVAL)
         opcode, _ = self.lookup(data.get("OP_ID"))
         op_id = opcode.OP_ID
-        params = opcode.all_params()
-        unknown = sorted(set(data) - {p.name for p in params} - {"OP_ID"})
-        if unknown:
+        plan = self._plans[op_id]
+        if len(data) > len(plan) + 1 or not plan.keys() >= data.keys() - {"OP_ID"}:
+            unknown = sorted(data.keys() - plan.keys() - {"OP_ID"})
             raise OpPrereqError(
                 "Unknown parameter " + ", ".join(f"'{op_id}.{name}'" for name in unknown),
                 ECODE_INVAL,
             )
         stored: dict[str, Any] = {"OP_ID": op_id}
         values: dict[str, Any] = {}
-        for spec in params:
-            name = spec.name
+        for name, (spec, freeze) in plan.items():
             if name not in data:
                 if spec.required:
                     raise OpPrereqError(
@@ -106,36 +108,50 @@ class Registry:
                     stored[name] = fresh(spec.default)
                 continue
             value = data[name]
-            if not nested and too_deep(value, MAX_NESTING - 1):
+            if (
+                not nested
+                and isinstance(value, list | dict)
+                and (spec.type.nesting is None or spec.type.nesting >= MAX_NESTING)
+                and too_deep(value, MAX_NESTING - 1)
+            ):
                 raise OpPrereqError(
                     f"Parameter '{op_id}.{name}' is nested deeper than {MAX_NESTING} levels",
                     ECODE_INVAL,
                 )
-            values[name] = self._convert(opcode, spec, value)
+            if not spec.type.check(value):
+                raise OpPrereqError(
+                    f"Parameter '{op_id}.{name}' must be {spec.type.description}, "
+                    f"got {show(value)}",
+                    ECODE_INVAL,
+                )
+            values[name] = value if freeze is None else freeze(value)
             stored[name] = value
         record = opcode(**values)
         object.__setattr__(record, "_json", data if nested else stored)
         record.check()
         return record
 
-    def _convert(self, opcode: type[OpCode], spec: Param, value: Any) -> Any:
-        """The record's value of one parameter; ``OpPrereqError`` if it is refused."""
-        kind = spec.type
-        if not kind.check(value):
-            raise OpPrereqError(
-                f"Parameter '{opcode.OP_ID}.{spec.name}' must be {kind.description}, "
-                f"got {show(value)}",
-                ECODE_INVAL,
-            )
-        if isinstance(kind, OpcodeList):
-            where = f"{opcode.OP_ID}.{spec.name}"
-            if kind.levels == 1:
-                return tuple(self._inner(op, f"{where}[{i}]") for i, op in enumerate(value))
-            return tuple(
-                tuple(self._inner(op, f"{where}[{j}][{i}]") for i, op in enumerate(job))
-                for j, job in enumerate(value)
-            )
-        return kind.freeze(value) if opcode.FROZEN else value
+    def _plan(self, opcode: type[OpCode]) -> dict[str, tuple[Param, Freeze | None]]:
+        """Each parameter with what turns an accepted value into the record's (None: as is)."""
+        plan: dict[str, tuple[Param, Freeze | None]] = {}
+        for spec in opcode.all_params():
+            kind = spec.type
+            freeze: Freeze | None = None
+            if isinstance(kind, OpcodeList):
+                freeze = functools.partial(self._opcodes, f"{opcode.OP_ID}.{spec.name}", kind)
+            elif opcode.FROZEN and kind.freeze is not same:
+                freeze = kind.freeze
+            plan[spec.name] = (spec, freeze)
+        return plan
+
+    def _opcodes(self, where: str, kind: OpcodeList, value: list[Any]) -> tuple[Any, ...]:
+        """The records of the opcodes in a parameter (a list, or a list of jobs)."""
+        if kind.levels == 1:
+            return tuple(self._inner(op, f"{where}[{i}]") for i, op in enumerate(value))
+        return tuple(
+            tuple(self._inner(op, f"{where}[{j}][{i}]") for i, op in enumerate(job))
+            for j, job in enumerate(value)
+        )
 
     def _inner(self, data: Any, where: str) -> OpCode:
         """One opcode inside a parameter; its errors name where it sits."""

@@ -34,17 +34,25 @@ Freeze = Callable[[Any], Any]
 MAX_NESTING = 64
 
 
-def _same(value: Any) -> Any:
+def same(value: Any) -> Any:
+    """The identity: the frozen form of a value that is immutable already."""
     return value
 
 
 @dataclasses.dataclass(frozen=True)
 class Type:
-    """A parameter type: a predicate, the words that describe it, its frozen form."""
+    """A parameter type: a predicate, the words that describe it, its frozen form.
+
+    ``nesting`` is how deep an accepted value can nest lists and objects (0
+    for a scalar) when the check itself looks no deeper than that, so a
+    deeper value fails it without recursion; None (any depth, or a check
+    not known to stop) makes the registry measure the value before checking.
+    """
 
     check: Check
     description: str
-    freeze: Freeze = _same
+    freeze: Freeze = same
+    nesting: int | None = None
 
     def __call__(self, value: Any) -> bool:
         return self.check(value)
@@ -86,17 +94,24 @@ def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 ANY = Type(lambda value: True, "any JSON value")
-BOOL = Type(lambda value: isinstance(value, bool), "a boolean")
-INT = Type(is_json_int, "an integer")
-NON_NEGATIVE_INT = Type(lambda value: is_json_int(value) and value >= 0, "an integer >= 0")
-NON_NEGATIVE_NUMBER = Type(lambda value: _is_number(value) and value >= 0, "a number >= 0")
+BOOL = Type(lambda value: isinstance(value, bool), "a boolean", nesting=0)
+INT = Type(is_json_int, "an integer", nesting=0)
+NON_NEGATIVE_INT = Type(
+    lambda value: is_json_int(value) and value >= 0, "an integer >= 0", nesting=0
+)
+NON_NEGATIVE_NUMBER = Type(
+    lambda value: _is_number(value) and value >= 0, "a number >= 0", nesting=0
+)
 #: Seconds a thread can wait for: beyond ``threading.TIMEOUT_MAX`` a wait raises OverflowError.
 SECONDS = Type(
     lambda value: _is_number(value) and 0 <= value <= threading.TIMEOUT_MAX,
     f"a number of seconds from 0 to {threading.TIMEOUT_MAX:.0f}",
+    nesting=0,
 )
-STRING = Type(lambda value: isinstance(value, str), "a string")
-NON_EMPTY_STRING = Type(lambda value: isinstance(value, str) and value != "", "a non-empty string")
+STRING = Type(lambda value: isinstance(value, str), "a string", nesting=0)
+NON_EMPTY_STRING = Type(
+    lambda value: isinstance(value, str) and value != "", "a non-empty string", nesting=0
+)
 
 
 def int_range(low: int, high: int) -> Type:
@@ -104,6 +119,7 @@ def int_range(low: int, high: int) -> Type:
     return Type(
         lambda value: is_json_int(value) and low <= value <= high,
         f"an integer from {low} to {high}",
+        nesting=0,
     )
 
 
@@ -113,7 +129,8 @@ def optional(inner: Type) -> Type:
     return Type(
         lambda value: value is None or inner(value),
         f"null or {inner.description}",
-        _same if freeze is _same else (lambda value: None if value is None else freeze(value)),
+        same if freeze is same else (lambda value: None if value is None else freeze(value)),
+        inner.nesting,
     )
 
 
@@ -128,7 +145,8 @@ def list_of(inner: Type, *, non_empty: bool = False) -> Type:
             and all(inner(item) for item in value)
         ),
         words,
-        tuple if freeze is _same else (lambda value: tuple(freeze(item) for item in value)),
+        tuple if freeze is same else (lambda value: tuple(freeze(item) for item in value)),
+        None if inner.nesting is None else inner.nesting + 1,
     )
 
 
@@ -139,6 +157,7 @@ STRING_DICT = Type(
     ),
     "an object of strings",
     _frozen_mapping,
+    nesting=1,
 )
 
 #: Shape only, for plugins that hand opcodes on unchecked; built-ins use ``OPCODES``.
@@ -175,7 +194,9 @@ def _is_dependency(value: Any) -> bool:
     id_ok = is_json_int(job_id) or (
         isinstance(job_id, str) and _DIGITS.fullmatch(job_id) is not None
     )
-    return id_ok and all(status in constants.FINALIZED for status in statuses)
+    return id_ok and all(
+        isinstance(status, str) and status in constants.FINALIZED for status in statuses
+    )
 
 
 def _freeze_dependencies(value: list[Any]) -> tuple[Dependency, ...]:
@@ -189,6 +210,7 @@ DEPENDENCIES = Type(
     lambda value: isinstance(value, list) and all(_is_dependency(dep) for dep in value),
     "a list of [job_id, [statuses]] with statuses among canceled, error, success",
     _freeze_dependencies,
+    nesting=3,
 )
 
 
@@ -205,7 +227,8 @@ def _is_reason_entry(value: Any) -> bool:
 REASON_TRAIL = Type(
     lambda value: isinstance(value, list) and all(_is_reason_entry(entry) for entry in value),
     "a list of [source, reason, timestamp_ns], two strings and an integer",
-    lambda value: tuple(ReasonEntry(*entry) for entry in value),
+    lambda value: tuple(map(ReasonEntry._make, value)),
+    nesting=2,
 )
 
 
@@ -216,13 +239,16 @@ def too_deep(value: Any, limit: int) -> bool:
     """
     if not isinstance(value, list | dict):
         return False
+    if limit < 1:
+        return True
     pending: list[tuple[Any, int]] = [(value, 1)]
     while pending:
         container, depth = pending.pop()
-        if depth > limit:
-            return True
-        items = container.values() if isinstance(container, dict) else container
-        pending.extend((item, depth + 1) for item in items if isinstance(item, list | dict))
+        for item in container.values() if isinstance(container, dict) else container:
+            if isinstance(item, list | dict):
+                if depth >= limit:
+                    return True
+                pending.append((item, depth + 1))
     return False
 
 
