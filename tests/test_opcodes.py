@@ -420,6 +420,7 @@ class TestTypedRecords:
         assert op.to_dict()["depends"] == [["12", ["success"]], [-1, []]], "stored as given"
 
     def test_records_built_in_python_derive_their_json(self, registry: Registry) -> None:
+        assert OpTestDelay(duration=1.5) == registry.typed(delay(duration=1.5))
         assert OpTestDelay(duration=1.5).to_dict() == registry.validate(delay(duration=1.5))
         op = OpTestDelay(duration=1, on_nodes=("n",), reason=(ReasonEntry("s", "r", 3),))
         assert op.to_dict() == registry.validate(delay(on_nodes=["n"], reason=[["s", "r", 3]]))
@@ -464,6 +465,20 @@ class TestTypedRecords:
         with pytest.raises(dataclasses.FrozenInstanceError):
             first.size = 3  # type: ignore[attr-defined]
         assert [p.name for p in OpListy.all_params()][-2:] == ["names", "size"]
+
+
+class TestPostInit:
+    def test_post_init_runs_for_registry_made_records(self, registry: Registry) -> None:
+        class OpDerived(OpCode):
+            OP_ID = "OP_DERIVED"
+            size: int = param(INT)
+
+            def __post_init__(self) -> None:
+                object.__setattr__(self, "double", self.size * 2)
+
+        registry.register(OpDerived, LUPluginThing)
+        assert registry.typed({"OP_ID": "OP_DERIVED", "size": 4}).double == 8  # type: ignore[attr-defined]
+        assert OpDerived(size=5).double == 10  # type: ignore[attr-defined]
 
 
 class TestRegistration:

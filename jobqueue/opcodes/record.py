@@ -25,7 +25,8 @@ import dataclasses
 import enum
 import inspect
 import types
-from typing import Any, ClassVar, dataclass_transform
+from collections.abc import Callable
+from typing import Any, ClassVar, Self, dataclass_transform
 
 from jobqueue import constants
 from jobqueue.errors import ECODE_INVAL, GenericError, OpPrereqError
@@ -146,6 +147,7 @@ class OpCode:
     _declared: ClassVar[tuple[str, ...]] = ()
     _all_params: ClassVar[tuple[Param, ...] | None] = None
     _params_by_name: ClassVar[dict[str, Param] | None] = None
+    _blank_cache: ClassVar[tuple[dict[str, Any], list[tuple[str, Callable[[], Any]]]] | None] = None
 
     priority: int | None = param(
         INT, default=None, fill=False, doc="Priority: -10 high, 0 normal, 10 low"
@@ -214,6 +216,43 @@ class OpCode:
             if issubclass(klass, OpCode)
             for name in klass.__dict__.get("_declared", ())
         ]
+
+    @classmethod
+    def from_checked(cls, values: dict[str, Any], stored: dict[str, Any]) -> Self:
+        """A record of values the registry checked and froze, with its JSON form.
+
+        Parameters left out take their defaults. The dataclass ``__init__`` is
+        skipped (it would only set the same fields again, one by one);
+        ``__post_init__``, if an opcode defines one, still runs.
+        """
+        record = object.__new__(cls)
+        fields = record.__dict__
+        defaults, factories = cls._blank()
+        fields.update(defaults)
+        for name, factory in factories:
+            if name not in values:
+                fields[name] = factory()
+        fields.update(values)
+        fields["_json"] = stored
+        post_init = getattr(record, "__post_init__", None)
+        if post_init is not None:
+            post_init()
+        return record
+
+    @classmethod
+    def _blank(cls) -> tuple[dict[str, Any], list[tuple[str, Callable[[], Any]]]]:
+        """The plain defaults and the default factories of the fields (cached)."""
+        cached = cls.__dict__.get("_blank_cache")
+        if cached is None:
+            defaults: dict[str, Any] = {}
+            factories: list[tuple[str, Callable[[], Any]]] = []
+            for field in dataclasses.fields(cls):
+                if field.default is not dataclasses.MISSING:
+                    defaults[field.name] = field.default
+                elif field.default_factory is not dataclasses.MISSING:
+                    factories.append((field.name, field.default_factory))
+            cached = cls._blank_cache = (defaults, factories)
+        return cached
 
     def check(self) -> None:
         """Checks that need more than one parameter's type; raise ``OpPrereqError``.

@@ -126,8 +126,7 @@ class Registry:
                 )
             values[name] = value if freeze is None else freeze(value)
             stored[name] = value
-        record = opcode(**values)
-        object.__setattr__(record, "_json", data if nested else stored)
+        record = opcode.from_checked(values, data if nested else stored)
         record.check()
         return record
 
