@@ -90,7 +90,11 @@ class LogicalUnit(Generic[Op]):
         self.ctx = ctx
 
     def check_arguments(self) -> None:
-        """Checks that need more than types; raise ``OpPrereqError``."""
+        """Checks at run time; raise ``OpPrereqError``.
+
+        What the opcode's values alone decide belongs in ``OpCode.check``,
+        which runs at submission.
+        """
 
     def locks(self) -> tuple[list[str], list[str]]:
         """Resource locks as (exclusive names, shared names)."""

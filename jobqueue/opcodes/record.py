@@ -16,7 +16,8 @@ generated from it, typed ``Any``, and hold the values as submitted (JSON
 lists and objects) instead of frozen ones, as such LUs expect.
 
 A record made by the registry keeps the JSON form it was validated into
-(``to_dict``), so writing a job never re-encodes its opcodes.
+(``stored``, shared with the job that stores it; ``to_dict`` hands out
+copies), so writing a job never re-encodes its opcodes.
 """
 
 from __future__ import annotations
@@ -296,7 +297,7 @@ class OpCode:
                 result[spec.name] = json_value
         return result
 
-    def replaced(self, **json_values: Any) -> OpCode:
+    def replaced(self, **json_values: Any) -> Self:
         """A copy with some parameters set to trusted JSON values (frozen here, not checked).
 
         In the JSON form a parameter given before keeps its place; a new one goes last.
