@@ -25,6 +25,7 @@ import platform
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
@@ -253,6 +254,7 @@ def build_core(
     kill_grace: float = constants.DEFAULT_KILL_GRACE,
     processes: ProcessGroups | None = None,
     strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
+    clock: Callable[[], float] = time.time,
     logger: logging.Logger | None = None,
 ) -> Core:
     """Wire the queue and everything around it; the one place that does (tests use it too).
@@ -284,6 +286,7 @@ def build_core(
         max_jobs=max_jobs,
         name=name,
         strategy_factory=strategy_factory,
+        clock=clock,
         logger=logger,
     )
     reader = JobReader(live, store, locks, depmgr, registry.summarize, logger=logger)

@@ -24,6 +24,7 @@ from jobqueue.depmgr import DependencyManager, Outcome
 from jobqueue.errors import GenericError, OpExecError, ProgrammerError, encode_error
 from jobqueue.locking import LockAttemptTimeoutStrategy
 from jobqueue.model import Job, QueuedOpCode, Timestamp
+from jobqueue.opcodes import OpCode
 from jobqueue.processor import Processor
 from jobqueue.signals import JobCanceled, LockAcquireTimeout, QueueShutdown
 
@@ -74,16 +75,19 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
         op = job.ops[index]
         if op.status == Status.CANCELING:
             return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
+        if op.opcode is None:
+            raise ProgrammerError(f"Job {job.id}: opcode {index} was never typed")
         if op.status == Status.QUEUED:  # written once it really waits, or as it starts
             _mark_waiting_locked(job, op, env.now())
             active.unsaved = True
+    opcode = op.opcode
     verdict = _check_dependencies(active, op, env)
     if verdict is not None:
         return verdict
     callbacks = OpCallbacks(active, index, env)
     try:
         result = env.processor.exec_opcode(
-            op.input,
+            opcode,
             callbacks,
             owner=job.id,
             job_id=job.id,
@@ -175,9 +179,13 @@ def _fail_locked(active: ActiveJob, env: StepEnv, op: QueuedOpCode, err: Excepti
 
 
 def _check_dependencies(active: ActiveJob, op: QueuedOpCode, env: StepEnv) -> Verdict | None:
-    """None when every dependency is satisfied, else the verdict to return."""
-    for dep_id, wanted in op.input.get("depends") or []:
-        outcome, message = env.depmgr.check(active.job.id, int(dep_id), wanted)
+    """None when every dependency is satisfied, else the verdict to return.
+
+    An opcode that no longer validates has none: it fails as soon as it runs.
+    """
+    depends = op.opcode.depends if isinstance(op.opcode, OpCode) else None
+    for dep_id, wanted in depends or ():
+        outcome, message = env.depmgr.check(active.job.id, dep_id, wanted)
         if outcome == Outcome.CONTINUE:
             continue
         with active.lock:

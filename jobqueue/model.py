@@ -14,11 +14,14 @@ import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobqueue import constants
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.errors import JobFileCorrupted
+
+if TYPE_CHECKING:
+    from jobqueue.opcodes import InvalidOpCode, OpCode
 
 #: ``[seconds, microseconds]``, as stored on disk and sent on the wire.
 Timestamp = list[int]
@@ -49,8 +52,11 @@ def now_stamp(clock: Callable[[], float] = time.time) -> Timestamp:
 class QueuedOpCode:
     """One opcode of a job and what happened to it.
 
-    ``input`` is the opcode as submitted (a dict with ``OP_ID``); ``priority``
-    starts as the input's priority and may change while the opcode waits.
+    ``input`` is the opcode as stored (a dict with ``OP_ID``, defaults filled
+    in); ``opcode`` is its typed record for a job that may run, None for a
+    job read only to be shown (``from_dict``): the queue types a live job
+    once, at submission or when it loads the job. ``priority`` starts as the
+    input's priority and may change while the opcode waits.
     """
 
     input: dict[str, Any]
@@ -61,6 +67,9 @@ class QueuedOpCode:
     start_timestamp: Timestamp | None = None
     exec_timestamp: Timestamp | None = None
     end_timestamp: Timestamp | None = None
+    opcode: OpCode | InvalidOpCode | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def op_id(self) -> str:
@@ -118,12 +127,23 @@ class Job:
     log_serial: int = 0
 
     @classmethod
-    def new(cls, job_id: int, op_inputs: Iterable[dict[str, Any]], received: Timestamp) -> Job:
-        """A freshly submitted job; each opcode's priority comes from its input."""
-        ops = [
-            QueuedOpCode(input=dict(op), priority=op.get("priority", constants.PRIO_DEFAULT))
-            for op in op_inputs
-        ]
+    def new(
+        cls, job_id: int, opcodes: Iterable[OpCode | dict[str, Any]], received: Timestamp
+    ) -> Job:
+        """A freshly submitted job; each opcode's priority comes from its input.
+
+        Typed opcodes make a job that can run, whose inputs are their stored
+        forms (shared, never changed); plain dicts one that can only be stored
+        and read (as tests of storage do).
+        """
+        ops = []
+        for opcode in opcodes:
+            if isinstance(opcode, dict):
+                op = QueuedOpCode(input=dict(opcode))
+            else:
+                op = QueuedOpCode(input=opcode.stored(), opcode=opcode)
+            op.priority = op.input.get("priority", constants.PRIO_DEFAULT)
+            ops.append(op)
         return cls(id=job_id, ops=ops, received_timestamp=received)
 
     @property
@@ -164,10 +184,15 @@ class Job:
         return copy.deepcopy(self.to_dict())
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Return to a ``snapshot`` in place (opcode objects keep their identity)."""
+        """Return to a ``snapshot`` in place (opcode objects keep their identity).
+
+        Inputs never change after submission: each opcode keeps its typed record.
+        """
         restored = Job.from_dict(state)
         for op, old in zip(self.ops, restored.ops, strict=True):
+            opcode = op.opcode
             op.__dict__.update(old.__dict__)
+            op.opcode = opcode
         self.received_timestamp = restored.received_timestamp
         self.start_timestamp = restored.start_timestamp
         self.end_timestamp = restored.end_timestamp
@@ -239,7 +264,8 @@ def calc_priority(ops: Iterable[QueuedOpCode]) -> int:
 
 def default_summary(op_input: dict[str, Any]) -> str:
     """A summary that needs no opcode definitions: the OP_ID without ``OP_``."""
-    op_id = str(op_input.get("OP_ID", "?"))
+    raw = op_input.get("OP_ID", "?")
+    op_id = "?" if isinstance(raw, list | dict) else str(raw)  # no repr of deep values
     return op_id.removeprefix("OP_")
 
 

@@ -9,16 +9,17 @@ It reaches the queue only through the ``ExecCallbacks`` it is given.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from jobqueue import constants
 from jobqueue.errors import GenericError, OpExecError, ProgrammerError
 from jobqueue.locking import CLUSTER_LOCK, LockManager
 from jobqueue.lus.base import ExecCallbacks, LogicalUnit, LUContext, ResultWithJobs
-from jobqueue.opcodes import Registry
+from jobqueue.opcodes import REASON_SOURCE_OPCODE, InvalidOpCode, OpCode, Registry
 from jobqueue.signals import JobCanceled, LockAcquireTimeout, QueueShutdown
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class Processor:
         kill_grace: float = constants.DEFAULT_KILL_GRACE,
         processes: ProcessGroups | None = None,
         clock: Callable[[], float] = time.monotonic,
+        time_ns: Callable[[], int] = time.time_ns,
         logger: logging.Logger | None = None,
     ) -> None:
         self._registry = registry
@@ -45,11 +47,12 @@ class Processor:
         self._kill_grace = kill_grace
         self._processes = processes
         self._clock = clock
+        self._time_ns = time_ns
         self._log = logger or logging.getLogger(__name__)
 
     def exec_opcode(
         self,
-        op_input: dict[str, Any],
+        opcode: OpCode | InvalidOpCode,
         cbs: ExecCallbacks,
         *,
         owner: Hashable,
@@ -58,32 +61,35 @@ class Processor:
     ) -> Any:
         """Run one opcode and return its result.
 
-        Raises ``LockAcquireTimeout`` when the locks were not all acquired
-        within ``lock_timeout`` seconds (None = wait as long as it takes),
-        ``JobCanceled``/``QueueShutdown`` from ``cbs.check_cancel``, and
-        ``GenericError`` subclasses for failures; any other exception of the
-        LU is logged and raised as ``OpExecError``. Locks are always released.
+        Raises the opcode's own error for an ``InvalidOpCode`` (``OpCodeUnknown``
+        for an OP_ID no longer registered), ``LockAcquireTimeout`` when the
+        locks were not all acquired within ``lock_timeout`` seconds (None =
+        wait as long as it takes), ``JobCanceled``/``QueueShutdown`` from
+        ``cbs.check_cancel``, and ``GenericError`` subclasses for failures; any
+        other exception of the LU is logged and raised as ``OpExecError``.
+        Locks are always released.
         """
-        _, lu_class = self._registry.lookup(op_input.get("OP_ID"))
-        op = self._registry.build(op_input)
+        if isinstance(opcode, InvalidOpCode):
+            raise copy.copy(opcode.error)
+        _, lu_class = self._registry.lookup(opcode.OP_ID)
         ctx = LUContext(job_id, cbs, self._kill_grace, self._processes)
-        lu: LogicalUnit = lu_class(op, ctx)
+        lu: LogicalUnit[Any] = lu_class(opcode, ctx)
         try:
             lu.check_arguments()
             self._acquire_locks(lu, cbs, owner, lock_timeout)
             cbs.notify_start()
-            result = lu.dry_run_result() if op.dry_run else lu.exec()
-            return self._process_result(op_input, result, cbs)
+            result = lu.dry_run_result() if opcode.dry_run else lu.exec()
+            return self._process_result(opcode, job_id, result, cbs)
         except (GenericError, JobCanceled, QueueShutdown, LockAcquireTimeout):
             raise
         except Exception as err:
-            self._log.exception("Opcode %s of job %s failed", op_input.get("OP_ID"), job_id)
+            self._log.exception("Opcode %s of job %s failed", opcode.OP_ID, job_id)
             raise OpExecError(str(err) or type(err).__name__) from err
         finally:
             self._locks.release(owner)
 
     def _acquire_locks(
-        self, lu: LogicalUnit, cbs: ExecCallbacks, owner: Hashable, timeout: float | None
+        self, lu: LogicalUnit[Any], cbs: ExecCallbacks, owner: Hashable, timeout: float | None
     ) -> None:
         """Cluster lock first, then resource locks in sorted order; all or none."""
         exclusive, shared = lu.locks()
@@ -109,23 +115,35 @@ class Processor:
                 cbs.check_cancel()  # an interrupted wait may mean "canceled"
                 raise LockAcquireTimeout()
 
-    def _process_result(self, op_input: dict[str, Any], result: Any, cbs: ExecCallbacks) -> Any:
+    def _process_result(self, opcode: OpCode, job_id: int, result: Any, cbs: ExecCallbacks) -> Any:
         """Submit the jobs of a ``ResultWithJobs``; other results pass through."""
         if not isinstance(result, ResultWithJobs):
             return result
         if JOBS_KEY in result.extra:
             raise ProgrammerError(f"ResultWithJobs extra may not contain {JOBS_KEY!r}")
-        jobs = [[inherit(op_input, child) for child in job] for job in result.jobs]
+        parent = opcode.to_dict()
+        entry = [REASON_SOURCE_OPCODE + opcode.OP_ID, f"submitted by job {job_id}", self._time_ns()]
+        jobs = [[inherit(parent, child, entry) for child in job] for job in result.jobs]
         return {**result.extra, JOBS_KEY: cbs.submit_many_jobs(jobs)}
 
 
-def inherit(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
-    """A child opcode as submitted by ``parent``: debug level, priority, comment."""
-    child = dict(child)
+def inherit(
+    parent: Mapping[str, Any], child: Mapping[str, Any], entry: list[Any]
+) -> dict[str, Any]:
+    """A child opcode as submitted by ``parent``: debug level, priority, comment, reason.
+
+    The child's reason trail is the parent's, then its own entries, then
+    ``entry`` (naming the parent); a child whose own ``reason`` is not a list
+    keeps it, for submission to refuse.
+    """
+    result = dict(child)
     if parent.get("debug_level") is not None:
-        child["debug_level"] = parent["debug_level"]
-    if child.get("priority") is None and parent.get("priority") is not None:
-        child["priority"] = parent["priority"]
-    if child.get("comment") is None:
-        child["comment"] = f"Submitted by {parent.get('OP_ID')}"
-    return child
+        result["debug_level"] = parent["debug_level"]
+    if result.get("priority") is None and parent.get("priority") is not None:
+        result["priority"] = parent["priority"]
+    if result.get("comment") is None:
+        result["comment"] = f"Submitted by {parent.get('OP_ID')}"
+    own = result.get("reason", [])
+    if isinstance(own, list):
+        result["reason"] = [*parent.get("reason", []), *own, list(entry)]
+    return result

@@ -37,10 +37,10 @@ from jobqueue.jobstep import ActiveJob, Verdict, end_lost_opcodes_locked, step
 from jobqueue.livejobs import IndexEntry, LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.model import Job, Timestamp, now_stamp
-from jobqueue.opcodes import Registry
+from jobqueue.opcodes import OpCode, Registry
 from jobqueue.processor import Processor
 from jobqueue.storage.base import JobStore
-from jobqueue.submission import prepare_jobs
+from jobqueue.submission import load_opcodes, prepare_jobs
 from jobqueue.timers import Timers
 from jobqueue.workerpool import DeferTask, WorkerPool
 
@@ -136,6 +136,7 @@ class JobQueue:
                     if op.status == Status.WAITING:
                         op.status, op.result = Status.QUEUED, None
                 self.write(job)
+            load_opcodes(job, self.registry)
             self._activate([job])
         self._log.info(
             "Job queue loaded: %d live jobs, %d to run", self.live.count(), len(self._active)
@@ -269,10 +270,15 @@ class JobQueue:
         if not drained_ok and self.store.is_drained():
             raise JobQueueDrainError(constants.MSG_DRAINED)
         prepared = prepare_jobs(
-            jobs, self.registry, self._exists, relative_ok, self.store.allocate_ids
+            jobs,
+            self.registry,
+            self._exists,
+            relative_ok,
+            self.store.allocate_ids,
+            int(self._clock() * 1_000_000_000),
         )
         refused: dict[int, GenericError] = {}  # ids of this call that will not be stored
-        accepted: list[tuple[int, list[dict[str, Any]]]] = []
+        accepted: list[tuple[int, list[OpCode]]] = []
         results: list[int | GenericError] = []
         with self._lock:  # room is counted and claimed at once: concurrent calls share it
             room = self._max_jobs - self.live.count() - self._slots_claimed
@@ -281,7 +287,7 @@ class JobQueue:
                     results.append(item)
                     continue
                 job_id, ops = item
-                blocker = _refused_dependency(ops, refused)
+                blocker = _refused_dependency([op.stored() for op in ops], refused)
                 if blocker is not None:
                     refused[job_id] = _dependency_refused(blocker)
                 elif len(accepted) >= room:

@@ -1,9 +1,12 @@
-"""Checking submitted jobs before anything is stored.
+"""Checking submitted jobs before anything is stored, and typing loaded ones.
 
-``prepare_jobs`` validates every opcode of every job (through the opcode
-registry), checks priorities and dependencies, allocates ids for the jobs
-that passed and resolves relative dependencies (``-1`` = the job submitted
-just before in the same call). Nothing half-valid gets an id.
+``prepare_jobs`` turns every opcode of every job into its typed record
+(through the opcode registry, which checks it completely), checks
+dependencies, allocates ids for the jobs that passed, resolves relative
+dependencies (``-1`` = the job submitted just before in the same call) and
+appends the queue's own entry to each opcode's reason trail. Nothing
+half-valid gets an id. ``load_opcodes`` types the opcodes of a job read
+back from storage, once, when the queue takes it up again.
 """
 
 from __future__ import annotations
@@ -11,28 +14,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from jobqueue import constants
+from jobqueue.constants import FINALIZED
 from jobqueue.errors import ECODE_INVAL, GenericError, OpPrereqError
-from jobqueue.opcodes import Registry
+from jobqueue.model import Job
+from jobqueue.opcodes import REASON_SOURCE_DAEMON, OpCode, Registry
 
-Prepared = tuple[int, list[dict[str, Any]]] | GenericError
+Prepared = tuple[int, list[OpCode]] | GenericError
 
 
-def validate_job(ops: Any, registry: Registry, relative_ok: bool) -> list[dict[str, Any]]:
-    """Validated opcode dicts of one job; raises ``GenericError`` subclasses."""
+def validate_job(ops: Any, registry: Registry, relative_ok: bool) -> list[OpCode]:
+    """Typed opcodes of one job; raises ``GenericError`` subclasses."""
     if not isinstance(ops, list) or not ops:
         raise OpPrereqError("A job needs a non-empty list of opcodes", ECODE_INVAL)
-    checked = [registry.validate(op) for op in ops]
+    checked = [registry.typed(op) for op in ops]
     for op in checked:
-        priority = op.get("priority", constants.PRIO_DEFAULT)
-        if priority not in constants.PRIO_SUBMIT_VALID:
-            raise OpPrereqError(
-                f"Opcode {op['OP_ID']} has invalid priority {priority}, allowed are "
-                f"{sorted(constants.PRIO_SUBMIT_VALID)}",
-                ECODE_INVAL,
-            )
-        for dep_id, _ in op.get("depends") or []:
-            if isinstance(dep_id, int) and dep_id < 0 and not relative_ok:
+        for dependency in op.depends or ():
+            if dependency.job_id < 0 and not relative_ok:
                 raise OpPrereqError(
                     "Relative job dependencies are only allowed in SubmitManyJobs", ECODE_INVAL
                 )
@@ -45,9 +42,13 @@ def prepare_jobs(
     exists: Callable[[int], bool],
     relative_ok: bool,
     allocate_ids: Callable[[int], list[int]],
+    timestamp_ns: int,
 ) -> list[Prepared]:
-    """One entry per job: ``(id, opcodes)`` ready to store, or the error."""
-    checked: list[list[dict[str, Any]] | GenericError] = []
+    """One entry per job: ``(id, opcodes)`` ready to store, or the error.
+
+    ``timestamp_ns`` dates the reason-trail entry every opcode gets.
+    """
+    checked: list[list[OpCode] | GenericError] = []
     for ops in jobs:
         try:
             checked.append(validate_job(ops, registry, relative_ok))
@@ -61,26 +62,31 @@ def prepare_jobs(
             result.append(item)
             continue
         try:
-            result.append((ids[index], _resolve(item, index, ids, exists)))
+            result.append((ids[index], _finish(item, index, ids, exists, timestamp_ns)))
         except GenericError as err:
             result.append(err)
     return result
 
 
-def _resolve(
-    ops: list[dict[str, Any]], index: int, ids: dict[int, int], exists: Callable[[int], bool]
-) -> list[dict[str, Any]]:
-    """Replace relative dependency ids; check absolute ones exist."""
-    resolved = []
+def _finish(
+    ops: list[OpCode],
+    index: int,
+    ids: dict[int, int],
+    exists: Callable[[int], bool],
+    timestamp_ns: int,
+) -> list[OpCode]:
+    """Replace relative dependency ids, check absolute ones exist; extend the trails."""
+    entry = [REASON_SOURCE_DAEMON, f"submitted as job {ids[index]}", timestamp_ns]
+    finished = []
     for op in ops:
-        if not op.get("depends"):
-            resolved.append(op)
-            continue
-        depends = []
-        for dep_id, statuses in op["depends"]:
-            depends.append([_dependency_id(dep_id, index, ids, exists), list(statuses)])
-        resolved.append({**op, "depends": depends})
-    return resolved
+        changes: dict[str, Any] = {"reason": [*op.stored().get("reason", ()), entry]}
+        if op.depends:
+            changes["depends"] = [
+                [_dependency_id(job_id, index, ids, exists), [str(status) for status in statuses]]
+                for job_id, statuses in op.depends
+            ]
+        finished.append(op.replaced(**changes))
+    return finished
 
 
 def _dependency_id(
@@ -95,3 +101,14 @@ def _dependency_id(
     if not exists(number):
         raise OpPrereqError(f"Dependency job {number} does not exist", ECODE_INVAL)
     return number
+
+
+def load_opcodes(job: Job, registry: Registry) -> None:
+    """Type the unfinished opcodes of a job read back from storage.
+
+    An opcode that no longer validates (its OP_ID unregistered, say) becomes
+    an ``InvalidOpCode``: the job loads, and that opcode fails when it runs.
+    """
+    for op in job.ops:
+        if op.status not in FINALIZED:
+            op.opcode = registry.load(op.input)

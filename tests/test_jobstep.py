@@ -20,6 +20,7 @@ from jobqueue.model import Job
 from jobqueue.processor import Processor
 from jobqueue.signals import JobCanceled, LockAcquireTimeout
 from jobqueue.storage.memory import MemoryJobStore
+from jobqueue.submission import load_opcodes
 
 JOB_ID = 1
 CANCELED = constants.MSG_CANCELED
@@ -132,8 +133,12 @@ def dummy(**params: Any) -> dict[str, Any]:
     return {"OP_ID": "OP_TEST_DUMMY", **params}
 
 
+#: Types the opcodes of the jobs made here, as submission does.
+REGISTRY = builtin_registry()
+
+
 def make_job(*ops: dict[str, Any], job_id: int = JOB_ID) -> ActiveJob:
-    return ActiveJob(Job.new(job_id, ops, [900, 0]))
+    return ActiveJob(Job.new(job_id, [REGISTRY.typed(op) for op in ops], [900, 0]))
 
 
 def statuses(job: Job) -> list[str]:
@@ -248,8 +253,10 @@ class TestSuccess:
         )
         assert step(active, env) == Verdict.DEFER
         assert step(active, env) == Verdict.DEFER
-        # a new daemon reads the job back from storage
+        # a new daemon reads the job back from storage and types what may still run
         restored = Job.from_dict(env.stored().to_dict())
+        load_opcodes(restored, REGISTRY)
+        assert [op.opcode is None for op in restored.ops] == [True, True, False]
         assert statuses(restored) == ["success", "success", "queued"]
         assert restored.log_serial == 2
         again = ActiveJob(restored)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import jobqueue.lus.test
 from jobqueue import constants
 from jobqueue.children import ProcessGroups
 from jobqueue.daemon import Core, build_core, start_core
@@ -28,9 +30,12 @@ from jobqueue.errors import (
 from jobqueue.jobstep import Verdict
 from jobqueue.locking import LockAttemptTimeoutStrategy
 from jobqueue.lus import builtin_registry
-from jobqueue.lus.command import base_environment
+from jobqueue.lus.command import OpCommandFanout, base_environment
+from jobqueue.lus.test import ELOG_JQUEUE_TEST, MAX_DELAY_REPEAT
+from jobqueue.opcodes import REASON_SOURCE_DAEMON
 from jobqueue.storage.files import FileJobStore
 from tests.polling import poll_until
+from tests.queue_harness import QueueUnderTest
 
 #: Upper bound for waiting on anything that should happen soon.
 WAIT = 15.0
@@ -38,26 +43,6 @@ WAIT = 15.0
 PROMPT = 5.0
 FINAL = ("success", "error", "canceled")
 RS_NORMAL, RS_UNKNOWN = 0, 1
-
-
-class QueueUnderTest:
-    """A started queue and its reader, as the LUXI server uses them: changes go to
-    the queue (every attribute of ``JobQueue``), questions to the reader."""
-
-    def __init__(self, core: Core) -> None:
-        self.core = core
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.core.queue, name)
-
-    def query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> list[list[Any]]:
-        return self.core.reader.query_jobs(job_ids, fields)
-
-    def query(self, what: str, fields: list[str], qfilter: Any, archived: bool = False) -> Any:
-        return self.core.reader.query(what, fields, qfilter, archived)
-
-    def query_fields(self, what: str, fields: list[str] | None) -> Any:
-        return self.core.reader.query_fields(what, fields)
 
 
 MakeQueue = Callable[..., QueueUnderTest]
@@ -207,6 +192,24 @@ class TestTestDelay:
         assert name == "OpPrereqError" and args[1] == ECODE_INVAL and "on_nodes" in args[0]
         assert job["opresult"][1] == ["OpExecError", [constants.MSG_PRECEDING_FAILED]]
 
+    def test_ganeti_parameters_run(self, queue: QueueUnderTest) -> None:
+        ganeti = {"on_node_uuids": None, "interruptible": True, "no_locks": False}
+        job = run_job(queue, [delay(0, **ganeti), delay(0, on_node_uuids=[])])
+        assert job["opstatus"] == ["success", "success"]
+
+    def test_on_node_uuids_fails_the_opcode(self, queue: QueueUnderTest) -> None:
+        job = run_job(queue, [delay(0, on_node_uuids=["uuid-1"])])
+        name, args = job["opresult"][0]
+        assert name == "OpPrereqError" and args == [
+            "OP_TEST_DELAY.on_node_uuids: this queue has no remote nodes",
+            ECODE_INVAL,
+        ]
+
+    def test_repeat_beyond_the_cap_rejected_at_submit(self, queue: QueueUnderTest) -> None:
+        with pytest.raises(OpPrereqError, match=r"OP_TEST_DELAY\.repeat"):
+            queue.submit_job([delay(0, repeat=MAX_DELAY_REPEAT + 1)])
+        assert queue.live.count() == 0
+
     def test_negative_duration_rejected_at_submit(self, queue: QueueUnderTest) -> None:
         with pytest.raises(OpPrereqError, match=r"OP_TEST_DELAY\.duration"):
             queue.submit_job([delay(-1)])
@@ -227,10 +230,99 @@ class TestTestJqueue:
         assert job["opresult"] == [["OpExecError", ["Opcode failure was requested"]]]
         assert log_of(job) == ["x"]
 
-    @pytest.mark.parametrize("param", ["notify_waitlock", "notify_exec"])
-    def test_notifications_rejected_at_submit(self, queue: QueueUnderTest, param: str) -> None:
-        with pytest.raises(OpPrereqError, match=rf"OP_TEST_JQUEUE\.{param}"):
-            queue.submit_job([{"OP_ID": "OP_TEST_JQUEUE", param: True}])
+    def test_notifications_as_gnt_debug_test_jobqueue_drives_them(
+        self, queue: QueueUnderTest
+    ) -> None:
+        op = {
+            "OP_ID": "OP_TEST_JQUEUE",
+            "notify_waitlock": True,
+            "notify_exec": True,
+            "log_messages": ["one", "two"],
+        }
+        job_id = queue.submit_job([op])
+        answered = answer_notifications(queue, job_id)
+        job = info(queue, job_id)
+        assert job["status"] == "success" and job["opresult"] == [True]
+        assert answered == [
+            ("expandnames", None, "waiting"),
+            ("exec", None, "running"),
+            ("startmsg", 2, "running"),
+            ("logmsg", 1, "running"),
+            ("logmsg", 2, "running"),
+        ]
+        assert log_of(job, 0, "message") == ["TESTMSG=one", "TESTMSG=two"]
+        sockets = [entry[0] for entry in log_of(job, 0, ELOG_JQUEUE_TEST)]
+        assert len(set(sockets)) == 5 and not any(os.path.exists(p) for p in sockets)
+
+    def test_unanswered_notification_fails_the_opcode(
+        self, queue: QueueUnderTest, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(jobqueue.lus.test, "NOTIFY_CONNECT_TIMEOUT", 0.3)
+        job = run_job(queue, [{"OP_ID": "OP_TEST_JQUEUE", "notify_exec": True}])
+        assert job["status"] == "error"
+        message = "Test notification 'exec': no answer within 0.3s"
+        assert job["opresult"] == [["OpExecError", [message]]]
+
+    def test_unconfirmed_notification_fails_the_opcode(
+        self, queue: QueueUnderTest, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(jobqueue.lus.test, "NOTIFY_CONFIRM_TIMEOUT", 0.3)
+        job_id = queue.submit_job([{"OP_ID": "OP_TEST_JQUEUE", "notify_exec": True}])
+        path = wait_for_notification(queue, job_id)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)  # and never confirms
+            assert wait_for_status(queue, job_id, FINAL) == "error"
+        message = "Test notification 'exec': no answer within 0.3s"
+        assert info(queue, job_id)["opresult"] == [["OpExecError", [message]]]
+
+    def test_cancel_while_a_notification_waits_before_the_locks(
+        self, queue: QueueUnderTest
+    ) -> None:
+        job_id = queue.submit_job([{"OP_ID": "OP_TEST_JQUEUE", "notify_waitlock": True}])
+        wait_for_notification(queue, job_id)
+        assert queue.query_jobs([job_id], ["status"]) == [["waiting"]]
+        started = time.monotonic()
+        assert queue.cancel_job(job_id)[0]
+        assert wait_for_status(queue, job_id, FINAL, PROMPT) == "canceled"
+        assert time.monotonic() - started < PROMPT
+
+
+def wait_for_notification(queue: QueueUnderTest, job_id: int) -> str:
+    """The socket path of the job's first test notification, once it is logged."""
+    found: list[str] = []
+
+    def logged() -> bool:
+        (row,) = queue.query_jobs([job_id], ["oplog"])
+        found.extend(e[3][0] for op in row[0] for e in op if e[2] == ELOG_JQUEUE_TEST)
+        return bool(found)
+
+    assert wait_until(logged), "no test notification"
+    return found[0]
+
+
+def answer_notifications(queue: QueueUnderTest, job_id: int) -> list[tuple[str, Any, str]]:
+    """Play gnt-debug's test client until the job ends: note the job's status at
+    each notification, connect to its socket and confirm. Returns (test, argument,
+    status) per notification. A bounded poll of the job's log.
+    """
+    answered: list[tuple[str, Any, str]] = []
+    last_serial = 0
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        (row,) = queue.query_jobs([job_id], ["status", "oplog"])
+        status, oplog = row
+        for serial, _, log_type, message in (e for op in oplog for e in op):
+            if serial > last_serial and log_type == ELOG_JQUEUE_TEST:
+                path, test, argument = message
+                answered.append((test, argument, status))
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                    client.connect(path)
+                    client.sendall(b"\0")
+            last_serial = max(last_serial, serial)
+        if status in FINAL:
+            return answered
+        time.sleep(0.01)
+    raise AssertionError(f"job {job_id} did not finish; answered {answered}")
 
 
 class TestTestDummy:
@@ -260,6 +352,24 @@ class TestTestDummy:
         assert first["comment"] == "Submitted by OP_TEST_DUMMY"
         (priority,) = queue.query_jobs([child_ids[0]], ["oppriority"])[0]
         assert priority == [constants.PRIO_LOW]
+
+    def test_lu_submitted_jobs_inherit_the_reason_trail(self, queue: QueueUnderTest) -> None:
+        client = ["gnt:client:test", "why", 1_600_000_000_000_000_000]
+        parent = dummy(submit_jobs=[[dummy(), dummy()]], reason=[client])
+        job = run_job(queue, [parent])
+        ((_, child_id),) = job["opresult"][0]["jobs"]
+        assert wait_for_status(queue, child_id, FINAL) == "success"
+        ((parent_input,),) = queue.query_jobs([job["id"]], ["ops"])[0]
+        (child_inputs,) = queue.query_jobs([child_id], ["ops"])[0]
+        parent_trail = parent_input["reason"]
+        assert parent_trail[0] == client
+        assert parent_trail[1][:2] == [REASON_SOURCE_DAEMON, f"submitted as job {job['id']}"]
+        for child in child_inputs:
+            *inherited, by_parent, by_queue = child["reason"]
+            assert inherited == parent_trail
+            assert by_parent[:2] == ["gnt:opcode:OP_TEST_DUMMY", f"submitted by job {job['id']}"]
+            assert by_queue[:2] == [REASON_SOURCE_DAEMON, f"submitted as job {child_id}"]
+            assert parent_trail[1][2] <= by_parent[2] <= by_queue[2]
 
 
 class TestCommandRun:
@@ -523,6 +633,21 @@ class TestCommandFanout:
         assert max_overlap(intervals(out, items)) == 1
         (ops,) = queue.query_jobs([job_ids[0]], ["ops"])[0]
         assert ops[0]["locks"] == ["shared-lock"]
+
+    @pytest.mark.parametrize(
+        "params",
+        [
+            {"locks": ["{item}"], "items": ["a", ""]},
+            {"shared_locks": ["clus{item}"], "items": ["ter"]},
+            {"items": ["x"] * (OpCommandFanout.FANOUT_LIMIT + 1)},
+            {"then": [dummy(fail="no")]},
+        ],
+    )
+    def test_fanout_refused_at_submit(self, queue: QueueUnderTest, params: dict[str, Any]) -> None:
+        op = {"OP_ID": "OP_COMMAND_FANOUT", "argv": ["true"], "items": ["a"], **params}
+        with pytest.raises(OpPrereqError, match="OP_COMMAND_FANOUT"):
+            queue.submit_job([op])
+        assert queue.live.count() == 0
 
     def test_fanout_items_get_their_own_locks(self, queue: QueueUnderTest) -> None:
         op = {

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 import simplejson
 from hypothesis import given
@@ -10,7 +13,15 @@ from hypothesis import strategies as st
 from jobqueue import constants
 from jobqueue.constants import Status
 from jobqueue.errors import JobFileCorrupted
-from jobqueue.model import Job, QueuedOpCode, calc_status, merge_time, split_time
+from jobqueue.lus import builtin_registry
+from jobqueue.model import (
+    Job,
+    QueuedOpCode,
+    calc_status,
+    default_summary,
+    merge_time,
+    split_time,
+)
 
 Q, W, R, C, X = Status.QUEUED, Status.WAITING, Status.RUNNING, Status.CANCELING, Status.CANCELED
 S, E = Status.SUCCESS, Status.ERROR
@@ -171,3 +182,44 @@ def test_split_time_is_valid_and_close(value: float) -> None:
     seconds, micros = split_time(value)
     assert 0 <= micros < 1_000_000
     assert abs(merge_time([seconds, micros]) - value) <= 1e-6 * max(1.0, value / 1e9) + 1e-6
+
+
+def test_new_job_keeps_typed_opcodes_beside_their_stored_form() -> None:
+    registry = builtin_registry()
+    delay = registry.typed({"OP_ID": "OP_TEST_DELAY", "duration": 1, "priority": -10})
+    dummy = registry.typed({"OP_ID": "OP_TEST_DUMMY", "result": [1]})
+    job = Job.new(4, [delay, dummy], [1, 0])
+    assert [op.opcode for op in job.ops] == [delay, dummy]
+    assert [op.input for op in job.ops] == [delay.to_dict(), dummy.to_dict()]
+    assert [op.priority for op in job.ops] == [-10, constants.PRIO_DEFAULT]
+    assert job.ops[0].input is delay.stored(), "one stored form, not a copy per job"
+
+
+def test_jobs_read_back_are_untyped_and_round_trip_exactly() -> None:
+    registry = builtin_registry()
+    typed = registry.typed({"OP_ID": "OP_TEST_DELAY", "duration": 1, "reason": [["a", "b", 1]]})
+    job = Job.new(4, [typed], [1, 0])
+    text = json.dumps(job.to_dict())
+    again = Job.from_dict(json.loads(text))
+    assert again.ops[0].opcode is None
+    assert json.dumps(again.to_dict()) == text
+    assert again == job  # the record takes no part in comparisons
+
+
+def test_restore_keeps_the_typed_opcodes() -> None:
+    registry = builtin_registry()
+    typed = registry.typed({"OP_ID": "OP_TEST_DUMMY"})
+    job = Job.new(4, [typed], [1, 0])
+    before = job.snapshot()
+    job.ops[0].status = Status.RUNNING
+    job.restore(before)
+    assert job.ops[0].status == Q and job.ops[0].opcode is typed
+
+
+@pytest.mark.parametrize("op_id", [[[["x"]]], {"a": {"b": 1}}])
+def test_default_summary_never_shows_a_nested_op_id(op_id: Any) -> None:
+    deep: Any = op_id
+    for _ in range(100_000):
+        deep = [deep]
+    assert default_summary({"OP_ID": deep}) == "?"
+    assert default_summary({"OP_ID": op_id}) == "?"

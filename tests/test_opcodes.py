@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import sys
 import textwrap
@@ -10,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from jobqueue.constants import Status
 from jobqueue.errors import (
     ECODE_INVAL,
     GenericError,
@@ -19,8 +22,22 @@ from jobqueue.errors import (
 )
 from jobqueue.lus import builtin_registry, load_plugins
 from jobqueue.lus.base import LogicalUnit
-from jobqueue.lus.test import LUTestDelay, OpTestDelay
-from jobqueue.opcodes import INT, OpCode, Param, Registry
+from jobqueue.lus.command import OpCommandFanout, OpCommandRun
+from jobqueue.lus.test import MAX_DELAY_REPEAT, LUTestDelay, OpTestDelay, OpTestDummy
+from jobqueue.opcodes import (
+    INT,
+    MAX_NESTING,
+    NON_EMPTY_STRING,
+    Dependency,
+    InvalidOpCode,
+    OpCode,
+    Param,
+    ReasonEntry,
+    Registry,
+    Type,
+    list_of,
+    param,
+)
 
 BUILTIN_IDS = [
     "OP_COMMAND_FANOUT",
@@ -99,6 +116,8 @@ class TestValidate:
             (delay(depends=[[1]]), "OP_TEST_DELAY.depends"),
             (delay(depends=[["x1", []]]), "OP_TEST_DELAY.depends"),
             (delay(depends=[1, 2]), "OP_TEST_DELAY.depends"),
+            (delay(depends=[[1, [["success"]]]]), "OP_TEST_DELAY.depends"),
+            (delay(depends=[[1, [{"a": 1}]]]), "OP_TEST_DELAY.depends"),
         ],
     )
     def test_wrong_type(self, registry: Registry, data: dict[str, Any], name: str) -> None:
@@ -151,9 +170,12 @@ class TestValidate:
         first["on_nodes"].append("node1")
         assert second["on_nodes"] == []
         assert registry.validate(delay())["on_nodes"] == []
-        built = registry.build(delay())
-        built.on_nodes.append("node2")
-        assert registry.build(delay()).on_nodes == []
+        typed = registry.typed(delay())
+        typed.to_dict()["on_nodes"].append("node2")
+        assert typed.to_dict()["on_nodes"] == [] and typed.on_nodes == ()
+        assert registry.typed(delay()).to_dict()["on_nodes"] == []
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            typed.on_nodes = ("node3",)  # type: ignore[misc]
 
     def test_given_values_are_kept(self, registry: Registry) -> None:
         checked = registry.validate(delay(duration=2, repeat=3, on_nodes=["n1", "n2"]))
@@ -176,8 +198,8 @@ class TestValidate:
         assert checked["depends"] is None and checked["comment"] is None
         assert "priority" not in checked and "debug_level" not in checked
 
-    def test_build_gives_attribute_access_with_defaults(self, registry: Registry) -> None:
-        op = registry.build(registry.validate(delay(duration=0.25)))
+    def test_typed_gives_attribute_access_with_defaults(self, registry: Registry) -> None:
+        op = registry.typed(delay(duration=0.25))
         assert isinstance(op, OpTestDelay)
         assert (op.duration, op.repeat, op.on_master) == (0.25, 0, True)
         assert op.priority is None and op.dry_run is None and op.depends is None
@@ -348,3 +370,376 @@ class TestPlugins:
     def test_missing_module(self) -> None:
         with pytest.raises(GenericError, match="jq_plugin_does_not_exist"):
             load_plugins(builtin_registry(), modules=["jq_plugin_does_not_exist"])
+
+
+def nested(levels: int, leaf: Any = 0) -> Any:
+    """``leaf`` inside ``levels`` lists."""
+    value = leaf
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def fanout(**params: Any) -> dict[str, Any]:
+    return {"OP_ID": "OP_COMMAND_FANOUT", "argv": ["echo", "{item}"], "items": ["a"], **params}
+
+
+class TestTypedRecords:
+    def test_fields_hold_frozen_typed_values(self, registry: Registry) -> None:
+        op = registry.typed(
+            {"OP_ID": "OP_COMMAND_RUN", "argv": ["ls", "-l"], "env": {"A": "1"}, "locks": ["x"]}
+        )
+        assert isinstance(op, OpCommandRun)
+        assert op.argv == ("ls", "-l") and op.locks == ("x",) and op.shared_locks == ()
+        assert dict(op.env) == {"A": "1"}
+        with pytest.raises(TypeError):
+            op.env["B"] = "2"  # type: ignore[index]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            op.argv = ("rm",)  # type: ignore[misc]
+        assert op.to_dict() == registry.validate(op.to_dict())
+
+    def test_to_dict_is_a_deep_copy(self, registry: Registry) -> None:
+        op = registry.typed({"OP_ID": "OP_TEST_DUMMY", "result": {"a": [1]}})
+        op.to_dict()["result"]["a"].append(2)
+        assert op.to_dict()["result"] == {"a": [1]}
+
+    def test_common_parameters_are_typed(self, registry: Registry) -> None:
+        op = registry.typed(
+            delay(
+                depends=[["12", ["success"]], [-1, []]],
+                reason=[["gnt:client:gnt-debug", "why", 1_700_000_000_000_000_000]],
+                priority=-10,
+                comment="c",
+                debug_level=0,
+                dry_run=False,
+            )
+        )
+        assert op.depends == (Dependency(12, (Status.SUCCESS,)), Dependency(-1, ()))
+        assert op.reason == (ReasonEntry("gnt:client:gnt-debug", "why", 1_700_000_000_000_000_000),)
+        assert (op.priority, op.comment, op.debug_level, op.dry_run) == (-10, "c", 0, False)
+        assert op.to_dict()["depends"] == [["12", ["success"]], [-1, []]], "stored as given"
+
+    def test_records_built_in_python_derive_their_json(self, registry: Registry) -> None:
+        assert OpTestDelay(duration=1.5) == registry.typed(delay(duration=1.5))
+        assert OpTestDelay(duration=1.5).to_dict() == registry.validate(delay(duration=1.5))
+        op = OpTestDelay(duration=1, on_nodes=("n",), reason=(ReasonEntry("s", "r", 3),))
+        assert op.to_dict() == registry.validate(delay(on_nodes=["n"], reason=[["s", "r", 3]]))
+
+    def test_replaced_freezes_and_keeps_places_in_the_json(self, registry: Registry) -> None:
+        op = registry.typed(delay(comment="x", depends=[[2, []]]))
+        changed = op.replaced(reason=[["s", "r", 1]], depends=[[3, ["error"]]])
+        assert changed.reason == (ReasonEntry("s", "r", 1),)
+        assert changed.depends == (Dependency(3, (Status.ERROR,)),)
+        assert changed.duration == op.duration and isinstance(changed, OpTestDelay)
+        assert list(changed.to_dict()) == [
+            "OP_ID", "depends", "comment", "duration", "repeat", "on_master", "on_nodes", "reason"
+        ]  # fmt: skip
+        assert changed.to_dict()["depends"] == [[3, ["error"]]]
+        assert op.reason == () and "reason" not in op.to_dict()
+        assert op.to_dict()["depends"] == [[2, []]]
+
+    def test_load_never_raises(self, registry: Registry) -> None:
+        gone = registry.load({"OP_ID": "OP_GONE", "x": 1})
+        assert isinstance(gone, InvalidOpCode) and isinstance(gone.error, OpCodeUnknown)
+        assert gone.op_id == "OP_GONE" and str(gone.error) == "Unknown opcode 'OP_GONE'"
+        broken = registry.load(delay(repeat="many"))
+        assert isinstance(broken, InvalidOpCode) and isinstance(broken.error, OpPrereqError)
+        assert "OP_TEST_DELAY.repeat" in str(broken.error)
+        assert registry.load(delay()) == registry.typed(delay())
+
+    def test_plugin_records_keep_submitted_values(self, registry: Registry) -> None:
+        class OpListy(OpCode):
+            OP_ID = "OP_LISTY"
+            PARAMS = (
+                Param("names", list_of(NON_EMPTY_STRING), default=[]),
+                Param("size", INT, required=True),
+            )
+
+        registry.register(OpListy, LUPluginThing)
+        first = registry.typed({"OP_ID": "OP_LISTY", "size": 1})
+        second = registry.typed({"OP_ID": "OP_LISTY", "size": 2, "names": ["a"]})
+        assert isinstance(first, OpListy) and not OpListy.FROZEN
+        assert first.names == [] and second.names == ["a"]  # lists, as such LUs expect
+        first.names.append("x")  # type: ignore[attr-defined]
+        assert registry.typed({"OP_ID": "OP_LISTY", "size": 1}).names == []
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            first.size = 3  # type: ignore[attr-defined]
+        assert [p.name for p in OpListy.all_params()][-2:] == ["names", "size"]
+
+
+class TestPostInit:
+    def test_post_init_runs_for_registry_made_records(self, registry: Registry) -> None:
+        class OpDerived(OpCode):
+            OP_ID = "OP_DERIVED"
+            size: int = param(INT)
+
+            def __post_init__(self) -> None:
+                object.__setattr__(self, "double", self.size * 2)
+
+        registry.register(OpDerived, LUPluginThing)
+        assert registry.typed({"OP_ID": "OP_DERIVED", "size": 4}).double == 8  # type: ignore[attr-defined]
+        assert OpDerived(size=5).double == 10  # type: ignore[attr-defined]
+
+
+class TestRegistration:
+    def test_typed_field_may_not_shadow_a_common_parameter(self) -> None:
+        class Shadow(OpCode):
+            OP_ID = "OP_SHADOW"
+            comment: str | None = param(NON_EMPTY_STRING, default=None)
+
+        with pytest.raises(ProgrammerError, match="duplicate"):
+            Registry().register(Shadow, LUPluginThing)
+
+    def test_duplicate_names_in_params(self) -> None:
+        class Twice(OpCode):
+            OP_ID = "OP_TWICE"
+            PARAMS = (Param("x", INT), Param("x", INT))
+
+        with pytest.raises(ProgrammerError, match="duplicate"):
+            Registry().register(Twice, LUPluginThing)
+
+    def test_every_field_must_be_a_parameter(self) -> None:
+        class Plain(OpCode):
+            OP_ID = "OP_PLAIN"
+            size: int = 3
+
+        with pytest.raises(ProgrammerError, match="size"):
+            Registry().register(Plain, LUPluginThing)
+
+    def test_an_lu_runs_only_the_opcode_it_names(self) -> None:
+        class LUDelayOnly(LogicalUnit[OpTestDelay]):
+            def exec(self) -> Any:
+                return self.op.duration
+
+        with pytest.raises(ProgrammerError, match="LUDelayOnly runs OpTestDelay"):
+            Registry().register(OpPluginThing, LUDelayOnly)
+        Registry().register(OpTestDelay, LUDelayOnly)
+
+    def test_not_an_opcode_class(self) -> None:
+        with pytest.raises(ProgrammerError):
+            Registry().register(dict, LUPluginThing)  # type: ignore[arg-type]
+
+
+GANETI_DELAY = {
+    # as Ganeti's gnt-debug delay sends it (Python 3 client, every parameter set)
+    "OP_ID": "OP_TEST_DELAY",
+    "duration": 2.5,
+    "on_master": True,
+    "on_nodes": [],
+    "on_node_uuids": None,
+    "repeat": 0,
+    "interruptible": False,
+    "no_locks": True,
+    "dry_run": False,
+    "debug_level": 0,
+    "priority": 0,
+    "depends": None,
+    "comment": None,
+    "reason": [["gnt:client:gnt-debug", "delay", 1_700_000_000_000_000_000]],
+}
+
+
+class TestGanetiParameters:
+    def test_gnt_debug_delay_is_accepted_as_sent(self, registry: Registry) -> None:
+        assert registry.validate(GANETI_DELAY) == GANETI_DELAY
+        op = registry.typed(GANETI_DELAY)
+        assert isinstance(op, OpTestDelay)
+        assert (op.on_node_uuids, op.interruptible, op.no_locks) == (None, False, True)
+
+    def test_ganeti_only_parameters_are_not_filled_in(self, registry: Registry) -> None:
+        stored = registry.validate(delay())
+        assert not {"on_node_uuids", "interruptible", "no_locks", "reason"} & set(stored)
+        op = registry.typed(delay(on_node_uuids=["uuid-1"], interruptible=True, no_locks=False))
+        assert (op.on_node_uuids, op.interruptible, op.no_locks) == (("uuid-1",), True, False)
+
+    @pytest.mark.parametrize(
+        ("data", "name"),
+        [
+            (delay(reason="gnt-debug"), "OP_TEST_DELAY.reason"),
+            (delay(reason=[["src", "why"]]), "OP_TEST_DELAY.reason"),
+            (delay(reason=[["src", "why", "now"]]), "OP_TEST_DELAY.reason"),
+            (delay(reason=[["src", "why", True]]), "OP_TEST_DELAY.reason"),
+            (delay(reason=[["src", 5, 1]]), "OP_TEST_DELAY.reason"),
+            (delay(reason=None), "OP_TEST_DELAY.reason"),
+            (delay(on_node_uuids="uuid"), "OP_TEST_DELAY.on_node_uuids"),
+            (delay(on_node_uuids=[""]), "OP_TEST_DELAY.on_node_uuids"),
+            (delay(interruptible=1), "OP_TEST_DELAY.interruptible"),
+            (delay(no_locks=None), "OP_TEST_DELAY.no_locks"),
+        ],
+    )
+    def test_wrong_types_are_refused(
+        self, registry: Registry, data: dict[str, Any], name: str
+    ) -> None:
+        assert name in str(rejected(registry, data))
+
+    def test_reason_is_accepted_on_every_opcode(self, registry: Registry) -> None:
+        trail = [["gnt:client:x", "y", 1], ["gnt:opcode:OP_Z", "", 2]]
+        for op_id in BUILTIN_IDS:
+            assert registry.typed({**SMALLEST[op_id], "reason": trail}).reason == (
+                ReasonEntry("gnt:client:x", "y", 1),
+                ReasonEntry("gnt:opcode:OP_Z", "", 2),
+            )
+
+    def test_describe_shows_the_new_parameters(self, registry: Registry) -> None:
+        described = {entry["OP_ID"]: entry for entry in registry.describe()}
+        params = {p["name"]: p for p in described["OP_TEST_DELAY"]["params"]}
+        assert params["reason"]["default"] == [] and params["on_nodes"]["default"] == []
+        assert params["no_locks"]["default"] is True
+        assert "1000" in params["repeat"]["type"]
+        json.dumps(registry.describe())  # every default is plain JSON
+
+
+SMALLEST = {
+    "OP_COMMAND_FANOUT": fanout(),
+    "OP_COMMAND_RUN": {"OP_ID": "OP_COMMAND_RUN", "argv": ["true"]},
+    "OP_TEST_DELAY": delay(),
+    "OP_TEST_DUMMY": {"OP_ID": "OP_TEST_DUMMY"},
+    "OP_TEST_JQUEUE": {"OP_ID": "OP_TEST_JQUEUE"},
+}
+
+
+class TestNesting:
+    def test_the_bound_counts_the_opcode_itself(self, registry: Registry) -> None:
+        at_limit = {"OP_ID": "OP_TEST_DUMMY", "result": nested(MAX_NESTING - 1)}
+        assert registry.typed(at_limit).result == nested(MAX_NESTING - 1)
+        err = rejected(registry, {"OP_ID": "OP_TEST_DUMMY", "result": nested(MAX_NESTING)})
+        assert str(err) == "Parameter 'OP_TEST_DUMMY.result' is nested deeper than 64 levels"
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            {"OP_ID": "OP_TEST_DUMMY", "result": nested(200_000)},
+            {"OP_ID": "OP_TEST_DUMMY", "result": {"a": nested(200_000, {})}},
+            fanout(then=[{"OP_ID": "OP_TEST_DUMMY", "result": nested(200_000)}]),
+            {"OP_ID": "OP_TEST_DUMMY", "submit_jobs": [[{"OP_ID": "OP_TEST_DUMMY", "x": 1}]] * 2}
+            | {"messages": nested(200_000, "m")},
+            delay(duration=nested(200_000)),
+            nested(200_000),
+            {"OP_ID": nested(200_000)},
+        ],
+    )
+    def test_any_depth_is_refused_without_recursion(
+        self, registry: Registry, data: dict[str, Any]
+    ) -> None:
+        with pytest.raises((OpPrereqError, OpCodeUnknown)) as info:
+            registry.typed(data)
+        assert len(str(info.value)) < 200
+
+    def test_a_plugin_check_never_sees_a_value_too_deep(self) -> None:
+        def recursive(value: Any) -> bool:
+            return not isinstance(value, list) or all(recursive(item) for item in value)
+
+        class OpTree(OpCode):
+            OP_ID = "OP_TREE"
+            PARAMS = (Param("tree", Type(recursive, "nested lists")),)
+
+        registry = Registry()
+        registry.register(OpTree, LUPluginThing)
+        assert registry.typed({"OP_ID": "OP_TREE", "tree": nested(10)}).tree == nested(10)
+        err = rejected(registry, {"OP_ID": "OP_TREE", "tree": nested(200_000)})
+        assert "'OP_TREE.tree' is nested deeper than 64 levels" in str(err)
+
+    def test_nested_opcodes_count_from_the_outer_one(self, registry: Registry) -> None:
+        # fanout(1) -> then list(2) -> opcode(3) -> result: 61 more levels are allowed
+        ok = fanout(then=[{"OP_ID": "OP_TEST_DUMMY", "result": nested(MAX_NESTING - 3)}])
+        registry.typed(ok)
+        deep = fanout(then=[{"OP_ID": "OP_TEST_DUMMY", "result": nested(MAX_NESTING - 2)}])
+        assert "'OP_COMMAND_FANOUT.then' is nested deeper" in str(rejected(registry, deep))
+
+    def test_summaries_of_deep_stored_values(self, registry: Registry) -> None:
+        assert OpTestDelay.summary({"duration": nested(200_000)}) == "TEST_DELAY(...)"
+        assert registry.summarize({"OP_ID": "OP_TEST_DELAY", "duration": [nested(3)]}) == (
+            "TEST_DELAY([[[0]]])"
+        )
+
+
+class TestNestedOpcodes:
+    @pytest.mark.parametrize(
+        ("then", "where", "detail"),
+        [
+            ([{"OP_ID": "OP_NOPE"}], "then[0]", "Unknown opcode 'OP_NOPE'"),
+            (
+                [{"OP_ID": "OP_TEST_DUMMY"}, {"OP_ID": "OP_TEST_DELAY"}],
+                "then[1]",
+                "Required parameter 'OP_TEST_DELAY.duration' is missing",
+            ),
+            ([{"OP_ID": "OP_TEST_DUMMY", "fail": "yes"}], "then[0]", "'OP_TEST_DUMMY.fail'"),
+            ([{"OP_ID": "OP_TEST_DUMMY", "bogus": 1}], "then[0]", "'OP_TEST_DUMMY.bogus'"),
+            ([{"OP_ID": "OP_TEST_DUMMY", "priority": 5}], "then[0]", "invalid priority 5"),
+            ([fanout(locks=["{item}"], items=[""])], "then[0]", "OP_COMMAND_FANOUT.locks"),
+            (["OP_TEST_DUMMY"], "then", "must be a list, each item an opcode object"),
+        ],
+    )
+    def test_then_opcodes_are_validated_as_opcodes(
+        self, registry: Registry, then: list[Any], where: str, detail: str
+    ) -> None:
+        err = rejected(registry, fanout(then=then))
+        assert f"'OP_COMMAND_FANOUT.{where}'" in str(err) and detail in str(err)
+
+    @pytest.mark.parametrize(
+        ("jobs", "where", "detail"),
+        [
+            ([[{"OP_ID": "OP_TEST_DUMMY"}], [{"OP_ID": "OP_X"}]], "[1][0]", "'OP_X'"),
+            ([[{"OP_ID": "OP_TEST_DUMMY"}, {"OP_ID": "OP_TEST_DELAY"}]], "[0][1]", "duration"),
+            ([[{"OP_ID": "OP_TEST_DUMMY"}], []], "", "each a non-empty list of opcode objects"),
+            ([{"OP_ID": "OP_TEST_DUMMY"}], "", "must be a list of jobs"),
+        ],
+    )
+    def test_submit_jobs_are_validated_as_jobs(
+        self, registry: Registry, jobs: list[Any], where: str, detail: str
+    ) -> None:
+        err = rejected(registry, {"OP_ID": "OP_TEST_DUMMY", "submit_jobs": jobs})
+        assert f"'OP_TEST_DUMMY.submit_jobs{where}'" in str(err) and detail in str(err)
+
+    def test_nested_opcodes_are_records_stored_as_given(self, registry: Registry) -> None:
+        given = {"comment": "last", "OP_ID": "OP_TEST_DUMMY"}
+        op = registry.typed(fanout(then=[given]))
+        assert isinstance(op, OpCommandFanout)
+        (then,) = op.then
+        assert isinstance(then, OpTestDummy) and then.comment == "last" and then.fail is False
+        assert op.to_dict()["then"] == [given] and list(then.to_dict()) == ["comment", "OP_ID"]
+        jobs = registry.typed({"OP_ID": "OP_TEST_DUMMY", "submit_jobs": [[given], [given]]})
+        assert isinstance(jobs, OpTestDummy)
+        assert [[op.comment for op in job] for job in jobs.submit_jobs] == [["last"], ["last"]]
+
+
+class TestSubmissionChecks:
+    def test_repeat_is_capped(self, registry: Registry) -> None:
+        assert registry.typed(delay(repeat=MAX_DELAY_REPEAT)).repeat == MAX_DELAY_REPEAT
+        err = rejected(registry, delay(repeat=MAX_DELAY_REPEAT + 1))
+        assert "'OP_TEST_DELAY.repeat' must be an integer from 0 to 1000" in str(err)
+
+    @pytest.mark.parametrize("name", ["locks", "shared_locks"])
+    def test_the_cluster_lock_may_not_be_named(self, registry: Registry, name: str) -> None:
+        run = {"OP_ID": "OP_COMMAND_RUN", "argv": ["true"], name: ["a", "cluster"]}
+        assert f"'OP_COMMAND_RUN.{name}'" in str(rejected(registry, run))
+
+    @pytest.mark.parametrize(
+        ("params", "named", "lock"),
+        [
+            ({"locks": ["{item}"], "items": ["a", ""]}, "locks", "''"),
+            ({"shared_locks": ["{item}"], "items": ["cluster"]}, "shared_locks", "'cluster'"),
+            ({"locks": ["x", "clu{item}"], "items": ["b", "ster"]}, "locks", "'cluster'"),
+        ],
+    )
+    def test_fanout_lock_templates_are_checked_per_item(
+        self, registry: Registry, params: dict[str, Any], named: str, lock: str
+    ) -> None:
+        err = rejected(registry, fanout(**params))
+        assert f"'OP_COMMAND_FANOUT.{named}'" in str(err) and f"lock name {lock}" in str(err)
+        assert registry.typed(fanout(locks=["host:{item}"], items=["a", "b"])).locks == (
+            "host:{item}",
+        )
+
+    def test_fanout_item_limit(self, registry: Registry) -> None:
+        limit = OpCommandFanout.FANOUT_LIMIT
+        assert len(registry.typed(fanout(items=["x"] * limit)).items) == limit
+        err = rejected(registry, fanout(items=["x"] * (limit + 1)))
+        assert str(err) == f"OP_COMMAND_FANOUT.items: at most {limit} items"
+
+    @pytest.mark.parametrize("priority", [-20, -11, 1, 19])
+    def test_priority_outside_the_submit_set(self, registry: Registry, priority: int) -> None:
+        err = rejected(registry, delay(priority=priority))
+        assert str(err) == (
+            f"Opcode OP_TEST_DELAY has invalid priority {priority}, allowed are [-10, 0, 10]"
+        )

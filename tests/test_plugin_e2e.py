@@ -31,6 +31,59 @@ def test_example_plugin_runs(
     assert "Plugin opcodes: OP_EXAMPLE_GREET" in daemon.log()
 
 
+#: The plugin style documented before opcodes were typed records: a ``PARAMS``
+#: tuple of ``Param`` and an LU reading ``self.op`` untyped. It must keep working.
+PARAMS_STYLE_PLUGIN = """
+from jobqueue.lus.base import LogicalUnit
+from jobqueue.opcodes import NON_EMPTY_STRING, NON_NEGATIVE_INT, OpCode, Param, list_of
+
+
+class OpOldGreet(OpCode):
+    OP_ID = "OP_OLD_GREET"
+    SUMMARY_FIELD = "name"
+    PARAMS = (
+        Param("name", NON_EMPTY_STRING, required=True, doc="Whom to greet"),
+        Param("times", NON_NEGATIVE_INT, default=1, doc="How often"),
+        Param("also", list_of(NON_EMPTY_STRING), default=[], doc="Others greeted"),
+    )
+
+
+class LUOldGreet(LogicalUnit):
+    def locks(self):
+        return [f"person:{self.op.name}"], []
+
+    def exec(self):
+        everyone = [self.op.name] + self.op.also  # a list, as before
+        greeting = "Hello, " + " and ".join(everyone) + "!"
+        for _ in range(self.op.times):
+            self.ctx.log(greeting)
+        return greeting
+
+
+def opcode_pairs():
+    return [(OpOldGreet, LUOldGreet)]
+"""
+
+
+def test_params_style_plugin_still_runs(
+    daemon_factory: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "jq_old_style_plugin.py").write_text(PARAMS_STYLE_PLUGIN)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    daemon = daemon_factory("--plugin", "jq_old_style_plugin").start()
+    client = daemon.client()
+    op = {"OP_ID": "OP_OLD_GREET", "name": "ops", "times": 2, "also": ["devs"]}
+    job_id = client.submit_job([op])
+    assert daemon.wait_job(job_id) == "success"
+    (row,) = client.query_jobs([job_id], ["opresult", "oplog", "summary", "ops"])
+    assert row[0] == ["Hello, ops and devs!"]
+    assert [entry[3] for entry in row[1][0]] == ["Hello, ops and devs!"] * 2
+    assert row[2] == ["OLD_GREET(ops)"]
+    assert {key: row[3][0][key] for key in op} == op
+    with pytest.raises(errors.OpPrereqError, match=r"OP_OLD_GREET\.times"):
+        client.submit_job([{"OP_ID": "OP_OLD_GREET", "name": "x", "times": -1}])
+
+
 def test_broken_plugin_stops_the_daemon_with_a_clear_message(
     daemon_factory: Callable[..., Daemon],
 ) -> None:

@@ -168,12 +168,25 @@ class LUProbeCluster(LogicalUnit):
         return "cluster"
 
 
-@pytest.fixture
-def registry() -> Registry:
+def make_registry() -> Registry:
+    """The built-in opcodes and the probes."""
     registry = builtin_registry()
     registry.register(OpProbe, LUProbe)
     registry.register(OpProbeCluster, LUProbeCluster)
     return registry
+
+
+#: Types the opcodes the tests hand to ``run``, as the queue does when it loads a job.
+TYPER = make_registry()
+#: The wall clock (in ns) of the processor under test: dates reason-trail entries.
+NOW_NS = 1_700_000_000_123_456_789
+#: The trail entry children of an OP_TEST_DUMMY run by ``run`` get.
+PARENT_ENTRY = ["gnt:opcode:OP_TEST_DUMMY", f"submitted by job {OWNER}", NOW_NS]
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return make_registry()
 
 
 @pytest.fixture
@@ -183,13 +196,16 @@ def locks() -> RecordingLockManager:
 
 @pytest.fixture
 def processor(registry: Registry, locks: LockManager) -> Processor:
-    return Processor(registry, locks, logger=logging.getLogger("test.processor"))
+    return Processor(
+        registry, locks, time_ns=lambda: NOW_NS, logger=logging.getLogger("test.processor")
+    )
 
 
 def run(
     processor: Processor, op: dict[str, Any], cbs: FakeCallbacks, timeout: float | None = None
 ) -> Any:
-    return processor.exec_opcode(op, cbs, owner=OWNER, job_id=OWNER, lock_timeout=timeout)
+    typed = TYPER.load(op)
+    return processor.exec_opcode(typed, cbs, owner=OWNER, job_id=OWNER, lock_timeout=timeout)
 
 
 def probe(action: Callable[[LogicalUnit], Any] | None = None, **params: Any) -> dict[str, Any]:
@@ -252,21 +268,46 @@ class TestResultWithJobs:
             "debug_level": 3,
             "priority": -10,
             "comment": "Submitted by OP_TEST_DUMMY",
+            "reason": [PARENT_ENTRY],
         }
         # debug_level always comes from the parent; priority and comment only if missing
-        assert second == {**own, "debug_level": 3}
+        assert second == {**own, "debug_level": 3, "reason": [PARENT_ENTRY]}
         assert submitted[1] == [first]
         assert plain == {"OP_ID": "OP_TEST_DELAY", "duration": 0}, "input was modified"
         assert cbs.violations == []
 
     def test_parent_without_values_leaves_children_alone(self) -> None:
         child = {"OP_ID": "OP_TEST_DELAY", "duration": 1, "debug_level": 1}
-        assert inherit({"OP_ID": "OP_PARENT"}, child) == {
+        entry = ["gnt:opcode:OP_PARENT", "submitted by job 3", 5]
+        assert inherit({"OP_ID": "OP_PARENT"}, child, entry) == {
             **child,
             "comment": "Submitted by OP_PARENT",
+            "reason": [entry],
         }
-        with_none = inherit({"OP_ID": "OP_PARENT", "priority": None, "debug_level": None}, child)
+        with_none = inherit(
+            {"OP_ID": "OP_PARENT", "priority": None, "debug_level": None}, child, entry
+        )
         assert "priority" not in with_none and with_none["debug_level"] == 1
+
+    def test_children_extend_the_parents_reason_trail(
+        self, processor: Processor, locks: LockManager
+    ) -> None:
+        client = ["gnt:client:gnt-debug", "testing", 1_600_000_000_000_000_000]
+        daemon = ["gnt:daemon:jobqueue-masterd", "submitted as job 7", 1_600_000_000_000_000_001]
+        mine = ["plugin:lu", "own reason", 1_600_000_000_000_000_002]
+        children = [[{"OP_ID": "OP_TEST_DUMMY"}], [{"OP_ID": "OP_TEST_DUMMY", "reason": [mine]}]]
+        parent = {"OP_ID": "OP_TEST_DUMMY", "submit_jobs": children, "reason": [client, daemon]}
+        cbs = FakeCallbacks(locks)
+        run(processor, parent, cbs)
+        (submitted,) = cbs.submitted
+        assert [job[0]["reason"] for job in submitted] == [
+            [client, daemon, PARENT_ENTRY],
+            [client, daemon, mine, PARENT_ENTRY],
+        ]
+        assert children[1][0]["reason"] == [mine], "input was modified"
+        # a child's reason that is no trail at all is left for submission to refuse
+        odd = inherit(parent, {"OP_ID": "OP_TEST_DUMMY", "reason": "why"}, PARENT_ENTRY)
+        assert odd["reason"] == "why"
 
     def test_result_shape_with_extra_values(self, processor: Processor, locks: LockManager) -> None:
         def action(lu: LogicalUnit) -> ResultWithJobs:

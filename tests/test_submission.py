@@ -1,17 +1,34 @@
-"""SubmitManyJobs never stores a job whose dependency in the same call was refused."""
+"""Submission: typed once, reason trails, nesting bounds, and no orphaned dependents."""
 
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from jobqueue.constants import FINALIZED, Status
 from jobqueue.daemon import Core, build_core, start_core
-from jobqueue.lus import builtin_registry
+from jobqueue.errors import ECODE_INVAL, OpPrereqError
+from jobqueue.lus import builtin_registry, command, test
+from jobqueue.model import Job
+from jobqueue.opcodes import (
+    MAX_NESTING,
+    REASON_SOURCE_DAEMON,
+    Dependency,
+    InvalidOpCode,
+    OpCode,
+    ReasonEntry,
+    Registry,
+)
 from jobqueue.queue import JobQueue
 from jobqueue.storage.files import Disk, FileJobStore
+from jobqueue.submission import load_opcodes, prepare_jobs
+from tests.polling import poll_until
+from tests.queue_harness import QueueUnderTest
 
 DUMMY = {"OP_ID": "OP_TEST_DUMMY"}
 
@@ -43,12 +60,18 @@ def disk() -> FailJob:
 def make_queue(tmp_path: Path, disk: FailJob) -> Iterator[Callable[..., JobQueue]]:
     made: list[Core] = []
 
-    def make(max_jobs: int = 100) -> JobQueue:
+    def make(
+        max_jobs: int = 100,
+        *,
+        registry: Registry | None = None,
+        clock: Callable[[], float] = time.time,
+        run: bool = False,
+    ) -> JobQueue:
         store = FileJobStore(str(tmp_path / "queue"), disk=disk)
-        core = build_core(store, builtin_registry(), max_jobs=max_jobs)
-        start_core(core, 0)  # no workers, nothing runs: only submission is under test
+        core = build_core(store, registry or builtin_registry(), max_jobs=max_jobs, clock=clock)
+        start_core(core, 1 if run else 0)  # unless asked, nothing runs: only submission is tested
         made.append(core)
-        return core.queue
+        return QueueUnderTest(core)  # type: ignore[return-value]
 
     yield make
     for core in made:
@@ -104,3 +127,155 @@ def test_a_withdrawn_job_whose_removal_was_not_synced_is_still_refused(
     assert [ok for ok, _ in results] == [False, False]
     assert not (tmp_path / "queue" / f"job-{first + 2}").exists()
     assert queue.live.ids() == [first]
+
+
+CLIENT_ENTRY = ["gnt:client:gnt-debug", "testing", 1_600_000_000_000_000_000]
+
+
+def nested(levels: int) -> Any:
+    value: Any = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_every_opcode_gets_the_queues_reason_entry(make_queue: Callable[..., JobQueue]) -> None:
+    queue = make_queue(clock=lambda: 1_700_000_000.25)
+    stamp = int(1_700_000_000.25 * 1_000_000_000)
+    results = queue.submit_many_jobs([[{**DUMMY, "reason": [CLIENT_ENTRY]}], [DUMMY, DUMMY]])
+    (first, second) = [job_id for _, job_id in results]
+    first_job, second_job = queue.store.read_job(first), queue.store.read_job(second)
+    assert first_job is not None and second_job is not None
+    assert first_job.ops[0].input["reason"] == [
+        CLIENT_ENTRY,
+        [REASON_SOURCE_DAEMON, f"submitted as job {first}", stamp],
+    ]
+    assert [op.input["reason"] for op in second_job.ops] == [
+        [[REASON_SOURCE_DAEMON, f"submitted as job {second}", stamp]]
+    ] * 2
+    (row,) = queue.query_jobs([first], ["ops"])
+    assert row[0][0]["reason"][-1][0] == REASON_SOURCE_DAEMON
+
+
+def test_prepared_records_hold_resolved_dependencies_and_the_trail() -> None:
+    registry = builtin_registry()
+    jobs = [[DUMMY], [{**DUMMY, "depends": [[-1, ["success"]], ["7", []]]}], [{"OP_ID": "OP_X"}]]
+    prepared = prepare_jobs(
+        jobs,
+        registry,
+        exists=lambda job_id: job_id == 7,
+        relative_ok=True,
+        allocate_ids=lambda count: list(range(50, 50 + count)),
+        timestamp_ns=99,
+    )
+    first, second, third = prepared
+    assert isinstance(third, Exception) and "OP_X" in str(third)
+    assert isinstance(first, tuple) and isinstance(second, tuple)
+    job_id, (op,) = second
+    assert job_id == 51
+    assert op.depends == (Dependency(50, (Status.SUCCESS,)), Dependency(7, ()))
+    assert op.reason == (ReasonEntry(REASON_SOURCE_DAEMON, "submitted as job 51", 99),)
+    assert op.to_dict() == {
+        "OP_ID": "OP_TEST_DUMMY",
+        "depends": [[50, ["success"]], [7, []]],
+        "reason": [[REASON_SOURCE_DAEMON, "submitted as job 51", 99]],
+        "result": None,
+        "messages": [],
+        "fail": False,
+        "submit_jobs": [],
+    }
+    assert first[1][0].reason == (ReasonEntry(REASON_SOURCE_DAEMON, "submitted as job 50", 99),)
+
+
+@pytest.mark.parametrize("where", ["result", "then"])
+def test_too_deeply_nested_opcodes_are_refused_at_submission(
+    make_queue: Callable[..., JobQueue], where: str
+) -> None:
+    queue = make_queue()
+    if where == "result":
+        deep = {**DUMMY, "result": nested(MAX_NESTING)}
+    else:
+        then = [{**DUMMY, "result": nested(MAX_NESTING)}]
+        deep = {"OP_ID": "OP_COMMAND_FANOUT", "argv": ["true"], "items": ["a"], "then": then}
+    with pytest.raises(OpPrereqError) as info:
+        queue.submit_job([deep])
+    assert info.value.args[1] == ECODE_INVAL and "nested deeper than 64" in str(info.value)
+    results = queue.submit_many_jobs([[deep], [DUMMY]])
+    assert results[0][0] is False and "nested deeper than 64" in results[0][1]
+    assert results[1][0] is True
+    assert queue.live.ids() == [results[1][1]]
+
+
+class CountingRegistry(Registry):
+    """The built-in opcodes; counts how often opcodes are typed and loaded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_all([*test.PAIRS, *command.PAIRS])
+        self.typed_calls = 0
+        self.load_calls = 0
+
+    def typed(self, data: Any) -> OpCode:
+        self.typed_calls += 1
+        return super().typed(data)
+
+    def load(self, data: dict[str, Any]) -> OpCode | InvalidOpCode:
+        self.load_calls += 1
+        return super().load(data)
+
+
+def wait_finished(queue: JobQueue, job_id: int) -> str:
+    rows: list[list[Any]] = []
+
+    def finished() -> bool:
+        rows[:] = queue.query_jobs([job_id], ["status"])
+        return rows[0][0] in FINALIZED
+
+    assert poll_until(finished, 15.0), f"job {job_id} is {rows}"
+    return str(rows[0][0])
+
+
+def test_opcodes_are_typed_once_not_per_run(make_queue: Callable[..., JobQueue]) -> None:
+    registry = CountingRegistry()
+    queue = make_queue(registry=registry, run=True)
+    job_id = queue.submit_job([DUMMY, {"OP_ID": "OP_TEST_DELAY", "duration": 0, "repeat": 2}])
+    assert wait_finished(queue, job_id) == "success"
+    assert (registry.typed_calls, registry.load_calls) == (2, 0)
+
+
+def test_a_loaded_job_is_typed_once_at_start(
+    make_queue: Callable[..., JobQueue], tmp_path: Path
+) -> None:
+    first = make_queue()
+    job_id = first.submit_job([DUMMY, DUMMY])
+    first.prepare_shutdown()
+    first.shutdown()
+    registry = CountingRegistry()
+    second = make_queue(registry=registry, run=True)
+    assert registry.load_calls == 2
+    assert wait_finished(second, job_id) == "success"
+    assert (registry.typed_calls, registry.load_calls) == (2, 2)  # typed by load, only
+
+
+def test_a_stored_opcode_no_longer_registered_loads_and_fails_when_run(
+    make_queue: Callable[..., JobQueue], tmp_path: Path
+) -> None:
+    store = FileJobStore(str(tmp_path / "queue"))
+    store.replace_job(Job.new(5, [{"OP_ID": "OP_GONE", "size": 1}, DUMMY], [1, 0]))
+    queue = make_queue(run=True)
+    assert wait_finished(queue, 5) == "error"
+    (row,) = queue.query_jobs([5], ["opstatus", "opresult", "summary"])
+    assert row[0] == ["error", "error"]
+    assert row[1][0] == ["OpCodeUnknown", ["Unknown opcode 'OP_GONE'"]]
+    assert row[2] == ["GONE", "TEST_DUMMY"]
+
+
+def test_load_opcodes_types_only_what_may_still_run() -> None:
+    registry = builtin_registry()
+    job = Job.new(5, [DUMMY, {"OP_ID": "OP_TEST_DELAY", "repeat": -1}, DUMMY], [1, 0])
+    job.ops[0].status = Status.SUCCESS
+    load_opcodes(job, registry)
+    done, broken, pending = (op.opcode for op in job.ops)
+    assert done is None
+    assert isinstance(broken, InvalidOpCode) and isinstance(broken.error, OpPrereqError)
+    assert pending == registry.typed(DUMMY)

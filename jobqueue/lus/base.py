@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from jobqueue import constants
 from jobqueue.opcodes import OpCode
@@ -69,22 +69,32 @@ class LUContext:
         self.callbacks.feedback(log_type, message)
 
 
-class LogicalUnit:
+Op = TypeVar("Op", bound=OpCode)
+
+
+class LogicalUnit(Generic[Op]):
     """Base class: subclasses implement ``exec`` and, if needed, the hooks.
 
-    Order of calls by the processor: ``check_arguments``, ``locks`` (then the
-    locks are acquired), ``exec`` or, for ``dry_run``, ``dry_run_result``.
+    An LU names the opcode it runs, ``class LUTestDelay(LogicalUnit[OpTestDelay])``,
+    so ``self.op`` has that record's typed attributes (the registry refuses
+    to pair it with another opcode class). Order of calls by the processor:
+    ``check_arguments``, ``locks`` (then the locks are acquired), ``exec`` or,
+    for ``dry_run``, ``dry_run_result``.
     """
 
     #: Take the cluster lock exclusively (no other opcode runs meanwhile).
     REQ_CLUSTER_EXCLUSIVE: ClassVar[bool] = False
 
-    def __init__(self, op: OpCode, ctx: LUContext) -> None:
+    def __init__(self, op: Op, ctx: LUContext) -> None:
         self.op = op
         self.ctx = ctx
 
     def check_arguments(self) -> None:
-        """Checks that need more than types; raise ``OpPrereqError``."""
+        """Checks at run time; raise ``OpPrereqError``.
+
+        What the opcode's values alone decide belongs in ``OpCode.check``,
+        which runs at submission.
+        """
 
     def locks(self) -> tuple[list[str], list[str]]:
         """Resource locks as (exclusive names, shared names)."""
@@ -98,6 +108,6 @@ class LogicalUnit:
         return None
 
 
-LUClass = type[LogicalUnit]
+LUClass = type[LogicalUnit[Any]]
 Pairs = list[tuple[type[OpCode], LUClass]]
 PluginLoader = Callable[[], Pairs]

@@ -17,21 +17,24 @@ import selectors
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from jobqueue import constants
 from jobqueue.errors import ECODE_INVAL, OpExecError, OpPrereqError
+from jobqueue.locking import CLUSTER_LOCK
 from jobqueue.lus.base import LogicalUnit, ResultWithJobs
 from jobqueue.opcodes import (
     NON_EMPTY_STRING,
-    OPCODE_OBJECT,
+    OPCODES,
     SECONDS,
     OpCode,
-    Param,
     Type,
     list_of,
     optional,
+    param,
 )
+from jobqueue.opcodes.types import STRING_DICT
 from jobqueue.signals import JobCanceled
 
 #: How often the output loop looks at kill requests and the timeout.
@@ -60,15 +63,26 @@ def _is_environment(value: Any) -> bool:
 
 
 #: Checked at submission, so a job never fails later in ``exec`` on what the OS refuses.
-OS_STRING = Type(_is_os_string, "a string without NUL characters or lone surrogates")
+OS_STRING = Type(_is_os_string, "a string without NUL characters or lone surrogates", nesting=0)
 NON_EMPTY_OS_STRING = Type(
     lambda value: _is_os_string(value) and value != "",
     "a non-empty string without NUL characters or lone surrogates",
+    nesting=0,
 )
 ENVIRONMENT = Type(
     _is_environment,
     "an object of strings without NUL characters or lone surrogates, names without '='",
+    STRING_DICT.freeze,
+    nesting=1,
 )
+
+
+def _is_lock_name(value: Any) -> bool:
+    return isinstance(value, str) and value != "" and value != CLUSTER_LOCK
+
+
+#: A resource lock: the cluster lock is taken by every opcode and may not be named.
+LOCK_NAME = Type(_is_lock_name, f"a non-empty lock name other than {CLUSTER_LOCK!r}", nesting=0)
 
 
 def base_environment(job_id: int) -> dict[str, str]:
@@ -87,14 +101,17 @@ def base_environment(job_id: int) -> dict[str, str]:
 class OpCommandRun(OpCode):
     OP_ID = "OP_COMMAND_RUN"
     SUMMARY_FIELD = "argv"
-    PARAMS = (
-        Param("argv", list_of(OS_STRING, non_empty=True), required=True, doc="Command and args"),
-        Param("env", ENVIRONMENT, default={}, doc="Added to the minimal base environment"),
-        Param("cwd", optional(NON_EMPTY_OS_STRING), doc="Working directory"),
-        Param("timeout", optional(SECONDS), doc="Seconds before it is killed"),
-        Param("locks", list_of(NON_EMPTY_STRING), default=[], doc="Exclusive resource locks"),
-        Param("shared_locks", list_of(NON_EMPTY_STRING), default=[], doc="Shared locks"),
+
+    argv: tuple[str, ...] = param(list_of(OS_STRING, non_empty=True), doc="Command and args")
+    env: Mapping[str, str] = param(
+        ENVIRONMENT, default={}, doc="Added to the minimal base environment"
     )
+    cwd: str | None = param(optional(NON_EMPTY_OS_STRING), default=None, doc="Working directory")
+    timeout: float | None = param(
+        optional(SECONDS), default=None, doc="Seconds before it is killed"
+    )
+    locks: tuple[str, ...] = param(list_of(LOCK_NAME), default=(), doc="Exclusive resource locks")
+    shared_locks: tuple[str, ...] = param(list_of(LOCK_NAME), default=(), doc="Shared locks")
 
     @classmethod
     def summary(cls, values: dict[str, Any]) -> str:
@@ -152,17 +169,17 @@ class _OutputLog:
             self._feedback_many(kept)
 
 
-class LUCommandRun(LogicalUnit):
+class LUCommandRun(LogicalUnit[OpCommandRun]):
     """Runs one command; see the module docstring."""
 
     def locks(self) -> tuple[list[str], list[str]]:
         return list(self.op.locks), list(self.op.shared_locks)
 
     def dry_run_result(self) -> Any:
-        return {"argv": self.op.argv}
+        return {"argv": list(self.op.argv)}
 
     def exec(self) -> dict[str, Any]:
-        env = base_environment(self.ctx.job_id) | self.op.env
+        env = {**base_environment(self.ctx.job_id), **self.op.env}
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -251,31 +268,43 @@ def _kill_group(pgid: int, signum: int) -> None:
 class OpCommandFanout(OpCode):
     OP_ID = "OP_COMMAND_FANOUT"
     SUMMARY_FIELD = "argv"
-    PARAMS = (
-        Param(
-            "argv",
-            list_of(OS_STRING, non_empty=True),
-            required=True,
-            doc="Command; {item} is replaced by each item",
-        ),
-        Param("items", list_of(OS_STRING, non_empty=True), required=True, doc="One job per item"),
-        Param(
-            "locks",
-            list_of(NON_EMPTY_STRING),
-            default=[],
-            doc="Exclusive lock templates, e.g. host:{item}",
-        ),
-        Param("shared_locks", list_of(NON_EMPTY_STRING), default=[], doc="Shared lock templates"),
-        Param("env", ENVIRONMENT, default={}, doc="Environment for every command"),
-        Param("timeout", optional(SECONDS), doc="Per-command timeout"),
-        Param(
-            "then",
-            list_of(OPCODE_OBJECT),
-            default=[],
-            doc="Opcodes of a last job that waits for all item jobs",
-        ),
-    )
     FANOUT_LIMIT: ClassVar[int] = 10_000
+
+    argv: tuple[str, ...] = param(
+        list_of(OS_STRING, non_empty=True), doc="Command; {item} is replaced by each item"
+    )
+    items: tuple[str, ...] = param(
+        list_of(OS_STRING, non_empty=True), doc=f"One job per item (at most {FANOUT_LIMIT})"
+    )
+    locks: tuple[str, ...] = param(
+        list_of(NON_EMPTY_STRING), default=(), doc="Exclusive lock templates, e.g. host:{item}"
+    )
+    shared_locks: tuple[str, ...] = param(
+        list_of(NON_EMPTY_STRING), default=(), doc="Shared lock templates"
+    )
+    env: Mapping[str, str] = param(ENVIRONMENT, default={}, doc="Environment for every command")
+    timeout: float | None = param(optional(SECONDS), default=None, doc="Per-command timeout")
+    then: tuple[OpCode, ...] = param(
+        OPCODES, default=(), doc="Opcodes of a last job that waits for all item jobs"
+    )
+
+    def check(self) -> None:
+        """At most ``FANOUT_LIMIT`` items; every lock template gives valid names for each."""
+        super().check()
+        if len(self.items) > self.FANOUT_LIMIT:
+            raise OpPrereqError(
+                f"OP_COMMAND_FANOUT.items: at most {self.FANOUT_LIMIT} items", ECODE_INVAL
+            )
+        for name, templates in (("locks", self.locks), ("shared_locks", self.shared_locks)):
+            for template in templates:
+                bad = next((i for i in self.items if not _is_lock_name(_fill(template, i))), None)
+                if bad is not None:
+                    raise OpPrereqError(
+                        f"Parameter 'OP_COMMAND_FANOUT.{name}': {template!r} gives the lock "
+                        f"name {_fill(template, bad)!r} for item {bad!r}, which must be "
+                        f"{LOCK_NAME.description}",
+                        ECODE_INVAL,
+                    )
 
     @classmethod
     def summary(cls, values: dict[str, Any]) -> str:
@@ -288,15 +317,8 @@ def _fill(template: str, item: str) -> str:
     return template.replace("{item}", item)
 
 
-class LUCommandFanout(LogicalUnit):
+class LUCommandFanout(LogicalUnit[OpCommandFanout]):
     """Returns one ``OP_COMMAND_RUN`` job per item, plus the ``then`` job."""
-
-    def check_arguments(self) -> None:
-        if len(self.op.items) > OpCommandFanout.FANOUT_LIMIT:
-            raise OpPrereqError(
-                f"OP_COMMAND_FANOUT.items: at most {OpCommandFanout.FANOUT_LIMIT} items",
-                ECODE_INVAL,
-            )
 
     def _jobs(self) -> list[list[dict[str, Any]]]:
         jobs: list[list[dict[str, Any]]] = [
@@ -316,7 +338,7 @@ class LUCommandFanout(LogicalUnit):
             everything = [status.value for status in sorted(constants.FINALIZED)]
             depends = [[-offset, everything] for offset in range(1, len(jobs) + 1)]
             first, *rest = self.op.then
-            jobs.append([{**first, "depends": depends}, *rest])
+            jobs.append([{**first.to_dict(), "depends": depends}, *(op.to_dict() for op in rest)])
         return jobs
 
     def dry_run_result(self) -> Any:

@@ -5,24 +5,28 @@ Install a package containing this module with the entry point::
     entry_points={"jobqueue.opcodes": ["example = jobqueue_example_plugin:opcode_pairs"]}
 
 or load it explicitly: ``jobqueue-masterd --plugin jobqueue_example_plugin``.
+
+The opcode is a typed record: each parameter is a field made with
+``param()`` (its type check, default and doc), so ``self.op.times`` is an
+``int`` to mypy in the LU, which names its opcode class in
+``LogicalUnit[...]``.
 """
 
 from __future__ import annotations
 
 from jobqueue.lus.base import LogicalUnit
-from jobqueue.opcodes import NON_EMPTY_STRING, NON_NEGATIVE_INT, OpCode, Param
+from jobqueue.opcodes import NON_EMPTY_STRING, OpCode, int_range, param
 
 
 class OpExampleGreet(OpCode):
     OP_ID = "OP_EXAMPLE_GREET"
     SUMMARY_FIELD = "name"
-    PARAMS = (
-        Param("name", NON_EMPTY_STRING, required=True, doc="Whom to greet"),
-        Param("times", NON_NEGATIVE_INT, default=1, doc="How often"),
-    )
+
+    name: str = param(NON_EMPTY_STRING, doc="Whom to greet")
+    times: int = param(int_range(0, 100), default=1, doc="How often")
 
 
-class LUExampleGreet(LogicalUnit):
+class LUExampleGreet(LogicalUnit[OpExampleGreet]):
     """Logs a greeting per round under an exclusive lock named after the person."""
 
     def locks(self) -> tuple[list[str], list[str]]:
@@ -35,5 +39,5 @@ class LUExampleGreet(LogicalUnit):
         return greeting
 
 
-def opcode_pairs() -> list[tuple[type[OpCode], type[LogicalUnit]]]:
+def opcode_pairs() -> list[tuple[type[OpCode], type[LogicalUnit[OpExampleGreet]]]]:
     return [(OpExampleGreet, LUExampleGreet)]
