@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -93,14 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--shutdown-timeout",
-        type=float,
+        type=_seconds,
         default=constants.DEFAULT_SHUTDOWN_TIMEOUT,
         metavar="SECONDS",
         help="on SIGTERM, wait this long for running opcodes (default: %(default)s)",
     )
     add(
         "--kill-grace",
-        type=float,
+        type=_seconds,
         default=constants.DEFAULT_KILL_GRACE,
         metavar="SECONDS",
         help="between SIGTERM and SIGKILL when a running command is killed (default: %(default)s)",
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--client-timeout",
-        type=float,
+        type=_seconds,
         default=constants.DEFAULT_CLIENT_TIMEOUT,
         metavar="SECONDS",
         help="close connections idle this long (default: %(default)s)",
@@ -124,9 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    """An argparse type; its error names what was expected (argparse adds the option)."""
+    value = int(text) if text.strip().isdigit() else 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type for a non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
     return value
 
 
@@ -273,9 +286,9 @@ def _run(
         args.workers,
     )
     _report(ready_fd, "OK\n")
-    while not stop.wait(3600):
+    while not stop.requested.wait(3600):
         pass
-    _shutdown(queue, server, args.shutdown_timeout, args.kill_grace)
+    _shutdown(queue, server, stop, args.shutdown_timeout, args.kill_grace)
     lock.release()
     _remove(paths.pid_file)
     log.info("jobqueue-masterd stopped")
@@ -296,19 +309,42 @@ def _settle_gc() -> None:
     gc.enable()
 
 
+class _StopRequest:
+    """What SIGTERM and SIGINT asked for, set by the handlers, read by the main thread.
+
+    The first signal asks for an orderly stop (``requested``), the second to
+    stop the running jobs at once and then stop in order (``now``); a third
+    one exits on the spot.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.now = threading.Event()
+        self.signum = signal.SIGTERM
+
+    def again(self) -> str:
+        """How to send the next stop signal, for the log."""
+        return "press Ctrl-C again" if self.signum == signal.SIGINT else "signal again"
+
+
 def _install_signal_handlers(
     paths: StatePaths, file_handler: _ReopenableFileHandler | None
-) -> threading.Event:
-    stop = threading.Event()
+) -> _StopRequest:
+    stop = _StopRequest()
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():  # second signal: leave at once
-            log.warning("Second signal %d; exiting immediately", signum)
+        if stop.now.is_set():  # third signal: leave at once
+            log.warning("Signal %d again; exiting immediately", signum)
             for path in (paths.master_socket, paths.query_socket, paths.pid_file):
                 _remove(path)
             os._exit(1)
+        if stop.requested.is_set():
+            log.warning("Signal %d again; stopping the running jobs now", signum)
+            stop.now.set()
+            return
         log.info("Signal %d received; shutting down", signum)
-        stop.set()
+        stop.signum = signal.Signals(signum)
+        stop.requested.set()
 
     def on_hup(_signum: int, _frame: FrameType | None) -> None:
         if file_handler is not None:
@@ -321,15 +357,44 @@ def _install_signal_handlers(
     return stop
 
 
-def _shutdown(queue: JobQueue, server: LuxiServer, timeout: float, kill_grace: float) -> None:
-    """Refuse new jobs, let running opcodes finish (bounded), then close everything."""
+def _shutdown(
+    queue: JobQueue, server: LuxiServer, stop: _StopRequest, timeout: float, kill_grace: float
+) -> None:
+    """Refuse new jobs, let running opcodes finish (bounded), then close everything.
+
+    Says what it waits for, since that may take ``timeout`` seconds; a
+    second stop signal (``stop.now``) cuts the wait short.
+    """
     queue.prepare_shutdown()
-    if not queue.wait_idle(timeout):
-        log.warning("Opcodes still running after %.0fs; killing them", timeout)
+    running = queue.pool.stats()["running"]
+    if running:
+        log.info(
+            "Waiting up to %g s for %d running job%s; %s to stop %s now",
+            timeout,
+            running,
+            "" if running == 1 else "s",
+            stop.again(),
+            "it" if running == 1 else "them",
+        )
+    if not _wait_idle(queue, timeout, stop.now):
+        if not stop.now.is_set():
+            log.warning("Opcodes still running after %gs; killing them", timeout)
         queue.kill_running()
         queue.wait_idle(kill_grace + 2)
     server.stop()
     queue.shutdown()
+
+
+def _wait_idle(queue: JobQueue, timeout: float, cut_short: threading.Event) -> bool:
+    """Like ``queue.wait_idle(timeout)``, but gives up once ``cut_short`` is set."""
+    deadline = time.monotonic() + timeout
+    while not cut_short.is_set():
+        remaining = deadline - time.monotonic()
+        if queue.wait_idle(min(0.1, max(remaining, 0.0))):
+            return True
+        if remaining <= 0:
+            return False
+    return False
 
 
 def _write_pid_file(path: str) -> None:
