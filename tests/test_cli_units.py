@@ -239,7 +239,11 @@ class TestJobInfo:
 
     def test_results(self) -> None:
         assert jobinfo.describe_result({"a": 1}) == '{"a":1}'
-        assert jobinfo.describe_result(None) == "None"
+        assert jobinfo.describe_result(None) == "null"  # as inside structures: one style
+        assert jobinfo.describe_result(True) == "true"
+        assert jobinfo.describe_result([None, 1]) == "[null,1]"
+        assert jobinfo.describe_result("text") == "text"
+        assert jobinfo.describe_result(1.5) == "1.5"
         job = self.job()
         job["opresult"] = [{"jobs": [[True, 4]]}]
         assert "          jobs: [[true,4]]" in jobinfo.job_lines(job)
@@ -266,16 +270,19 @@ class TestProgress:
 
     def test_rewrites_one_line_on_a_terminal(self) -> None:
         stream = self.Tty()
-        progress = Progress(stream, 40)
-        progress.show(17, 2)
-        progress.show(40, 2)
+        progress = Progress(stream)
+        progress.show(17, 2, 40)
+        progress.show(40, 2, 43, 3)
         progress.done()
-        assert stream.getvalue() == "\r17/40 finished, 2 failed\r40/40 finished, 2 failed\n"
+        assert stream.getvalue() == (
+            "\r17/40 finished, 2 failed\x1b[K"
+            "\r40/43 finished, 2 failed (3 submitted by the jobs)\x1b[K\n"
+        )
 
     def test_silent_elsewhere(self) -> None:
         stream = io.StringIO()
-        progress = Progress(stream, 3)
-        progress.show(1, 0)
+        progress = Progress(stream)
+        progress.show(1, 0, 3)
         progress.done()
         assert stream.getvalue() == ""
 
