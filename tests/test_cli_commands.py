@@ -75,6 +75,58 @@ class TestErrors:
         result = run_jobctl(None, "--state-dir", os.path.join(short_dir, "x"), "queue", "info")
         assert os.path.join(short_dir, "x", "run", "master.sock") in result.stderr
 
+    def test_no_daemon_hints(self, short_dir: str) -> None:
+        """Where the socket came from, and a ./state socket that exists (make run's)."""
+        env = {"JOBQUEUE_STATE_DIR": "", "HOME": short_dir, "XDG_STATE_HOME": short_dir}
+        result = run_jobctl(None, "list", env=env, cwd=short_dir)
+        assert result.returncode == 3
+        assert result.stderr.splitlines()[1] == (
+            "Hint: neither --state-dir nor JOBQUEUE_STATE_DIR is set, so the default state"
+            " directory was used; give the daemon's with --state-dir DIR or"
+            " JOBQUEUE_STATE_DIR=DIR"
+        )
+        env["JOBQUEUE_STATE_DIR"] = os.path.join(short_dir, "elsewhere")
+        result = run_jobctl(None, "list", env=env, cwd=short_dir)
+        assert result.stderr.splitlines()[1:] == [
+            "Hint: the state directory comes from JOBQUEUE_STATE_DIR;"
+            " give the daemon's with --state-dir DIR"
+        ]
+        os.makedirs(os.path.join(short_dir, "state", "run"))
+        open(os.path.join(short_dir, "state", "run", "master.sock"), "w").close()
+        result = run_jobctl(None, "list", env=env, cwd=short_dir)
+        assert result.stderr.splitlines()[1:] == [
+            "Hint: ./state/run/master.sock exists; use it with --state-dir ./state"
+            " or export JOBQUEUE_STATE_DIR=$PWD/state"
+        ]
+        result = run_jobctl(None, "--state-dir", "nowhere", "list", env=env, cwd=short_dir)
+        assert len(result.stderr.splitlines()) == 2  # still names the socket that exists
+
+    def test_read_only_commands_fall_back_to_the_query_socket(self, short_dir: str) -> None:
+        run = os.path.join(short_dir, "run")
+        os.makedirs(run)
+        master = FakeLuxi(os.path.join(run, "master.sock"))
+        query = FakeLuxi(os.path.join(run, "query.sock"))
+        try:
+
+            def refuse(*args: Any) -> None:
+                raise errors.AccessDenied("Permission denied: not allowed to use the master socket")
+
+            for method in ("Query", "QueryJobs", "SubmitJob", "QueryConfigValues"):
+                master.answers[method] = refuse
+            JobTable(JOBS).install(query)
+            query.answers["SubmitJob"] = refuse
+            result = run_jobctl(None, "--state-dir", short_dir, "list", "-o", "id", "--no-headers")
+            assert (result.returncode, result.stdout.split()) == (0, ["1", "2", "12"])
+            assert (master.methods(), query.methods()) == (["Query"], ["Query"])
+            result = run_jobctl(None, "--state-dir", short_dir, "delay", "1")  # not read-only
+            assert result.returncode == 4
+            assert query.methods().count("SubmitJob") == 0
+            result = run_jobctl(master.path, "list")  # an explicit --socket is kept
+            assert result.returncode == 4
+        finally:
+            master.stop()
+            query.stop()
+
     def test_permission_denied(self, luxi: FakeLuxi) -> None:
         def refuse(*args: Any) -> None:
             raise errors.AccessDenied("Method SubmitJob is not allowed on this socket")
