@@ -61,8 +61,8 @@ class TestList:
         assert lines[1].index("1.2s") + 4 == lines[2].index("h ls") + 1  # aligned right
         assert fake_daemon.args_of("Query") == [
             ["job", ["id", "status", "summary", "received_ts", "start_ts", "end_ts"], None],
-            ["job", ["id", "ops"], ["|", ["=", "id", 2]]],  # only the command job's opcodes
         ]
+        assert fake_daemon.args_of("QueryJobs") == [[[2], ["id", "ops"]]]  # the command job's
 
     def test_unknown_ids(self, fake_daemon: FakeLuxi) -> None:
         result = run_jobctl(fake_daemon.path, "list", "1", "99999", "-o", "id,status")

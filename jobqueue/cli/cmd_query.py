@@ -85,16 +85,21 @@ def _missing_ids(
 
 def _command_lines(context: Context, rows: list[listing.Row]) -> dict[int, list[str]]:
     """Summaries showing command lines, for the jobs with command opcodes."""
-    job_ids = [listing.value(row, "id") for row in rows if listing.needs_command_lines(row)]
-    if not job_ids:
+    summaries = {
+        listing.value(row, "id"): listing.value(row, "summary")
+        for row in rows
+        if listing.needs_command_lines(row)
+    }
+    if not summaries:
         return {}
-    answer = context.client.query("job", ["id", "ops"], selection.any_of("id", job_ids))
-    summaries = {}
-    for job in formatting.query_to_objects(answer):
-        entries = listing.command_summary(job.get("ops"))
-        if job.get("id") is not None and entries is not None:
-            summaries[int(job["id"])] = entries
-    return summaries
+    # QueryJobs, not Query: the daemon matches a Query filter of N ids against
+    # each of the N jobs, which costs seconds for a few thousand.
+    found = {}
+    for job_id, ops in context.client.query_jobs(list(summaries), ["id", "ops"]):
+        entries = listing.command_summary(ops, summaries.get(job_id))
+        if job_id is not None and entries is not None:
+            found[int(job_id)] = entries
+    return found
 
 
 def cmd_list(args: argparse.Namespace, context: Context) -> int:

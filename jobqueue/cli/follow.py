@@ -219,7 +219,7 @@ class _Watch:
         self.state.clear()
         if self.as_json:
             event = {"event": "end", "status": status, "error": reason}
-            _json_line(self.context, {"job": job_id or self.job_id, **event})
+            _json_line(self.context, {"job": self.job_id if job_id is None else job_id, **event})
 
 
 def watch_job(
@@ -234,7 +234,7 @@ def watch_job(
     watch = _Watch(context, job_id, as_json)
     status = follow_job(context, job_id, watch.log, watch.status)
     watch.start()
-    failed = {}
+    failed: dict[int, str] = {}
     if status != Status.SUCCESS:
         failed = failure_reasons(context, [job_id], {job_id: status})
     watch.end(status, failed.get(job_id))

@@ -67,18 +67,18 @@ def value(row: Row, name: str) -> Any:
     return cell[1] if cell and cell[0] == formatting.RS_NORMAL else None
 
 
+def _seconds(row: Row, name: str) -> float | None:
+    stamp = value(row, name)
+    return formatting.merge_timestamp(stamp) if formatting.is_timestamp(stamp) else None
+
+
 def elapsed_seconds(row: Row, now: float) -> float | None:
     """How long the job ran (finished), has run (running) or has waited (pending)."""
-    received, start, end = (value(row, name) for name in ELAPSED_SOURCES)
-    stamps = [
-        formatting.merge_timestamp(v) if formatting.is_timestamp(v) else None
-        for v in (received, start, end)
-    ]
-    received_at, started_at, ended_at = stamps
-    begin = started_at if started_at is not None else received_at
+    received, start, end = (_seconds(row, name) for name in ELAPSED_SOURCES)
+    begin = start if start is not None else received
     if begin is None:
         return None
-    return (ended_at if ended_at is not None else now) - begin
+    return (end if end is not None else now) - begin
 
 
 def needs_command_lines(row: Row) -> bool:
@@ -89,20 +89,19 @@ def needs_command_lines(row: Row) -> bool:
     )
 
 
-def command_summary(ops: Any) -> list[str] | None:
-    """Summary entries with command lines, from a job's ``ops``; None if unusable."""
+def command_summary(ops: Any, summary: Any) -> list[str] | None:
+    """The daemon's ``summary`` of a job with each command opcode's entry replaced
+    by its command line, from the job's ``ops``; None if they do not match."""
     import shlex
 
-    if not isinstance(ops, list):
+    if not (isinstance(ops, list) and isinstance(summary, list) and len(ops) == len(summary)):
         return None
     entries = []
-    for opcode in ops:
-        if not isinstance(opcode, dict):
-            return None
-        prefix = COMMAND_OPCODES.get(str(opcode.get("OP_ID")))
-        argv = opcode.get("argv")
+    for opcode, entry in zip(ops, summary, strict=True):
+        prefix = COMMAND_OPCODES.get(str(opcode.get("OP_ID"))) if isinstance(opcode, dict) else None
+        argv = opcode.get("argv") if prefix is not None else None
         if prefix is None or not isinstance(argv, list):
-            entries.append(str(opcode.get("OP_ID", "?")).removeprefix("OP_"))
+            entries.append(str(entry))
             continue
         count = len(opcode.get("items") or [])
         entries.append(prefix.format(count=count) + shlex.join(str(arg) for arg in argv))

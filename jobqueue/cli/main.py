@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from jobqueue import errors
 from jobqueue.cli.context import Context
 from jobqueue.cli.exitcodes import CommandFailed, ExitCode, describe_error
-from jobqueue.cli.parser import COMMANDS, build_parser, find_command, is_read_only
+from jobqueue.cli.parser import COMMANDS, build_parser, is_read_only, parse
 
 Handler = Callable[[argparse.Namespace, Context], int]
 
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
     if not words:  # a first try: show what there is, as a usage error
         build_parser().print_help(sys.stderr)
         return ExitCode.USAGE
-    args = build_parser(find_command(words)).parse_args(words)
+    args = parse(words)
     if context is None:
         context = Context(args.socket, args.state_dir)
     try:

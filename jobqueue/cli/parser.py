@@ -36,10 +36,11 @@ class Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
-        self.exit(
-            ExitCode.USAGE,
-            f"{self.prog}: {message}\nTry '{self.prog} --help' for more information.\n",
-        )
+        self.fail(message, self.prog)
+
+    def fail(self, message: str, prog: str) -> NoReturn:
+        """Exit with USAGE after ``prog: message`` and where to find help."""
+        self.exit(ExitCode.USAGE, f"{prog}: {message}\nTry '{prog} --help' for more information.\n")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -468,7 +469,7 @@ def find_command(argv: list[str]) -> str | None:
     return None
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> Parser:
     """The ``jobctl`` parser.
 
     With a known ``command`` only that sub-command is registered, with its
@@ -499,3 +500,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub.set_defaults(command=name)
         spec.add_arguments(sub)
     return parser
+
+
+def parse(words: list[str]) -> argparse.Namespace:
+    """Parse a jobctl command line; exit with a usage error for a bad one.
+
+    Words no option takes are reported against the command they follow
+    (argparse would blame ``jobctl`` itself and point to its help).
+    """
+    parser = build_parser(find_command(words))
+    args, extras = parser.parse_known_args(words)
+    if extras:
+        parser.fail(f"unrecognized arguments: {' '.join(extras)}", f"jobctl {args.command}")
+    return args
