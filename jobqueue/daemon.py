@@ -94,14 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--shutdown-timeout",
-        type=_seconds,
+        type=float,
         default=constants.DEFAULT_SHUTDOWN_TIMEOUT,
         metavar="SECONDS",
         help="on SIGTERM, wait this long for running opcodes (default: %(default)s)",
     )
     add(
         "--kill-grace",
-        type=_seconds,
+        type=float,
         default=constants.DEFAULT_KILL_GRACE,
         metavar="SECONDS",
         help="between SIGTERM and SIGKILL when a running command is killed (default: %(default)s)",
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--client-timeout",
-        type=_seconds,
+        type=float,
         default=constants.DEFAULT_CLIENT_TIMEOUT,
         metavar="SECONDS",
         help="close connections idle this long (default: %(default)s)",
@@ -129,17 +129,6 @@ def _positive_int(text: str) -> int:
     value = int(text) if text.strip().isdigit() else 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    """An argparse type for a non-negative number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
     return value
 
 
