@@ -179,7 +179,7 @@ class TestFormatting:
         assert lines == [" ID Status", "  1 running", "100 ok"]
         assert formatting.render_table(None, [["1", "a"]], [True, False], "|") == ["1|a"]
 
-    def test_query_to_table_numbers_and_unknown(self) -> None:
+    def test_query_to_objects(self) -> None:
         answer = {
             "fields": [
                 {"name": "id", "title": "ID", "kind": "text", "doc": ""},
@@ -187,9 +187,6 @@ class TestFormatting:
             ],
             "data": [[[0, 5], [1, None]], [[0, 10], [1, None]]],
         }
-        lines, unknown = formatting.query_to_table(answer, None, True)
-        assert lines == ["ID bogus", " 5 ??", "10 ??"]
-        assert unknown == ["bogus"]
         assert formatting.query_to_objects(answer) == [
             {"id": 5, "bogus": None},
             {"id": 10, "bogus": None},

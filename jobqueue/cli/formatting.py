@@ -223,25 +223,6 @@ def render_table(
     return lines
 
 
-def query_to_table(
-    answer: dict[str, Any], separator: str | None, headers: bool
-) -> tuple[list[str], list[str]]:
-    """Render a Query answer; return its lines and the unknown field names."""
-    fields = answer["fields"]
-    names = [field["name"] for field in fields]
-    rows = answer["data"]
-    unknown = [field["name"] for field in fields if field.get("kind") == KIND_UNKNOWN]
-    numeric = [
-        is_numeric_column(field.get("kind", ""), (row[col] for row in rows))
-        for col, field in enumerate(fields)
-    ]
-    text_rows = [
-        [format_cell(name, cell) for name, cell in zip(names, row, strict=True)] for row in rows
-    ]
-    titles = [field.get("title") or field["name"] for field in fields] if headers else None
-    return render_table(titles, text_rows, numeric, separator), unknown
-
-
 def query_to_objects(answer: dict[str, Any]) -> list[dict[str, Any]]:
     """A Query answer as one ``{field: value}`` object per row (null if not normal)."""
     names = [field["name"] for field in answer["fields"]]
