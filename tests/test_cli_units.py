@@ -446,6 +446,7 @@ class TestListing:
     def test_fields_asked_of_the_daemon(self) -> None:
         assert listing.daemon_fields(["id", "elapsed"], False) == [
             "id",
+            "status",
             "received_ts",
             "start_ts",
             "end_ts",
@@ -457,10 +458,12 @@ class TestListing:
         finished = cells(received_ts=[100, 0], start_ts=[110, 0], end_ts=[130, 500000])
         running = cells(received_ts=[100, 0], start_ts=[900, 0], end_ts=None)
         pending = cells(received_ts=[400, 0], start_ts=None, end_ts=None)
+        lock_wait = cells(status="waiting", received_ts=[400, 0], start_ts=[990, 0], end_ts=None)
         canceled = cells(received_ts=[100, 0], start_ts=None, end_ts=[160, 0])
         assert listing.elapsed_seconds(finished, now) == 20.5
         assert listing.elapsed_seconds(running, now) == 100.0
         assert listing.elapsed_seconds(pending, now) == 600.0
+        assert listing.elapsed_seconds(lock_wait, now) == 600.0  # since submitted
         assert listing.elapsed_seconds(canceled, now) == 60.0
         assert listing.elapsed_seconds(cells(received_ts=None), now) is None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from jobqueue.cli import formatting
+from jobqueue.cli.selection import PENDING as PENDING_STATUSES
 from jobqueue.cli.selection import unique
 
 # Start-up speed: ``typing`` is imported for the type checker only.
@@ -44,7 +45,7 @@ def daemon_fields(fields: Sequence[str], with_id: bool) -> list[str]:
     """The fields to ask the daemon for to show ``fields`` (and the id, if asked)."""
     names = [name for name in fields if name not in CLIENT_FIELDS]
     if ELAPSED in fields:
-        names.extend(ELAPSED_SOURCES)
+        names.extend(("status", *ELAPSED_SOURCES))
     if with_id:
         names.append("id")
     return unique(names)
@@ -73,9 +74,14 @@ def _seconds(row: Row, name: str) -> float | None:
 
 
 def elapsed_seconds(row: Row, now: float) -> float | None:
-    """How long the job ran (finished), has run (running) or has waited (pending)."""
+    """How long the job ran (finished), has run (running) or has waited (pending).
+
+    A waiting job may have started (a worker took it up) and be waiting
+    for a lock: it is still counted from its submission.
+    """
     received, start, end = (_seconds(row, name) for name in ELAPSED_SOURCES)
-    begin = start if start is not None else received
+    pending = value(row, "status") in PENDING_STATUSES
+    begin = start if start is not None and not pending else received
     if begin is None:
         return None
     return (end if end is not None else now) - begin
