@@ -535,3 +535,8 @@ class TestUsageErrors:
         assert is_read_only(parsed("list")) and is_read_only(parsed("queue", "info"))
         assert not is_read_only(parsed("queue", "drain"))
         assert not is_read_only(parsed("cancel", "1"))
+
+    def test_list_help_names_the_default_fields(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit):
+            parse(["list", "--help"])
+        assert f"(default {','.join(listing.DEFAULT_FIELDS)})" in capsys.readouterr().out

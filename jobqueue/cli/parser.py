@@ -277,7 +277,7 @@ def _add_list(parser: argparse.ArgumentParser) -> None:
         "-o",
         dest="fields",
         metavar="FIELD,...",
-        help="fields to show (default id,status,summary); +FIELD,... adds to the default",
+        help="fields to show (default id,status,elapsed,summary); +FIELD,... adds to the default",
     )
     _output_options(parser)
     parser.add_argument(
