@@ -13,24 +13,24 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 
-# Editable installs in setuptools' "compat" mode put the checkout on sys.path
-# with a .pth file; the default mode imports a finder (and pathlib) at every
-# interpreter start, a third of jobctl's start-up. compat is transitional in
-# setuptools, so fall back to a plain editable install if it is refused.
+# An editable install: the checkout is put on sys.path by a plain .pth file,
+# because setup.py maps the packages to the checkout's root (package_dir).
+# Without that mapping setuptools would either install an import finder that
+# every interpreter start loads (a third of jobctl's start-up), or, in its
+# "compat" mode, print a 14-line deprecation banner.
 INSTALL = $(BIN)/python -m pip install --quiet
-EDITABLE = --config-settings editable_mode=compat -e
 
 # One stamp per set of extras; re-installed when setup.py changes.
 $(VENV)/.installed-base: setup.py | $(BIN)/python
-	$(INSTALL) $(EDITABLE) . || $(INSTALL) -e .
+	$(INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-test: setup.py | $(BIN)/python
-	$(INSTALL) $(EDITABLE) '.[test]' || $(INSTALL) -e '.[test]'
+	$(INSTALL) -e '.[test]'
 	touch $@
 
 $(VENV)/.installed-lint: setup.py | $(BIN)/python
-	$(INSTALL) $(EDITABLE) '.[lint]' || $(INSTALL) -e '.[lint]'
+	$(INSTALL) -e '.[lint]'
 	touch $@
 
 run: $(VENV)/.installed-base

@@ -13,6 +13,10 @@ setup(
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
     python_requires=">=3.11",
+    # Packages live at the checkout's root. Saying so lets an editable install
+    # (make) add the checkout to sys.path with a plain .pth file: no import
+    # finder loaded at every start, and no warning from setuptools.
+    package_dir={"": "."},
     packages=find_packages(include=["jobqueue", "jobqueue.*"]),
     package_data={"jobqueue": ["py.typed"]},
     install_requires=[

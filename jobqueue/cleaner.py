@@ -14,7 +14,9 @@ The cleaner knows nothing of how jobs are kept: both steps go through the
 daemon or through the store's contract (``jobqueue.storage``).
 
 Exit status: 0, or 1 when a step really failed (the daemon refused or did
-not answer, a job could not be deleted, the log could not be written).
+not answer, a job could not be deleted, the log could not be written), or 2
+for invalid options, including a state directory that does not exist (a typo
+in a cron entry must not pass silently).
 """
 
 from __future__ import annotations
@@ -118,10 +120,11 @@ def summary_line(archiving: str, pruned: PruneResult, failures: Sequence[str]) -
 
 
 def append_log(path: str, line: str, now: float) -> None:
-    """Append ``line`` with a local timestamp to the log file, creating its directory."""
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, mode=constants.DIR_MODE, exist_ok=True)
+    """Append ``line`` with a local timestamp to the log file; OSError if that fails.
+
+    Creates the file but no directory: a log file named in a missing
+    directory is an error to report, not a path to build.
+    """
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, constants.FILE_MODE)
     with os.fdopen(fd, "a", encoding="utf-8") as handle:
@@ -166,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     paths = StatePaths.resolve(args.state_dir)
+    if not os.path.isdir(paths.root):
+        print(f"jobqueue-cleaner: no state directory at {paths.root}", file=sys.stderr)
+        return 2
     socket_path = args.socket or paths.master_socket
     archiving, failure = archive_step(socket_path, job_age)
     failures = [failure] if failure else []
@@ -175,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     line = summary_line(archiving, pruned, failures)
     log_file = args.log_file or os.path.join(paths.log_dir, LOG_NAME)
     try:
+        if not args.log_file:  # the state directory's own log/ may be made
+            os.makedirs(paths.log_dir, mode=constants.DIR_MODE, exist_ok=True)
         append_log(log_file, line, now)
     except OSError as err:
         failures.append(f"cannot write {log_file}: {err.strerror}")

@@ -138,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    """An argparse type; its error names what was expected (argparse adds the option)."""
+    value = int(text) if text.strip().isdigit() else 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
 
 
@@ -414,19 +415,42 @@ def _settle_gc() -> None:
     gc.enable()
 
 
+class _StopRequest:
+    """What SIGTERM and SIGINT asked for, set by the handlers, read by the main thread.
+
+    The first signal asks for an orderly stop (``requested``), the second to
+    stop the running jobs at once and then stop in order (``now``); a third
+    one exits on the spot.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.now = threading.Event()
+        self.signum = signal.SIGTERM
+
+    def again(self) -> str:
+        """How to send the next stop signal, for the log."""
+        return "press Ctrl-C again" if self.signum == signal.SIGINT else "signal again"
+
+
 def _install_signal_handlers(
     paths: StatePaths, file_handler: _ReopenableFileHandler | None
-) -> threading.Event:
-    stop = threading.Event()
+) -> _StopRequest:
+    stop = _StopRequest()
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():  # second signal: leave at once
-            log.warning("Second signal %d; exiting immediately", signum)
+        if stop.now.is_set():  # third signal: leave at once
+            log.warning("Signal %d again; exiting immediately", signum)
             for path in (paths.master_socket, paths.query_socket, paths.pid_file):
                 _remove(path)
             os._exit(1)
+        if stop.requested.is_set():
+            log.warning("Signal %d again; stopping the running jobs now", signum)
+            stop.now.set()
+            return
         log.info("Signal %d received; shutting down", signum)
-        stop.set()
+        stop.signum = signal.Signals(signum)
+        stop.requested.set()
 
     def on_hup(_signum: int, _frame: FrameType | None) -> None:
         if file_handler is not None:

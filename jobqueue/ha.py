@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -38,6 +39,20 @@ from jobqueue.storage.base import JobStore, Leadership
 CAMPAIGN_SLICE = 1.0
 #: How often a master looks at its leadership while it serves.
 LEAD_CHECK = 0.5
+
+
+class StopRequest(Protocol):
+    """What the daemon's signal handlers asked for.
+
+    ``requested``: stop in order (running opcodes may finish); ``now``: stop
+    the running opcodes at once, then stop in order; ``again()`` says how to
+    ask for ``now``, for the log.
+    """
+
+    requested: threading.Event
+    now: threading.Event
+
+    def again(self) -> str: ...
 
 
 class TermQueue(QueueApi, Protocol):
@@ -96,8 +111,8 @@ class Roles:
         self._kill_grace = kill_grace
         self._log = logger or logging.getLogger(__name__)
 
-    def run(self, stop: threading.Event) -> None:
-        """Serve as standby and master in turn until ``stop`` is set.
+    def run(self, stop: StopRequest) -> None:
+        """Serve as standby and master in turn until a stop is requested.
 
         Raises ``JobQueueError`` when the store allows no standby and
         another daemon leads it, and whatever the first recovery raises then.
@@ -113,17 +128,17 @@ class Roles:
                 continue
             self._serve(term.queue, term.reader)
             self._log.info("Serving as master")
-            while not stop.wait(LEAD_CHECK):
+            while not stop.requested.wait(LEAD_CHECK):
                 if self._leadership.lost.is_set():
                     break
-            if stop.is_set() and not self._leadership.lost.is_set():
-                self._end_term(term)
+            if stop.requested.is_set() and not self._leadership.lost.is_set():
+                self._end_term(term, stop)
                 return
             self._log.error("Lost the lead of the queue; killing running jobs, standing by")
             self._serve(self._standby_queue, self._standby_reader)  # refuse changes from now
             self._step_down(term)
 
-    def _wait_for_lead(self, stop: threading.Event) -> bool:
+    def _wait_for_lead(self, stop: StopRequest) -> bool:
         """Stand by (mirroring, refusing changes) until leading (True) or stopped (False)."""
         if not self._standby_allowed:
             if self._leadership.acquire(0):
@@ -136,31 +151,41 @@ class Roles:
         try:
             self._serve(self._standby_queue, self._standby_reader)
             self._log.info("Standing by; the master is %s", self._leadership.holder())
-            while not stop.is_set():
+            while not stop.requested.is_set():
                 try:
                     if self._leadership.acquire(CAMPAIGN_SLICE):
                         self._log.info("Won the lead of the queue; taking over")
                         return True
                 except GenericError as err:  # the store is unreachable: keep trying
                     self._log.warning("Campaign for the lead failed: %s", err)
-                    stop.wait(CAMPAIGN_SLICE)
+                    stop.requested.wait(CAMPAIGN_SLICE)
             return False
         finally:
             self._mirror.stop()
 
-    def _end_term(self, term: Term) -> None:
-        """A stop: let running opcodes finish (bounded), give back ids, release the lead."""
+    def _end_term(self, term: Term, stop: StopRequest) -> None:
+        """A stop: let running opcodes finish (bounded), give back ids, release the lead.
+
+        Says what it waits for, since that may take ``shutdown_timeout``
+        seconds; a second stop signal (``stop.now``) cuts the wait short.
+        """
         queue = term.queue
         queue.prepare_shutdown()
         running = queue.running_count()
         if running:
             self._log.info(
-                "Waiting up to %.0f s for %d running jobs", self._shutdown_timeout, running
+                "Waiting up to %g s for %d running job%s; %s to stop %s now",
+                self._shutdown_timeout,
+                running,
+                "" if running == 1 else "s",
+                stop.again(),
+                "it" if running == 1 else "them",
             )
-        if not queue.wait_idle(self._shutdown_timeout):
-            self._log.warning(
-                "Opcodes still running after %.0fs; killing them", self._shutdown_timeout
-            )
+        if not _wait_idle(queue, self._shutdown_timeout, stop.now):
+            if not stop.now.is_set():
+                self._log.warning(
+                    "Opcodes still running after %gs; killing them", self._shutdown_timeout
+                )
             queue.kill_running()
             queue.wait_idle(self._kill_grace + 2)
         term.stop()
@@ -179,3 +204,15 @@ class Roles:
             self._log.error("Some opcodes did not stop after the lead was lost")
         term.stop()
         self._leadership.release()
+
+
+def _wait_idle(queue: TermQueue, timeout: float, cut_short: threading.Event) -> bool:
+    """Like ``queue.wait_idle(timeout)``, but gives up once ``cut_short`` is set."""
+    deadline = time.monotonic() + timeout
+    while not cut_short.is_set():
+        remaining = deadline - time.monotonic()
+        if queue.wait_idle(min(0.1, max(remaining, 0.0))):
+            return True
+        if remaining <= 0:
+            return False
+    return False

@@ -98,13 +98,24 @@ class TestPruning:
         assert not os.path.exists(os.path.join(archive, "0", "job-1"))
         assert os.path.exists(os.path.join(archive, "1", "job-10001"))
 
-    def test_missing_state_dir_is_a_failure(
+    def test_missing_state_dir_is_an_error(
         self, tmp_path: Any, capsys: pytest.CaptureFixture[str]
     ) -> None:
+        missing = tmp_path / "typo"
         log = str(tmp_path / "cleaner.log")
-        assert cleaner.main(["--state-dir", str(tmp_path / "none"), "--log-file", log]) == 1
-        assert "cannot open the job queue" in capsys.readouterr().err
-        assert not (tmp_path / "none").exists()
+        assert cleaner.main(["--state-dir", str(missing), "--log-file", log]) == 2
+        assert capsys.readouterr().err == f"jobqueue-cleaner: no state directory at {missing}\n"
+        assert sorted(os.listdir(tmp_path)) == []  # nothing created, not even the log
+
+    def test_log_file_in_a_missing_directory_is_not_created(
+        self, state: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        log = tmp_path / "nonexistent" / "dir" / "x.log"
+        assert cleaner.main(["--state-dir", state, "--log-file", str(log)]) == 1
+        assert capsys.readouterr().err == (
+            f"jobqueue-cleaner: cannot write {log}: No such file or directory\n"
+        )
+        assert not (tmp_path / "nonexistent").exists()
 
     def test_unwritable_log_is_a_failure(
         self, state: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]

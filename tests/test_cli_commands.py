@@ -41,7 +41,14 @@ JOBS = [
         opexec=[[T0 + 1, 100]],
         opend=[[T0 + 2, 250000]],
     ),
-    job(2, "running", ["OP_COMMAND_RUN(ls)"], received_ts=[T0 + 60, 0]),
+    job(
+        2,
+        "running",
+        ["COMMAND_RUN(ls)"],
+        received_ts=[T0 + 60, 0],
+        start_ts=[T0 + 61, 0],
+        ops=[{"OP_ID": "OP_COMMAND_RUN", "argv": ["ls", "-l", "my dir"]}],
+    ),
     job(12, "queued", ["OP_TEST_DELAY(5)", "OP_TEST_DELAY(1)"], priority=-10),
 ]
 ARCHIVED = [job(3, "error", ["OP_COMMAND_RUN(false)"], ops=[DELAY], opstatus=["error"])]
@@ -67,6 +74,58 @@ class TestErrors:
         assert os.path.join(short_dir, "run", "master.sock") in result.stderr
         result = run_jobctl(None, "--state-dir", os.path.join(short_dir, "x"), "queue", "info")
         assert os.path.join(short_dir, "x", "run", "master.sock") in result.stderr
+
+    def test_no_daemon_hints(self, short_dir: str) -> None:
+        """Where the socket came from, and a ./state socket that exists (make run's)."""
+        env = {"JOBQUEUE_STATE_DIR": "", "HOME": short_dir, "XDG_STATE_HOME": short_dir}
+        result = run_jobctl(None, "list", env=env, cwd=short_dir)
+        assert result.returncode == 3
+        assert result.stderr.splitlines()[1] == (
+            "Hint: neither --state-dir nor JOBQUEUE_STATE_DIR is set, so the default state"
+            " directory was used; give the daemon's with --state-dir DIR or"
+            " JOBQUEUE_STATE_DIR=DIR"
+        )
+        env["JOBQUEUE_STATE_DIR"] = os.path.join(short_dir, "elsewhere")
+        result = run_jobctl(None, "list", env=env, cwd=short_dir)
+        assert result.stderr.splitlines()[1:] == [
+            "Hint: the state directory comes from JOBQUEUE_STATE_DIR;"
+            " give the daemon's with --state-dir DIR"
+        ]
+        os.makedirs(os.path.join(short_dir, "state", "run"))
+        open(os.path.join(short_dir, "state", "run", "master.sock"), "w").close()
+        result = run_jobctl(None, "list", env=env, cwd=short_dir)
+        assert result.stderr.splitlines()[1:] == [
+            "Hint: ./state/run/master.sock exists; use it with --state-dir ./state"
+            " or export JOBQUEUE_STATE_DIR=$PWD/state"
+        ]
+        result = run_jobctl(None, "--state-dir", "nowhere", "list", env=env, cwd=short_dir)
+        assert len(result.stderr.splitlines()) == 2  # still names the socket that exists
+
+    def test_read_only_commands_fall_back_to_the_query_socket(self, short_dir: str) -> None:
+        run = os.path.join(short_dir, "run")
+        os.makedirs(run)
+        master = FakeLuxi(os.path.join(run, "master.sock"))
+        query = FakeLuxi(os.path.join(run, "query.sock"))
+        try:
+
+            def refuse(*args: Any) -> None:
+                raise errors.AccessDenied("Permission denied: not allowed to use the master socket")
+
+            for method in ("Query", "QueryJobs", "SubmitJob", "QueryConfigValues"):
+                master.answers[method] = refuse
+            JobTable(JOBS).install(query)
+            query.answers["SubmitJob"] = refuse
+            result = run_jobctl(None, "--state-dir", short_dir, "list", "-o", "id", "--no-headers")
+            assert (result.returncode, result.stdout.split()) == (0, ["1", "2", "12"])
+            assert (master.methods(), query.methods()) == (["Query"], ["Query"])
+            result = run_jobctl(None, "--state-dir", short_dir, "delay", "1")  # not read-only
+            assert result.returncode == 4
+            assert query.methods().count("SubmitJob") == 0
+            result = run_jobctl(master.path, "list")  # an explicit --socket is kept
+            assert result.returncode == 4
+        finally:
+            master.stop()
+            query.stop()
 
     def test_permission_denied(self, luxi: FakeLuxi) -> None:
         def refuse(*args: Any) -> None:
@@ -112,13 +171,41 @@ class TestErrors:
         assert result.stderr.endswith("Request refused: Unknown opcode OP_NOPE\n")
 
     @pytest.mark.parametrize(
-        "args",
-        [[], ["frobnicate"], ["info"], ["info", "abc"], ["delay", "-1"], ["autoarchive", "6x"]],
+        ("args", "prog", "message"),
+        [
+            ([], "jobctl", "the following arguments are required: COMMAND"),
+            (["frobnicate"], "jobctl", "argument COMMAND: invalid choice: 'frobnicate'"),
+            (["info"], "jobctl info", "the following arguments are required: ID"),
+            (["info", "abc"], "jobctl info", "argument ID: expected a job id"),
+            (["delay", "-1"], "jobctl delay", "argument SECONDS: expected a number of seconds"),
+            (["autoarchive", "6x"], "jobctl autoarchive", "argument AGE|all: Invalid time"),
+            (
+                ["run", "--timeout", "abc", "--", "true"],
+                "jobctl run",
+                "argument --timeout: expected a number of seconds (such as 30 or 0.5), got 'abc'",
+            ),
+            (["delay", "1", "--repeat", "x"], "jobctl delay", "argument --repeat: expected a"),
+        ],
     )
-    def test_usage_errors_exit_2(self, args: list[str]) -> None:
+    def test_usage_errors_are_one_line_and_a_hint(
+        self, args: list[str], prog: str, message: str
+    ) -> None:
         result = run_jobctl("/nonexistent", *args)
         assert result.returncode == 2
-        assert "usage: jobctl" in result.stderr
+        error, hint = result.stderr.splitlines()
+        assert error.startswith(f"{prog}: {message}")
+        assert hint == f"Try '{prog} --help' for more information."
+
+    def test_bare_jobctl_shows_the_help(self) -> None:
+        result = run_jobctl(None)
+        assert result.returncode == 2
+        assert result.stderr.startswith("usage: jobctl") and "change-priority" in result.stderr
+
+    def test_version(self) -> None:
+        from jobqueue import __version__
+
+        result = run_jobctl(None, "--version")
+        assert (result.returncode, result.stdout) == (0, f"jobctl {__version__}\n")
 
     def test_help_everywhere(self) -> None:
         result = run_jobctl(None, "--help")
@@ -295,6 +382,7 @@ class TestSubmit:
 
     def test_delay_and_watch(self, luxi: FakeLuxi) -> None:
         luxi.answers["SubmitJob"] = 9
+        JobTable([job(9, "success", ["OP_TEST_DELAY(0.5)"], opresult=[None])]).install(luxi)
         luxi.answers["WaitForJobChange"] = in_order(
             [["running"], [[1, [T0, 0], "message", "Test delay iteration 1/2"]]],
             "nochange",
@@ -309,11 +397,65 @@ class TestSubmit:
             "9",
             "Output from job 9 follows",
             "-------------------------",
-            "Tue Nov 14 22:13:20 2023 Test delay iteration 1/2",
-            "Tue Nov 14 22:13:21 2023 Test delay iteration 2/2",
+            "2023-11-14 22:13:20 Test delay iteration 1/2",
+            "2023-11-14 22:13:21 Test delay iteration 2/2",
         ]
         prev_serials = [args[3] for args in luxi.args_of("WaitForJobChange")]
         assert prev_serials == [None, 1, 1]
+        # Looked for jobs it submitted, found none.
+        assert luxi.args_of("QueryJobs") == [[[9], ["id", "opresult"]]]
+
+    def fanout_daemon(self, luxi: FakeLuxi) -> JobTable:
+        """Job 9 is a fan-out that submitted jobs 10 (succeeds) and 11 (fails)."""
+        luxi.answers["SubmitJob"] = 9
+        table = JobTable(
+            [
+                job(
+                    9,
+                    "success",
+                    ["COMMAND_FANOUT(x x2)"],
+                    opresult=[{"jobs": [[True, 10], [True, 11]]}],
+                ),
+                job(10, "running", ["COMMAND_RUN(x)"], opresult=[None]),
+                job(11, "queued", ["COMMAND_RUN(x)"], opstatus=["queued"], opresult=[None]),
+            ]
+        )
+        table.install(luxi)
+
+        def change(job_id: int, *args: Any) -> Any:
+            if job_id == 9:
+                return [["success"], [[1, [T0, 0], "message", "Submitted 2 jobs"]]]
+            table.live[10]["status"] = "success"
+            table.live[11].update(
+                status="error", opstatus=["error"], opresult=[["OpExecError", ["boom"]]]
+            )
+            return [[table.live[job_id]["status"]], []]
+
+        luxi.answers["WaitForJobChange"] = change
+        return table
+
+    def test_fanout_watch_waits_for_the_jobs_it_submitted(self, luxi: FakeLuxi) -> None:
+        self.fanout_daemon(luxi)
+        result = run_jobctl(luxi.path, "fanout", "--item", "a", "b", "--watch", "--", "x", "{item}")
+        assert result.returncode == 1
+        assert result.stdout.splitlines() == [
+            "9",
+            "Output from job 9 follows",
+            "-------------------------",
+            "2023-11-14 22:13:20 Submitted 2 jobs",
+            "Job 9 submitted 2 jobs (10, 11); waiting for them",
+        ]
+        assert result.stderr == "Job 11 (submitted by job 9) failed: boom\n"
+        assert [args[0] for args in luxi.args_of("WaitForJobChange")] == [9, 10]
+
+    def test_no_children_waits_for_the_job_alone(self, luxi: FakeLuxi) -> None:
+        self.fanout_daemon(luxi)
+        result = run_jobctl(
+            luxi.path, "fanout", "--item", "a", "--watch", "--no-children", "--", "x"
+        )
+        assert (result.returncode, result.stderr) == (0, "")
+        assert [args[0] for args in luxi.args_of("WaitForJobChange")] == [9]
+        assert "opresult" not in str(luxi.args_of("QueryJobs"))
 
     def test_retry(self, fake_daemon: FakeLuxi) -> None:
         fake_daemon.answers["SubmitJob"] = 40

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+from pathlib import Path
 
 from jobqueue import cleaner
 from tests.daemon_helper import Daemon, wait_until
@@ -32,7 +35,7 @@ class TestAgainstTheDaemon:
         assert result.returncode == 0, result.stderr
         ok_id, header, dashes, *log = result.stdout.splitlines()
         assert header == f"Output from job {ok_id} follows" and set(dashes) == {"-"}
-        assert [line.split(" ", 5)[-1] for line in log] == [
+        assert [line.split(" ", 2)[-1] for line in log] == [
             "Test delay iteration 1/2",
             "Test delay iteration 2/2",
         ]
@@ -184,8 +187,8 @@ class TestEveryCommandAgainstTheDaemon:
             line.split()[0] for line in fields.splitlines()
         }
         result = jobctl(daemon, "list", "-o", "id,bogus")
-        assert result.returncode == 14
-        assert "Warning: Queried for unknown fields bogus" in result.stderr
+        assert (result.returncode, result.stdout) == (14, "")
+        assert result.stderr.startswith("Unknown field bogus;")
 
     def test_daemon_down(self, daemon: Daemon) -> None:
         socket = daemon.paths.master_socket
@@ -196,3 +199,107 @@ class TestEveryCommandAgainstTheDaemon:
             f"Cannot reach the job queue daemon at {socket}; is it running?"
         )
         assert "Traceback" not in result.stderr
+
+
+class TestTheNewcomersHour:
+    """What a new user ran into, against the real daemon (issue 19)."""
+
+    def test_wait_on_a_fanout_waits_for_the_jobs_it_submitted(self, daemon: Daemon) -> None:
+        fan = submit(
+            daemon, "fanout", "--item", "0", "--item", "3", "--", "sh", "-c", "exit {item}"
+        )
+        result = jobctl(daemon, "wait", str(fan))
+        assert result.returncode == 1
+        (row,) = daemon.client().query_jobs([fan], ["opresult"])
+        first, second = (job_id for _, job_id in row[0][0]["jobs"])
+        assert result.stderr == (
+            f"Job {second} (submitted by job {fan}) failed: Command 'sh' exited with code 3\n"
+        )
+        statuses = daemon.client().query_jobs([first, second], ["status"])
+        assert statuses == [["success"], ["error"]]  # both had ended when wait returned
+        assert jobctl(daemon, "wait", "--no-children", str(fan)).returncode == 0
+
+    def test_unknown_ids_are_exit_7_everywhere(self, daemon: Daemon) -> None:
+        known = submit(daemon, "delay", "0")
+        daemon.wait_job(known)
+        for command in (
+            ["list"],
+            ["info"],
+            ["watch"],
+            ["wait"],
+            ["cancel"],
+            ["change-priority", "--priority", "low"],
+            ["archive"],
+            ["retry"],
+        ):
+            result = jobctl(daemon, *command, "99999")
+            assert (result.returncode, result.stderr) == (7, "Job 99999 not found\n"), command
+        result = jobctl(daemon, "list", str(known), "99999", "-o", "id", "--no-headers")
+        assert (result.returncode, result.stdout) == (7, f"{known}\n")
+
+    def test_archive_says_why_not(self, daemon: Daemon, tmp_path: Path) -> None:
+        running = submit(daemon, "run", "--", "sleep", "30")
+        wait_until(lambda: status_of(daemon, running) == "running", what="the job to run")
+        result = jobctl(daemon, "archive", str(running))
+        assert result.returncode == 1
+        assert result.stderr.startswith(
+            f"Job {running} has not finished (status running), so it cannot be archived yet;"
+        )
+        jobctl(daemon, "cancel", "--kill", str(running))
+        daemon.wait_job(running)
+        assert jobctl(daemon, "archive", str(running)).returncode == 0
+        result = jobctl(daemon, "archive", str(running))
+        assert (result.returncode, result.stderr) == (1, f"Job {running} is already archived\n")
+
+    def test_a_timeout_leaves_no_empty_stderr(self, daemon: Daemon) -> None:
+        job_id = submit(daemon, "run", "--timeout", "0.2", "--", "sleep", "30")
+        result = jobctl(daemon, "wait", str(job_id))
+        assert result.stderr == f"Job {job_id} failed: Command timed out after 0.2s\n"
+
+    def test_watch_shows_the_lock_a_job_waits_for(self, daemon: Daemon, tmp_path: Path) -> None:
+        holder = submit(daemon, "run", "--lock", "x", "--", "sleep", "30")
+        wait_until(lambda: status_of(daemon, holder) == "running", what="the lock holder")
+        waiter = submit(daemon, "run", "--lock", "x", "--", "echo", "got it")
+        out = tmp_path / "watch.out"
+        command = [
+            sys.executable,
+            "-m",
+            "jobqueue.cli.main",
+            "--socket",
+            daemon.paths.master_socket,
+        ]
+        with open(out, "w") as handle:
+            watch = subprocess.Popen([*command, "watch", str(waiter)], stdout=handle, text=True)
+        try:
+            line = f"Waiting for lock x (exclusive), held by job {holder}"
+            wait_until(lambda: line in out.read_text(), what="watch to say what the job waits for")
+            jobctl(daemon, "cancel", "--kill", str(holder))
+            assert watch.wait(30) == 0
+        finally:
+            if watch.poll() is None:
+                watch.kill()
+        lines = out.read_text().splitlines()
+        assert lines[0] == f"Output from job {waiter} follows"
+        assert lines[-1].endswith(" got it")
+
+    def test_two_stop_signals_stop_running_jobs_and_exit_0(self, daemon: Daemon) -> None:
+        job_id = submit(daemon, "run", "--", "sleep", "30")
+        wait_until(lambda: status_of(daemon, job_id) == "running", what="the job to run")
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGINT)
+        said = "Waiting up to 60 s for 1 running job; press Ctrl-C again to stop it now"
+        wait_until(lambda: said in daemon.log(), what="the daemon to say what it waits for")
+        daemon.proc.send_signal(signal.SIGINT)
+        assert daemon.proc.wait(30) == 0
+        job_file = daemon.state_dir / "queue" / f"job-{job_id}"
+        assert '"status":"error"' in job_file.read_text()
+
+    def test_daemon_option_errors_say_what_was_expected(self, tmp_path: Path) -> None:
+        command = [sys.executable, "-m", "jobqueue.daemon", "--state-dir", str(tmp_path)]
+        result = subprocess.run(
+            [*command, "--workers", "abc"], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 2
+        assert result.stderr.splitlines()[-1].endswith(
+            "argument --workers: expected a whole number of at least 1, got 'abc'"
+        )

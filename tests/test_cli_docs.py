@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -11,7 +12,7 @@ import sys
 import pytest
 
 from jobqueue.cli.exitcodes import ExitCode
-from jobqueue.cli.parser import COMMANDS
+from jobqueue.cli.parser import COMMANDS, build_parser
 from tests import test_cli_fakeluxi as fake
 from tests.test_cli_commands import JOBS
 from tests.test_cli_fakeluxi import REPO_ROOT, FakeLuxi, JobTable
@@ -39,6 +40,12 @@ class TestManPages:
             assert f"\n``{name}``" in text, name
         assert set(exit_table(text)) == {int(code) for code in ExitCode}
 
+    def test_jobctl_documents_every_option(self) -> None:
+        text = read("jobctl.rst")
+        for name, options in command_options().items():
+            for option in options:
+                assert f"``{option}``" in text, (name, option)
+
     def test_cleaner_page(self) -> None:
         text = read("jobqueue-cleaner.rst")
         for option in ("--state-dir", "--socket", "--job-age", "--archive-age", "--log-file"):
@@ -54,8 +61,28 @@ class TestManPages:
             "Restart=on-failure",
             "KillSignal=SIGTERM",
             "TimeoutStopSec=90",
+            "KillMode=mixed",  # SIGTERM to the daemon alone, so --shutdown-timeout applies
+            "StateDirectoryMode=0711",  # the socket group can reach run/, and only that
+            "LimitNOFILE=65536",
         ):
             assert f"\n{line}\n" in text
+
+
+def command_options() -> dict[str, list[str]]:
+    """The long options of each command, as its parser defines them."""
+    options = {}
+    for name in COMMANDS:
+        parser = build_parser(name)
+        (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        sub = commands.choices[name]
+        options[name] = [
+            string
+            for action in sub._actions
+            for string in action.option_strings
+            if string.startswith("--")
+            and string not in ("--help", "--socket", "--state-dir", "--debug")
+        ]
+    return options
 
 
 class TestBashCompletion:
@@ -81,6 +108,11 @@ class TestBashCompletion:
         return result.stdout.split()
 
     @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+    def test_every_option_completes(self) -> None:
+        for name, options in command_options().items():
+            assert sorted(set(self.complete(name, "--")) & set(options)) == sorted(options), name
+
+    @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
     def test_commands_options_and_job_ids(self, luxi: FakeLuxi) -> None:
         if not os.path.exists(os.path.join(os.path.dirname(sys.executable), "jobctl")):
             pytest.skip("the jobctl console script is not installed")
@@ -88,6 +120,10 @@ class TestBashCompletion:
         assert self.complete("ch") == ["change-priority"]
         assert self.complete("list", "--fin") == ["--finished"]
         assert self.complete("queue", "") == ["info", "drain", "undrain"]
+        assert self.complete("wait", "--no") == ["--no-children"]
+        assert self.complete("watch", "--output", "") == ["text", "json"]
+        assert self.complete("locks", "--output", "") == ["table", "json"]
+        assert self.complete("--ver") == ["--version"]
         assert self.complete("--socket", luxi.path, "cancel", "") == ["12"]
         assert self.complete("--socket", luxi.path, "watch", "") == ["2", "12"]
         assert luxi.args_of("Query")[0][1] == ["id"]

@@ -157,6 +157,7 @@ def run_jobctl(
     *args: str,
     stdin: str | None = None,
     env: dict[str, str] | None = None,
+    cwd: str = REPO_ROOT,
 ) -> subprocess.CompletedProcess[str]:
     """Run the real jobctl (``python -m jobqueue.cli.main``) and capture everything."""
     command = [sys.executable, "-m", "jobqueue.cli.main"]
@@ -169,7 +170,7 @@ def run_jobctl(
         capture_output=True,
         text=True,
         env=full_env,
-        cwd=REPO_ROOT,
+        cwd=cwd,
         timeout=60,
         check=False,
     )

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from jobqueue import errors
-from jobqueue.cli import formatting, jobinfo, opbuild, selection
+from jobqueue.cli import formatting, jobinfo, listing, lookup, opbuild, selection, waiting
 from jobqueue.cli.exitcodes import ExitCode, describe_error
 from jobqueue.cli.follow import Progress, failure_reason
-from jobqueue.cli.parser import COMMANDS, build_parser, find_command
+from jobqueue.cli.parser import COMMANDS, build_parser, find_command, is_read_only, parse
 from jobqueue.cli.timespec import AGE_ALL, parse_age, parse_timespec
 
 
@@ -179,7 +179,7 @@ class TestFormatting:
         assert lines == [" ID Status", "  1 running", "100 ok"]
         assert formatting.render_table(None, [["1", "a"]], [True, False], "|") == ["1|a"]
 
-    def test_query_to_table_numbers_and_unknown(self) -> None:
+    def test_query_to_objects(self) -> None:
         answer = {
             "fields": [
                 {"name": "id", "title": "ID", "kind": "text", "doc": ""},
@@ -187,9 +187,6 @@ class TestFormatting:
             ],
             "data": [[[0, 5], [1, None]], [[0, 10], [1, None]]],
         }
-        lines, unknown = formatting.query_to_table(answer, None, True)
-        assert lines == ["ID bogus", " 5 ??", "10 ??"]
-        assert unknown == ["bogus"]
         assert formatting.query_to_objects(answer) == [
             {"id": 5, "bogus": None},
             {"id": 10, "bogus": None},
@@ -239,7 +236,11 @@ class TestJobInfo:
 
     def test_results(self) -> None:
         assert jobinfo.describe_result({"a": 1}) == '{"a":1}'
-        assert jobinfo.describe_result(None) == "None"
+        assert jobinfo.describe_result(None) == "null"  # as inside structures: one style
+        assert jobinfo.describe_result(True) == "true"
+        assert jobinfo.describe_result([None, 1]) == "[null,1]"
+        assert jobinfo.describe_result("text") == "text"
+        assert jobinfo.describe_result(1.5) == "1.5"
         job = self.job()
         job["opresult"] = [{"jobs": [[True, 4]]}]
         assert "          jobs: [[true,4]]" in jobinfo.job_lines(job)
@@ -266,16 +267,19 @@ class TestProgress:
 
     def test_rewrites_one_line_on_a_terminal(self) -> None:
         stream = self.Tty()
-        progress = Progress(stream, 40)
-        progress.show(17, 2)
-        progress.show(40, 2)
+        progress = Progress(stream)
+        progress.show(17, 2, 40)
+        progress.show(40, 2, 43, 3)
         progress.done()
-        assert stream.getvalue() == "\r17/40 finished, 2 failed\r40/40 finished, 2 failed\n"
+        assert stream.getvalue() == (
+            "\r17/40 finished, 2 failed\x1b[K"
+            "\r40/43 finished, 2 failed (3 submitted by the jobs)\x1b[K\n"
+        )
 
     def test_silent_elsewhere(self) -> None:
         stream = io.StringIO()
-        progress = Progress(stream, 3)
-        progress.show(1, 0)
+        progress = Progress(stream)
+        progress.show(1, 0, 3)
         progress.done()
         assert stream.getvalue() == ""
 
@@ -371,3 +375,168 @@ class TestStartup:
             check=True,
         )
         assert result.stdout.strip() == "[]"
+
+
+class TestTimesAndDurations:
+    def test_iso_8601_in_utc(self) -> None:
+        assert formatting.iso_timestamp([1700000000, 250000]) == "2023-11-14T22:13:20.250000Z"
+        assert formatting.iso_timestamp([1700000000, 1_500_000]) == "2023-11-14T22:13:21.500000Z"
+        assert formatting.iso_timestamp(None) is None
+        assert formatting.json_value("opstart", [[1700000000, 0], None]) == [
+            "2023-11-14T22:13:20.000000Z",
+            None,
+        ]
+        assert formatting.json_value("oplog", [[[1, [1700000000, 0], "message", "m"]], []]) == [
+            [[1, "2023-11-14T22:13:20.000000Z", "message", "m"]],
+            [],
+        ]
+        assert formatting.json_value("summary", ["A"]) == ["A"]
+
+    @pytest.mark.parametrize(
+        ("seconds", "text"),
+        [
+            (-1, "0.0s"),
+            (0.42, "0.4s"),
+            (9.96, "10.0s"),
+            (12, "12s"),
+            (185, "3m 05s"),
+            (7800, "2h 10m"),
+            (3 * 86400 + 4 * 3600 + 59, "3d 04h"),
+        ],
+    )
+    def test_durations_in_two_units_at_most(self, seconds: float, text: str) -> None:
+        assert formatting.format_duration(seconds) == text
+
+    def test_one_format_for_people(self) -> None:
+        assert formatting.format_time(1700000000) == local(1700000000)
+        assert formatting.format_timestamp([1700000000, 0]) == local(1700000000)
+
+
+class TestTables:
+    def test_width_cuts_the_last_column(self) -> None:
+        rows = [["1", "a long summary here"], ["22", "short"]]
+        lines = formatting.render_table(None, rows, [True, False], width=12)
+        assert lines == [" 1 a long...", "22 short"]
+        assert formatting.render_table(None, rows, [True, False], "|", width=5) == [
+            "1|a long summary here",
+            "22|short",
+        ]
+
+    def test_colours_do_not_count_for_the_padding(self) -> None:
+        lines = formatting.render_table(
+            ["S", "X"],
+            [["ok", "1"], ["error", "2"]],
+            [False, True],
+            colours=[["32", None], ["31", None]],
+        )
+        assert lines == ["S     X", "\x1b[32mok\x1b[0m    1", "\x1b[31merror\x1b[0m 2"]
+
+    def test_shorten_and_count(self) -> None:
+        assert formatting.shorten("abcdef", 6) == "abcdef"
+        assert formatting.shorten("abcdefg", 6) == "abc..."
+        assert formatting.shorten("abcdefg", 2) == "ab"
+        assert (formatting.count_of(1, "job"), formatting.count_of(3, "job")) == ("1 job", "3 jobs")
+
+
+def cells(**values: Any) -> dict[str, list[Any]]:
+    return {name: [0, value] if value is not None else [3, None] for name, value in values.items()}
+
+
+class TestListing:
+    def test_fields_asked_of_the_daemon(self) -> None:
+        assert listing.daemon_fields(["id", "elapsed"], False) == [
+            "id",
+            "status",
+            "received_ts",
+            "start_ts",
+            "end_ts",
+        ]
+        assert listing.daemon_fields(["status"], True) == ["status", "id"]
+
+    def test_elapsed(self) -> None:
+        now = 1000.0
+        finished = cells(received_ts=[100, 0], start_ts=[110, 0], end_ts=[130, 500000])
+        running = cells(received_ts=[100, 0], start_ts=[900, 0], end_ts=None)
+        pending = cells(received_ts=[400, 0], start_ts=None, end_ts=None)
+        lock_wait = cells(status="waiting", received_ts=[400, 0], start_ts=[990, 0], end_ts=None)
+        canceled = cells(received_ts=[100, 0], start_ts=None, end_ts=[160, 0])
+        assert listing.elapsed_seconds(finished, now) == 20.5
+        assert listing.elapsed_seconds(running, now) == 100.0
+        assert listing.elapsed_seconds(pending, now) == 600.0
+        assert listing.elapsed_seconds(lock_wait, now) == 600.0  # since submitted
+        assert listing.elapsed_seconds(canceled, now) == 60.0
+        assert listing.elapsed_seconds(cells(received_ts=None), now) is None
+
+    def test_command_lines(self) -> None:
+        ops = [
+            {"OP_ID": "OP_TEST_DELAY", "duration": 5},
+            {"OP_ID": "OP_COMMAND_RUN", "argv": ["sh", "-c", "echo hi; exit 1"]},
+            {"OP_ID": "OP_COMMAND_FANOUT", "argv": ["ssh", "{item}", "true"], "items": ["a", "b"]},
+        ]
+        summary = ["TEST_DELAY(5)", "COMMAND_RUN(sh)", "COMMAND_FANOUT(ssh x2)"]
+        assert listing.command_summary(ops, summary) == [
+            "TEST_DELAY(5)",
+            "sh -c 'echo hi; exit 1'",
+            "fanout x2: ssh '{item}' true",
+        ]
+        assert listing.command_summary(ops, summary[:2]) is None
+        assert listing.needs_command_lines(cells(summary=summary))
+        assert not listing.needs_command_lines(cells(summary=["TEST_DELAY(5)"]))
+
+
+class TestLookupAndWaiting:
+    def test_submitted_jobs_from_results(self) -> None:
+        opresult = [
+            None,
+            {"jobs": [[True, 4], [False, "refused"], [True, True]]},
+            {"jobs": [[True, 9]]},
+        ]
+        assert lookup.submitted_jobs(opresult) == [4, 9]
+        assert lookup.submitted_jobs("junk") == []
+
+    def test_reasons_in_words(self) -> None:
+        lock = {
+            "kind": "lock",
+            "lock": "db",
+            "mode": "exclusive",
+            "held": "shared",
+            "owners": [3, 4],
+        }
+        assert waiting.describe(lock) == "for lock db (exclusive), held shared by jobs 3, 4"
+        assert waiting.describe({**lock, "held": "exclusive", "owners": [3]}) == (
+            "for lock db (exclusive), held by job 3"
+        )
+        assert waiting.describe({**lock, "owners": []}) == "for lock db (exclusive)"
+        assert waiting.describe({"kind": "job", "job": "12"}) == "for job 12 to end"
+        assert waiting.describe({"kind": "scheduled", "at": 5}) == 'for {"at":5,"kind":"scheduled"}'
+        worker = {"kind": "worker", "workers": 2, "running": 2}
+        assert waiting.state_line("queued", [worker]) == (
+            "Queued, waiting for a free worker (2 of 2 busy)"
+        )
+        assert waiting.state_line("waiting", [lock, {"kind": "job", "job": "7"}]) == (
+            "Waiting for lock db (exclusive), held shared by jobs 3, 4; for job 7 to end"
+        )
+
+
+class TestUsageErrors:
+    def test_one_line_and_a_hint(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit) as exc:
+            parse(["list", "--bogus"])
+        assert exc.value.code == 2
+        assert capsys.readouterr().err == (
+            "jobctl list: unrecognized arguments: --bogus\n"
+            "Try 'jobctl list --help' for more information.\n"
+        )
+
+    def test_read_only_commands(self) -> None:
+        def parsed(*words: str) -> Any:
+            return build_parser(words[0]).parse_args(list(words))
+
+        assert is_read_only(parsed("list")) and is_read_only(parsed("queue", "info"))
+        assert not is_read_only(parsed("queue", "drain"))
+        assert not is_read_only(parsed("cancel", "1"))
+
+    def test_list_help_names_the_default_fields(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit):
+            parse(["list", "--help"])
+        assert f"(default {','.join(listing.DEFAULT_FIELDS)})" in capsys.readouterr().out

@@ -34,6 +34,17 @@ LONG = {"OP_ID": "OP_TEST_DELAY", "duration": 60}
 QUICK = {"OP_ID": "OP_TEST_DELAY", "duration": 0}
 
 
+class Stop:
+    """A stop request, as the daemon's signal handlers make one."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.now = threading.Event()
+
+    def again(self) -> str:
+        return "stop again"
+
+
 class Node:
     """One daemon: a store handle, roles running in a thread, what it serves."""
 
@@ -45,7 +56,7 @@ class Node:
         self.live = LiveJobs(registry.summarize)
         self.served: list[tuple[Any, Any]] = []
         self.terms: list[Core] = []
-        self.stop = threading.Event()
+        self.stop = Stop()
         reader = JobReader(
             self.live,
             self.store,
@@ -106,7 +117,7 @@ class Node:
         return self.reader.query_jobs([job_id], ["status"])[0][0]
 
     def halt(self) -> None:
-        self.stop.set()
+        self.stop.requested.set()
         self.thread.join(WAIT)
         assert not self.thread.is_alive(), f"{self.name} did not stop"
 
@@ -124,7 +135,7 @@ def pair() -> Iterator[tuple[Node, Node]]:
     wait(second.is_standby, "the second node to stand by")
     yield first, second
     for node in (first, second):
-        node.stop.set()
+        node.stop.requested.set()
     for node in (first, second):
         node.thread.join(WAIT)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from tests.daemon_helper import Daemon
+from tests.daemon_helper import Daemon, state_dir_under
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
 
@@ -24,6 +25,40 @@ def tour_script() -> str:
             break
         lines.append(line[4:])
     return "\n".join(lines)
+
+
+def raw_socket_script() -> str:
+    """The ``python3 -c`` block that talks to the socket without socat, dedented."""
+    text = README.read_text()
+    block = text.split("with Python's standard library alone::", 1)[1].split("\n\n", 2)[1]
+    return "\n".join(line[4:] for line in block.splitlines())
+
+
+def test_readme_names_the_prerequisites() -> None:
+    setup = README.read_text().split("Set-up\n======", 1)[1].split("A five-minute tour", 1)[0]
+    for needed in ("Linux", "inotify", "peer credentials", "Python 3.11", "venv"):
+        assert needed in setup
+
+
+def test_raw_socket_example_without_socat(tmp_path: Path) -> None:
+    script = raw_socket_script()
+    assert script.startswith("python3 -c '") and "socat" not in script
+    daemon = Daemon(state_dir_under(tmp_path)).start()
+    workdir = daemon.state_dir.parent
+    (workdir / "state").symlink_to(daemon.state_dir)
+    try:
+        result = subprocess.run(
+            ["bash", "-c", script.replace("python3", sys.executable, 1)],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        daemon.stop()
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["success"] is True and isinstance(answer["result"], int)
 
 
 def test_tour_mentions_the_whole_story() -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from jobqueue.cli import formatting, selection
+from jobqueue.cli import formatting, lookup, selection
 from jobqueue.cli.context import Context
 from jobqueue.cli.exitcodes import CommandFailed, ExitCode
-from jobqueue.constants import PRIO_NAMES
+from jobqueue.constants import FINALIZED, PRIO_NAMES, Status
 
 # Start-up speed: ``typing`` is imported for the type checker only.
 TYPE_CHECKING = False
@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 
 #: Seconds the daemon may spend in one AutoArchiveJobs call.
 AUTOARCHIVE_TIMEOUT = 30
+#: What ``queue info`` shows: (setting, label) in order.
+QUEUE_INFO = (
+    ("drain_flag", None),
+    ("version", "Daemon version"),
+    ("live_jobs", "Live jobs"),
+    ("max_jobs", "Most live jobs allowed"),
+    ("workers", "Workers"),
+)
 
 
 def _selected_statuses(args: argparse.Namespace) -> tuple[str, ...]:
@@ -32,25 +40,38 @@ def _selected_statuses(args: argparse.Namespace) -> tuple[str, ...]:
     return ()
 
 
-def select_jobs(args: argparse.Namespace, context: Context) -> tuple[list[int], list[str]]:
-    """The jobs named by ``ID...`` or a status flag; the second list holds a
-    description of each for a bulk selection (empty for explicit ids)."""
+class Selection:
+    """The jobs a command acts on: their ids and statuses, and the named ids not found.
+
+    ``descriptions`` describes each job of a bulk selection, for the prompt.
+    """
+
+    def __init__(self, statuses: dict[int, Any], missing: list[int], descriptions: list[str]):
+        self.statuses = statuses
+        self.job_ids = list(statuses)
+        self.missing = missing
+        self.descriptions = descriptions
+
+
+def select_jobs(args: argparse.Namespace, context: Context) -> Selection:
+    """The jobs named by ``ID...`` (unknown ones reported) or by a status flag."""
     statuses = _selected_statuses(args)
     if args.job_ids and statuses:
         raise CommandFailed("Give either job ids or a status option, not both", ExitCode.USAGE)
     if args.job_ids:
-        return selection.unique(args.job_ids), []
+        known, missing = lookup.known_jobs(context, selection.unique(args.job_ids))
+        return Selection(known, missing, [])
     if not statuses:
         raise CommandFailed(
             "No jobs selected: give job ids or --pending, --queued or --waiting", ExitCode.USAGE
         )
-    answer = context.client.query("job", ["id", "summary"], selection.any_of("status", statuses))
-    rows = formatting.query_to_objects(answer)
-    job_ids = [int(row["id"]) for row in rows if row["id"] is not None]
+    fields = ["id", "status", "summary"]
+    answer = context.client.query("job", fields, selection.any_of("status", statuses))
+    rows = [row for row in formatting.query_to_objects(answer) if row["id"] is not None]
     descriptions = [
         f"{row['id']} {formatting.format_value('summary', row['summary'])}" for row in rows
     ]
-    return job_ids, descriptions
+    return Selection({int(row["id"]): row["status"] for row in rows}, [], descriptions)
 
 
 def confirm(context: Context, question: str, details: list[str]) -> bool:
@@ -78,41 +99,84 @@ def _apply_each(context: Context, job_ids: list[int], action: Callable[[int], An
     return code
 
 
+def _status(client: Client, job_id: int) -> Any:
+    return lookup.job_statuses(client, [job_id])[job_id]
+
+
 def cmd_cancel(args: argparse.Namespace, context: Context) -> int:
     """``jobctl cancel [--kill] (ID... | --pending | --queued | --waiting) [--force]``."""
-    job_ids, descriptions = select_jobs(args, context)
-    if not job_ids:
-        context.out("No jobs to cancel")
-        return ExitCode.OK
-    question = f"Cancel {len(job_ids)} jobs?"
-    if descriptions and not args.force and not confirm(context, question, descriptions):
+    chosen = select_jobs(args, context)
+    if not chosen.job_ids:
+        if not chosen.missing:
+            context.out("No jobs to cancel")
+        return lookup.exit_code(ExitCode.OK, chosen.missing)
+    question = f"Cancel {formatting.count_of(len(chosen.job_ids), 'job')}?"
+    if (
+        chosen.descriptions
+        and not args.force
+        and not confirm(context, question, chosen.descriptions)
+    ):
         raise CommandFailed("Not canceling any job", ExitCode.DECLINED)
-    return _apply_each(
-        context, job_ids, lambda job_id: context.client.cancel_job(job_id, args.kill)
-    )
+    client = context.client
+
+    def cancel(job_id: int) -> list[Any]:
+        success, message = client.cancel_job(job_id, args.kill)
+        running = not success and not args.kill and _status(client, job_id) == Status.RUNNING
+        if running:
+            message = f"Job {job_id} is running; 'jobctl cancel --kill {job_id}' stops it"
+        return [success, message]
+
+    return lookup.exit_code(_apply_each(context, chosen.job_ids, cancel), chosen.missing)
 
 
 def cmd_change_priority(args: argparse.Namespace, context: Context) -> int:
     """``jobctl change-priority --priority P (ID... | --pending | --queued | --waiting)``."""
     priority = PRIO_NAMES[args.priority]
-    job_ids, _ = select_jobs(args, context)
-    if not job_ids:
-        context.out("No jobs to change")
-        return ExitCode.OK
+    chosen = select_jobs(args, context)
+    if not chosen.job_ids:
+        if not chosen.missing:
+            context.out("No jobs to change")
+        return lookup.exit_code(ExitCode.OK, chosen.missing)
     client = context.client
-    return _apply_each(
-        context, job_ids, lambda job_id: client.change_job_priority(job_id, priority)
+    code = _apply_each(
+        context, chosen.job_ids, lambda job_id: client.change_job_priority(job_id, priority)
     )
+    return lookup.exit_code(code, chosen.missing)
+
+
+def _is_live(client: Client, job_id: int) -> bool:
+    """Whether ``job_id`` is in the live queue (not archived).
+
+    A filter naming nothing but ids also finds archived jobs; wrapped in
+    ``&`` it is evaluated over the live jobs only.
+    """
+    answer = client.query("job", ["id"], ["&", ["=", "id", job_id]])
+    return any(row[0][0] == formatting.RS_NORMAL for row in answer["data"])
+
+
+def _why_not_archived(client: Client, job_id: int, status: Any) -> str:
+    """Why ArchiveJob refused a job, and what to do about it."""
+    if status not in FINALIZED:
+        return (
+            f"Job {job_id} has not finished (status {status}), so it cannot be archived yet;"
+            f" wait for it ('jobctl wait {job_id}') or stop it ('jobctl cancel --kill {job_id}')"
+        )
+    if not _is_live(client, job_id):
+        return f"Job {job_id} is already archived"
+    return f"Job {job_id} could not be archived (it is just ending); try again"
 
 
 def cmd_archive(args: argparse.Namespace, context: Context) -> int:
-    """``jobctl archive ID...``; exit 1 if a job could not be archived."""
+    """``jobctl archive ID...``; exit 1 if a job could not be archived, 7 if unknown."""
+    known, missing = lookup.known_jobs(context, selection.unique(args.job_ids))
     code = ExitCode.OK
-    for job_id in selection.unique(args.job_ids):
-        if not context.client.archive_job(job_id):
-            context.err(f"Failed to archive job with ID '{job_id}'")
-            code = ExitCode.FAILURE
-    return code
+    client = context.client
+    for job_id, status in known.items():
+        if status in FINALIZED and client.archive_job(job_id):
+            continue
+        context.err(_why_not_archived(client, job_id, status))
+        code = ExitCode.FAILURE
+    return lookup.exit_code(code, missing)
 
 
 def auto_archive(client: Client, age: int, timeout: float = AUTOARCHIVE_TIMEOUT) -> tuple[int, int]:
@@ -131,21 +195,35 @@ def auto_archive(client: Client, age: int, timeout: float = AUTOARCHIVE_TIMEOUT)
         previous_left = left
 
 
+def _print_json(context: Context, value: Any) -> None:
+    import json
+
+    context.out(json.dumps(value, indent=2))
+
+
 def cmd_autoarchive(args: argparse.Namespace, context: Context) -> int:
     """``jobctl autoarchive AGE|all``."""
     archived, left = auto_archive(context.client, args.age)
-    context.out(f"Archived {archived} jobs, {left} unchecked left")
+    if args.output == "json":
+        _print_json(context, {"archived": archived, "unchecked": left})
+    else:
+        context.out(f"Archived {archived} jobs, {left} unchecked left")
     return ExitCode.OK
 
 
 def cmd_queue(args: argparse.Namespace, context: Context) -> int:
     """``jobctl queue info|drain|undrain``."""
     client = context.client
-    if args.action == "info":
-        drained, version = client.query_config_values(["drain_flag", "version"])
-        context.out(f"The drain flag is {'set' if drained else 'unset'}")
-        if version is not None:
-            context.out(f"Daemon version: {version}")
-    else:
+    if args.action != "info":
         client.set_drain_flag(args.action == "drain")
+        return ExitCode.OK
+    names = [name for name, _ in QUEUE_INFO]
+    values = dict(zip(names, client.query_config_values(names), strict=True))
+    if args.output == "json":
+        _print_json(context, values)
+        return ExitCode.OK
+    context.out(f"The drain flag is {'set' if values['drain_flag'] else 'unset'}")
+    for name, label in QUEUE_INFO:
+        if label is not None and values[name] is not None:
+            context.out(f"{label}: {values[name]}")
     return ExitCode.OK

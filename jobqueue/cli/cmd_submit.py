@@ -69,7 +69,7 @@ def submit_jobs(
                 code = ExitCode.FAILURE
     if args.watch:
         for job_id in job_ids:
-            code = max(code, watch_job(context, job_id))
+            code = max(code, watch_job(context, job_id, children=args.children))
     return code
 
 

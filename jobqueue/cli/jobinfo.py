@@ -38,10 +38,14 @@ INFO_FIELDS = [
 
 
 def describe_result(result: Any) -> str:
-    """Text of an opcode result; an encoded error reads ``Class: message``."""
+    """Text of an opcode result or parameter; an encoded error reads ``Class: message``.
+
+    Strings and numbers are shown as they are, everything else as JSON
+    (``null``, ``true``, ``[1,2]``), the same whether on its own or nested.
+    """
     if errors.is_encoded_error(result):
         return f"{result[0]}: {errors.decode_error(result)}"
-    if isinstance(result, str | int | float) or result is None:
+    if isinstance(result, str) or type(result) in (int, float):
         return str(result)
     return compact_json(result)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from jobqueue import errors
 from jobqueue.cli.context import Context
 from jobqueue.cli.exitcodes import CommandFailed, ExitCode, describe_error
-from jobqueue.cli.parser import COMMANDS, build_parser, find_command
+from jobqueue.cli.parser import COMMANDS, build_parser, is_read_only, parse
 
 Handler = Callable[[argparse.Namespace, Context], int]
 
@@ -29,27 +29,42 @@ def _handler(command: str) -> Handler:
     return handler
 
 
-def _report(context: Context, debug: bool, code: int, message: str) -> int:
-    """Print ``message`` (after the traceback with ``--debug``); return ``code``."""
+def _report(context: Context, debug: bool, code: int, *lines: str) -> int:
+    """Print ``lines`` (after the traceback with ``--debug``); return ``code``."""
     if debug:
         import traceback
 
         traceback.print_exc()
-    context.err(message)
+    for line in lines:
+        context.err(line)
     return code
+
+
+def _run_handler(args: argparse.Namespace, context: Context) -> int:
+    """Run the command; a read-only one the master socket refuses runs again on
+    the query socket, which is enough for it (before any output: the refusal
+    comes with the first answer)."""
+    handler = _handler(args.command)
+    try:
+        return int(handler(args, context))
+    except errors.AccessDenied:
+        if not (is_read_only(args) and context.use_query_socket()):
+            raise
+    return int(handler(args, context))
 
 
 def run(args: argparse.Namespace, context: Context) -> int:
     """Run the parsed command; turn every failure into a message and an exit code."""
     try:
-        code = int(_handler(args.command)(args, context))
+        code = _run_handler(args, context)
         context.stdout.flush()  # here, so a closed pipe is handled like any error
         return code
     except CommandFailed as failure:
         return _report(context, args.debug, failure.code, failure.message)
     except errors.GenericError as err:
         code, message = describe_error(err, context.socket_path)
-        return _report(context, args.debug, code, message)
+        hints = context.no_daemon_hints() if code == ExitCode.NO_DAEMON else []
+        return _report(context, args.debug, code, message, *hints)
     except KeyboardInterrupt:
         return _report(context, args.debug, ExitCode.INTERRUPTED, "Interrupted")
     except BrokenPipeError:
@@ -66,7 +81,10 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
     ``context`` replaces the daemon connection and the streams (for tests).
     """
     words = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(find_command(words)).parse_args(words)
+    if not words:  # a first try: show what there is, as a usage error
+        build_parser().print_help(sys.stderr)
+        return ExitCode.USAGE
+    args = parse(words)
     if context is None:
         context = Context(args.socket, args.state_dir)
     try:

@@ -14,17 +14,33 @@ import sys
 from collections import namedtuple
 from collections.abc import Callable
 
-from jobqueue.cli.exitcodes import MEANINGS
+from jobqueue import __version__
+from jobqueue.cli.exitcodes import MEANINGS, ExitCode
 from jobqueue.constants import PRIO_NAMES, Status
 
 # Start-up speed: ``typing`` is imported for the type checker only.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, NamedTuple
+    from typing import Any, NamedTuple, NoReturn
 
 #: Global options taking a value, as they may appear before the command.
 VALUE_OPTIONS = ("--socket", "--state-dir")
 EPILOG = "Exit status: " + ", ".join(f"{int(code)} {text}" for code, text in MEANINGS.items())
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, but a usage error is one line and a pointer to ``--help``.
+
+    argparse prints the whole usage block first, which buries the one line
+    that says what is wrong. Sub-command parsers are of this class too.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.fail(message, self.prog)
+
+    def fail(self, message: str, prog: str) -> NoReturn:
+        """Exit with USAGE after ``prog: message`` and where to find help."""
+        self.exit(ExitCode.USAGE, f"{prog}: {message}\nTry '{prog} --help' for more information.\n")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -63,7 +79,7 @@ def _lazy(module: str, name: str) -> Callable[[str], Any]:
 
 def _parse_job_id(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"invalid job id '{text}'")
+        raise ValueError(f"expected a job id (a whole number), got '{text}'")
     return int(text)
 
 
@@ -73,13 +89,13 @@ def _parse_seconds(text: str) -> float:
     except ValueError:
         value = -1.0
     if not value >= 0 or value == float("inf"):
-        raise ValueError(f"invalid number of seconds '{text}'")
+        raise ValueError(f"expected a number of seconds (such as 30 or 0.5), got '{text}'")
     return value
 
 
 def _parse_count(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"invalid count '{text}'")
+        raise ValueError(f"expected a whole number, got '{text}'")
     return int(text)
 
 
@@ -135,13 +151,31 @@ def _submit_options(parser: argparse.ArgumentParser, many: bool = True) -> None:
         )
         group.add_argument("--comment", help="a comment stored with every opcode")
     group.add_argument("--watch", action="store_true", help="follow the job(s) until they end")
+    _children_option(group)
 
 
-def _output_options(parser: argparse.ArgumentParser, formats: tuple[str, ...] = ()) -> None:
+def _children_option(parser: Any) -> None:
+    parser.add_argument(
+        "--no-children",
+        dest="children",
+        action="store_false",
+        help="do not wait for the jobs that the job(s) submitted, such as a fan-out's",
+    )
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-headers", action="store_true", help="do not print column headers")
     parser.add_argument("--separator", metavar="S", help="join columns with S, unpadded")
-    if formats:
-        parser.add_argument("--output", choices=formats, default=formats[0], help="output format")
+    _output_format(parser, ("table", "json"))
+
+
+def _output_format(parser: argparse.ArgumentParser, formats: tuple[str, ...]) -> None:
+    parser.add_argument(
+        "--output",
+        choices=formats,
+        default=formats[0],
+        help="output format; json gives ISO 8601 times (default: %(default)s)",
+    )
 
 
 def _job_selection(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -243,9 +277,9 @@ def _add_list(parser: argparse.ArgumentParser) -> None:
         "-o",
         dest="fields",
         metavar="FIELD,...",
-        help="fields to show (default id,status,summary); +FIELD,... adds to the default",
+        help="fields to show (default id,status,elapsed,summary); +FIELD,... adds to the default",
     )
-    _output_options(parser, ("table", "json"))
+    _output_options(parser)
     parser.add_argument(
         "--status",
         action="append",
@@ -267,16 +301,24 @@ def _add_list(parser: argparse.ArgumentParser) -> None:
 
 def _add_list_fields(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", metavar="FIELD", nargs="*", help="only these fields")
-    _output_options(parser, ("table", "json"))
+    _output_options(parser)
 
 
 def _add_info(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job_ids", metavar="ID", nargs="+", type=JOB_ID, help="the jobs")
-    parser.add_argument("--output", choices=("text", "json"), default="text", help="output format")
+    _output_format(parser, ("text", "json"))
 
 
-def _add_job(parser: argparse.ArgumentParser) -> None:
+def _add_watch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job_id", metavar="ID", type=JOB_ID, help="the job")
+    _children_option(parser)
+    _output_format(parser, ("text", "json"))
+
+
+def _add_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_ids", metavar="ID", nargs="+", type=JOB_ID, help="the jobs")
+    _children_option(parser)
+    _output_format(parser, ("text", "json"))
 
 
 def _add_jobs(parser: argparse.ArgumentParser) -> None:
@@ -301,19 +343,22 @@ def _add_autoarchive(parser: argparse.ArgumentParser) -> None:
         type=_lazy("timespec", "parse_age"),
         help="90s, 30m, 6h, 2d, 1w, plain seconds, or all",
     )
+    _output_format(parser, ("text", "json"))
 
 
 def _add_queue(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action", choices=("info", "drain", "undrain"), help="show, set or clear the drain flag"
     )
+    _output_format(parser, ("text", "json"))
 
 
 def _add_locks(parser: argparse.ArgumentParser) -> None:
     _output_options(parser)
 
 
-# One sub-command: where it is implemented, its help, its arguments.
+# One sub-command: where it is implemented, its help, its arguments, and
+# whether it only reads (then the read-only query socket is enough for it).
 if TYPE_CHECKING:
 
     class Command(NamedTuple):
@@ -321,10 +366,13 @@ if TYPE_CHECKING:
         help: str
         add_arguments: Callable[[argparse.ArgumentParser], None]
         description: str | None = None
+        read_only: bool = False
 
 else:
     Command = namedtuple(
-        "Command", ("handler", "help", "add_arguments", "description"), defaults=(None,)
+        "Command",
+        ("handler", "help", "add_arguments", "description", "read_only"),
+        defaults=(None, False),
     )
 
 
@@ -356,14 +404,33 @@ COMMANDS: dict[str, Command] = {
         _add_retry,
         "Submit a new job with the opcodes of a finished one, without its dependencies.",
     ),
-    "list": Command("cmd_query:cmd_list", "list jobs", _add_list),
+    "list": Command("cmd_query:cmd_list", "list jobs", _add_list, read_only=True),
     "list-fields": Command(
-        "cmd_query:cmd_list_fields", "describe the job fields", _add_list_fields
+        "cmd_query:cmd_list_fields", "describe the job fields", _add_list_fields, read_only=True
     ),
-    "info": Command("cmd_query:cmd_info", "show everything about jobs", _add_info),
-    "locks": Command("cmd_query:cmd_locks", "show the locks, their owners and waiters", _add_locks),
-    "watch": Command("follow:cmd_watch", "print a job's log until it ends", _add_job),
-    "wait": Command("follow:cmd_wait", "wait until jobs end", _add_jobs),
+    "info": Command("cmd_query:cmd_info", "show everything about jobs", _add_info, read_only=True),
+    "locks": Command(
+        "cmd_query:cmd_locks",
+        "show the locks, their owners and waiters",
+        _add_locks,
+        read_only=True,
+    ),
+    "watch": Command(
+        "follow:cmd_watch",
+        "print a job's log until it ends",
+        _add_watch,
+        "Print what a job waits for while it is pending, then its log as it comes until it"
+        " ends; then wait for the jobs it submitted, unless --no-children.",
+        read_only=True,
+    ),
+    "wait": Command(
+        "follow:cmd_wait",
+        "wait until jobs end",
+        _add_wait,
+        "Wait until the jobs have ended, and the jobs they submitted too (a fan-out's),"
+        " unless --no-children.",
+        read_only=True,
+    ),
     "cancel": Command("cmd_manage:cmd_cancel", "cancel jobs", _add_cancel),
     "change-priority": Command(
         "cmd_manage:cmd_change_priority", "change the priority of jobs", _add_change_priority
@@ -374,6 +441,13 @@ COMMANDS: dict[str, Command] = {
     ),
     "queue": Command("cmd_manage:cmd_queue", "show, set or clear the drain flag", _add_queue),
 }
+
+
+def is_read_only(args: argparse.Namespace) -> bool:
+    """Whether the parsed command only reads (``queue info`` does, ``queue drain`` not)."""
+    if args.command == "queue":
+        return bool(args.action == "info")
+    return bool(COMMANDS[args.command].read_only)
 
 
 def find_command(argv: list[str]) -> str | None:
@@ -395,14 +469,14 @@ def find_command(argv: list[str]) -> str | None:
     return None
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> Parser:
     """The ``jobctl`` parser.
 
     With a known ``command`` only that sub-command is registered, with its
     arguments (all that parsing its command line needs); otherwise every
     sub-command is registered with its arguments, for help and for errors.
     """
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="jobctl",
         description="Submit, follow and manage the jobs of the job queue daemon.",
         epilog=EPILOG,
@@ -410,6 +484,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     add_global_options(parser, in_subcommand=False)
+    parser.add_argument("--version", action="version", version=f"jobctl {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     names = [command] if command in COMMANDS else list(COMMANDS)
     for name in names:
@@ -425,3 +500,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub.set_defaults(command=name)
         spec.add_arguments(sub)
     return parser
+
+
+def parse(words: list[str]) -> argparse.Namespace:
+    """Parse a jobctl command line; exit with a usage error for a bad one.
+
+    Words no option takes are reported against the command they follow
+    (argparse would blame ``jobctl`` itself and point to its help).
+    """
+    parser = build_parser(find_command(words))
+    args, extras = parser.parse_known_args(words)
+    if extras:
+        parser.fail(f"unrecognized arguments: {' '.join(extras)}", f"jobctl {args.command}")
+    return args

@@ -203,11 +203,12 @@ class LUCommandRun(LogicalUnit[OpCommandRun]):
             self.ctx.callbacks.check_cancel()
             raise JobCanceled()
         tail = "; ".join(output.stderr_tail)
+        stderr = f"; stderr: {tail}" if tail else ""
         if outcome == "timeout":
-            raise OpExecError(f"Command timed out after {self.op.timeout}s; stderr: {tail}")
+            raise OpExecError(f"Command timed out after {self.op.timeout}s{stderr}")
         if proc.returncode != 0:
             raise OpExecError(
-                f"Command {self.op.argv[0]!r} exited with code {proc.returncode}; stderr: {tail}"
+                f"Command {self.op.argv[0]!r} exited with code {proc.returncode}{stderr}"
             )
         return {"exit_code": proc.returncode, "duration": duration}
 
