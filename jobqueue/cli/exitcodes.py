@@ -29,6 +29,8 @@ class ExitCode(enum.IntEnum):
     QUEUE_FULL = 6
     #: A job named on the command line does not exist.
     NOT_FOUND = 7
+    #: The daemon is a standby: changes go to the master it names.
+    NOT_MASTER = 8
     #: The user declined a confirmation prompt.
     DECLINED = 13
     #: A query asked for a field the daemon does not know.
@@ -47,6 +49,7 @@ MEANINGS: dict[ExitCode, str] = {
     ExitCode.DRAINED: "queue drained",
     ExitCode.QUEUE_FULL: "queue full",
     ExitCode.NOT_FOUND: "job not found",
+    ExitCode.NOT_MASTER: "daemon is a standby",
     ExitCode.DECLINED: "confirmation declined",
     ExitCode.UNKNOWN_FIELD: "unknown field",
     ExitCode.INTERRUPTED: "interrupted",
@@ -86,6 +89,8 @@ def describe_error(err: errors.GenericError, socket_path: str) -> tuple[ExitCode
         return ExitCode.DRAINED, "The job queue is drained and refuses new jobs"
     if isinstance(err, errors.JobQueueFull):
         return ExitCode.QUEUE_FULL, f"The job queue is full: {text}"
+    if isinstance(err, errors.NotMasterError):
+        return ExitCode.NOT_MASTER, text
     if isinstance(err, errors.JobLost):
         return ExitCode.NOT_FOUND, text
     if isinstance(err, errors.RequestTimeout):
