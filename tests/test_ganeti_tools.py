@@ -195,6 +195,23 @@ class TestGntDebugLocks:
         kill(daemon, master, holder)
 
 
+class TestWatcherPause:
+    def test_pause_query_and_resume(self, master: Conn, query: Conn) -> None:
+        """``gnt-cluster watcher pause 1h`` / ``info`` / ``continue``."""
+        assert query.call("QueryConfigValues", ["watcher_pause", "drain_flag"]) == [None, False]
+        until = time.time() + 3600
+        assert master.call("SetWatcherPause", until) == pytest.approx(until)
+        (paused,) = query.call("QueryConfigValues", ["watcher_pause"])
+        assert paused == pytest.approx(until)
+        assert master.call("SetWatcherPause", None) is None
+        assert query.call("QueryConfigValues", ["watcher_pause"]) == [None]
+        past = master.ask("SetWatcherPause", time.time() - 60)
+        assert past["result"][0] == "OpPrereqError"
+        assert "in the past" in past["result"][1][0]
+        refused = query.ask("SetWatcherPause", None)
+        assert refused["result"][0] == "PermissionError"
+
+
 class TestHostileFilters:
     """Issue 14: a regular expression or a deep filter must not stall or crash anyone."""
 

@@ -131,3 +131,26 @@ class TestLocks:
             assert all(isinstance(owner, str) for owner in owners)
             assert all(isinstance(name, str) for _, names in pending for name in names)
         kill(queue, holder)
+
+
+class TestWatcherPause:
+    def test_set_query_and_clear(self, queue: QueueUnderTest) -> None:
+        assert queue.query_config_values(["watcher_pause"]) == [None]
+        until = time.time() + 3600
+        assert queue.set_watcher_pause(until) == until
+        (paused,) = queue.query_config_values(["watcher_pause"])
+        assert paused == pytest.approx(until)
+        assert queue.set_watcher_pause(None) is None
+        assert queue.query_config_values(["watcher_pause"]) == [None]
+
+    def test_a_past_time_is_refused(self, queue: QueueUnderTest) -> None:
+        with pytest.raises(OpPrereqError, match="Unable to set pause end time in the past"):
+            queue.set_watcher_pause(time.time() - 10)
+        assert queue.query_config_values(["watcher_pause"]) == [None]
+
+    def test_kept_in_the_store(self, make_queue: test_lus.MakeQueue, tmp_path: Any) -> None:
+        first = make_queue(queue_dir=tmp_path / "q")
+        until = int(time.time()) + 600
+        first.set_watcher_pause(until)
+        second = make_queue(queue_dir=tmp_path / "q")
+        assert second.query_config_values(["watcher_pause"]) == [until]
