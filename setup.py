@@ -23,6 +23,10 @@ setup(
         "pyinotify>=0.9.6",
         # pyinotify imports asyncore, which Python 3.12 removed from the stdlib.
         'pyasyncore; python_version >= "3.12"',
+        # Query filters' regular expressions: RE2 matches in linear time and
+        # releases the interpreter lock (see jobqueue/qlang.py). Google's own
+        # binding, with wheels for CPython 3.11+ on Linux.
+        "google-re2>=1.1",
     ],
     extras_require={
         "test": [

@@ -1,6 +1,9 @@
 """``jobqueue-cleaner``: the operators' cron job, safe to run while the daemon runs.
 
-Each run does three things:
+Each run first asks whether it is paused (``SetWatcherPause``, the
+``watcher_pause`` setting; read from the store when the daemon is not
+running): while paused it does nothing but write one line to the log.
+Otherwise it does three things:
 
 1. asks the daemon to archive finished jobs older than ``--job-age``
    (AutoArchiveJobs, repeated until no job is left unchecked); when the
@@ -30,13 +33,39 @@ from collections.abc import Sequence
 from jobqueue import constants, errors
 from jobqueue.cli.timespec import parse_age, parse_timespec
 from jobqueue.paths import StatePaths
-from jobqueue.storage.base import PruneResult
+from jobqueue.storage.base import WATCHER_PAUSE, PruneResult, pause_until
 
 LOG_NAME = "jobqueue-cleaner.log"
 DEFAULT_JOB_AGE = "6h"
 DEFAULT_ARCHIVE_AGE = "21d"
 #: Seconds one PruneArchive call may take before the cleaner asks again.
 PRUNE_TIMEOUT = 30
+
+
+def paused_until(socket_path: str, queue_dir: str, now: float) -> float | None:
+    """Until when the cleaner is paused; None if it is not (or that cannot be told).
+
+    Asks the daemon, or reads the store's setting when the daemon is not running.
+    """
+    from jobqueue.luxi.client import Client
+
+    try:
+        with Client(socket_path) as client:
+            (until,) = client.query_config_values([WATCHER_PAUSE])
+    except errors.NoMasterError:
+        return _stored_pause(queue_dir, now)
+    except errors.GenericError:
+        return None  # the steps below report a daemon that does not answer
+    return float(until) if isinstance(until, (int, float)) and until > now else None
+
+
+def _stored_pause(queue_dir: str, now: float) -> float | None:
+    from jobqueue.storage.files import FileJobStore
+
+    try:
+        return pause_until(FileJobStore(queue_dir, owner=False).read_setting(WATCHER_PAUSE), now)
+    except errors.GenericError:
+        return None
 
 
 def archive_old_jobs(socket_path: str, age: int) -> tuple[int, int] | None:
@@ -125,7 +154,7 @@ def append_log(path: str, line: str, now: float) -> None:
     Creates the file but no directory: a log file named in a missing
     directory is an error to report, not a path to build.
     """
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    stamp = _local_time(now)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, constants.FILE_MODE)
     with os.fdopen(fd, "a", encoding="utf-8") as handle:
         handle.write(f"{stamp} {line}\n")
@@ -173,22 +202,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jobqueue-cleaner: no state directory at {paths.root}", file=sys.stderr)
         return 2
     socket_path = args.socket or paths.master_socket
+    log_file = args.log_file or os.path.join(paths.log_dir, LOG_NAME)
+    log_dir = None if args.log_file else paths.log_dir  # the state directory's own may be made
+    until = paused_until(socket_path, paths.queue_dir, time.time())
+    if until is not None:
+        line = f"paused until {_local_time(until)}; did nothing"
+        return _log_or_complain(log_file, log_dir, line, [])
     archiving, failure = archive_step(socket_path, job_age)
     failures = [failure] if failure else []
     now = time.time()
     pruned = prune_step(socket_path, paths.queue_dir, archive_age, now)
     failures.extend(pruned.failures)
     line = summary_line(archiving, pruned, failures)
-    log_file = args.log_file or os.path.join(paths.log_dir, LOG_NAME)
+    return _log_or_complain(log_file, log_dir, line, failures)
+
+
+def _log_or_complain(log_file: str, log_dir: str | None, line: str, failures: list[str]) -> int:
+    """Append ``line`` to the log (making ``log_dir`` first, if given), print the failures.
+
+    Returns the exit status: 1 if anything failed.
+    """
     try:
-        if not args.log_file:  # the state directory's own log/ may be made
-            os.makedirs(paths.log_dir, mode=constants.DIR_MODE, exist_ok=True)
-        append_log(log_file, line, now)
+        if log_dir is not None:
+            os.makedirs(log_dir, mode=constants.DIR_MODE, exist_ok=True)
+        append_log(log_file, line, time.time())
     except OSError as err:
         failures.append(f"cannot write {log_file}: {err.strerror}")
     for failure in failures:
         print(f"jobqueue-cleaner: {failure}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _local_time(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
 if __name__ == "__main__":

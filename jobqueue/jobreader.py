@@ -27,7 +27,7 @@ from jobqueue.errors import ECODE_INVAL, GenericError, OpPrereqError
 from jobqueue.livejobs import IndexEntry, LiveJobs, Summarize
 from jobqueue.locking import LockManager
 from jobqueue.model import Job
-from jobqueue.query import Record
+from jobqueue.query import JobRecord
 from jobqueue.storage.base import JobStore
 
 _UNFINISHED = (Status.QUEUED, Status.WAITING, Status.RUNNING)
@@ -104,15 +104,20 @@ class JobReader:
 
         A canceling or finished job always counts as changed.
         """
-        entry = IndexEntry.of(job, self._summarize, self._live.entry(job.id))
-        info = query.old_style_rows(fields, [(entry, job)])[0]
+        live_entry = self._live.entry(job.id)
+        entry = IndexEntry.of(job, self._summarize, live_entry)
+        archived = "archived" in fields and live_entry is None and self._is_archived(job.id)
+        info = query.old_style_rows(fields, [JobRecord(job.id, entry, job, archived)])[0]
         log = job.log_entries_after(prev_log_serial)
         if job.status in _UNFINISHED and not log and info == prev_job_info:
             return None
         return [info, log]
 
     def query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> list[list[Any]]:
-        """Old-style rows of plain values; all live jobs when ``job_ids`` is None."""
+        """Old-style rows of plain values; all live jobs when ``job_ids`` is None.
+
+        A job that does not exist has a row with its id and nulls.
+        """
         full = query.needs_full_job(fields)
         ids = self._live.ids() if job_ids is None else job_ids
         return query.old_style_rows(fields, [self._record(i, full) for i in ids])
@@ -120,7 +125,16 @@ class JobReader:
     def query(
         self, what: str, fields: list[str], qfilter: Any, archived: bool = False
     ) -> dict[str, Any]:
-        """Query2: ``{"fields": [definitions], "data": [[[status, value], ...], ...]}``."""
+        """Query2: ``{"fields": [definitions], "data": [[[status, value], ...], ...]}``.
+
+        Jobs: a filter that only names ids (``requested_ids``) gets one row
+        per id, in order, for live, archived and unknown jobs alike (an
+        unknown one with only its id). Otherwise the candidates are the live
+        jobs, plus the archived ones when the ``archived`` field is asked
+        for or filtered on (Ganeti's ``gnt-job list --archived``); the
+        ``archived`` argument (jobqueue's own) lists archived jobs only.
+        Raises ``OpPrereqError`` for a bad filter.
+        """
         definitions = query.query_fields(what, fields)["fields"]
         if what == "lock":
             if qfilter is not None:
@@ -131,26 +145,42 @@ class JobReader:
         full = query.needs_full_job([*fields, *used])
         explicit = query.requested_ids(qfilter)
         if explicit is not None:
-            records = [self._record(i, full) for i in explicit]
-            records = [r for r in records if r is None or predicate(r)]
+            candidates = [self._record(i, full) for i in dict.fromkeys(explicit)]
         else:
-            ids = self._store.archived_ids() if archived else self._live.ids()
-            records = [
-                r for r in (self._record(i, full) for i in ids) if r is not None and predicate(r)
-            ]
+            candidates = self._candidates(full, archived, query.wants_archived(fields, used))
+        records = [record for record in candidates if predicate(record)]
         return {"fields": definitions, "data": query.rows(what, fields, records)}
 
     def query_fields(self, what: str, fields: list[str] | None) -> dict[str, Any]:
         return query.query_fields(what, fields)
 
-    def _record(self, job_id: int, full: bool) -> Record | None:
+    def _candidates(self, full: bool, archived_only: bool, with_archived: bool) -> list[JobRecord]:
+        """Existing jobs to filter, sorted by id: live, archived, or both."""
+        live = [] if archived_only else self._live.ids()
+        stored = self._store.archived_ids() if archived_only or with_archived else []
+        archived = set(stored).difference(live)
+        records = (
+            self._record(i, full, archived=i in archived) for i in sorted({*live, *archived})
+        )
+        return [record for record in records if record.entry is not None]
+
+    def _record(self, job_id: int, full: bool, *, archived: bool | None = None) -> JobRecord:
+        """What queries read of a job; ``archived`` None: find out if it is needed.
+
+        A job that does not exist (or cannot be read) is ``JobRecord.missing``.
+        """
         entry = self._live.entry(job_id)
         if entry is not None and not full:
-            return entry, None
+            return JobRecord(job_id, entry)
         job = self.read_job(job_id)
         if job is None:
-            return None
-        return IndexEntry.of(job, self._summarize, entry), job
+            return JobRecord.missing(job_id)
+        if archived is None:
+            archived = entry is None and self._is_archived(job_id)
+        return JobRecord(job_id, IndexEntry.of(job, self._summarize, entry), job, archived)
+
+    def _is_archived(self, job_id: int) -> bool:
+        return self._live.entry(job_id) is None and self._store.is_archived(job_id)
 
 
 def _read_quietly(store: JobStore, job_id: int, log: logging.Logger) -> Job | None:

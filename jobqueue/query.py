@@ -1,24 +1,23 @@
-"""Query fields and filters for jobs and locks (Ganeti's query2 shapes).
+"""Query fields for jobs and locks (Ganeti's query2 shapes); filters via ``qlang``.
 
-A job field reads either a cheap ``IndexEntry`` (kept in memory for every
-live job) or a full ``Job`` (read from its file); ``needs_full_job`` tells
-the queue which it has to load. Filters are Ganeti-style lists::
+A job is queried as a ``JobRecord``: its cheap ``IndexEntry`` (kept in
+memory for every live job), the full ``Job`` when a field needs it (read
+from the store; ``needs_full_job`` tells which), and whether it is archived.
+A record with neither stands for a job id that matches no job: its ``id``
+is known, every other field unavailable (how Ganeti answers, and what
+``gnt-job info`` prints "Job ID N not found" from).
 
-    ["|", ["=", "status", "queued"], ["=", "status", "waiting"]]
-    ["&", ["=", "id", 4], ["!", ["=", "status", "error"]]]
-
-Operators: ``&`` ``|`` ``!`` ``=`` ``!=`` ``<`` ``<=`` ``>`` ``>=`` ``=~``
-(regular expression search) and ``?`` (true value).
+Filters are compiled by ``jobqueue.qlang`` over these fields; timestamp
+fields are compared by their seconds, as in Ganeti.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import operator
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jobqueue import qlang
 from jobqueue.errors import ECODE_INVAL, OpPrereqError
 from jobqueue.livejobs import IndexEntry
 from jobqueue.model import Job
@@ -26,30 +25,50 @@ from jobqueue.model import Job
 # Result status of one value (Ganeti's RS_*).
 RS_NORMAL, RS_UNKNOWN, RS_NODATA, RS_UNAVAIL = 0, 1, 2, 3
 
-#: A job as queries see it: its index entry, and the full job when it was needed.
-Record = tuple[IndexEntry, Job | None]
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job as queries see it; ``entry`` None: no such job (see the module docstring)."""
+
+    job_id: int
+    entry: IndexEntry | None
+    job: Job | None = None
+    archived: bool = False
+
+    @classmethod
+    def missing(cls, job_id: int) -> JobRecord:
+        return cls(job_id, None)
+
+
 Getter = Callable[[Any], Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class Field:
+    """One query field; ``get`` returns None for "unavailable".
+
+    ``index``: answerable without the full job. ``filter_get``: what
+    filters compare instead of the value (the seconds of a timestamp).
+    """
+
     name: str
     title: str
     kind: str
     doc: str
     get: Getter
-    index: bool = False  # answerable from an IndexEntry
+    index: bool = False
+    filter_get: Getter | None = None
 
     def definition(self) -> dict[str, str]:
         return {"name": self.name, "title": self.title, "kind": self.kind, "doc": self.doc}
 
 
 def _entry(get: Callable[[IndexEntry], Any]) -> Getter:
-    return lambda record: get(record[0])
+    return lambda record: None if record.entry is None else get(record.entry)
 
 
 def _job(get: Callable[[Job], Any]) -> Getter:
-    return lambda record: get(record[1])
+    return lambda record: None if record.job is None else get(record.job)
 
 
 def _per_op(attr: str) -> Getter:
@@ -60,10 +79,25 @@ def _comment(job: Job) -> Any:
     return next((op.input["comment"] for op in job.ops if op.input.get("comment")), None)
 
 
+def _seconds(get: Getter) -> Getter:
+    """The seconds of a ``[sec, usec]`` timestamp, for filters (Ganeti's QffTimestamp)."""
+
+    def seconds(record: Any) -> Any:
+        value = get(record)
+        return value[0] if isinstance(value, list) and value else value
+
+    return seconds
+
+
+def _timestamp_field(name: str, title: str, doc: str, attr: str) -> Field:
+    get = _entry(lambda entry: getattr(entry, attr))
+    return Field(name, title, "other", doc, get, index=True, filter_get=_seconds(get))
+
+
 JOB_FIELDS: dict[str, Field] = {
     f.name: f
     for f in (
-        Field("id", "ID", "number", "Job ID", _entry(lambda e: e.id), index=True),
+        Field("id", "ID", "number", "Job ID", lambda record: record.job_id, index=True),
         Field(
             "status", "Status", "text", "Job status", _entry(lambda e: str(e.status)), index=True
         ),
@@ -83,28 +117,19 @@ JOB_FIELDS: dict[str, Field] = {
             _entry(lambda e: list(e.summary)),
             index=True,
         ),
-        Field(
-            "received_ts",
-            "Received",
-            "other",
-            "Time the job was submitted",
-            _entry(lambda e: e.received_timestamp),
-            index=True,
+        _timestamp_field(
+            "received_ts", "Received", "Time the job was submitted", "received_timestamp"
         ),
-        Field(
-            "start_ts",
-            "Start",
-            "other",
-            "Time a worker first picked the job up",
-            _entry(lambda e: e.start_timestamp),
-            index=True,
+        _timestamp_field(
+            "start_ts", "Start", "Time a worker first picked the job up", "start_timestamp"
         ),
+        _timestamp_field("end_ts", "End", "Time the job finished", "end_timestamp"),
         Field(
-            "end_ts",
-            "End",
-            "other",
-            "Time the job finished",
-            _entry(lambda e: e.end_timestamp),
+            "archived",
+            "Archived",
+            "bool",
+            "Whether the job is archived (asking for it lists archived jobs too)",
+            lambda record: None if record.entry is None else record.archived,
             index=True,
         ),
         Field(
@@ -139,18 +164,28 @@ JOB_FIELDS: dict[str, Field] = {
     )
 }
 
+
+def _names(owners: Any) -> Any:
+    """Lock owners as text (job ids as strings), as Ganeti's ``gnt-debug locks`` joins them."""
+    return None if owners is None else [str(owner) for owner in owners]
+
+
+def _pending_names(pending: Any) -> Any:
+    return None if pending is None else [[mode, _names(owners)] for mode, owners in pending]
+
+
 LOCK_FIELDS: dict[str, Field] = {
     f.name: f
     for f in (
         Field("name", "Name", "text", "Lock name", lambda r: r["name"]),
         Field("mode", "Mode", "other", "Mode in which the lock is held", lambda r: r["mode"]),
-        Field("owner", "Owner", "other", "Owners (job ids)", lambda r: r["owner"]),
+        Field("owner", "Owner", "other", "Owners (job ids)", lambda r: _names(r["owner"])),
         Field(
             "pending",
             "Pending",
             "other",
             "Pending requests [mode, [owners]]",
-            lambda r: r["pending"],
+            lambda r: _pending_names(r["pending"]),
         ),
     )
 }
@@ -189,8 +224,8 @@ def unknown_fields(what: str, names: Sequence[str]) -> list[str]:
     return [name for name in names if name not in table]
 
 
-def rows(what: str, names: Sequence[str], records: Sequence[Any | None]) -> list[list[Any]]:
-    """Query2 rows: ``[[status, value], ...]`` per record; None = unavailable."""
+def rows(what: str, names: Sequence[str], records: Sequence[Any]) -> list[list[Any]]:
+    """Query2 rows: ``[[status, value], ...]`` per record; a None value is unavailable."""
     table = field_table(what)
     result = []
     for record in records:
@@ -198,113 +233,84 @@ def rows(what: str, names: Sequence[str], records: Sequence[Any | None]) -> list
         for name in names:
             if name not in table:
                 row.append([RS_UNKNOWN, None])
-            elif record is None:
-                row.append([RS_UNAVAIL, None])
-            else:
-                value = table[name].get(record)
-                row.append([RS_UNAVAIL if value is None else RS_NORMAL, value])
+                continue
+            value = table[name].get(record)
+            row.append([RS_UNAVAIL if value is None else RS_NORMAL, value])
         result.append(row)
     return result
 
 
-def old_style_rows(names: Sequence[str], records: Sequence[Any | None]) -> list[list[Any]]:
-    """``QueryJobs`` rows: plain values; a missing job is a row of nulls."""
+def old_style_rows(names: Sequence[str], records: Sequence[JobRecord]) -> list[list[Any]]:
+    """``QueryJobs`` rows of plain values; a job that does not exist has only its id."""
     missing = unknown_fields("job", names)
     if missing:
         raise OpPrereqError(f"Unknown output fields selected: {', '.join(missing)}", ECODE_INVAL)
-    return [
-        [None if record is None else JOB_FIELDS[name].get(record) for name in names]
-        for record in records
-    ]
+    return [[JOB_FIELDS[name].get(record) for name in names] for record in records]
 
 
 # -- filters ------------------------------------------------------------------------
-Predicate = Callable[[Any], bool]
-_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "=": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
+def compile_filter(what: str, qfilter: Any) -> tuple[qlang.Predicate, set[str]]:
+    """A predicate over records of ``what`` and the field names it reads.
 
-
-def compile_filter(what: str, qfilter: Any) -> tuple[Predicate, set[str]]:
-    """A predicate over records and the field names it reads.
-
-    Raises ``OpPrereqError`` naming what is wrong with a malformed filter.
+    Raises ``OpPrereqError`` for a malformed filter or an unknown field (see
+    ``qlang.compile_filter``); the predicate raises it for a value of the
+    wrong type.
     """
     table = field_table(what)
     used: set[str] = set()
 
-    def build(node: Any) -> Predicate:
-        if not isinstance(node, list) or not node or not isinstance(node[0], str):
-            raise OpPrereqError(f"Invalid filter {node!r}: expected [operator, ...]", ECODE_INVAL)
-        op, *args = node
-        if op in ("&", "|"):
-            parts = [build(arg) for arg in args]
-            combine = all if op == "&" else any
-            return lambda record: combine(part(record) for part in parts)
-        if op == "!" and len(args) == 1:
-            inner = build(args[0])
-            return lambda record: not inner(record)
-        if op == "?" and len(args) == 1:
-            get = field_getter(args[0])
-            return lambda record: bool(get(record))
-        if (op in _COMPARE or op == "=~") and len(args) == 2:
-            get, wanted = field_getter(args[0]), args[1]
-            if op == "=~":
-                try:
-                    pattern = re.compile(str(wanted))
-                except re.error as err:
-                    raise OpPrereqError(f"Invalid regular expression: {err}", ECODE_INVAL) from err
-                return lambda record: pattern.search(str(get(record))) is not None
-            compare = _COMPARE[op]
-            return lambda record: _safe_compare(compare, get(record), wanted)
-        raise OpPrereqError(
-            f"Invalid filter operator {op!r} with {len(args)} operands", ECODE_INVAL
-        )
-
-    def field_getter(name: Any) -> Getter:
-        if not isinstance(name, str) or name not in table:
+    def resolve(name: str) -> qlang.Getter:
+        if name not in table:
             raise OpPrereqError(f"Filter uses unknown field {name!r}", ECODE_INVAL)
         used.add(name)
-        return table[name].get
+        field = table[name]
+        return _for_filters(field.filter_get or field.get)
 
-    if qfilter is None:
-        return (lambda record: True), used
-    return build(qfilter), used
+    return qlang.compile_filter(qfilter, resolve, _coerce_id), used
 
 
-def _safe_compare(compare: Callable[[Any, Any], bool], left: Any, right: Any) -> bool:
-    try:
-        return bool(compare(left, right))
-    except TypeError:
-        return False
+def _coerce_id(field: str, value: int | str) -> int | str:
+    """Job ids also arrive as strings of digits (Ganeti 2.6's ids were text)."""
+    if field == "id" and isinstance(value, str) and _is_digits(value):
+        return int(value)
+    return value
+
+
+def _is_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 20
+
+
+def _for_filters(get: Getter) -> qlang.Getter:
+    """``get`` with "unavailable" (None) spelled as the language wants it."""
+
+    def value(record: Any) -> Any:
+        found = get(record)
+        return qlang.UNAVAILABLE if found is None else found
+
+    return value
 
 
 def requested_ids(qfilter: Any) -> list[int] | None:
-    """The job ids a filter names explicitly (``id = n``, or an ``|`` of those)."""
-    if _is_id_equality(qfilter):
-        return [int(qfilter[2])]
-    if (
-        isinstance(qfilter, list)
-        and qfilter
-        and qfilter[0] == "|"
-        and len(qfilter) > 1
-        and all(_is_id_equality(part) for part in qfilter[1:])
-    ):
-        return [int(part[2]) for part in qfilter[1:]]
-    return None
+    """The job ids a filter names and nothing else: ``["==", "id", n]`` or an ``|`` of those.
+
+    ``=`` is accepted for ``==`` and ids may be strings of digits. None when
+    the filter is anything else (then every job is a candidate).
+    """
+    values = qlang.requested_values(qfilter, "id")
+    if values is None:
+        return None
+    return [_job_id(value) for value in values]
 
 
-def _is_id_equality(node: Any) -> bool:
-    return (
-        isinstance(node, list)
-        and len(node) == 3
-        and node[0] == "="
-        and node[1] == "id"
-        and isinstance(node[2], int)
-        and not isinstance(node[2], bool)
-    )
+def _job_id(value: int | str) -> int:
+    if isinstance(value, str) and _is_digits(value):
+        return int(value)
+    if isinstance(value, int) and value >= 0:
+        return value
+    raise OpPrereqError(f"Invalid job id {value!r} in filter", ECODE_INVAL)
+
+
+def wants_archived(fields: Sequence[str], used: set[str]) -> bool:
+    """Whether a job query lists archived jobs too: it asks for ``archived`` (Ganeti's rule)
+    or its filter reads it."""
+    return "archived" in fields or "archived" in used

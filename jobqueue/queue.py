@@ -39,7 +39,7 @@ from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.model import Job, Timestamp, now_stamp
 from jobqueue.opcodes import OpCode, Registry
 from jobqueue.processor import Processor
-from jobqueue.storage.base import JobStore
+from jobqueue.storage.base import WATCHER_PAUSE, JobStore, format_pause, pause_until
 from jobqueue.submission import load_opcodes, prepare_jobs
 from jobqueue.timers import Timers
 from jobqueue.workerpool import DeferTask, WorkerPool
@@ -482,9 +482,30 @@ class JobQueue:
         self.store.set_drained(flag)
         return True
 
+    def set_watcher_pause(self, until: float | None) -> float | None:
+        """Pause the cron cleaner until ``until`` (seconds since the epoch), or end a pause.
+
+        Returns ``until``, as Ganeti does. Raises ``OpPrereqError`` for a time
+        in the past (Ganeti: GenericError) and ``StorageError`` if the setting
+        cannot be stored.
+        """
+        if until is not None and until < self._clock():
+            raise OpPrereqError("Unable to set pause end time in the past", ECODE_INVAL)
+        text = None if until is None else format_pause(until)
+        self.store.write_setting(WATCHER_PAUSE, text)
+        self._log.info(
+            "Cron cleaner %s", "no longer paused" if text is None else f"paused until {text}"
+        )
+        return until
+
+    def watcher_pause(self) -> float | None:
+        """Until when the cron cleaner is paused; None if it is not."""
+        return pause_until(self.store.read_setting(WATCHER_PAUSE), self._clock())
+
     def query_config_values(self, fields: list[str]) -> list[Any]:
         values: dict[str, Callable[[], Any]] = {
             "drain_flag": self.store.is_drained,
+            "watcher_pause": self.watcher_pause,
             "version": lambda: __version__,
             "luxi_version": lambda: constants.LUXI_VERSION,
             "queue_format_version": lambda: constants.QUEUE_FORMAT_VERSION,

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from jobqueue import __version__, constants
 from jobqueue.errors import ECODE_INVAL, GenericError, NotMasterError, OpPrereqError
 from jobqueue.livejobs import LiveJobs
-from jobqueue.storage.base import ChangeFeed, JobStore
+from jobqueue.storage.base import WATCHER_PAUSE, ChangeFeed, JobStore, pause_until
 
 
 class StoreMirror:
@@ -103,10 +104,14 @@ class StandbyQueue:
 
     submit_job = submit_many_jobs = cancel_job = change_job_priority = _refuse
     archive_job = auto_archive_jobs = prune_archive = set_drain_flag = _refuse
+    set_watcher_pause = _refuse
 
     def query_config_values(self, fields: list[str]) -> list[Any]:
         values: dict[str, Callable[[], Any]] = {
             "drain_flag": self._store.is_drained,
+            "watcher_pause": lambda: pause_until(
+                self._store.read_setting(WATCHER_PAUSE), time.time()
+            ),
             "version": lambda: __version__,
             "luxi_version": lambda: constants.LUXI_VERSION,
             "queue_format_version": lambda: constants.QUEUE_FORMAT_VERSION,

@@ -21,6 +21,7 @@ VALID_CALLS: dict[str, list[Any]] = {
     "Query": ["job", ["id"], None, False],
     "QueryFields": ["job", None],
     "SetDrainFlag": [False],
+    "SetWatcherPause": [None],
     "QueryConfigValues": [["drain_flag"]],
 }
 

@@ -77,7 +77,7 @@ def test_fan_in_waits_without_holding_a_worker(
     )
     wait_until(lambda: status(daemon, fan_in) == "waiting", what="the fan-in job to wait")
     locks = client.query("lock", ["name", "pending"], None)["data"]
-    assert [[0, f"job/{parent_ids[0]}"], [0, [["job", [fan_in]]]]] in locks
+    assert [[0, f"job/{parent_ids[0]}"], [0, [["job", [str(fan_in)]]]]] in locks
     # One worker runs the gated parent; the fan-in job holds none, so this job runs now.
     extra = client.submit_job([DELAY0])
     assert daemon.wait_job(extra) == "success"

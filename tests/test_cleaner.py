@@ -198,3 +198,48 @@ class TestArchiving:
         assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
         assert luxi.args_of("AutoArchiveJobs") == [[5400, 30]]
         assert read_log(state)[0][20:].startswith("archived 1 jobs, pruned 5")
+
+
+class TestPause:
+    """``SetWatcherPause``: a paused cleaner does nothing but say so in one log line."""
+
+    def test_paused_through_the_daemon(self, state: str, luxi: FakeLuxi) -> None:
+        until = time.time() + 3600
+        luxi.answers["QueryConfigValues"] = [until]
+        luxi.answers["PruneArchive"] = PRUNED_5
+        luxi.answers["AutoArchiveJobs"] = [1, 0]
+        assert cleaner.main(["--state-dir", state, "--socket", luxi.path]) == 0
+        assert luxi.methods() == ["QueryConfigValues"]
+        assert luxi.args_of("QueryConfigValues") == [[["watcher_pause"]]]
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until))
+        (line,) = read_log(state)
+        assert line[20:] == f"paused until {stamp}; did nothing"
+
+    def test_not_paused_runs_as_usual(self, state: str, luxi: FakeLuxi) -> None:
+        luxi.answers["QueryConfigValues"] = [None]
+        luxi.answers["PruneArchive"] = PRUNED_5
+        luxi.answers["AutoArchiveJobs"] = [1, 0]
+        assert cleaner.main(["--state-dir", state, "--socket", luxi.path]) == 0
+        assert luxi.methods() == ["QueryConfigValues", "AutoArchiveJobs", "PruneArchive"]
+
+    def test_paused_in_the_store_while_the_daemon_is_down(self, state: str) -> None:
+        from jobqueue.storage.base import WATCHER_PAUSE
+        from jobqueue.storage.files import FileJobStore
+
+        before = tree(os.path.join(state, "queue", "archive"))
+        store = FileJobStore(os.path.join(state, "queue"), owner=False)
+        store.write_setting(WATCHER_PAUSE, str(int(time.time()) + 600))
+        assert cleaner.main(["--state-dir", state]) == 0
+        assert tree(os.path.join(state, "queue", "archive")) == before
+        (line,) = read_log(state)
+        assert line[20:].startswith("paused until ")
+
+    def test_an_expired_pause_is_no_pause(self, state: str) -> None:
+        from jobqueue.storage.base import WATCHER_PAUSE
+        from jobqueue.storage.files import FileJobStore
+
+        store = FileJobStore(os.path.join(state, "queue"), owner=False)
+        store.write_setting(WATCHER_PAUSE, str(int(time.time()) - 1))
+        assert cleaner.main(["--state-dir", state]) == 0
+        (line,) = read_log(state)
+        assert line[20:].startswith("daemon not running; skipped archiving, pruned 5")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -157,6 +158,11 @@ def test_a_standby_serves_reads_and_refuses_changes_naming_the_master(
         False,
     ]
     assert first.queue.query_config_values(["role", "master"]) == ["master", "first"]
+    until = int(time.time()) + 600
+    first.queue.set_watcher_pause(until)
+    assert second.queue.query_config_values(["watcher_pause"]) == [until]
+    with pytest.raises(NotMasterError):
+        second.queue.set_watcher_pause(None)
 
 
 def test_a_watch_on_the_standby_hears_the_master_s_changes(pair: tuple[Node, Node]) -> None:

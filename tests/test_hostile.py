@@ -40,14 +40,14 @@ CASES: list[tuple[str, str, Any]] = [
     (
         "a job id too long for a file name (QueryJobs)",
         '{"method": "QueryJobs", "args": [[' + BIG + '], ["id", "status", "oplog"]]}',
-        [[None, None, None]],
+        [[int(BIG), None, None]],  # no such job: its id, and nulls
     ),
     (
         "a job id too long for a file name (Query)",
         '{"method": "Query", "args": ["job", ["id"], ["=", "id", ' + BIG + "]]}",
         {
             "fields": [{"name": "id", "title": "ID", "kind": "number", "doc": "Job ID"}],
-            "data": [[[3, None]]],  # RS_UNAVAIL: no such job
+            "data": [[[0, int(BIG)]]],  # no such job: only its id is known
         },
     ),
     (

@@ -166,7 +166,9 @@ class TestReader:
 
     def test_unknown_jobs(self, reader: JobReader) -> None:
         assert reader.read_job(31337) is None
-        assert reader.query_jobs([31337], ["id", "status"]) == [[None, None]]
+        assert reader.query_jobs([31337], ["id", "status"]) == [[31337, None]]
+        rows = reader.query("job", ["id", "status"], ["|", ["==", "id", 31337]])["data"]
+        assert rows == [[[0, 31337], [3, None]]]
 
     def test_stored_status_is_what_was_written(self, live: LiveJobs, store: Reads) -> None:
         job = new_job(1)

@@ -967,8 +967,8 @@ class TestCancel:
         assert wait_until(lambda: waiter in queue.depmgr.waiting_jobs())
         rows = queue.query("lock", ["name", "mode", "owner", "pending"], None)["data"]
         values = [[value for _, value in row] for row in rows]
-        assert [f"job/{blocker}", None, [], [["job", [waiter]]]] in values
-        assert ["cluster", "shared", [blocker], []] in values
+        assert [f"job/{blocker}", None, [], [["job", [str(waiter)]]]] in values
+        assert ["cluster", "shared", [str(blocker)], []] in values
         assert queue.cancel_job(waiter)[0] is True
         assert wait_for_status(queue, waiter, FINAL, PROMPT) == "canceled"
         assert queue.depmgr.waiting_jobs() == set()
@@ -1130,7 +1130,7 @@ class TestQueries:
                 0,
                 [0, 0],
             ],
-            [None] * len(fields),
+            [999] + [None] * (len(fields) - 1),  # Ganeti: the id of an unknown job, nulls
         ]
         (row,) = queue.query_jobs([job_id], ["received_ts", "start_ts", "end_ts", "oplog"])
         received, started, ended, oplog = row

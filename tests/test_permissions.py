@@ -41,6 +41,7 @@ WRITE_METHODS = [
     "ChangeJobPriority",
     "PruneArchive",
     "SetDrainFlag",
+    "SetWatcherPause",
     "SubmitJob",
     "SubmitJobToDrainedQueue",
     "SubmitManyJobs",

@@ -17,7 +17,7 @@ from jobqueue.constants import Status
 from jobqueue.errors import JobQueueError, NotLeaderError, StorageError
 from jobqueue.model import Job
 from jobqueue.queuelock import QueueLock
-from jobqueue.storage.base import JobStore
+from jobqueue.storage.base import WATCHER_PAUSE, JobStore, format_pause, pause_until
 from jobqueue.storage.files import Disk, FileJobStore
 from jobqueue.storage.memory import MemoryBacking, MemoryJobStore
 from tests.polling import poll_until
@@ -158,6 +158,35 @@ class TestStoreContract:
         store.set_drained(False)
         store.set_drained(False)
         assert not store.is_drained()
+
+    def test_named_settings(self, stores: Stores) -> None:
+        owner = stores.open()
+        assert owner.read_setting(WATCHER_PAUSE) is None
+        owner.write_setting(WATCHER_PAUSE, "1700000000")
+        assert owner.read_setting(WATCHER_PAUSE) == "1700000000"
+        assert stores.other().read_setting(WATCHER_PAUSE) == "1700000000"
+        owner.write_setting(WATCHER_PAUSE, "1800000000.5")
+        assert owner.read_setting(WATCHER_PAUSE) == "1800000000.5"
+        owner.write_setting(WATCHER_PAUSE, None)
+        owner.write_setting(WATCHER_PAUSE, None)
+        assert owner.read_setting(WATCHER_PAUSE) is None
+        assert stores.other().read_setting(WATCHER_PAUSE) is None
+
+    def test_settings_are_named_and_one_line(self, store: JobStore) -> None:
+        with pytest.raises(ValueError, match="Unknown store setting"):
+            store.read_setting("serial")
+        with pytest.raises(ValueError, match="Unknown store setting"):
+            store.write_setting("job-1", "x")
+        with pytest.raises(ValueError, match="one line"):
+            store.write_setting(WATCHER_PAUSE, "1\n2")
+        assert store.read_setting(WATCHER_PAUSE) is None
+
+    def test_a_setting_is_no_job(self, stores: Stores) -> None:
+        owner = stores.open()
+        create(owner, make_job(1))
+        owner.write_setting(WATCHER_PAUSE, "5")
+        assert [job.id for job in stores.open().load_jobs()] == [1]
+        assert stores.open().read_setting(WATCHER_PAUSE) == "5"  # kept across a restart
 
     def test_change_feed_reports_another_handle_s_writes(self, stores: Stores) -> None:
         owner = stores.open()
@@ -452,3 +481,27 @@ def test_a_clean_stop_writes_back_the_serial(tmp_path: Path) -> None:
     assert int((queue / "serial").read_text()) >= 1003
     store.release_unused_ids()
     assert (queue / "serial").read_text() == "3\n"
+
+
+def test_pause_text() -> None:
+    assert format_pause(1700000000.0) == "1700000000"
+    assert format_pause(1700000000.25) == "1700000000.25"
+    assert pause_until("1700000000", now=1600000000) == 1700000000.0
+    assert pause_until("1700000000", now=1700000000) is None  # over
+    assert pause_until(None, now=0) is None
+    assert pause_until("soon", now=0) is None
+    assert pause_until("inf", now=0) is None
+
+
+class FailingDirSync(Disk):
+    def fsync_dir(self, path: str) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+
+def test_a_setting_whose_removal_fails_stays(tmp_path: Path) -> None:
+    queue = str(tmp_path / "queue")
+    FileJobStore(queue).write_setting(WATCHER_PAUSE, "42")
+    store = FileJobStore(queue, disk=FailingDirSync())
+    with pytest.raises(StorageError, match="Cannot remove"):
+        store.write_setting(WATCHER_PAUSE, None)
+    assert store.read_setting(WATCHER_PAUSE) == "42"

@@ -108,12 +108,14 @@ def cmd_list(args: argparse.Namespace, context: Context) -> int:
     job_ids = selection.unique(args.job_ids)
     statuses = list_statuses(args)
     wanted = listing.daemon_fields(fields, bool(job_ids) or "summary" in fields)
+    if job_ids:
+        wanted = listing.unique([*wanted, "status"])  # an unknown id's row has no status
     answer = query_jobs(context, wanted, selection.job_filter(job_ids, statuses), args.archived)
     definitions, rows = listing.rows_of(answer)
     refuse_unknown(listing.unknown_fields(definitions))
     missing: list[int] = []
     if job_ids:
-        rows = [row for row in rows if listing.value(row, "id") is not None]
+        rows = [row for row in rows if listing.value(row, "status") is not None]
         missing = _missing_ids(context, job_ids, rows, bool(statuses))
     now = time.time()
     if args.output == "json":

@@ -87,7 +87,7 @@ def _holders(owners: Any) -> str:
     if not owners:
         return ""
     names = [str(owner) for owner in owners]
-    if all(isinstance(owner, int) for owner in owners):
+    if all(isinstance(owner, int) or str(owner).isdigit() for owner in owners):
         return f"job{'s' if len(names) > 1 else ''} {', '.join(names)}"
     return ", ".join(names)
 

@@ -311,6 +311,14 @@ class Client:
         """Set or clear the queue's drain flag."""
         return bool(self.call("SetDrainFlag", flag))
 
+    def set_watcher_pause(self, until: float | None) -> float | None:
+        """Pause the cron cleaner until ``until`` (seconds since the epoch); None ends a pause.
+
+        Returns ``until``; a time in the past raises GenericError.
+        """
+        result: float | None = self.call("SetWatcherPause", until)
+        return result
+
     def query_config_values(self, fields: list[str]) -> list[Any]:
         """Return the values of configuration ``fields``, in order."""
         result: list[Any] = self.call("QueryConfigValues", fields)

@@ -28,6 +28,7 @@ class QueueApi(Protocol):
     def archive_job(self, job_id: int) -> bool: ...
     def auto_archive_jobs(self, age: float, timeout: float) -> list[int]: ...
     def set_drain_flag(self, flag: bool) -> bool: ...
+    def set_watcher_pause(self, until: float | None) -> float | None: ...
     def prune_archive(self, age: float, timeout: float) -> dict[str, Any]: ...
     def query_config_values(self, fields: list[str]) -> list[Any]: ...
 
@@ -138,6 +139,7 @@ _FIELDS_OR_NULL = _Kind("a list of strings or null", _or_null(_each(_is_str)))
 _INT = _Kind("an integer", _checked(is_json_int))
 _INT_OR_NULL = _Kind("an integer or null", _or_null(_checked(is_json_int)))
 _NUMBER = _Kind("a number", _to_float)
+_NUMBER_OR_NULL = _Kind("a number or null", _or_null(_to_float))
 _BOOL = _Kind("a boolean", _checked(lambda value: isinstance(value, bool)))
 _STR = _Kind("a string", _is_str)
 _ANY = _Kind("any value", lambda value: value)
@@ -234,6 +236,9 @@ METHODS: dict[str, Method] = {
         (("age", _NUMBER), ("timeout", _NUMBER)),
     ),
     "SetDrainFlag": Method(lambda s, flag: s.queue.set_drain_flag(flag), (("flag", _BOOL),)),
+    "SetWatcherPause": Method(
+        lambda s, until: s.queue.set_watcher_pause(until), (("until", _NUMBER_OR_NULL),)
+    ),
     "QueryConfigValues": Method(
         lambda s, fields: s.queue.query_config_values(fields),
         (("fields", _FIELDS),),

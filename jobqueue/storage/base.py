@@ -4,9 +4,10 @@ A store keeps jobs durably and knows nothing else about them: it hands out
 ids that are never issued twice, creates and replaces whole jobs (a write
 either happens completely or not at all, and is durable when it returns),
 reads them back, moves finished ones to the archive, prunes old archived
-ones, keeps the queue-wide settings, and offers a feed of changes made by
-*another* process. How and where jobs are kept is the business of each store
-alone (``files``: one JSON file per job; ``memory``: dictionaries, for tests).
+ones, keeps the queue-wide settings (the drain flag and a few named ones),
+and offers a feed of changes made by *another* process. How and where jobs
+are kept is the business of each store alone (``files``: one JSON file per
+job; ``memory``: dictionaries, for tests).
 
 What a store does not do: it keeps no index of live jobs and never decides
 what a job's state means. The queue owns the live jobs in memory
@@ -21,6 +22,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -31,6 +33,39 @@ from jobqueue.model import Job
 #: archived or removed; with None when anything may have changed (the feed
 #: lost track, e.g. an overflow). Called from a thread of the feed's own.
 ChangeCallback = Callable[[int | None], None]
+
+
+#: The named settings a store keeps beside the drain flag, each a short line of text.
+#: ``watcher_pause``: until when (seconds since the epoch) the cron cleaner pauses.
+WATCHER_PAUSE = "watcher_pause"
+SETTINGS = frozenset({WATCHER_PAUSE})
+
+
+def check_setting(name: str, value: str | None = None) -> None:
+    """Raise ``ValueError`` for an unknown setting name or a value that is not one line."""
+    if name not in SETTINGS:
+        raise ValueError(f"Unknown store setting {name!r}")
+    if value is not None and ("\n" in value or "\r" in value):
+        raise ValueError(f"A setting is one line of text, not {value!r}")
+
+
+def format_pause(until: float) -> str:
+    """The stored text of a ``watcher_pause`` end time."""
+    return repr(int(until)) if float(until).is_integer() else repr(float(until))
+
+
+def pause_until(text: str | None, now: float) -> float | None:
+    """The end of a stored ``watcher_pause`` if it is still ahead of ``now``, else None.
+
+    Text that is not a finite number counts as no pause.
+    """
+    try:
+        until = float(text) if text is not None else None
+    except ValueError:
+        return None
+    if until is None or not math.isfinite(until) or until <= now:
+        return None
+    return until
 
 
 def encode_job(job: Job) -> bytes:
@@ -194,6 +229,21 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def set_drained(self, drained: bool) -> None:
         """Set or clear the drain flag durably; ``StorageError`` leaves it as it was."""
+
+    @abc.abstractmethod
+    def read_setting(self, name: str) -> str | None:
+        """The value of a named setting (one of ``SETTINGS``), None if it is not set.
+
+        Raises ``StorageError`` when the store cannot be read.
+        """
+
+    @abc.abstractmethod
+    def write_setting(self, name: str, value: str | None) -> None:
+        """Set a named setting durably (None clears it); ``StorageError`` leaves it as it was.
+
+        ``value`` is one line of text (``ValueError`` otherwise, as for an
+        unknown ``name``).
+        """
 
     # -- other processes' changes --------------------------------------------------
     @abc.abstractmethod

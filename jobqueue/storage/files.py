@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 
 from jobqueue import constants
-from jobqueue.errors import JobFileCorrupted, JobQueueError, StorageError
+from jobqueue.errors import GenericError, JobFileCorrupted, JobQueueError, StorageError
 from jobqueue.model import Job
 from jobqueue.queuelock import QueueLock
 from jobqueue.storage import layout
@@ -40,6 +40,7 @@ from jobqueue.storage.base import (
     JobStore,
     Leadership,
     PruneResult,
+    check_setting,
     decode_job,
     encode_job,
 )
@@ -431,6 +432,33 @@ class FileJobStore(JobStore):
             except OSError as err:
                 with contextlib.suppress(OSError):  # not durably gone: show it again
                     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, constants.FILE_MODE))
+                raise storage_error(f"Cannot remove {path}", err) from err
+
+    def read_setting(self, name: str) -> str | None:
+        check_setting(name)
+        path = self._path(layout.setting_file_name(name))
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(4096)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise storage_error(f"Cannot read {path}", err) from err
+        return data.decode("utf-8", "replace").strip()
+
+    def write_setting(self, name: str, value: str | None) -> None:
+        check_setting(name, value)
+        path = self._path(layout.setting_file_name(name))
+        old = self.read_setting(name)
+        if value is not None:
+            self.write_file(path, f"{value}\n".encode(), new=old is None)
+        elif old is not None:
+            try:
+                os.unlink(path)
+                self._disk.fsync_dir(self.queue_dir)
+            except OSError as err:
+                with contextlib.suppress(GenericError):  # not durably gone: show it again
+                    self.write_file(path, f"{old}\n".encode(), new=False)
                 raise storage_error(f"Cannot remove {path}", err) from err
 
     # -- other processes' changes ------------------------------------------------

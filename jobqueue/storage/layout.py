@@ -5,6 +5,7 @@
     corrupt/              files that could not be parsed, moved aside at load
     serial version drain  the id reservation, the format version, the drain flag
     lock                  flock'ed by the daemon that owns the queue
+    watcher_pause         a named setting (one line of text; see ``base.SETTINGS``)
     .<name>.<pid>.<n>.tmp a write in progress (removed at start)
 
 Only the file store and its change feed use these.
@@ -42,3 +43,8 @@ def job_id_of(name: str) -> int | None:
 def archive_subdir(job_id: int) -> str:
     """The archive sub-directory name that holds ``job_id``."""
     return str(job_id // JOBS_PER_ARCHIVE_DIR)
+
+
+def setting_file_name(name: str) -> str:
+    """The file of a named setting: its name, in the queue directory."""
+    return name

@@ -20,6 +20,7 @@ from jobqueue.storage.base import (
     JobStore,
     Leadership,
     PruneResult,
+    check_setting,
     decode_job,
     encode_job,
 )
@@ -34,6 +35,7 @@ class MemoryBacking:
         self.archive: dict[int, tuple[bytes, float]] = {}  # data, time archived
         self.serial = 0
         self.drained = False
+        self.settings: dict[str, str] = {}
         self.feeds: list[MemoryChangeFeed] = []
         self.leader: MemoryLeadership | None = None
         self.leader_changed = threading.Condition(self.lock)
@@ -158,6 +160,19 @@ class MemoryJobStore(JobStore):
         with self._backing.lock:
             self._check_leader_locked()
             self._backing.drained = drained
+
+    def read_setting(self, name: str) -> str | None:
+        check_setting(name)
+        with self._backing.lock:
+            return self._backing.settings.get(name)
+
+    def write_setting(self, name: str, value: str | None) -> None:
+        check_setting(name, value)
+        with self._backing.lock:
+            if value is None:
+                self._backing.settings.pop(name, None)
+            else:
+                self._backing.settings[name] = value
 
     def change_feed(self) -> ChangeFeed:
         return MemoryChangeFeed(self, self._backing)
