@@ -109,7 +109,7 @@ def cmd_list(args: argparse.Namespace, context: Context) -> int:
     statuses = list_statuses(args)
     wanted = listing.daemon_fields(fields, bool(job_ids) or "summary" in fields)
     if job_ids:
-        wanted = listing.unique([*wanted, "status"])  # an unknown id's row has no status
+        wanted = selection.unique([*wanted, "status"])  # an unknown id's row has no status
     answer = query_jobs(context, wanted, selection.job_filter(job_ids, statuses), args.archived)
     definitions, rows = listing.rows_of(answer)
     refuse_unknown(listing.unknown_fields(definitions))
