@@ -90,6 +90,10 @@ class FaultyDisk(Disk):
         self._check("replace")
         super().replace(src, dst)
 
+    def rename_noreplace(self, src: str, dst: str) -> None:
+        self._check("replace")
+        super().rename_noreplace(src, dst)
+
     def fsync_dir(self, path: str) -> None:
         self._check("fsync_dir")
         super().fsync_dir(path)
