@@ -1,6 +1,7 @@
 """jobqueue-masterd: builds the object graph, handles signals, nothing else.
 
-Start-up order matters: take the queue lock (a second daemon fails here),
+Start-up order matters: refuse a state directory others could have written
+into (``statedir``), take the queue lock (a second daemon fails here),
 check the on-disk version, stop the commands a killed daemon left running,
 load and recover jobs, and only then create the sockets, so a socket that
 exists always belongs to a daemon that is ready.

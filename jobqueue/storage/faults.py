@@ -7,7 +7,7 @@ variable is unset and the store uses the plain ``Disk``.
 The control file holds an error name and, optionally, the operations to
 fail (all four when none are listed)::
 
-    ENOSPC                 every write, fsync, replace and fsync_dir fails
+    ENOSPC                 every write, fsync, replace (any rename) and fsync_dir fails
     EIO fsync fsync_dir    only the syncs fail, with EIO
 
 A missing file, an empty one or an unknown error name means no faults.
