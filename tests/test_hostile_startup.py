@@ -24,6 +24,14 @@ from tests.daemon_helper import Daemon
 
 DELAY0 = {"OP_ID": "OP_TEST_DELAY", "duration": 0}
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mounts)")
+LAYOUT = [
+    ("", 0o755),
+    ("run", 0o755),
+    ("run/commands", 0o700),
+    ("log", 0o750),
+    ("queue", 0o700),
+    ("queue/archive", 0o700),
+]
 
 
 def _refused(daemon: Daemon) -> str:
@@ -34,6 +42,14 @@ def _refused(daemon: Daemon) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("jobqueue-masterd: "), lines
     return lines[0]
+
+
+def _layout(state_dir: Path) -> None:
+    """The directories a daemon leaves behind, with its modes (none of its files)."""
+    for place, mode in LAYOUT:
+        path = state_dir / place
+        path.mkdir(mode=mode, parents=True)
+        path.chmod(mode)
 
 
 def _finished_jobs(daemon: Daemon, count: int) -> list[int]:
@@ -167,7 +183,7 @@ def test_a_read_only_state_dir_is_named(daemon_factory: Callable[..., Daemon], f
 
 # -- item 10: a state directory others could write to is refused --------------------------------
 
-PLACES = ["", "run", "run/commands", "queue", "log", "queue/archive"]
+PLACES = [place for place, _ in LAYOUT]
 #: Each place with one way of being writable by others: a /tmp-like sticky mode, a
 #: group-writable one, a world-writable one.
 MODES = [0o1777, 0o775, 0o777, 0o777, 0o757, 0o770]
@@ -181,8 +197,8 @@ MODES = [0o1777, 0o775, 0o777, 0o777, 0o757, 0o770]
 def test_a_directory_writable_by_others_is_refused(
     daemon_factory: Callable[..., Daemon], place: str, mode: int
 ) -> None:
-    daemon = daemon_factory().start()
-    assert daemon.stop() == 0
+    daemon = daemon_factory()
+    _layout(daemon.state_dir)
     path = daemon.state_dir / place if place else daemon.state_dir
     path.chmod(mode)
     line = _refused(daemon)
@@ -195,8 +211,8 @@ def test_a_directory_writable_by_others_is_refused(
 def test_a_directory_of_another_user_is_refused(
     daemon_factory: Callable[..., Daemon], place: str
 ) -> None:
-    daemon = daemon_factory().start()
-    assert daemon.stop() == 0
+    daemon = daemon_factory()
+    _layout(daemon.state_dir)
     path = daemon.state_dir / place if place else daemon.state_dir
     os.chown(path, 65534, 65534)
     line = _refused(daemon)
@@ -207,8 +223,8 @@ def test_a_directory_of_another_user_is_refused(
 def test_a_linked_directory_is_refused(
     daemon_factory: Callable[..., Daemon], tmp_path: Path, place: str
 ) -> None:
-    daemon = daemon_factory().start()
-    assert daemon.stop() == 0
+    daemon = daemon_factory()
+    _layout(daemon.state_dir)
     path = daemon.state_dir / place
     elsewhere = tmp_path / "elsewhere"
     path.rename(elsewhere)
