@@ -641,3 +641,12 @@ def test_a_directory_named_like_a_temp_file_does_not_stop_the_start(
     assert list(store.load_jobs()) == []
     create(store, make_job(1))
     assert "Cannot remove" in caplog.text and "x.tmp" in caplog.text
+
+
+def test_reading_a_fifo_in_the_archive_fails_at_once(tmp_path: Path) -> None:
+    queue = _archived_queue(tmp_path, 2)
+    os.mkfifo(queue / "archive" / "0" / "job-3")
+    store = FileJobStore(str(queue), owner=False)
+    with pytest.raises(StorageError, match="Cannot read job 3: not a regular file but a FIFO"):
+        store.read_job(3)
+    assert store.read_job(2) == make_job(2, Status.SUCCESS)

@@ -412,14 +412,15 @@ class FileJobStore(JobStore):
         return removed, None
 
     def read_job(self, job_id: int) -> Job | None:
+        """See the contract; a FIFO or link under the job's name is an error, never waited on."""
         for path in (self._job_path(job_id), self._archived_path(job_id)):
             try:
-                with open(path, "rb") as handle:
-                    data = handle.read()
+                data = safeio.read_regular_file(path)[0]
             except OSError as err:
                 if err.errno in (errno.ENOENT, errno.ENAMETOOLONG):  # a huge id: no such file
                     continue
-                raise storage_error(f"Cannot read job {job_id}", err) from err
+                reason = err.strerror or os.strerror(err.errno or 0)
+                raise StorageError(f"Cannot read job {job_id}: {reason}", err.errno or 0) from err
             return decode_job(data)
         return None
 
@@ -557,7 +558,8 @@ class FileJobStore(JobStore):
                 self._disk.fsync_dir(self.queue_dir)
             except OSError as err:
                 with contextlib.suppress(OSError):  # not durably gone: show it again
-                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, constants.FILE_MODE))
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                    os.close(os.open(path, flags, constants.FILE_MODE))
                 raise storage_error(f"Cannot remove {path}", err) from err
 
     # -- other processes' changes ------------------------------------------------
