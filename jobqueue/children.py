@@ -15,6 +15,11 @@ time (a reused pid has another), or when the leader is gone but processes of
 the group remain: a pid is not reused while it still names a process group.
 The boot id discards records from before a reboot, which no process outlives.
 
+A record is acted on only if the daemon's own user wrote it, as a regular
+file, in a directory of its own that is closed to everyone else (mode
+0700): anyone who could plant a record could otherwise have any process
+group killed. Records elsewhere are ignored, and said so in the log.
+
 Records are replaced atomically but not synced: nothing they describe survives
 a reboot, and the writes of a daemon that was killed stay in the page cache.
 Not covered: a command that moves to another process group or session
@@ -27,11 +32,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from jobqueue import constants
+from jobqueue import constants, safeio
 
 #: How often ``stop_leftovers`` looks whether the groups it signalled are gone.
 _POLL_INTERVAL = 0.05
@@ -40,6 +46,8 @@ _BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 # (field 2): state is field 3, pgrp field 5, starttime field 22.
 _STATE, _PGRP, _START_TIME = 0, 2, 19
 _GONE_STATES = frozenset({"Z", "X", "x"})
+#: A record is one short line; anything longer is not one.
+_RECORD_LIMIT = 256
 
 
 class Leftover(NamedTuple):
@@ -74,6 +82,7 @@ class ProcessGroups:
         self._clock = clock
         self._log = logger or logging.getLogger(__name__)
         self._boot_id = _boot_id()  # fixed for the life of this process
+        self._euid = os.geteuid()
 
     def started(self, pgid: int, job_id: int) -> None:
         """Record the group of a command just started; a failure is only logged."""
@@ -87,7 +96,9 @@ class ProcessGroups:
         path = self._path(pgid)
         temp = path + ".tmp"
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, constants.FILE_MODE)
+            _unlink(temp)  # created anew below, never written through what was there
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(temp, flags, constants.FILE_MODE)
             with os.fdopen(fd, "w", encoding="ascii") as handle:
                 handle.write(line)
             os.replace(temp, path)
@@ -114,6 +125,12 @@ class ProcessGroups:
             return []
         if not names:
             return []  # the usual start: no need to look through /proc
+        problem = _unsafe_directory(self.directory, self._euid)
+        if problem is not None:
+            self._log.warning(
+                "Not acting on the records of leftover commands in %s: %s", self.directory, problem
+            )
+            return []
         live = _live_groups()
         leftovers = []
         for name in names:
@@ -150,19 +167,41 @@ class ProcessGroups:
         """The record in file ``name``, or None when the name or content is not one.
 
         Names below 2 are refused: ``killpg(0)`` would signal our own group.
+        So is anything but a regular file of the daemon's own user.
         """
         if not (name.isascii() and name.isdigit() and int(name) > 1):
             return None
         try:
-            with open(os.path.join(self.directory, name), encoding="ascii") as handle:
-                job_id, boot_id, start_time = handle.read().split()
+            data, info = safeio.read_regular_file(os.path.join(self.directory, name), _RECORD_LIMIT)
+            if info.st_uid != self._euid:
+                raise ValueError(f"written by uid {info.st_uid}, not by the daemon's user")
+            job_id, boot_id, start_time = data.decode("ascii").split()
             return _Record(int(name), int(job_id), boot_id, int(start_time))
-        except (OSError, ValueError) as err:
-            self._log.warning("Ignoring unreadable process group record %r: %s", name, err)
+        except OSError as err:
+            self._log.warning("Ignoring process group record %r: %s", name, err.strerror)
+            return None
+        except ValueError as err:
+            self._log.warning("Ignoring process group record %r: %s", name, err)
             return None
 
     def _path(self, pgid: int) -> str:
         return os.path.join(self.directory, str(pgid))
+
+
+def _unsafe_directory(path: str, euid: int) -> str | None:
+    """Why the record directory cannot be trusted, or None: it must be ours and mode 0700."""
+    try:
+        info = os.lstat(path)
+    except OSError as err:
+        return err.strerror
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISDIR(info.st_mode):
+        return "not a directory"
+    if info.st_uid != euid:
+        return f"owned by uid {info.st_uid}, not by the daemon's user (uid {euid})"
+    if mode & 0o077:
+        return f"mode {mode:04o}, not 0700"
+    return None
 
 
 def _is_recorded_group(pgid: int, start_time: int) -> bool:

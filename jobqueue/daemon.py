@@ -1,6 +1,7 @@
 """jobqueue-masterd: builds the object graph, handles signals, nothing else.
 
-Start-up order matters: take the queue lock (a second daemon fails here),
+Start-up order matters: refuse a state directory others could have written
+into (``statedir``), take the queue lock (a second daemon fails here),
 check the on-disk version, stop the commands a killed daemon left running,
 load and recover jobs, and only then create the sockets, so a socket that
 exists always belongs to a daemon that is ready.
@@ -15,10 +16,12 @@ for the fault tests only and must never be set in production (see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import gc
 import grp
+import io
 import logging
 import os
 import platform
@@ -29,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from jobqueue import __version__, constants
+from jobqueue import __version__, constants, statedir
 from jobqueue.children import ProcessGroups
 from jobqueue.depmgr import DependencyManager
 from jobqueue.errors import GenericError
@@ -52,6 +55,7 @@ from jobqueue.timers import Timers
 from jobqueue.workerpool import WorkerPool
 
 PID_FILE_MODE = 0o644
+LOG_FILE_MODE = 0o640
 LOG_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
 log = logging.getLogger("jobqueue")
 
@@ -103,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--daemonize",
         action="store_true",
-        help="fork into the background and write run/jobqueue-masterd.pid",
+        help="fork into the background once the sockets are ready",
     )
     add(
         "--shutdown-timeout",
@@ -146,7 +150,15 @@ def _positive_int(text: str) -> int:
 
 
 class _ReopenableFileHandler(logging.FileHandler):
-    """A file handler that SIGHUP can make reopen its file (after logrotate)."""
+    """A file handler that SIGHUP can make reopen its file (after logrotate).
+
+    The file is never opened through a symbolic link.
+    """
+
+    def _open(self) -> io.TextIOWrapper:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.baseFilename, flags, LOG_FILE_MODE)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
     def reopen(self) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -169,18 +181,6 @@ def _setup_logging(args: argparse.Namespace, paths: StatePaths) -> _ReopenableFi
     root.handlers[:] = [handler]
     root.setLevel(level)
     return file_handler
-
-
-def _prepare_dirs(paths: StatePaths) -> None:
-    """State dirs: the queue private, run/ reachable so others can use query.sock."""
-    for path, mode in (
-        (paths.root, 0o755),
-        (paths.run_dir, 0o755),
-        (paths.commands_dir, constants.DIR_MODE),
-        (paths.log_dir, 0o750),
-        (paths.queue_dir, constants.DIR_MODE),
-    ):
-        os.makedirs(path, mode=mode, exist_ok=True)
 
 
 def _daemonize(ready_fd_holder: list[int]) -> None:
@@ -215,16 +215,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = StatePaths.resolve(args.state_dir)
     ready_fd: list[int] = []
     try:
-        _prepare_dirs(paths)
+        statedir.prepare(paths)
         if args.daemonize:
             _daemonize(ready_fd)
         file_handler = _setup_logging(args, paths)
         return _run(args, paths, ready_fd, file_handler)
     except (GenericError, OSError) as err:
-        message = f"jobqueue-masterd: {err.args[0] if err.args else err}\n"
+        message = f"jobqueue-masterd: {startup_error(err)}\n"
         _report(ready_fd, message)
         sys.stderr.write(message)
         return 1
+
+
+def startup_error(err: GenericError | OSError) -> str:
+    """One line for an error that stops the start: the path(s) and the reason, no errno."""
+    if not isinstance(err, OSError):
+        return str(err.args[0]) if err.args else type(err).__name__
+    names = [os.fsdecode(name) for name in (err.filename, err.filename2) if name is not None]
+    reason = err.strerror or str(err)
+    return f"{' -> '.join(names)}: {reason}" if names else reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -464,9 +473,16 @@ def _install_signal_handlers(
 
 
 def _write_pid_file(path: str) -> None:
-    """Write our pid atomically; mode 0644 whatever the umask (others must not rewrite it)."""
+    """Write our pid atomically; mode 0644 whatever the umask (others must not rewrite it).
+
+    The temporary file is created anew (``O_EXCL``, ``O_NOFOLLOW``): whatever
+    was left under its name is removed first, never written through.
+    """
     temp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PID_FILE_MODE)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, PID_FILE_MODE)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         os.fchmod(fd, PID_FILE_MODE)  # O_CREAT's mode is filtered by the umask
         handle.write(f"{os.getpid()}\n")

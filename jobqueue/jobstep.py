@@ -9,6 +9,12 @@ no threads and is tested without any; the worker pool only loops over it.
 Locking: ``ActiveJob.lock`` guards the job's record and its writes; the step
 holds it for each transition but never while the LU runs, so cancel,
 priority changes and log feedback can get in meanwhile.
+
+Failed writes: only the writes of an opcode's start and end decide its fate
+(a ``StorageError`` from them leaves the step, and the queue goes back to
+what is on disk). A failed write of log feedback does not: the entries stay
+in the record, bounded by ``UNWRITTEN_LOG_MAX_*``, and reach the disk with
+the next write that works.
 """
 
 from __future__ import annotations
@@ -21,12 +27,41 @@ from typing import Any, Protocol
 from jobqueue import constants
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.depmgr import DependencyManager, Outcome
-from jobqueue.errors import GenericError, OpExecError, ProgrammerError, encode_error
+from jobqueue.errors import GenericError, OpExecError, ProgrammerError, StorageError, encode_error
 from jobqueue.locking import LockAttemptTimeoutStrategy
-from jobqueue.model import Job, QueuedOpCode, Timestamp
+from jobqueue.model import Job, QueuedOpCode, Timestamp, merge_time
 from jobqueue.opcodes import OpCode
 from jobqueue.processor import Processor
 from jobqueue.signals import JobCanceled, LockAcquireTimeout, QueueShutdown
+
+#: While its job cannot be written, an opcode's log keeps at most this many new
+#: entries and characters of text in memory; later entries are dropped, and
+#: one message in the log says from where.
+UNWRITTEN_LOG_MAX_ENTRIES = 10_000
+UNWRITTEN_LOG_MAX_CHARS = 4 * 1024 * 1024
+#: Seconds between two attempts to write log feedback while writes fail.
+FEEDBACK_RETRY_INTERVAL = 1.0
+#: What a log message that is not a string counts against the character bound.
+_OTHER_MESSAGE_CHARS = 256
+
+
+@dataclasses.dataclass
+class LogBacklog:
+    """Log entries in a job's record but not on disk, while its writes fail."""
+
+    entries: int = 0
+    chars: int = 0
+    dropped: int = 0
+    #: Why the last write failed; None while writes work.
+    failure: str | None = None
+    retry_at: float = 0.0
+
+    def count(self, message: Any) -> None:
+        self.entries += 1
+        self.chars += len(message) if isinstance(message, str) else _OTHER_MESSAGE_CHARS
+
+    def full(self) -> bool:
+        return self.entries >= UNWRITTEN_LOG_MAX_ENTRIES or self.chars >= UNWRITTEN_LOG_MAX_CHARS
 
 
 class Verdict(enum.Enum):
@@ -48,6 +83,7 @@ class ActiveJob:
     rerun: bool = False
     #: The record holds a change not yet on disk; the next step writes it first.
     unsaved: bool = False
+    backlog: LogBacklog = dataclasses.field(default_factory=LogBacklog)
 
 
 class StepEnv(Protocol):
@@ -61,6 +97,7 @@ class StepEnv(Protocol):
     def accepting(self) -> bool: ...
     def new_strategy(self) -> LockAttemptTimeoutStrategy: ...
     def submit_from_lu(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]: ...
+    def log_unwritten(self, job_id: int, backlog: LogBacklog, resumed: bool) -> None: ...
 
 
 def step(active: ActiveJob, env: StepEnv) -> Verdict:
@@ -164,6 +201,9 @@ def _save_locked(active: ActiveJob, env: StepEnv) -> None:
     """Write the job; everything in memory is on disk afterwards."""
     env.write(active.job)
     active.unsaved = False
+    if active.backlog.failure is not None:
+        env.log_unwritten(active.job.id, active.backlog, True)
+    active.backlog = LogBacklog()
 
 
 def _finish_locked(active: ActiveJob, env: StepEnv, status: Status, result: Any) -> Verdict:
@@ -176,6 +216,22 @@ def _fail_locked(active: ActiveJob, env: StepEnv, op: QueuedOpCode, err: Excepti
     op.status, op.result, op.end_timestamp = Status.ERROR, encode_error(err), env.now()
     preceding = encode_error(OpExecError(constants.MSG_PRECEDING_FAILED))
     return _finish_locked(active, env, Status.ERROR, preceding)
+
+
+def _add_log_locked(
+    active: ActiveJob, index: int, entries: list[tuple[str, Any]], stamp: Timestamp
+) -> None:
+    """Append log entries to opcode ``index``, dropping them while the backlog is full."""
+    backlog = active.backlog
+    for log_type, message in entries:
+        if backlog.failure is not None and backlog.full():
+            if not backlog.dropped:
+                note = f"Log entries dropped from here: cannot write the job ({backlog.failure})"
+                active.job.add_log(index, constants.ELOG_MESSAGE, note, stamp)
+            backlog.dropped += 1
+            continue
+        active.job.add_log(index, log_type, message, stamp)
+        backlog.count(message)
 
 
 def _check_dependencies(active: ActiveJob, op: QueuedOpCode, env: StepEnv) -> Verdict | None:
@@ -245,11 +301,26 @@ class OpCallbacks:
         self.feedback_many([(log_type, message)])
 
     def feedback_many(self, entries: list[tuple[str, Any]]) -> None:
+        """Add log entries and write the job; a failed write does not fail the opcode.
+
+        While writes fail, the entries wait in the record (bounded; see
+        ``LogBacklog``) and the write is tried again at most once every
+        ``FEEDBACK_RETRY_INTERVAL`` seconds, or by the opcode's end.
+        """
         with self._active.lock:
-            stamp = self._env.now()
-            for log_type, message in entries:
-                self._active.job.add_log(self._index, log_type, message, stamp)
-            _save_locked(self._active, self._env)
+            active, stamp = self._active, self._env.now()
+            _add_log_locked(active, self._index, entries, stamp)
+            backlog, now = active.backlog, merge_time(stamp)
+            if backlog.failure is not None and now < backlog.retry_at:
+                return
+            try:
+                _save_locked(active, self._env)
+            except StorageError as err:
+                active.unsaved = True
+                first = backlog.failure is None
+                backlog.failure, backlog.retry_at = str(err.args[0]), now + FEEDBACK_RETRY_INTERVAL
+                if first:
+                    self._env.log_unwritten(active.job.id, backlog, False)
 
     def check_cancel(self) -> None:
         with self._active.lock:

@@ -216,7 +216,7 @@ class Job:
         try:
             if not isinstance(data, dict):
                 raise ValueError("not an object")
-            job_id = int(data["id"])
+            job_id = _job_id(data["id"])
             raw_ops = data["ops"]
             if not isinstance(raw_ops, list) or not raw_ops:
                 raise ValueError("ops must be a non-empty list")
@@ -228,7 +228,7 @@ class Job:
                 start_timestamp=_timestamp_or_none(data.get("start_timestamp")),
                 end_timestamp=_timestamp_or_none(data.get("end_timestamp")),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise JobFileCorrupted(f"Invalid job data: {err}") from err
         job.log_serial = max((entry[0] for op in ops for entry in op.log), default=0)
         return job
@@ -272,6 +272,27 @@ def default_summary(op_input: dict[str, Any]) -> str:
 def is_json_int(value: Any) -> bool:
     """Whether ``value`` is an integer as JSON means it (``True`` is not one)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _job_id(value: Any) -> int:
+    """A stored job id: a positive JSON integer, or its canonical decimal string (Ganeti 2.6).
+
+    ``2.7``, ``true``, ``1e999`` and ``"007"`` are refused, never rounded or read as 7.
+    """
+    if is_json_int(value):
+        job_id: int = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 100:
+        job_id = int(value)
+        if str(job_id) != value:
+            raise ValueError(f"job id {value!r} has leading zeros")
+    else:
+        shown = repr(value[:40] if isinstance(value, str) else value)
+        if not isinstance(value, (str, bool, float)) and value is not None:
+            shown = type(value).__name__
+        raise ValueError(f"job id must be a positive integer, not {shown}")
+    if job_id < 1:
+        raise ValueError(f"job id must be a positive integer, not {job_id}")
+    return job_id
 
 
 def _timestamp_or_none(value: Any) -> Timestamp | None:

@@ -33,7 +33,7 @@ from jobqueue.errors import (
     OpPrereqError,
     StorageError,
 )
-from jobqueue.jobstep import ActiveJob, Verdict, end_lost_opcodes_locked, step
+from jobqueue.jobstep import ActiveJob, LogBacklog, Verdict, end_lost_opcodes_locked, step
 from jobqueue.livejobs import IndexEntry, LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.model import Job, Timestamp, now_stamp
@@ -106,6 +106,26 @@ class JobQueue:
 
     def new_strategy(self) -> LockAttemptTimeoutStrategy:
         return self._strategy_factory()
+
+    def log_unwritten(self, job_id: int, backlog: LogBacklog, resumed: bool) -> None:
+        """Say that a job's log feedback could not be written, or that it now was."""
+        if not resumed:
+            self._log.error(
+                "Cannot write job %s (%s); its new log entries wait in memory",
+                job_id,
+                backlog.failure,
+            )
+        elif backlog.dropped:
+            self._log.warning(
+                "Job %s written again with %d waiting log entries; %d more were dropped",
+                job_id,
+                backlog.entries,
+                backlog.dropped,
+            )
+        else:
+            self._log.info(
+                "Job %s written again with %d waiting log entries", job_id, backlog.entries
+            )
 
     # -- start and stop -------------------------------------------------------
     def start(self, recovery_message: str = constants.MSG_UNCLEAN_SHUTDOWN) -> None:
@@ -233,8 +253,15 @@ class JobQueue:
             except GenericError:
                 on_disk = None
             if on_disk is not None:
+                if active.backlog.entries:
+                    self._log.error(
+                        "Job %s: %d log entries never written are lost",
+                        job_id,
+                        active.backlog.entries,
+                    )
                 active.job.restore(on_disk.to_dict())
                 active.unsaved = False
+                active.backlog = LogBacklog()
             if end_lost_opcodes_locked(active.job, err.args[0], self.now()):
                 active.unsaved = True
         self._timers.call_later(STORAGE_RETRY_DELAY, lambda: self._enqueue([job_id]))

@@ -36,8 +36,9 @@ class QueueLock:
 
         Raises ``JobQueueError`` when the lock file cannot be opened or locked.
         """
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # never through a link
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, constants.FILE_MODE)
+            fd = os.open(self.path, flags, constants.FILE_MODE)
         except OSError as err:
             raise JobQueueError(f"Cannot open {self.path}: {err.strerror}") from err
         try:

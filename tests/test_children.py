@@ -58,7 +58,7 @@ def commands() -> Iterator[Commands]:
 @pytest.fixture
 def groups(tmp_path: Path) -> ProcessGroups:
     directory = tmp_path / "commands"
-    directory.mkdir()
+    directory.mkdir(mode=0o700)
     return ProcessGroups(str(directory), logger=logging.getLogger("test.children"))
 
 
@@ -205,3 +205,74 @@ class TestStopLeftovers:
 
     def test_missing_directory(self, tmp_path: Path) -> None:
         assert ProcessGroups(str(tmp_path / "missing")).stop_leftovers(GRACE) == []
+
+
+class TestPlantedRecords:
+    """Only records the daemon's own user wrote in its own 0700 directory are acted on."""
+
+    requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+
+    @requires_root
+    def test_a_record_of_another_user_is_ignored(
+        self, groups: ProcessGroups, commands: Commands, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        proc = commands.start(["sleep", "60"])
+        groups.started(proc.pid, JOB_ID)
+        os.chown(Path(groups.directory, str(proc.pid)), 65534, 65534)  # as if nobody wrote it
+        with caplog.at_level(logging.WARNING):
+            assert groups.stop_leftovers(GRACE) == []
+        assert proc.poll() is None
+        assert "written by uid 65534, not by the daemon's user" in caplog.text
+        assert records(groups) == []
+
+    def test_a_linked_record_is_ignored(
+        self, groups: ProcessGroups, commands: Commands, tmp_path: Path
+    ) -> None:
+        proc = commands.start(["sleep", "60"])
+        groups.started(proc.pid, JOB_ID)
+        real = Path(groups.directory, str(proc.pid))
+        elsewhere = tmp_path / "elsewhere"
+        real.rename(elsewhere)
+        real.symlink_to(elsewhere)
+        assert groups.stop_leftovers(GRACE) == []
+        assert proc.poll() is None
+
+    @pytest.mark.parametrize("mode", [0o755, 0o777, 0o1777])
+    def test_records_in_a_directory_open_to_others_are_ignored(
+        self,
+        groups: ProcessGroups,
+        commands: Commands,
+        caplog: pytest.LogCaptureFixture,
+        mode: int,
+    ) -> None:
+        proc = commands.start(["sleep", "60"])
+        groups.started(proc.pid, JOB_ID)
+        os.chmod(groups.directory, mode)
+        with caplog.at_level(logging.WARNING):
+            assert groups.stop_leftovers(GRACE) == []
+        assert proc.poll() is None
+        assert f"mode {mode:04o}, not 0700" in caplog.text
+        assert records(groups) == [str(proc.pid)]  # left for whoever looks into it
+
+    @requires_root
+    def test_records_in_a_directory_of_another_user_are_ignored(
+        self, groups: ProcessGroups, commands: Commands
+    ) -> None:
+        proc = commands.start(["sleep", "60"])
+        groups.started(proc.pid, JOB_ID)
+        os.chown(groups.directory, 65534, 65534)
+        assert groups.stop_leftovers(GRACE) == []
+        assert proc.poll() is None
+
+    def test_started_never_writes_through_a_planted_link(
+        self, groups: ProcessGroups, commands: Commands, tmp_path: Path
+    ) -> None:
+        victim = tmp_path / "victim"
+        victim.write_text("precious\n")
+        victim.chmod(0o600)
+        proc = commands.start(["sleep", "60"])
+        Path(groups.directory, f"{proc.pid}.tmp").symlink_to(victim)
+        groups.started(proc.pid, JOB_ID)
+        assert victim.read_text() == "precious\n"
+        assert records(groups) == [str(proc.pid)]
+        assert Path(groups.directory, str(proc.pid)).read_text().startswith(f"{JOB_ID} ")

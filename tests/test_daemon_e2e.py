@@ -9,7 +9,8 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,54 @@ def test_restart_stops_commands_left_by_a_sigkill(
     assert row == [[MSG_UNCLEAN_SHUTDOWN]]
     assert f"Stopped the leftover command of job {job_id} (process group {pid})" in second.log()
     assert os.listdir(first.paths.commands_dir) == []
+
+
+@pytest.fixture
+def detached_pid_file(tmp_path: Path) -> Iterator[Path]:
+    """Where a command's detached process writes its pid; that process is killed after."""
+    pid_file = tmp_path / "detached.pid"
+    yield pid_file
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def _leave_detached(pid_file: Path, then: str) -> dict[str, object]:
+    """A command that leaves a process in a session of its own holding its output; then ``then``."""
+    detach = f"echo $$ > {pid_file}.new && mv {pid_file}.new {pid_file}; exec sleep 120"
+    script = f"setsid sh -c '{detach}' & {then}"
+    return {"OP_ID": "OP_COMMAND_RUN", "argv": ["sh", "-c", script]}
+
+
+def test_a_command_is_over_when_its_own_process_exits(
+    daemon: Daemon, detached_pid_file: Path
+) -> None:
+    """A detached process holding the output pipes does not keep the job running."""
+    client = daemon.client()
+    job_id = client.submit_job([_leave_detached(detached_pid_file, "echo done; sleep 0.2")])
+    assert daemon.wait_job(job_id, timeout=15) == "success"
+    detached = int(detached_pid_file.read_text())
+    os.kill(detached, 0)  # still there: it left the group, so it is not the daemon's to stop
+    (row,) = client.query_jobs([job_id], ["oplog"])
+    messages = [entry[3] for entry in row[0][0]]
+    assert "done" in messages
+    assert any("still holds its output" in str(message) for message in messages)
+
+
+def test_kill_ends_a_command_whose_detached_process_holds_its_output(
+    daemon_factory: Callable[..., Daemon], detached_pid_file: Path
+) -> None:
+    grace = 1.0
+    daemon = daemon_factory("--kill-grace", str(grace)).start()
+    client = daemon.client()
+    job_id = client.submit_job([_leave_detached(detached_pid_file, "exec sleep 100")])
+    wait_until(detached_pid_file.exists, what="the detached process")
+    wait_until(lambda: client.query_jobs([job_id], ["status"]) == [["running"]], what="running")
+    asked = time.monotonic()
+    assert client.cancel_job(job_id, kill=True)[0] is True
+    assert daemon.wait_job(job_id, timeout=15) == "canceled"
+    took = time.monotonic() - asked
+    print(f"killed in {took:.2f}s with --kill-grace {grace}")
+    assert took < grace + 5  # the promise is grace + 1 s; the margin is for a loaded machine
 
 
 def test_second_daemon_refused(daemon: Daemon, daemon_factory: Callable[..., Daemon]) -> None:

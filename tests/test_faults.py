@@ -178,20 +178,16 @@ def test_archive_failure_keeps_the_job_in_one_place(faulty: FaultyDaemon, fault:
     assert job_paths(faulty.queue_dir)[job_id].parent.parent.name == "archive"
 
 
-@pytest.mark.parametrize("moment", ["feedback", "result"])
 @pytest.mark.parametrize("op_count", [1, 2])
-def test_running_job_whose_writes_fail_ends_final_and_consistent(
-    faulty: FaultyDaemon, moment: str, op_count: int
+def test_running_job_whose_end_cannot_be_written_ends_final_and_consistent(
+    faulty: FaultyDaemon, op_count: int
 ) -> None:
-    """Writes of a running job fail (its log or its end); once space returns it ends."""
+    """The write of a running job's end fails; once space returns it ends in error."""
     client = faulty.client
     done = client.submit_job([DELAY0])
     faulty.daemon.wait_job(done)
     done_bytes = (faulty.queue_dir / f"job-{done}").read_bytes()
-    if moment == "feedback":
-        first = {"OP_ID": "OP_TEST_DELAY", "duration": 0.2, "repeat": 50}
-    else:
-        first = {"OP_ID": "OP_TEST_DELAY", "duration": 0.5}
+    first = {"OP_ID": "OP_TEST_DELAY", "duration": 0.5}
     job_id = client.submit_job([first, DELAY0][:op_count])
     wait_until(lambda: faulty.disk_status(job_id) == "running", what="the job to run")
     set_fault(faulty.control, "ENOSPC")
@@ -218,6 +214,42 @@ def test_running_job_whose_writes_fail_ends_final_and_consistent(
     assert temp_files(faulty.queue_dir) == []
     # The queue still works normally.
     assert faulty.daemon.wait_job(client.submit_job([DELAY0])) == "success"
+
+
+def test_a_disk_full_for_a_while_does_not_end_a_running_command(
+    faulty: FaultyDaemon, tmp_path: Path
+) -> None:
+    """A command prints a line every 0.1 s while the disk is full for a while: the job
+    goes on, and every line is on disk once there is room again (issue 14, item 8)."""
+    progress = tmp_path / "progress"
+    lines = 60
+    script = f'for i in $(seq 1 {lines}); do echo "line $i"; echo $i > {progress}; sleep 0.1; done'
+    job_id = faulty.client.submit_job([{"OP_ID": "OP_COMMAND_RUN", "argv": ["sh", "-c", script]}])
+
+    def printed() -> int:
+        try:
+            return int(progress.read_text())
+        except (OSError, ValueError):
+            return 0
+
+    wait_until(lambda: printed() >= 5, what="the command to print")
+    set_fault(faulty.control, "ENOSPC")
+    wait_until(
+        lambda: f"Cannot write job {job_id}" in faulty.daemon.log(), what="a failed log write"
+    )
+    full_from = printed()
+    wait_until(lambda: printed() >= full_from + 10, what="ten lines printed on a full disk")
+    assert faulty.disk_status(job_id) == "running"
+    clear_fault(faulty.control)
+
+    assert faulty.daemon.wait_job(job_id) == "success"
+    job = read_job(faulty.queue_dir / f"job-{job_id}")
+    output = [entry[3] for entry in job.ops[0].log if entry[2] == "stdout"]
+    assert output == [f"line {number}" for number in range(1, lines + 1)]
+    serials = [entry[0] for entry in job.ops[0].log]
+    assert serials == sorted(set(serials))
+    assert f"Job {job_id} written again with" in faulty.daemon.log()
+    assert temp_files(faulty.queue_dir) == []
 
 
 class FailingMemoryStore(MemoryJobStore):

@@ -12,8 +12,15 @@ import pytest
 from jobqueue import constants
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.depmgr import DependencyManager
-from jobqueue.errors import OpExecError, ProgrammerError, encode_error
-from jobqueue.jobstep import ActiveJob, OpCallbacks, Verdict, step
+from jobqueue.errors import OpExecError, ProgrammerError, StorageError, encode_error
+from jobqueue.jobstep import (
+    UNWRITTEN_LOG_MAX_ENTRIES,
+    ActiveJob,
+    LogBacklog,
+    OpCallbacks,
+    Verdict,
+    step,
+)
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.lus import builtin_registry
 from jobqueue.model import Job
@@ -57,9 +64,13 @@ class Env:
         self.first_timeout = first_timeout
         self.strategies = 0
         self.submitted: list[list[list[dict[str, Any]]]] = []
+        self.unwritten_reports: list[tuple[int, int, int, bool]] = []
+        self.fail_writes = False
 
     def write(self, job: Job) -> None:
         assert (job.status in FINALIZED) == (job.end_timestamp is not None), job.to_dict()
+        if self.fail_writes:
+            raise StorageError("Cannot write job: No space left on device", 28)
         self.writes += 1
         self.store.replace_job(job)
 
@@ -81,6 +92,9 @@ class Env:
     def submit_from_lu(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]:
         self.submitted.append(jobs)
         return [[True, 500 + number] for number in range(len(jobs))]
+
+    def log_unwritten(self, job_id: int, backlog: LogBacklog, resumed: bool) -> None:
+        self.unwritten_reports.append((job_id, backlog.entries, backlog.dropped, resumed))
 
     def stored(self, job_id: int = JOB_ID) -> Job:
         job = self.store.read_job(job_id)
@@ -311,6 +325,54 @@ class TestSuccess:
         assert step(active, env) == Verdict.FINISHED
         assert active.job.ops[0].result == {"jobs": [[True, 500], [True, 501]]}
         assert len(env.submitted) == 1 and len(env.submitted[0]) == 2
+
+
+class TestFailedLogWrites:
+    """A failed write of log feedback does not fail the opcode (issue 14, item 8)."""
+
+    def test_entries_wait_in_memory_bounded_and_are_written_later(self) -> None:
+        extra = 50
+
+        def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+            cbs.notify_start()
+            cbs.feedback("message", "written at once")
+            env.fail_writes = True
+            cbs.feedback_many([("stdout", "kept 0"), ("stdout", "kept 1")])
+            assert env.unwritten_reports == [(JOB_ID, 2, 0, False)]
+            assert [entry[3] for entry in env.stored().ops[0].log] == ["written at once"]
+            more = UNWRITTEN_LOG_MAX_ENTRIES - 2 + extra
+            for number in range(2, 2 + more, 1000):
+                last = min(number + 1000, 2 + more)
+                cbs.feedback_many([("stdout", f"kept {i}") for i in range(number, last)])
+            env.fail_writes = False
+            return "done"
+
+        env = Env(FakeProcessor(run))
+        active = make_job(dummy())
+        assert run_to_end(active, env) == [Verdict.FINISHED]
+        stored = env.stored()
+        assert statuses(stored) == ["success"] and results(stored) == ["done"]
+        messages = [entry[3] for entry in stored.ops[0].log]
+        kept = [f"kept {i}" for i in range(UNWRITTEN_LOG_MAX_ENTRIES)]
+        assert messages[: len(kept) + 1] == ["written at once", *kept]
+        (note,) = messages[len(kept) + 1 :]
+        assert note.startswith("Log entries dropped from here: cannot write the job (Cannot")
+        serials = [entry[0] for entry in stored.ops[0].log]
+        assert serials == list(range(1, len(serials) + 1))
+        assert env.unwritten_reports[-1] == (JOB_ID, UNWRITTEN_LOG_MAX_ENTRIES, extra, True)
+        assert len(env.unwritten_reports) == 2  # one when writes stopped, one when they resumed
+
+    def test_a_failed_end_write_still_decides(self) -> None:
+        def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+            cbs.notify_start()
+            env.fail_writes = True
+            cbs.feedback("stdout", "waits")
+            return "done"
+
+        env = Env(FakeProcessor(run))
+        with pytest.raises(StorageError):
+            step(make_job(dummy()), env)
+        assert statuses(env.stored()) == ["running"]
 
 
 class TestErrors:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import threading
@@ -505,3 +506,200 @@ def test_a_setting_whose_removal_fails_stays(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="Cannot remove"):
         store.write_setting(WATCHER_PAUSE, None)
     assert store.read_setting(WATCHER_PAUSE) == "42"
+
+
+# -- hand-damaged and hostile queue directories (issue 14, items 5 and 6) ------------------
+
+
+def _archived_queue(tmp_path: Path, *job_ids: int) -> Path:
+    """A queue whose only jobs are ``job_ids``, all archived."""
+    queue = tmp_path / "queue"
+    store = FileJobStore(str(queue))
+    create(store, *(make_job(job_id, Status.SUCCESS) for job_id in job_ids))
+    assert store.archive_jobs(job_ids) == (sorted(job_ids), None)
+    return queue
+
+
+def test_a_lost_serial_continues_above_the_archive(tmp_path: Path) -> None:
+    queue = _archived_queue(tmp_path, 2, 20_001)
+    (queue / "archive" / "5").mkdir()  # a higher sub-directory that pruning emptied
+    (queue / "serial").unlink(missing_ok=True)
+    store = FileJobStore(str(queue))
+    assert list(store.load_jobs()) == []
+    assert store.allocate_ids(2) == [20_002, 20_003]
+
+
+def test_the_archive_is_not_read_whole_for_the_serial(tmp_path: Path) -> None:
+    """Only the highest sub-directory holding a job is listed (a lower one may be huge)."""
+    queue = _archived_queue(tmp_path, 7, 10_003)
+    (queue / "serial").unlink(missing_ok=True)
+    listed: list[str] = []
+    real_listdir = os.listdir
+
+    def listdir(path: str) -> list[str]:
+        listed.append(os.path.relpath(path, queue))
+        return real_listdir(path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "listdir", listdir)
+        store = FileJobStore(str(queue))
+        assert list(store.load_jobs()) == []
+    assert store.allocate_ids(1) == [10_004]
+    assert os.path.join("archive", "0") not in listed
+
+
+def test_archiving_never_replaces_an_archived_job(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = _archived_queue(tmp_path, 2)
+    archived = (queue / "archive" / "0" / "job-2").read_bytes()
+    store = FileJobStore(str(queue))
+    create(store, make_job(2, Status.ERROR), make_job(3, Status.SUCCESS))  # an id seen again
+    assert store.archive_jobs([2, 3]) == ([3], None)
+    assert (queue / "archive" / "0" / "job-2").read_bytes() == archived
+    assert sorted(job.id for job in store.load_jobs()) == [2]  # it stays live
+    assert "Job 2 stays live" in caplog.text
+
+
+def test_archiving_without_renameat2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link-then-unlink fallback keeps the same promise."""
+    from jobqueue import safeio
+
+    monkeypatch.setattr(safeio, "_renameat2", lambda: None)
+    queue = _archived_queue(tmp_path, 2, 4)
+    archived = (queue / "archive" / "0" / "job-2").read_bytes()
+    store = FileJobStore(str(queue))
+    create(store, make_job(2, Status.ERROR))
+    assert store.archive_jobs([2]) == ([], None)
+    assert (queue / "archive" / "0" / "job-2").read_bytes() == archived
+    assert os.stat(queue / "archive" / "0" / "job-4").st_nlink == 1
+
+
+def test_an_archiving_cut_between_link_and_unlink_is_completed(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    store = FileJobStore(str(queue))
+    create(store, make_job(3, Status.SUCCESS), make_job(4, Status.SUCCESS))
+    (queue / "archive" / "0").mkdir()
+    os.link(queue / "job-3", queue / "archive" / "0" / "job-3")  # then the crash
+    store = FileJobStore(str(queue))
+    assert [job.id for job in store.load_jobs()] == [4]
+    assert not (queue / "job-3").exists()
+    assert store.is_archived(3) and store.read_job(3) == make_job(3, Status.SUCCESS)
+    os.link(queue / "job-4", queue / "archive" / "0" / "job-4")
+    assert store.archive_jobs([4]) == ([4], None)  # the same, found while archiving
+    assert not (queue / "job-4").exists()
+
+
+GOOD_JOB = Job.new(1, [{"OP_ID": "OP_TEST_DELAY", "duration": 0}], [1, 0]).to_dict()
+
+
+def _job_text(job_id: object) -> bytes:
+    """A well-formed job whose id is ``job_id`` (any JSON value, spelled as given)."""
+    text = json.dumps({**GOOD_JOB, "id": "ID"})
+    return text.replace('"ID"', str(job_id)).encode()
+
+
+def _plant_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _plant_link_to_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def _plant_directory(path: Path) -> None:
+    path.mkdir()
+    (path / "inside").write_text("x")
+
+
+@pytest.mark.parametrize(
+    ("name", "plant", "reason"),
+    [
+        ("job-1", lambda path: path.write_bytes(_job_text("1e999")), "not inf"),
+        ("job-2", lambda path: path.write_bytes(_job_text("2.7")), "not 2.7"),
+        ("job-1", lambda path: path.write_bytes(_job_text("true")), "not True"),
+        ("job-7", lambda path: path.write_bytes(_job_text('"007"')), "leading zeros"),
+        ("job-7", lambda path: path.write_bytes(_job_text("-7")), "positive"),
+        ("job-002", lambda path: path.write_bytes(_job_text("2")), "not a job file name"),
+        ("job-0", lambda path: path.write_bytes(_job_text("0")), "not a job file name"),
+        ("job-9", _plant_fifo, "not a regular file but a FIFO"),
+        ("job-8", _plant_link_to_zero, "not a regular file but a symbolic link"),
+        ("job-6", _plant_directory, "not a regular file but a directory"),
+    ],
+)
+def test_damaged_job_files_go_to_corrupt(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    plant: Callable[[Path], None],
+    reason: str,
+) -> None:
+    queue = tmp_path / "queue"
+    create(FileJobStore(str(queue)), make_job(5))
+    plant(queue / name)
+    loader = threading.Thread(target=lambda: loaded.extend(FileJobStore(str(queue)).load_jobs()))
+    loaded: list[Job] = []
+    loader.start()
+    loader.join(10)
+    assert not loader.is_alive(), "loading hangs"
+    assert [job.id for job in loaded] == [5]
+    assert not os.path.lexists(queue / name)
+    assert os.path.lexists(queue / "corrupt" / name)
+    assert f"Job file {name} is corrupt" in caplog.text and reason in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_job_file_of_another_user_goes_to_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = tmp_path / "queue"
+    create(FileJobStore(str(queue)), make_job(5), make_job(6))
+    os.chown(queue / "job-6", 65534, 65534)
+    assert [job.id for job in FileJobStore(str(queue)).load_jobs()] == [5]
+    assert (queue / "corrupt" / "job-6").exists()
+    assert "owned by uid 65534" in caplog.text
+
+
+def test_a_name_taken_in_corrupt_is_kept(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    FileJobStore(str(queue))
+    for content in (b"first", b"second", b"third"):
+        (queue / "job-4").write_bytes(content)
+        assert list(FileJobStore(str(queue)).load_jobs()) == []
+    corrupt = queue / "corrupt"
+    assert [(corrupt / name).read_bytes() for name in ("job-4", "job-4.1", "job-4.2")] == [
+        b"first",
+        b"second",
+        b"third",
+    ]
+
+
+@pytest.mark.parametrize("name", ["serial", "version"])
+def test_a_fifo_for_a_queue_file_is_refused_not_waited_for(tmp_path: Path, name: str) -> None:
+    queue = tmp_path / "queue"
+    FileJobStore(str(queue)).allocate_ids(1)
+    (queue / name).unlink()
+    os.mkfifo(queue / name)
+    with pytest.raises(JobQueueError, match="not a regular file but a FIFO"):
+        FileJobStore(str(queue))
+
+
+def test_a_directory_named_like_a_temp_file_does_not_stop_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = tmp_path / "queue"
+    FileJobStore(str(queue))
+    (queue / "x.tmp").mkdir()
+    store = FileJobStore(str(queue))
+    assert list(store.load_jobs()) == []
+    create(store, make_job(1))
+    assert "Cannot remove" in caplog.text and "x.tmp" in caplog.text
+
+
+def test_reading_a_fifo_in_the_archive_fails_at_once(tmp_path: Path) -> None:
+    queue = _archived_queue(tmp_path, 2)
+    os.mkfifo(queue / "archive" / "0" / "job-3")
+    store = FileJobStore(str(queue), owner=False)
+    with pytest.raises(StorageError, match="Cannot read job 3: not a regular file but a FIFO"):
+        store.read_job(3)
+    assert store.read_job(2) == make_job(2, Status.SUCCESS)

@@ -7,6 +7,11 @@ sends SIGTERM to the whole group, then SIGKILL after the grace period; when
 the command exits, whatever it left running in its group is killed too. While
 it runs, its group is recorded in ``ctx.processes`` (when given), so that a
 daemon started after this one was killed can stop it.
+
+A command is over when its own process has exited: its output is read for
+``_OUTPUT_GRACE`` seconds more at most, so a process that left the group
+(``setsid cmd &``) and holds on to the output pipes cannot keep the job
+running, nor make a kill wait for it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from jobqueue.signals import JobCanceled
 
 #: How often the output loop looks at kill requests and the timeout.
 _TICK = 0.1
+#: Seconds the output is still read after the command's own process has exited.
+_OUTPUT_GRACE = 0.5
 #: Bytes of each of the last stderr lines quoted in a failed command's error.
 _TAIL_LINE_BYTES = 1000
 _SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -219,6 +226,7 @@ class LUCommandRun(LogicalUnit[OpCommandRun]):
         selector.register(proc.stdout, selectors.EVENT_READ, constants.ELOG_STDOUT)
         selector.register(proc.stderr, selectors.EVENT_READ, constants.ELOG_STDERR)
         outcome = "exited"
+        exited_at: float | None = None
         try:
             while selector.get_map() or proc.poll() is None:
                 for key, _ in selector.select(_TICK):
@@ -228,8 +236,12 @@ class LUCommandRun(LogicalUnit[OpCommandRun]):
                         output.add(key.data, b"", final=True)
                     else:
                         output.add(key.data, data)
-                if proc.poll() is not None and outcome == "exited":
+                if exited_at is None and proc.poll() is not None:
+                    exited_at = time.monotonic()
                     _kill_group(proc.pid, signal.SIGKILL)  # leftovers holding our pipes
+                if exited_at is not None:
+                    if selector.get_map() and time.monotonic() - exited_at > _OUTPUT_GRACE:
+                        self._abandon_output(selector, output)
                 elif outcome == "exited" and self.ctx.callbacks.kill_requested():
                     outcome = "killed"
                     self._stop(proc)
@@ -245,6 +257,17 @@ class LUCommandRun(LogicalUnit[OpCommandRun]):
             if self.ctx.processes is not None:
                 self.ctx.processes.ended(proc.pid)
         return outcome
+
+    def _abandon_output(self, selector: selectors.BaseSelector, output: _OutputLog) -> None:
+        """Stop reading pipes that a process outside the command's group still holds."""
+        for key in list(selector.get_map().values()):
+            selector.unregister(key.fileobj)
+            output.add(key.data, b"", final=True)
+        self.ctx.callbacks.feedback(
+            constants.ELOG_MESSAGE,
+            "The command exited, but a process it left outside its process group still "
+            "holds its output; that process is not stopped and its output is not logged",
+        )
 
     def _timed_out(self, started: float) -> bool:
         return self.op.timeout is not None and time.monotonic() - started > self.op.timeout

@@ -7,7 +7,7 @@ variable is unset and the store uses the plain ``Disk``.
 The control file holds an error name and, optionally, the operations to
 fail (all four when none are listed)::
 
-    ENOSPC                 every write, fsync, replace and fsync_dir fails
+    ENOSPC                 every write, fsync, replace (any rename) and fsync_dir fails
     EIO fsync fsync_dir    only the syncs fail, with EIO
 
 A missing file, an empty one or an unknown error name means no faults.
@@ -89,6 +89,10 @@ class FaultyDisk(Disk):
     def replace(self, src: str, dst: str) -> None:
         self._check("replace")
         super().replace(src, dst)
+
+    def rename_noreplace(self, src: str, dst: str) -> None:
+        self._check("replace")
+        super().rename_noreplace(src, dst)
 
     def fsync_dir(self, path: str) -> None:
         self._check("fsync_dir")

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
-from jobqueue import constants
+from jobqueue import constants, safeio
 from jobqueue.errors import GenericError, JobFileCorrupted, JobQueueError, StorageError
 from jobqueue.model import Job
 from jobqueue.queuelock import QueueLock
@@ -51,6 +51,8 @@ from jobqueue.storage.filefeed import FileChangeFeed
 _BATCH_WRITERS = 16
 #: rmdir failures meaning "not empty (any more)" or "already gone": not errors.
 _KEEP_ERRNOS = frozenset({errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT})
+#: The serial and version files hold one short line; anything longer is damage.
+_SMALL_FILE_LIMIT = 64
 
 
 class Disk:
@@ -64,6 +66,10 @@ class Disk:
 
     def replace(self, src: str, dst: str) -> None:
         os.replace(src, dst)
+
+    def rename_noreplace(self, src: str, dst: str) -> None:
+        """Rename unless ``dst`` exists (``FileExistsError``); see ``safeio``."""
+        safeio.rename_noreplace(src, dst)
 
     def fsync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -118,13 +124,16 @@ class FileJobStore(JobStore):
     def _check_version(self) -> None:
         path = self._path(layout.VERSION_FILE)
         try:
-            with open(path, encoding="ascii") as handle:
-                text = handle.read().strip()
+            text = safeio.read_regular_file(path, _SMALL_FILE_LIMIT)[0].decode("ascii").strip()
         except FileNotFoundError:
             if self._owner:
                 self.write_file(path, f"{constants.QUEUE_FORMAT_VERSION}\n".encode(), new=True)
             return
-        except (OSError, UnicodeDecodeError) as err:
+        except OSError as err:
+            raise JobQueueError(
+                f"Cannot read the queue format version in {path}: {err.strerror}"
+            ) from err
+        except UnicodeDecodeError as err:
             raise JobQueueError(f"Cannot read the queue format version in {path}: {err}") from err
         if text != str(constants.QUEUE_FORMAT_VERSION):
             raise JobQueueError(
@@ -133,20 +142,56 @@ class FileJobStore(JobStore):
             )
 
     def _clean_temp_files(self) -> None:
+        """Remove what interrupted writes left; what cannot be removed is only logged."""
         for name in os.listdir(self.queue_dir):
             if name.endswith(layout.TEMP_SUFFIX):
                 self._log.info("Removing temporary file %s left by a crash", name)
-                os.unlink(self._path(name))
+                try:
+                    os.unlink(self._path(name))
+                except OSError as err:  # e.g. a directory: never loaded, so harmless
+                    self._log.warning("Cannot remove %s: %s", self._path(name), err.strerror)
 
     def _read_serial(self) -> int:
         path = self._path(layout.SERIAL_FILE)
         try:
-            with open(path, encoding="ascii") as handle:
-                return int(handle.read().strip() or "0")
+            text = safeio.read_regular_file(path, _SMALL_FILE_LIMIT)[0].decode("ascii")
+            return int(text.strip() or "0")
         except FileNotFoundError:
             return 0
-        except (OSError, ValueError) as err:
+        except OSError as err:
+            raise JobQueueError(f"Cannot read the job serial in {path}: {err.strerror}") from err
+        except ValueError as err:  # UnicodeDecodeError included
             raise JobQueueError(f"Cannot read the job serial in {path}: {err}") from err
+
+    def _above_the_archive(self, serial: int) -> int:
+        """``serial``, raised to the highest archived id if it is behind (a lost serial file).
+
+        Only the highest archive sub-directories holding a job are listed,
+        not the whole archive: ids are archived where ``archive_subdir`` says.
+        """
+        highest = self._highest_archived_id()
+        if highest > serial:
+            self._log.warning(
+                "The job serial (%d) is behind the archive; continuing above job %d",
+                serial,
+                highest,
+            )
+        return max(serial, highest)
+
+    def _highest_archived_id(self) -> int:
+        try:
+            subdirs = [n for n in os.listdir(self.archive_dir) if n.isascii() and n.isdigit()]
+        except FileNotFoundError:
+            return 0
+        for subdir in sorted(subdirs, key=int, reverse=True):
+            try:
+                names = os.listdir(os.path.join(self.archive_dir, subdir))
+            except OSError:  # not a directory, or unreadable: ``prune`` reports those
+                continue
+            ids = [job_id for job_id in map(layout.job_id_of, names) if job_id is not None]
+            if ids:
+                return max(ids)
+        return 0
 
     # -- low-level writes ----------------------------------------------------
     def write_file(self, path: str, data: bytes, *, new: bool) -> None:
@@ -216,36 +261,105 @@ class FileJobStore(JobStore):
 
     # -- live jobs -------------------------------------------------------------
     def load_jobs(self) -> Iterator[Job]:
-        """See the contract; the owner first removes what interrupted writes left."""
+        """Every live job; anything under a job's name that is not one goes to ``corrupt/``.
+
+        The owner first removes what interrupted writes left and continues
+        ids above the archive too. Moved aside, with a log line each: a name
+        with a non-canonical id (``job-007``), anything but a regular file
+        (no link is followed, no FIFO or device opened), a file owned by
+        another user than the daemon's (or root), unparseable content, an id
+        other than the name's. No id named by a job file, loaded or not, is
+        allocated afterwards. A job file that is also in the archive (a
+        crash in the middle of archiving it without ``renameat2``) is
+        archived: its live name goes.
+        """
         if self._owner:
             self._clean_temp_files()
             with self._lock:
-                self._last_id = self._reserved = max(self._reserved, self._read_serial())
+                serial = max(self._reserved, self._read_serial())
+                self._last_id = self._reserved = self._above_the_archive(serial)
         highest = 0
-        for name in os.listdir(self.queue_dir):
-            file_id = layout.job_id_of(name)
-            if file_id is None:
-                continue
+        with os.scandir(self.queue_dir) as entries:
+            found = [
+                (entry.name, entry.is_file(follow_symlinks=False))
+                for entry in entries
+                if layout.looks_like_job(entry.name)
+            ]
+        for name, regular in found:
+            highest = max(highest, layout.job_id_of(name) or 0)  # even a corrupt job's id
             try:
-                with open(self._path(name), "rb") as handle:
-                    job = decode_job(handle.read())
-                if job.id != file_id:
-                    raise JobFileCorrupted(f"File holds job {job.id}")
+                job = self._load_one(name, regular)
             except (OSError, JobFileCorrupted) as err:
                 self._move_aside(name, err)
                 continue
-            highest = max(highest, job.id)
-            yield job
+            if job is not None:
+                yield job
         with self._lock:
             if highest > self._reserved:  # a serial file behind its jobs: never reuse an id
                 self._write_serial_locked(highest)
                 self._last_id = self._reserved = highest
 
-    def _move_aside(self, name: str, reason: BaseException) -> None:
-        os.makedirs(self.corrupt_dir, mode=constants.DIR_MODE, exist_ok=True)
-        os.replace(self._path(name), os.path.join(self.corrupt_dir, name))
+    def _load_one(self, name: str, regular: bool) -> Job | None:
+        """The job in file ``name``; None if it was already archived. Raises what is wrong.
+
+        ``regular``: what the directory listing says; anything else is not opened.
+        """
+        file_id = layout.job_id_of(name)
+        if file_id is None:
+            raise JobFileCorrupted("not a job file name: its id has leading zeros or is 0")
+        path = self._path(name)
+        if not regular:
+            raise JobFileCorrupted(f"not a regular file but {safeio.kind(os.lstat(path).st_mode)}")
+        data, info = safeio.read_regular_file(path)  # the listing may be stale: checked again
+        if info.st_uid not in (os.geteuid(), 0):
+            raise JobFileCorrupted(f"owned by uid {info.st_uid}, not by the daemon's user")
+        if info.st_nlink > 1 and self._finish_archiving(file_id, info):
+            return None
+        job = decode_job(data)
+        if job.id != file_id:
+            raise JobFileCorrupted(f"File holds job {job.id}")
+        return job
+
+    def _finish_archiving(self, job_id: int, info: os.stat_result) -> bool:
+        """Whether the live file is the archived one too; if so, drop its live name."""
+        try:
+            archived = os.lstat(self._archived_path(job_id))
+        except OSError:
+            return False
+        if (archived.st_dev, archived.st_ino) != (info.st_dev, info.st_ino):
+            return False
+        os.unlink(self._job_path(job_id))
         self._disk.fsync_dir(self.queue_dir)
-        self._log.error("Job file %s is corrupt (%s); moved to %s", name, reason, self.corrupt_dir)
+        self._log.info("Job %d was being archived at a crash; its archiving is complete", job_id)
+        return True
+
+    def _move_aside(self, name: str, reason: BaseException) -> None:
+        """Move ``name`` into ``corrupt/`` under a free name there (``name``, ``name.1``, ...).
+
+        The queue lock is held and ``corrupt/`` is private, so a name found
+        free stays free. If the move fails, the file stays where it is, is
+        not loaded, and is tried again at the next start.
+        """
+        why = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
+        try:
+            os.makedirs(self.corrupt_dir, mode=constants.DIR_MODE, exist_ok=True)
+            target = os.path.join(self.corrupt_dir, name)
+            for attempt in itertools.count(1):
+                if not os.path.lexists(target):
+                    break
+                target = os.path.join(self.corrupt_dir, f"{name}.{attempt}")
+            os.rename(self._path(name), target)
+            self._disk.fsync_dir(self.queue_dir)
+        except OSError as err:
+            self._log.error(
+                "Job file %s is corrupt (%s) and cannot be moved to %s (%s); not loaded",
+                name,
+                why,
+                self.corrupt_dir,
+                err.strerror,
+            )
+            return
+        self._log.error("Job file %s is corrupt (%s); moved to %s", name, why, target)
 
     def create_jobs(self, jobs: Sequence[Job]) -> list[StorageError | None]:
         if len(jobs) > 1:  # parallel fsyncs share the file system's journal commits
@@ -299,14 +413,15 @@ class FileJobStore(JobStore):
         return removed, None
 
     def read_job(self, job_id: int) -> Job | None:
+        """See the contract; a FIFO or link under the job's name is an error, never waited on."""
         for path in (self._job_path(job_id), self._archived_path(job_id)):
             try:
-                with open(path, "rb") as handle:
-                    data = handle.read()
+                data = safeio.read_regular_file(path)[0]
             except OSError as err:
                 if err.errno in (errno.ENOENT, errno.ENAMETOOLONG):  # a huge id: no such file
                     continue
-                raise storage_error(f"Cannot read job {job_id}", err) from err
+                reason = err.strerror or os.strerror(err.errno or 0)
+                raise StorageError(f"Cannot read job {job_id}: {reason}", err.errno or 0) from err
             return decode_job(data)
         return None
 
@@ -338,14 +453,27 @@ class FileJobStore(JobStore):
         return moved, failure
 
     def _archive_one(self, job_id: int, target: str, touched: set[str]) -> bool:
-        """Rename one live job to ``target``; False if it is not live. Raises OSError."""
+        """Rename one live job to ``target``; False if it is not live. Raises OSError.
+
+        An archived job is never replaced: if ``target`` exists and is not
+        this very file, the job stays live (False) and the conflict is logged.
+        """
         target_dir = os.path.dirname(target)
         if target_dir not in touched and not os.path.isdir(target_dir):
             os.makedirs(target_dir, mode=constants.DIR_MODE, exist_ok=True)
             self._disk.fsync_dir(self.archive_dir)
+        source = self._job_path(job_id)
         try:
-            self._disk.replace(self._job_path(job_id), target)
+            self._disk.rename_noreplace(source, target)
         except FileNotFoundError:
+            return False
+        except FileExistsError:
+            if os.path.samestat(os.lstat(source), os.lstat(target)):
+                os.unlink(source)  # an archiving interrupted between link and unlink
+                return True
+            self._log.error(
+                "Job %d stays live: %s already holds an archived job of that id", job_id, target
+            )
             return False
         return True
 
@@ -431,7 +559,8 @@ class FileJobStore(JobStore):
                 self._disk.fsync_dir(self.queue_dir)
             except OSError as err:
                 with contextlib.suppress(OSError):  # not durably gone: show it again
-                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, constants.FILE_MODE))
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                    os.close(os.open(path, flags, constants.FILE_MODE))
                 raise storage_error(f"Cannot remove {path}", err) from err
 
     def read_setting(self, name: str) -> str | None:

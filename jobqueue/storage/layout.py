@@ -2,7 +2,7 @@
 
     job-N                 one live job, JSON
     archive/<N//10000>/   archived jobs, job-N each
-    corrupt/              files that could not be parsed, moved aside at load
+    corrupt/              job files that could not be loaded, moved aside at load
     serial version drain  the id reservation, the format version, the drain flag
     lock                  flock'ed by the daemon that owns the queue
     watcher_pause         a named setting (one line of text; see ``base.SETTINGS``)
@@ -26,7 +26,9 @@ TEMP_SUFFIX: Final = ".tmp"
 JOB_FILE_PREFIX: Final = "job-"
 JOBS_PER_ARCHIVE_DIR: Final = 10_000
 
-_JOB_NAME = re.compile(re.escape(JOB_FILE_PREFIX) + r"([0-9]+)")
+# Canonical names only: job-0 and job-007 name no job (they are moved aside at load).
+_JOB_NAME = re.compile(re.escape(JOB_FILE_PREFIX) + r"([1-9][0-9]*)")
+_JOB_LIKE = re.compile(re.escape(JOB_FILE_PREFIX) + r"[0-9]+")
 
 
 def job_file_name(job_id: int) -> str:
@@ -35,9 +37,14 @@ def job_file_name(job_id: int) -> str:
 
 
 def job_id_of(name: str) -> int | None:
-    """The id in a ``job-N`` name, None for any other name."""
+    """The id in a ``job-N`` name (N a positive decimal without leading zeros), else None."""
     match = _JOB_NAME.fullmatch(name)
     return None if match is None else int(match.group(1))
+
+
+def looks_like_job(name: str) -> bool:
+    """Whether ``name`` is ``job-<digits>``, canonical or not (``job-007`` is, ``job-x`` not)."""
+    return _JOB_LIKE.fullmatch(name) is not None
 
 
 def archive_subdir(job_id: int) -> str:
