@@ -10,7 +10,9 @@ Otherwise it does three things:
    daemon is not running this step is skipped and is no failure;
 2. deletes archived jobs last changed more than ``--archive-age`` ago: the
    daemon does it (PruneArchive, repeated until done), or, when it is not
-   running, the cleaner opens the queue's store itself for maintenance;
+   running, the cleaner opens the queue's store itself for maintenance (the
+   files under the state directory, or etcd with ``--store etcd`` and the
+   daemon's ``--etcd-*`` options);
 3. appends one summary line to ``--log-file``.
 
 The cleaner knows nothing of how jobs are kept: both steps go through the
@@ -28,12 +30,13 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from jobqueue import constants, errors
 from jobqueue.cli.timespec import parse_age, parse_timespec
 from jobqueue.paths import StatePaths
-from jobqueue.storage.base import WATCHER_PAUSE, PruneResult, pause_until
+from jobqueue.storage.base import WATCHER_PAUSE, JobStore, PruneResult, pause_until
+from jobqueue.storage.etcdoptions import STORE_ETCD, EtcdStoreSettings, add_etcd_arguments
 
 LOG_NAME = "jobqueue-cleaner.log"
 DEFAULT_JOB_AGE = "6h"
@@ -42,7 +45,9 @@ DEFAULT_ARCHIVE_AGE = "21d"
 PRUNE_TIMEOUT = 30
 
 
-def paused_until(socket_path: str, queue_dir: str, now: float) -> float | None:
+def paused_until(
+    socket_path: str, open_queue_store: Callable[[], JobStore], now: float
+) -> float | None:
     """Until when the cleaner is paused; None if it is not (or that cannot be told).
 
     Asks the daemon, or reads the store's setting when the daemon is not running.
@@ -53,17 +58,15 @@ def paused_until(socket_path: str, queue_dir: str, now: float) -> float | None:
         with Client(socket_path) as client:
             (until,) = client.query_config_values([WATCHER_PAUSE])
     except errors.NoMasterError:
-        return _stored_pause(queue_dir, now)
+        return _stored_pause(open_queue_store, now)
     except errors.GenericError:
         return None  # the steps below report a daemon that does not answer
     return float(until) if isinstance(until, (int, float)) and until > now else None
 
 
-def _stored_pause(queue_dir: str, now: float) -> float | None:
-    from jobqueue.storage.files import FileJobStore
-
+def _stored_pause(open_queue_store: Callable[[], JobStore], now: float) -> float | None:
     try:
-        return pause_until(FileJobStore(queue_dir, owner=False).read_setting(WATCHER_PAUSE), now)
+        return pause_until(open_queue_store().read_setting(WATCHER_PAUSE), now)
     except errors.GenericError:
         return None
 
@@ -117,24 +120,38 @@ def prune_through_daemon(socket_path: str, age: float) -> PruneResult | None:
         return None
 
 
-def prune_store(queue_dir: str, age: float, now: float) -> PruneResult:
-    """Prune the archive of a queue whose daemon is not running, through its store."""
+def open_store(queue_dir: str, etcd: EtcdStoreSettings | None) -> JobStore:
+    """The queue's store opened for maintenance: etcd when ``etcd`` is given, else files.
+
+    Raises GenericError when it cannot be opened.
+    """
+    if etcd is not None:
+        from jobqueue.storage.etcd import EtcdJobStore
+
+        return EtcdJobStore(etcd, owner=False)
     from jobqueue.storage.files import FileJobStore
 
+    return FileJobStore(queue_dir, owner=False)
+
+
+def prune_store(open_queue_store: Callable[[], JobStore], age: float, now: float) -> PruneResult:
+    """Prune the archive of a queue whose daemon is not running, through its store."""
     try:
-        store = FileJobStore(queue_dir, owner=False)
+        store = open_queue_store()
     except errors.GenericError as err:
         return PruneResult(failures=[f"cannot open the job queue: {err}"])
     return store.prune_archive(age, now)
 
 
-def prune_step(socket_path: str, queue_dir: str, age: float, now: float) -> PruneResult:
+def prune_step(
+    socket_path: str, open_queue_store: Callable[[], JobStore], age: float, now: float
+) -> PruneResult:
     """Prune through the daemon, or the store when the daemon is not running."""
     try:
         pruned = prune_through_daemon(socket_path, age)
     except errors.GenericError as err:
         return PruneResult(failures=[f"pruning failed: {err}"])
-    return pruned if pruned is not None else prune_store(queue_dir, age, now)
+    return pruned if pruned is not None else prune_store(open_queue_store, age, now)
 
 
 def summary_line(archiving: str, pruned: PruneResult, failures: Sequence[str]) -> str:
@@ -185,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"where the summary goes (default <state>/log/{LOG_NAME})",
     )
+    add_etcd_arguments(parser)
     return parser
 
 
@@ -195,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         job_age = parse_age(args.job_age)
         archive_age = parse_timespec(args.archive_age)
+        etcd = EtcdStoreSettings.from_args(args) if args.store == STORE_ETCD else None
     except ValueError as err:
         parser.error(str(err))
     paths = StatePaths.resolve(args.state_dir)
@@ -204,14 +223,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     socket_path = args.socket or paths.master_socket
     log_file = args.log_file or os.path.join(paths.log_dir, LOG_NAME)
     log_dir = None if args.log_file else paths.log_dir  # the state directory's own may be made
-    until = paused_until(socket_path, paths.queue_dir, time.time())
+
+    def open_queue_store() -> JobStore:
+        return open_store(paths.queue_dir, etcd)
+
+    until = paused_until(socket_path, open_queue_store, time.time())
     if until is not None:
         line = f"paused until {_local_time(until)}; did nothing"
         return _log_or_complain(log_file, log_dir, line, [])
     archiving, failure = archive_step(socket_path, job_age)
     failures = [failure] if failure else []
     now = time.time()
-    pruned = prune_step(socket_path, paths.queue_dir, archive_age, now)
+    pruned = prune_step(socket_path, open_queue_store, archive_age, now)
     failures.extend(pruned.failures)
     line = summary_line(archiving, pruned, failures)
     return _log_or_complain(log_file, log_dir, line, failures)

@@ -12,6 +12,7 @@ from tests.daemon_helper import Daemon, state_dir_under
 from tests.etcd_cluster import EtcdCluster, TlsFiles, etcd_binary
 
 if TYPE_CHECKING:
+    from jobqueue.storage.etcd import EtcdJobStore
     from jobqueue.storage.etcdkv import EtcdKV
 
 
@@ -75,6 +76,50 @@ def etcd_shared(
     base = tmp_path_factory.mktemp(f"etcd{request.param}")
     with EtcdCluster(etcd_server, base, request.param) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def etcd_member(
+    tmp_path_factory: pytest.TempPathFactory, etcd_server: str
+) -> Iterator[EtcdCluster]:
+    """A 1-member cluster shared by a module's tests, each on a prefix of its own."""
+    with EtcdCluster(etcd_server, tmp_path_factory.mktemp("etcd-member"), 1) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def open_etcd_store() -> Iterator[Callable[..., EtcdJobStore]]:
+    """Make etcd stores (``make(endpoints, prefix, owner=True, timeout=2.0, clock=...,
+    monotonic=..., **settings)``); each is closed after the test (leadership released)."""
+    from jobqueue.storage.etcd import EtcdJobStore
+    from jobqueue.storage.etcdconn import EtcdSettings
+    from jobqueue.storage.etcdoptions import EtcdStoreSettings
+
+    made: list[EtcdJobStore] = []
+
+    def make(
+        endpoints: list[str],
+        prefix: str,
+        *,
+        owner: bool = True,
+        timeout: float = 2.0,
+        clock: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] | None = None,
+        **settings: Any,
+    ) -> EtcdJobStore:
+        connection = EtcdSettings(tuple(endpoints), timeout=timeout)
+        options: dict[str, Any] = {"owner": owner}
+        if clock is not None:
+            options["clock"] = clock
+        if monotonic is not None:
+            options["monotonic"] = monotonic
+        store = EtcdJobStore(EtcdStoreSettings(connection, prefix, **settings), **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
 
 
 @pytest.fixture

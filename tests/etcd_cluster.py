@@ -28,6 +28,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -356,3 +357,8 @@ class EtcdCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def unique_prefix() -> str:
+    """A key prefix no other test uses, for a store on a shared cluster."""
+    return f"/jq-test/{uuid.uuid4().hex}"

@@ -21,6 +21,7 @@ from jobqueue.queuelock import QueueLock
 from jobqueue.storage.base import WATCHER_PAUSE, JobStore, format_pause, pause_until
 from jobqueue.storage.files import Disk, FileJobStore
 from jobqueue.storage.memory import MemoryBacking, MemoryJobStore
+from tests.etcd_cluster import unique_prefix
 from tests.polling import poll_until
 
 
@@ -44,11 +45,19 @@ class Stores:
         self.other = other
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "memory", "etcd"])
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
     if request.param == "file":
         queue = str(tmp_path / "queue")
         return Stores(lambda: FileJobStore(queue), lambda: FileJobStore(queue, owner=False))
+    if request.param == "etcd":  # a real 1-member cluster; skipped without an etcd server
+        endpoints = request.getfixturevalue("etcd_member").endpoints
+        open_store = request.getfixturevalue("open_etcd_store")
+        prefix = unique_prefix()
+        return Stores(
+            lambda: open_store(endpoints, prefix),
+            lambda: open_store(endpoints, prefix, owner=False),
+        )
     backing = MemoryBacking()
     return Stores(lambda: MemoryJobStore(backing), lambda: MemoryJobStore(backing))
 

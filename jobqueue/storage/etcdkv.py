@@ -77,11 +77,16 @@ class Allocation(NamedTuple):
 
 
 class Campaign(NamedTuple):
-    """The outcome of ``campaign``: our fence if we won, else who holds the key."""
+    """The outcome of ``campaign``: our fence if we won, else who holds the key.
+
+    ``revision`` is etcd's revision when the campaign was decided: a watch
+    from the next one sees the holder's key go.
+    """
 
     won: bool
     fence: Fence | None
     holder: KeyValue | None
+    revision: int = 0
 
 
 class Lease(NamedTuple):
@@ -164,18 +169,22 @@ class EtcdKV:
         *,
         revision: int = 0,
         page_size: int = 1000,
+        keys_only: bool = False,
         timeout: float | None = None,
     ) -> Iterator[KeyValue]:
         """Every key under ``prefix`` in key order, read page by page at one revision.
 
         ``revision`` 0 reads at the revision of the first page; pass
         ``revision()`` to know it and watch from the next one. Each page is
-        one call with its own deadline. Raises StorageError (ESTALE) when the
-        revision gets compacted while paging.
+        one call with its own deadline. With ``keys_only`` the values are
+        not sent (empty). Raises StorageError (ESTALE) when the revision
+        gets compacted while paging.
         """
         start, end = prefix, prefix_end(prefix)
         while True:
-            body = {"key": _b64(start), "range_end": _b64(end), "limit": page_size}
+            body: dict[str, Any] = {"key": _b64(start), "range_end": _b64(end), "limit": page_size}
+            if keys_only:
+                body["keys_only"] = True
             if revision:
                 body["revision"] = revision
             answer = self.call("/kv/range", body, write=False, timeout=timeout)
@@ -185,6 +194,22 @@ class EtcdKV:
             if not answer.get("more") or not kvs:
                 return
             start = kvs[-1].key + b"\0"
+
+    def get_many(
+        self, keys: Iterable[bytes], timeout: float | None = None
+    ) -> list[KeyValue | None]:
+        """Several keys read in one request at one revision, in order (None: absent).
+
+        At most MAX_TXN_OPS keys (ProgrammerError otherwise).
+        """
+        wanted = list(keys)
+        if len(wanted) > MAX_TXN_OPS:
+            raise ProgrammerError(f"more than {MAX_TXN_OPS} keys in one read")
+        if not wanted:
+            return []
+        body = {"success": [{"request_range": {"key": _b64(key)}} for key in wanted]}
+        answer = self.call("/kv/txn", body, write=False, timeout=timeout)
+        return [parse_kv(kvs[0]) if kvs else None for kvs in _ranges(answer)]
 
     # -- writes --------------------------------------------------------------
 
@@ -203,12 +228,15 @@ class EtcdKV:
         exist). A refused transaction writes nothing and reports why. Raises
         StorageError on failure (EFBIG when the request is over etcd's limit,
         in which case nothing was written) and ProgrammerError when a key is
-        both put and deleted or there are more operations than etcd allows.
+        both put and deleted or there are more operations than etcd allows
+        (etcd counts the compares, the fence's included, and the operations
+        apart: each at most MAX_TXN_OPS).
         """
         deleted = list(deletes)
         if set(puts) & set(deleted):
             raise ProgrammerError("a key is both put and deleted in one transaction")
-        if len(puts) + len(deleted) > MAX_TXN_OPS:
+        compares = len(expect) + (fence is not None)
+        if max(len(puts) + len(deleted), compares) > MAX_TXN_OPS:
             raise ProgrammerError(f"more than {MAX_TXN_OPS} operations in one transaction")
         compare = [_mod_equal(key, mod) for key, mod in expect.items()]
         checked = list(expect)
@@ -319,9 +347,9 @@ class EtcdKV:
         revision = _revision(answer)
         if answer.get("succeeded"):
             mine = KeyValue(key, value, revision, revision, 1, lease_id)
-            return Campaign(True, Fence(key, revision), mine)
+            return Campaign(True, Fence(key, revision), mine, revision)
         kvs = _ranges(answer)[0]
-        return Campaign(False, None, parse_kv(kvs[0]) if kvs else None)
+        return Campaign(False, None, parse_kv(kvs[0]) if kvs else None, revision)
 
     def resign(self, fence: Fence, timeout: float | None = None) -> bool:
         """Delete the leader key if it is still ours; whether it was."""

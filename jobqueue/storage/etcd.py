@@ -1,0 +1,476 @@
+"""The etcd store: the storage contract kept in etcd, for high availability (doc/ha.rst).
+
+One key per job under the queue's prefix holds exactly the bytes of a job
+file; the key layout is in ``etcdlayout``. Every write is one transaction,
+so it happens completely or not at all, and is durable (committed by a
+quorum of etcd members) when it returns. Once this handle has acquired the
+leadership (``etcdlead``), every transaction is also conditioned on the
+leader key's create_revision: a daemon that lost its lease can never write
+again, and its writes raise NotLeaderError.
+
+Ids are reserved in blocks by a conditioned update of ``<prefix>/serial``,
+so an id is never issued twice; a clean stop gives the rest of the block
+back. A job bigger than etcd takes in one request is trimmed or refused by
+the size rule (``etcdlayout.fit_job``). Archiving and pruning live in
+``etcdarchive``; the change feed in ``etcdfeed``.
+
+Failures are StorageError, with etcd's reason and an errno (the table in
+doc/ha.rst): notably ETIMEDOUT, after which a write may or may not have
+been applied. A submission whose outcome is unknown is read back; if it
+cannot be confirmed it is reported failed, and its keys are deleted at the
+next submission, so no job that was not acknowledged stays (see
+``_settle_in_doubt``).
+
+Thread safety: every method may be called from any thread. ``_ids_lock``
+guards the id counters, ``_doubt_lock`` the jobs in doubt.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from jobqueue.errors import JobFileCorrupted, JobQueueError, NotLeaderError, StorageError
+from jobqueue.model import Job
+from jobqueue.storage.base import (
+    ChangeFeed,
+    JobStore,
+    PruneResult,
+    check_setting,
+    decode_job,
+    encode_job,
+)
+from jobqueue.storage.etcdarchive import ArchiveKeeper
+from jobqueue.storage.etcdfeed import EtcdChangeFeed
+from jobqueue.storage.etcdkv import MAX_TXN_OPS, EtcdKV, Fence, TxnResult
+from jobqueue.storage.etcdlayout import (
+    LAYOUT_VERSION,
+    REQUEST_MARGIN,
+    Keys,
+    fit_job,
+    request_cost,
+    too_large,
+)
+from jobqueue.storage.etcdlead import NOT_LEADER, EtcdLeadership
+from jobqueue.storage.etcdoptions import EtcdStoreSettings
+
+#: The drain flag's setting name: ``<prefix>/settings/drain``.
+DRAIN = "drain"
+
+
+class EtcdJobStore(JobStore):
+    """The queue under ``settings.prefix`` in etcd; see the module docstring.
+
+    ``owner=False`` opens it for maintenance (the cleaner): nothing is
+    created, the layout version is only checked, no id is allocated.
+    ``clock`` (seconds since the epoch) dates archived jobs; ``monotonic``
+    paces the lease and the history compaction. Raises StorageError when
+    etcd cannot be reached and JobQueueError for an unknown layout version.
+    """
+
+    def __init__(
+        self,
+        settings: EtcdStoreSettings,
+        *,
+        owner: bool = True,
+        kv: EtcdKV | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.prefix)
+        self.job_limit = settings.max_request_bytes - REQUEST_MARGIN
+        self._kv = kv or EtcdKV(settings.connection, monotonic)
+        self._owner = owner
+        self._clock = clock
+        self._monotonic = monotonic
+        self._log = logger or logging.getLogger(__name__)
+        self._leadership: EtcdLeadership | None = None
+        self._ids_lock = threading.Lock()
+        self._last_id = self._reserved = 0  # ids handed out / reserved; under _ids_lock
+        self._serial_revision = 0  # mod_revision of our last serial write; under _ids_lock
+        self._closed = False
+        self._doubt_lock = threading.Lock()
+        self._in_doubt: set[int] = set()  # created with unknown outcome; under _doubt_lock
+        self._trimmed: set[int] = set()  # jobs stored without their oldest log entries
+        self._history: collections.deque[tuple[float, int]] = collections.deque()
+        self._archive = ArchiveKeeper(
+            self._kv, self.keys, self.settings.max_request_bytes, self._write, self._log
+        )
+        self._check_version()
+
+    @property
+    def kv(self) -> EtcdKV:
+        """The etcd client this store uses (for tools and tests)."""
+        return self._kv
+
+    def close(self) -> None:
+        """Give up leadership (if held) and close the connections."""
+        if self._leadership is not None:
+            self._leadership.release()
+        self._kv.close()
+
+    # -- set-up and writes ---------------------------------------------------------
+    def _check_version(self) -> None:
+        current = self._kv.get(self.keys.version)
+        if current is None and self._owner:
+            self._kv.txn(
+                fence=None, puts={self.keys.version: LAYOUT_VERSION}, expect={self.keys.version: 0}
+            )
+            return
+        if current is not None and current.value != LAYOUT_VERSION:
+            raise JobQueueError(
+                f"etcd layout version {current.value!r} under {self.keys.root!r} is not"
+                f" supported (this jobqueue reads version {LAYOUT_VERSION.decode()});"
+                " refusing to start"
+            )
+
+    def _fence(self) -> Fence | None:
+        """The fence to write with (None: never led); NotLeaderError when lost."""
+        return None if self._leadership is None else self._leadership.fence_for_write()
+
+    def _write(
+        self,
+        what: str,
+        *,
+        puts: dict[bytes, bytes] | None = None,
+        deletes: Iterable[bytes] = (),
+        expect: dict[bytes, int] | None = None,
+    ) -> TxnResult:
+        """One fenced transaction; a refusal on ``expect`` is returned, not raised.
+
+        Raises NotLeaderError when fenced out (and marks the leadership
+        lost) and StorageError, prefixed with ``what``, when it failed.
+        """
+        fence = self._fence()
+        try:
+            result = self._kv.txn(
+                fence=fence, puts=puts or {}, deletes=deletes, expect=expect or {}
+            )
+        except StorageError as err:
+            raise StorageError(f"{what}: {err}", err.args[1]) from err
+        if result.fenced_out:
+            if self._leadership is not None:
+                self._leadership.declare_lost("etcd refused a write on the fence")
+            raise NotLeaderError(f"{what}: {NOT_LEADER}", 0)
+        return result
+
+    # -- ids -------------------------------------------------------------------
+    def allocate_ids(self, count: int) -> list[int]:
+        """``count`` new ids from the block reserved in etcd; reserves another when short."""
+        if self._closed or not self._owner:
+            raise JobQueueError("This etcd store hands out no more job ids")
+        with self._ids_lock:
+            if self._last_id + count > self._reserved:
+                self._reserve_locked(count + self.settings.id_block)
+            first = self._last_id + 1
+            self._last_id += count
+            return list(range(first, first + count))
+
+    def _reserve_locked(self, count: int) -> None:
+        fence = self._fence()
+        try:
+            block = self._kv.allocate(self.keys.serial, count, fence=fence)
+        except StorageError as err:
+            raise StorageError(f"Cannot reserve job ids in etcd: {err}", err.args[1]) from err
+        if block.numbers is None:
+            if self._leadership is not None:
+                self._leadership.declare_lost("etcd refused the serial update on the fence")
+            raise NotLeaderError(f"Cannot reserve job ids: {NOT_LEADER}", 0)
+        if block.numbers.start != self._reserved + 1:  # someone else moved it: skip to ours
+            self._last_id = block.numbers.start - 1
+        self._reserved = block.numbers.stop - 1
+        self._serial_revision = block.revision
+
+    def release_unused_ids(self) -> None:
+        """Write back the last id handed out, unless the serial moved since we reserved."""
+        with self._ids_lock:
+            self._closed = True
+            if not self._owner or self._reserved <= self._last_id:
+                return
+            self._write(
+                "Cannot give back unused job ids",
+                puts={self.keys.serial: str(self._last_id).encode()},
+                expect={self.keys.serial: self._serial_revision},
+            )
+            self._reserved = self._last_id
+
+    def _raise_serial(self, highest: int) -> None:
+        """Make sure no id up to ``highest`` (a loaded job's) is ever reserved again."""
+        with self._ids_lock:
+            if highest > self._last_id:
+                self._last_id = highest
+                self._reserved = max(self._reserved, highest)
+        for _ in range(8):
+            current = self._kv.get(self.keys.serial)
+            stored = current.value if current else b"0"
+            if stored.isdigit() and int(stored) >= highest:
+                return
+            result = self._write(
+                "Cannot update the job serial",
+                puts={self.keys.serial: str(highest).encode()},
+                expect={self.keys.serial: current.mod_revision if current else 0},
+            )
+            if result.succeeded:
+                return
+        raise StorageError("The job serial in etcd kept changing", errno.EAGAIN)
+
+    # -- live jobs -------------------------------------------------------------
+    def load_jobs(self) -> Iterator[Job]:
+        """Every live job, read page by page at one revision; corrupt ones set aside."""
+        highest = 0
+        pages = self._kv.range_prefix(self.keys.jobs, page_size=self.settings.page_size)
+        for item in pages:
+            job_id = self.keys.job_id_in(item.key, self.keys.jobs)
+            if job_id is None:
+                continue
+            try:
+                job = decode_job(item.value)
+                if job.id != job_id:
+                    raise JobFileCorrupted(f"The key holds job {job.id}")
+            except JobFileCorrupted as err:
+                self._set_aside(item.key, item.value, item.mod_revision, err)
+                continue
+            highest = max(highest, job_id)
+            yield job
+        if highest and self._owner:
+            self._raise_serial(highest)
+
+    def _set_aside(self, key: bytes, value: bytes, revision: int, reason: Exception) -> None:
+        target = self.keys.set_aside(key)
+        try:
+            self._write(
+                f"Cannot set aside {key!r}",
+                puts={target: value},
+                deletes=[key],
+                expect={key: revision},
+            )
+        except StorageError as err:
+            self._log.error("etcd key %r is corrupt (%s) and stays: %s", key, reason, err)
+            return
+        self._log.error("etcd key %r is corrupt (%s); moved to %r", key, reason, target)
+
+    def create_jobs(self, jobs: Sequence[Job]) -> list[StorageError | None]:
+        """Store new jobs in as few transactions as fit etcd's limits; one result per job."""
+        results: list[StorageError | None] = [None] * len(jobs)
+        self._settle_in_doubt()
+        pending: list[tuple[int, bytes]] = []
+        for index, job in enumerate(jobs):
+            data = encode_job(job)
+            if len(data) > self.job_limit:
+                results[index] = too_large(job, len(data), self.job_limit)
+            else:
+                pending.append((index, data))
+        failure: StorageError | None = None
+        for chunk in self._chunks(pending, jobs):
+            if failure is None:
+                failure = self._create_chunk([jobs[index] for index, _ in chunk], chunk)
+            for index, _ in chunk:
+                results[index] = failure
+        return results
+
+    def _chunks(
+        self, pending: list[tuple[int, bytes]], jobs: Sequence[Job]
+    ) -> Iterator[list[tuple[int, bytes]]]:
+        """Groups of new jobs that fit one transaction (operations and bytes)."""
+        chunk: list[tuple[int, bytes]] = []
+        puts: dict[bytes, bytes] = {}
+        for index, data in pending:
+            key = self.keys.job(jobs[index].id)
+            full = len(chunk) >= MAX_TXN_OPS - 1
+            if chunk and (
+                full
+                or request_cost({**puts, key: data}, compares=len(chunk) + 2)
+                > self.settings.max_request_bytes
+            ):
+                yield chunk
+                chunk, puts = [], {}
+            chunk.append((index, data))
+            puts[key] = data
+        if chunk:
+            yield chunk
+
+    def _create_chunk(self, jobs: list[Job], chunk: list[tuple[int, bytes]]) -> StorageError | None:
+        """Write one group of new jobs; the failure, if any (nothing of them stays then)."""
+        puts = {self.keys.job(job.id): data for job, (_, data) in zip(jobs, chunk, strict=True)}
+        what = f"Cannot store {_job_names(jobs)} in etcd"
+        try:
+            result = self._write(what, puts=puts, expect=dict.fromkeys(puts, 0))
+        except NotLeaderError as err:
+            return err
+        except StorageError as err:
+            if err.args[1] == errno.ETIMEDOUT and self._confirmed(puts):
+                return None
+            if err.args[1] == errno.ETIMEDOUT:
+                with self._doubt_lock:
+                    self._in_doubt.update(job.id for job in jobs)
+            return err
+        if not result.succeeded:
+            return StorageError(f"{what}: {len(result.conflicts)} exist already", errno.EEXIST)
+        return None
+
+    def _confirmed(self, puts: dict[bytes, bytes]) -> bool:
+        """Whether a write of unknown outcome is there after all (read back)."""
+        try:
+            found = self._kv.get_many(puts)
+        except StorageError:
+            return False
+        return all(item is not None and item.value == puts[item.key] for item in found)
+
+    def _settle_in_doubt(self) -> None:
+        """Delete jobs whose creation was reported failed but may have landed later.
+
+        etcd orders a write after any earlier one it still commits, so once
+        this delete succeeds none of them can appear any more. A failure is
+        logged; the next submission tries again.
+        """
+        with self._doubt_lock:
+            doubtful = sorted(self._in_doubt)
+        for start in range(0, len(doubtful), MAX_TXN_OPS - 1):
+            batch = doubtful[start : start + MAX_TXN_OPS - 1]
+            try:
+                self._write(
+                    "Cannot remove jobs never acknowledged",
+                    deletes=[self.keys.job(job_id) for job_id in batch],
+                )
+            except StorageError as err:
+                self._log.warning("%s", err)
+                return
+            with self._doubt_lock:
+                self._in_doubt.difference_update(batch)
+
+    def replace_job(self, job: Job) -> None:
+        """Replace the job's key whole; a too-big job is trimmed by the size rule."""
+        data, dropped = fit_job(job, self.job_limit)
+        if dropped and job.id not in self._trimmed:
+            self._trimmed.add(job.id)
+            self._log.warning(
+                "Job %d is larger than etcd takes (%d bytes); its oldest log entries are"
+                " dropped from the stored copy",
+                job.id,
+                self.job_limit,
+            )
+        self._write(f"Cannot write job {job.id} to etcd", puts={self.keys.job(job.id): data})
+
+    def discard_jobs(self, job_ids: Sequence[int]) -> tuple[list[int], StorageError | None]:
+        """Delete never-acknowledged jobs, a transaction per 127; stops at the first failure.
+
+        A batch whose outcome is unknown counts as gone (it must not be
+        acknowledged) and is deleted again at the next submission.
+        """
+        removed: list[int] = []
+        for start in range(0, len(job_ids), MAX_TXN_OPS - 1):
+            batch = list(job_ids[start : start + MAX_TXN_OPS - 1])
+            try:
+                self._write(
+                    f"Cannot remove {len(batch)} jobs from etcd",
+                    deletes=[self.keys.job(job_id) for job_id in batch],
+                )
+            except StorageError as err:
+                if err.args[1] == errno.ETIMEDOUT:
+                    with self._doubt_lock:
+                        self._in_doubt.update(batch)
+                    removed.extend(batch)
+                return removed, err
+            removed.extend(batch)
+        return removed, None
+
+    def read_job(self, job_id: int) -> Job | None:
+        for key in (self.keys.job(job_id), self.keys.archived(job_id)):
+            try:
+                found = self._kv.get(key)
+            except StorageError as err:
+                raise StorageError(f"Cannot read job {job_id}: {err}", err.args[1]) from err
+            if found is not None:
+                return decode_job(found.value)
+        return None
+
+    # -- archive -----------------------------------------------------------------
+    def archive_jobs(self, job_ids: Iterable[int]) -> tuple[list[int], StorageError | None]:
+        moved, failure = self._archive.archive(sorted(set(job_ids)), self._clock())
+        self._trimmed.difference_update(moved)
+        return moved, failure
+
+    def is_archived(self, job_id: int) -> bool:
+        return self._kv.get(self.keys.archived(job_id)) is not None
+
+    def archived_ids(self) -> list[int]:
+        return self._archive.archived_ids(self.settings.page_size)
+
+    def prune_archive(self, max_age: float, now: float, budget: float | None = None) -> PruneResult:
+        deadline = None if budget is None else self._monotonic() + budget
+        return self._archive.prune(now - max_age, deadline, self._monotonic)
+
+    # -- settings --------------------------------------------------------------
+    def is_drained(self) -> bool:
+        return self._read_setting(DRAIN) is not None
+
+    def set_drained(self, drained: bool) -> None:
+        self._write_setting(DRAIN, "1" if drained else None)
+
+    def read_setting(self, name: str) -> str | None:
+        """A named setting, kept at ``<prefix>/settings/<name>``; None if unset."""
+        check_setting(name)
+        return self._read_setting(name)
+
+    def write_setting(self, name: str, value: str | None) -> None:
+        check_setting(name, value)
+        self._write_setting(name, value)
+
+    def _read_setting(self, name: str) -> str | None:
+        try:
+            found = self._kv.get(self.keys.setting(name))
+        except StorageError as err:
+            raise StorageError(f"Cannot read setting {name}: {err}", err.args[1]) from err
+        return None if found is None else found.value.decode("utf-8", "replace")
+
+    def _write_setting(self, name: str, value: str | None) -> None:
+        key, what = self.keys.setting(name), f"Cannot write setting {name} to etcd"
+        if value is None:
+            self._write(what, deletes=[key])
+        else:
+            self._write(what, puts={key: value.encode("utf-8")})
+
+    # -- other processes' changes, leadership, history --------------------------------
+    def change_feed(self, start_revision: int = 0) -> ChangeFeed:
+        """A feed from ``start_revision`` (0: from now on)."""
+        return EtcdChangeFeed(self._kv, self.keys, start_revision=start_revision, logger=self._log)
+
+    def leadership(self, name: str) -> EtcdLeadership:
+        if self._leadership is None:
+            self._leadership = EtcdLeadership(
+                self._kv, self.keys.leader, name, self.settings.lease_ttl, self._monotonic
+            )
+        return self._leadership
+
+    def compact_history(self) -> int | None:
+        """Note etcd's revision now; compact the history older than ``settings.history``.
+
+        The daemon calls this every minute or so while it leads: etcd then
+        keeps about ``history`` seconds of past revisions, which a standby's
+        watch can fall behind by before it has to re-read. Returns the
+        revision compacted to, None when nothing was old enough (or history
+        is 0). Raises StorageError.
+        """
+        if not self.settings.history:
+            return None
+        now = self._monotonic()
+        self._history.append((now, self._kv.revision()))
+        target = None
+        while self._history and now - self._history[0][0] >= self.settings.history:
+            target = self._history.popleft()[1]
+        if target is None:
+            return None
+        self._kv.compact(target)
+        return target
+
+
+def _job_names(jobs: Sequence[Job]) -> str:
+    if len(jobs) == 1:
+        return f"job {jobs[0].id}"
+    return f"jobs {jobs[0].id} to {jobs[-1].id}"
