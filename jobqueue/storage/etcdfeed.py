@@ -82,15 +82,15 @@ class EtcdChangeFeed(ChangeFeed):
                     "etcd history compacted up to revision %d under the change feed; re-watching",
                     item.compact_revision,
                 )
-                on_change(None)
-                self._rewatch(watch)
+                if self._rewatch(watch):  # watching again first: nothing after None is missed
+                    on_change(None)
                 continue
             job_id = self._keys.changed_job(item.kv.key)
             if job_id is not None:
                 on_change(job_id)
 
-    def _rewatch(self, old: PrefixWatch) -> None:
-        """Replace a compacted watch by one from the current revision on."""
+    def _rewatch(self, old: PrefixWatch) -> bool:
+        """Replace a compacted watch by one from the current revision on; False if stopped."""
         old.stop()
         while not self._stop.is_set():
             try:
@@ -101,4 +101,5 @@ class EtcdChangeFeed(ChangeFeed):
                 continue
             self._watch = PrefixWatch(self._kv, self._keys.root, revision + 1).start()
             self.restarts += 1
-            return
+            return True
+        return False

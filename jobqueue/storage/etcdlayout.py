@@ -106,12 +106,17 @@ def _padded(job_id: int) -> bytes:
     return b"%0*d" % (ID_WIDTH, job_id)
 
 
+def op_cost(key: bytes, value: bytes = b"") -> int:
+    """A generous estimate of the bytes one put (or delete, without value) adds to a request."""
+    return len(key) + len(value) + _OP_OVERHEAD
+
+
 def request_cost(
     puts: Mapping[bytes, bytes], deletes: Iterable[bytes] = (), compares: int = 1
 ) -> int:
     """A generous estimate of the bytes etcd counts for a transaction (its size limit)."""
-    cost = sum(len(key) + len(value) + _OP_OVERHEAD for key, value in puts.items())
-    cost += sum(len(key) + _OP_OVERHEAD for key in deletes)
+    cost = sum(op_cost(key, value) for key, value in puts.items())
+    cost += sum(op_cost(key) for key in deletes)
     return cost + compares * (_OP_OVERHEAD + 256) + REQUEST_MARGIN // 4
 
 

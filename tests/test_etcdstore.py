@@ -1,0 +1,434 @@
+"""The etcd store beyond the contract, on real etcd: fencing, lost quorum, size, paging, history.
+
+The contract itself runs on etcd in tests/test_storage.py. Without an etcd
+server the tests here that need one are skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobqueue import cleaner
+from jobqueue.constants import Status
+from jobqueue.errors import JobQueueError, NotLeaderError, StorageError
+from jobqueue.model import Job
+from jobqueue.storage.base import encode_job
+from jobqueue.storage.etcd import EtcdJobStore
+from jobqueue.storage.etcdkv import EtcdKV
+from jobqueue.storage.etcdlayout import TRIM_MARKER, fit_job
+from jobqueue.storage.etcdoptions import STORE_ETCD, EtcdStoreSettings, add_etcd_arguments
+from tests.etcd_cluster import EtcdCluster, unique_prefix
+from tests.polling import poll_until
+from tests.test_storage import create, make_job
+
+OpenStore = Callable[..., EtcdJobStore]
+#: A small request limit for the size tests: the server's and the store's.
+SMALL_LIMIT = 256 * 1024
+
+
+class Clock:
+    """time.monotonic, plus a jump the test decides (a paused process sees one)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+def logged_job(job_id: int, entries: int, size: int) -> Job:
+    job = make_job(job_id)
+    for number in range(entries):
+        job.add_log(0, "message", f"{number}:" + "m" * size, [1000 + number, 0])
+    return job
+
+
+# -- fencing ----------------------------------------------------------------------
+
+
+def test_a_leader_whose_lease_was_revoked_is_refused_by_etcd(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore
+) -> None:
+    endpoints, prefix = etcd_member.endpoints, unique_prefix()
+    old, new = open_etcd_store(endpoints, prefix), open_etcd_store(endpoints, prefix)
+    old_lead = old.leadership("old")
+    assert old_lead.acquire(0)
+    (job_id,) = old.allocate_ids(1)
+    create(old, make_job(job_id))
+    lease = old_lead.lease_id
+    assert lease is not None
+    new.kv.lease_revoke(lease)  # etcd ends the lease; the old leader has not noticed yet
+    new_lead = new.leadership("new")
+    assert new_lead.acquire(5) and new_lead.holder() == "new"
+    before, revision = new.kv.get(new.keys.job(job_id)), new.kv.revision()
+
+    with pytest.raises(NotLeaderError):  # sent to etcd, refused there on the fence
+        old.replace_job(make_job(job_id, Status.SUCCESS))
+    assert old_lead.lost.is_set()
+    assert isinstance(old.create_jobs([make_job(job_id + 1)])[0], NotLeaderError)
+    assert isinstance(old.archive_jobs([job_id])[1], NotLeaderError)
+    discarded, failure = old.discard_jobs([job_id])
+    assert discarded == [] and isinstance(failure, NotLeaderError)
+    for write in (lambda: old.allocate_ids(1), lambda: old.set_drained(True)):
+        with pytest.raises(NotLeaderError):
+            write()
+    with pytest.raises(NotLeaderError):
+        old.release_unused_ids()
+    assert new.kv.revision() == revision  # etcd holds nothing the old leader sent
+    assert new.kv.get(new.keys.job(job_id)) == before
+    new.replace_job(make_job(job_id, Status.SUCCESS))
+    stored = old.read_job(job_id)  # reads still work for the deposed one
+    assert stored is not None and stored.status == Status.SUCCESS
+
+
+def test_a_leader_whose_lease_lapsed_stops_and_can_lead_again(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore
+) -> None:
+    """A pause past the TTL (a clock jump, as a stopped process sees on resuming)."""
+    endpoints, prefix = etcd_member.endpoints, unique_prefix()
+    clock = Clock()
+    old = open_etcd_store(endpoints, prefix, lease_ttl=2, monotonic=clock)
+    new = open_etcd_store(endpoints, prefix, lease_ttl=2)
+    old_lead, new_lead = old.leadership("old"), new.leadership("new")
+    assert old_lead.acquire(0)
+    create(old, make_job(1))
+    assert not new_lead.acquire(0)
+
+    clock.offset += 3  # the lease may be gone by our clock: the keeper gives up, stops renewing
+    assert old_lead.lost.wait(5)
+    with pytest.raises(NotLeaderError):
+        old.replace_job(make_job(1, Status.ERROR))
+    assert new_lead.acquire(10)  # once etcd has expired the unrenewed lease
+    assert new.kv.get(new.keys.leader) is not None
+    new.replace_job(make_job(1, Status.SUCCESS))
+    new_lead.release()
+
+    assert old_lead.acquire(5) and not old_lead.lost.is_set()  # a standby that leads again
+    old.replace_job(make_job(1, Status.CANCELED))
+    stored = new.read_job(1)
+    assert stored is not None and stored.status == Status.CANCELED
+
+
+def test_waiting_to_lead_wakes_when_the_leader_releases(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore
+) -> None:
+    endpoints, prefix = etcd_member.endpoints, unique_prefix()
+    first = open_etcd_store(endpoints, prefix).leadership("first")
+    second = open_etcd_store(endpoints, prefix).leadership("second")
+    assert second.holder() is None
+    assert first.acquire(0)
+    won: list[bool] = []
+    waiter = threading.Thread(target=lambda: won.append(second.acquire(30)))
+    waiter.start()
+    assert poll_until(lambda: second.holder() == "first", 5)
+    first.release()
+    waiter.join(30)
+    assert won == [True] and second.holder() == "second"
+
+
+# -- lost quorum ------------------------------------------------------------------
+
+
+def test_writes_fail_in_time_without_quorum_and_work_again_after(
+    etcd_factory: Callable[..., EtcdCluster], open_etcd_store: OpenStore
+) -> None:
+    cluster = etcd_factory(3)
+    store = open_etcd_store(cluster.endpoints, unique_prefix(), timeout=1.0, lease_ttl=3)
+    lead = store.leadership("me")
+    assert lead.acquire(0)
+    ids = store.allocate_ids(3)
+    create(store, make_job(ids[0]))
+    gone = cluster.members[1:]
+    for member in gone:
+        member.kill9()
+
+    started = time.monotonic()
+    (refused,) = store.create_jobs([make_job(ids[1])])
+    assert time.monotonic() - started < 2 * 1.0 + 1.0  # the write, then its read-back
+    assert isinstance(refused, StorageError)
+    assert refused.args[1] in (errno.ETIMEDOUT, errno.EAGAIN, errno.ECONNREFUSED), refused
+    for call in (lambda: store.replace_job(make_job(ids[0], Status.ERROR)), store.is_drained):
+        started = time.monotonic()
+        with pytest.raises(StorageError):
+            call()
+        assert time.monotonic() - started < 1.0 + 1.0
+
+    for member in gone:
+        cluster.restart(member, wait=False)
+    cluster.wait_healthy()
+    assert lead.acquire(15)  # again, if the lease lapsed meanwhile
+    assert poll_until(lambda: store.create_jobs([make_job(ids[2])]) == [None], 15)
+    assert store.read_job(ids[1]) is None  # refused, so not there (nor will it appear)
+    kept = store.read_job(ids[0])
+    assert kept is not None and kept.status == Status.QUEUED
+    assert [job.id for job in store.load_jobs()] == [ids[0], ids[2]]
+
+
+class Flaky:
+    """An EtcdKV whose transactions time out: after applying them, or without."""
+
+    def __init__(self, kv: EtcdKV, apply: bool) -> None:
+        self.kv, self.apply = kv, apply
+        self.real_txn = kv.txn
+
+    def txn(self, **request: Any) -> Any:
+        if self.apply:
+            self.real_txn(**request)
+        raise StorageError(
+            "etcd /kv/txn failed (the write may or may not have been applied)", errno.ETIMEDOUT
+        )
+
+
+def test_a_submission_of_unknown_outcome_is_read_back_and_never_left_behind(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_etcd_store(etcd_member.endpoints, unique_prefix())
+    landed = Flaky(store.kv, apply=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(store.kv, "txn", landed.txn)
+        assert store.create_jobs([make_job(1)]) == [None]  # it did land: acknowledged
+    lost = Flaky(store.kv, apply=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(store.kv, "txn", lost.txn)
+        (failure,) = store.create_jobs([make_job(2)])
+    assert isinstance(failure, StorageError) and failure.args[1] == errno.ETIMEDOUT
+    store.kv.txn(fence=None, puts={store.keys.job(2): encode_job(make_job(2))})  # lands late
+    create(store, make_job(3))  # the next submission removes what was never acknowledged
+    assert [job.id for job in store.load_jobs()] == [1, 3]
+
+
+# -- the size rule ----------------------------------------------------------------
+
+
+def test_fit_job_drops_the_oldest_entries_behind_one_notice() -> None:
+    job = Job.new(7, [{"OP_ID": "OP_TEST_DELAY"}, {"OP_ID": "OP_TEST_DELAY"}], [1, 0])
+    for number in range(50):  # serials 1-20 in the first opcode, 21-50 in the second
+        job.add_log(0 if number < 20 else 1, "message", "x" * 100, [number, 0])
+    whole = encode_job(job)
+    assert fit_job(job, len(whole)) == (whole, 0)
+    data, dropped = fit_job(job, len(whole) - 2000)
+    assert len(data) <= len(whole) - 2000 and dropped > 15
+    stored = Job.from_dict(json.loads(data))
+    entries = [entry for op in stored.ops for entry in op.log]
+    serials = [entry[0] for entry in entries]
+    assert serials == sorted(set(serials)) and serials[-1] == 50
+    notice = entries[0]
+    assert notice[3].startswith(TRIM_MARKER) and f"{dropped} older" in notice[3]
+    assert notice[0] == dropped  # the newest dropped entry's serial
+    assert len(entries) == 50 - dropped + 1
+    assert sum(len(op.log) for op in job.ops) == 50  # the job itself is untouched
+
+
+def test_the_size_rule_on_a_server_with_a_small_request_limit(
+    etcd_factory: Callable[..., EtcdCluster], open_etcd_store: OpenStore
+) -> None:
+    cluster = etcd_factory(1, flags=(f"--max-request-bytes={SMALL_LIMIT}",))
+    store = open_etcd_store(cluster.endpoints, unique_prefix(), max_request_bytes=SMALL_LIMIT)
+    limit = store.job_limit
+    ids = store.allocate_ids(6)
+
+    huge = Job.new(ids[1], [{"OP_ID": "OP_TEST_DELAY", "note": "h" * limit}], [0, 0])
+    results = store.create_jobs([make_job(ids[0]), huge, make_job(ids[2])])
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], StorageError) and results[1].args[1] == errno.EFBIG
+    assert "too large" in str(results[1]) and store.read_job(ids[1]) is None
+
+    job = logged_job(ids[0], entries=400, size=1000)  # about 400 KB of log
+    store.replace_job(job)
+    stored = store.read_job(ids[0])
+    assert stored is not None and len(encode_job(stored)) <= limit
+    log = stored.ops[0].log
+    assert log[0][3].startswith(TRIM_MARKER) and log[-1] == job.ops[0].log[-1]
+    assert len(job.ops[0].log) == 400
+
+    result_too_big = make_job(ids[2])
+    result_too_big.ops[0].result = "r" * (limit + 1)
+    with pytest.raises(StorageError) as caught:
+        store.replace_job(result_too_big)
+    assert caught.value.args[1] == errno.EFBIG
+    unchanged = store.read_job(ids[2])
+    assert unchanged is not None and unchanged.ops[0].result is None
+
+    # Jobs near the limit are archived in as many transactions as they need.
+    near = [logged_job(job_id, entries=100, size=1000) for job_id in ids[3:]]
+    create(store, *near)
+    job.ops[0].status = Status.SUCCESS
+    store.replace_job(job)
+    assert store.archive_jobs([ids[0], *ids[3:]]) == ([ids[0], *ids[3:]], None)
+    archived = store.read_job(ids[0])
+    assert archived is not None and archived.ops[0].log == log
+
+
+# -- paging, history, pruning -----------------------------------------------------
+
+
+def test_twenty_thousand_jobs_load_page_by_page(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = unique_prefix()
+    store = open_etcd_store(etcd_member.endpoints, prefix)
+    ids = store.allocate_ids(20_000)
+    assert store.create_jobs([make_job(job_id) for job_id in ids]) == [None] * len(ids)
+    store.release_unused_ids()
+
+    reopened = open_etcd_store(etcd_member.endpoints, prefix, page_size=1000)
+    ranges: list[int] = []
+    real_call = reopened.kv.call
+
+    def counting(path: str, body: Any, **options: Any) -> dict[str, Any]:
+        if path == "/kv/range":
+            ranges.append(body.get("limit", 0))
+        return real_call(path, body, **options)
+
+    monkeypatch.setattr(reopened.kv, "call", counting)
+    loaded = [job.id for job in reopened.load_jobs()]
+    assert loaded == ids  # key order is id order
+    assert ranges.count(1000) >= 20  # one page of 1000 jobs per request
+    assert reopened.allocate_ids(1) == [ids[-1] + 1]
+
+
+def test_history_is_compacted_and_the_feed_says_so(
+    etcd_factory: Callable[..., EtcdCluster], open_etcd_store: OpenStore
+) -> None:
+    cluster = etcd_factory(1)
+    clock = Clock()
+    store = open_etcd_store(cluster.endpoints, unique_prefix(), history=60, monotonic=clock)
+    create(store, make_job(1))
+    before = store.kv.revision()
+    assert store.compact_history() is None  # nothing is a minute old yet
+    create(store, make_job(2))
+    clock.offset += 61
+    assert store.compact_history() == before
+    with pytest.raises(StorageError) as caught:
+        list(store.kv.range_prefix(store.keys.jobs, revision=before - 1))
+    assert caught.value.args[1] == errno.ESTALE
+
+    seen: list[int | None] = []
+    feed = store.change_feed(start_revision=before - 1)  # a follower far behind
+    feed.start(seen.append)
+    try:
+        assert poll_until(lambda: None in seen, 10)
+        create(store, make_job(3))
+        assert poll_until(lambda: 3 in seen, 10)
+    finally:
+        feed.stop()
+    assert seen.index(None) < seen.index(3)
+    no_history = open_etcd_store(cluster.endpoints, unique_prefix(), history=0)
+    assert no_history.compact_history() is None
+
+
+def test_pruning_dates_jobs_by_their_archiving(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore
+) -> None:
+    now = [1_800_000_000.0]
+    store = open_etcd_store(etcd_member.endpoints, unique_prefix(), clock=lambda: now[0])
+    create(store, *(make_job(job_id, Status.SUCCESS) for job_id in (1, 2, 3)))
+    store.archive_jobs([1, 2])
+    store.archive_jobs([3])
+    # An archived job written by other means has no record: its end (2000) dates it.
+    store.kv.txn(fence=None, puts={store.keys.archived(9): encode_job(make_job(9, Status.ERROR))})
+    assert len(list(store.kv.range_prefix(store.keys.archive_time))) == 2
+
+    stopped = store.prune_archive(0, now[0] + 60, budget=0)
+    assert stopped.unfinished and stopped.jobs == 0
+    first = store.prune_archive(3600, now[0] + 60)
+    assert (first.jobs, first.failures, store.archived_ids()) == (1, [], [1, 2, 3])
+    second = store.prune_archive(3600, now[0] + 7200)
+    assert (second.jobs, second.failures, store.archived_ids()) == (3, [], [])
+    assert list(store.kv.range_prefix(store.keys.archive_time)) == []
+
+
+def test_the_cleaner_prunes_the_etcd_archive_when_the_daemon_is_down(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, tmp_path: Path
+) -> None:
+    prefix = unique_prefix()
+    month_ago = time.time() - 30 * 86400
+    store = open_etcd_store(etcd_member.endpoints, prefix, clock=lambda: month_ago)
+    create(store, make_job(1, Status.SUCCESS), make_job(2, Status.SUCCESS))
+    store.archive_jobs([1, 2])
+    state = tmp_path / "state"
+    state.mkdir()
+    argv = ["--state-dir", str(state), "--store", "etcd", "--etcd-prefix", prefix]
+    argv += ["--etcd-endpoints", ",".join(etcd_member.endpoints), "--archive-age", "21d"]
+    assert cleaner.main(argv) == 0
+    assert store.archived_ids() == []
+    assert "pruned 2 archived jobs" in (state / "log" / cleaner.LOG_NAME).read_text()
+
+
+# -- set-up ------------------------------------------------------------------------
+
+
+def test_a_corrupt_job_is_set_aside_at_load(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore
+) -> None:
+    store = open_etcd_store(etcd_member.endpoints, unique_prefix())
+    create(store, make_job(3))
+    store.kv.txn(fence=None, puts={store.keys.job(4): b'{"id": 4, "ops": ['})
+    store.kv.txn(fence=None, puts={store.keys.job(5): encode_job(make_job(6))})
+    assert [job.id for job in store.load_jobs()] == [3]
+    assert store.kv.get(store.keys.job(4)) is None
+    corrupt = store.kv.get(store.keys.set_aside(store.keys.job(4)))
+    assert corrupt is not None and corrupt.value == b'{"id": 4, "ops": ['
+    assert store.allocate_ids(1)[0] > 3
+
+
+def test_an_unknown_layout_version_is_refused(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore
+) -> None:
+    prefix = unique_prefix()
+    store = open_etcd_store(etcd_member.endpoints, prefix)
+    assert store.kv.get(store.keys.version) is not None
+    store.kv.txn(fence=None, puts={store.keys.version: b"7"})
+    with pytest.raises(JobQueueError, match=r"version b'7'.*not supported"):
+        open_etcd_store(etcd_member.endpoints, prefix, owner=False)
+    maintenance = open_etcd_store(etcd_member.endpoints, unique_prefix(), owner=False)
+    assert maintenance.kv.get(maintenance.keys.version) is None  # creates nothing
+    with pytest.raises(JobQueueError):
+        maintenance.allocate_ids(1)
+
+
+def test_options_give_settings(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_etcd_arguments(parser)
+    assert parser.parse_args([]).store == "file"
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    args = parser.parse_args(
+        [
+            "--store=etcd",
+            "--etcd-endpoints=https://a:2379, https://b:2379/",
+            "--etcd-prefix=/jobqueue/prod/",
+            "--etcd-ca=/ca.pem",
+            "--etcd-cert=/c.pem",
+            "--etcd-key=/c.key",
+            "--etcd-user=jq",
+            f"--etcd-password-file={password}",
+            "--etcd-lease-ttl=7",
+            "--etcd-timeout=2.5",
+        ]
+    )
+    assert args.store == STORE_ETCD
+    settings = EtcdStoreSettings.from_args(args)
+    assert settings.connection.endpoints == ("https://a:2379", "https://b:2379")
+    assert settings.connection.password == "s3cret" and settings.connection.user == "jq"
+    assert (settings.connection.ca_file, settings.connection.timeout) == ("/ca.pem", 2.5)
+    assert (settings.prefix, settings.lease_ttl) == ("/jobqueue/prod/", 7)
+    for wrong, message in (
+        ([], "needs --etcd-endpoints"),
+        (["--etcd-endpoints=http://a:1", "--etcd-user=jq"], "go together"),
+        (["--etcd-endpoints=http://a:1", "--etcd-prefix=jobs"], "absolute path"),
+        (["--etcd-endpoints=http://a:1", "--etcd-lease-ttl=1"], "at least 2"),
+        (["--etcd-endpoints=a:1"], "http"),
+        (["--etcd-endpoints=http://a:1", f"--etcd-password-file={tmp_path}/no"], "cannot read"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            EtcdStoreSettings.from_args(parser.parse_args(["--store=etcd", *wrong]))
