@@ -370,10 +370,16 @@ def test_the_cleaner_prunes_the_etcd_archive_when_the_daemon_is_down(
 def test_a_corrupt_job_is_set_aside_at_load(
     etcd_member: EtcdCluster, open_etcd_store: OpenStore
 ) -> None:
-    store = open_etcd_store(etcd_member.endpoints, unique_prefix())
+    prefix = unique_prefix()
+    store = open_etcd_store(etcd_member.endpoints, prefix)
     create(store, make_job(3))
     store.kv.txn(fence=None, puts={store.keys.job(4): b'{"id": 4, "ops": ['})
     store.kv.txn(fence=None, puts={store.keys.job(5): encode_job(make_job(6))})
+    assert store.leadership("master").acquire(0)
+    standby = open_etcd_store(etcd_member.endpoints, prefix)
+    assert not standby.leadership("standby").acquire(0)
+    assert [job.id for job in standby.load_jobs()] == [3]  # a standby only reads
+    assert store.kv.get(store.keys.job(4)) is not None
     assert [job.id for job in store.load_jobs()] == [3]
     assert store.kv.get(store.keys.job(4)) is None
     corrupt = store.kv.get(store.keys.set_aside(store.keys.job(4)))

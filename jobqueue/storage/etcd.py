@@ -224,7 +224,13 @@ class EtcdJobStore(JobStore):
 
     # -- live jobs -------------------------------------------------------------
     def load_jobs(self) -> Iterator[Job]:
-        """Every live job, read page by page at one revision; corrupt ones set aside."""
+        """Every live job, read page by page at one revision; corrupt ones set aside.
+
+        Only a handle that may write (the leader, or one that never asked to
+        lead) sets corrupt keys aside and raises the serial; a standby
+        waiting to lead just skips them.
+        """
+        repair = self._owner and (self._leadership is None or self._leadership.leading())
         highest = 0
         pages = self._kv.range_prefix(self.keys.jobs, page_size=self.settings.page_size)
         for item in pages:
@@ -236,11 +242,12 @@ class EtcdJobStore(JobStore):
                 if job.id != job_id:
                     raise JobFileCorrupted(f"The key holds job {job.id}")
             except JobFileCorrupted as err:
-                self._set_aside(item.key, item.value, item.mod_revision, err)
+                if repair:
+                    self._set_aside(item.key, item.value, item.mod_revision, err)
                 continue
             highest = max(highest, job_id)
             yield job
-        if highest and self._owner:
+        if highest and repair:
             self._raise_serial(highest)
 
     def _set_aside(self, key: bytes, value: bytes, revision: int, reason: Exception) -> None:

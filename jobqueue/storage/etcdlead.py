@@ -85,6 +85,10 @@ class EtcdLeadership(Leadership):
                     return False
                 self._wait_for_vacancy(outcome, left)
 
+    def leading(self) -> bool:
+        """Whether this handle leads now (by our own clock; etcd has the last word)."""
+        return self._leading()
+
     def _leading(self) -> bool:
         with self._lock:
             return self._fence is not None and self._keeper is not None and self._keeper.holds()
