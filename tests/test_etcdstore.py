@@ -167,9 +167,10 @@ def test_writes_fail_in_time_without_quorum_and_work_again_after(
     cluster.wait_healthy()
     assert lead.acquire(15)  # again, if the lease lapsed meanwhile
     assert poll_until(lambda: store.create_jobs([make_job(ids[2])]) == [None], 15)
-    assert store.read_job(ids[1]) is None  # refused, so not there (nor will it appear)
-    kept = store.read_job(ids[0])
-    assert kept is not None and kept.status == Status.QUEUED
+    # Refused, so not there, nor can it appear later: the timed-out write may
+    # be committed once quorum is back, but the next submission deleted it.
+    # (The replace's outcome is unknown likewise; the queue reads it back.)
+    assert store.read_job(ids[1]) is None
     assert [job.id for job in store.load_jobs()] == [ids[0], ids[2]]
 
 
