@@ -20,7 +20,10 @@ import pytest
 from jobqueue import cleaner
 from jobqueue.constants import Status
 from jobqueue.errors import JobQueueError, NotLeaderError, StorageError
+from jobqueue.livejobs import LiveJobs
+from jobqueue.lus import builtin_registry
 from jobqueue.model import Job
+from jobqueue.standby import StoreMirror
 from jobqueue.storage.base import encode_job
 from jobqueue.storage.etcd import EtcdJobStore
 from jobqueue.storage.etcdkv import EtcdKV
@@ -133,6 +136,33 @@ def test_waiting_to_lead_wakes_when_the_leader_releases(
     first.release()
     waiter.join(30)
     assert won == [True] and second.holder() == "second"
+
+
+def test_a_standby_mirror_follows_the_master_through_etcd(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore
+) -> None:
+    endpoints, prefix = etcd_member.endpoints, unique_prefix()
+    master, standby = open_etcd_store(endpoints, prefix), open_etcd_store(endpoints, prefix)
+    assert master.leadership("master").acquire(0)
+    create(master, make_job(1))
+    live = LiveJobs(builtin_registry().summarize)
+    mirror = StoreMirror(standby, live)
+    mirror.start()
+    try:
+        assert live.ids() == [1]
+        create(master, make_job(2))
+        master.replace_job(make_job(1, Status.SUCCESS))
+        assert poll_until(lambda: live.ids() == [1, 2], 10)
+        assert poll_until(lambda: _status(live, 1) == Status.SUCCESS, 10)
+        master.archive_jobs([1])
+        assert poll_until(lambda: live.ids() == [2], 10)
+    finally:
+        mirror.stop()
+
+
+def _status(live: LiveJobs, job_id: int) -> Status | None:
+    entry = live.entry(job_id)
+    return None if entry is None else entry.status
 
 
 # -- lost quorum ------------------------------------------------------------------

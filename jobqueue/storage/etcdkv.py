@@ -159,9 +159,13 @@ class EtcdKV:
 
     def get(self, key: bytes, timeout: float | None = None) -> KeyValue | None:
         """The key, or None when it does not exist."""
+        return self.get_at(key, timeout)[0]
+
+    def get_at(self, key: bytes, timeout: float | None = None) -> tuple[KeyValue | None, int]:
+        """The key (None when it does not exist) and etcd's revision when it was read."""
         answer = self.call("/kv/range", {"key": _b64(key)}, write=False, timeout=timeout)
         kvs = answer.get("kvs") or []
-        return parse_kv(kvs[0]) if kvs else None
+        return (parse_kv(kvs[0]) if kvs else None), _revision(answer)
 
     def range_prefix(
         self,

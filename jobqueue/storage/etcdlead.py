@@ -77,13 +77,17 @@ class EtcdLeadership(Leadership):
                 return True
             self._drop_keeper()  # of a leadership lost before
             while True:
-                outcome = self._campaign()
-                if outcome.won:
-                    return True
+                holder, revision = self._kv.get_at(self._key)
+                if holder is None:  # a lease and a campaign only when the seat looks free
+                    outcome = self._campaign()
+                    if outcome.won:
+                        return True
+                    holder, revision = outcome.holder, outcome.revision
                 left = deadline - self._clock()
                 if left <= 0:
                     return False
-                self._wait_for_vacancy(outcome, left)
+                if holder is not None:
+                    self._wait_for_vacancy(revision, left)
 
     def leading(self) -> bool:
         """Whether this handle leads now (by our own clock; etcd has the last word)."""
@@ -123,18 +127,14 @@ class EtcdLeadership(Leadership):
         with contextlib.suppress(StorageError):  # unrevoked, it ends at its TTL
             self._kv.lease_revoke(lease_id)
 
-    def _wait_for_vacancy(self, outcome: Campaign, timeout: float) -> None:
-        """Return once the leader key may be gone, or after ``timeout`` seconds."""
-        if outcome.holder is None:
-            return
+    def _wait_for_vacancy(self, revision: int, timeout: float) -> None:
+        """Return once the leader key seen at ``revision`` may be gone, or after ``timeout``."""
         deadline = self._clock() + timeout
-        watch = PrefixWatch(self._kv, self._key, outcome.revision + 1).start()
+        watch = PrefixWatch(self._kv, self._key, revision + 1).start()
         try:
             while (left := deadline - self._clock()) > 0:
                 event = watch.get(timeout=left)
-                if event is None:
-                    return
-                if not isinstance(event, WatchEvent):  # compacted: look again
+                if event is None or not isinstance(event, WatchEvent):  # time up, or compacted
                     return
                 if event.kv.key == self._key and event.kind == EventKind.DELETE:
                     return
