@@ -24,7 +24,7 @@ from jobqueue.livejobs import LiveJobs
 from jobqueue.lus import builtin_registry
 from jobqueue.model import Job
 from jobqueue.standby import StoreMirror
-from jobqueue.storage.base import encode_job
+from jobqueue.storage.base import WATCHER_PAUSE, encode_job, format_pause
 from jobqueue.storage.etcd import EtcdJobStore
 from jobqueue.storage.etcdkv import EtcdKV
 from jobqueue.storage.etcdlayout import TRIM_MARKER, fit_job
@@ -393,6 +393,13 @@ def test_the_cleaner_prunes_the_etcd_archive_when_the_daemon_is_down(
     assert cleaner.main(argv) == 0
     assert store.archived_ids() == []
     assert "pruned 2 archived jobs" in (state / "log" / cleaner.LOG_NAME).read_text()
+
+    create(store, make_job(3, Status.SUCCESS))
+    store.archive_jobs([3])
+    store.write_setting(WATCHER_PAUSE, format_pause(time.time() + 3600))
+    assert cleaner.main(argv) == 0
+    assert store.archived_ids() == [3]  # paused, as read from etcd
+    assert "did nothing" in (state / "log" / cleaner.LOG_NAME).read_text()
 
 
 # -- set-up ------------------------------------------------------------------------
