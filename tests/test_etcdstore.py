@@ -378,6 +378,33 @@ def test_pruning_dates_jobs_by_their_archiving(
     assert list(store.kv.range_prefix(store.keys.archive_time)) == []
 
 
+def test_archiving_never_replaces_an_archived_job(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_etcd_store(etcd_member.endpoints, unique_prefix())
+    create(store, make_job(2, Status.SUCCESS))
+    store.archive_jobs([2])
+    archived = store.kv.get(store.keys.archived(2))
+    create(store, make_job(2, Status.ERROR), make_job(3, Status.SUCCESS))  # an id seen again
+    assert store.archive_jobs([2, 3]) == ([3], None)
+    assert store.kv.get(store.keys.archived(2)) == archived
+    assert [job.id for job in store.load_jobs()] == [2]  # it stays live
+    assert "Job 2 stays live" in caplog.text
+
+
+def test_a_lost_serial_continues_above_the_archive(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore
+) -> None:
+    prefix = unique_prefix()
+    store = open_etcd_store(etcd_member.endpoints, prefix)
+    create(store, make_job(2, Status.SUCCESS), make_job(20_001, Status.SUCCESS))
+    store.archive_jobs([2, 20_001])
+    store.kv.txn(fence=None, deletes=[store.keys.serial])
+    reopened = open_etcd_store(etcd_member.endpoints, prefix)
+    assert list(reopened.load_jobs()) == []
+    assert reopened.allocate_ids(2) == [20_002, 20_003]
+
+
 def test_the_cleaner_prunes_the_etcd_archive_when_the_daemon_is_down(
     etcd_member: EtcdCluster, open_etcd_store: OpenStore, tmp_path: Path
 ) -> None:

@@ -227,8 +227,9 @@ class EtcdJobStore(JobStore):
         """Every live job, read page by page at one revision; corrupt ones set aside.
 
         Only a handle that may write (the leader, or one that never asked to
-        lead) sets corrupt keys aside and raises the serial; a standby
-        waiting to lead just skips them.
+        lead) sets corrupt keys aside and raises the serial above the
+        highest live or archived id; a standby waiting to lead just skips
+        them.
         """
         repair = self._owner and (self._leadership is None or self._leadership.leading())
         highest = 0
@@ -247,8 +248,16 @@ class EtcdJobStore(JobStore):
                 continue
             highest = max(highest, job_id)
             yield job
-        if highest and repair:
-            self._raise_serial(highest)
+        if repair:
+            highest = max(highest, self._highest_archived())
+            if highest:
+                self._raise_serial(highest)
+
+    def _highest_archived(self) -> int:
+        """The highest archived id (one request): a lost serial must continue above it."""
+        key = self._kv.last_key(self.keys.archive)
+        job_id = None if key is None else self.keys.job_id_in(key, self.keys.archive)
+        return job_id or 0
 
     def _set_aside(self, key: bytes, value: bytes, revision: int, reason: Exception) -> None:
         target = self.keys.set_aside(key)

@@ -2,11 +2,13 @@
 
 Archiving moves a batch of live jobs in one transaction: each job's bytes are
 put under ``archive/<id>`` and its ``jobs/<id>`` key deleted, on condition
-that the live key still has the mod_revision it was read at (and on the
-leadership fence). The same transaction writes one ``archive-time/<first
-id>`` record holding the time: it shares the batch's revision, and archived
-keys never change, so an archived key's mod_revision tells when it was
-archived, with no need to read (or store) anything in the job itself.
+that the live key still has the mod_revision it was read at, that the
+archived key does not exist (an archived job is never replaced: a live job
+whose id is archived already stays live), and on the leadership fence.
+The same transaction writes one ``archive-time/<first id>`` record holding
+the time: it shares the batch's revision, and archived keys never change,
+so an archived key's mod_revision tells when it was archived, with no need
+to read (or store) anything in the job itself.
 
 Pruning lists the records, then the archived keys without their values,
 page by page; a key whose record is older than the cutoff is deleted, in
@@ -27,7 +29,8 @@ from jobqueue.storage.base import PruneResult, decode_job
 from jobqueue.storage.etcdkv import MAX_TXN_OPS, EtcdKV, KeyValue, TxnResult
 from jobqueue.storage.etcdlayout import Keys, request_cost
 
-#: Jobs read and moved per transaction: two operations each, plus the record.
+#: Jobs read and moved per transaction: two operations and two compares each,
+#: plus the record (and the fence).
 ARCHIVE_BATCH = (MAX_TXN_OPS - 1) // 2
 #: Archived keys deleted per transaction when pruning.
 PRUNE_BATCH = 100
@@ -73,15 +76,20 @@ class ArchiveKeeper:
     def _archive_batch(self, batch: list[int], now: float) -> list[int]:
         """Move the live jobs of one batch, in as many transactions as their size needs."""
         moved: list[int] = []
+        taken: set[int] = set()  # ids archived already: those jobs stay live
         for _ in range(_ATTEMPTS):
             try:
                 found = self._kv.get_many([self._keys.job(job_id) for job_id in batch])
             except StorageError as err:
                 raise StorageError(f"Cannot read jobs to archive: {err}", err.args[1]) from err
-            live = [(job_id, kv) for job_id, kv in zip(batch, found, strict=True) if kv]
+            live = [
+                (job_id, kv)
+                for job_id, kv in zip(batch, found, strict=True)
+                if kv and job_id not in taken
+            ]
             for group in self._by_size(live):
-                if not self._move(group, now):
-                    break  # a job changed meanwhile: read the rest again
+                if not self._move(group, now, taken):
+                    break  # a job changed meanwhile, or was archived already: read again
                 moved.extend(job_id for job_id, _ in group)
             else:
                 return moved
@@ -101,9 +109,16 @@ class ArchiveKeeper:
                 size = cost + request_cost({self._keys.archived_at(job_id): b"0" * 24})
         return groups
 
-    def _move(self, group: list[tuple[int, KeyValue]], now: float) -> bool:
-        """One transaction moving ``group``; False when a job changed since it was read."""
+    def _move(self, group: list[tuple[int, KeyValue]], now: float, taken: set[int]) -> bool:
+        """One transaction moving ``group``; False when a job changed since it was read.
+
+        Each archived key must not exist yet: an archived job is never
+        replaced. The id of a job archived already is added to ``taken``
+        (and logged): that job stays live.
+        """
         puts = {self._keys.archived(job_id): kv.value for job_id, kv in group}
+        expect = {kv.key: kv.mod_revision for _, kv in group}
+        expect.update(dict.fromkeys(puts, 0))
         puts[self._keys.archived_at(group[0][0])] = f"{now:.6f}".encode()
         ids = [job_id for job_id, _ in group]
         result = self._write(
@@ -112,8 +127,15 @@ class ArchiveKeeper:
             else f"Cannot archive job {ids[0]}",
             puts=puts,
             deletes=[kv.key for _, kv in group],
-            expect={kv.key: kv.mod_revision for _, kv in group},
+            expect=expect,
         )
+        for key in result.conflicts:
+            job_id = self._keys.job_id_in(key, self._keys.archive)
+            if job_id is not None:
+                self._log.error(
+                    "Job %d stays live: an archived job %d exists already", job_id, job_id
+                )
+                taken.add(job_id)
         return result.succeeded
 
     def archived_ids(self, page_size: int) -> list[int]:

@@ -199,6 +199,19 @@ class EtcdKV:
                 return
             start = kvs[-1].key + b"\0"
 
+    def last_key(self, prefix: bytes, timeout: float | None = None) -> bytes | None:
+        """The greatest key under ``prefix`` (one request, no value), None if there is none."""
+        body = {
+            "key": _b64(prefix),
+            "range_end": _b64(prefix_end(prefix)),
+            "limit": 1,
+            "keys_only": True,
+            "sort_order": "DESCEND",
+            "sort_target": "KEY",
+        }
+        kvs = self.call("/kv/range", body, write=False, timeout=timeout).get("kvs") or []
+        return parse_kv(kvs[0]).key if kvs else None
+
     def get_many(
         self, keys: Iterable[bytes], timeout: float | None = None
     ) -> list[KeyValue | None]:
