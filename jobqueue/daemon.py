@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import NamedTuple
 
 from jobqueue import __version__, constants, statedir
 from jobqueue.children import ProcessGroups
@@ -49,6 +50,7 @@ from jobqueue.processor import Processor
 from jobqueue.queue import JobQueue
 from jobqueue.standby import StandbyQueue, StoreMirror
 from jobqueue.storage.base import JobStore
+from jobqueue.storage.etcdoptions import STORE_ETCD, EtcdStoreSettings, add_etcd_arguments
 from jobqueue.storage.faults import FAULT_FILE_ENV, disk_from_environment
 from jobqueue.storage.files import FileJobStore
 from jobqueue.timers import Timers
@@ -56,6 +58,8 @@ from jobqueue.workerpool import WorkerPool
 
 PID_FILE_MODE = 0o644
 LOG_FILE_MODE = 0o640
+#: Seconds between two compactions of the etcd history while this daemon leads.
+COMPACTION_INTERVAL = 60.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
 log = logging.getLogger("jobqueue")
 
@@ -138,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="close connections idle this long (default: %(default)s)",
     )
     add("--version", action="version", version=f"%(prog)s {__version__}")
+    add_etcd_arguments(parser)
     return parser
 
 
@@ -211,7 +216,13 @@ def _report(ready_fd: list[int], message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.store == STORE_ETCD:
+        try:
+            args.etcd_settings = EtcdStoreSettings.from_args(args)
+        except ValueError as err:
+            parser.error(str(err))
     paths = StatePaths.resolve(args.state_dir)
     ready_fd: list[int] = []
     try:
@@ -323,10 +334,45 @@ def _run(
         raise GenericError(f"Unknown group {args.socket_group!r}") from None
     registry = builtin_registry()
     load_plugins(registry, args.plugin, log)
+    opened = _open_store(args, paths)
+    try:
+        return _run_on(opened, args, paths, ready_fd, file_handler, registry, socket_gid)
+    finally:
+        opened.store.close()
+
+
+class _OpenedStore(NamedTuple):
+    store: JobStore
+    #: Several daemons share it: one leads, the others stand by.
+    highly_available: bool
+    #: What to call every COMPACTION_INTERVAL seconds while leading, if anything.
+    compact: Callable[[], object] | None
+
+
+def _open_store(args: argparse.Namespace, paths: StatePaths) -> _OpenedStore:
+    """The store the options name: files under the state directory, or etcd."""
+    if args.store == STORE_ETCD:
+        from jobqueue.storage.etcd import EtcdJobStore  # only etcd's users load its client
+
+        etcd = EtcdJobStore(args.etcd_settings, logger=log)
+        return _OpenedStore(etcd, True, etcd.compact_history)
     disk = disk_from_environment(os.environ)
     if disk is not None:
         log.warning("Storage fault injection enabled by %s (test-only)", FAULT_FILE_ENV)
-    store = FileJobStore(paths.queue_dir, disk=disk, logger=log)
+    return _OpenedStore(FileJobStore(paths.queue_dir, disk=disk, logger=log), False, None)
+
+
+def _run_on(
+    opened: _OpenedStore,
+    args: argparse.Namespace,
+    paths: StatePaths,
+    ready_fd: list[int],
+    file_handler: _ReopenableFileHandler | None,
+    registry: Registry,
+    socket_gid: int | None,
+) -> int:
+    """Serve the store as standby and master (etcd) or as its one daemon (files)."""
+    store, highly_available = opened.store, opened.highly_available
     name = f"{platform.node()} pid {os.getpid()}"
     leadership = store.leadership(name)
     live = LiveJobs(registry.summarize)
@@ -380,6 +426,8 @@ def _run(
         finally:
             _settle_gc()
         log.info("Job queue recovered; %d workers", args.workers)
+        if opened.compact is not None:
+            _compact_history_every(COMPACTION_INTERVAL, opened.compact, core.timers)
         return core
 
     status_of = functools.partial(stored_status, live, store)
@@ -393,8 +441,10 @@ def _run(
         ),
         make_term=make_term,
         serve=serve,
-        standby_allowed=False,
-        recovery_message=constants.MSG_UNCLEAN_SHUTDOWN,
+        standby_allowed=highly_available,
+        recovery_message=(
+            constants.MSG_FAILED_OVER if highly_available else constants.MSG_UNCLEAN_SHUTDOWN
+        ),
         shutdown_timeout=args.shutdown_timeout,
         kill_grace=args.kill_grace,
         logger=log,
@@ -408,6 +458,21 @@ def _run(
     _remove(paths.pid_file)
     log.info("jobqueue-masterd stopped")
     return 0
+
+
+def _compact_history_every(
+    interval: float, compact_history: Callable[[], object], timers: Timers
+) -> None:
+    """While a term lasts, have the store compact its history every ``interval`` s."""
+
+    def compact() -> None:
+        try:
+            compact_history()
+        except GenericError as err:
+            log.warning("Cannot compact the etcd history: %s", err)
+        timers.call_later(interval, compact)
+
+    timers.call_later(interval, compact)
 
 
 def _settle_gc() -> None:

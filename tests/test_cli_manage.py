@@ -379,10 +379,19 @@ class TestQueue:
             return True
 
         luxi.answers["SetDrainFlag"] = set_flag
-        luxi.answers["QueryConfigValues"] = lambda fields: [drained.is_set(), "0.1.0", 3, 50, 25]
+        luxi.answers["QueryConfigValues"] = lambda fields: [
+            drained.is_set(),
+            "0.1.0",
+            3,
+            50,
+            25,
+            "master",
+            "host1 pid 7",
+        ]
         assert run_jobctl(luxi.path, "queue", "info").stdout == (
             "The drain flag is unset\nDaemon version: 0.1.0\nLive jobs: 3\n"
-            "Most live jobs allowed: 50\nWorkers: 25\n"
+            "Most live jobs allowed: 50\nWorkers: 25\nThis daemon: master\n"
+            "Master: host1 pid 7\n"
         )
         result = run_jobctl(luxi.path, "queue", "info", "--output", "json")
         assert json.loads(result.stdout) == {
@@ -391,6 +400,8 @@ class TestQueue:
             "live_jobs": 3,
             "max_jobs": 50,
             "workers": 25,
+            "role": "master",
+            "master": "host1 pid 7",
         }
         result = run_jobctl(luxi.path, "queue", "drain")
         assert (result.returncode, result.stdout) == (0, "")
@@ -398,7 +409,7 @@ class TestQueue:
         run_jobctl(luxi.path, "queue", "undrain")
         assert luxi.args_of("SetDrainFlag") == [[True], [False]]
         assert luxi.args_of("QueryConfigValues")[0] == [
-            ["drain_flag", "version", "live_jobs", "max_jobs", "workers"]
+            ["drain_flag", "version", "live_jobs", "max_jobs", "workers", "role", "master"]
         ]
 
 

@@ -27,6 +27,8 @@ QUEUE_INFO = (
     ("live_jobs", "Live jobs"),
     ("max_jobs", "Most live jobs allowed"),
     ("workers", "Workers"),
+    ("role", "This daemon"),
+    ("master", "Master"),
 )
 
 

@@ -250,6 +250,13 @@ class JobStore(abc.ABC):
     def change_feed(self) -> ChangeFeed:
         """A new, unstarted feed of changes made through other handles on this store."""
 
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what the store holds (connections, threads); idempotent.
+
+        Leadership acquired through it is released too.
+        """
+
     # -- who may write ---------------------------------------------------------------
     @abc.abstractmethod
     def leadership(self, name: str) -> Leadership:

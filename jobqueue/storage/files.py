@@ -109,6 +109,7 @@ class FileJobStore(JobStore):
         self._temp_counter = itertools.count()
         self._lock = threading.Lock()  # guards _last_id, _reserved, _batch_pool
         self._archive_lock = threading.Lock()
+        self._leadership: FileLeadership | None = None
         if owner:
             self._prepare_dirs()
         elif not os.path.isdir(queue_dir):
@@ -595,7 +596,17 @@ class FileJobStore(JobStore):
         return FileChangeFeed(self.queue_dir, logger=self._log)
 
     def leadership(self, name: str) -> Leadership:
-        return FileLeadership(QueueLock(self._path(layout.LOCK_FILE)))
+        if self._leadership is None:
+            self._leadership = FileLeadership(QueueLock(self._path(layout.LOCK_FILE)))
+        return self._leadership
+
+    def close(self) -> None:
+        if self._leadership is not None:
+            self._leadership.release()
+        with self._lock:
+            pool, self._batch_pool = self._batch_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 class FileLeadership(Leadership):

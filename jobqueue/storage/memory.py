@@ -177,6 +177,10 @@ class MemoryJobStore(JobStore):
     def change_feed(self) -> ChangeFeed:
         return MemoryChangeFeed(self, self._backing)
 
+    def close(self) -> None:
+        if self._leadership is not None:
+            self._leadership.release()
+
     def leadership(self, name: str) -> MemoryLeadership:
         if self._leadership is None:
             self._leadership = MemoryLeadership(name, self._backing)

@@ -1,0 +1,146 @@
+"""Two real daemons on one real etcd cluster, and clients that follow the master.
+
+Each daemon has its own state directory (its sockets, log and command
+records) and shares the queue in etcd under one prefix. ``Submitters`` are
+16 client threads that submit jobs to whichever daemon is the master now,
+as an operator's scripts would when told "the master is X"; they record
+every acknowledged id with the tag it was submitted under.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jobqueue import errors
+from jobqueue.luxi.client import Client
+from tests.daemon_helper import Daemon, state_dir_under, wait_until
+from tests.etcd_cluster import EtcdCluster
+
+#: Seconds a master's lease outlives its last renewal in these tests.
+LEASE_TTL = 2
+
+
+def etcd_daemon(
+    root: Path, name: str, cluster: EtcdCluster, prefix: str, *extra: str, workers: int = 4
+) -> Daemon:
+    """A daemon (not started) on ``cluster`` under ``prefix``, its state in ``root/name``."""
+    (root / name).mkdir(parents=True, exist_ok=True)
+    state = state_dir_under(root / name)
+    return Daemon(
+        state,
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        ",".join(cluster.endpoints),
+        "--etcd-prefix",
+        prefix,
+        "--etcd-lease-ttl",
+        str(LEASE_TTL),
+        "--etcd-timeout",
+        "1",
+        "--shutdown-timeout",
+        "5",
+        "--kill-grace",
+        "1",
+        *extra,
+        workers=workers,
+    )
+
+
+def role(daemon: Daemon) -> tuple[str, Any] | None:
+    """``(role, master)`` as the daemon answers it, None when it does not answer."""
+    try:
+        with Client(daemon.paths.query_socket, timeout=5) as client:
+            found = client.query_config_values(["role", "master"])
+    except errors.GenericError:
+        return None
+    return found[0], found[1]
+
+
+def role_of(daemon: Daemon) -> str:
+    """``master``, ``standby``, or "" when the daemon does not answer."""
+    answer = role(daemon)
+    return "" if answer is None else str(answer[0])
+
+
+def wait_master(daemon: Daemon, timeout: float = 30) -> None:
+    wait_until(lambda: role_of(daemon) == "master", timeout, "a master")
+
+
+class Submitters:
+    """Client threads submitting ``make_job(tag)`` to the master among ``daemons``."""
+
+    def __init__(
+        self, daemons: list[Daemon], make_job: Callable[[str], list[Any]], threads: int = 16
+    ):
+        self.daemons = daemons
+        self.make_job = make_job
+        self.lock = threading.Lock()
+        self.acked: dict[int, str] = {}  # id -> tag
+        self.refusals: dict[str, int] = {}
+        self.unexpected: list[BaseException] = []
+        self.stopping = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._run, args=(number,), name=f"submitter-{number}")
+            for number in range(threads)
+        ]
+
+    def start(self) -> Submitters:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.acked)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(60)
+
+    def _run(self, number: int) -> None:
+        sequence = 0
+        while not self.stopping.is_set():
+            tag = f"t{number}-{sequence}"
+            sequence += 1
+            for daemon in self.daemons:
+                if self._submit(daemon, tag):
+                    break
+            else:
+                self.stopping.wait(0.05)  # no master right now: a failover is under way
+
+    def _submit(self, daemon: Daemon, tag: str) -> bool:
+        """True once ``tag`` was acknowledged (or refused for good) by this daemon."""
+        try:
+            with Client(daemon.paths.master_socket, timeout=10) as client:
+                job_id = client.submit_job(self.make_job(tag))
+        except (errors.NotMasterError, errors.NoMasterError, errors.ConnectionClosed):
+            return False
+        except (errors.JobQueueError, errors.LuxiError) as err:  # etcd trouble, a closing daemon
+            with self.lock:
+                self.refusals[type(err).__name__] = self.refusals.get(type(err).__name__, 0) + 1
+            return False
+        except BaseException as err:  # reported by the test
+            with self.lock:
+                self.unexpected.append(err)
+            return True
+        with self.lock:
+            assert job_id not in self.acked, f"id {job_id} acknowledged twice"
+            self.acked[job_id] = tag
+        return True
+
+
+def wait_count(submitters: Submitters, at_least: int, timeout: float = 60) -> None:
+    wait_until(lambda: submitters.count() >= at_least, timeout, f"{at_least} acknowledged jobs")
+
+
+def elapsed_until(condition: Callable[[], bool], timeout: float) -> float:
+    """Seconds until ``condition`` holds (a bounded poll); fails after ``timeout``."""
+    started = time.monotonic()
+    wait_until(condition, timeout, "the condition")
+    return time.monotonic() - started

@@ -1,0 +1,204 @@
+"""High availability with real daemons on a real 3-member etcd cluster (issue 13).
+
+Two daemons share one queue in etcd; one leads, the other stands by. Every
+test uses real signals: kill -9 and SIGSTOP on the daemons, kill -9 on etcd
+members. The figures (failover time p50/p99) are measured by ``make bench``;
+the bounds here only catch a failover that does not happen.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobqueue import constants, errors
+from jobqueue.luxi.client import Client
+from jobqueue.storage.etcdlayout import Keys
+from tests.daemon_helper import Daemon, wait_until
+from tests.etcd_cluster import EtcdCluster
+from tests.ha_support import (
+    LEASE_TTL,
+    Submitters,
+    elapsed_until,
+    etcd_daemon,
+    role,
+    role_of,
+    wait_count,
+    wait_master,
+)
+
+#: What a loaded test machine may add to a failover on top of the promise
+#: (lease TTL + 2 s); the real figure is in the benchmark.
+LOAD_SLACK = 4.0
+FINAL = frozenset({"success", "error", "canceled"})
+
+
+class Pair:
+    """The cluster, the queue's prefix, and two daemons: ``first`` leads at the start."""
+
+    def __init__(self, cluster: EtcdCluster, first: Daemon, second: Daemon, prefix: str) -> None:
+        self.cluster, self.first, self.second, self.prefix = cluster, first, second, prefix
+
+    @property
+    def daemons(self) -> list[Daemon]:
+        return [self.first, self.second]
+
+
+@pytest.fixture
+def pair(tmp_path: Path, etcd_factory: Callable[..., EtcdCluster]) -> Iterator[Pair]:
+    cluster = etcd_factory(3)
+    prefix = f"/jobqueue/test-{uuid.uuid4().hex[:8]}"
+    first = etcd_daemon(tmp_path, "a", cluster, prefix)
+    second = etcd_daemon(tmp_path, "b", cluster, prefix)
+    first.start()
+    wait_master(first)
+    second.start()
+    assert role(second) == ("standby", role(first)[1])  # type: ignore[index]
+    yield Pair(cluster, first, second, prefix)
+    for daemon in (first, second):
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            with_signal(daemon, signal.SIGCONT)
+            daemon.kill9()
+
+
+def with_signal(daemon: Daemon, signum: int) -> None:
+    assert daemon.proc is not None
+    os.kill(daemon.proc.pid, signum)
+
+
+def recording_job(runs: Path) -> Callable[[str], list[Any]]:
+    """Jobs that append their id to ``runs`` when they run: a job run twice shows twice."""
+
+    def make(tag: str) -> list[Any]:
+        script = f'echo "$JOBQUEUE_JOB_ID" >> {runs}; sleep 0.05'
+        return [{"OP_ID": "OP_COMMAND_RUN", "argv": ["sh", "-c", script], "comment": tag}]
+
+    return make
+
+
+def all_final(daemon: Daemon, job_ids: list[int], timeout: float = 120) -> list[list[Any]]:
+    client = daemon.client()
+
+    def rows() -> list[list[Any]] | None:
+        found = client.query_jobs(job_ids, ["status", "comment", "opresult"])
+        return found if all(row[0] in FINAL for row in found) else None
+
+    return list(wait_until(rows, timeout, "every acknowledged job to end"))
+
+
+def check_nothing_lost_nothing_run_twice(
+    master: Daemon, submitters: Submitters, runs: Path
+) -> dict[str, int]:
+    """Every acknowledged job is there under its own tag; none ran twice; failed-over
+    ones say so. Returns the count of each final status."""
+    assert submitters.unexpected == []
+    ids = sorted(submitters.acked)
+    rows = all_final(master, ids)
+    statuses: dict[str, int] = {}
+    for job_id, (status, comment, opresult) in zip(ids, rows, strict=True):
+        assert comment == submitters.acked[job_id], f"job {job_id} is not what was acknowledged"
+        statuses[status] = statuses.get(status, 0) + 1
+        if status == "error":
+            assert opresult == [constants.MSG_FAILED_OVER], (job_id, opresult)
+    ran = runs.read_text().split() if runs.exists() else []
+    twice = sorted({job_id for job_id in ran if ran.count(job_id) > 1})
+    assert twice == [], f"jobs run twice: {twice}"
+    return statuses
+
+
+def test_kill_9_of_the_master_under_load(pair: Pair, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    submitters = Submitters(pair.daemons, recording_job(runs)).start()
+    try:
+        wait_count(submitters, 40)
+        pair.first.kill9()
+        took = elapsed_until(lambda: role_of(pair.second) == "master", 60)
+        assert took < LEASE_TTL + 2 + LOAD_SLACK, f"failover took {took:.1f} s"
+        before = submitters.count()
+        wait_count(submitters, before + 40)  # the new master accepts jobs
+    finally:
+        submitters.stop()
+    statuses = check_nothing_lost_nothing_run_twice(pair.second, submitters, runs)
+    assert statuses.get("success", 0) >= 80
+    ids = sorted(submitters.acked)
+    assert len(ids) == len(set(ids))
+
+
+def test_a_paused_master_never_writes_again(
+    pair: Pair, tmp_path: Path, open_kv: Callable[..., Any]
+) -> None:
+    pid_file = tmp_path / "command.pid"
+    script = f"echo $$ > {pid_file}; while true; do echo tick; sleep 0.05; done"
+    client = pair.first.client()
+    job_id = client.submit_job([{"OP_ID": "OP_COMMAND_RUN", "argv": ["sh", "-c", script]}])
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "the command")
+    command_pid = int(pid_file.read_text())
+    with_signal(pair.first, signal.SIGSTOP)
+    wait_master(pair.second, LEASE_TTL + 30)
+    taken_over = pair.second.client()
+    wait_until(
+        lambda: taken_over.query_jobs([job_id], ["status"])[0][0] == "error",
+        30,
+        "the new master to end the job as failed over",
+    )
+    (opresult,) = taken_over.query_jobs([job_id], ["opresult"])[0]
+    assert opresult == [constants.MSG_FAILED_OVER]
+    kv = open_kv(pair.cluster.endpoints)
+    key = Keys(pair.prefix).job(job_id)
+    written = kv.get(key)
+    assert written is not None
+    with_signal(pair.first, signal.SIGCONT)  # its command printed all along: writes are due
+    wait_until(lambda: role_of(pair.first) == "standby", 30, "the old master to stand by")
+    wait_until(lambda: not _alive(command_pid), 15, "the old master to kill its command")
+    assert "Lost the lead" in pair.first.log()
+    after = kv.get(key)
+    assert after is not None and after.mod_revision == written.mod_revision  # fenced
+    with pytest.raises(errors.NotMasterError), Client(pair.first.paths.master_socket) as old:
+        old.submit_job([{"OP_ID": "OP_TEST_DELAY", "duration": 0}])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_etcd_members_die_and_come_back(pair: Pair) -> None:
+    client = pair.first.client()
+    delay = [{"OP_ID": "OP_TEST_DELAY", "duration": 0}]
+    acked = [client.submit_job(delay)]
+    third, second_member = pair.cluster.members[2], pair.cluster.members[1]
+    third.kill9()
+    acked.append(client.submit_job(delay))  # one member down: service goes on
+    assert pair.first.wait_job(acked[-1]) == "success"
+    second_member.kill9()  # no quorum: refused, typed, in bounded time
+    began = time.monotonic()
+    with pytest.raises((errors.JobQueueError, errors.NotMasterError)):
+        Client(pair.first.paths.master_socket, timeout=30).submit_job(delay)
+    assert time.monotonic() - began < 10
+    for member in (second_member, third):
+        pair.cluster.restart(member, wait=False)
+    pair.cluster.wait_healthy()
+
+    def submitted() -> int | None:
+        for daemon in pair.daemons:
+            try:
+                with Client(daemon.paths.master_socket, timeout=10) as fresh:
+                    return int(fresh.submit_job(delay))
+            except errors.GenericError:
+                continue
+        return None
+
+    acked.append(wait_until(submitted, 60, "service to resume"))
+    master = next(d for d in pair.daemons if role_of(d) == "master")
+    rows = all_final(master, acked)
+    assert [row[0] for row in rows] == ["success"] * len(acked)
