@@ -249,6 +249,8 @@ class LuxiServer:
         with self._state_lock:
             if self._thread is not None:
                 raise errors.ProgrammerError("A LuxiServer can be started only once")
+            for executor, size in self._pools:  # before the sockets exist
+                _start_all_threads(executor, size)
             ready: concurrent.futures.Future[None] = concurrent.futures.Future()
             self._ready = ready
             self._thread = thread = threading.Thread(
@@ -259,10 +261,8 @@ class LuxiServer:
             ready.result()
         except BaseException:
             thread.join()
-            self._shutdown_executors(wait=False)
+            self._shutdown_executors(wait=True)  # idle: they end at once
             raise
-        for executor, size in self._pools:
-            _start_all_threads(executor, size)
 
     def stop(self) -> None:
         """Stop serving and release everything; idempotent, bounded by SHUTDOWN_GRACE.

@@ -139,6 +139,8 @@ class Storm:
         try:
             with Client(self.daemon.paths.query_socket, timeout=60) as client:
                 return call(client)
+        except errors.ConnectionClosed:
+            return None  # refused: the daemon closed before the request was sent
         except errors.LuxiError as err:
             if "Too many connections" not in str(err):
                 raise
