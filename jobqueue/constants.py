@@ -67,6 +67,7 @@ LOG_DIR: Final = "log"
 MASTER_SOCKET: Final = "master.sock"
 QUERY_SOCKET: Final = "query.sock"
 PID_FILE: Final = "jobqueue-masterd.pid"
+DAEMON_LOCK: Final = "jobqueue-masterd.lock"
 DAEMON_LOG: Final = "jobqueue-masterd.log"
 
 #: On-disk format version written to queue/version.

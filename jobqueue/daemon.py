@@ -1,10 +1,16 @@
 """jobqueue-masterd: builds the object graph, handles signals, nothing else.
 
-Start-up order matters: refuse a state directory others could have written
-into (``statedir``), take the queue lock (a second daemon fails here),
-check the on-disk version, stop the commands a killed daemon left running,
-load and recover jobs, and only then create the sockets, so a socket that
-exists always belongs to a daemon that is ready.
+Start-up order matters: raise the descriptor limit, refuse a state
+directory others could have written into (``statedir``), take the queue
+lock (a second daemon fails here), remove the socket files a killed daemon
+left behind, check the on-disk version, stop the commands a killed daemon
+left running, load and recover jobs, and only then create the sockets, so a
+socket that exists always belongs to a daemon that is ready.
+
+Descriptors: the soft ``RLIMIT_NOFILE`` is raised to the hard limit, and a
+reserve of it is kept for the daemon's own files, pipes and commands: each
+socket serves at most ``--max-connections`` clients, fewer if the limit
+leaves less room (``connection_limit``).
 
 Testing aid: when the environment variable ``JOBQUEUE_FAULT_FILE`` names a
 control file, job storage goes through ``jobqueue.storage.faults.FaultyDisk``, which
@@ -25,7 +31,9 @@ import io
 import logging
 import os
 import platform
+import resource
 import signal
+import stat
 import sys
 import threading
 import time
@@ -42,12 +50,16 @@ from jobqueue.jobreader import JobReader, stored_status
 from jobqueue.livejobs import LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.lus import builtin_registry, load_plugins
+from jobqueue.lus.command import RUN_AS_DAEMON, RUN_AS_SUBMITTER
+from jobqueue.luxi import server as luxi_server
 from jobqueue.luxi.methods import QueueApi, ReaderApi
 from jobqueue.luxi.server import LuxiServer
 from jobqueue.opcodes import Registry
+from jobqueue.ownership import Ownership
 from jobqueue.paths import StatePaths
 from jobqueue.processor import Processor
 from jobqueue.queue import JobQueue
+from jobqueue.queuelock import QueueLock
 from jobqueue.standby import StandbyQueue, StoreMirror
 from jobqueue.storage.base import JobStore
 from jobqueue.storage.etcdoptions import STORE_ETCD, EtcdStoreSettings, add_etcd_arguments
@@ -60,6 +72,11 @@ PID_FILE_MODE = 0o644
 LOG_FILE_MODE = 0o640
 #: Seconds between two compactions of the etcd history while this daemon leads.
 COMPACTION_INTERVAL = 60.0
+#: Descriptors kept for the daemon itself beyond its clients: job files,
+#: the log, inotify, handler threads' reads...
+BASE_FD_RESERVE = 100
+#: ...and per worker: a running command's pipes and selector, a job write.
+FD_RESERVE_PER_WORKER = 6
 LOG_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
 log = logging.getLogger("jobqueue")
 
@@ -93,6 +110,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--socket-group",
         metavar="NAME",
         help="group whose members may use the master socket (besides root and the daemon's user)",
+    )
+    add(
+        "--query-socket-group",
+        metavar="NAME",
+        help="group of run/query.sock, mode 0660, whose members may read every job "
+        "(default: the socket group, else the daemon's group)",
+    )
+    add(
+        "--query-socket-public",
+        action="store_true",
+        help="make run/query.sock 0666: every local user may read every job, inputs and output",
+    )
+    add(
+        "--admin-group",
+        metavar="NAME",
+        help="members may cancel, kill, reprioritise and archive any job and change the queue "
+        "(drain, auto-archive, prune), like root and the daemon's user",
+    )
+    add(
+        "--commands-run-as",
+        choices=[RUN_AS_SUBMITTER, RUN_AS_DAEMON],
+        default=RUN_AS_SUBMITTER,
+        help="under a root daemon, run each command as the user who submitted its job "
+        "(default), or as root, which makes the socket group equal to root (Ganeti's model)",
     )
     add(
         "--plugin",
@@ -140,6 +181,38 @@ def build_parser() -> argparse.ArgumentParser:
         default=constants.DEFAULT_CLIENT_TIMEOUT,
         metavar="SECONDS",
         help="close connections idle this long (default: %(default)s)",
+    )
+    add(
+        "--max-answer-size",
+        type=_positive_int,
+        default=luxi_server.DEFAULT_MAX_ANSWER_SIZE,
+        metavar="BYTES",
+        help="largest answer sent; a larger one fails with AnswerTooLarge (ask for fewer jobs "
+        "or fields) (default: %(default)s)",
+    )
+    add(
+        "--max-pending-output",
+        type=_positive_int,
+        default=luxi_server.DEFAULT_OUTPUT_BUDGET,
+        metavar="BYTES",
+        help="answers held for clients that have not read them yet; past it read-only requests "
+        "wait their turn (default: %(default)s)",
+    )
+    add(
+        "--send-timeout",
+        type=float,
+        default=luxi_server.DEFAULT_SEND_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection whose client takes none of its answer for this long "
+        "(default: %(default)s)",
+    )
+    add(
+        "--max-connections",
+        type=_positive_int,
+        default=luxi_server.DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="clients served at once on each socket; more are refused at once; lowered at "
+        "start if the descriptor limit leaves less room (default: %(default)s)",
     )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     add_etcd_arguments(parser)
@@ -215,6 +288,12 @@ def _report(ready_fd: list[int], message: str) -> None:
         os.close(ready_fd.pop())
 
 
+#: Seconds a thread may hold the interpreter lock while others wait for it.
+#: Python's default (5 ms) lets threads encoding big answers delay every
+#: handoff a submission needs (socket loop, handler, worker) by that much.
+SWITCH_INTERVAL = 0.001
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -223,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.etcd_settings = EtcdStoreSettings.from_args(args)
         except ValueError as err:
             parser.error(str(err))
+    sys.setswitchinterval(SWITCH_INTERVAL)
     paths = StatePaths.resolve(args.state_dir)
     ready_fd: list[int] = []
     try:
@@ -276,6 +356,8 @@ def build_core(
     processes: ProcessGroups | None = None,
     strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
     clock: Callable[[], float] = time.time,
+    ownership: Ownership | None = None,
+    commands_run_as: str = RUN_AS_SUBMITTER,
     logger: logging.Logger | None = None,
 ) -> Core:
     """Wire the queue and everything around it; the one place that does (tests use it too).
@@ -287,7 +369,12 @@ def build_core(
     locks = LockManager()
     depmgr = DependencyManager(functools.partial(stored_status, live, store))
     processor = Processor(
-        registry, locks, kill_grace=kill_grace, processes=processes, logger=logger
+        registry,
+        locks,
+        kill_grace=kill_grace,
+        processes=processes,
+        commands_run_as=commands_run_as,
+        logger=logger,
     )
     timers = Timers(logger=logger)
 
@@ -308,6 +395,7 @@ def build_core(
         name=name,
         strategy_factory=strategy_factory,
         clock=clock,
+        ownership=ownership,
         logger=logger,
     )
     reader = JobReader(live, store, locks, depmgr, registry.summarize, logger=logger)
@@ -328,17 +416,26 @@ def _run(
     ready_fd: list[int],
     file_handler: _ReopenableFileHandler | None,
 ) -> int:
-    try:
-        socket_gid = grp.getgrnam(args.socket_group).gr_gid if args.socket_group else None
-    except KeyError:
-        raise GenericError(f"Unknown group {args.socket_group!r}") from None
+    fd_limit = raise_fd_limit()
+    socket_gid, query_gid, admin_gid = (
+        _group_id(name) for name in (args.socket_group, args.query_socket_group, args.admin_group)
+    )
     registry = builtin_registry()
     load_plugins(registry, args.plugin, log)
+    groups = _Groups(socket_gid, query_gid, admin_gid)
     opened = _open_store(args, paths)
     try:
-        return _run_on(opened, args, paths, ready_fd, file_handler, registry, socket_gid)
+        return _run_on(opened, args, paths, ready_fd, file_handler, registry, groups, fd_limit)
     finally:
         opened.store.close()
+
+
+class _Groups(NamedTuple):
+    """The gids the options name (None: not given)."""
+
+    socket: int | None
+    query: int | None
+    admin: int | None
 
 
 class _OpenedStore(NamedTuple):
@@ -369,10 +466,16 @@ def _run_on(
     ready_fd: list[int],
     file_handler: _ReopenableFileHandler | None,
     registry: Registry,
-    socket_gid: int | None,
+    groups: _Groups,
+    fd_limit: int,
 ) -> int:
     """Serve the store as standby and master (etcd) or as its one daemon (files)."""
     store, highly_available = opened.store, opened.highly_available
+    # The queue is elsewhere (etcd); this state directory is still one daemon's alone.
+    state_lock = QueueLock(paths.daemon_lock) if highly_available else None
+    if state_lock is not None:
+        state_lock.acquire()
+        remove_stale_sockets(paths)
     name = f"{platform.node()} pid {os.getpid()}"
     leadership = store.leadership(name)
     live = LiveJobs(registry.summarize)
@@ -389,9 +492,15 @@ def _run_on(
             reader,
             master_path=paths.master_socket,
             query_path=paths.query_socket,
-            socket_group=socket_gid,
+            socket_group=groups.socket,
+            query_group=groups.query,
+            query_public=args.query_socket_public,
             max_message_size=args.max_message_size,
+            max_answer_size=args.max_answer_size,
+            output_budget=args.max_pending_output,
             client_timeout=args.client_timeout,
+            send_timeout=args.send_timeout,
+            max_connections=connection_limit(args.max_connections, fd_limit, args.workers),
             logger=log,
         )
         server.start()
@@ -404,6 +513,8 @@ def _run_on(
 
     def make_term(recovery_message: str) -> Core:
         """Stop what a killed daemon left running here, then build and recover the queue."""
+        if not highly_available:
+            remove_stale_sockets(paths)  # we hold the queue's lock: nobody listens on them
         for leftover in processes.stop_leftovers(args.kill_grace):
             log.warning(
                 "Stopped the leftover command of job %d (process group %d)",
@@ -418,6 +529,8 @@ def _run_on(
             max_jobs=args.max_jobs,
             kill_grace=args.kill_grace,
             processes=processes,
+            ownership=Ownership(daemon_uid=os.geteuid(), admin_gid=groups.admin),
+            commands_run_as=args.commands_run_as,
             logger=log,
         )
         gc.disable()  # loading makes many objects and no garbage; see _settle_gc
@@ -455,6 +568,8 @@ def _run_on(
         for server in servers:
             server.stop()
         leadership.release()
+        if state_lock is not None:
+            state_lock.release()
     _remove(paths.pid_file)
     log.info("jobqueue-masterd stopped")
     return 0
@@ -473,6 +588,59 @@ def _compact_history_every(
         timers.call_later(interval, compact)
 
     timers.call_later(interval, compact)
+
+
+def _group_id(name: str | None) -> int | None:
+    """The gid of group ``name`` (None for None); ``GenericError`` if there is no such group."""
+    if name is None:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise GenericError(f"Unknown group {name!r}") from None
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft descriptor limit to the hard one; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as err:
+            log.warning("Cannot raise the descriptor limit from %d to %d: %s", soft, hard, err)
+    return int(hard if soft == resource.RLIM_INFINITY else soft)
+
+
+def connection_limit(wanted: int, fd_limit: int, workers: int) -> int:
+    """Clients per socket: ``wanted``, or fewer so both sockets leave the daemon its reserve."""
+    # Each socket may have a burst of connections accepted before they are counted.
+    reserve = BASE_FD_RESERVE + 2 * luxi_server.ACCEPT_BATCH + FD_RESERVE_PER_WORKER * workers
+    room = max(1, (fd_limit - reserve) // 2)
+    if room < wanted:
+        log.warning(
+            "Serving at most %d clients per socket, not %d: the descriptor limit is %d and "
+            "%d are kept for the daemon (raise LimitNOFILE or ulimit -n)",
+            room,
+            wanted,
+            fd_limit,
+            reserve,
+        )
+        return room
+    return wanted
+
+
+def remove_stale_sockets(paths: StatePaths) -> None:
+    """Remove the socket files a daemon killed before it could remove them (we hold the lock)."""
+    for path in (paths.master_socket, paths.query_socket):
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+                log.info("Removed the stale socket %s of a daemon that did not stop cleanly", path)
+        except FileNotFoundError:
+            pass
 
 
 def _settle_gc() -> None:

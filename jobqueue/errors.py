@@ -18,7 +18,8 @@ The tree::
      +-- LockError                a lock was misused (not a timeout)
      +-- NoSuchTask               the worker pool has no queued task by that id
      +-- LuxiError                a protocol-level failure
-          +-- AccessDenied        the socket does not allow this method
+          +-- AccessDenied        the caller may not do this (socket, method or job)
+          +-- AnswerTooLarge      the answer would exceed the daemon's answer size cap
           +-- NoMasterError       no daemon listens on the socket
           +-- ConnectionClosed    the peer closed the connection
           +-- RequestTimeout      no answer in time
@@ -134,9 +135,16 @@ class LuxiError(GenericError):
 
 
 class AccessDenied(LuxiError):
-    """The socket the request came in on does not allow the method.
+    """The caller may not do this: use the socket, call the method, or change the job.
 
     Encoded on the wire as ``PermissionError`` for Ganeti compatibility.
+    """
+
+
+class AnswerTooLarge(LuxiError):
+    """The answer would be larger than the daemon sends (``--max-answer-size``).
+
+    Ask for fewer jobs or fewer fields.
     """
 
 
@@ -175,6 +183,7 @@ _ENCODABLE: dict[str, type[GenericError]] = {
         NoSuchTask,
         LuxiError,
         AccessDenied,
+        AnswerTooLarge,
         NoMasterError,
         ConnectionClosed,
         RequestTimeout,

@@ -16,8 +16,9 @@ Thread-safe: called from handler threads and the server's loop.
 
 from __future__ import annotations
 
+import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from jobqueue import query
@@ -118,9 +119,18 @@ class JobReader:
 
         A job that does not exist has a row with its id and nulls.
         """
+        return list(self.iter_query_jobs(job_ids, fields))
+
+    def iter_query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> Iterator[list[Any]]:
+        """``query_jobs`` one row at a time, each job read only when its row is due.
+
+        A job named more than once gets a row each time, from one read.
+        Unknown fields raise ``OpPrereqError`` before the first row.
+        """
+        query.old_style_rows(fields, [])  # unknown fields fail now, not at the first row
         full = query.needs_full_job(fields)
         ids = self._live.ids() if job_ids is None else job_ids
-        return query.old_style_rows(fields, [self._record(i, full) for i in ids])
+        return _rows(lambda r: query.old_style_rows(fields, [r])[0], self._records(ids, full))
 
     def query(
         self, what: str, fields: list[str], qfilter: Any, archived: bool = False
@@ -135,34 +145,57 @@ class JobReader:
         ``archived`` argument (jobqueue's own) lists archived jobs only.
         Raises ``OpPrereqError`` for a bad filter.
         """
+        answer = self.iter_query(what, fields, qfilter, archived)
+        return {**answer, "data": list(answer["data"])}
+
+    def iter_query(
+        self, what: str, fields: list[str], qfilter: Any, archived: bool = False
+    ) -> dict[str, Any]:
+        """``query`` with ``data`` an iterator: each job is read only when its row is due."""
         definitions = query.query_fields(what, fields)["fields"]
         if what == "lock":
             if qfilter is not None:
                 raise OpPrereqError("Lock queries can't be filtered", ECODE_INVAL)
             locks = self._locks.lock_info() + self._depmgr.lock_info()
-            return {"fields": definitions, "data": query.rows(what, fields, locks)}
+            return {"fields": definitions, "data": iter(query.rows(what, fields, locks))}
         predicate, used = query.compile_filter(what, qfilter)
         full = query.needs_full_job([*fields, *used])
         explicit = query.requested_ids(qfilter)
         if explicit is not None:
-            candidates = [self._record(i, full) for i in dict.fromkeys(explicit)]
+            candidates = self._records(list(dict.fromkeys(explicit)), full)
         else:
             candidates = self._candidates(full, archived, query.wants_archived(fields, used))
-        records = [record for record in candidates if predicate(record)]
-        return {"fields": definitions, "data": query.rows(what, fields, records)}
+        records = (record for record in candidates if predicate(record))
+        rows = _rows(lambda record: query.rows(what, fields, [record])[0], records)
+        return {"fields": definitions, "data": rows}
 
     def query_fields(self, what: str, fields: list[str] | None) -> dict[str, Any]:
         return query.query_fields(what, fields)
 
-    def _candidates(self, full: bool, archived_only: bool, with_archived: bool) -> list[JobRecord]:
-        """Existing jobs to filter, sorted by id: live, archived, or both."""
+    def _candidates(
+        self, full: bool, archived_only: bool, with_archived: bool
+    ) -> Iterator[JobRecord]:
+        """Existing jobs to filter, sorted by id: live, archived, or both; read as iterated."""
         live = [] if archived_only else self._live.ids()
         stored = self._store.archived_ids() if archived_only or with_archived else []
         archived = set(stored).difference(live)
         records = (
             self._record(i, full, archived=i in archived) for i in sorted({*live, *archived})
         )
-        return [record for record in records if record.entry is not None]
+        return (record for record in records if record.entry is not None)
+
+    def _records(self, job_ids: list[int], full: bool) -> Iterator[JobRecord]:
+        """The record of each id in turn; an id named again reuses its first read."""
+        remaining = collections.Counter(job_ids)
+        repeated: dict[int, JobRecord] = {}
+        for job_id in job_ids:
+            record = repeated[job_id] if job_id in repeated else self._record(job_id, full)
+            remaining[job_id] -= 1
+            if remaining[job_id]:
+                repeated[job_id] = record
+            else:
+                repeated.pop(job_id, None)
+            yield record
 
     def _record(self, job_id: int, full: bool, *, archived: bool | None = None) -> JobRecord:
         """What queries read of a job; ``archived`` None: find out if it is needed.
@@ -181,6 +214,19 @@ class JobReader:
 
     def _is_archived(self, job_id: int) -> bool:
         return self._live.entry(job_id) is None and self._store.is_archived(job_id)
+
+
+def _rows(
+    make_row: Callable[[JobRecord], list[Any]], records: Iterable[JobRecord]
+) -> Iterator[list[Any]]:
+    """A row per record; the same record twice in a row gives the same row object twice,
+    which the server encodes once."""
+    last_record: JobRecord | None = None
+    last_row: list[Any] | None = None
+    for record in records:
+        if last_row is None or record is not last_record:
+            last_record, last_row = record, make_row(record)
+        yield last_row
 
 
 def _read_quietly(store: JobStore, job_id: int, log: logging.Logger) -> Job | None:

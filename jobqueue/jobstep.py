@@ -96,7 +96,9 @@ class StepEnv(Protocol):
     def now(self) -> Timestamp: ...
     def accepting(self) -> bool: ...
     def new_strategy(self) -> LockAttemptTimeoutStrategy: ...
-    def submit_from_lu(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]: ...
+    def submit_from_lu(
+        self, jobs: list[list[dict[str, Any]]], parent: Job | None = None
+    ) -> list[list[Any]]: ...
     def log_unwritten(self, job_id: int, backlog: LogBacklog, resumed: bool) -> None: ...
 
 
@@ -129,6 +131,7 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
             owner=job.id,
             job_id=job.id,
             lock_timeout=_next_lock_timeout(active, index, env),
+            submitter=job.submitter,
         )
     except LockAcquireTimeout:
         with active.lock:
@@ -339,7 +342,7 @@ class OpCallbacks:
         return self._active.kill.wait(timeout)
 
     def submit_many_jobs(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]:
-        return self._env.submit_from_lu(jobs)
+        return self._env.submit_from_lu(jobs, self._active.job)  # its id and submitter
 
     def current_priority(self) -> int:
         with self._active.lock:

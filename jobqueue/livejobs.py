@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from jobqueue.constants import FINALIZED, Status
-from jobqueue.model import Job, Timestamp
+from jobqueue.model import Job, Submitter, Timestamp
 
 Summarize = Callable[[dict[str, Any]], str]
 
@@ -41,6 +41,7 @@ class IndexEntry:
     start_timestamp: Timestamp | None
     end_timestamp: Timestamp | None
     summary: list[str]
+    submitter: Submitter | None = None
 
     @classmethod
     def of(cls, job: Job, summarize: Summarize, previous: IndexEntry | None = None) -> IndexEntry:
@@ -57,6 +58,7 @@ class IndexEntry:
             start_timestamp=job.start_timestamp,
             end_timestamp=job.end_timestamp,
             summary=summary,
+            submitter=job.submitter,
         )
 
 

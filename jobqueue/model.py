@@ -111,12 +111,75 @@ class QueuedOpCode:
         )
 
 
+#: ``Submitter.by``: a client process, an opcode of another job, the daemon itself.
+BY_CLIENT, BY_JOB, BY_DAEMON = "client", "job", "daemon"
+
+
+@dataclasses.dataclass(frozen=True)
+class Submitter:
+    """Who submitted a job, as its ``submitter`` key records it (see ``doc/storage.rst``).
+
+    ``by`` is ``client`` (a process on a socket: its uid, primary gid,
+    supplementary groups and pid, as the kernel reported them at connect),
+    ``job`` (an opcode of job ``job_id`` submitted it: the identity is that
+    job's submitter's, passed on) or ``daemon`` (the daemon itself; no
+    identity). The same record names the caller of a request the queue checks.
+    """
+
+    by: str
+    uid: int | None = None
+    gid: int | None = None
+    groups: tuple[int, ...] = ()
+    pid: int | None = None
+    job_id: int | None = None
+
+    @classmethod
+    def client(cls, *, uid: int, gid: int, groups: Iterable[int], pid: int) -> Submitter:
+        return cls(BY_CLIENT, uid, gid, tuple(sorted(set(groups))), pid)
+
+    @classmethod
+    def daemon(cls) -> Submitter:
+        return cls(BY_DAEMON)
+
+    def for_child(self, job_id: int) -> Submitter:
+        """The submitter of a job that an opcode of job ``job_id`` (submitted by us) submits."""
+        return dataclasses.replace(self, by=BY_JOB, job_id=job_id)
+
+    def in_group(self, gid: int) -> bool:
+        return self.gid == gid or gid in self.groups
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"by": self.by}
+        if self.uid is not None:
+            data.update(uid=self.uid, gid=self.gid, groups=list(self.groups), pid=self.pid)
+        if self.job_id is not None:
+            data["job"] = self.job_id
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Submitter:
+        """Rebuild from ``to_dict`` output; ValueError for anything else."""
+        if not isinstance(data, dict) or data.get("by") not in (BY_CLIENT, BY_JOB, BY_DAEMON):
+            raise ValueError("submitter must be an object with 'by' client, job or daemon")
+        uid, gid, pid, job_id = (data.get(key) for key in ("uid", "gid", "pid", "job"))
+        groups = data.get("groups", [])
+        if not (
+            all(value is None or is_json_int(value) for value in (uid, gid, pid, job_id))
+            and isinstance(groups, list)
+            and all(is_json_int(group) for group in groups)
+            and (uid is None) == (gid is None)
+        ):
+            raise ValueError("submitter uid, gid, pid, job and groups must be integers")
+        return cls(data["by"], uid, gid, tuple(groups), pid, job_id)
+
+
 @dataclasses.dataclass
 class Job:
     """A job: an id and a list of opcodes run one after the other.
 
     ``log_serial`` is the highest log serial handed out; it is not stored but
-    recomputed from the opcode logs on load.
+    recomputed from the opcode logs on load. ``submitter`` is None for a job
+    stored before submitters were recorded.
     """
 
     id: int
@@ -125,10 +188,15 @@ class Job:
     start_timestamp: Timestamp | None = None
     end_timestamp: Timestamp | None = None
     log_serial: int = 0
+    submitter: Submitter | None = None
 
     @classmethod
     def new(
-        cls, job_id: int, opcodes: Iterable[OpCode | dict[str, Any]], received: Timestamp
+        cls,
+        job_id: int,
+        opcodes: Iterable[OpCode | dict[str, Any]],
+        received: Timestamp,
+        submitter: Submitter | None = None,
     ) -> Job:
         """A freshly submitted job; each opcode's priority comes from its input.
 
@@ -144,7 +212,7 @@ class Job:
                 op = QueuedOpCode(input=opcode.stored(), opcode=opcode)
             op.priority = op.input.get("priority", constants.PRIO_DEFAULT)
             ops.append(op)
-        return cls(id=job_id, ops=ops, received_timestamp=received)
+        return cls(id=job_id, ops=ops, received_timestamp=received, submitter=submitter)
 
     @property
     def status(self) -> Status:
@@ -199,13 +267,16 @@ class Job:
         self.log_serial = restored.log_serial
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "id": self.id,
             "ops": [op.to_dict() for op in self.ops],
             "received_timestamp": self.received_timestamp,
             "start_timestamp": self.start_timestamp,
             "end_timestamp": self.end_timestamp,
         }
+        if self.submitter is not None:
+            data["submitter"] = self.submitter.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Job:
@@ -227,6 +298,11 @@ class Job:
                 received_timestamp=_timestamp_or_none(data.get("received_timestamp")),
                 start_timestamp=_timestamp_or_none(data.get("start_timestamp")),
                 end_timestamp=_timestamp_or_none(data.get("end_timestamp")),
+                submitter=(
+                    None
+                    if data.get("submitter") is None
+                    else Submitter.from_dict(data["submitter"])
+                ),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise JobFileCorrupted(f"Invalid job data: {err}") from err

@@ -80,6 +80,11 @@ class StatePaths:
         return os.path.join(self.run_dir, constants.QUERY_SOCKET)
 
     @property
+    def daemon_lock(self) -> str:
+        """Locked by the daemon of this state directory when the queue is kept elsewhere."""
+        return os.path.join(self.run_dir, constants.DAEMON_LOCK)
+
+    @property
     def pid_file(self) -> str:
         return os.path.join(self.run_dir, constants.PID_FILE)
 

@@ -19,6 +19,7 @@ from jobqueue import constants
 from jobqueue.errors import GenericError, OpExecError, ProgrammerError
 from jobqueue.locking import CLUSTER_LOCK, LockManager
 from jobqueue.lus.base import ExecCallbacks, LogicalUnit, LUContext, ResultWithJobs
+from jobqueue.model import Submitter
 from jobqueue.opcodes import REASON_SOURCE_OPCODE, InvalidOpCode, OpCode, Registry
 from jobqueue.signals import JobCanceled, LockAcquireTimeout, QueueShutdown
 
@@ -38,6 +39,7 @@ class Processor:
         *,
         kill_grace: float = constants.DEFAULT_KILL_GRACE,
         processes: ProcessGroups | None = None,
+        commands_run_as: str = "submitter",
         clock: Callable[[], float] = time.monotonic,
         time_ns: Callable[[], int] = time.time_ns,
         logger: logging.Logger | None = None,
@@ -46,6 +48,7 @@ class Processor:
         self._locks = locks
         self._kill_grace = kill_grace
         self._processes = processes
+        self._commands_run_as = commands_run_as
         self._clock = clock
         self._time_ns = time_ns
         self._log = logger or logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class Processor:
         owner: Hashable,
         job_id: int,
         lock_timeout: float | None,
+        submitter: Submitter | None = None,
     ) -> Any:
         """Run one opcode and return its result.
 
@@ -72,7 +76,14 @@ class Processor:
         if isinstance(opcode, InvalidOpCode):
             raise copy.copy(opcode.error)
         _, lu_class = self._registry.lookup(opcode.OP_ID)
-        ctx = LUContext(job_id, cbs, self._kill_grace, self._processes)
+        ctx = LUContext(
+            job_id,
+            cbs,
+            self._kill_grace,
+            self._processes,
+            submitter=submitter,
+            commands_run_as=self._commands_run_as,
+        )
         lu: LogicalUnit[Any] = lu_class(opcode, ctx)
         try:
             lu.check_arguments()

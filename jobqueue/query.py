@@ -161,6 +161,14 @@ JOB_FIELDS: dict[str, Field] = {
         Field("opend", "OpCode_end", "other", "Opcode end times", _per_op("end_timestamp")),
         Field("oppriority", "OpCode_prio", "other", "Opcode priorities", _per_op("priority")),
         Field("comment", "Comment", "text", "First opcode comment", _job(_comment)),
+        Field(
+            "submitter",
+            "Submitter",
+            "other",
+            "Who submitted the job: {by: client|job|daemon, uid, gid, groups, pid, job}",
+            _entry(lambda e: None if e.submitter is None else e.submitter.to_dict()),
+            index=True,
+        ),
     )
 }
 

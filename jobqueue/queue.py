@@ -7,6 +7,10 @@ published to ``LiveJobs``, where queries and waiters read it; a submission
 is durable before its id is returned. Read-only questions are answered by
 ``jobreader.JobReader``; ``daemon.py`` builds both and what they use.
 
+Who may do what: every job records its submitter (``model.Submitter``,
+given by the server for each request); cancel, priority changes, archiving
+and queue-wide changes are checked against it by ``ownership.Ownership``.
+
 Locking: ``_lock`` guards ``_active``, ``_accepting`` and ``_slots_claimed``
 and is held only for dictionary operations; each job's own ``ActiveJob.lock``
 guards its record. Never take ``_lock`` while holding a job lock.
@@ -15,6 +19,7 @@ guards its record. Never take ``_lock`` while holding a job lock.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,8 +41,9 @@ from jobqueue.errors import (
 from jobqueue.jobstep import ActiveJob, LogBacklog, Verdict, end_lost_opcodes_locked, step
 from jobqueue.livejobs import IndexEntry, LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
-from jobqueue.model import Job, Timestamp, now_stamp
+from jobqueue.model import Job, Submitter, Timestamp, now_stamp
 from jobqueue.opcodes import OpCode, Registry
+from jobqueue.ownership import Ownership
 from jobqueue.processor import Processor
 from jobqueue.storage.base import WATCHER_PAUSE, JobStore, format_pause, pause_until
 from jobqueue.submission import load_opcodes, prepare_jobs
@@ -66,12 +72,15 @@ class JobQueue:
         max_jobs: int = constants.DEFAULT_MAX_JOBS,
         name: str | None = None,
         strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
+        ownership: Ownership | None = None,
         clock: Callable[[], float] = time.time,
         logger: logging.Logger | None = None,
     ) -> None:
         """``pool`` must run its tasks through ``run_task``; it may start with no workers.
 
         ``name`` is this daemon's name as the master (``QueryConfigValues``).
+        ``ownership`` says who may change which job (default: root and the
+        daemon's user as admins, no admin group).
         """
         self.store = store
         self.live = live
@@ -84,6 +93,7 @@ class JobQueue:
         self._max_jobs = max_jobs
         self._name = name
         self._strategy_factory = strategy_factory
+        self._ownership = ownership or Ownership(daemon_uid=os.geteuid())
         self._clock = clock
         self._log = logger or logging.getLogger(__name__)
         self._lock = threading.Lock()
@@ -267,30 +277,54 @@ class JobQueue:
         self._timers.call_later(STORAGE_RETRY_DELAY, lambda: self._enqueue([job_id]))
 
     # -- submission -----------------------------------------------------------
-    def submit_job(self, ops: list[Any], *, drained_ok: bool = False) -> int:
-        """Submit one job; its id once it is on disk. Raises on any problem."""
-        (result,) = self._submit([ops], drained_ok=drained_ok, relative_ok=False)
+    def submit_job(
+        self, ops: list[Any], *, drained_ok: bool = False, submitter: Submitter | None = None
+    ) -> int:
+        """Submit one job; its id once it is on disk. Raises on any problem.
+
+        ``submitter`` is recorded in the job (None: the daemon itself); only
+        an admin may pass the drain flag (``drained_ok``).
+        """
+        (result,) = self._submit([ops], drained_ok, submitter, relative_ok=False)
         if isinstance(result, GenericError):
             raise result
         return result
 
-    def submit_many_jobs(self, jobs: list[Any], *, drained_ok: bool = False) -> list[list[Any]]:
+    def submit_many_jobs(
+        self, jobs: list[Any], *, drained_ok: bool = False, submitter: Submitter | None = None
+    ) -> list[list[Any]]:
         """Submit several jobs; ``[[true, id] | [false, reason], ...]`` in order."""
         if not isinstance(jobs, list):
             raise OpPrereqError("SubmitManyJobs needs a list of jobs", ECODE_INVAL)
-        results = self._submit(jobs, drained_ok=drained_ok, relative_ok=True)
+        results = self._submit(jobs, drained_ok, submitter, relative_ok=True)
         return [[False, str(r)] if isinstance(r, GenericError) else [True, r] for r in results]
 
-    def submit_from_lu(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]:
-        """Jobs returned by an LU: a drained or closing queue fails each job, not the LU."""
+    def submit_from_lu(
+        self, jobs: list[list[dict[str, Any]]], parent: Job | None = None
+    ) -> list[list[Any]]:
+        """Jobs returned by an LU of ``parent``: a drained or closing queue fails each job.
+
+        They get ``parent``'s submitter, marked as submitted by that job.
+        """
+        submitter = None
+        if parent is not None:
+            owner = parent.submitter or Submitter.daemon()
+            submitter = owner.for_child(parent.id)
         try:
-            return self.submit_many_jobs(jobs)
+            return self.submit_many_jobs(jobs, submitter=submitter)
         except JobQueueError as err:
             return [[False, str(err)] for _ in jobs]
 
     def _submit(
-        self, jobs: list[Any], *, drained_ok: bool, relative_ok: bool
+        self,
+        jobs: list[Any],
+        drained_ok: bool,
+        submitter: Submitter | None,
+        *,
+        relative_ok: bool,
     ) -> list[int | GenericError]:
+        if drained_ok:
+            self._ownership.check_queue(submitter, "submit jobs past the drain flag")
         with self._lock:
             if not self._accepting:
                 raise JobQueueError(constants.MSG_SHUTTING_DOWN)
@@ -324,7 +358,8 @@ class JobQueue:
                 results.append(job_id)
             self._slots_claimed += len(accepted)
         now = self.now()
-        to_write = [Job.new(job_id, ops, now) for job_id, ops in accepted]
+        recorded = submitter or Submitter.daemon()
+        to_write = [Job.new(job_id, ops, now, recorded) for job_id, ops in accepted]
         try:
             failures = self.store.create_jobs(to_write)
             for job, failure in zip(to_write, failures, strict=True):
@@ -362,13 +397,19 @@ class JobQueue:
         return self.live.contains(job_id) or self.store.is_archived(job_id)
 
     # -- cancel and priority ---------------------------------------------------
-    def cancel_job(self, job_id: int, kill: bool = False) -> list[Any]:
-        """Cancel a queued or waiting job; with ``kill`` also a running one."""
+    def cancel_job(
+        self, job_id: int, kill: bool = False, *, caller: Submitter | None = None
+    ) -> list[Any]:
+        """Cancel a queued or waiting job; with ``kill`` also a running one.
+
+        ``AccessDenied`` unless ``caller`` may change the job (see ``ownership``).
+        """
         active = self._get_active(job_id)
         if active is None:
             return [False, self._not_active_message(job_id)]
         with active.lock:
             status, job = active.job.status, active.job
+            self._ownership.check_job(caller, job.submitter, job_id, "kill" if kill else "cancel")
             if status == Status.QUEUED:
                 self._change_locked(
                     active,
@@ -398,8 +439,13 @@ class JobQueue:
                 self._enqueue([job_id])
         return reply
 
-    def change_job_priority(self, job_id: int, priority: int) -> list[Any]:
-        """Change the priority of the job's queued and waiting opcodes."""
+    def change_job_priority(
+        self, job_id: int, priority: int, *, caller: Submitter | None = None
+    ) -> list[Any]:
+        """Change the priority of the job's queued and waiting opcodes.
+
+        ``AccessDenied`` unless ``caller`` may change the job.
+        """
         if priority not in constants.PRIO_SUBMIT_VALID:
             raise OpPrereqError(
                 f"Invalid priority {priority}, allowed are {sorted(constants.PRIO_SUBMIT_VALID)}",
@@ -409,6 +455,7 @@ class JobQueue:
         if active is None:
             return [False, self._not_active_message(job_id)]
         with active.lock:
+            self._ownership.check_job(caller, active.job.submitter, job_id, "reprioritise")
             if active.job.status == Status.CANCELING:
                 return [False, f"Job {job_id} is cancelling"]
             pending = [op for op in active.job.ops if op.status in (Status.QUEUED, Status.WAITING)]
@@ -451,22 +498,28 @@ class JobQueue:
         return f"Job {job_id} not found"
 
     # -- archive -------------------------------------------------------------
-    def archive_job(self, job_id: int) -> bool:
+    def archive_job(self, job_id: int, *, caller: Submitter | None = None) -> bool:
         """Archive one finished live job; False if it is not that.
 
         A job counts as finished once its end is written, even while its
         worker is still wrapping up: nothing writes it after that.
+        ``AccessDenied`` unless ``caller`` may change the job.
         """
         entry = self.live.entry(job_id)
         if entry is None or entry.status not in FINALIZED:
             return False
+        self._ownership.check_job(caller, entry.submitter, job_id, "archive")
         return bool(self._archive([job_id]))
 
-    def auto_archive_jobs(self, age: float, timeout: float) -> list[int]:
+    def auto_archive_jobs(
+        self, age: float, timeout: float, *, caller: Submitter | None = None
+    ) -> list[int]:
         """Archive finished jobs older than ``age`` seconds (-1: all) within ``timeout``.
 
-        Returns ``[archived, left unchecked]``; call again while the second is > 0.
+        Returns ``[archived, left unchecked]``; call again while the second
+        is > 0. Admins only (``AccessDenied``).
         """
+        self._ownership.check_queue(caller, "archive other users' jobs")
         now, deadline = self._clock(), time.monotonic() + max(0.0, timeout)
         entries = self.live.entries()
         archived, checked, batch = 0, 0, []
@@ -490,12 +543,15 @@ class JobQueue:
             raise failure
         return moved
 
-    def prune_archive(self, age: float, timeout: float) -> dict[str, Any]:
+    def prune_archive(
+        self, age: float, timeout: float, *, caller: Submitter | None = None
+    ) -> dict[str, Any]:
         """Delete archived jobs older than ``age`` seconds, for about ``timeout`` seconds.
 
         ``{"jobs": deleted, "directories": removed, "unfinished": more to do,
-        "failures": [messages]}``; call again while ``unfinished``.
+        "failures": [messages]}``; call again while ``unfinished``. Admins only.
         """
+        self._ownership.check_queue(caller, "prune the archive")
         result = self.store.prune_archive(max(0.0, age), self._clock(), max(0.0, timeout))
         return {
             "jobs": result.jobs,
@@ -505,17 +561,22 @@ class JobQueue:
         }
 
     # -- queue-wide settings ---------------------------------------------------
-    def set_drain_flag(self, flag: bool) -> bool:
+    def set_drain_flag(self, flag: bool, *, caller: Submitter | None = None) -> bool:
+        """Set or clear the drain flag; admins only."""
+        self._ownership.check_queue(caller, "drain or undrain the queue")
         self.store.set_drained(flag)
         return True
 
-    def set_watcher_pause(self, until: float | None) -> float | None:
+    def set_watcher_pause(
+        self, until: float | None, *, caller: Submitter | None = None
+    ) -> float | None:
         """Pause the cron cleaner until ``until`` (seconds since the epoch), or end a pause.
 
         Returns ``until``, as Ganeti does. Raises ``OpPrereqError`` for a time
         in the past (Ganeti: GenericError) and ``StorageError`` if the setting
-        cannot be stored.
+        cannot be stored; ``AccessDenied`` unless ``caller`` is an admin.
         """
+        self._ownership.check_queue(caller, "pause the cron cleaner")
         if until is not None and until < self._clock():
             raise OpPrereqError("Unable to set pause end time in the past", ECODE_INVAL)
         text = None if until is None else format_pause(until)

@@ -90,8 +90,9 @@ class TestAgainstTheDaemon:
             f"Job {waiter} failed: Job was canceled",
         ]
 
+        # One socket for everything: root may submit on the query socket too.
         result = jobctl(daemon, "delay", "0", socket=daemon.paths.query_socket)
-        assert result.returncode == 4 and result.stderr.startswith("Permission denied")
+        assert result.returncode == 0 and result.stdout.strip().isdigit(), result
         assert jobctl(daemon, "watch", "999").returncode == 7
 
     def test_cleaner_archives_then_prunes(self, daemon: Daemon) -> None:

@@ -229,6 +229,7 @@ JOB_FIELDS = [
     "end_ts",
     "summary",
     "comment",
+    "submitter",
 ]
 NUMBER_FIELDS = {"id", "priority"}
 

@@ -39,7 +39,7 @@ def jobctl_in_child(*args: str) -> Callable[[], Any]:
 def test_read_only_commands_fall_back_to_the_query_socket(
     outsider: Account, make_daemon: Callable[..., Daemon]
 ) -> None:
-    daemon = make_daemon()
+    daemon = make_daemon("--query-socket-public")  # 0660 by default: outsiders read nothing
     job_id = daemon.client().submit_job([DELAY0])
     daemon.wait_job(job_id)
     state = str(daemon.state_dir)

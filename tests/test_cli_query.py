@@ -193,6 +193,7 @@ class TestInfo:
             "Job ID: 1",
             "  Status: success",
             "  Priority: 0",
+            "  Submitted by: unknown (stored before submitters were recorded)",
             "  Received: 2023-11-14 22:13:20",
             "  Processing start: 2023-11-14 22:13:21 (delta 1.000000s)",
             "  Processing end: 2023-11-14 22:13:22 (delta 1.250000s)",

@@ -92,21 +92,21 @@ def test_drain_and_undrain(daemon: Daemon) -> None:
     assert daemon.wait_job(client.submit_job([DELAY0])) == "success"
 
 
-def test_query_socket_is_read_only(daemon: Daemon) -> None:
+def test_query_socket_serves_everything_to_peers_the_master_socket_serves(
+    daemon: Daemon,
+) -> None:
+    """One socket for everything (Ganeti 2.11+); outsiders: ``tests/test_permissions.py``."""
     client = daemon.client(daemon.paths.query_socket)
-    with pytest.raises(errors.AccessDenied):
-        client.submit_job([DELAY0])
-    with pytest.raises(errors.AccessDenied):
-        client.set_drain_flag(True)
-    with pytest.raises(errors.AccessDenied):
-        client.cancel_job(1)
-    assert client.query_config_values(["drain_flag"]) == [False]
-    assert client.query_jobs(None, ["id"]) == []
+    job_id = client.submit_job([DELAY0])
+    assert daemon.wait_job(job_id) == "success"
+    assert client.set_drain_flag(True) is True
+    assert client.query_config_values(["drain_flag"]) == [True]
+    assert client.query_jobs(None, ["id"]) == [[job_id]]
     modes = {
         path: stat.S_IMODE(os.stat(path).st_mode)
         for path in (daemon.paths.master_socket, daemon.paths.query_socket)
     }
-    assert modes == {daemon.paths.master_socket: 0o660, daemon.paths.query_socket: 0o666}
+    assert modes == {daemon.paths.master_socket: 0o660, daemon.paths.query_socket: 0o660}
 
 
 def test_archive_and_autoarchive(daemon: Daemon) -> None:

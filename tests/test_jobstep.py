@@ -89,7 +89,9 @@ class Env:
             rng=lambda: 0.5,
         )
 
-    def submit_from_lu(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]:
+    def submit_from_lu(
+        self, jobs: list[list[dict[str, Any]]], parent: Job | None = None
+    ) -> list[list[Any]]:
         self.submitted.append(jobs)
         return [[True, 500 + number] for number in range(len(jobs))]
 
@@ -120,6 +122,7 @@ class FakeProcessor:
         owner: Any,
         job_id: int,
         lock_timeout: float | None,
+        submitter: Any = None,
     ) -> Any:
         assert owner == job_id
         self.calls.append(

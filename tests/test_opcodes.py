@@ -162,6 +162,7 @@ class TestValidate:
             "timeout": None,
             "locks": [],
             "shared_locks": [],
+            "user": None,
         }
 
     def test_mutable_defaults_are_never_shared(self, registry: Registry) -> None:

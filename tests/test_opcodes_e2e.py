@@ -87,7 +87,7 @@ def fanout_then(result: Any) -> dict[str, Any]:
     "deep",
     [
         {"OP_ID": "OP_TEST_DUMMY", "result": nested(MAX_NESTING)},
-        {"OP_ID": "OP_TEST_DUMMY", "result": nested(900)},
+        {"OP_ID": "OP_TEST_DUMMY", "result": nested(400)},  # deeper: refused at parse time
         fanout_then(nested(MAX_NESTING - 2)),
         # dummy (1) > submit_jobs (2) > job (3) > opcode (4) > result: 61 lists end at 65
         {

@@ -9,6 +9,7 @@ may not be allowed to read.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import grp
 import json
@@ -19,6 +20,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,10 +28,9 @@ from typing import Any
 
 import pytest
 
-from jobqueue import errors
 from jobqueue.lus.command import base_environment
 from jobqueue.luxi.methods import METHODS
-from tests.daemon_helper import Daemon, read_response, request
+from tests.daemon_helper import Daemon, read_response, request, wait_until
 from tests.luxi_samples import DELAY0, VALID_CALLS
 from tests.queue_files import file_bytes, job_paths
 
@@ -63,15 +64,15 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
 
-@pytest.fixture(scope="module")
-def outsider() -> Iterator[Account]:
+@contextlib.contextmanager
+def throwaway_account(prefix: str) -> Iterator[Account]:
     """A user created for these tests (removed after), outside a group also created."""
     if os.geteuid() != 0:
         pytest.skip("needs root: creates a throwaway user and switches to it with setuid")
     if not (shutil.which("useradd") and shutil.which("groupadd")):
         pytest.skip("useradd/groupadd are not installed, so no throwaway user can be created")
     suffix = secrets.token_hex(3)
-    user, group = f"jqtest-{suffix}", f"jqsock-{suffix}"
+    user, group = f"{prefix}-{suffix}", f"{prefix}g-{suffix}"
     made = _run("groupadd", group)
     if made.returncode != 0:
         pytest.skip(f"groupadd failed: {made.stderr.strip()}")
@@ -85,6 +86,20 @@ def outsider() -> Iterator[Account]:
     finally:
         _run("userdel", user)
         _run("groupdel", group)
+
+
+@pytest.fixture(scope="module")
+def outsider() -> Iterator[Account]:
+    """A throwaway user outside a throwaway group (used as the socket group)."""
+    with throwaway_account("jqtest") as account:
+        yield account
+
+
+@pytest.fixture(scope="module")
+def second_user() -> Iterator[Account]:
+    """Another throwaway user, outside another throwaway group (used as the admin group)."""
+    with throwaway_account("jqsec") as account:
+        yield account
 
 
 def run_as(uid: int, gid: int, groups: list[int], action: Callable[[], Any]) -> dict[str, Any]:
@@ -147,22 +162,48 @@ def make_daemon(open_state_dir: Path) -> Iterator[Callable[..., Daemon]]:
             daemon.kill9()
 
 
-def test_outsider_cannot_use_the_master_socket(
+def test_outsider_cannot_use_either_socket(
     outsider: Account, make_daemon: Callable[..., Daemon]
 ) -> None:
     daemon = make_daemon()
     master, query = daemon.paths.master_socket, daemon.paths.query_socket
+    assert stat.S_IMODE(os.stat(query).st_mode) == 0o660
     as_outsider = (outsider.uid, outsider.gid, [])
-    # The file mode stops it: connect() is refused.
-    outcome = run_as(*as_outsider, lambda: call(master, "SubmitJob", [DELAY0]))
-    assert outcome == {"error": "PermissionError", "errno": 13}
-    # The query socket serves it reads, and nothing else.
+    # The file modes stop it: connect() is refused on both sockets.
+    for path, method, args in ((master, "SubmitJob", [DELAY0]), (query, "QueryJobs", None)):
+        outcome = run_as(*as_outsider, lambda p=path, m=method, a=args: call(p, m, a, ["id"]))
+        assert outcome == {"error": "PermissionError", "errno": 13}
+    assert job_paths(daemon.state_dir / "queue") == {}
+
+
+def test_a_public_query_socket_serves_outsiders_reads_and_nothing_else(
+    outsider: Account, make_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = make_daemon("--query-socket-public")
+    query = daemon.paths.query_socket
+    assert stat.S_IMODE(os.stat(query).st_mode) == 0o666
+    as_outsider = (outsider.uid, outsider.gid, [])
     outcome = run_as(*as_outsider, lambda: call(query, "QueryConfigValues", ["drain_flag"]))
     assert outcome == {"ok": {"success": True, "result": [False]}}
     outcome = run_as(*as_outsider, lambda: call(query, "SubmitJob", [DELAY0]))
     assert outcome["ok"]["success"] is False
     assert outcome["ok"]["result"][0] == "PermissionError"
     assert job_paths(daemon.state_dir / "queue") == {}
+
+
+def test_query_socket_group_is_configurable(
+    outsider: Account, make_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = make_daemon("--query-socket-group", outsider.other_group)
+    query = daemon.paths.query_socket
+    info = os.stat(query)
+    assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o660, outsider.other_gid)
+    member = (outsider.uid, outsider.gid, [outsider.other_gid])
+    outcome = run_as(*member, lambda: call(query, "QueryJobs", None, ["id"]))
+    assert outcome == {"ok": {"success": True, "result": []}}
+    # Reading does not make it a submitter.
+    outcome = run_as(*member, lambda: call(query, "SubmitJob", [DELAY0]))
+    assert outcome["ok"]["result"][0] == "PermissionError"
 
 
 def test_daemon_checks_peer_credentials_against_the_socket_group(
@@ -197,32 +238,44 @@ def test_daemon_checks_peer_credentials_against_the_socket_group(
         assert daemon.wait_job(outcome["ok"]["result"]) == "success"
 
 
-def test_query_socket_refuses_every_write_method(make_daemon: Callable[..., Daemon]) -> None:
+def test_query_socket_refuses_every_write_method_to_outsiders(
+    outsider: Account, make_daemon: Callable[..., Daemon]
+) -> None:
     assert set(METHODS) == set(VALID_CALLS), "a new method needs a sample call"
     assert sorted(name for name, method in METHODS.items() if not method.read_only) == WRITE_METHODS
-    daemon = make_daemon(workers=1)
+    daemon = make_daemon("--query-socket-public", workers=1)
     client = daemon.client()
     done = client.submit_job([DELAY0])
     daemon.wait_job(done)
     queue_dir = daemon.state_dir / "queue"
     before = file_bytes(queue_dir)
     query = daemon.paths.query_socket
+    as_outsider = (outsider.uid, outsider.gid, [])
     for method, args in VALID_CALLS.items():
         args = [done if arg == 1 else arg for arg in args]
-        answer = call(query, method, *args)
+        answer = run_as(*as_outsider, lambda m=method, a=args: call(query, m, *a))["ok"]
         if method in WRITE_METHODS:
-            assert answer == {
-                "success": False,
-                "result": [
-                    "PermissionError",
-                    [f"{method} is not allowed on the query socket; use the master socket"],
-                ],
-            }
+            assert answer["success"] is False
+            assert answer["result"][0] == "PermissionError"
+            assert method in answer["result"][1][0]
         else:
             assert answer["success"] is True, (method, answer)
     assert file_bytes(queue_dir) == before
-    with pytest.raises(errors.AccessDenied):
-        daemon.client(query).set_drain_flag(True)
+
+
+def test_one_socket_for_everything_for_socket_group_members(
+    outsider: Account, make_daemon: Callable[..., Daemon]
+) -> None:
+    """Ganeti 2.11+ sends SubmitJob to the query socket: members of the socket group may."""
+    daemon = make_daemon("--socket-group", outsider.other_group)
+    query = daemon.paths.query_socket
+    assert os.stat(query).st_gid == outsider.other_gid  # the query group defaults to it
+    member = (outsider.uid, outsider.gid, [outsider.other_gid])
+    outcome = run_as(*member, lambda: call(query, "SubmitJob", [DELAY0]))
+    assert outcome["ok"]["success"] is True, outcome
+    assert daemon.wait_job(outcome["ok"]["result"]) == "success"
+    # Root on the query socket too.
+    assert call(query, "SetDrainFlag", True) == {"success": True, "result": True}
 
 
 def test_files_0600_and_directories_0700_even_with_umask_0(
@@ -279,3 +332,160 @@ def test_commands_run_as_the_daemon_user_with_exactly_the_asked_environment(
     assert stdout[1] == [uid_line.split()[2]] and stdout[2] == [gid_line.split()[2]]
     # Only stdin, stdout, stderr (and ls's own directory handle): nothing of the daemon's.
     assert set(stdout[3]) <= {"0", "1", "2", "3"}, stdout[3]
+
+
+# -- who may do what -----------------------------------------------------------------------
+def _submit_and_pid(path: str, ops: list[Any]) -> list[Any]:
+    """SubmitJob's answer and the pid of the process that sent it."""
+    return [call(path, "SubmitJob", ops), os.getpid()]
+
+
+def test_every_job_records_its_submitter(
+    outsider: Account, make_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = make_daemon("--socket-group", outsider.other_group)
+    master = daemon.paths.master_socket
+    child = {"OP_ID": "OP_TEST_DELAY", "duration": 0}
+    parent = {"OP_ID": "OP_TEST_DUMMY", "submit_jobs": [[child]]}
+    member = (outsider.uid, outsider.gid, [outsider.other_gid])
+    answer, pid = run_as(*member, lambda: _submit_and_pid(master, [parent]))["ok"]
+    job_id = answer["result"]
+    assert daemon.wait_job(job_id) == "success"
+    client = daemon.client()
+    ((result, submitter),) = client.query_jobs([job_id], ["opresult", "submitter"])
+    identity = {"uid": outsider.uid, "gid": outsider.gid, "groups": [outsider.other_gid]}
+    assert submitter == {"by": "client", **identity, "pid": pid}
+    ((_, child_id),) = result[0]["jobs"]
+    daemon.wait_job(child_id)
+    (child_row,) = client.query("job", ["submitter"], ["=", "id", child_id])["data"]
+    assert child_row == [[0, {"by": "job", **identity, "pid": pid, "job": job_id}]]
+    # Root's own job, and what jobctl info says.
+    own = client.submit_job([DELAY0])
+    ((mine,),) = client.query_jobs([own], ["submitter"])
+    assert (mine["by"], mine["uid"], mine["pid"]) == ("client", 0, os.getpid())
+    jobctl = [sys.executable, "-m", "jobqueue.cli.main", "--state-dir", str(daemon.state_dir)]
+    info = subprocess.run(
+        [*jobctl, "info", str(child_id)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    expected = f"Submitted by: job {job_id}, for uid {outsider.uid} ({outsider.name}), gid"
+    assert expected in info, info
+
+
+def test_only_the_submitter_root_and_admins_change_a_job(
+    outsider: Account, second_user: Account, make_daemon: Callable[..., Daemon]
+) -> None:
+    sock_group, admin_group = outsider.other_group, second_user.other_group
+    daemon = make_daemon("--socket-group", sock_group, "--admin-group", admin_group, workers=1)
+    master = daemon.paths.master_socket
+    owner = (outsider.uid, outsider.gid, [outsider.other_gid])
+    other = (second_user.uid, second_user.gid, [outsider.other_gid])
+    admin = (second_user.uid, second_user.gid, [outsider.other_gid, second_user.other_gid])
+
+    def as_user(user: tuple[int, int, list[int]], method: str, *args: Any) -> Any:
+        return run_as(*user, lambda: call(master, method, *args))["ok"]
+
+    long_delay = {"OP_ID": "OP_TEST_DELAY", "duration": 60}
+    running = as_user(owner, "SubmitJob", [long_delay])["result"]
+    queued = as_user(owner, "SubmitJob", [DELAY0])["result"]
+    client = daemon.client()
+    wait_until(lambda: client.query_jobs([running], ["status"]) == [["running"]], 15)
+    for method, args in [
+        ("CancelJob", [queued]),
+        ("CancelJob", [running, True]),
+        ("ChangeJobPriority", [queued, -10]),
+    ]:
+        answer = as_user(other, method, *args)
+        assert answer["success"] is False, (method, answer)
+        assert answer["result"][0] == "PermissionError"
+        assert "only the job's submitter, root and the admin group" in answer["result"][1][0]
+    assert client.query_jobs([running, queued], ["status"]) == [["running"], ["queued"]]
+    for method, args in [
+        ("SetDrainFlag", [True]),
+        ("AutoArchiveJobs", [0, 10]),
+        ("PruneArchive", [0, 10]),
+        ("SubmitJobToDrainedQueue", [[DELAY0]]),
+    ]:
+        answer = as_user(owner, method, *args)
+        assert answer["result"][0] == "PermissionError", (method, answer)
+    # The owner may; an admin may; root may.
+    assert as_user(owner, "ChangeJobPriority", queued, 10)["success"] is True
+    assert as_user(admin, "CancelJob", queued)["result"][0] is True
+    assert as_user(owner, "CancelJob", running, True)["result"][0] is True
+    assert daemon.wait_job(running) == "canceled"
+    answer = as_user(other, "ArchiveJob", running)
+    assert answer["result"][0] == "PermissionError"
+    assert as_user(owner, "ArchiveJob", running) == {"success": True, "result": True}
+    assert as_user(admin, "SetDrainFlag", True) == {"success": True, "result": True}
+    assert client.archive_job(queued) is True
+
+
+def _command_output(daemon: Daemon, job_id: int) -> list[list[str]]:
+    """The stdout lines of each opcode of a finished job."""
+    ((logs,),) = daemon.client().query_jobs([job_id], ["oplog"])
+    return [[entry[3] for entry in op_log if entry[2] == "stdout"] for op_log in logs]
+
+
+ID_OPS = [
+    {"OP_ID": "OP_COMMAND_RUN", "argv": ["id", "-u"]},
+    {"OP_ID": "OP_COMMAND_RUN", "argv": ["id", "-g"]},
+    {"OP_ID": "OP_COMMAND_RUN", "argv": ["id", "-G"]},
+    {"OP_ID": "OP_COMMAND_RUN", "argv": ["sh", "-c", 'echo "$HOME $USER $LOGNAME"']},
+]
+
+
+@pytest.mark.parametrize("run_as", ["submitter", "daemon"])
+def test_commands_run_as_their_submitter_under_a_root_daemon(
+    outsider: Account, make_daemon: Callable[..., Daemon], run_as: str
+) -> None:
+    daemon = make_daemon("--socket-group", outsider.other_group, "--commands-run-as", run_as)
+    master = daemon.paths.master_socket
+    member = (outsider.uid, outsider.gid, [outsider.other_gid])
+    job_id = run_as_user_submit(member, master, ID_OPS)
+    assert daemon.wait_job(job_id) == "success"
+    uid, gid, groups, names = _command_output(daemon, job_id)
+    home = pwd.getpwnam(outsider.name).pw_dir
+    if run_as == "submitter":
+        assert (uid, gid) == ([str(outsider.uid)], [str(outsider.gid)])
+        assert sorted(groups[0].split()) == sorted({str(outsider.gid), str(outsider.other_gid)})
+        assert names == [f"{home} {outsider.name} {outsider.name}"]
+    else:  # Ganeti's model, asked for explicitly: root
+        assert (uid, gid) == (["0"], ["0"])
+        assert names == [f"{pwd.getpwuid(0).pw_dir} root root"]
+    # A fan-out's item jobs run as the fan-out's submitter too.
+    fanout = {"OP_ID": "OP_COMMAND_FANOUT", "argv": ["id", "-u"], "items": ["a"]}
+    parent = run_as_user_submit(member, master, [fanout])
+    assert daemon.wait_job(parent) == "success"
+    ((result,),) = daemon.client().query_jobs([parent], ["opresult"])
+    ((_, child),) = result[0]["jobs"]
+    assert daemon.wait_job(child) == "success"
+    expected = str(outsider.uid) if run_as == "submitter" else "0"
+    assert _command_output(daemon, child) == [[expected]]
+
+
+def test_only_root_names_another_user_for_a_command(
+    outsider: Account, make_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = make_daemon("--socket-group", outsider.other_group)
+    master = daemon.paths.master_socket
+    member = (outsider.uid, outsider.gid, [outsider.other_gid])
+    as_root = {"OP_ID": "OP_COMMAND_RUN", "argv": ["id", "-u"], "user": "root"}
+    job_id = run_as_user_submit(member, master, [as_root])
+    assert daemon.wait_job(job_id) == "error"
+    ((result,),) = daemon.client().query_jobs([job_id], ["opresult"])
+    assert result[0][0] == "PermissionError", result
+    assert _command_output(daemon, job_id) == [[]]
+    # Root may name a user.
+    as_outsider = {"OP_ID": "OP_COMMAND_RUN", "argv": ["id", "-u"], "user": outsider.name}
+    job_id = daemon.client().submit_job([as_outsider])
+    assert daemon.wait_job(job_id) == "success"
+    assert _command_output(daemon, job_id) == [[str(outsider.uid)]]
+
+
+def run_as_user_submit(user: tuple[int, int, list[int]], path: str, ops: list[Any]) -> int:
+    answer = run_as(*user, lambda: call(path, "SubmitJob", ops))["ok"]
+    assert answer["success"] is True, answer
+    return int(answer["result"])

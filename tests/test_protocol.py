@@ -101,6 +101,29 @@ class TestRequests:
         with pytest.raises(errors.LuxiError, match="nested"):
             protocol.parse_request(frame)
 
+    def test_nesting_is_limited_to_a_depth_no_later_code_can_trip_over(self) -> None:
+        limit = protocol.MAX_REQUEST_NESTING
+        # The message object itself and its args list are two levels.
+        inner = limit - 2
+        ok = b'{"method": "M", "args": ' + b"[" * inner + b"]" * inner + b"}"
+        assert protocol.parse_request(ok).method == "M"
+        deep = b'{"method": "M", "args": [{"a": ' + b"[" * inner + b"]" * inner + b"}]}"
+        with pytest.raises(errors.LuxiError, match=f"nested deeper than {limit} levels"):
+            protocol.parse_request(deep)
+
+    @pytest.mark.parametrize(
+        ("value", "depth"),
+        [(1, 0), ([], 1), ({}, 1), ([1, [2, {"a": [3]}]], 4), ({"a": 1, "b": [[]]}, 3)],
+    )
+    def test_nesting_depth(self, value: Any, depth: int) -> None:
+        assert protocol.nesting_depth(value, 64) == depth
+
+    def test_nesting_depth_stops_past_the_limit(self) -> None:
+        value: Any = []
+        for _ in range(100_000):
+            value = [value]
+        assert protocol.nesting_depth(value, 10) == 11
+
     def test_huge_integer_is_a_luxi_error(self) -> None:
         with pytest.raises(errors.LuxiError):
             protocol.parse_request(b'{"method": "M", "args": [' + b"9" * 5000 + b"]}")
@@ -298,3 +321,50 @@ class TestCall:
 
         with pytest.raises(errors.ConnectionClosed):
             protocol.call(transport, "M", [])
+
+
+class TestEncodeSuccess:
+    @pytest.mark.parametrize(
+        "result",
+        [None, 17, "x", [[1, "a"], [2, "b"]], {"fields": [{"name": "id"}], "data": [[[0, 1]]]}],
+    )
+    def test_same_bytes_as_encode_response(self, result: Any) -> None:
+        expected = protocol.encode_response(True, result)
+        assert b"".join(protocol.encode_success(result, 10**6)) == expected
+
+    def test_iterators_are_encoded_as_lists(self) -> None:
+        rows = [[1, "queued"], [2, "error"]]
+        answer = protocol.encode_success(iter(rows), 10**6)
+        assert b"".join(answer) == protocol.encode_response(True, rows)
+        query = {"fields": [{"name": "id"}], "data": iter([[[0, 1]], [[0, 2]]])}
+        answer = protocol.encode_success(query, 10**6)
+        expected = {"fields": [{"name": "id"}], "data": [[[0, 1]], [[0, 2]]]}
+        assert b"".join(answer) == protocol.encode_response(True, expected)
+        assert b"".join(protocol.encode_success(iter([]), 100)) == protocol.encode_response(
+            True, []
+        )
+
+    def test_a_large_answer_comes_in_pieces(self) -> None:
+        rows = [["x" * 1000] for _ in range(1000)]
+        pieces = protocol.encode_success(iter(rows), 10**7)
+        assert len(pieces) > 1
+        assert max(len(piece) for piece in pieces) < protocol.ANSWER_CHUNK_SIZE + 2000
+        assert b"".join(pieces) == protocol.encode_response(True, rows)
+
+    def test_encoding_stops_at_the_limit(self) -> None:
+        produced = []
+
+        def rows() -> Any:
+            for number in range(10**6):
+                produced.append(number)
+                yield ["x" * 100]
+
+        with pytest.raises(errors.AnswerTooLarge, match="ask for fewer jobs or fewer fields"):
+            protocol.encode_success(rows(), 10_000)
+        assert len(produced) < 100  # stopped at the limit, not after building everything
+        with pytest.raises(errors.AnswerTooLarge):
+            protocol.encode_success(["x" * 20_000], 10_000)
+
+    def test_unserialisable_values_are_a_luxi_error(self) -> None:
+        with pytest.raises(errors.LuxiError):
+            protocol.encode_success(iter([float("nan")]), 10_000)

@@ -54,6 +54,7 @@ class FakeQueue:
         self.gate: threading.Event | None = None
         self.config_result: list[Any] = [False]
         self.finished: set[int] = set()  # jobs whose watches hold no state: read them
+        self.callers: list[Any] = []  # the caller passed to each method that changes something
 
     def _record(self, name: str, *args: Any) -> None:
         with self._calls_changed:
@@ -105,27 +106,35 @@ class FakeQueue:
         return None if info == prev_job_info else [info, []]
 
     # -- QueueApi --------------------------------------------------------------
-    def submit_job(self, ops: list[Any], *, drained_ok: bool = False) -> int:
+    def submit_job(self, ops: list[Any], *, drained_ok: bool = False, submitter: Any = None) -> int:
+        self.callers.append(submitter)
         self._record("submit_job", ops, drained_ok)
         return 17
 
-    def submit_many_jobs(self, jobs: list[Any], *, drained_ok: bool = False) -> list[list[Any]]:
+    def submit_many_jobs(
+        self, jobs: list[Any], *, drained_ok: bool = False, submitter: Any = None
+    ) -> list[list[Any]]:
+        self.callers.append(submitter)
         self._record("submit_many_jobs", jobs, drained_ok)
         return [[True, 18], [False, "bad opcode"]]
 
-    def cancel_job(self, job_id: int, kill: bool = False) -> list[Any]:
+    def cancel_job(self, job_id: int, kill: bool = False, *, caller: Any = None) -> list[Any]:
+        self.callers.append(caller)
         self._record("cancel_job", job_id, kill)
         return [True, f"Job {job_id} canceled"]
 
-    def change_job_priority(self, job_id: int, priority: int) -> list[Any]:
+    def change_job_priority(self, job_id: int, priority: int, *, caller: Any = None) -> list[Any]:
+        self.callers.append(caller)
         self._record("change_job_priority", job_id, priority)
         return [True, f"Priority of job {job_id} changed to {priority}"]
 
-    def archive_job(self, job_id: int) -> bool:
+    def archive_job(self, job_id: int, *, caller: Any = None) -> bool:
+        self.callers.append(caller)
         self._record("archive_job", job_id)
         return True
 
-    def auto_archive_jobs(self, age: float, timeout: float) -> list[int]:
+    def auto_archive_jobs(self, age: float, timeout: float, *, caller: Any = None) -> list[int]:
+        self.callers.append(caller)
         self._record("auto_archive_jobs", age, timeout)
         return [3, 0]
 
@@ -139,11 +148,21 @@ class FakeQueue:
         self._record("query", what, fields, qfilter, archived)
         return {"fields": [{"name": "id"}], "data": [[[0, 1]]]}
 
+    def iter_query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> Iterator[list[Any]]:
+        return iter(self.query_jobs(job_ids, fields))
+
+    def iter_query(
+        self, what: str, fields: list[str], qfilter: Any, archived: bool = False
+    ) -> dict[str, Any]:
+        answer = self.query(what, fields, qfilter, archived)
+        return {**answer, "data": iter(answer["data"])}
+
     def query_fields(self, what: str, fields: list[str] | None) -> dict[str, Any]:
         self._record("query_fields", what, fields)
         return {"fields": [{"name": "id", "kind": "number"}]}
 
-    def set_drain_flag(self, flag: bool) -> bool:
+    def set_drain_flag(self, flag: bool, *, caller: Any = None) -> bool:
+        self.callers.append(caller)
         self._record("set_drain_flag", flag)
         return True
 
@@ -633,7 +652,10 @@ WRITE_CALLS: list[tuple[str, list[Any]]] = [
 ]
 
 
-def test_query_socket_refuses_writes_and_serves_reads(harness: Harness) -> None:
+def test_query_socket_refuses_writes_to_others_and_serves_reads(
+    make_server: Callable[..., Harness],
+) -> None:
+    harness = make_server(allowed_uids=())  # not even root may change anything
     harness.queue.set_job(1, "success")
     with connect(harness.query) as sock:
         for method, args in WRITE_CALLS:
@@ -660,6 +682,24 @@ def test_query_socket_refuses_writes_and_serves_reads(harness: Harness) -> None:
     assert written == set()
     with Client(harness.query, timeout=WAIT) as client, pytest.raises(errors.AccessDenied):
         client.submit_job([OP])
+
+
+def test_query_socket_accepts_writes_from_peers_the_master_socket_serves(
+    harness: Harness,
+) -> None:
+    """Ganeti 2.11+ sends everything to the query socket: root (allowed) may change things."""
+    with connect(harness.query) as sock:
+        for method, args in WRITE_CALLS:
+            success, result = call_raw(sock, method, args)
+            assert success, (method, result)
+    assert len(harness.queue.callers) == len(WRITE_CALLS)
+    for caller in harness.queue.callers:  # each call says who sent it
+        assert (caller.by, caller.uid, caller.gid, caller.pid) == (
+            "client",
+            os.geteuid(),
+            os.getegid(),
+            os.getpid(),
+        )
 
 
 # -- WaitForJobChange -------------------------------------------------------------------
@@ -800,7 +840,10 @@ def test_wfjc_many_waiters_cost_no_threads_and_all_wake(harness: Harness) -> Non
             sock.close()
 
 
-def test_a_thousand_connections_at_once(harness: Harness, many_fds: None) -> None:
+def test_a_thousand_connections_at_once(
+    make_server: Callable[..., Harness], many_fds: None
+) -> None:
+    harness = make_server(max_connections=1001)
     socks: list[socket.socket] = []
     try:
         for _ in range(1000):
@@ -831,13 +874,14 @@ def test_socket_files_are_renamed_into_place_and_removed_on_stop(
 
     monkeypatch.setattr(os, "rename", recording_rename)
     harness = make_server(socket_group=os.getgid())
-    for path, mode in ((harness.master, 0o660), (harness.query, 0o666)):
+    for path, mode in ((harness.master, 0o660), (harness.query, 0o660)):
         info = os.stat(path)
         assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == mode
         (temp,) = [src for src, dst in renames if dst == path]
         assert os.path.dirname(temp) == os.path.dirname(path) and temp != path
         assert not os.path.exists(temp)
     assert os.stat(harness.master).st_gid == os.getgid()
+    assert os.stat(harness.query).st_gid == os.getgid()
     harness.server.stop()
     assert not os.path.exists(harness.master) and not os.path.exists(harness.query)
     assert os.listdir(os.path.dirname(harness.master)) == []
@@ -1019,3 +1063,105 @@ def test_stop_is_bounded_when_a_handler_hangs(
             assert closed_by_server(stuck)
     finally:
         gate.set()
+
+
+# -- resources: handler pools, output budget, connection limits -------------------------
+def test_submissions_do_not_wait_behind_readers(make_server: Callable[..., Harness]) -> None:
+    """Every reader thread busy: changes have their own pool and are answered at once."""
+    harness = make_server(reader_threads=1)
+    harness.queue.gate = gate = threading.Event()
+    with connect(harness.master) as reader, connect(harness.master) as second_reader:
+        reader.sendall(protocol.encode_request("QueryConfigValues", [["x"]]))
+        harness.queue.wait_calls("query_config_values", 1)
+        second_reader.sendall(protocol.encode_request("QueryJobs", [[5], ["id"]]))
+        with connect(harness.master) as submitter:
+            assert call_raw(submitter, "SubmitJob", [[OP]]) == (True, 17)
+        assert harness.queue.calls_named("query_jobs") == []  # still waiting for the reader
+        gate.set()
+        assert protocol.parse_response(recv_frame(reader)) == (True, [False])
+        assert protocol.parse_response(recv_frame(second_reader)) == (True, [[5, "queued"]])
+
+
+def test_reads_wait_while_unread_answers_fill_the_output_budget(
+    make_server: Callable[..., Harness],
+) -> None:
+    harness = make_server(output_budget=100_000)
+    harness.queue.config_result = ["x" * 1_000_000]  # one answer spends the whole budget
+    with connect(harness.master) as hog, connect(harness.master) as other:
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        hog.sendall(protocol.encode_request("QueryConfigValues", [["x"]]))
+        budget = harness.server._budget
+        wait_until(lambda: budget.held >= budget.limit, "the hog's answer to fill the budget")
+        other.sendall(protocol.encode_request("QueryJobs", [[5], ["id"]]))
+        with connect(harness.master) as submitter:  # changes never wait for the budget
+            assert call_raw(submitter, "SubmitJob", [[OP]]) == (True, 17)
+        other.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            other.recv(1)
+        assert harness.queue.calls_named("query_jobs") == []
+        # The hog takes its answer: the waiting read is started and answered.
+        assert protocol.parse_response(recv_frame(hog)) == (True, ["x" * 1_000_000])
+        other.settimeout(WAIT)
+        assert protocol.parse_response(recv_frame(other)) == (True, [[5, "queued"]])
+
+
+def test_a_client_that_does_not_take_its_answer_is_closed_after_the_send_timeout(
+    make_server: Callable[..., Harness],
+) -> None:
+    harness = make_server(send_timeout=0.5, client_timeout=60)
+    harness.queue.config_result = ["x" * 5_000_000]
+    with connect(harness.master) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(protocol.encode_request("QueryConfigValues", [["x"]]))
+        harness.queue.wait_calls("query_config_values", 1)
+        sock.sendall(protocol.encode_request("QueryConfigValues", [["x"]]) * 100)
+        wait_until(lambda: not harness.server._connections, "the server to drop the client")
+    assert len(harness.queue.calls_named("query_config_values")) == 1  # nothing more was read
+
+
+def test_connections_past_the_limit_are_refused_at_once(
+    make_server: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = make_server(max_connections=3)
+    caplog.set_level(logging.WARNING, LOGGER)
+    kept = [connect(harness.query) for _ in range(3)]
+    try:
+        for sock in kept:
+            assert_ok(sock)
+        for _ in range(20):
+            with connect(harness.query) as refused:
+                sock_answer = protocol.parse_response(recv_frame(refused))
+                assert sock_answer == (
+                    False,
+                    [
+                        "LuxiError",
+                        ["Too many connections to the query socket (3); try again later"],
+                    ],
+                )
+                assert closed_by_server(refused)
+        with connect(harness.master) as master:  # each socket has its own limit
+            assert_ok(master)
+    finally:
+        for sock in kept:
+            sock.close()
+    refusals = [r for r in caplog.records if "Refusing a connection" in r.getMessage()]
+    assert len(refusals) == 1  # at a bounded rate
+    wait_until(lambda: len(harness.server._connections) == 0, "the connections to close")
+    with connect(harness.query) as again:
+        assert_ok(again)
+
+
+def test_rate_limited_log_counts_what_it_leaves_out(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    log = server_module.RateLimitedLog(logging.getLogger(LOGGER), 10.0, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, LOGGER)
+    for _ in range(5):
+        log.warning("a", "event %s", "A")
+    log.warning("b", "event B")
+    now[0] += 10
+    log.warning("a", "event %s", "A")
+    assert [r.getMessage() for r in caplog.records] == [
+        "event A",
+        "event B",
+        "event A (4 more like this not logged)",
+    ]

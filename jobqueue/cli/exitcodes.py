@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 
 from jobqueue import errors
+from jobqueue.luxi.client import STALE_SOCKET
 
 
 class ExitCode(enum.IntEnum):
@@ -78,6 +79,8 @@ def describe_error(err: errors.GenericError, socket_path: str) -> tuple[ExitCode
     """Return the exit code and the stderr line for an error from the daemon."""
     text = _one_line(str(err))
     if isinstance(err, errors.NoMasterError):
+        if text.endswith(STALE_SOCKET):
+            return ExitCode.NO_DAEMON, text
         return ExitCode.NO_DAEMON, (
             f"Cannot reach the job queue daemon at {socket_path}; is it running?"
         )

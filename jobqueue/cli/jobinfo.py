@@ -34,6 +34,7 @@ INFO_FIELDS = [
     "opstart",
     "opexec",
     "opend",
+    "submitter",
 ]
 
 
@@ -109,6 +110,32 @@ def opcode_lines(job: dict[str, Any], index: int) -> list[str]:
     return lines
 
 
+def _name(lookup: Any, number: Any) -> str:
+    """``number (name)`` when the local user or group database knows it, else the number."""
+    try:
+        return f"{number} ({lookup(number)[0]})"
+    except (KeyError, TypeError, OverflowError):
+        return str(number)
+
+
+def describe_submitter(submitter: Any) -> str:
+    """Who submitted a job, from its ``submitter`` field."""
+    import grp  # only ``info`` needs them: kept out of jobctl's start-up
+    import pwd
+
+    if not isinstance(submitter, dict):
+        return "unknown (stored before submitters were recorded)"
+    if submitter.get("by") == "daemon" or submitter.get("uid") is None:
+        return "the daemon itself"
+    who = (
+        f"uid {_name(pwd.getpwuid, submitter.get('uid'))}, "
+        f"gid {_name(grp.getgrgid, submitter.get('gid'))}, pid {submitter.get('pid')}"
+    )
+    if submitter.get("by") == "job":
+        return f"job {submitter.get('job')}, for {who}"
+    return who
+
+
 def job_lines(job: dict[str, Any]) -> list[str]:
     """The whole report of one job as printed by ``jobctl info``."""
     received, start, end = job.get("received_ts"), job.get("start_ts"), job.get("end_ts")
@@ -116,6 +143,7 @@ def job_lines(job: dict[str, Any]) -> list[str]:
         f"Job ID: {job.get('id')}",
         f"  Status: {job.get('status') or '-'}",
         f"  Priority: {job.get('priority') if job.get('priority') is not None else '-'}",
+        f"  Submitted by: {describe_submitter(job.get('submitter'))}",
         "  " + _timestamp_line("Received", received, None),
         "  " + _timestamp_line("Processing start", start, received),
         "  " + _timestamp_line("Processing end", end, start),

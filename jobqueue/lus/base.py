@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from jobqueue import constants
+from jobqueue.model import Submitter
 from jobqueue.opcodes import OpCode
 
 if TYPE_CHECKING:
@@ -64,6 +65,10 @@ class LUContext:
     kill_grace: float = constants.DEFAULT_KILL_GRACE
     #: Where commands record their process groups; None records nothing.
     processes: ProcessGroups | None = None
+    #: Who submitted the job (None: stored before submitters were recorded).
+    submitter: Submitter | None = None
+    #: ``submitter``: a root daemon runs commands as the submitter; ``daemon``: as itself.
+    commands_run_as: str = "submitter"
 
     def log(self, message: Any, log_type: str = constants.ELOG_MESSAGE) -> None:
         self.callbacks.feedback(log_type, message)

@@ -12,6 +12,14 @@ A command is over when its own process has exited: its output is read for
 ``_OUTPUT_GRACE`` seconds more at most, so a process that left the group
 (``setsid cmd &``) and holds on to the output pipes cannot keep the job
 running, nor make a kill wait for it.
+
+As which user (``command_user``): a daemon running as root runs a command as
+the job's submitter (uid, primary gid, supplementary groups as recorded,
+``HOME``/``USER``/``LOGNAME`` from its password entry), unless the daemon
+was told ``--commands-run-as daemon``, the submitter is root, or the job was
+stored before submitters were recorded; then as root. Any other daemon runs
+commands as itself. ``user`` names another user; only a job root submitted
+may, and only under a root daemon.
 """
 
 from __future__ import annotations
@@ -23,12 +31,13 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from jobqueue import constants
-from jobqueue.errors import ECODE_INVAL, OpExecError, OpPrereqError
+from jobqueue.errors import ECODE_INVAL, AccessDenied, OpExecError, OpPrereqError
 from jobqueue.locking import CLUSTER_LOCK
 from jobqueue.lus.base import LogicalUnit, ResultWithJobs
+from jobqueue.model import Submitter
 from jobqueue.opcodes import (
     NON_EMPTY_STRING,
     OPCODES,
@@ -92,17 +101,66 @@ def _is_lock_name(value: Any) -> bool:
 LOCK_NAME = Type(_is_lock_name, f"a non-empty lock name other than {CLUSTER_LOCK!r}", nesting=0)
 
 
-def base_environment(job_id: int) -> dict[str, str]:
-    """The environment every command starts from, before the opcode's ``env``."""
-    user = pwd.getpwuid(os.geteuid())
+#: ``--commands-run-as``: as the job's submitter (under a root daemon), or as the daemon.
+RUN_AS_SUBMITTER, RUN_AS_DAEMON = "submitter", "daemon"
+
+
+class CommandUser(NamedTuple):
+    """Who a command runs as when not as the daemon itself."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def base_environment(job_id: int, uid: int | None = None) -> dict[str, str]:
+    """The environment every command starts from, before the opcode's ``env``.
+
+    ``HOME``, ``USER`` and ``LOGNAME`` are those of ``uid`` (default: the
+    daemon's user); a uid without a password entry gets ``/`` and its number.
+    """
+    try:
+        entry = pwd.getpwuid(os.geteuid() if uid is None else uid)
+        home, name = entry.pw_dir, entry.pw_name
+    except KeyError:
+        home, name = "/", str(uid)
     return {
         "PATH": _SAFE_PATH,
         "LANG": "C.UTF-8",
-        "HOME": user.pw_dir,
-        "USER": user.pw_name,
-        "LOGNAME": user.pw_name,
+        "HOME": home,
+        "USER": name,
+        "LOGNAME": name,
         "JOBQUEUE_JOB_ID": str(job_id),
     }
+
+
+def command_user(
+    submitter: Submitter | None, run_as: str, named: str | None, daemon_uid: int
+) -> CommandUser | None:
+    """As whom a command runs; None: as the daemon itself. See the module docstring.
+
+    Raises ``AccessDenied`` when ``named`` (the opcode's ``user``) is not
+    allowed, ``OpPrereqError`` for an unknown user.
+    """
+    if named is not None:
+        if daemon_uid != 0 or submitter is None or submitter.uid != 0:
+            raise AccessDenied(
+                "Permission denied: only a job root submitted to a root daemon may run a "
+                "command as another user"
+            )
+        try:
+            entry = pwd.getpwnam(named) if not named.isdigit() else pwd.getpwuid(int(named))
+        except (KeyError, OverflowError):
+            raise OpPrereqError(
+                f"OP_COMMAND_RUN.user: no such user {named!r}", ECODE_INVAL
+            ) from None
+        groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+        return CommandUser(entry.pw_uid, entry.pw_gid, tuple(groups))
+    if daemon_uid != 0 or run_as == RUN_AS_DAEMON or submitter is None:
+        return None
+    if submitter.uid is None or submitter.gid is None or submitter.uid == 0:
+        return None  # made by the daemon itself, or submitted by root
+    return CommandUser(submitter.uid, submitter.gid, submitter.groups)
 
 
 class OpCommandRun(OpCode):
@@ -119,6 +177,11 @@ class OpCommandRun(OpCode):
     )
     locks: tuple[str, ...] = param(list_of(LOCK_NAME), default=(), doc="Exclusive resource locks")
     shared_locks: tuple[str, ...] = param(list_of(LOCK_NAME), default=(), doc="Shared locks")
+    user: str | None = param(
+        optional(NON_EMPTY_OS_STRING),
+        default=None,
+        doc="Run as this user (name or uid); only for jobs root submitted",
+    )
 
     @classmethod
     def summary(cls, values: dict[str, Any]) -> str:
@@ -182,11 +245,21 @@ class LUCommandRun(LogicalUnit[OpCommandRun]):
     def locks(self) -> tuple[list[str], list[str]]:
         return list(self.op.locks), list(self.op.shared_locks)
 
+    def check_arguments(self) -> None:
+        self.user = command_user(
+            self.ctx.submitter, self.ctx.commands_run_as, self.op.user, os.geteuid()
+        )
+
     def dry_run_result(self) -> Any:
         return {"argv": list(self.op.argv)}
 
     def exec(self) -> dict[str, Any]:
-        env = {**base_environment(self.ctx.job_id), **self.op.env}
+        user = self.user
+        uid = None if user is None else user.uid
+        env = {**base_environment(self.ctx.job_id, uid), **self.op.env}
+        identity: dict[str, Any] = {}
+        if user is not None:
+            identity = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -198,6 +271,7 @@ class LUCommandRun(LogicalUnit[OpCommandRun]):
                 stderr=subprocess.PIPE,
                 start_new_session=True,
                 close_fds=True,
+                **identity,
             )
         except OSError as err:
             raise OpExecError(f"Cannot run {self.op.argv[0]!r}: {err.strerror}") from err

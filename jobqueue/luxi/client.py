@@ -16,6 +16,8 @@ from __future__ import annotations
 import _socket
 import _thread
 import errno
+import os
+import stat
 import time
 from collections.abc import Callable
 
@@ -56,13 +58,26 @@ _NO_MASTER_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR})
 _ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
 
+#: The end of the message for a socket file nobody listens on (a daemon killed with -9).
+STALE_SOCKET = "daemon not running (stale socket)"
+
+
 def _connect_error(path: str, err: OSError) -> errors.LuxiError:
     """Translate a failed ``connect`` into the error a caller can act on."""
+    if err.errno == errno.ECONNREFUSED and _is_socket_file(path):
+        return errors.NoMasterError(f"Cannot reach the job queue daemon at {path}: {STALE_SOCKET}")
     if err.errno in _NO_MASTER_ERRNOS:
         return errors.NoMasterError(f"Cannot reach the job queue daemon at {path}; is it running?")
     if err.errno in _ACCESS_ERRNOS:
         return errors.AccessDenied(f"Permission denied connecting to the socket {path}")
     return errors.LuxiError(f"Cannot connect to {path}: {err.strerror or err}")
+
+
+def _is_socket_file(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _connect_once(path: str, timeout: float) -> _socket.socket:

@@ -4,21 +4,27 @@
 and nothing else (no task or stream per connection: a request costs a few
 callbacks on the loop thread). Per connection:
 
-* Requests are answered strictly in order. While one is in flight, further
-  complete requests wait in a queue; once a second one is queued, the
-  connection stops reading, so a client that pipelines requests is held
-  back by its socket buffer instead of filling the daemon's memory.
+* The peer's credentials (``SO_PEERCRED``) are read once, at connect; the
+  server's ``Gate`` may refuse the connection then (too many on its socket):
+  the client gets one error answer and the connection is closed.
+* Requests are answered strictly in order. While one is in flight or its
+  answer is still going out, further complete requests wait in a queue and
+  the connection stops reading, so a client that pipelines requests, or
+  sends requests without reading the answers, is held back by its socket
+  buffer instead of filling the daemon's memory.
 * ``handle(connection, frame)`` turns a request into its encoded answer,
-  either at once (bytes) or later (an asyncio future of bytes; cancelled if
-  the client goes away first).
+  either at once or later (an asyncio future; cancelled if the client goes
+  away first). An answer is a list of pieces; they are handed to the socket
+  one at a time, only once the previous one has been taken (the transport's
+  buffer holds at most one piece). Every byte not yet taken by the client is
+  charged to the server's ``OutputBudget`` until it is.
 * A frame over ``max_message_size`` gets one error answer, then the
   connection is closed: the stream is out of step. So does every request
-  of a peer that may not use the socket (``allowed`` is False).
+  of a peer the gate does not allow on the socket at all.
 * A client that sends no complete request within ``client_timeout`` seconds
   of connecting or of its last answer is closed; one with a request in
-  flight never is. An answer the client does not take (the transport's
-  buffer stays over its high-water mark) closes the connection after the
-  same time.
+  flight never is. A client that takes none of its answer for
+  ``send_timeout`` seconds is closed.
 * When the client closes its socket, a request in flight is cancelled (a
   waiting ``WaitForJobChange`` stops waiting; a call already running in a
   handler thread completes, unanswered). After a half-close (the client
@@ -36,14 +42,80 @@ import functools
 import logging
 import select
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from jobqueue import errors
-from jobqueue.luxi import protocol
+from jobqueue.luxi import access, protocol
 
+#: An encoded answer: the pieces of one terminated message, in order.
+Answer = list[bytes]
 #: Turns one request frame into its encoded answer, now or later.
-Handler = Callable[["Connection", bytes], "bytes | asyncio.Future[bytes]"]
+Handler = Callable[["Connection", bytes], "Answer | asyncio.Future[Answer]"]
 _Callback = TypeVar("_Callback", bound=Callable[..., Any])
+
+
+class Gate(Protocol):
+    """The server's side of a connection's life (one per socket)."""
+
+    read_only: bool
+
+    def opened(self, connection: Connection) -> errors.GenericError | None:
+        """Count a new connection; the error to refuse it with, or None to serve it."""
+
+    def closed(self, connection: Connection) -> None:
+        """The connection is gone."""
+
+    def may_change(self, peer: access.PeerCredentials | None) -> bool:
+        """Whether ``peer`` may call methods that change something."""
+
+
+class OutputBudget:
+    """Admits read-only requests to the reader threads, while answers not taken leave room.
+
+    ``held`` counts the bytes of answers the daemon holds for clients that
+    have not taken them yet. A read-only request starts only while ``held``
+    is under ``limit`` and fewer than ``workers`` reads run; the others wait
+    here without a thread, those from the master socket ahead of the others,
+    and a request whose client has gone is dropped when its turn comes.
+    Loop thread only.
+    """
+
+    def __init__(self, limit: int, workers: int) -> None:
+        self.limit = limit
+        self.workers = workers
+        self.held = 0
+        self.running = 0
+        self._first: collections.deque[Callable[[], bool]] = collections.deque()
+        self._waiting: collections.deque[Callable[[], bool]] = collections.deque()
+
+    def adjust(self, delta: int) -> None:
+        """Add ``delta`` bytes held (negative: bytes taken by clients); admit what now fits."""
+        self.held += delta
+        self._admit()
+
+    def when_room(self, start: Callable[[], bool], *, first: bool = False) -> None:
+        """Have ``start`` called when a read may begin; it returns False if it did not start.
+
+        ``first``: ahead of every request queued without it.
+        """
+        (self._first if first else self._waiting).append(start)
+        self._admit()
+
+    def finished(self) -> None:
+        """A read that ``start`` began is over (its answer is on its way, or dropped)."""
+        self.running -= 1
+        self._admit()
+
+    def waiting(self) -> int:
+        return len(self._first) + len(self._waiting)
+
+    def _admit(self) -> None:
+        while self.held < self.limit and self.running < self.workers:
+            queue = self._first or self._waiting
+            if not queue:
+                return
+            if queue.popleft()():
+                self.running += 1
 
 
 def _guarded(callback: _Callback) -> _Callback:
@@ -79,15 +151,17 @@ def _hung_up(transport: asyncio.BaseTransport | None) -> bool:
     return any(events & select.POLLHUP for _, events in poller.poll(0))
 
 
-def error_answer(err: BaseException) -> bytes:
+def error_answer(err: BaseException) -> Answer:
     """The encoded failure answer carrying ``err``."""
-    return protocol.encode_response(False, errors.encode_error(err))
+    return [protocol.encode_response(False, errors.encode_error(err))]
 
 
 class Connection(asyncio.Protocol):
     """One client of a LUXI socket; see the module docstring.
 
-    ``closed`` is done once the connection is gone.
+    ``closed`` is done once the connection is gone; ``peer`` holds the
+    peer's credentials (None if they could not be read) and
+    ``may_change`` whether it may call methods that change something.
     """
 
     def __init__(
@@ -95,28 +169,34 @@ class Connection(asyncio.Protocol):
         number: int,
         handle: Handler,
         *,
-        read_only: bool,
-        allowed: Callable[[Any], bool],
-        on_open: Callable[[Connection], None],
+        gate: Gate,
+        budget: OutputBudget,
         max_message_size: int,
         client_timeout: float,
+        send_timeout: float,
         logger: logging.Logger,
     ) -> None:
         self.number = number
-        self.read_only = read_only
+        self.read_only = gate.read_only
+        self.peer: access.PeerCredentials | None = None
+        self.may_change = False
         self._handle = handle
-        self._allowed_rule = allowed
-        self._allowed = False
-        self._on_open = on_open
+        self._gate = gate
+        self._budget = budget
         self._buffer = protocol.FrameBuffer(max_message_size)
         self._client_timeout = client_timeout
+        self._send_timeout = send_timeout
         self._log = logger
         self._pending: collections.deque[bytes] = collections.deque()
-        self._in_flight: asyncio.Future[bytes] | None = None  # a request being answered
+        self._in_flight: asyncio.Future[Answer] | None = None  # a request being answered
+        self._outgoing: collections.deque[bytes] = collections.deque()  # answer pieces to send
+        self._outgoing_size = 0
+        self._charged = 0  # bytes charged to the budget: _outgoing plus the transport's buffer
         self._write_paused = False
         self._reading_paused = False
         self._eof = False
         self._closing = False  # no further request is started
+        self._counted = False  # the gate counts this connection
         self._last_activity = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
@@ -128,10 +208,25 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._allowed = self.read_only or self._allowed_rule(transport.get_extra_info("socket"))
+        # Pause (and hear of the drain) as soon as the kernel does not take a
+        # whole piece: the transport's own buffer then holds at most one piece.
+        transport.set_write_buffer_limits(high=0)
         self._touch()
+        refusal = self._gate.opened(self)
+        if refusal is not None:
+            self._last_word(error_answer(refusal))
+            return
+        self._counted = True
+        self.peer = self._read_peer(transport)
+        self.may_change = self._gate.may_change(self.peer)
         self._timer = self._loop.call_later(self._client_timeout, self._check_timeout)
-        self._on_open(self)
+
+    def _read_peer(self, transport: asyncio.Transport) -> access.PeerCredentials | None:
+        try:
+            return access.peer_credentials(transport.get_extra_info("socket"))
+        except OSError as err:
+            self._log.warning("Cannot read the peer credentials of a connection: %s", err)
+            return None
 
     @_guarded
     def data_received(self, data: bytes) -> None:
@@ -158,23 +253,31 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        self._touch()
+        self._touch()  # the send timeout counts from here
+        self._arm_timer(self._send_timeout)
 
     @_guarded
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._touch()
-        self._advance()
+        self._touch()  # the client took everything handed to the socket
+        self._send_more()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._pending.clear()
+        self._outgoing.clear()
+        self._outgoing_size = 0
+        self._budget.adjust(-self._charged)
+        self._charged = 0
         if self._timer is not None:
             self._timer.cancel()
         if self._in_flight is not None:
             self._in_flight.cancel()  # a waiting WaitForJobChange stops waiting
         if exc is not None:
             self._log.debug("Connection %d lost: %s", self.number, exc)
+        if self._counted:
+            self._counted = False
+            self._gate.closed(self)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -191,89 +294,123 @@ class Connection(asyncio.Protocol):
             self._transport.abort()
 
     # -- requests ----------------------------------------------------------------
+    def _busy(self) -> bool:
+        """Whether a request is in flight or its answer is still going out."""
+        return self._in_flight is not None or bool(self._outgoing) or self._write_paused
+
     def _advance(self) -> None:
-        """Start the next request if none is in flight; close when nothing more is coming."""
+        """Start the next request if nothing is owed; close when nothing more is coming."""
         transport = self._transport
-        if transport is None or transport.is_closing() or self._in_flight is not None:
+        if transport is None or transport.is_closing():
             return
-        if self._write_paused:
+        if not self._busy():
+            if self._pending and not self._closing:
+                self._start(self._pending.popleft())
+            elif self._closing or self._eof:
+                transport.close()
+                return
+        self._update_reading(transport)
+
+    def _update_reading(self, transport: asyncio.Transport) -> None:
+        """Read only while no complete request waits: waiting ones stay in the client's buffer."""
+        if transport.is_closing():
             return
-        if self._pending and not self._closing:
-            frame = self._pending.popleft()
-            self._start(frame)
-            if self._pending and not self._reading_paused and not transport.is_closing():
-                transport.pause_reading()  # a pipelining client waits in its socket buffer
-                self._reading_paused = True
-            return
-        if self._closing or self._eof:
-            transport.close()
-        elif self._reading_paused:
+        if self._pending and not self._reading_paused:
+            transport.pause_reading()
+            self._reading_paused = True
+        elif not self._pending and self._reading_paused:
             transport.resume_reading()
             self._reading_paused = False
 
     def _start(self, frame: bytes) -> None:
-        if not self._allowed:
+        if self._gate.read_only is False and not self.may_change:
             denied = errors.AccessDenied("Permission denied: not allowed to use the master socket")
             self._last_word(error_answer(denied))
             return
         answer = self._handle(self, frame)
-        if isinstance(answer, bytes):
+        if isinstance(answer, list):
             self._finish(answer)
         else:
             self._in_flight = answer
             answer.add_done_callback(self._on_answer)
 
     @_guarded
-    def _on_answer(self, future: asyncio.Future[bytes]) -> None:
+    def _on_answer(self, future: asyncio.Future[Answer]) -> None:
         self._in_flight = None
         if future.cancelled():
             return  # the connection is gone
         try:
             answer = future.result()
-        except Exception as err:  # the handler promises bytes; stay usable anyway
+        except Exception as err:  # the handler promises an answer; stay usable anyway
             self._log.exception("Connection %d: the request handler failed", self.number)
             answer = error_answer(err)
         self._finish(answer)
 
-    def _finish(self, answer: bytes) -> None:
-        """Send ``answer`` to the request in flight, then go on with the next."""
+    def _finish(self, answer: Answer) -> None:
+        """Queue ``answer`` for the request in flight, start sending it."""
         self._touch()
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        transport.write(answer)  # may call pause_writing
+        self._outgoing.extend(answer)
+        self._outgoing_size += sum(len(piece) for piece in answer)
+        self._send_more()
+
+    def _send_more(self) -> None:
+        """Hand pieces to the socket while it takes them; go on once all are taken."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        while self._outgoing and not self._write_paused:
+            piece = self._outgoing.popleft()
+            self._outgoing_size -= len(piece)
+            transport.write(piece)  # calls pause_writing unless the kernel took it all
+        self._update_charge(transport)
         self._advance()
 
-    def _last_word(self, answer: bytes) -> None:
+    def _update_charge(self, transport: asyncio.Transport) -> None:
+        owed = self._outgoing_size + transport.get_write_buffer_size()
+        self._budget.adjust(owed - self._charged)
+        self._charged = owed
+
+    def _last_word(self, answer: Answer) -> None:
         """Send ``answer`` and close once it is out, starting no other request."""
         self._closing = True
         self._pending.clear()
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(answer)
+            for piece in answer:
+                self._transport.write(piece)
             self._transport.close()
 
     # -- timeouts ----------------------------------------------------------------
     def _touch(self) -> None:
         self._last_activity = self._loop.time()
 
+    def _arm_timer(self, delay: float) -> None:
+        """Have ``_check_timeout`` run within ``delay`` seconds (sooner if already due)."""
+        if self._timer is not None:
+            if self._timer.when() <= self._loop.time() + delay:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_later(delay, self._check_timeout)
+
     @_guarded
     def _check_timeout(self) -> None:
-        """The client timeout's one timer: re-armed until the client is idle too long."""
+        """The timeouts' one timer: re-armed until the client is idle or stuck too long."""
         self._timer = None
         if self._transport is None or self._transport.is_closing():
             return
         if self._in_flight is not None:  # the daemon is the slow side
             self._timer = self._loop.call_later(self._client_timeout, self._check_timeout)
             return
-        remaining = self._last_activity + self._client_timeout - self._loop.time()
+        sending = bool(self._outgoing) or self._write_paused
+        limit = self._send_timeout if sending else self._client_timeout
+        remaining = self._last_activity + limit - self._loop.time()
         if remaining > 0:
-            self._timer = self._loop.call_later(remaining, self._check_timeout)
+            self._timer = self._loop.call_later(min(remaining, limit), self._check_timeout)
             return
-        what = "take its answer" if self._write_paused else "send a complete request"
+        what = "take its answer" if sending else "send a complete request"
         self._log.debug(
-            "Connection %d did not %s within %s seconds; closing it",
-            self.number,
-            what,
-            self._client_timeout,
+            "Connection %d did not %s within %s seconds; closing it", self.number, what, limit
         )
         self._transport.abort()

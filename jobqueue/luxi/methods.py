@@ -2,34 +2,54 @@
 
 ``METHODS`` maps a method name to a ``Method``: its positional arguments,
 each with a kind that checks and converts it (job ids also arrive as digit
-strings), whether the read-only query socket allows it, and the call to make
-on the ``Services`` (the queue for changes, the reader for questions; for the
-one asynchronous method, on the server).
+strings), whether it only reads, and the call to make on the ``Services``
+(the queue for changes, the reader for questions; for the one asynchronous
+method, on the server).
+
+Access: a read-only method is served to anyone who may open the socket it
+comes in on. Every other method is served only to the peers the master
+socket allows (``access.MasterAccess``), on either socket, and gets the
+caller, so the queue records who submitted a job and checks who may cancel,
+reprioritise or archive it, or change the queue as a whole.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from jobqueue import constants, errors
-from jobqueue.model import Job, is_json_int
+from jobqueue.model import Job, Submitter, is_json_int
 
 
 class QueueApi(Protocol):
     """What the server changes through; ``jobqueue.queue.JobQueue`` provides it."""
 
-    def submit_job(self, ops: list[Any], *, drained_ok: bool = False) -> int: ...
-    def submit_many_jobs(self, jobs: list[Any], *, drained_ok: bool = False) -> list[list[Any]]: ...
-    def cancel_job(self, job_id: int, kill: bool = False) -> list[Any]: ...
-    def change_job_priority(self, job_id: int, priority: int) -> list[Any]: ...
-    def archive_job(self, job_id: int) -> bool: ...
-    def auto_archive_jobs(self, age: float, timeout: float) -> list[int]: ...
-    def set_drain_flag(self, flag: bool) -> bool: ...
-    def set_watcher_pause(self, until: float | None) -> float | None: ...
-    def prune_archive(self, age: float, timeout: float) -> dict[str, Any]: ...
+    def submit_job(
+        self, ops: list[Any], *, drained_ok: bool = False, submitter: Submitter | None = None
+    ) -> int: ...
+    def submit_many_jobs(
+        self, jobs: list[Any], *, drained_ok: bool = False, submitter: Submitter | None = None
+    ) -> list[list[Any]]: ...
+    def cancel_job(
+        self, job_id: int, kill: bool = False, *, caller: Submitter | None = None
+    ) -> list[Any]: ...
+    def change_job_priority(
+        self, job_id: int, priority: int, *, caller: Submitter | None = None
+    ) -> list[Any]: ...
+    def archive_job(self, job_id: int, *, caller: Submitter | None = None) -> bool: ...
+    def auto_archive_jobs(
+        self, age: float, timeout: float, *, caller: Submitter | None = None
+    ) -> list[int]: ...
+    def set_drain_flag(self, flag: bool, *, caller: Submitter | None = None) -> bool: ...
+    def set_watcher_pause(
+        self, until: float | None, *, caller: Submitter | None = None
+    ) -> float | None: ...
+    def prune_archive(
+        self, age: float, timeout: float, *, caller: Submitter | None = None
+    ) -> dict[str, Any]: ...
     def query_config_values(self, fields: list[str]) -> list[Any]: ...
 
 
@@ -51,8 +71,10 @@ class ReaderApi(Protocol):
         prev_job_info: list[Any] | None,
         prev_log_serial: int | None,
     ) -> list[Any] | None: ...
-    def query_jobs(self, job_ids: list[int] | None, fields: list[str]) -> list[list[Any]]: ...
-    def query(
+    def iter_query_jobs(
+        self, job_ids: list[int] | None, fields: list[str]
+    ) -> Iterator[list[Any]]: ...
+    def iter_query(
         self, what: str, fields: list[str], qfilter: Any, archived: bool = False
     ) -> dict[str, Any]: ...
     def query_fields(self, what: str, fields: list[str] | None) -> dict[str, Any]: ...
@@ -60,10 +82,14 @@ class ReaderApi(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Services:
-    """What the methods call: the queue for changes, the reader for questions."""
+    """What the methods call: the queue for changes, the reader for questions.
+
+    ``caller`` is who sent the request (None when the daemon cannot tell).
+    """
 
     queue: QueueApi
     reader: ReaderApi
+    caller: Submitter | None = None
 
 
 def wfjc_timeout(requested: float) -> float:
@@ -154,7 +180,8 @@ class Method:
     ``call(services, *args)`` runs in the executor; with ``is_async`` it is
     ``call(server, *args)``, a coroutine run in the loop instead.
     ``args`` then ``optional`` are the positional arguments, as (name, kind).
-    ``read_only`` methods are allowed on the query socket.
+    ``read_only`` methods change nothing: anyone who may open a socket may
+    call them, and they wait for room in the server's output budget.
     """
 
     call: Callable[..., Any]
@@ -182,11 +209,16 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "SubmitJob": Method(lambda s, ops: s.queue.submit_job(ops), (("ops", _LIST),)),
-    "SubmitJobToDrainedQueue": Method(
-        lambda s, ops: s.queue.submit_job(ops, drained_ok=True), (("ops", _LIST),)
+    "SubmitJob": Method(
+        lambda s, ops: s.queue.submit_job(ops, submitter=s.caller), (("ops", _LIST),)
     ),
-    "SubmitManyJobs": Method(lambda s, jobs: s.queue.submit_many_jobs(jobs), (("jobs", _LIST),)),
+    "SubmitJobToDrainedQueue": Method(
+        lambda s, ops: s.queue.submit_job(ops, drained_ok=True, submitter=s.caller),
+        (("ops", _LIST),),
+    ),
+    "SubmitManyJobs": Method(
+        lambda s, jobs: s.queue.submit_many_jobs(jobs, submitter=s.caller), (("jobs", _LIST),)
+    ),
     "WaitForJobChange": Method(
         lambda server, *args: server.wait_for_job_change(*args),
         (
@@ -200,26 +232,28 @@ METHODS: dict[str, Method] = {
         is_async=True,
     ),
     "CancelJob": Method(
-        lambda s, job_id, kill=False: s.queue.cancel_job(job_id, kill),
+        lambda s, job_id, kill=False: s.queue.cancel_job(job_id, kill, caller=s.caller),
         (("job_id", _JOB_ID),),
         optional=(("kill", _BOOL),),
     ),
     "ChangeJobPriority": Method(
-        lambda s, job_id, priority: s.queue.change_job_priority(job_id, priority),
+        lambda s, job_id, priority: s.queue.change_job_priority(job_id, priority, caller=s.caller),
         (("job_id", _JOB_ID), ("priority", _INT)),
     ),
-    "ArchiveJob": Method(lambda s, job_id: s.queue.archive_job(job_id), (("job_id", _JOB_ID),)),
+    "ArchiveJob": Method(
+        lambda s, job_id: s.queue.archive_job(job_id, caller=s.caller), (("job_id", _JOB_ID),)
+    ),
     "AutoArchiveJobs": Method(
-        lambda s, age, timeout: s.queue.auto_archive_jobs(age, timeout),
+        lambda s, age, timeout: s.queue.auto_archive_jobs(age, timeout, caller=s.caller),
         (("age", _NUMBER), ("timeout", _NUMBER)),
     ),
     "QueryJobs": Method(
-        lambda s, job_ids, fields: s.reader.query_jobs(job_ids, fields),
+        lambda s, job_ids, fields: s.reader.iter_query_jobs(job_ids, fields),
         (("job_ids", _JOB_IDS_OR_NULL), ("fields", _FIELDS)),
         read_only=True,
     ),
     "Query": Method(
-        lambda s, what, fields, qfilter, archived=False: s.reader.query(
+        lambda s, what, fields, qfilter, archived=False: s.reader.iter_query(
             what, fields, qfilter, archived=archived
         ),
         (("what", _STR), ("fields", _FIELDS), ("qfilter", _ANY)),
@@ -232,12 +266,15 @@ METHODS: dict[str, Method] = {
         read_only=True,
     ),
     "PruneArchive": Method(
-        lambda s, age, timeout: s.queue.prune_archive(age, timeout),
+        lambda s, age, timeout: s.queue.prune_archive(age, timeout, caller=s.caller),
         (("age", _NUMBER), ("timeout", _NUMBER)),
     ),
-    "SetDrainFlag": Method(lambda s, flag: s.queue.set_drain_flag(flag), (("flag", _BOOL),)),
+    "SetDrainFlag": Method(
+        lambda s, flag: s.queue.set_drain_flag(flag, caller=s.caller), (("flag", _BOOL),)
+    ),
     "SetWatcherPause": Method(
-        lambda s, until: s.queue.set_watcher_pause(until), (("until", _NUMBER_OR_NULL),)
+        lambda s, until: s.queue.set_watcher_pause(until, caller=s.caller),
+        (("until", _NUMBER_OR_NULL),),
     ),
     "QueryConfigValues": Method(
         lambda s, fields: s.queue.query_config_values(fields),

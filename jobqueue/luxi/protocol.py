@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections import namedtuple
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from jobqueue import constants, errors
 
@@ -32,6 +32,12 @@ KEY_ARGS = "args"
 KEY_VERSION = "version"
 KEY_SUCCESS = "success"
 KEY_RESULT = "result"
+#: Deepest nesting of lists and objects a request may have: below the depth
+#: at which parsing it would reach Python's recursion limit, so every deeper
+#: request is the same typed error, and no deeper value reaches any code. The
+#: arguments have tighter bounds of their own, with their own errors (64
+#: levels for an opcode's values and for a query filter).
+MAX_REQUEST_NESTING = 800
 
 
 # One parsed request; ``version`` is None when the client sent none. A named
@@ -106,6 +112,26 @@ def _loads(frame: bytes, what: str) -> Any:
         raise errors.LuxiError(f"Invalid {what}: not valid JSON ({err})") from None
 
 
+def nesting_depth(value: Any, limit: int) -> int:
+    """The nesting depth of lists and objects in ``value`` (a scalar is 0), at most ``limit + 1``.
+
+    Iterative, so any depth is measured without recursion; it stops as soon
+    as ``limit`` is exceeded.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, list | dict) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                break
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, list | dict):
+                stack.append((child, depth + 1))
+    return deepest
+
+
 def encode_request(method: str, args: list[Any], version: int | None = None) -> bytes:
     """Build a terminated request message; ``version`` is left out when None.
 
@@ -122,11 +148,16 @@ def parse_request(frame: bytes) -> Request:
     """Parse one request frame (without its terminator).
 
     Whether the method exists is the server's business, not checked here.
-    Raises LuxiError, and nothing else, for any malformed input.
+    Raises LuxiError, and nothing else, for any malformed input, including
+    lists and objects nested deeper than ``MAX_REQUEST_NESTING``.
     """
     message = _loads(frame, "request")
     if not isinstance(message, dict):
         raise errors.LuxiError("Invalid request: not a JSON object")
+    if nesting_depth(message, MAX_REQUEST_NESTING) > MAX_REQUEST_NESTING:
+        raise errors.LuxiError(
+            f"Invalid request: lists and objects nested deeper than {MAX_REQUEST_NESTING} levels"
+        )
     method = message.get(KEY_METHOD)
     if not isinstance(method, str):
         raise errors.LuxiError("Invalid request: 'method' is missing or not a string")
@@ -145,6 +176,86 @@ def encode_response(success: bool, result: Any) -> bytes:
     Raises LuxiError if ``result`` cannot be serialised.
     """
     return _dumps({KEY_SUCCESS: success, KEY_RESULT: result})
+
+
+#: Target size of the pieces a streamed answer is cut into.
+ANSWER_CHUNK_SIZE = 256 * 1024
+
+
+def encode_success(result: Any, limit: int) -> list[bytes]:
+    """The terminated success answer carrying ``result``, in pieces, at most ``limit`` bytes.
+
+    A result that is an iterator (a generator of rows), or a dict with
+    iterator values (Query's ``data``), is encoded item by item, so the
+    items need not all exist at once, and encoding stops as soon as the
+    answer passes ``limit``: no answer larger than that is ever built
+    whole. Raises ``AnswerTooLarge`` past ``limit``, LuxiError for values
+    that cannot be serialised; whatever producing an item raises propagates.
+    """
+    writer = _CappedWriter(limit)
+    writer.add(b'{"' + KEY_SUCCESS.encode() + b'": true, "' + KEY_RESULT.encode() + b'": ')
+    _encode_value(result, writer)
+    writer.add(b"}\n" + constants.LUXI_EOM)
+    return writer.finish()
+
+
+def _encode_value(value: Any, writer: _CappedWriter) -> None:
+    if isinstance(value, Iterator):
+        writer.add(b"[")
+        last_item, last_part = None, b""
+        for number, item in enumerate(value):
+            if number == 0 or item is not last_item:  # the same object again: same bytes
+                last_item, last_part = item, _dump_part(item)
+            writer.add(b", " + last_part if number else last_part)
+        writer.add(b"]")
+    elif isinstance(value, dict) and any(isinstance(item, Iterator) for item in value.values()):
+        writer.add(b"{")
+        for number, (key, item) in enumerate(value.items()):
+            writer.add((b", " if number else b"") + _dump_part(str(key)) + b": ")
+            _encode_value(item, writer)
+        writer.add(b"}")
+    else:
+        writer.add(_dump_part(value))
+
+
+def _dump_part(value: Any) -> bytes:
+    try:
+        return _json_dumps(value).encode("ascii")
+    except (ValueError, TypeError, RecursionError) as err:
+        raise errors.LuxiError(f"Cannot serialise message: {err}") from None
+
+
+class _CappedWriter:
+    """Collects encoded pieces into chunks of about ``ANSWER_CHUNK_SIZE``, up to ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._size = 0
+        self._chunks: list[bytes] = []
+        self._pieces: list[bytes] = []
+        self._pending = 0
+
+    def add(self, piece: bytes) -> None:
+        self._size += len(piece)
+        if self._size > self._limit:
+            raise errors.AnswerTooLarge(
+                f"The answer is larger than the daemon sends ({self._limit} bytes); "
+                "ask for fewer jobs or fewer fields"
+            )
+        self._pieces.append(piece)
+        self._pending += len(piece)
+        if self._pending >= ANSWER_CHUNK_SIZE:
+            self._cut()
+
+    def _cut(self) -> None:
+        self._chunks.append(b"".join(self._pieces))
+        self._pieces.clear()
+        self._pending = 0
+
+    def finish(self) -> list[bytes]:
+        if self._pieces:
+            self._cut()
+        return self._chunks
 
 
 def parse_response(frame: bytes) -> tuple[bool, Any]:

@@ -25,6 +25,9 @@ COLUMNS = (
     "corrupt files",
     "fd drift",
     "thread drift",
+    "rss peak MiB",
+    "p99 ms",
+    "log KiB",
     "seconds",
 )
 
