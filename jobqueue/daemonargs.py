@@ -1,0 +1,156 @@
+"""The command line of ``jobqueue-masterd``: its options and their checks."""
+
+from __future__ import annotations
+
+import argparse
+
+from jobqueue import __version__, constants
+from jobqueue.lus.command import RUN_AS_DAEMON, RUN_AS_SUBMITTER
+from jobqueue.luxi import server as luxi_server
+from jobqueue.storage.etcdoptions import add_etcd_arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobqueue-masterd",
+        description="The jobqueue master daemon: owns the queue in STATE_DIR and serves "
+        "LUXI clients on STATE_DIR/run/master.sock and query.sock.",
+    )
+    add = parser.add_argument
+    add(
+        "--state-dir",
+        metavar="DIR",
+        help="state directory (default: $JOBQUEUE_STATE_DIR, else /var/lib/jobqueue for root, "
+        "else $XDG_STATE_HOME/jobqueue)",
+    )
+    add(
+        "--workers",
+        type=_positive_int,
+        default=constants.DEFAULT_WORKERS,
+        help="worker threads running jobs (default: %(default)s)",
+    )
+    add(
+        "--max-jobs",
+        type=_positive_int,
+        default=constants.DEFAULT_MAX_JOBS,
+        help="live jobs before submissions fail with JobQueueFull (default: %(default)s)",
+    )
+    add(
+        "--socket-group",
+        metavar="NAME",
+        help="group whose members may use the master socket (besides root and the daemon's user)",
+    )
+    add(
+        "--query-socket-group",
+        metavar="NAME",
+        help="group of run/query.sock, mode 0660, whose members may read every job "
+        "(default: the socket group, else the daemon's group)",
+    )
+    add(
+        "--query-socket-public",
+        action="store_true",
+        help="make run/query.sock 0666: every local user may read every job, inputs and output",
+    )
+    add(
+        "--admin-group",
+        metavar="NAME",
+        help="members may cancel, kill, reprioritise and archive any job and change the queue "
+        "(drain, auto-archive, prune), like root and the daemon's user",
+    )
+    add(
+        "--commands-run-as",
+        choices=[RUN_AS_SUBMITTER, RUN_AS_DAEMON],
+        default=RUN_AS_SUBMITTER,
+        help="under a root daemon, run each command as the user who submitted its job "
+        "(default), or as root, which makes the socket group equal to root (Ganeti's model)",
+    )
+    add(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE and register the opcodes in its PAIRS (repeatable)",
+    )
+    add(
+        "--log-file",
+        metavar="FILE",
+        help="log to FILE (reopened on SIGHUP); default: stderr, or log/jobqueue-masterd.log "
+        "with --daemonize",
+    )
+    add("--debug", action="store_true", help="log debug messages")
+    add(
+        "--daemonize",
+        action="store_true",
+        help="fork into the background once the sockets are ready",
+    )
+    add(
+        "--shutdown-timeout",
+        type=float,
+        default=constants.DEFAULT_SHUTDOWN_TIMEOUT,
+        metavar="SECONDS",
+        help="on SIGTERM, wait this long for running opcodes (default: %(default)s)",
+    )
+    add(
+        "--kill-grace",
+        type=float,
+        default=constants.DEFAULT_KILL_GRACE,
+        metavar="SECONDS",
+        help="between SIGTERM and SIGKILL when a running command is killed (default: %(default)s)",
+    )
+    add(
+        "--max-message-size",
+        type=_positive_int,
+        default=constants.DEFAULT_MAX_MESSAGE_SIZE,
+        metavar="BYTES",
+        help="largest request accepted (default: %(default)s)",
+    )
+    add(
+        "--client-timeout",
+        type=float,
+        default=constants.DEFAULT_CLIENT_TIMEOUT,
+        metavar="SECONDS",
+        help="close connections idle this long (default: %(default)s)",
+    )
+    add(
+        "--max-answer-size",
+        type=_positive_int,
+        default=luxi_server.DEFAULT_MAX_ANSWER_SIZE,
+        metavar="BYTES",
+        help="largest answer sent; a larger one fails with AnswerTooLarge (ask for fewer jobs "
+        "or fields) (default: %(default)s)",
+    )
+    add(
+        "--max-pending-output",
+        type=_positive_int,
+        default=luxi_server.DEFAULT_OUTPUT_BUDGET,
+        metavar="BYTES",
+        help="answers held for clients that have not read them yet; past it read-only requests "
+        "wait their turn (default: %(default)s)",
+    )
+    add(
+        "--send-timeout",
+        type=float,
+        default=luxi_server.DEFAULT_SEND_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection whose client takes none of its answer for this long "
+        "(default: %(default)s)",
+    )
+    add(
+        "--max-connections",
+        type=_positive_int,
+        default=luxi_server.DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="clients served at once on each socket; more are refused at once; lowered at "
+        "start if the descriptor limit leaves less room (default: %(default)s)",
+    )
+    add("--version", action="version", version=f"%(prog)s {__version__}")
+    add_etcd_arguments(parser)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type; its error names what was expected (argparse adds the option)."""
+    value = int(text) if text.strip().isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
