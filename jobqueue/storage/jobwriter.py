@@ -1,0 +1,426 @@
+"""Durable job-file writes without inode churn: spare files, atomic exchange, one hand-off.
+
+A new version of ``job-N`` is written into a *spare* file of the queue
+directory (``.spare-<n>``, see ``layout``), which is fsynced and then
+exchanged with ``job-N`` atomically (``renameat2`` with ``RENAME_EXCHANGE``);
+the directory is fsynced before the write returns, so the new version is
+durable before anyone is told of it. The old version's inode now sits under
+the spare name and is rewritten by a later write, but only once the exchange
+is durable: a write whose directory sync fails swaps the names back and
+puts its spare aside until a directory sync that began after it succeeds.
+New job files take a spare too and are renamed into place (their directory
+sync is the caller's, shared by a whole batch). No inode is freed or made
+per transition, which on ext4 is what a write cost most.
+
+Where the kernel or the file system cannot exchange names (probed once when
+the store opens, and logged), every write is the classic one: a temporary
+``.<name>.<pid>.<n>.tmp`` file, fsync, rename over the name, directory fsync.
+
+Each write is one call of ``_fastwrite.write_file`` (a C helper built by
+``setup.py`` when a compiler is there: open, write, fsync, rename or
+exchange, directory fsync in one release of the interpreter lock), or of
+its step-by-step Python twin ``python_write_file``, which makes every call
+through the store's ``Disk`` so tests can fail or record single steps. The
+compiled helper is used only with the plain ``Disk``.
+
+Thread-safe: writes of different names run in parallel; the caller makes
+sure one name has one writer at a time.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import ctypes.util
+import enum
+import errno
+import importlib
+import itertools
+import logging
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
+
+from jobqueue import constants
+from jobqueue.storage import layout
+
+if TYPE_CHECKING:
+    from jobqueue.storage.files import Disk
+
+#: (failed step, errno) of a write: "open", "write", "fsync", "rename", "fsync_dir".
+Failure = tuple[str, int]
+#: Spares kept from a previous run; more are removed at start.
+MAX_REUSED_SPARES = 64
+_RENAME_EXCHANGE = 2
+#: Errors that mean "this kernel or file system cannot exchange names".
+_NO_EXCHANGE_ERRNOS = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM})
+
+
+class DirectoryNotSynced(OSError):
+    """Everything but the directory sync of a write succeeded (see each write's undo)."""
+
+
+def _raise(step: str, code: int) -> NoReturn:
+    kind = DirectoryNotSynced if step == "fsync_dir" else OSError
+    raise kind(code, os.strerror(code))
+
+
+class Helper(Protocol):
+    """The compiled helper's interface (``_fastwrite``)."""
+
+    def write_file(
+        self,
+        dir_fd: int,
+        name: str,
+        target: str,
+        data: bytes,
+        file_mode: int,
+        exchange: bool,
+        create: bool,
+        sync_dir: bool,
+        /,
+    ) -> Failure | None: ...
+
+    def exchange(self, dir_fd: int, name_a: str, name_b: str, /) -> None: ...
+
+
+class Choice(enum.StrEnum):
+    """How a store asks for its writes to be made (``FileJobStore(write_method=...)``)."""
+
+    AUTO = "auto"  # the compiled helper if built (plain Disk only), exchange if possible
+    PYTHON = "python"  # the Python twin, exchange if possible
+    RENAME = "rename"  # the Python twin, temporary files and rename (the fallback)
+
+
+def compiled_helper() -> Helper | None:
+    """The compiled ``_fastwrite`` module, None if it was not built."""
+    try:
+        module = importlib.import_module("jobqueue.storage._fastwrite")
+    except ImportError:
+        return None
+    return cast(Helper, module)
+
+
+def _load_renameat2() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    return function
+
+
+_AT_FDCWD = -100
+_RENAMEAT2 = _load_renameat2()
+
+
+def exchange_paths(path_a: str, path_b: str) -> None:
+    """Exchange two paths atomically (``renameat2`` ``RENAME_EXCHANGE``); raises OSError."""
+    if _RENAMEAT2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available in this C library")
+    result = _RENAMEAT2(
+        _AT_FDCWD, os.fsencode(path_a), _AT_FDCWD, os.fsencode(path_b), _RENAME_EXCHANGE
+    )
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), path_a, None, path_b)
+
+
+def python_write_file(
+    disk: Disk,
+    directory: str,
+    name: str,
+    target: str,
+    data: bytes,
+    *,
+    exchange: bool,
+    create: bool,
+    sync_dir: bool,
+) -> Failure | None:
+    """The Python twin of ``_fastwrite.write_file``, every call through ``disk``."""
+    path, target_path = os.path.join(directory, name), os.path.join(directory, target)
+    step = "open"
+    try:
+        flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(path, flags, constants.FILE_MODE)
+        step = "write"
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[disk.write(fd, view.tobytes()) :]
+            if not create:
+                os.ftruncate(fd, len(data))
+            step = "fsync"
+            disk.fsync(fd)
+        finally:
+            os.close(fd)
+        step = "rename"
+        if exchange:
+            disk.exchange(path, target_path)
+        else:
+            disk.replace(path, target_path)
+        if sync_dir:
+            step = "fsync_dir"
+            disk.fsync_dir(directory)
+    except OSError as err:
+        return step, err.errno or errno.EIO
+    return None
+
+
+class SparePool:
+    """Names of spare files that may be rewritten now, and those put aside for a while.
+
+    A spare is put aside when the directory sync of its exchange failed: its
+    inode may still be ``job-N`` on disk. It comes back once a directory sync
+    that began after it was put aside has succeeded (``epoch`` orders them).
+    ``_lock`` guards every field.
+    """
+
+    def __init__(self, names: list[str], first_number: int) -> None:
+        self._lock = threading.Lock()
+        self._free = collections.deque(names)
+        self._numbers = itertools.count(first_number)
+        self._aside: list[tuple[int, str]] = []
+        self.epoch = 0  # read without the lock: a stale value only delays a release
+
+    def take(self) -> tuple[str, bool]:
+        """A spare name, and whether the file must be created first."""
+        with self._lock:
+            if self._free:
+                return self._free.pop(), False
+            return layout.spare_file_name(next(self._numbers)), True
+
+    def give_back(self, name: str, synced_since: int | None = None) -> None:
+        """Return a spare; ``synced_since``: the epoch at which a successful write began."""
+        with self._lock:
+            self._free.append(name)
+            if synced_since is not None and self._aside:
+                ready = [entry for entry in self._aside if entry[0] < synced_since]
+                self._aside = [entry for entry in self._aside if entry[0] >= synced_since]
+                self._free.extend(spare for _, spare in ready)
+
+    def put_aside(self, name: str) -> None:
+        with self._lock:
+            self._aside.append((self.epoch, name))
+            self.epoch += 1
+
+    def count(self) -> int:
+        """Spares free and put aside (for tests and the start-up log)."""
+        with self._lock:
+            return len(self._free) + len(self._aside)
+
+
+class JobFileWriter:
+    """Writes whole files of one queue directory durably; see the module docstring."""
+
+    def __init__(
+        self,
+        directory: str,
+        disk: Disk,
+        *,
+        choice: Choice = Choice.AUTO,
+        allow_helper: bool = True,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        """Clean up after a previous run, probe the file system and log the method chosen.
+
+        ``allow_helper=False`` keeps every step a call of ``disk`` (a ``Disk``
+        subclass that fails or records steps). Raises OSError when the
+        directory cannot be listed or synced.
+        """
+        self.directory = directory
+        self._disk = disk
+        self._log = logger or logging.getLogger(__name__)
+        self._pid = os.getpid()
+        self._temp_numbers = itertools.count()
+        self._dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        weakref.finalize(self, os.close, self._dir_fd)
+        use_helper = choice == Choice.AUTO and allow_helper
+        self.helper = compiled_helper() if use_helper else None
+        spares = self._clean_up()
+        self.pool = SparePool(spares, 1 + max(map(_spare_number, spares), default=-1))
+        reason = "not asked for" if choice == Choice.RENAME else self._probe_exchange()
+        self.exchange = reason is None
+        if not self.exchange:
+            self._remove_spares()
+        how = "compiled helper" if self.helper is not None else "Python"
+        if self.exchange:
+            self.method = f"exchange with spare files (renameat2 RENAME_EXCHANGE), {how}"
+        else:
+            self.method = f"rename of temporary files ({how}); exchange: {reason}"
+        self._log.info("Job files in %s are written by %s", directory, self.method)
+
+    # -- start ---------------------------------------------------------------------
+    def _clean_up(self) -> list[str]:
+        """Remove temporary files, keep up to ``MAX_REUSED_SPARES`` spares (their names).
+
+        The directory is synced first: a spare of a run that ended before
+        its last exchange was durable must not be rewritten before it is.
+        """
+        self._disk.fsync_dir(self.directory)
+        spares: list[str] = []
+        for name in sorted(os.listdir(self.directory)):
+            if name.endswith(layout.TEMP_SUFFIX):
+                self._log.info("Removing temporary file %s left by a crash", name)
+                _unlink_quietly(os.path.join(self.directory, name))
+            elif layout.is_spare_name(name):
+                if len(spares) < MAX_REUSED_SPARES:
+                    spares.append(name)
+                else:
+                    _unlink_quietly(os.path.join(self.directory, name))
+        return spares
+
+    def _probe_exchange(self) -> str | None:
+        """None if two spares can be exchanged here, else why not."""
+        names = [self.pool.take()[0] for _ in range(2)]
+        try:
+            for name in names:
+                path = os.path.join(self.directory, name)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, constants.FILE_MODE))
+            self._exchange(*names)
+        except OSError as err:
+            if err.errno not in _NO_EXCHANGE_ERRNOS:
+                raise
+            return f"not supported here ({os.strerror(err.errno)})"
+        finally:
+            for name in names:
+                self.pool.give_back(name)
+        return None
+
+    def _remove_spares(self) -> None:
+        for name in os.listdir(self.directory):
+            if layout.is_spare_name(name):
+                _unlink_quietly(os.path.join(self.directory, name))
+        self.pool = SparePool([], 0)
+
+    # -- writes --------------------------------------------------------------------
+    def replace(self, target: str, data: bytes) -> None:
+        """Make ``data`` the durable content of ``target`` (which should exist); OSError.
+
+        On failure ``target`` keeps its previous content (``DirectoryNotSynced``
+        where names cannot be exchanged: it then keeps the new one).
+        """
+        if not self.exchange:
+            self._write_through_temp(target, data, sync_dir=True, new=False)
+            return
+        spare, create = self.pool.take()
+        epoch = self.pool.epoch
+        failure = self._write(spare, target, data, exchange=True, create=create, sync_dir=True)
+        if failure is None:
+            self.pool.give_back(spare, synced_since=epoch)
+            return
+        step, code = failure
+        if step == "rename" and code == errno.ENOENT:  # no old version: move it into place
+            self._move_new(spare, target)
+            return
+        self._after_failure(spare, target, create, step)
+        _raise(step, code)
+
+    def create(self, target: str, data: bytes, *, sync_dir: bool) -> None:
+        """Put a new, durable ``target`` in place; the directory is synced only if ``sync_dir``.
+
+        On failure no ``target`` is left behind (it is removed if only the
+        directory sync failed: ``DirectoryNotSynced``). Raises OSError.
+        """
+        if not self.exchange:
+            self._write_through_temp(target, data, sync_dir=sync_dir, new=True)
+            return
+        spare, create = self.pool.take()
+        failure = self._write(spare, target, data, exchange=False, create=create, sync_dir=sync_dir)
+        if failure is None:
+            return
+        step, code = failure
+        if step == "fsync_dir":
+            _unlink_quietly(os.path.join(self.directory, target))
+        else:
+            self._after_failure(spare, target, create, step)
+        _raise(step, code)
+
+    def sync_directory(self) -> None:
+        """fsync the directory (after a batch of ``create(..., sync_dir=False)``); OSError."""
+        self._disk.fsync_dir(self.directory)
+
+    def _write(
+        self, name: str, target: str, data: bytes, *, exchange: bool, create: bool, sync_dir: bool
+    ) -> Failure | None:
+        if self.helper is not None:
+            return self.helper.write_file(
+                self._dir_fd, name, target, data, constants.FILE_MODE, exchange, create, sync_dir
+            )
+        return python_write_file(
+            self._disk,
+            self.directory,
+            name,
+            target,
+            data,
+            exchange=exchange,
+            create=create,
+            sync_dir=sync_dir,
+        )
+
+    def _after_failure(self, spare: str, target: str, created: bool, step: str) -> None:
+        """Return or put aside the spare of a failed write (see ``SparePool``)."""
+        if step == "fsync_dir":  # exchanged, not durably: swap back, keep the inode unused
+            with contextlib.suppress(OSError):
+                self._exchange(spare, target)
+            self.pool.put_aside(spare)
+        elif not (created and step == "open"):  # it exists and holds nothing of value
+            self.pool.give_back(spare)
+
+    def _exchange(self, name_a: str, name_b: str) -> None:
+        if self.helper is not None:
+            self.helper.exchange(self._dir_fd, name_a, name_b)
+        else:
+            self._disk.exchange(
+                os.path.join(self.directory, name_a), os.path.join(self.directory, name_b)
+            )
+
+    def _move_new(self, spare: str, target: str) -> None:
+        """Rename a written, fsynced spare to a ``target`` that does not exist; sync."""
+        self._disk.replace(
+            os.path.join(self.directory, spare), os.path.join(self.directory, target)
+        )
+        try:
+            self._disk.fsync_dir(self.directory)
+        except OSError:
+            _unlink_quietly(os.path.join(self.directory, target))
+            raise
+
+    def _write_through_temp(self, target: str, data: bytes, *, sync_dir: bool, new: bool) -> None:
+        """The fallback: a new temporary file renamed over ``target``; OSError.
+
+        If only the directory sync fails, a ``new`` target is removed again;
+        a replaced one keeps the new version (the old inode went with the
+        rename): whole, but never reported.
+        """
+        temp = layout.temp_file_name(target, self._pid, next(self._temp_numbers))
+        failure = self._write(temp, target, data, exchange=False, create=True, sync_dir=sync_dir)
+        if failure is None:
+            return
+        step, code = failure
+        if step == "fsync_dir":
+            if new:
+                _unlink_quietly(os.path.join(self.directory, target))
+        elif step != "open":
+            _unlink_quietly(os.path.join(self.directory, temp))
+        _raise(step, code)
+
+
+def _spare_number(name: str) -> int:
+    number = layout.spare_number_of(name)
+    return -1 if number is None else number
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
