@@ -19,16 +19,16 @@ from jobqueue.errors import StorageError
 from jobqueue.lus import builtin_registry
 from jobqueue.model import Job
 from jobqueue.storage import layout
+from jobqueue.storage.durable import helper_built
 from jobqueue.storage.files import Disk, FileJobStore
-from jobqueue.storage.jobwriter import MAX_REUSED_SPARES, Choice, compiled_helper
+from jobqueue.storage.jobwriter import MAX_REUSED_SPARES, Choice
 from tests.daemon_helper import wait_until
 
-COMPILED = compiled_helper()
 #: Every write path: the compiled helper (when built), its Python twin, the fallback.
 PATHS = [
     pytest.param(
         Choice.AUTO,
-        marks=pytest.mark.skipif(COMPILED is None, reason="the C helper was not built"),
+        marks=pytest.mark.skipif(not helper_built(), reason="the C helper was not built"),
         id="compiled",
     ),
     pytest.param(Choice.PYTHON, id="python"),
@@ -296,7 +296,7 @@ def test_the_order_check_catches_a_publication_before_the_sync() -> None:
 def test_without_the_compiled_helper_python_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("jobqueue.storage.jobwriter.compiled_helper", lambda: None)
+    monkeypatch.setattr("jobqueue.storage.jobwriter.compiled_directory", lambda fd: None)
     store = FileJobStore(str(tmp_path / "q"))
     assert store.write_method().endswith(", Python")
     store.create_jobs([make_job(1)])

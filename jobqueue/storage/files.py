@@ -45,8 +45,9 @@ from jobqueue.storage.base import (
     decode_job,
     encode_job,
 )
+from jobqueue.storage.durable import exchange_paths
 from jobqueue.storage.filefeed import FileChangeFeed
-from jobqueue.storage.jobwriter import Choice, DirectoryNotSynced, JobFileWriter, exchange_paths
+from jobqueue.storage.jobwriter import Choice, DirectoryNotSynced, JobFileWriter
 
 #: Threads writing one batch of job files in parallel: a single thread waits
 #: for one journal commit per file, many share them (about 6x here).

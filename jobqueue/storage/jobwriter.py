@@ -1,27 +1,25 @@
-"""Durable job-file writes without inode churn: spare files, atomic exchange, one hand-off.
+"""Durable job-file writes without inode churn: spare files and atomic exchange.
 
 A new version of ``job-N`` is written into a *spare* file of the queue
 directory (``.spare-<n>``, see ``layout``), which is fsynced and then
 exchanged with ``job-N`` atomically (``renameat2`` with ``RENAME_EXCHANGE``);
-the directory is fsynced before the write returns, so the new version is
-durable before anyone is told of it. The old version's inode now sits under
-the spare name and is rewritten by a later write, but only once the exchange
-is durable: a write whose directory sync fails swaps the names back and
-puts its spare aside until a directory sync that began after it succeeds.
-New job files take a spare too and are renamed into place (their directory
-sync is the caller's, shared by a whole batch). No inode is freed or made
-per transition, which on ext4 is what a write cost most.
+the write returns once a directory fsync that began after the exchange has
+succeeded (shared by concurrent writers), so the new version is durable
+before anyone is told of it. The old version's inode now sits under the
+spare name and is rewritten by a later write, but only once the exchange is
+durable: a write whose directory sync fails swaps the names back and puts
+its spare aside until a directory sync that began after that has succeeded.
+New job files take a spare too and are renamed into place. No inode is made
+or freed per transition, which on ext4 was what a write cost most.
 
 Where the kernel or the file system cannot exchange names (probed once when
 the store opens, and logged), every write is the classic one: a temporary
 ``.<name>.<pid>.<n>.tmp`` file, fsync, rename over the name, directory fsync.
 
-Each write is one call of ``_fastwrite.write_file`` (a C helper built by
-``setup.py`` when a compiler is there: open, write, fsync, rename or
-exchange, directory fsync in one release of the interpreter lock), or of
-its step-by-step Python twin ``python_write_file``, which makes every call
-through the store's ``Disk`` so tests can fail or record single steps. The
-compiled helper is used only with the plain ``Disk``.
+Each write is one call of a ``durable.Directory``: the compiled helper (the
+whole write in one release of the interpreter lock) when it was built and
+the store's ``Disk`` is the plain one, else the Python twin, which makes
+every call through the ``Disk``.
 
 Thread-safe: writes of different names run in parallel; the caller makes
 sure one name has one writer at a time.
@@ -31,29 +29,24 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import ctypes.util
 import enum
 import errno
-import importlib
 import itertools
 import logging
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
+from typing import TYPE_CHECKING, NoReturn
 
 from jobqueue import constants
 from jobqueue.storage import layout
+from jobqueue.storage.durable import Directory, PythonDirectory, compiled_directory
 
 if TYPE_CHECKING:
     from jobqueue.storage.files import Disk
 
-#: (failed step, errno) of a write: "open", "write", "fsync", "rename", "fsync_dir".
-Failure = tuple[str, int]
 #: Spares kept from a previous run; more are removed at start.
 MAX_REUSED_SPARES = 64
-_RENAME_EXCHANGE = 2
 #: Errors that mean "this kernel or file system cannot exchange names".
 _NO_EXCHANGE_ERRNOS = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM})
 
@@ -67,114 +60,12 @@ def _raise(step: str, code: int) -> NoReturn:
     raise kind(code, os.strerror(code))
 
 
-class Helper(Protocol):
-    """The compiled helper's interface (``_fastwrite``)."""
-
-    def write_file(
-        self,
-        dir_fd: int,
-        name: str,
-        target: str,
-        data: bytes,
-        file_mode: int,
-        exchange: bool,
-        create: bool,
-        sync_dir: bool,
-        /,
-    ) -> Failure | None: ...
-
-    def exchange(self, dir_fd: int, name_a: str, name_b: str, /) -> None: ...
-
-
 class Choice(enum.StrEnum):
     """How a store asks for its writes to be made (``FileJobStore(write_method=...)``)."""
 
     AUTO = "auto"  # the compiled helper if built (plain Disk only), exchange if possible
     PYTHON = "python"  # the Python twin, exchange if possible
     RENAME = "rename"  # the Python twin, temporary files and rename (the fallback)
-
-
-def compiled_helper() -> Helper | None:
-    """The compiled ``_fastwrite`` module, None if it was not built."""
-    try:
-        module = importlib.import_module("jobqueue.storage._fastwrite")
-    except ImportError:
-        return None
-    return cast(Helper, module)
-
-
-def _load_renameat2() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        function = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    ]
-    function.restype = ctypes.c_int
-    return function
-
-
-_AT_FDCWD = -100
-_RENAMEAT2 = _load_renameat2()
-
-
-def exchange_paths(path_a: str, path_b: str) -> None:
-    """Exchange two paths atomically (``renameat2`` ``RENAME_EXCHANGE``); raises OSError."""
-    if _RENAMEAT2 is None:
-        raise OSError(errno.ENOSYS, "renameat2 is not available in this C library")
-    result = _RENAMEAT2(
-        _AT_FDCWD, os.fsencode(path_a), _AT_FDCWD, os.fsencode(path_b), _RENAME_EXCHANGE
-    )
-    if result != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), path_a, None, path_b)
-
-
-def python_write_file(
-    disk: Disk,
-    directory: str,
-    name: str,
-    target: str,
-    data: bytes,
-    *,
-    exchange: bool,
-    create: bool,
-    sync_dir: bool,
-) -> Failure | None:
-    """The Python twin of ``_fastwrite.write_file``, every call through ``disk``."""
-    path, target_path = os.path.join(directory, name), os.path.join(directory, target)
-    step = "open"
-    try:
-        flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
-        fd = os.open(path, flags, constants.FILE_MODE)
-        step = "write"
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[disk.write(fd, view.tobytes()) :]
-            if not create:
-                os.ftruncate(fd, len(data))
-            step = "fsync"
-            disk.fsync(fd)
-        finally:
-            os.close(fd)
-        step = "rename"
-        if exchange:
-            disk.exchange(path, target_path)
-        else:
-            disk.replace(path, target_path)
-        if sync_dir:
-            step = "fsync_dir"
-            disk.fsync_dir(directory)
-    except OSError as err:
-        return step, err.errno or errno.EIO
-    return None
 
 
 class SparePool:
@@ -197,7 +88,7 @@ class SparePool:
         """A spare name, and whether the file must be created first."""
         with self._lock:
             if self._free:
-                return self._free.pop(), False
+                return self._free.popleft(), False
             return layout.spare_file_name(next(self._numbers)), True
 
     def give_back(self, name: str, synced_since: int | None = None) -> None:
@@ -243,17 +134,17 @@ class JobFileWriter:
         self._log = logger or logging.getLogger(__name__)
         self._pid = os.getpid()
         self._temp_numbers = itertools.count()
-        self._dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        weakref.finalize(self, os.close, self._dir_fd)
-        use_helper = choice == Choice.AUTO and allow_helper
-        self.helper = compiled_helper() if use_helper else None
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        weakref.finalize(self, os.close, dir_fd)
+        compiled = compiled_directory(dir_fd) if choice == Choice.AUTO and allow_helper else None
+        self._dir: Directory = compiled or PythonDirectory(disk, directory)
         spares = self._clean_up()
         self.pool = SparePool(spares, 1 + max(map(_spare_number, spares), default=-1))
         reason = "not asked for" if choice == Choice.RENAME else self._probe_exchange()
         self.exchange = reason is None
         if not self.exchange:
             self._remove_spares()
-        how = "compiled helper" if self.helper is not None else "Python"
+        how = "Python" if compiled is None else "compiled helper"
         if self.exchange:
             self.method = f"exchange with spare files (renameat2 RENAME_EXCHANGE), {how}"
         else:
@@ -287,7 +178,7 @@ class JobFileWriter:
             for name in names:
                 path = os.path.join(self.directory, name)
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT, constants.FILE_MODE))
-            self._exchange(*names)
+            self._dir.exchange(*names)
         except OSError as err:
             if err.errno not in _NO_EXCHANGE_ERRNOS:
                 raise
@@ -347,43 +238,24 @@ class JobFileWriter:
         _raise(step, code)
 
     def sync_directory(self) -> None:
-        """fsync the directory (after a batch of ``create(..., sync_dir=False)``); OSError."""
-        self._disk.fsync_dir(self.directory)
+        """Wait for a directory fsync begun now (after a batch of creates); OSError."""
+        self._dir.sync()
 
     def _write(
         self, name: str, target: str, data: bytes, *, exchange: bool, create: bool, sync_dir: bool
-    ) -> Failure | None:
-        if self.helper is not None:
-            return self.helper.write_file(
-                self._dir_fd, name, target, data, constants.FILE_MODE, exchange, create, sync_dir
-            )
-        return python_write_file(
-            self._disk,
-            self.directory,
-            name,
-            target,
-            data,
-            exchange=exchange,
-            create=create,
-            sync_dir=sync_dir,
+    ) -> tuple[str, int] | None:
+        return self._dir.write_file(
+            name, target, data, constants.FILE_MODE, exchange, create, sync_dir
         )
 
     def _after_failure(self, spare: str, target: str, created: bool, step: str) -> None:
         """Return or put aside the spare of a failed write (see ``SparePool``)."""
         if step == "fsync_dir":  # exchanged, not durably: swap back, keep the inode unused
             with contextlib.suppress(OSError):
-                self._exchange(spare, target)
+                self._dir.exchange(spare, target)
             self.pool.put_aside(spare)
         elif not (created and step == "open"):  # it exists and holds nothing of value
             self.pool.give_back(spare)
-
-    def _exchange(self, name_a: str, name_b: str) -> None:
-        if self.helper is not None:
-            self.helper.exchange(self._dir_fd, name_a, name_b)
-        else:
-            self._disk.exchange(
-                os.path.join(self.directory, name_a), os.path.join(self.directory, name_b)
-            )
 
     def _move_new(self, spare: str, target: str) -> None:
         """Rename a written, fsynced spare to a ``target`` that does not exist; sync."""
