@@ -148,7 +148,7 @@ write_file_unlocked(const struct request *req, int *error)
         close(fd);
         return STEP_WRITE;
     }
-    if (fsync(fd) < 0) {
+    if (fdatasync(fd) < 0) {
         *error = errno;
         close(fd);
         return STEP_FSYNC;
