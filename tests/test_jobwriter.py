@@ -20,7 +20,7 @@ from jobqueue.lus import builtin_registry
 from jobqueue.model import Job
 from jobqueue.storage import layout
 from jobqueue.storage.durable import helper_built
-from jobqueue.storage.files import Disk, FileJobStore
+from jobqueue.storage.files import Disk, FileJobStore, read_whole_version
 from jobqueue.storage.jobwriter import MAX_REUSED_SPARES, Choice
 from tests.daemon_helper import wait_until
 
@@ -322,3 +322,22 @@ def test_without_exchange_the_fallback_is_chosen(tmp_path: Path) -> None:
     store.replace_job(make_job(1, Status.SUCCESS))
     assert store.read_job(1) == make_job(1, Status.SUCCESS)
     assert spares(queue) == []
+
+
+def test_a_read_that_raced_a_replacement_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name moved on to another inode while the reader read: it reads again."""
+    path, other = tmp_path / "job-1", tmp_path / "job-2"
+    path.write_bytes(b"whole")
+    other.write_bytes(b"other")
+    real_stat = os.stat
+    calls: list[Any] = []
+
+    def stat(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        calls.append(target)
+        return real_stat(other if len(calls) == 1 else target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    assert read_whole_version(str(path)) == b"whole"
+    assert len(calls) == 2

@@ -469,7 +469,7 @@ class FileJobStore(JobStore):
         """See the contract; a FIFO or link under the job's name is an error, never waited on."""
         for path in (self._job_path(job_id), self._archived_path(job_id)):
             try:
-                data = safeio.read_regular_file(path)[0]
+                data = read_whole_version(path)
             except OSError as err:
                 if err.errno in (errno.ENOENT, errno.ENAMETOOLONG):  # a huge id: no such file
                     continue
@@ -716,6 +716,28 @@ def _prune_directory(path: str, cutoff: float, result: PruneResult) -> None:
                 result.failures.append(f"cannot delete {entry.path}: {err.strerror}")
                 continue
             result.jobs += 1
+
+
+def read_whole_version(path: str, attempts: int = 3) -> bytes:
+    """The content of ``path`` as one whole version, though another process writes it.
+
+    A replaced job file's old inode becomes a spare and is rewritten later
+    (``jobwriter``), so a read that began on the old version must not be
+    trusted if the name moved on meanwhile: it is trusted only if ``path``
+    still names the same, unchanged inode after the read (identity, change
+    time and size), else read again; the last attempt is returned as read.
+    """
+    data = b""
+    for _ in range(attempts):
+        data, before = safeio.read_regular_file(path)  # no link followed, no FIFO opened
+        after = os.lstat(path)
+        if (after.st_ino, after.st_ctime_ns, after.st_size) == (
+            before.st_ino,
+            before.st_ctime_ns,
+            before.st_size,
+        ):
+            break
+    return data
 
 
 def storage_error(what: str, err: OSError) -> StorageError:
