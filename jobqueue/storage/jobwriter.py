@@ -40,13 +40,15 @@ from typing import TYPE_CHECKING, NoReturn
 
 from jobqueue import constants
 from jobqueue.storage import layout
-from jobqueue.storage.durable import Directory, PythonDirectory, compiled_directory
+from jobqueue.storage.durable import Directory, PythonDirectory, compiled_directory, exchange_paths
 
 if TYPE_CHECKING:
     from jobqueue.storage.files import Disk
 
 #: Spares kept from a previous run; more are removed at start.
 MAX_REUSED_SPARES = 64
+#: Tries of an undo (see ``_undo_exchange``).
+_UNDO_ATTEMPTS = 3
 #: Errors that mean "this kernel or file system cannot exchange names".
 _NO_EXCHANGE_ERRNOS = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM})
 
@@ -138,6 +140,7 @@ class JobFileWriter:
         weakref.finalize(self, os.close, dir_fd)
         compiled = compiled_directory(dir_fd) if choice == Choice.AUTO and allow_helper else None
         self._dir: Directory = compiled or PythonDirectory(disk, directory)
+        self._compiled = compiled is not None
         spares = self._clean_up()
         self.pool = SparePool(spares, 1 + max(map(_spare_number, spares), default=-1))
         reason = "not asked for" if choice == Choice.RENAME else self._probe_exchange()
@@ -251,11 +254,31 @@ class JobFileWriter:
     def _after_failure(self, spare: str, target: str, created: bool, step: str) -> None:
         """Return or put aside the spare of a failed write (see ``SparePool``)."""
         if step == "fsync_dir":  # exchanged, not durably: swap back, keep the inode unused
-            with contextlib.suppress(OSError):
-                self._dir.exchange(spare, target)
+            self._undo_exchange(spare, target)
             self.pool.put_aside(spare)
         elif not (created and step == "open"):  # it exists and holds nothing of value
             self.pool.give_back(spare)
+
+    def _undo_exchange(self, spare: str, target: str) -> None:
+        """Exchange the names back, so that ``target`` shows its previous version again.
+
+        An undo, like the unlink of a new name whose sync failed: it goes to
+        the kernel directly, not through ``Disk`` (whose faults are those of
+        the change being made), and is tried a few times. Were it still to
+        fail, ``target`` would keep the new version, whole but unreported.
+        """
+        for attempt in range(_UNDO_ATTEMPTS):
+            try:
+                if self._compiled:
+                    self._dir.exchange(spare, target)
+                else:
+                    exchange_paths(
+                        os.path.join(self.directory, spare), os.path.join(self.directory, target)
+                    )
+                return
+            except OSError as err:
+                if attempt == _UNDO_ATTEMPTS - 1:
+                    self._log.error("Cannot put back the previous %s (%s)", target, err)
 
     def _move_new(self, spare: str, target: str) -> None:
         """Rename a written, fsynced spare to a ``target`` that does not exist; sync."""
