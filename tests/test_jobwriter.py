@@ -341,3 +341,18 @@ def test_a_read_that_raced_a_replacement_is_read_again(
     monkeypatch.setattr(os, "stat", stat)
     assert read_whole_version(str(path)) == b"whole"
     assert len(calls) == 2
+
+
+def test_another_process_s_feed_sees_an_exchange(tmp_path: Path) -> None:
+    owner = FileJobStore(str(tmp_path / "q"))
+    owner.create_jobs([make_job(1)])
+    owner.replace_job(make_job(1, Status.RUNNING))  # stocks the spares
+    assert "exchange" in owner.write_method()
+    feed = FileJobStore(str(tmp_path / "q"), owner=False).change_feed()
+    seen = threading.Event()
+    feed.start(lambda job_id: seen.set() if job_id == 1 else None)
+    try:
+        owner.replace_job(make_job(1, Status.SUCCESS))
+        assert seen.wait(10)
+    finally:
+        feed.stop()
