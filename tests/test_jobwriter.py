@@ -331,14 +331,14 @@ def test_a_read_that_raced_a_replacement_is_read_again(
     path, other = tmp_path / "job-1", tmp_path / "job-2"
     path.write_bytes(b"whole")
     other.write_bytes(b"other")
-    real_stat = os.stat
+    real_lstat = os.lstat
     calls: list[Any] = []
 
-    def stat(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+    def lstat(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
         calls.append(target)
-        return real_stat(other if len(calls) == 1 else target, *args, **kwargs)
+        return real_lstat(other if len(calls) == 1 else target, *args, **kwargs)
 
-    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "lstat", lstat)
     assert read_whole_version(str(path)) == b"whole"
     assert len(calls) == 2
 
@@ -356,3 +356,20 @@ def test_another_process_s_feed_sees_an_exchange(tmp_path: Path) -> None:
         assert seen.wait(10)
     finally:
         feed.stop()
+
+
+def test_only_regular_spares_are_reused(tmp_path: Path) -> None:
+    """A directory or a link under a spare's name is never written through."""
+    queue = tmp_path / "q"
+    FileJobStore(str(queue)).create_jobs([make_job(1)])
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (queue / layout.spare_file_name(500)).symlink_to(victim)
+    (queue / layout.spare_file_name(501)).mkdir()
+    store = FileJobStore(str(queue))
+    for status in (Status.RUNNING, Status.WAITING, Status.SUCCESS):
+        store.replace_job(make_job(1, status))
+    assert store.read_job(1) == make_job(1, Status.SUCCESS)
+    assert victim.read_bytes() == b"keep"
+    assert not os.path.lexists(queue / layout.spare_file_name(500))
+    assert (queue / layout.spare_file_name(501)).is_dir()  # logged, left alone

@@ -124,7 +124,7 @@ struct request {
 static enum step
 write_file_unlocked(const struct request *req, int *error)
 {
-    int flags = O_WRONLY | O_CLOEXEC | (req->create ? O_CREAT | O_EXCL : 0);
+    int flags = O_WRONLY | O_CLOEXEC | O_NOFOLLOW | (req->create ? O_CREAT | O_EXCL : 0);
     int dir_fd = req->dir->dir_fd;
     int fd = openat(dir_fd, req->name, flags, req->file_mode);
     if (fd < 0) {

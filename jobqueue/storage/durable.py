@@ -139,7 +139,8 @@ class PythonDirectory:
         path, target_path = os.path.join(self.path, name), os.path.join(self.path, target)
         step = "open"
         try:
-            flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+            flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+            flags |= os.O_CREAT | os.O_EXCL if create else 0
             fd = os.open(path, flags, file_mode)
             step = "write"
             try:

@@ -160,19 +160,30 @@ class JobFileWriter:
 
         The directory is synced first: a spare of a run that ended before
         its last exchange was durable must not be rewritten before it is.
+        Only regular files are kept as spares; anything that cannot be
+        removed (e.g. a directory) is logged and left alone.
         """
         self._disk.fsync_dir(self.directory)
         spares: list[str] = []
-        for name in sorted(os.listdir(self.directory)):
+        with os.scandir(self.directory) as entries:
+            found = sorted((entry.name, entry.is_file(follow_symlinks=False)) for entry in entries)
+        for name, regular in found:
             if name.endswith(layout.TEMP_SUFFIX):
                 self._log.info("Removing temporary file %s left by a crash", name)
-                _unlink_quietly(os.path.join(self.directory, name))
+                self._remove(name)
             elif layout.is_spare_name(name):
-                if len(spares) < MAX_REUSED_SPARES:
+                if regular and len(spares) < MAX_REUSED_SPARES:
                     spares.append(name)
                 else:
-                    _unlink_quietly(os.path.join(self.directory, name))
+                    self._remove(name)
         return spares
+
+    def _remove(self, name: str) -> None:
+        path = os.path.join(self.directory, name)
+        try:
+            os.unlink(path)
+        except OSError as err:  # e.g. a directory: never loaded, so harmless
+            self._log.warning("Cannot remove %s: %s", path, err.strerror)
 
     def _probe_exchange(self) -> str | None:
         """None if two spares can be exchanged here, else why not."""
@@ -256,8 +267,8 @@ class JobFileWriter:
         if step == "fsync_dir":  # exchanged, not durably: swap back, keep the inode unused
             self._undo_exchange(spare, target)
             self.pool.put_aside(spare)
-        elif not (created and step == "open"):  # it exists and holds nothing of value
-            self.pool.give_back(spare)
+        elif step != "open":  # it exists and holds nothing of value; one that cannot
+            self.pool.give_back(spare)  # be opened is dropped (a newer one is made)
 
     def _undo_exchange(self, spare: str, target: str) -> None:
         """Exchange the names back, so that ``target`` shows its previous version again.
