@@ -20,16 +20,18 @@ $(BIN)/python:
 # "compat" mode, print a 14-line deprecation banner.
 INSTALL = $(BIN)/python -m pip install --quiet
 
-# One stamp per set of extras; re-installed when setup.py changes.
-$(VENV)/.installed-base: setup.py | $(BIN)/python
+# One stamp per set of extras; re-installed when setup.py or the optional C
+# write helper changes (the install builds it in place, next to its module).
+C_HELPER := jobqueue/storage/_fastwrite.c
+$(VENV)/.installed-base: setup.py $(C_HELPER) | $(BIN)/python
 	$(INSTALL) -e .
 	touch $@
 
-$(VENV)/.installed-test: setup.py | $(BIN)/python
+$(VENV)/.installed-test: setup.py $(C_HELPER) | $(BIN)/python
 	$(INSTALL) -e '.[test]'
 	touch $@
 
-$(VENV)/.installed-lint: setup.py | $(BIN)/python
+$(VENV)/.installed-lint: setup.py $(C_HELPER) | $(BIN)/python
 	$(INSTALL) -e '.[lint]'
 	touch $@
 

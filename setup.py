@@ -1,6 +1,31 @@
 """Packaging for jobqueue: a durable, priority-driven job-queue daemon."""
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """Build the C helper when a compiler and the Python headers are there; else skip it.
+
+    jobqueue.storage.jobwriter falls back to its pure-Python twin when the
+    helper cannot be imported, so a failed build only costs speed.
+    """
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as err:  # no compiler at all
+            self._skip(err)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as err:  # no headers, a compile or link error
+            self._skip(err)
+
+    def _skip(self, err: Exception) -> None:
+        print(f"jobqueue: not building the optional C write helper ({err}); using Python")
+
 
 # The etcd store (high availability) talks to etcd's v3 JSON gateway through
 # etcd3gw; doc/ha.rst says why this client. Tested with 2.7 against etcd 3.4.
@@ -19,6 +44,15 @@ setup(
     package_dir={"": "."},
     packages=find_packages(include=["jobqueue", "jobqueue.*"]),
     package_data={"jobqueue": ["py.typed"]},
+    ext_modules=[
+        Extension(
+            "jobqueue.storage._fastwrite",
+            ["jobqueue/storage/_fastwrite.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        )
+    ],
+    cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[
         "pyinotify>=0.9.6",
         # pyinotify imports asyncore, which Python 3.12 removed from the stdlib.

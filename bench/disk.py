@@ -1,10 +1,20 @@
-"""Section 1: the disk limit for durable one-file-per-job submission.
+"""Section 1: the disk limit for durable one-file-per-job writes, measured two ways.
 
-Each file is written the way the queue writes a job file: a temporary file in
-the same directory, about 1 KiB of JSON, ``fsync``, ``os.replace`` to its final
-name, ``fsync`` of the directory. Threads write into one shared directory, as
-concurrent submissions write into ``queue/``. The figure is files per second
-over a fixed wall-clock window, so a noisy machine costs accuracy, not time.
+*Fresh names* (the figure of earlier runs): each file is a temporary file in
+the same directory, about 1 KiB of JSON, ``fsync``, ``os.replace`` to a new
+name, ``fsync`` of the directory.
+
+*Replacing, as the queue does*: a directory already holding job files and
+aged by churn (thousands of files created and deleted, as a queue directory
+that has run for a while) has its files replaced the way the queue replaces
+a job file (``jobqueue.storage.jobwriter``): a spare file is rewritten,
+fsynced and exchanged with ``job-N``, then the directory is fsynced; with
+the compiled helper when it was built, as the daemon does. Where names
+cannot be exchanged, a temporary file is renamed over ``job-N`` instead.
+
+Threads write into one shared directory, as concurrent writers of the queue
+do. A figure is files per second over a fixed wall-clock window, so a noisy
+machine costs accuracy, not time.
 """
 
 from __future__ import annotations
@@ -17,12 +27,18 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from bench.common import Context, Row, percentile
+from jobqueue.storage.durable import Directory, PythonDirectory, compiled_directory
+from jobqueue.storage.files import Disk
 
 SECTION = "1 disk"
 PAYLOAD_BYTES = 1024
 WARMUP_FILES = 20
+#: The aged directory: job files present, and files created and deleted before.
+AGED_JOB_FILES = 2_000
+CHURN_FILES = 5_000
 
 
 def job_payload(size: int = PAYLOAD_BYTES) -> bytes:
@@ -74,11 +90,73 @@ def write_durably(directory: str, directory_fd: int, name: str, payload: bytes) 
     os.fsync(directory_fd)
 
 
+def age_directory(directory: Path, payload: bytes) -> None:
+    """Fill ``directory`` with ``AGED_JOB_FILES`` job files after ``CHURN_FILES`` of churn."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for number in range(CHURN_FILES):
+        churned = directory / f".churn-{number}.tmp"
+        churned.write_bytes(payload)
+        if number >= 100:
+            (directory / f".churn-{number - 100}.tmp").unlink()
+    for number in range(AGED_JOB_FILES):
+        (directory / f"job-{number}").write_bytes(payload)
+    for leftover in directory.glob(".churn-*"):
+        leftover.unlink()
+    os.sync()
+
+
+class Replacer:
+    """Replaces ``job-N`` files of one directory durably, as the queue's writer does.
+
+    Writers share directory fsyncs as the queue's do (``durable.Directory``).
+    """
+
+    def __init__(self, directory: str, directory_fd: int) -> None:
+        compiled = compiled_directory(directory_fd)
+        self.directory: Directory = compiled or PythonDirectory(Disk(), directory)
+        self.exchange = self._can_exchange(directory)
+        how = "Python" if compiled is None else "compiled helper"
+        verb = "exchange" if self.exchange else "rename"
+        self.method = f"{verb}+dir fsync, {how}"
+
+    def _can_exchange(self, directory: str) -> bool:
+        names = [f".spare-probe-{i}" for i in range(2)]
+        for name in names:
+            Path(directory, name).write_bytes(b"")
+        try:
+            self.directory.exchange(*names)
+        except OSError:
+            return False
+        finally:
+            for name in names:
+                os.unlink(os.path.join(directory, name))
+        return True
+
+    def replace(self, spare: str, target: str, payload: bytes, first: bool) -> None:
+        """One durable replacement of ``target`` through ``spare``; raises OSError."""
+        failure = self.directory.write_file(
+            spare, target, payload, 0o600, self.exchange, first, True
+        )
+        if failure is not None:
+            raise OSError(failure[1], f"{failure[0]} failed: {os.strerror(failure[1])}")
+
+
 class _Writer(threading.Thread):
-    """Writes files until the deadline; records how long each one took."""
+    """Writes files until the deadline; records how long each one took.
+
+    With a ``replacer`` it replaces the job files ``job-<index>``,
+    ``job-<index + threads>``, ... in turn; without, it makes fresh names.
+    """
 
     def __init__(
-        self, index: int, directory: str, directory_fd: int, start: threading.Event, deadline: float
+        self,
+        index: int,
+        directory: str,
+        directory_fd: int,
+        start: threading.Event,
+        deadline: float,
+        replacer: Replacer | None = None,
+        threads: int = 1,
     ) -> None:
         super().__init__(name=f"disk-writer-{index}", daemon=True)
         self.index = index
@@ -86,6 +164,8 @@ class _Writer(threading.Thread):
         self.directory_fd = directory_fd
         self.start_event = start
         self.deadline = deadline
+        self.replacer = replacer
+        self.threads = threads
         self.latencies: list[float] = []
         self.error: BaseException | None = None
 
@@ -96,31 +176,50 @@ class _Writer(threading.Thread):
             count = 0
             while time.perf_counter() < self.deadline:
                 began = time.perf_counter()
-                write_durably(
-                    self.directory, self.directory_fd, f"job-{self.index}-{count}", payload
-                )
+                self.write_one(count, payload)
                 self.latencies.append(time.perf_counter() - began)
                 count += 1
         except BaseException as error:  # reported by measure_files_per_second
             self.error = error
 
+    def write_one(self, count: int, payload: bytes) -> None:
+        if self.replacer is None:
+            name = f"job-{self.index}-{count}"
+            write_durably(self.directory, self.directory_fd, name, payload)
+            return
+        target = f"job-{(self.index + count * self.threads) % AGED_JOB_FILES}"
+        if self.replacer.exchange:
+            spare = f".spare-{self.index}"
+            self.replacer.replace(spare, target, payload, first=count == 0)
+        else:
+            spare = f".{target}.{self.index}.{count}.tmp"
+            self.replacer.replace(spare, target, payload, first=True)
 
-def measure_files_per_second(directory: Path, threads: int, seconds: float) -> dict[str, float]:
+
+def measure_files_per_second(
+    directory: Path, threads: int, seconds: float, *, replace: bool = False
+) -> dict[str, Any]:
     """Write durably from ``threads`` threads for ``seconds``; return rate and latencies.
 
-    Raises the first error a writer thread hit.
+    ``replace``: replace the job files of an aged directory as the queue
+    does, instead of making fresh names. Raises the first error a writer
+    thread hit.
     """
+    payload = job_payload()
+    if replace:
+        age_directory(directory, payload)
     directory.mkdir(parents=True, exist_ok=True)
     directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        payload = job_payload()
+        replacer = Replacer(str(directory), directory_fd) if replace else None
         for number in range(WARMUP_FILES):
             write_durably(str(directory), directory_fd, f"warmup-{number}", payload)
         start = threading.Event()
         began = time.perf_counter()
         deadline = began + seconds
         writers = [
-            _Writer(i, str(directory), directory_fd, start, deadline) for i in range(threads)
+            _Writer(i, str(directory), directory_fd, start, deadline, replacer, threads)
+            for i in range(threads)
         ]
         for writer in writers:
             writer.start()
@@ -142,20 +241,37 @@ def measure_files_per_second(directory: Path, threads: int, seconds: float) -> d
         "files_per_s": len(latencies) / elapsed,
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
+        "method": "fresh names" if replacer is None else replacer.method,
     }
 
 
 def run(ctx: Context) -> Iterator[Row]:
-    """Section 1: files per second at each configured thread count."""
+    """Section 1: files per second at each thread count, fresh names and replacing.
+
+    The replacing figure is the limit later sections compare against
+    (``disk.files_per_s.N``); the fresh-name one is kept beside it.
+    """
     for threads in ctx.settings.disk_threads:
-        with ctx.scratch_dir("disk-") as scratch:
-            result = measure_files_per_second(scratch / "queue", threads, ctx.settings.disk_seconds)
-        ctx.values[f"disk.files_per_s.{threads}"] = result["files_per_s"]
         noun = "thread" if threads == 1 else "threads"
+        with ctx.scratch_dir("disk-") as scratch:
+            fresh = measure_files_per_second(scratch / "queue", threads, ctx.settings.disk_seconds)
+        with ctx.scratch_dir("disk-") as scratch:
+            replaced = measure_files_per_second(
+                scratch / "queue", threads, ctx.settings.disk_seconds, replace=True
+            )
+        ctx.values[f"disk.fresh_files_per_s.{threads}"] = fresh["files_per_s"]
+        ctx.values[f"disk.files_per_s.{threads}"] = replaced["files_per_s"]
         yield Row(
-            section=SECTION,
-            metric=f"write+fsync+rename, {threads} {noun}",
-            value=result["files_per_s"],
-            unit="files/s",
-            detail=result,
+            SECTION,
+            f"fresh names: write+fsync+rename+dir fsync, {threads} {noun}",
+            fresh["files_per_s"],
+            "files/s",
+            detail=fresh,
+        )
+        yield Row(
+            SECTION,
+            f"replacing in an aged dir ({replaced['method']}), {threads} {noun}",
+            replaced["files_per_s"],
+            "files/s",
+            detail=replaced,
         )

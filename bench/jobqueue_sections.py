@@ -51,7 +51,9 @@ BLOCKER_JOBS = 10
 WAITER_TIMEOUT = 30.0
 CHURNING_WAITER_TIMEOUT = 2.0
 #: Our end-to-end target against each peer: (minimum ratio, strictly greater).
-PEER_TARGETS = {"huey-sqlite": (1.5, False), "rq-redis": (1.0, True), "task-spooler": (1.0, True)}
+PEER_TARGETS = {"huey-sqlite": (1.2, False), "rq-redis": (1.0, True), "task-spooler": (1.0, True)}
+#: Daemon CPU (user + system) per no-op job end to end, from submission to its end.
+CPU_PER_JOB_TARGET_MS = 0.7
 #: Printed by the watched job's command: one line with a timestamp per interval.
 WATCH_SCRIPT = """\
 import sys, time
@@ -161,7 +163,7 @@ def run_submit(ctx: Context) -> Iterator[Row]:
             if clients == 1:
                 yield compare(row, disk_one, "disk 1 thread")
             else:
-                label = f"disk {clients} threads"
+                label = f"disk {clients} thr. replacing"
                 yield compare(row, disk_many, label, minimum=0.70)
             yield from latency_rows(SUBMIT, f"SubmitJob latency, {clients} {noun}", latencies)
         with connected(daemon) as client:
@@ -169,17 +171,22 @@ def run_submit(ctx: Context) -> Iterator[Row]:
                 client.cancel_job(job_id, True)
 
 
-def run_jobs_once(ctx: Context, workers: int, jobs: int) -> tuple[float, dict[str, int]]:
-    """Submit ``jobs`` no-ops in one SubmitManyJobs; return (seconds until all ended, statuses)."""
+def run_jobs_once(ctx: Context, workers: int, jobs: int) -> tuple[float, dict[str, int], float]:
+    """Submit ``jobs`` no-ops in one SubmitManyJobs.
+
+    Returns (seconds until all ended, statuses, daemon CPU seconds in that time).
+    """
     with (
         ctx.scratch_dir("e2e-") as scratch,
         Daemon(scratch / "state", workers) as daemon,
         connected(daemon) as client,
     ):
+        cpu_before = daemon_cpu_seconds(daemon)
         began = time.perf_counter()
         job_ids = check_submitted(client.submit_many_jobs([[NOOP]] * jobs))
         counts = wait_until_finished(client, job_ids, ctx.settings.peer_timeout)
-        return time.perf_counter() - began, counts
+        elapsed = time.perf_counter() - began
+        return elapsed, counts, daemon_cpu_seconds(daemon) - cpu_before
 
 
 def run_e2e(ctx: Context) -> Iterator[Row]:
@@ -189,15 +196,19 @@ def run_e2e(ctx: Context) -> Iterator[Row]:
         runs = [run_jobs_once(ctx, workers, jobs)]
         while len(runs) < repeats and runs[0][0] < ctx.settings.peer_timeout / 4:
             runs.append(run_jobs_once(ctx, workers, jobs))
-        rates = [counts.get("success", 0) / elapsed for elapsed, counts in runs]
+        rates = [counts.get("success", 0) / elapsed for elapsed, counts, _ in runs]
         rate = median(rates)
         ctx.values[f"jobqueue.e2e.{workers}"] = rate
-        failed = sum(jobs - counts.get("success", 0) for _, counts in runs)
-        detail = {"jobs": jobs, "jobs_per_s_each": rates, "runs": runs}
+        failed = sum(jobs - counts.get("success", 0) for _, counts, _ in runs)
+        cpu_ms = [cpu * 1000 / jobs for _, _, cpu in runs]
+        detail = {"jobs": jobs, "jobs_per_s_each": rates, "cpu_ms_per_job_each": cpu_ms}
+        detail["runs"] = runs
         metric = f"jobqueue, {workers} workers (median of {len(runs)})"
         if failed:
             metric += f" ({failed} jobs not successful)"
         yield Row(E2E, metric, rate, "jobs/s", detail=detail)
+        cpu_row = Row(E2E, f"daemon CPU per no-op job, {workers} workers", median(cpu_ms), "ms")
+        yield at_most(cpu_row, CPU_PER_JOB_TARGET_MS)
         for peer, (minimum, strictly) in PEER_TARGETS.items():
             reference = ctx.values.get(f"peer.{peer}.{workers}")
             row = Row(E2E, f"jobqueue vs {peer}, {workers} workers", rate, "jobs/s")

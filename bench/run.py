@@ -21,8 +21,17 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from bench import disk, jobqueue_sections, peers, scale
-from bench.common import BENCH_DIR, Context, Row, Settings, cpu_count, format_number, skipped
+from bench import disk, fsinfo, jobqueue_sections, peers, scale
+from bench.common import (
+    BENCH_DIR,
+    WORK_ROOT,
+    Context,
+    Row,
+    Settings,
+    cpu_count,
+    format_number,
+    skipped,
+)
 from bench.daemon import DaemonUnavailable
 
 Section = Callable[[Context], Iterator[Row]]
@@ -164,12 +173,19 @@ def write_results(path: Path, settings: Settings, rows: Sequence[Row], seconds: 
             "platform": platform.platform(),
             "machine": platform.machine(),
             "cpu_count": cpu_count(),
+            "file_system": file_system(),
         },
         "python": platform.python_version(),
         "settings": dataclasses.asdict(settings),
         "rows": [row.to_dict() for row in rows],
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def file_system() -> str:
+    """The file system of the scratch directories (where every queue of the run lives)."""
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    return fsinfo.describe(WORK_ROOT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"jobqueue benchmark, {settings.mode} run: {platform.platform()}, "
         f"{cpu_count()} CPUs, Python {platform.python_version()}, {seconds:.0f} s"
     )
+    print(f"scratch file system: {file_system()}")
     print(format_table(rows))
     write_results(args.output, settings, rows, seconds)
     print(f"\nresults written to {args.output}")

@@ -18,16 +18,16 @@ Thread-safe; callbacks are called without the lock held.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from jobqueue.constants import FINALIZED, Status
-from jobqueue.model import Job, Submitter, Timestamp
+from jobqueue.model import Job, QueuedOpCode, Submitter, Timestamp
 
 Summarize = Callable[[dict[str, Any]], str]
+_Record = TypeVar("_Record", Job, QueuedOpCode)
 
 
 @dataclasses.dataclass(slots=True)
@@ -70,12 +70,20 @@ def snapshot(job: Job) -> Job:
     """
     ops = []
     for op in job.ops:
-        clone = copy.copy(op)
+        clone = _shallow_copy(op)
         clone.log = list(op.log)
         ops.append(clone)
-    copied = copy.copy(job)
+    copied = _shallow_copy(job)
     copied.ops = ops
     return copied
+
+
+def _shallow_copy(record: _Record) -> _Record:
+    """``copy.copy`` of a plain dataclass instance, without its generic machinery
+    (``__reduce_ex__``): a third of a snapshot's cost, which every write pays."""
+    clone: _Record = object.__new__(type(record))
+    clone.__dict__.update(record.__dict__)
+    return clone
 
 
 class JobWatch:

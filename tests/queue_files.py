@@ -47,13 +47,14 @@ def load_jobs(queue_dir: Path) -> dict[int, Job]:
 
 
 def file_bytes(queue_dir: Path) -> dict[str, bytes]:
-    """Content of every regular file under the queue dir but the lock, by relative path."""
+    """Content of every regular file under the queue dir by relative path, but the lock
+    and the spare files (scratch space of the writes, whose content means nothing)."""
     contents: dict[str, bytes] = {}
     for root, _dirs, names in os.walk(queue_dir):
         for name in names:
             path = Path(root, name)
             relative = str(path.relative_to(queue_dir))
-            if relative != layout.LOCK_FILE:
+            if relative != layout.LOCK_FILE and not layout.is_spare_name(name):
                 contents[relative] = path.read_bytes()
     return contents
 

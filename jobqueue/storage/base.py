@@ -68,9 +68,13 @@ def pause_until(text: str | None, now: float) -> float | None:
     return until
 
 
+#: One encoder for every job write (``json.dumps`` with arguments builds a new one per call).
+_JOB_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_job(job: Job) -> bytes:
     """The stored form of a job: compact JSON, one line."""
-    return json.dumps(job.to_dict(), separators=(",", ":")).encode("utf-8") + b"\n"
+    return _JOB_ENCODER.encode(job.to_dict()).encode("utf-8") + b"\n"
 
 
 def decode_job(data: bytes) -> Job:

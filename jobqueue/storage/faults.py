@@ -94,6 +94,10 @@ class FaultyDisk(Disk):
         self._check("replace")
         super().rename_noreplace(src, dst)
 
+    def exchange(self, path_a: str, path_b: str) -> None:
+        self._check("replace")  # an exchange is the rename of a job write
+        super().exchange(path_a, path_b)
+
     def fsync_dir(self, path: str) -> None:
         self._check("fsync_dir")
         super().fsync_dir(path)

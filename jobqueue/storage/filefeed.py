@@ -1,7 +1,9 @@
 """The file store's change feed: one inotify watch on the queue directory, read in a thread.
 
-Job files are never modified in place: a new version is written to a temp
-file and renamed over ``job-N``, and archiving renames ``job-N`` away. So a
+Job files are never modified in place: a new version is written to a spare
+file and exchanged with ``job-N`` (``RENAME_EXCHANGE``, reported as moves of
+both names) or, where names cannot be exchanged, to a temp file renamed over
+``job-N``; archiving renames ``job-N`` away. So a
 single watch on the queue directory for ``IN_MOVED_TO | IN_MOVED_FROM |
 IN_DELETE`` sees every change of every job, and there is no per-file watch
 to re-arm after a rename. Names other than ``job-<digits>`` (temp files,

@@ -1,8 +1,9 @@
 """The file store: one JSON file per job under a queue directory (``doc/storage.rst``).
 
-Every job write is: temp file in the same directory, write, fsync, rename
-over the old file, and fsync of the directory when the name is new, so a
-crash leaves either the old or the new version. Ids are reserved in blocks:
+Every job write is durable, directory included, before it returns, and a
+crash leaves either the old or the new version: ``jobwriter`` writes a spare
+file and exchanges it with ``job-N`` (or, where names cannot be exchanged,
+renames a temp file over it), then fsyncs the directory. Ids are reserved in blocks:
 the ``serial`` file holds the highest id that may have been handed out,
 written durably before any id of the block is returned, so an id is never
 issued twice, even across crashes (ids skipped by a crash are never used).
@@ -44,7 +45,9 @@ from jobqueue.storage.base import (
     decode_job,
     encode_job,
 )
+from jobqueue.storage.durable import exchange_paths
 from jobqueue.storage.filefeed import FileChangeFeed
+from jobqueue.storage.jobwriter import Choice, DirectoryNotSynced, JobFileWriter
 
 #: Threads writing one batch of job files in parallel: a single thread waits
 #: for one journal commit per file, many share them (about 6x here).
@@ -56,7 +59,11 @@ _SMALL_FILE_LIMIT = 64
 
 
 class Disk:
-    """The file-system calls the file store makes; tests replace single calls."""
+    """The file-system calls the file store makes; tests replace single calls.
+
+    With this class itself, job writes use the compiled helper when it was
+    built (``jobwriter``); a subclass gets every step as a call here.
+    """
 
     def write(self, fd: int, data: bytes) -> int:
         return os.write(fd, data)
@@ -70,6 +77,10 @@ class Disk:
     def rename_noreplace(self, src: str, dst: str) -> None:
         """Rename unless ``dst`` exists (``FileExistsError``); see ``safeio``."""
         safeio.rename_noreplace(src, dst)
+
+    def exchange(self, path_a: str, path_b: str) -> None:
+        """Exchange two names atomically (``renameat2`` ``RENAME_EXCHANGE``)."""
+        exchange_paths(path_a, path_b)
 
     def fsync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -86,7 +97,8 @@ class FileJobStore(JobStore):
     for maintenance: nothing is created or cleaned up, the version is only
     checked, and no id may be allocated. The owner cleans up what a crash
     left when it loads the jobs, which it does once it holds the lock
-    (``leadership``), never before.
+    (``leadership``), never before. ``write_method`` forces the Python
+    write path or the rename fallback (tests; see ``jobwriter.Choice``).
     """
 
     def __init__(
@@ -96,6 +108,7 @@ class FileJobStore(JobStore):
         disk: Disk | None = None,
         id_block: int = 1000,
         owner: bool = True,
+        write_method: Choice = Choice.AUTO,
         logger: logging.Logger | None = None,
     ) -> None:
         self.queue_dir = queue_dir
@@ -107,6 +120,10 @@ class FileJobStore(JobStore):
         self._id_block = id_block
         self._log = logger or logging.getLogger(__name__)
         self._temp_counter = itertools.count()
+        self._pid = os.getpid()
+        self._write_method = write_method
+        self._writer: JobFileWriter | None = None
+        self._writer_lock = threading.Lock()  # guards the start of _writer
         self._lock = threading.Lock()  # guards _last_id, _reserved, _batch_pool
         self._archive_lock = threading.Lock()
         self._leadership: FileLeadership | None = None
@@ -143,14 +160,22 @@ class FileJobStore(JobStore):
             )
 
     def _clean_temp_files(self) -> None:
-        """Remove what interrupted writes left; what cannot be removed is only logged."""
-        for name in os.listdir(self.queue_dir):
-            if name.endswith(layout.TEMP_SUFFIX):
-                self._log.info("Removing temporary file %s left by a crash", name)
-                try:
-                    os.unlink(self._path(name))
-                except OSError as err:  # e.g. a directory: never loaded, so harmless
-                    self._log.warning("Cannot remove %s: %s", self._path(name), err.strerror)
+        """Clean up what interrupted writes left: start the job-file writer, which removes
+        temporary files and keeps spare files for reuse (``jobwriter``)."""
+        self._owned_writer()
+
+    def _start_writer(self) -> JobFileWriter:
+        """The job-file writer; it removes temp files a crash left and reuses spares."""
+        try:
+            return JobFileWriter(
+                self.queue_dir,
+                self._disk,
+                choice=self._write_method,
+                allow_helper=type(self._disk) is Disk,
+                logger=self._log,
+            )
+        except OSError as err:
+            raise storage_error(f"Cannot prepare {self.queue_dir} for writing", err) from err
 
     def _read_serial(self) -> int:
         path = self._path(layout.SERIAL_FILE)
@@ -196,15 +221,16 @@ class FileJobStore(JobStore):
 
     # -- low-level writes ----------------------------------------------------
     def write_file(self, path: str, data: bytes, *, new: bool) -> None:
-        """Atomically replace ``path`` with ``data``; fsync the directory if ``new``.
+        """Atomically and durably replace ``path`` with ``data`` (settings files).
 
         ``new`` means ``path`` does not exist yet. Raises ``StorageError``; on
         failure the temp file is removed and the previous version of ``path``
-        is untouched (a new ``path`` whose directory sync failed is removed).
+        is untouched, except when only the directory sync failed: a new
+        ``path`` is then removed, a replaced one keeps the new version.
         """
         directory, name = os.path.split(path)
         temp = os.path.join(
-            directory, f".{name}.{os.getpid()}.{next(self._temp_counter)}{layout.TEMP_SUFFIX}"
+            directory, layout.temp_file_name(name, self._pid, next(self._temp_counter))
         )
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, constants.FILE_MODE)
@@ -219,12 +245,12 @@ class FileJobStore(JobStore):
         except OSError as err:
             _unlink_quietly(temp)
             raise storage_error(f"Cannot write {path}", err) from err
-        if new:
-            try:
-                self._disk.fsync_dir(directory)
-            except OSError as err:
+        try:
+            self._disk.fsync_dir(directory)
+        except OSError as err:
+            if new:
                 _unlink_quietly(path)  # a name that is not durable must not stay visible
-                raise storage_error(f"Cannot write {path}", err) from err
+            raise storage_error(f"Cannot write {path}", err) from err
 
     def _path(self, name: str) -> str:
         return os.path.join(self.queue_dir, name)
@@ -363,14 +389,14 @@ class FileJobStore(JobStore):
         self._log.error("Job file %s is corrupt (%s); moved to %s", name, why, target)
 
     def create_jobs(self, jobs: Sequence[Job]) -> list[StorageError | None]:
-        if len(jobs) > 1:  # parallel fsyncs share the file system's journal commits
-            results = list(self._batch_writers().map(self._write_one, jobs))
-        else:
-            results = [self._write_one(job) for job in jobs]
+        if len(jobs) == 1:  # the write syncs the directory itself
+            return [self._create_one(jobs[0], sync_dir=True)]
+        # Parallel fsyncs share the file system's commits; one directory sync for all.
+        results = list(self._batch_writers().map(self._create_one, jobs))
         written = [job.id for job, failure in zip(jobs, results, strict=True) if failure is None]
         if written:
             try:
-                self._disk.fsync_dir(self.queue_dir)
+                self._owned_writer().sync_directory()
             except OSError as err:
                 failure = storage_error(f"Cannot sync {self.queue_dir}", err)
                 for job_id in written:  # not durable, so never acknowledge them
@@ -379,14 +405,40 @@ class FileJobStore(JobStore):
         return results
 
     def replace_job(self, job: Job) -> None:
-        self.write_file(self._job_path(job.id), encode_job(job), new=False)
-
-    def _write_one(self, job: Job) -> StorageError | None:
+        name = layout.job_file_name(job.id)
         try:
-            self.replace_job(job)
-        except StorageError as err:
-            return err
+            self._owned_writer().replace(name, encode_job(job))
+        except OSError as err:
+            raise storage_error(f"Cannot write {self._path(name)}", err) from err
+
+    def _create_one(self, job: Job, sync_dir: bool = False) -> StorageError | None:
+        name = layout.job_file_name(job.id)
+        try:
+            self._owned_writer().create(name, encode_job(job), sync_dir=sync_dir)
+        except DirectoryNotSynced as err:
+            return storage_error(f"Cannot sync {self.queue_dir}", err)
+        except OSError as err:
+            return storage_error(f"Cannot write {self._path(name)}", err)
         return None
+
+    def _owned_writer(self) -> JobFileWriter:
+        """The job-file writer, started at ``load_jobs`` or the first job write.
+
+        Not before: a store that does not hold the queue yet changes nothing.
+        """
+        writer = self._writer
+        if writer is None:
+            if not self._owner:
+                raise JobQueueError("A store opened for maintenance writes no jobs")
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = self._start_writer()
+                writer = self._writer
+        return writer
+
+    def write_method(self) -> str:
+        """How job files are written here (logged when the writer starts)."""
+        return self._owned_writer().method if self._owner else "none (maintenance)"
 
     def _batch_writers(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads that write the files of one batch in parallel (started on first use)."""
@@ -417,7 +469,7 @@ class FileJobStore(JobStore):
         """See the contract; a FIFO or link under the job's name is an error, never waited on."""
         for path in (self._job_path(job_id), self._archived_path(job_id)):
             try:
-                data = safeio.read_regular_file(path)[0]
+                data = read_whole_version(path)
             except OSError as err:
                 if err.errno in (errno.ENOENT, errno.ENAMETOOLONG):  # a huge id: no such file
                     continue
@@ -664,6 +716,28 @@ def _prune_directory(path: str, cutoff: float, result: PruneResult) -> None:
                 result.failures.append(f"cannot delete {entry.path}: {err.strerror}")
                 continue
             result.jobs += 1
+
+
+def read_whole_version(path: str, attempts: int = 3) -> bytes:
+    """The content of ``path`` as one whole version, though another process writes it.
+
+    A replaced job file's old inode becomes a spare and is rewritten later
+    (``jobwriter``), so a read that began on the old version must not be
+    trusted if the name moved on meanwhile: it is trusted only if ``path``
+    still names the same, unchanged inode after the read (identity, change
+    time and size), else read again; the last attempt is returned as read.
+    """
+    data = b""
+    for _ in range(attempts):
+        data, before = safeio.read_regular_file(path)  # no link followed, no FIFO opened
+        after = os.lstat(path)
+        if (after.st_ino, after.st_ctime_ns, after.st_size) == (
+            before.st_ino,
+            before.st_ctime_ns,
+            before.st_size,
+        ):
+            break
+    return data
 
 
 def storage_error(what: str, err: OSError) -> StorageError:

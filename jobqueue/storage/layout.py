@@ -7,6 +7,7 @@
     lock                  flock'ed by the daemon that owns the queue
     watcher_pause         a named setting (one line of text; see ``base.SETTINGS``)
     .<name>.<pid>.<n>.tmp a write in progress (removed at start)
+    .spare-<n>            a spare file: scratch space for the next write (reused at start)
 
 Only the file store and its change feed use these.
 """
@@ -24,11 +25,13 @@ DRAIN_FILE: Final = "drain"
 LOCK_FILE: Final = "lock"
 TEMP_SUFFIX: Final = ".tmp"
 JOB_FILE_PREFIX: Final = "job-"
+SPARE_PREFIX: Final = ".spare-"
 JOBS_PER_ARCHIVE_DIR: Final = 10_000
 
 # Canonical names only: job-0 and job-007 name no job (they are moved aside at load).
 _JOB_NAME = re.compile(re.escape(JOB_FILE_PREFIX) + r"([1-9][0-9]*)")
 _JOB_LIKE = re.compile(re.escape(JOB_FILE_PREFIX) + r"[0-9]+")
+_SPARE_NAME = re.compile(re.escape(SPARE_PREFIX) + r"([0-9]+)")
 
 
 def job_file_name(job_id: int) -> str:
@@ -55,3 +58,24 @@ def archive_subdir(job_id: int) -> str:
 def setting_file_name(name: str) -> str:
     """The file of a named setting: its name, in the queue directory."""
     return name
+
+
+def temp_file_name(name: str, pid: int, number: int) -> str:
+    """``.<name>.<pid>.<n>.tmp``: the temporary file of one write of ``name``."""
+    return f".{name}.{pid}.{number}{TEMP_SUFFIX}"
+
+
+def spare_file_name(number: int) -> str:
+    """``.spare-<n>``."""
+    return f"{SPARE_PREFIX}{number}"
+
+
+def spare_number_of(name: str) -> int | None:
+    """The number in a ``.spare-<n>`` name, None for any other name."""
+    match = _SPARE_NAME.fullmatch(name)
+    return None if match is None else int(match.group(1))
+
+
+def is_spare_name(name: str) -> bool:
+    """Whether ``name`` is a spare file's."""
+    return spare_number_of(name) is not None

@@ -1,0 +1,298 @@
+/*
+ * jobqueue.storage._fastwrite: one durable file write in one release of the
+ * interpreter lock (see jobqueue/storage/jobwriter.py, which has a pure-Python
+ * twin of everything here and uses this module only when it was built).
+ *
+ * Directory(dir_fd): one directory, whose fsyncs are shared by its writers.
+ *
+ *   write_file(name, target, data, file_mode, exchange, create, sync_dir)
+ *     Opens `name` in the directory (creating it exclusively with `file_mode`
+ *     if `create`), writes `data` from offset 0 and cuts the file to its
+ *     length, fsyncs and closes it, then either exchanges `name` and `target`
+ *     atomically (renameat2 RENAME_EXCHANGE, if `exchange`) or renames `name`
+ *     over `target`; then, if `sync_dir`, waits for a directory fsync that
+ *     began after the rename (see sync). Returns None when every step
+ *     succeeded, else (step, errno) for the first step that failed: "open",
+ *     "write", "fsync", "rename" or "fsync_dir". Nothing after a failed step
+ *     is done; the caller decides how to undo.
+ *
+ *   sync()
+ *     Returns once a directory fsync that began after the call began has
+ *     succeeded; raises OSError if the one it waited for failed. Concurrent
+ *     callers share fsyncs (group commit): one thread syncs for everyone
+ *     who arrived before it started; the others wait on a condition.
+ *
+ *   exchange(name_a, name_b)
+ *     Exchanges two names of the directory atomically; raises OSError.
+ *
+ * The Directory does not own its descriptor: the caller keeps it open.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#ifndef RENAME_EXCHANGE
+#define RENAME_EXCHANGE (1 << 1)
+#endif
+
+static int
+exchange_names(int dir_fd, const char *name_a, const char *name_b)
+{
+#ifdef SYS_renameat2
+    return (int)syscall(SYS_renameat2, dir_fd, name_a, dir_fd, name_b, RENAME_EXCHANGE);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+enum step { STEP_OK, STEP_OPEN, STEP_WRITE, STEP_FSYNC, STEP_RENAME, STEP_FSYNC_DIR };
+static const char *const step_names[] = {"", "open", "write", "fsync", "rename", "fsync_dir"};
+
+/* A directory and the state of its shared fsyncs; `lock` guards the counters. */
+typedef struct {
+    PyObject_HEAD
+    int dir_fd;
+    pthread_mutex_t lock;
+    pthread_cond_t done;
+    unsigned long long requested; /* tickets handed out, one per sync asked for */
+    unsigned long long synced;    /* every ticket up to this one is durable */
+    unsigned long long failed;    /* tickets above `synced` up to this one failed */
+    int failed_errno;
+    int syncing;                  /* a thread is in fsync(dir_fd) for everyone */
+} Directory;
+
+/* Wait for a directory fsync that began after this call; 0 or an errno. No GIL. */
+static int
+shared_sync(Directory *dir)
+{
+    int result = 0;
+    pthread_mutex_lock(&dir->lock);
+    unsigned long long ticket = ++dir->requested;
+    for (;;) {
+        if (dir->synced >= ticket)
+            break;
+        if (dir->failed >= ticket) {
+            result = dir->failed_errno;
+            break;
+        }
+        if (dir->syncing) {
+            pthread_cond_wait(&dir->done, &dir->lock);
+            continue;
+        }
+        dir->syncing = 1;
+        unsigned long long target = dir->requested;
+        pthread_mutex_unlock(&dir->lock);
+        int error = fsync(dir->dir_fd) < 0 ? errno : 0;
+        pthread_mutex_lock(&dir->lock);
+        dir->syncing = 0;
+        if (error == 0) {
+            if (target > dir->synced)
+                dir->synced = target;
+        } else {
+            dir->failed = target;
+            dir->failed_errno = error;
+        }
+        pthread_cond_broadcast(&dir->done);
+    }
+    pthread_mutex_unlock(&dir->lock);
+    return result;
+}
+
+struct request {
+    Directory *dir;
+    const char *name;
+    const char *target;
+    const char *data;
+    size_t size;
+    int file_mode;
+    int exchange;
+    int create;
+    int sync_dir;
+};
+
+/* The whole write; runs without the interpreter lock. Sets *error on failure. */
+static enum step
+write_file_unlocked(const struct request *req, int *error)
+{
+    int flags = O_WRONLY | O_CLOEXEC | O_NOFOLLOW | (req->create ? O_CREAT | O_EXCL : 0);
+    int dir_fd = req->dir->dir_fd;
+    int fd = openat(dir_fd, req->name, flags, req->file_mode);
+    if (fd < 0) {
+        *error = errno;
+        return STEP_OPEN;
+    }
+    size_t done = 0;
+    while (done < req->size) {
+        ssize_t written = pwrite(fd, req->data + done, req->size - done, (off_t)done);
+        if (written < 0) {
+            if (errno == EINTR)
+                continue;
+            *error = errno;
+            close(fd);
+            return STEP_WRITE;
+        }
+        done += (size_t)written;
+    }
+    if (!req->create && ftruncate(fd, (off_t)req->size) < 0) {
+        *error = errno;
+        close(fd);
+        return STEP_WRITE;
+    }
+    if (fdatasync(fd) < 0) {
+        *error = errno;
+        close(fd);
+        return STEP_FSYNC;
+    }
+    if (close(fd) < 0 && errno != EINTR) {
+        *error = errno;
+        return STEP_WRITE;
+    }
+    int moved = req->exchange ? exchange_names(dir_fd, req->name, req->target)
+                              : renameat(dir_fd, req->name, dir_fd, req->target);
+    if (moved < 0) {
+        *error = errno;
+        return STEP_RENAME;
+    }
+    if (req->sync_dir && (*error = shared_sync(req->dir)) != 0)
+        return STEP_FSYNC_DIR;
+    return STEP_OK;
+}
+
+static PyObject *
+directory_write_file(Directory *self, PyObject *args)
+{
+    struct request req;
+    Py_buffer data;
+    req.dir = self;
+    if (!PyArg_ParseTuple(args, "ssy*ippp", &req.name, &req.target, &data, &req.file_mode,
+                          &req.exchange, &req.create, &req.sync_dir))
+        return NULL;
+    req.data = data.buf;
+    req.size = (size_t)data.len;
+    int error = 0;
+    enum step failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = write_file_unlocked(&req, &error);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    if (failed == STEP_OK)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(si)", step_names[failed], error);
+}
+
+static PyObject *
+directory_sync(Directory *self, PyObject *Py_UNUSED(ignored))
+{
+    int error;
+    Py_BEGIN_ALLOW_THREADS
+    error = shared_sync(self);
+    Py_END_ALLOW_THREADS
+    if (error != 0) {
+        errno = error;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+directory_init(Directory *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"dir_fd", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "i", keywords, &self->dir_fd))
+        return -1;
+    return 0;
+}
+
+static PyObject *
+directory_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    Directory *self = (Directory *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->dir_fd = -1;
+    pthread_mutex_init(&self->lock, NULL);
+    pthread_cond_init(&self->done, NULL);
+    return (PyObject *)self;
+}
+
+static void
+directory_dealloc(Directory *self)
+{
+    pthread_cond_destroy(&self->done);
+    pthread_mutex_destroy(&self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+directory_exchange(Directory *self, PyObject *args)
+{
+    int result;
+    const char *name_a, *name_b;
+    if (!PyArg_ParseTuple(args, "ss", &name_a, &name_b))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    result = exchange_names(self->dir_fd, name_a, name_b);
+    Py_END_ALLOW_THREADS
+    if (result < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef directory_methods[] = {
+    {"write_file", (PyCFunction)directory_write_file, METH_VARARGS,
+     "write_file(name, target, data, file_mode, exchange, create, sync_dir)\n--\n\n"
+     "One durable write; None, or (failed step, errno)."},
+    {"sync", (PyCFunction)directory_sync, METH_NOARGS,
+     "sync()\n--\n\nWait for a directory fsync begun after this call (shared); OSError."},
+    {"exchange", (PyCFunction)directory_exchange, METH_VARARGS,
+     "exchange(name_a, name_b)\n--\n\nExchange two names atomically; OSError."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject DirectoryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "jobqueue.storage._fastwrite.Directory",
+    .tp_doc = "Directory(dir_fd): durable writes into one directory, fsyncs shared.",
+    .tp_basicsize = sizeof(Directory),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = directory_new,
+    .tp_init = (initproc)directory_init,
+    .tp_dealloc = (destructor)directory_dealloc,
+    .tp_methods = directory_methods,
+};
+
+static PyMethodDef fastwrite_methods[] = {
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef fastwrite_module = {
+    PyModuleDef_HEAD_INIT, "_fastwrite",
+    "Durable file writes in one release of the interpreter lock.", -1, fastwrite_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__fastwrite(void)
+{
+    if (PyType_Ready(&DirectoryType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&fastwrite_module);
+    if (module == NULL)
+        return NULL;
+    Py_INCREF(&DirectoryType);
+    if (PyModule_AddObject(module, "Directory", (PyObject *)&DirectoryType) < 0) {
+        Py_DECREF(&DirectoryType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,201 @@
+"""One durable file write, and directory fsyncs shared by concurrent writers.
+
+A ``Directory`` writes whole files into one directory: open (or create) a
+file, write it from offset 0, cut it to length, fsync it, exchange it with
+its target name or rename it over that name, then wait for a directory
+fsync that began after the rename. Concurrent writers share directory
+fsyncs (a group commit): whoever finds no fsync running starts one for
+everybody who renamed before it; the others wait for its outcome.
+
+Two implementations with one interface:
+
+* ``_fastwrite.Directory``, a C helper built by ``setup.py`` when a compiler
+  and the Python headers are there: the whole write, group commit included,
+  runs in one release of the interpreter lock (``_fastwrite.c``);
+* ``PythonDirectory``, its pure-Python twin, which makes every file-system
+  call through a ``Disk`` (so tests can fail or record single steps) and
+  uses ``renameat2`` through ctypes for the exchange.
+
+``jobwriter`` picks one; nothing else uses this module.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import importlib
+import importlib.util
+import os
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from jobqueue.storage.files import Disk
+
+#: (failed step, errno) of a write: "open", "write", "fsync", "rename" or "fsync_dir".
+Failure = tuple[str, int]
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+class Directory(Protocol):
+    """Durable writes into one directory (see the module docstring)."""
+
+    def write_file(
+        self,
+        name: str,
+        target: str,
+        data: bytes,
+        file_mode: int,
+        exchange: bool,
+        create: bool,
+        sync_dir: bool,
+        /,
+    ) -> Failure | None:
+        """Write ``name``, move it to ``target``, share a directory sync; None or the failure."""
+
+    def sync(self) -> None:
+        """Return once a directory fsync begun after this call succeeded; OSError."""
+
+    def exchange(self, name_a: str, name_b: str, /) -> None:
+        """Exchange two names atomically; OSError."""
+
+
+def compiled_directory(dir_fd: int) -> Directory | None:
+    """A ``_fastwrite.Directory`` on ``dir_fd``, None if the helper was not built."""
+    try:
+        module: Any = importlib.import_module("jobqueue.storage._fastwrite")
+    except ImportError:
+        return None
+    directory: Directory = module.Directory(dir_fd)
+    return directory
+
+
+def helper_built() -> bool:
+    """Whether the compiled helper can be imported."""
+    return importlib.util.find_spec("jobqueue.storage._fastwrite") is not None
+
+
+def _load_renameat2() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    return function
+
+
+_RENAMEAT2 = _load_renameat2()
+
+
+def exchange_paths(path_a: str, path_b: str) -> None:
+    """Exchange two paths atomically (``renameat2`` ``RENAME_EXCHANGE``); raises OSError."""
+    if _RENAMEAT2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not in this C library")
+    result = _RENAMEAT2(
+        _AT_FDCWD, os.fsencode(path_a), _AT_FDCWD, os.fsencode(path_b), _RENAME_EXCHANGE
+    )
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), path_a, None, path_b)
+
+
+class PythonDirectory:
+    """The Python twin of ``_fastwrite.Directory``: every call through ``disk``.
+
+    ``_done`` (and its lock) guards the group-commit counters: tickets are
+    handed out after each rename; ``_synced`` is the highest ticket known
+    durable, ``_failed`` the highest that a failed fsync covered.
+    """
+
+    def __init__(self, disk: Disk, path: str) -> None:
+        self.disk = disk
+        self.path = path
+        self._done = threading.Condition(threading.Lock())
+        self._requested = self._synced = self._failed = 0
+        self._failed_errno = 0
+        self._syncing = False
+
+    def write_file(
+        self,
+        name: str,
+        target: str,
+        data: bytes,
+        file_mode: int,
+        exchange: bool,
+        create: bool,
+        sync_dir: bool,
+        /,
+    ) -> Failure | None:
+        path, target_path = os.path.join(self.path, name), os.path.join(self.path, target)
+        step = "open"
+        try:
+            flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+            flags |= os.O_CREAT | os.O_EXCL if create else 0
+            fd = os.open(path, flags, file_mode)
+            step = "write"
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[self.disk.write(fd, view.tobytes()) :]
+                if not create:
+                    os.ftruncate(fd, len(data))
+                step = "fsync"
+                self.disk.fsync(fd)
+            finally:
+                os.close(fd)
+            step = "rename"
+            if exchange:
+                self.disk.exchange(path, target_path)
+            else:
+                self.disk.replace(path, target_path)
+            if sync_dir:
+                step = "fsync_dir"
+                self.sync()
+        except OSError as err:
+            return step, err.errno or errno.EIO
+        return None
+
+    def sync(self) -> None:
+        with self._done:
+            self._requested += 1
+            ticket = self._requested
+            while self._synced < ticket:
+                if self._failed >= ticket:
+                    raise OSError(self._failed_errno, os.strerror(self._failed_errno))
+                if self._syncing:
+                    self._done.wait()
+                    continue
+                self._sync_for_everyone_locked()
+
+    def _sync_for_everyone_locked(self) -> None:
+        """fsync the directory for every ticket handed out so far (releases the lock)."""
+        self._syncing = True
+        target = self._requested
+        self._done.release()
+        error = errno.EIO  # unless fsync_dir returns
+        try:
+            self.disk.fsync_dir(self.path)
+            error = 0
+        except OSError as err:
+            error = err.errno or errno.EIO
+        finally:
+            self._done.acquire()
+            self._syncing = False
+            if error:
+                self._failed, self._failed_errno = target, error
+            else:
+                self._synced = max(self._synced, target)
+            self._done.notify_all()
+
+    def exchange(self, name_a: str, name_b: str, /) -> None:
+        self.disk.exchange(os.path.join(self.path, name_a), os.path.join(self.path, name_b))

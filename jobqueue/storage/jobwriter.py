@@ -1,0 +1,332 @@
+"""Durable job-file writes without inode churn: spare files and atomic exchange.
+
+A new version of ``job-N`` is written into a *spare* file of the queue
+directory (``.spare-<n>``, see ``layout``), which is fsynced and then
+exchanged with ``job-N`` atomically (``renameat2`` with ``RENAME_EXCHANGE``);
+the write returns once a directory fsync that began after the exchange has
+succeeded (shared by concurrent writers), so the new version is durable
+before anyone is told of it. The old version's inode now sits under the
+spare name and is rewritten by a later write, but only once the exchange is
+durable: a write whose directory sync fails swaps the names back and puts
+its spare aside until a directory sync that began after that has succeeded.
+New job files take a spare too and are renamed into place. No inode is made
+or freed per transition, which on ext4 was what a write cost most.
+
+Where the kernel or the file system cannot exchange names (probed once when
+the store opens, and logged), every write is the classic one: a temporary
+``.<name>.<pid>.<n>.tmp`` file, fsync, rename over the name, directory fsync.
+
+Each write is one call of a ``durable.Directory``: the compiled helper (the
+whole write in one release of the interpreter lock) when it was built and
+the store's ``Disk`` is the plain one, else the Python twin, which makes
+every call through the ``Disk``.
+
+Thread-safe: writes of different names run in parallel; the caller makes
+sure one name has one writer at a time.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import errno
+import itertools
+import logging
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING, NoReturn
+
+from jobqueue import constants
+from jobqueue.storage import layout
+from jobqueue.storage.durable import Directory, PythonDirectory, compiled_directory, exchange_paths
+
+if TYPE_CHECKING:
+    from jobqueue.storage.files import Disk
+
+#: Spares kept from a previous run; more are removed at start.
+MAX_REUSED_SPARES = 64
+#: Tries of an undo (see ``_undo_exchange``).
+_UNDO_ATTEMPTS = 3
+#: Errors that mean "this kernel or file system cannot exchange names".
+_NO_EXCHANGE_ERRNOS = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM})
+
+
+class DirectoryNotSynced(OSError):
+    """Everything but the directory sync of a write succeeded (see each write's undo)."""
+
+
+def _raise(step: str, code: int) -> NoReturn:
+    kind = DirectoryNotSynced if step == "fsync_dir" else OSError
+    raise kind(code, os.strerror(code))
+
+
+class Choice(enum.StrEnum):
+    """How a store asks for its writes to be made (``FileJobStore(write_method=...)``)."""
+
+    AUTO = "auto"  # the compiled helper if built (plain Disk only), exchange if possible
+    PYTHON = "python"  # the Python twin, exchange if possible
+    RENAME = "rename"  # the Python twin, temporary files and rename (the fallback)
+
+
+class SparePool:
+    """Names of spare files that may be rewritten now, and those put aside for a while.
+
+    A spare is put aside when the directory sync of its exchange failed: its
+    inode may still be ``job-N`` on disk. It comes back once a directory sync
+    that began after it was put aside has succeeded (``epoch`` orders them).
+    ``_lock`` guards every field.
+    """
+
+    def __init__(self, names: list[str], first_number: int) -> None:
+        self._lock = threading.Lock()
+        self._free = collections.deque(names)
+        self._numbers = itertools.count(first_number)
+        self._aside: list[tuple[int, str]] = []
+        self.epoch = 0  # read without the lock: a stale value only delays a release
+
+    def take(self) -> tuple[str, bool]:
+        """A spare name, and whether the file must be created first."""
+        with self._lock:
+            if self._free:
+                return self._free.popleft(), False
+            return layout.spare_file_name(next(self._numbers)), True
+
+    def give_back(self, name: str, synced_since: int | None = None) -> None:
+        """Return a spare; ``synced_since``: the epoch at which a successful write began."""
+        with self._lock:
+            self._free.append(name)
+            if synced_since is not None and self._aside:
+                ready = [entry for entry in self._aside if entry[0] < synced_since]
+                self._aside = [entry for entry in self._aside if entry[0] >= synced_since]
+                self._free.extend(spare for _, spare in ready)
+
+    def put_aside(self, name: str) -> None:
+        with self._lock:
+            self._aside.append((self.epoch, name))
+            self.epoch += 1
+
+    def count(self) -> int:
+        """Spares free and put aside (for tests and the start-up log)."""
+        with self._lock:
+            return len(self._free) + len(self._aside)
+
+
+class JobFileWriter:
+    """Writes whole files of one queue directory durably; see the module docstring."""
+
+    def __init__(
+        self,
+        directory: str,
+        disk: Disk,
+        *,
+        choice: Choice = Choice.AUTO,
+        allow_helper: bool = True,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        """Clean up after a previous run, probe the file system and log the method chosen.
+
+        ``allow_helper=False`` keeps every step a call of ``disk`` (a ``Disk``
+        subclass that fails or records steps). Raises OSError when the
+        directory cannot be listed or synced.
+        """
+        self.directory = directory
+        self._disk = disk
+        self._log = logger or logging.getLogger(__name__)
+        self._pid = os.getpid()
+        self._temp_numbers = itertools.count()
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        weakref.finalize(self, os.close, dir_fd)
+        compiled = compiled_directory(dir_fd) if choice == Choice.AUTO and allow_helper else None
+        self._dir: Directory = compiled or PythonDirectory(disk, directory)
+        self._compiled = compiled is not None
+        spares = self._clean_up()
+        self.pool = SparePool(spares, 1 + max(map(_spare_number, spares), default=-1))
+        reason = "not asked for" if choice == Choice.RENAME else self._probe_exchange()
+        self.exchange = reason is None
+        if not self.exchange:
+            self._remove_spares()
+        how = "Python" if compiled is None else "compiled helper"
+        if self.exchange:
+            self.method = f"exchange with spare files (renameat2 RENAME_EXCHANGE), {how}"
+        else:
+            self.method = f"rename of temporary files ({how}); exchange: {reason}"
+        self._log.info("Job files in %s are written by %s", directory, self.method)
+
+    # -- start ---------------------------------------------------------------------
+    def _clean_up(self) -> list[str]:
+        """Remove temporary files, keep up to ``MAX_REUSED_SPARES`` spares (their names).
+
+        The directory is synced first: a spare of a run that ended before
+        its last exchange was durable must not be rewritten before it is.
+        Only regular files are kept as spares; anything that cannot be
+        removed (e.g. a directory) is logged and left alone.
+        """
+        self._disk.fsync_dir(self.directory)
+        spares: list[str] = []
+        with os.scandir(self.directory) as entries:
+            found = sorted((entry.name, entry.is_file(follow_symlinks=False)) for entry in entries)
+        for name, regular in found:
+            if name.endswith(layout.TEMP_SUFFIX):
+                self._log.info("Removing temporary file %s left by a crash", name)
+                self._remove(name)
+            elif layout.is_spare_name(name):
+                if regular and len(spares) < MAX_REUSED_SPARES:
+                    spares.append(name)
+                else:
+                    self._remove(name)
+        return spares
+
+    def _remove(self, name: str) -> None:
+        path = os.path.join(self.directory, name)
+        try:
+            os.unlink(path)
+        except OSError as err:  # e.g. a directory: never loaded, so harmless
+            self._log.warning("Cannot remove %s: %s", path, err.strerror)
+
+    def _probe_exchange(self) -> str | None:
+        """None if two spares can be exchanged here, else why not."""
+        names = [self.pool.take()[0] for _ in range(2)]
+        try:
+            for name in names:
+                path = os.path.join(self.directory, name)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, constants.FILE_MODE))
+            self._dir.exchange(*names)
+        except OSError as err:
+            if err.errno not in _NO_EXCHANGE_ERRNOS:
+                raise
+            return f"not supported here ({os.strerror(err.errno)})"
+        finally:
+            for name in names:
+                self.pool.give_back(name)
+        return None
+
+    def _remove_spares(self) -> None:
+        for name in os.listdir(self.directory):
+            if layout.is_spare_name(name):
+                _unlink_quietly(os.path.join(self.directory, name))
+        self.pool = SparePool([], 0)
+
+    # -- writes --------------------------------------------------------------------
+    def replace(self, target: str, data: bytes) -> None:
+        """Make ``data`` the durable content of ``target`` (which should exist); OSError.
+
+        On failure ``target`` keeps its previous content (``DirectoryNotSynced``
+        where names cannot be exchanged: it then keeps the new one).
+        """
+        if not self.exchange:
+            self._write_through_temp(target, data, sync_dir=True, new=False)
+            return
+        spare, create = self.pool.take()
+        epoch = self.pool.epoch
+        failure = self._write(spare, target, data, exchange=True, create=create, sync_dir=True)
+        if failure is None:
+            self.pool.give_back(spare, synced_since=epoch)
+            return
+        step, code = failure
+        if step == "rename" and code == errno.ENOENT:  # no old version: move it into place
+            self._move_new(spare, target)
+            return
+        self._after_failure(spare, target, create, step)
+        _raise(step, code)
+
+    def create(self, target: str, data: bytes, *, sync_dir: bool) -> None:
+        """Put a new, durable ``target`` in place; the directory is synced only if ``sync_dir``.
+
+        On failure no ``target`` is left behind (it is removed if only the
+        directory sync failed: ``DirectoryNotSynced``). Raises OSError.
+        """
+        if not self.exchange:
+            self._write_through_temp(target, data, sync_dir=sync_dir, new=True)
+            return
+        spare, create = self.pool.take()
+        failure = self._write(spare, target, data, exchange=False, create=create, sync_dir=sync_dir)
+        if failure is None:
+            return
+        step, code = failure
+        if step == "fsync_dir":
+            _unlink_quietly(os.path.join(self.directory, target))
+        else:
+            self._after_failure(spare, target, create, step)
+        _raise(step, code)
+
+    def sync_directory(self) -> None:
+        """Wait for a directory fsync begun now (after a batch of creates); OSError."""
+        self._dir.sync()
+
+    def _write(
+        self, name: str, target: str, data: bytes, *, exchange: bool, create: bool, sync_dir: bool
+    ) -> tuple[str, int] | None:
+        return self._dir.write_file(
+            name, target, data, constants.FILE_MODE, exchange, create, sync_dir
+        )
+
+    def _after_failure(self, spare: str, target: str, created: bool, step: str) -> None:
+        """Return or put aside the spare of a failed write (see ``SparePool``)."""
+        if step == "fsync_dir":  # exchanged, not durably: swap back, keep the inode unused
+            self._undo_exchange(spare, target)
+            self.pool.put_aside(spare)
+        elif step != "open":  # it exists and holds nothing of value; one that cannot
+            self.pool.give_back(spare)  # be opened is dropped (a newer one is made)
+
+    def _undo_exchange(self, spare: str, target: str) -> None:
+        """Exchange the names back, so that ``target`` shows its previous version again.
+
+        An undo, like the unlink of a new name whose sync failed: it goes to
+        the kernel directly, not through ``Disk`` (whose faults are those of
+        the change being made), and is tried a few times. Were it still to
+        fail, ``target`` would keep the new version, whole but unreported.
+        """
+        for attempt in range(_UNDO_ATTEMPTS):
+            try:
+                if self._compiled:
+                    self._dir.exchange(spare, target)
+                else:
+                    exchange_paths(
+                        os.path.join(self.directory, spare), os.path.join(self.directory, target)
+                    )
+                return
+            except OSError as err:
+                if attempt == _UNDO_ATTEMPTS - 1:
+                    self._log.error("Cannot put back the previous %s (%s)", target, err)
+
+    def _move_new(self, spare: str, target: str) -> None:
+        """Rename a written, fsynced spare to a ``target`` that does not exist; sync."""
+        self._disk.replace(
+            os.path.join(self.directory, spare), os.path.join(self.directory, target)
+        )
+        try:
+            self._disk.fsync_dir(self.directory)
+        except OSError:
+            _unlink_quietly(os.path.join(self.directory, target))
+            raise
+
+    def _write_through_temp(self, target: str, data: bytes, *, sync_dir: bool, new: bool) -> None:
+        """The fallback: a new temporary file renamed over ``target``; OSError.
+
+        If only the directory sync fails, a ``new`` target is removed again;
+        a replaced one keeps the new version (the old inode went with the
+        rename): whole, but never reported.
+        """
+        temp = layout.temp_file_name(target, self._pid, next(self._temp_numbers))
+        failure = self._write(temp, target, data, exchange=False, create=True, sync_dir=sync_dir)
+        if failure is None:
+            return
+        step, code = failure
+        if step == "fsync_dir":
+            if new:
+                _unlink_quietly(os.path.join(self.directory, target))
+        elif step != "open":
+            _unlink_quietly(os.path.join(self.directory, temp))
+        _raise(step, code)
+
+
+def _spare_number(name: str) -> int:
+    number = layout.spare_number_of(name)
+    return -1 if number is None else number
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

@@ -1,0 +1,129 @@
+"""One durable write and shared directory syncs: the compiled helper and its Python twin."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobqueue.storage.durable import Directory, PythonDirectory, compiled_directory, helper_built
+from jobqueue.storage.files import Disk
+from tests.polling import poll_until
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(
+            "compiled",
+            marks=pytest.mark.skipif(not helper_built(), reason="the C helper was not built"),
+        ),
+        "python",
+    ]
+)
+def directory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Directory]:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    made = compiled_directory(fd) if request.param == "compiled" else None
+    yield made or PythonDirectory(Disk(), str(tmp_path))
+    os.close(fd)
+
+
+def test_create_exchange_and_rename(directory: Directory, tmp_path: Path) -> None:
+    assert directory.write_file("spare", "job-1", b"one", 0o600, False, True, True) is None
+    assert (tmp_path / "job-1").read_bytes() == b"one"
+    assert not (tmp_path / "spare").exists()
+    assert directory.write_file("spare", "unused", b"a longer text", 0o600, True, True, False) == (
+        "rename",
+        errno.ENOENT,
+    )
+    first_inode = (tmp_path / "job-1").stat().st_ino
+    assert directory.write_file("spare", "job-1", b"two", 0o600, True, False, True) is None
+    assert (tmp_path / "job-1").read_bytes() == b"two"  # cut to length, not "twonger text"
+    assert (tmp_path / "spare").read_bytes() == b"one"
+    assert (tmp_path / "spare").stat().st_ino == first_inode
+    directory.exchange("spare", "job-1")
+    assert (tmp_path / "job-1").read_bytes() == b"one"
+    assert oct((tmp_path / "job-1").stat().st_mode & 0o777) == oct(0o600)
+    directory.sync()
+
+
+def test_failures_name_their_step(directory: Directory, tmp_path: Path) -> None:
+    assert directory.write_file("missing", "job-1", b"x", 0o600, True, False, True) == (
+        "open",
+        errno.ENOENT,
+    )
+    (tmp_path / "taken").write_bytes(b"")
+    assert directory.write_file("taken", "job-1", b"x", 0o600, False, True, True) == (
+        "open",
+        errno.EEXIST,
+    )
+    with pytest.raises(FileNotFoundError):
+        directory.exchange("taken", "job-1")
+
+
+class GatedDisk(Disk):
+    """Counts directory syncs; the first waits until ``gate`` is set; fails while ``failing``."""
+
+    def __init__(self) -> None:
+        self.syncs = 0
+        self.first_started = threading.Event()
+        self.gate = threading.Event()
+        self.failing = False
+
+    def fsync_dir(self, path: str) -> None:
+        self.syncs += 1
+        if self.syncs == 1:
+            self.first_started.set()
+            assert self.gate.wait(30)
+        if self.failing:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        super().fsync_dir(path)
+
+
+def run_syncs(directory: PythonDirectory, disk: GatedDisk, callers: int) -> list[str]:
+    """One caller syncs (held at the gate), then ``callers`` more arrive; their outcomes."""
+    outcomes: list[str] = []
+
+    def sync() -> None:
+        try:
+            directory.sync()
+            outcomes.append("ok")
+        except OSError as err:
+            outcomes.append(os.strerror(err.errno or 0))
+
+    first = threading.Thread(target=sync)
+    first.start()
+    assert disk.first_started.wait(30)
+    late = [threading.Thread(target=sync) for _ in range(callers)]
+    for thread in late:
+        thread.start()
+
+    def waiting() -> int:
+        with directory._done:
+            return directory._requested
+
+    assert poll_until(lambda: waiting() == callers + 1, 30)
+    disk.gate.set()
+    for thread in [first, *late]:
+        thread.join(30)
+    return outcomes
+
+
+def test_concurrent_syncs_share_one_fsync_begun_after_them(tmp_path: Path) -> None:
+    disk = GatedDisk()
+    directory = PythonDirectory(disk, str(tmp_path))
+    assert run_syncs(directory, disk, 8) == ["ok"] * 9
+    # The first fsync began before the eight others asked: they needed one more, together.
+    assert disk.syncs == 2
+
+
+def test_a_failed_shared_sync_fails_everyone_it_covered(tmp_path: Path) -> None:
+    disk = GatedDisk()
+    disk.failing = True
+    directory = PythonDirectory(disk, str(tmp_path))
+    assert run_syncs(directory, disk, 4) == ["Input/output error"] * 5
+    disk.failing = False
+    directory.sync()  # a later sync works again
