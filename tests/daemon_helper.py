@@ -91,7 +91,8 @@ class Daemon:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-        if not os.path.exists(self.paths.master_socket):
+        # The pid file is written once the sockets serve, just before "ready on" is logged.
+        if not (os.path.exists(self.paths.master_socket) and os.path.exists(self.paths.pid_file)):
             return False
         try:
             with Client(self.paths.master_socket, timeout=5) as client:

@@ -249,6 +249,17 @@ class EtcdMember:
         except (OSError, ValueError, urllib.error.URLError):
             return False
 
+    def is_leader(self, timeout: float = 2.0) -> bool:
+        """Whether this member says it is the Raft leader (false when it does not answer)."""
+        try:
+            url, context = f"{self.client_url}/v3/maintenance/status", self._ssl_context()
+            request = urllib.request.Request(url, data=b"{}", method="POST")
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as reply:
+                status = json.loads(reply.read())
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+        return bool(status.get("leader") and status["leader"] == status["header"]["member_id"])
+
     def bind_failed(self) -> bool:
         """Whether the process died because a port was taken."""
         if self.running or not self.log_path.exists():
@@ -334,6 +345,12 @@ class EtcdCluster:
         if not self._wait_healthy(chosen, timeout):
             raise AssertionError(f"etcd members not healthy after {timeout}s:\n{self._logs()}")
 
+    def followers(self) -> list[EtcdMember]:
+        """The running members that are not the leader, once a leader is known."""
+        self.wait_healthy()
+        leader = wait_for_leader(self.members)
+        return [member for member in self.members if member.running and member is not leader]
+
     def restart(self, member: EtcdMember, wait: bool = True) -> None:
         """Start a stopped or killed member again on its ports and data."""
         member.kill9()
@@ -357,6 +374,17 @@ class EtcdCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def wait_for_leader(members: Sequence[EtcdMember], timeout: float = 20.0) -> EtcdMember:
+    """The member that leads, waiting (bounded) through an election."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for member in members:
+            if member.running and member.is_leader():
+                return member
+        time.sleep(0.1)
+    raise AssertionError(f"no etcd leader within {timeout}s")
 
 
 def unique_prefix() -> str:

@@ -282,6 +282,7 @@ def test_waiting_for_lock_goes_back_to_queued_on_shutdown(daemon: Daemon) -> Non
 def test_sighup_reopens_log_file(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
     log_file = tmp_path / "masterd.log"
     daemon = daemon_factory("--log-file", str(log_file)).start()
+    wait_until(lambda: "ready on" in log_file.read_text(), what="the daemon to log it is ready")
     rotated = tmp_path / "masterd.log.1"
     os.rename(log_file, rotated)
     assert daemon.proc is not None
@@ -291,6 +292,7 @@ def test_sighup_reopens_log_file(daemon_factory: Callable[..., Daemon], tmp_path
         what="a new log file after SIGHUP",
     )
     assert "ready on" in rotated.read_text()
+    assert "ready on" not in log_file.read_text()
 
 
 def test_daemonize_writes_pid_file_and_detaches(daemon_factory: Callable[..., Daemon]) -> None:
