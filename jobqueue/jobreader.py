@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from jobqueue import query
+from jobqueue import filters, qlang, query
 from jobqueue.constants import Status
 from jobqueue.depmgr import DependencyManager
 from jobqueue.errors import ECODE_INVAL, GenericError, OpPrereqError
@@ -72,14 +72,19 @@ class JobReader:
         summarize: Summarize,
         *,
         watches: WatchSource | None = None,
+        filter_rules: Callable[[], list[filters.FilterRule]] = list,
+        compile_filter: filters.CompileFilter = qlang.compile_filter,
         logger: logging.Logger | None = None,
     ) -> None:
+        """``filter_rules`` gives the job filter rules for ``Query("filter")``."""
         self._live = live
         self._store = store
         self._locks = locks
         self._depmgr = depmgr
         self._summarize = summarize
         self._watches: WatchSource = watches or live
+        self._filter_rules = filter_rules
+        self._compile_filter = compile_filter
         self._log = logger or logging.getLogger(__name__)
 
     def read_job(self, job_id: int) -> Job | None:
@@ -133,8 +138,11 @@ class JobReader:
         jobs, plus the archived ones when the ``archived`` field is asked
         for or filtered on (Ganeti's ``gnt-job list --archived``); the
         ``archived`` argument (jobqueue's own) lists archived jobs only.
+        Filter rules (``what`` "filter") are listed in evaluation order.
         Raises ``OpPrereqError`` for a bad filter.
         """
+        if what == "filter":
+            return filters.query(self._filter_rules(), fields, qfilter, self._compile_filter)
         definitions = query.query_fields(what, fields)["fields"]
         if what == "lock":
             if qfilter is not None:
@@ -152,6 +160,8 @@ class JobReader:
         return {"fields": definitions, "data": query.rows(what, fields, records)}
 
     def query_fields(self, what: str, fields: list[str] | None) -> dict[str, Any]:
+        if what == "filter":
+            return {"fields": filters.field_definitions(fields)}
         return query.query_fields(what, fields)
 
     def _candidates(self, full: bool, archived_only: bool, with_archived: bool) -> list[JobRecord]:

@@ -161,6 +161,45 @@ JOB_FIELDS: dict[str, Field] = {
         Field("opend", "OpCode_end", "other", "Opcode end times", _per_op("end_timestamp")),
         Field("oppriority", "OpCode_prio", "other", "Opcode priorities", _per_op("priority")),
         Field("comment", "Comment", "text", "First opcode comment", _job(_comment)),
+        Field(
+            "hold",
+            "Held",
+            "other",
+            "Why the queue holds the job back now: a start time, a filter rule",
+            _entry(lambda e: e.hold),
+            index=True,
+        ),
+        Field(
+            "not_before",
+            "Start_after",
+            "other",
+            "The job starts (or, retrying, starts again) no earlier than this",
+            _job(lambda j: j.not_before),
+        ),
+        Field(
+            "retry",
+            "Retry",
+            "other",
+            "The retry policy: retries, delay, backoff, max_delay",
+            _job(lambda j: j.retry.to_dict() if j.retry else None),
+        ),
+        Field(
+            "attempt", "Attempt", "number", "The attempt running or due", _job(lambda j: j.attempt)
+        ),
+        Field(
+            "attempts",
+            "Attempts",
+            "other",
+            "The failed attempts that were retried: opcode, times, error",
+            _job(lambda j: j.attempts),
+        ),
+        Field(
+            "timeout",
+            "Time_limit",
+            "number",
+            "Seconds the job may take from its first start",
+            _job(lambda j: j.timeout),
+        ),
     )
 }
 

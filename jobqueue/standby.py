@@ -105,6 +105,7 @@ class StandbyQueue:
     submit_job = submit_many_jobs = cancel_job = change_job_priority = _refuse
     archive_job = auto_archive_jobs = prune_archive = set_drain_flag = _refuse
     set_watcher_pause = _refuse
+    change_job_start = replace_filter = delete_filter = set_max_running_jobs = _refuse
 
     def query_config_values(self, fields: list[str]) -> list[Any]:
         values: dict[str, Callable[[], Any]] = {

@@ -21,8 +21,12 @@ from jobqueue.model import Job, is_json_int
 class QueueApi(Protocol):
     """What the server changes through; ``jobqueue.queue.JobQueue`` provides it."""
 
-    def submit_job(self, ops: list[Any], *, drained_ok: bool = False) -> int: ...
-    def submit_many_jobs(self, jobs: list[Any], *, drained_ok: bool = False) -> list[list[Any]]: ...
+    def submit_job(
+        self, ops: list[Any], *, drained_ok: bool = False, options: Any = None
+    ) -> int: ...
+    def submit_many_jobs(
+        self, jobs: list[Any], *, drained_ok: bool = False, options: Any = None
+    ) -> list[list[Any]]: ...
     def cancel_job(self, job_id: int, kill: bool = False) -> list[Any]: ...
     def change_job_priority(self, job_id: int, priority: int) -> list[Any]: ...
     def archive_job(self, job_id: int) -> bool: ...
@@ -31,6 +35,12 @@ class QueueApi(Protocol):
     def set_watcher_pause(self, until: float | None) -> float | None: ...
     def prune_archive(self, age: float, timeout: float) -> dict[str, Any]: ...
     def query_config_values(self, fields: list[str]) -> list[Any]: ...
+    def change_job_start(self, job_id: int, start: float | None) -> list[Any]: ...
+    def replace_filter(
+        self, uuid: str | None, priority: Any, predicates: Any, action: Any, reason: Any
+    ) -> str: ...
+    def delete_filter(self, uuid: str) -> bool: ...
+    def set_max_running_jobs(self, count: int) -> bool: ...
 
 
 class Watch(Protocol):
@@ -142,9 +152,24 @@ _NUMBER = _Kind("a number", _to_float)
 _NUMBER_OR_NULL = _Kind("a number or null", _or_null(_to_float))
 _BOOL = _Kind("a boolean", _checked(lambda value: isinstance(value, bool)))
 _STR = _Kind("a string", _is_str)
+_STR_OR_NULL = _Kind("a string or null", _or_null(_is_str))
+_NUMBER_OR_NULL = _Kind("a number or null", _or_null(_to_float))
+_OPTIONS = _Kind(
+    "an object of job options or null",
+    _checked(lambda value: value is None or isinstance(value, dict)),
+)
+_MANY_OPTIONS = _Kind(
+    "an object of job options, a list of them (or nulls), or null",
+    _checked(lambda value: value is None or isinstance(value, dict | list)),
+)
 _ANY = _Kind("any value", lambda value: value)
 
 _Args = tuple[tuple[str, _Kind], ...]
+
+
+def _job_options(given: tuple[Any, ...]) -> dict[str, Any]:
+    """The keyword giving the queue a submission's job options, when there are any."""
+    return {"options": given[0]} if given and given[0] is not None else {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,11 +207,37 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "SubmitJob": Method(lambda s, ops: s.queue.submit_job(ops), (("ops", _LIST),)),
+    "SubmitJob": Method(
+        lambda s, ops, *options: s.queue.submit_job(ops, **_job_options(options)),
+        (("ops", _LIST),),
+        optional=(("options", _OPTIONS),),
+    ),
     "SubmitJobToDrainedQueue": Method(
         lambda s, ops: s.queue.submit_job(ops, drained_ok=True), (("ops", _LIST),)
     ),
-    "SubmitManyJobs": Method(lambda s, jobs: s.queue.submit_many_jobs(jobs), (("jobs", _LIST),)),
+    "SubmitManyJobs": Method(
+        lambda s, jobs, *options: s.queue.submit_many_jobs(jobs, **_job_options(options)),
+        (("jobs", _LIST),),
+        optional=(("options", _MANY_OPTIONS),),
+    ),
+    "ChangeJobStartTime": Method(
+        lambda s, job_id, start: s.queue.change_job_start(job_id, start),
+        (("job_id", _JOB_ID), ("start_at", _NUMBER_OR_NULL)),
+    ),
+    "ReplaceFilter": Method(
+        lambda s, *args: s.queue.replace_filter(*args),
+        (
+            ("uuid", _STR_OR_NULL),
+            ("priority", _INT),
+            ("predicates", _LIST),
+            ("action", _ANY),
+            ("reason", _LIST),
+        ),
+    ),
+    "DeleteFilter": Method(lambda s, uuid: s.queue.delete_filter(uuid), (("uuid", _STR),)),
+    "SetMaxRunningJobs": Method(
+        lambda s, count: s.queue.set_max_running_jobs(count), (("count", _INT),)
+    ),
     "WaitForJobChange": Method(
         lambda server, *args: server.wait_for_job_change(*args),
         (

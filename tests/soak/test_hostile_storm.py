@@ -53,12 +53,14 @@ SEED_OPS: list[dict[str, Any]] = [
     {"OP_ID": "OP_COMMAND_RUN", "argv": ["true"], "env": {"A": "b"}, "timeout": 5},
     {"OP_ID": "OP_COMMAND_FANOUT", "argv": ["echo", "{item}"], "items": ["a"]},
 ]
-#: Valid calls; those that change a job aim at one that does not exist.
+#: Valid calls; those that change a job aim at one that does not exist. The
+#: number of workers is left alone: changing it changes the daemon's threads.
 SEED_ARGS: dict[str, list[Any]] = {
-    **VALID_CALLS,
+    **{method: args for method, args in VALID_CALLS.items() if method != "SetMaxRunningJobs"},
     "WaitForJobChange": [1, ["status"], None, None, 0.2],
     "CancelJob": [999999, False],
     "ChangeJobPriority": [999999, 10],
+    "ChangeJobStartTime": [999999, None],
     "ArchiveJob": [999999],
 }
 #: The only programs a fuzzed opcode may make the daemon run.
