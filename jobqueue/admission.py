@@ -87,6 +87,9 @@ class Admission:
         self._in_line: dict[int, str] = {}
         self._paused: dict[int, str] = {}
         self._timed: dict[int, float] = {}  # job -> start time a timer is set for
+        self._generation = 0  # counts rule changes
+        self._decided: dict[int, tuple[int, FilterRule | None]] = {}  # job -> (generation, rule)
+        self._rejecting = False  # whether any rule rejects
 
     # -- rules ---------------------------------------------------------------------
     def load_rules(self) -> None:
@@ -99,6 +102,7 @@ class Admission:
                 self._log.error("Ignoring stored filter rule %s: %s", data.get("uuid"), err)
         with self._lock:
             self._rules = filters.ordered(compiled)
+            self._rules_changed_locked()
 
     def rules(self) -> list[FilterRule]:
         """The rules, in evaluation order."""
@@ -139,12 +143,39 @@ class Admission:
         with self._lock:
             return filters.decide(self._rules, job) if self._rules else None
 
+    def rejects_any(self) -> bool:
+        """Whether any rule has the action REJECT."""
+        with self._lock:
+            return self._rejecting
+
+    def rejecting(self, job: JobView) -> FilterRule | None:
+        """The REJECT rule that decides about ``job`` now, if any (cheap without one)."""
+        with self._lock:
+            if not self._rejecting:
+                return None
+            rule = filters.decide(self._rules, job)
+        return rule if rule is not None and rule.action == filters.REJECT else None
+
+    def _decide_cached_locked(self, job: JobView) -> FilterRule | None:
+        """``decide``, remembered per job until the rules change (jobs never change)."""
+        if not self._rules:
+            return None
+        cached = self._decided.get(job.id)
+        if cached is not None and cached[0] == self._generation:
+            return cached[1]
+        rule = filters.decide(self._rules, job)
+        self._decided[job.id] = (self._generation, rule)
+        return rule
+
     def _rules_changed_locked(self) -> list[int]:
         """Forget every hold a rule made and the slots of rules that limit no more.
 
         Returns the held jobs, to be decided again. Jobs keep the slot of a
         rule that still limits; one that is gone frees its slots.
         """
+        self._generation += 1
+        self._decided.clear()
+        self._rejecting = any(c.rule.action == filters.REJECT for c in self._rules)
         limiting = {c.rule.uuid for c in self._rules if c.rule.action == filters.RATE_LIMIT}
         for uuid in [uuid for uuid in self._slots if uuid not in limiting]:
             for job_id in self._slots.pop(uuid):
@@ -186,7 +217,7 @@ class Admission:
 
     def _decide_locked(self, job: JobView, priority: int, woken: list[int]) -> Decision:
         job_id = job.id
-        rule = filters.decide(self._rules, job) if self._rules else None
+        rule = self._decide_cached_locked(job)
         if rule is not None and rule.action == filters.RATE_LIMIT:
             if self._slot_of.get(job_id) == rule.uuid:
                 return GO
@@ -225,6 +256,7 @@ class Admission:
             self._paused.pop(job_id, None)
             self._in_line.pop(job_id, None)
             self._timed.pop(job_id, None)
+            self._decided.pop(job_id, None)
             woken = self._free_slot_locked(job_id)
         self._wake(woken)
 

@@ -221,14 +221,15 @@ class Controls:
 
     def rejected(self, prepared: list[Any]) -> dict[int, GenericError]:
         """The jobs of a submission (``submission.prepare_jobs``) a REJECT rule refuses."""
+        valid = [item for item in prepared if not isinstance(item, GenericError)]
+        if valid:
+            self.issued(max(job_id for job_id, _ in valid), new=True)
         refused: dict[int, GenericError] = {}
-        for item in prepared:
-            if isinstance(item, GenericError):
-                continue
-            job_id, ops = item
-            self.issued(job_id, new=True)
-            rule = self._admission.decide(job_view(job_id, _stored(ops)))
-            if rule is not None and rule.action == filters.REJECT:
+        if not self._admission.rejects_any():
+            return refused
+        for job_id, ops in valid:
+            rule = self._admission.rejecting(job_view(job_id, _stored(ops)))
+            if rule is not None:
                 refused[job_id] = JobRejected(f"Job refused by filter rule {rule.uuid}", rule.uuid)
         return refused
 

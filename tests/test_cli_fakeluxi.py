@@ -229,6 +229,12 @@ JOB_FIELDS = [
     "end_ts",
     "summary",
     "comment",
+    "hold",
+    "not_before",
+    "retry",
+    "attempt",
+    "attempts",
+    "timeout",
 ]
 NUMBER_FIELDS = {"id", "priority"}
 
