@@ -76,7 +76,7 @@ def with_and_without_rules(client: Any, jobs: int, repeats: int) -> tuple[float,
         plain.append(throughput(client, jobs))
         uuids = [
             client.replace_filter(
-                None, index, [["opcode", ["=", "OP_ID", f"OP_NONE_{index}"]]], "PAUSE", []
+                None, index, [["opcode", ["==", "OP_ID", f"OP_NONE_{index}"]]], "PAUSE", []
             )
             for index in range(RULES)
         ]

@@ -158,8 +158,8 @@ class TestFilter:
         assert (uuid, priority, action) == (None, 2, ["RATE_LIMIT", 3])
         assert predicates == [
             ["jobid", [">", "id", 5]],
-            ["opcode", ["=", "OP_ID", "OP_COMMAND_RUN"]],
-            ["reason", ["=", "source", "cron"]],
+            ["opcode", ["==", "OP_ID", "OP_COMMAND_RUN"]],
+            ["reason", ["==", "source", "cron"]],
         ]
         assert trail[0][:2] == ["jobctl:filter", "why"]
 

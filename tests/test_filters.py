@@ -138,6 +138,14 @@ def test_jobid_predicates_know_the_watermark() -> None:
     assert nested.matches(job(4, RUN)) and not nested.matches(job(3, RUN))
 
 
+def test_ganeti_s_operators_work_on_opcodes() -> None:
+    locked = {"OP_ID": "OP_COMMAND_RUN", "argv": ["backup", "db"], "locks": ["host:db1"]}
+    assert rule(predicates=[["opcode", ["==", "OP_ID", "OP_COMMAND_RUN"]]]).matches(job(1, locked))
+    assert rule(predicates=[["opcode", ["=[]", "locks", "host:db1"]]]).matches(job(1, locked))
+    assert rule(predicates=[["opcode", ["=~", "argv", "^back"]]]).matches(job(1, locked))
+    assert not rule(predicates=[["opcode", ["=[]", "locks", "host:db1"]]]).matches(job(2, RUN))
+
+
 def test_all_predicates_must_hold() -> None:
     both = rule(
         predicates=[["opcode", ["=", "OP_ID", "OP_COMMAND_RUN"]], ["jobid", [">", "id", 5]]]

@@ -105,9 +105,9 @@ def _expression(kind: str, text: str) -> Any:
         except ValueError as err:
             raise CommandFailed(f"Invalid --{kind} {text}: {err}", ExitCode.USAGE) from None
     if kind == "opcode":
-        return ["=", "OP_ID", text]
+        return ["==", "OP_ID", text]
     if kind == "reason":
-        return ["=", "source", text]
+        return ["==", "source", text]
     raise CommandFailed(f'--{kind} needs a JSON filter, such as \'[">", "id", 5]\'', ExitCode.USAGE)
 
 

@@ -434,7 +434,7 @@ def _add_filter(parser: argparse.ArgumentParser) -> None:
     for kind, example in (
         ("jobid", '\'[">", "id", "watermark"]\''),
         ("opcode", 'OP_COMMAND_RUN or \'["=~", "argv", "backup"]\''),
-        ("reason", 'gnt:client:jobctl or \'["=", "reason", "nightly"]\''),
+        ("reason", 'gnt:client:jobctl or \'["==", "reason", "nightly"]\''),
     ):
         group.add_argument(
             f"--{kind}",
