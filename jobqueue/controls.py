@@ -1,12 +1,14 @@
-"""The queue's controls of what runs when: filter rules, start times, time limits.
+"""The queue's controls of what runs when: filter rules, start times, time limits,
+the number of workers.
 
 ``Controls`` is the part of ``JobQueue`` that applies ``admission``'s
 verdicts to jobs: before each opcode it holds a job back (showing why), or
 cancels a rejected one; it changes the filter rules and then applies them
 to the jobs that cannot wait for their next opcode; it changes a waiting
 job's start time; it runs a job's time limit (``Job.timeout``) on the
-timer thread. It reaches the jobs only through the queue (``QueueCore``),
-under each job's own lock, and writes only through it.
+timer thread; it sets the number of workers, durably. It reaches the jobs
+only through the queue (``QueueCore``), under each job's own lock, and
+writes them only through it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from jobqueue import filters
+from jobqueue import constants, filters
 from jobqueue.admission import Admission, job_view
 from jobqueue.constants import Status
-from jobqueue.errors import GenericError, JobRejected, OpExecError, encode_error
+from jobqueue.errors import (
+    ECODE_INVAL,
+    GenericError,
+    JobRejected,
+    OpExecError,
+    OpPrereqError,
+    encode_error,
+)
 from jobqueue.joboptions import check_start
 from jobqueue.jobstep import ActiveJob
 from jobqueue.livejobs import LiveJobs
@@ -28,8 +37,9 @@ from jobqueue.locking import LockManager
 from jobqueue.model import Job, Timestamp, merge_time, split_time
 from jobqueue.opcodes import REASON_SOURCE_DAEMON, OpCode
 from jobqueue.retries import arrange_retry
-from jobqueue.storage.base import JobStore
+from jobqueue.storage.base import MAX_RUNNING_JOBS, JobStore
 from jobqueue.timers import Timers
+from jobqueue.workerpool import WorkerPool
 
 
 class QueueCore(Protocol):
@@ -57,6 +67,7 @@ class Controls:
         admission: Admission,
         store: JobStore,
         timers: Timers,
+        pool: WorkerPool,
         *,
         clock: Callable[[], float],
         logger: logging.Logger,
@@ -65,6 +76,8 @@ class Controls:
         self._admission = admission
         self._store = store
         self._timers = timers
+        self._pool = pool
+        self._workers = 0  # the number of workers asked for
         self._clock = clock
         self._log = logger
         self._ids_lock = threading.Lock()  # guards the two below
@@ -251,6 +264,41 @@ class Controls:
         self.issued(archived[-1] if archived else 0, new=True)
         with self._ids_lock:
             return self._highest_id
+
+    # -- the number of workers ---------------------------------------------------------
+    def worker_count(self, default: int) -> int:
+        """The number of workers to start with: the stored one, else ``default``."""
+        stored = self._store.read_setting(MAX_RUNNING_JOBS)
+        if stored is not None and stored.isdigit() and 1 <= int(stored) <= constants.MAX_WORKERS:
+            return int(stored)
+        if stored is not None:
+            self._log.error("Ignoring the stored number of workers %r", stored)
+        return default
+
+    def start_workers(self, count: int) -> None:
+        """Run ``count`` workers from now on."""
+        self._workers = count
+        self._pool.resize(count)
+
+    def workers(self) -> int:
+        """The number of workers asked for (some may still be leaving)."""
+        return self._workers
+
+    def set_max_running_jobs(self, count: int) -> bool:
+        """Store the number of workers, then resize the pool: at once and durably.
+
+        Fewer workers: the surplus ones leave after the job step they run.
+        Raises ``OpPrereqError`` for a count outside 1..``MAX_WORKERS``.
+        """
+        if not 1 <= count <= constants.MAX_WORKERS:
+            raise OpPrereqError(
+                f"Invalid number of workers {count}: expected 1 to {constants.MAX_WORKERS}",
+                ECODE_INVAL,
+            )
+        self._store.write_setting(MAX_RUNNING_JOBS, str(count))
+        self.start_workers(count)
+        self._log.info("Workers set to %d", count)
+        return True
 
 
 def rejected_message(rule: filters.FilterRule) -> str:

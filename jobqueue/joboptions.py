@@ -27,7 +27,7 @@ import dataclasses
 import math
 from typing import Any
 
-from jobqueue.errors import ECODE_INVAL, OpPrereqError
+from jobqueue.errors import ECODE_INVAL, GenericError, OpPrereqError
 from jobqueue.model import Job, RetryPolicy, is_json_int, split_time
 
 MAX_RETRIES = 1000
@@ -128,3 +128,12 @@ def _seconds(options: dict[str, Any], key: str, default: float | None) -> float 
             f"Job option {key} must be a number from 0 to {MAX_SECONDS:.0f}", ECODE_INVAL
         )
     return number
+
+
+def options_by_id(prepared: list[Any], options: list[JobOptions] | None) -> dict[int, JobOptions]:
+    """The options of each job of a submission (``submission.prepare_jobs``), by id."""
+    found = {}
+    for index, item in enumerate(prepared):
+        if not isinstance(item, GenericError):
+            found[item[0]] = options[index] if options else JobOptions()
+    return found

@@ -40,20 +40,14 @@ from jobqueue.errors import (
     OpPrereqError,
     StorageError,
 )
-from jobqueue.joboptions import JobOptions, parse_options
+from jobqueue.joboptions import JobOptions, options_by_id, parse_options
 from jobqueue.jobstep import ActiveJob, LogBacklog, Verdict, end_lost_opcodes_locked, step
 from jobqueue.livejobs import IndexEntry, LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.model import Job, Timestamp, now_stamp
 from jobqueue.opcodes import OpCode, Registry
 from jobqueue.processor import Processor
-from jobqueue.storage.base import (
-    MAX_RUNNING_JOBS,
-    WATCHER_PAUSE,
-    JobStore,
-    format_pause,
-    pause_until,
-)
+from jobqueue.storage.base import WATCHER_PAUSE, JobStore, format_pause, pause_until
 from jobqueue.submission import load_opcodes, prepare_jobs
 from jobqueue.timers import Timers
 from jobqueue.workerpool import DeferTask, WorkerPool
@@ -106,8 +100,9 @@ class JobQueue:
         self._active: dict[int, ActiveJob] = {}
         self._accepting = True
         self._slots_claimed = 0  # jobs of submissions in progress, not yet stored
-        self._workers = 0  # the number of workers asked for
-        self._controls = Controls(self, admission, store, timers, clock=clock, logger=self._log)
+        self._controls = Controls(
+            self, admission, store, timers, pool, clock=clock, logger=self._log
+        )
 
     # -- StepEnv --------------------------------------------------------------
     def write(self, job: Job) -> None:
@@ -371,7 +366,7 @@ class JobQueue:
             int(self._clock() * 1_000_000_000),
         )
         refused = self._controls.rejected(prepared)  # ids of this call that will not be stored
-        controls = dict(_with_options(prepared, options))
+        controls = options_by_id(prepared, options)
         accepted: list[tuple[int, list[OpCode]]] = []
         results: list[int | GenericError] = []
         with self._lock:  # room is counted and claimed at once: concurrent calls share it
@@ -616,34 +611,15 @@ class JobQueue:
 
     def worker_count(self, default: int) -> int:
         """The number of workers to start with: the stored one, else ``default``."""
-        stored = self.store.read_setting(MAX_RUNNING_JOBS)
-        if stored is None or not stored.isdigit() or not 1 <= int(stored) <= constants.MAX_WORKERS:
-            if stored is not None:
-                self._log.error("Ignoring the stored number of workers %r", stored)
-            return default
-        return int(stored)
+        return self._controls.worker_count(default)
 
     def start_workers(self, count: int) -> None:
         """Run ``count`` workers (at start, after ``start``)."""
-        with self._lock:
-            self._workers = count
-        self.pool.resize(count)
+        self._controls.start_workers(count)
 
     def set_max_running_jobs(self, count: int) -> bool:
-        """Change the number of workers at once and durably (Ganeti's max running jobs).
-
-        Fewer workers: the surplus ones leave after the job they run.
-        Raises ``OpPrereqError`` for a count outside 1..``MAX_WORKERS``.
-        """
-        if not 1 <= count <= constants.MAX_WORKERS:
-            raise OpPrereqError(
-                f"Invalid number of workers {count}: expected 1 to {constants.MAX_WORKERS}",
-                ECODE_INVAL,
-            )
-        self.store.write_setting(MAX_RUNNING_JOBS, str(count))
-        self.start_workers(count)
-        self._log.info("Workers set to %d", count)
-        return True
+        """Change the number of workers at once and durably (Ganeti's max running jobs)."""
+        return self._controls.set_max_running_jobs(count)
 
     def query_config_values(self, fields: list[str]) -> list[Any]:
         values: dict[str, Callable[[], Any]] = {
@@ -655,7 +631,7 @@ class JobQueue:
             "live_jobs": self.live.count,
             "max_jobs": lambda: self._max_jobs,
             "workers": lambda: self.pool.stats()["workers"],
-            "max_running_jobs": lambda: self._workers,
+            "max_running_jobs": self._controls.workers,
             "filters": lambda: len(self._admission.rules()),
             "held_jobs": self._admission.held,
             "accepting_jobs": self.accepting,
@@ -666,17 +642,6 @@ class JobQueue:
         if unknown:
             raise OpPrereqError(f"Unknown config fields: {', '.join(unknown)}", ECODE_INVAL)
         return [values[name]() for name in fields]
-
-
-def _with_options(
-    prepared: list[Any], options: list[JobOptions] | None
-) -> list[tuple[int, JobOptions]]:
-    """The job-level controls of each prepared job, by id (none given: the defaults)."""
-    found = []
-    for index, item in enumerate(prepared):
-        if not isinstance(item, GenericError):
-            found.append((item[0], options[index] if options else JobOptions()))
-    return found
 
 
 def _refused_dependency(ops: list[dict[str, Any]], refused: dict[int, GenericError]) -> int | None:

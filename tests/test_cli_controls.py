@@ -210,7 +210,11 @@ class TestQueueControls:
         luxi.answers["DeleteFilter"] = lambda uuid: rules.clear() or True
         code, out, _ = jobctl(luxi, "queue", "pause", "--comment", "db upgrade")
         assert code == 0 and out.startswith(f"Queue paused (filter rule {UUID_A})")
-        assert luxi.args_of("ReplaceFilter")[0][1:4] == [0, [], "PAUSE"]
+        assert luxi.args_of("ReplaceFilter")[0][1:4] == [
+            0,
+            [["jobid", [">", "id", "watermark"]]],
+            "PAUSE",
+        ]
         assert luxi.args_of("ReplaceFilter")[0][4][0][:2] == ["jobctl:queue-pause", "db upgrade"]
         assert "paused already" in jobctl(luxi, "queue", "pause")[1]
         assert len(luxi.args_of("ReplaceFilter")) == 1

@@ -71,6 +71,7 @@ def held(daemon: Daemon, job_id: int) -> Callable[[], Any]:
 
 def test_pause_holds_new_jobs_while_running_ones_finish(daemon: Daemon) -> None:
     running = submit(daemon, "run", "--", "sleep", "1")
+    earlier = submit(daemon, "run", "--in", "1s", "--", "true")  # queued before the pause
     wait_until(lambda: row(daemon, running, "status")[0] == "running")
     result = jobctl(daemon, "queue", "pause", "--comment", "maintenance")
     assert result.returncode == 0 and "Queue paused" in result.stdout, result.stderr
@@ -80,6 +81,7 @@ def test_pause_holds_new_jobs_while_running_ones_finish(daemon: Daemon) -> None:
     listed = jobctl(daemon, "list", str(new), "--no-headers").stdout
     assert f"queued (paused by filter {hold['filter'][:8]})" in listed
     assert daemon.wait_job(running) == "success"  # what ran finished
+    assert daemon.wait_job(earlier) == "success"  # what was queued before runs on
     assert row(daemon, new, "status") == ["queued"]
     info = jobctl(daemon, "queue", "info").stdout
     assert f"Paused: yes (filter rule {hold['filter']})" in info

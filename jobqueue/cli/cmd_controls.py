@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 #: The reason-trail source of the rule ``queue pause`` adds (and ``continue`` deletes).
 PAUSE_SOURCE = "jobctl:queue-pause"
+#: What ``queue pause`` holds: every job submitted after the rule (its watermark).
+NEW_JOBS = [["jobid", [">", "id", "watermark"]]]
 #: The reason-trail source of the rules ``filter add`` adds.
 FILTER_SOURCE = "jobctl:filter"
 FILTER_FIELDS = ["uuid", "priority", "watermark", "action", "predicates", "reason_trail"]
@@ -226,16 +228,16 @@ def pause_rules(rules: list[dict[str, Any]]) -> list[str]:
 
 
 def queue_pause(args: argparse.Namespace, context: Context) -> int:
-    """A PAUSE rule for every job, first of all: a soft drain."""
+    """A PAUSE rule, first of all, for every job submitted from now on: a soft drain."""
     existing = pause_rules(fetch_rules(context))
     if existing:
         context.out(f"The queue is paused already (filter rule {existing[0]})")
         return ExitCode.OK
     trail = _trail(PAUSE_SOURCE, args.comment, "paused with jobctl queue pause")
-    uuid = context.client.replace_filter(None, 0, [], "PAUSE", trail)
+    uuid = context.client.replace_filter(None, 0, NEW_JOBS, "PAUSE", trail)
     context.out(
-        f"Queue paused (filter rule {uuid}): running opcodes finish, no job starts"
-        " another; 'jobctl queue continue' lifts it"
+        f"Queue paused (filter rule {uuid}): the jobs there are run on, new ones wait;"
+        " 'jobctl queue continue' starts them"
     )
     return ExitCode.OK
 
