@@ -6,16 +6,24 @@ retries, time limits and the number of workers."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jobqueue import constants
-from jobqueue.errors import JobRejected, OpPrereqError
+from jobqueue import constants, filters
+from jobqueue.admission import stored_rules
+from jobqueue.depmgr import DependencyManager
+from jobqueue.errors import JobRejected, NotMasterError, OpPrereqError
+from jobqueue.jobreader import JobReader
+from jobqueue.livejobs import LiveJobs
+from jobqueue.locking import LockManager
 from jobqueue.model import Job
+from jobqueue.standby import StandbyQueue
 from jobqueue.storage.files import FileJobStore
+from jobqueue.storage.memory import MemoryBacking, MemoryJobStore
 from tests.queue_harness import QueueUnderTest
 from tests.test_lus import (  # noqa: F401
     FINAL,
@@ -267,3 +275,32 @@ class TestWorkers:
         queue.core.stop()
         again = make_queue(workers=2, queue_dir=tmp_path / "q")
         assert again.query_config_values(["max_running_jobs"]) == [5]
+
+
+class TestStandby:
+    def test_a_standby_refuses_every_control_and_shows_the_stored_rules(self) -> None:
+        backing = MemoryBacking()
+        store = MemoryJobStore(backing)
+        rule = filters.make_rule(None, 2, RUNS, "PAUSE", [], watermark=7)
+        store.replace_filter(rule.to_dict())
+        live = LiveJobs(lambda op: "x")
+        standby = StandbyQueue(store, lambda: "the master", live)
+        for call in (
+            lambda: standby.replace_filter(None, 0, [], "PAUSE", []),
+            lambda: standby.delete_filter(rule.uuid),
+            lambda: standby.set_max_running_jobs(3),
+            lambda: standby.change_job_start(1, None),
+        ):
+            with pytest.raises(NotMasterError):
+                call()
+        assert standby.query_config_values(["filters", "max_running_jobs"]) == [1, 0]
+        reader = JobReader(
+            live,
+            store,
+            LockManager(),
+            DependencyManager(lambda job_id: None),
+            lambda op: "x",
+            filter_rules=lambda: stored_rules(store, logging.getLogger("test")),
+        )
+        answer = reader.query("filter", ["uuid", "watermark"], None)
+        assert answer["data"] == [[[0, rule.uuid], [0, 7]]]
