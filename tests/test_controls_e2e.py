@@ -112,7 +112,7 @@ def test_rate_limit_caps_matching_jobs_while_others_run_freely(
     rule = jobctl(daemon, "filter", "add", "--opcode", '["=~", "argv", "sleep"]',
                   "--rate-limit", "3")  # fmt: skip
     assert rule.returncode == 0, rule.stderr
-    limited = submit_file(daemon, tmp_path, [[command("sleep", "0.3")]] * 30)
+    limited = submit_file(daemon, tmp_path, [[command("sleep", "0.2")]] * 30)
     free = submit_file(daemon, tmp_path, [[command("echo", "free")]] * 4)
     waiting = wait_until(
         lambda: [j for j in limited if (row(daemon, j, "hold")[0] or {}).get("kind")],
@@ -192,16 +192,16 @@ def test_set_workers_up_and_down_under_load(
     daemon_factory: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     daemon = daemon_factory(workers=2).start()
-    first = submit_file(daemon, tmp_path, [[command("sleep", "0.5")]] * 12)
+    first = submit_file(daemon, tmp_path, [[command("sleep", "0.5")]] * 8)
     assert jobctl(daemon, "queue", "set-workers", "6").returncode == 0
-    assert wait_all(daemon, first) == ["success"] * 12
+    assert wait_all(daemon, first) == ["success"] * 8
     assert most_at_once(exec_spans(daemon, first)) > 2
-    second = submit_file(daemon, tmp_path, [[command("sleep", "0.5")]] * 6)
+    second = submit_file(daemon, tmp_path, [[command("sleep", "0.5")]] * 4)
     wait_until(lambda: row(daemon, second[0], "status")[0] == "running")
     assert jobctl(daemon, "queue", "set-workers", "1").returncode == 0
-    assert wait_all(daemon, second) == ["success"] * 6  # running jobs were not disturbed
-    third = submit_file(daemon, tmp_path, [[command("sleep", "0.2")]] * 4)
-    assert wait_all(daemon, third) == ["success"] * 4
+    assert wait_all(daemon, second) == ["success"] * 4  # running jobs were not disturbed
+    third = submit_file(daemon, tmp_path, [[command("sleep", "0.2")]] * 3)
+    assert wait_all(daemon, third) == ["success"] * 3
     assert most_at_once(exec_spans(daemon, third)) == 1
     assert daemon.stop() == 0
     daemon = daemon_factory(workers=2).start()

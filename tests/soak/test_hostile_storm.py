@@ -281,11 +281,20 @@ class HostileRun:
         self.batches = 0
         self.log_offset = len(daemon.log())
         self.normal_client_round_trip()
+        self._start_job_writers()
         self.base_threads = self._saturate_handler_threads()
         self._fd_polls: list[int] = []
         self.base_fds = wait_until(self._settled_fd_count, 10, "the fd count to settle")
         self.base_targets = fd_targets(self.pid)
         self.max_fd_drift = self.max_thread_drift = 0
+
+    def _start_job_writers(self) -> None:
+        """Make the file store start its job-writer threads, which it does on its first
+        batch and keeps: submit one batch as large as that pool, and let it run."""
+        results = self.normal.submit_many_jobs([[DELAY0]] * (2 * HANDLER_THREADS))
+        for _, job_id in results:
+            assert self.normal.wait_for_job(int(job_id)) == "success"
+        self.normal.close()
 
     def _saturate_handler_threads(self) -> int:
         """Make the server start all its request-handler threads; return the thread count.
