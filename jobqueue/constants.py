@@ -77,6 +77,8 @@ DIR_MODE: Final = 0o700
 
 # Limits and defaults.
 DEFAULT_WORKERS: Final = 25
+#: The most workers ``SetMaxRunningJobs`` accepts.
+MAX_WORKERS: Final = 1000
 DEFAULT_MAX_JOBS: Final = 50_000
 DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
 DEFAULT_CLIENT_TIMEOUT: Final = 300.0

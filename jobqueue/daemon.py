@@ -38,7 +38,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from jobqueue import __version__, constants, daemonargs, daemonproc, statedir
+from jobqueue import __version__, constants, daemonargs, daemonproc, qlang, statedir
+from jobqueue.admission import Admission, stored_rules
 from jobqueue.children import ProcessGroups
 from jobqueue.depmgr import DependencyManager
 from jobqueue.errors import GenericError
@@ -156,7 +157,11 @@ def build_core(
     def run_task(job_id: int) -> None:
         queue.run_task(job_id)
 
+    def wake(job_ids: list[int]) -> None:
+        queue.enqueue(job_ids)
+
     pool = WorkerPool("Jq", 0, run_task, logger=logger)
+    admission = Admission(store, qlang.compile_filter, timers, wake, clock=clock, logger=logger)
     queue = JobQueue(
         store,
         live,
@@ -166,6 +171,7 @@ def build_core(
         depmgr,
         pool,
         timers,
+        admission=admission,
         max_jobs=max_jobs,
         name=name,
         strategy_factory=strategy_factory,
@@ -173,16 +179,26 @@ def build_core(
         ownership=ownership,
         logger=logger,
     )
-    reader = JobReader(live, store, locks, depmgr, registry.summarize, logger=logger)
+    reader = JobReader(
+        live,
+        store,
+        locks,
+        depmgr,
+        registry.summarize,
+        filter_rules=admission.rules,
+        compile_filter=qlang.compile_filter,
+        logger=logger,
+    )
     return Core(store, live, locks, pool, timers, queue, reader)
 
 
 def start_core(
     core: Core, workers: int, recovery_message: str = constants.MSG_UNCLEAN_SHUTDOWN
 ) -> None:
-    """Load and recover the queue, then start ``workers`` worker threads."""
+    """Load and recover the queue, then start its workers: as many as were set
+    through the daemon (``SetMaxRunningJobs``), else ``workers``."""
     core.queue.start(recovery_message)
-    core.pool.resize(workers)
+    core.queue.start_workers(core.queue.worker_count(workers))
 
 
 def _run(
@@ -317,7 +333,7 @@ def _run_on(
             start_core(core, args.workers, recovery_message)
         finally:
             daemonproc.settle_gc()
-        log.info("Job queue recovered; %d workers", args.workers)
+        log.info("Job queue recovered; %d workers", core.queue.worker_count(args.workers))
         if opened.compact is not None:
             _compact_history_every(COMPACTION_INTERVAL, opened.compact, core.timers)
         return core
@@ -329,7 +345,14 @@ def _run_on(
         StoreMirror(store, live, logger=log),
         StandbyQueue(store, leadership.holder, live, max_jobs=args.max_jobs),
         JobReader(
-            live, store, LockManager(), DependencyManager(status_of), registry.summarize, logger=log
+            live,
+            store,
+            LockManager(),
+            DependencyManager(status_of),
+            registry.summarize,
+            filter_rules=functools.partial(stored_rules, store, log),
+            compile_filter=qlang.compile_filter,
+            logger=log,
         ),
         make_term=make_term,
         serve=serve,

@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         default=constants.DEFAULT_WORKERS,
-        help="worker threads running jobs (default: %(default)s)",
+        help="worker threads running jobs, unless 'jobctl queue set-workers' stored a number"
+        " (default: %(default)s)",
     )
     add(
         "--max-jobs",

@@ -11,6 +11,7 @@ The tree::
      +-- JobQueueError            the queue refused or failed an operation
      |    +-- JobQueueDrainError  the drain flag is set
      |    +-- JobQueueFull        too many live jobs
+     |    +-- JobRejected         a job filter rule refuses the job
      |    +-- StorageError        a job file could not be made durable
      |    |    +-- NotLeaderError a write refused: this process no longer leads
      |    +-- JobFileCorrupted    a job file could not be parsed
@@ -94,6 +95,14 @@ class JobQueueFull(JobQueueError):
     """The queue holds its maximum number of live jobs."""
 
 
+class JobRejected(JobQueueError):
+    """A job filter rule with the action REJECT refuses the job; ``args`` are
+    ``(message, rule uuid)``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class StorageError(JobQueueError):
     """A write could not be made durable; the previous version is intact.
 
@@ -175,6 +184,7 @@ _ENCODABLE: dict[str, type[GenericError]] = {
         JobQueueError,
         JobQueueDrainError,
         JobQueueFull,
+        JobRejected,
         StorageError,
         NotLeaderError,
         JobFileCorrupted,

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from jobqueue import query
+from jobqueue import filters, qlang, query
 from jobqueue.constants import Status
 from jobqueue.depmgr import DependencyManager
 from jobqueue.errors import ECODE_INVAL, GenericError, OpPrereqError
@@ -73,14 +73,19 @@ class JobReader:
         summarize: Summarize,
         *,
         watches: WatchSource | None = None,
+        filter_rules: Callable[[], list[filters.FilterRule]] = list,
+        compile_filter: filters.CompileFilter = qlang.compile_filter,
         logger: logging.Logger | None = None,
     ) -> None:
+        """``filter_rules`` gives the job filter rules for ``Query("filter")``."""
         self._live = live
         self._store = store
         self._locks = locks
         self._depmgr = depmgr
         self._summarize = summarize
         self._watches: WatchSource = watches or live
+        self._filter_rules = filter_rules
+        self._compile_filter = compile_filter
         self._log = logger or logging.getLogger(__name__)
 
     def read_job(self, job_id: int) -> Job | None:
@@ -143,6 +148,7 @@ class JobReader:
         jobs, plus the archived ones when the ``archived`` field is asked
         for or filtered on (Ganeti's ``gnt-job list --archived``); the
         ``archived`` argument (jobqueue's own) lists archived jobs only.
+        Filter rules (``what`` "filter") are listed in evaluation order.
         Raises ``OpPrereqError`` for a bad filter.
         """
         answer = self.iter_query(what, fields, qfilter, archived)
@@ -152,6 +158,9 @@ class JobReader:
         self, what: str, fields: list[str], qfilter: Any, archived: bool = False
     ) -> dict[str, Any]:
         """``query`` with ``data`` an iterator: each job is read only when its row is due."""
+        if what == "filter":
+            answer = filters.query(self._filter_rules(), fields, qfilter, self._compile_filter)
+            return {**answer, "data": iter(answer["data"])}
         definitions = query.query_fields(what, fields)["fields"]
         if what == "lock":
             if qfilter is not None:
@@ -170,6 +179,8 @@ class JobReader:
         return {"fields": definitions, "data": rows}
 
     def query_fields(self, what: str, fields: list[str] | None) -> dict[str, Any]:
+        if what == "filter":
+            return {"fields": filters.field_definitions(fields)}
         return query.query_fields(what, fields)
 
     def _candidates(

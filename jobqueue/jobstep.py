@@ -32,6 +32,7 @@ from jobqueue.locking import LockAttemptTimeoutStrategy
 from jobqueue.model import Job, QueuedOpCode, Timestamp, merge_time
 from jobqueue.opcodes import OpCode
 from jobqueue.processor import Processor
+from jobqueue.retries import arrange_retry
 from jobqueue.signals import JobCanceled, LockAcquireTimeout, QueueShutdown
 
 #: While its job cannot be written, an opcode's log keeps at most this many new
@@ -84,6 +85,11 @@ class ActiveJob:
     #: The record holds a change not yet on disk; the next step writes it first.
     unsaved: bool = False
     backlog: LogBacklog = dataclasses.field(default_factory=LogBacklog)
+    #: The result of its canceled opcodes when the queue, not a user, cancels
+    #: the job (a time limit, a filter rule); None: ``MSG_CANCELED``.
+    cancel_message: str | None = None
+    #: Whether the timer of the job's time limit is set.
+    timeout_armed: bool = False
 
 
 class StepEnv(Protocol):
@@ -113,7 +119,7 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
             return Verdict.FINISHED
         op = job.ops[index]
         if op.status == Status.CANCELING:
-            return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
+            return _cancel_locked(active, env)
         if op.opcode is None:
             raise ProgrammerError(f"Job {job.id}: opcode {index} was never typed")
         if op.status == Status.QUEUED:  # written once it really waits, or as it starts
@@ -148,11 +154,12 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
             if op.status == Status.RUNNING and not env.accepting():
                 # Killed by a shutdown that outlasted --shutdown-timeout, not
                 # canceled by anyone: the opcode did not finish, as after a crash.
-                return _fail_locked(active, env, op, OpExecError(constants.MSG_KILLED_AT_SHUTDOWN))
-            return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
+                error = OpExecError(constants.MSG_KILLED_AT_SHUTDOWN)
+                return _fail_locked(active, env, op, error, retry=True)
+            return _cancel_locked(active, env)
     except GenericError as err:
         with active.lock:
-            return _fail_locked(active, env, op, err)
+            return _fail_locked(active, env, op, err, retry=True)
     with active.lock:
         op.status, op.result, op.end_timestamp = Status.SUCCESS, result, env.now()
         last = index == len(job.ops) - 1
@@ -162,7 +169,7 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
         if last:
             return Verdict.FINISHED
         if job.ops[index + 1].status == Status.CANCELING:  # canceled while it ran
-            return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
+            return _cancel_locked(active, env)
     return Verdict.DEFER
 
 
@@ -215,8 +222,21 @@ def _finish_locked(active: ActiveJob, env: StepEnv, status: Status, result: Any)
     return Verdict.FINISHED
 
 
-def _fail_locked(active: ActiveJob, env: StepEnv, op: QueuedOpCode, err: Exception) -> Verdict:
-    op.status, op.result, op.end_timestamp = Status.ERROR, encode_error(err), env.now()
+def _cancel_locked(active: ActiveJob, env: StepEnv) -> Verdict:
+    message = active.cancel_message or constants.MSG_CANCELED
+    return _finish_locked(active, env, Status.CANCELED, message)
+
+
+def _fail_locked(
+    active: ActiveJob, env: StepEnv, op: QueuedOpCode, err: Exception, *, retry: bool = False
+) -> Verdict:
+    """The opcode failed: the job fails, or with ``retry`` is set to run again if it may."""
+    now = env.now()
+    index = next(i for i, candidate in enumerate(active.job.ops) if candidate is op)
+    if retry and arrange_retry(active.job, index, encode_error(err), now):
+        _save_locked(active, env)
+        return Verdict.DEFER
+    op.status, op.result, op.end_timestamp = Status.ERROR, encode_error(err), now
     preceding = encode_error(OpExecError(constants.MSG_PRECEDING_FAILED))
     return _finish_locked(active, env, Status.ERROR, preceding)
 
@@ -250,7 +270,7 @@ def _check_dependencies(active: ActiveJob, op: QueuedOpCode, env: StepEnv) -> Ve
         with active.lock:
             if op.status == Status.CANCELING:  # canceled while we looked
                 env.depmgr.remove_waiter(active.job.id)
-                return _finish_locked(active, env, Status.CANCELED, constants.MSG_CANCELED)
+                return _cancel_locked(active, env)
             if outcome == Outcome.WAIT:
                 if active.unsaved:  # parked: show it as waiting
                     _save_locked(active, env)

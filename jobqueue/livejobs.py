@@ -3,7 +3,9 @@
 For every live job (stored, not archived) ``LiveJobs`` keeps an
 ``IndexEntry``: what listing a job needs. For every unfinished one it also
 keeps the latest *published* state: a snapshot taken right after a write
-became durable, which later changes of the job record never touch. The
+became durable, which later changes of the job record never touch (the one
+part not stored is ``Job.hold``, why the queue holds the job back, which the
+queue publishes when it changes). The
 queue publishes every write (``publish``); whoever watches a job
 (``watch``, WaitForJobChange) is told at once, on the writer's thread, and
 reads the new state from its watch without reading or parsing anything.
@@ -42,6 +44,8 @@ class IndexEntry:
     end_timestamp: Timestamp | None
     summary: list[str]
     submitter: Submitter | None = None
+    #: Why the queue holds the job back now (``Job.hold``), None if it does not.
+    hold: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, job: Job, summarize: Summarize, previous: IndexEntry | None = None) -> IndexEntry:
@@ -59,6 +63,7 @@ class IndexEntry:
             end_timestamp=job.end_timestamp,
             summary=summary,
             submitter=job.submitter,
+            hold=job.hold,
         )
 
 

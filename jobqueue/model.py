@@ -14,7 +14,7 @@ import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jobqueue import constants
 from jobqueue.constants import FINALIZED, Status
@@ -173,6 +173,56 @@ class Submitter:
         return cls(data["by"], uid, gid, tuple(groups), pid, job_id)
 
 
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failing job runs again, and after how long.
+
+    Retry ``n`` (1 for the first) waits ``delay * backoff ** (n - 1)``
+    seconds, at most ``max_delay`` (None: no cap but ``MAX_RETRY_DELAY``).
+    """
+
+    #: The longest any retry waits: a year.
+    MAX_RETRY_DELAY: ClassVar[float] = 365 * 86400.0
+
+    retries: int
+    delay: float = 0.0
+    backoff: float = 1.0
+    max_delay: float | None = None
+
+    def delay_before(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based)."""
+        try:
+            seconds = float(self.delay) * float(self.backoff) ** (retry - 1)
+        except OverflowError:
+            seconds = self.MAX_RETRY_DELAY
+        if self.max_delay is not None:
+            seconds = min(seconds, self.max_delay)
+        return min(seconds, self.MAX_RETRY_DELAY)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "retries": self.retries,
+            "delay": self.delay,
+            "backoff": self.backoff,
+            "max_delay": self.max_delay,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RetryPolicy:
+        """Rebuild from ``to_dict`` output; ValueError for anything else."""
+        if not isinstance(data, dict):
+            raise ValueError("retry must be an object")
+        retries = data.get("retries")
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ValueError("retry.retries must be a non-negative integer")
+        delay = _number(data.get("delay", 0.0), "retry.delay")
+        backoff = _number(data.get("backoff", 1.0), "retry.backoff")
+        max_delay = data.get("max_delay")
+        if max_delay is not None:
+            max_delay = _number(max_delay, "retry.max_delay")
+        return cls(retries, delay, backoff, max_delay)
+
+
 @dataclasses.dataclass
 class Job:
     """A job: an id and a list of opcodes run one after the other.
@@ -180,6 +230,14 @@ class Job:
     ``log_serial`` is the highest log serial handed out; it is not stored but
     recomputed from the opcode logs on load. ``submitter`` is None for a job
     stored before submitters were recorded.
+
+    The job-level controls are stored only when set: ``not_before`` (do not
+    start before this time; also the time a retry is due), ``retry`` (the
+    retry policy), ``attempt`` (the attempt running or due, from 1),
+    ``attempts`` (one record per failed attempt that was retried; replaced,
+    never changed in place) and ``timeout`` (seconds the job may take from
+    its first start). ``hold`` says why the queue holds the job back right
+    now; it is not stored (the queue works it out again after a restart).
     """
 
     id: int
@@ -189,6 +247,12 @@ class Job:
     end_timestamp: Timestamp | None = None
     log_serial: int = 0
     submitter: Submitter | None = None
+    not_before: Timestamp | None = None
+    retry: RetryPolicy | None = None
+    attempt: int = 1
+    attempts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    timeout: float | None = None
+    hold: dict[str, Any] | None = dataclasses.field(default=None, compare=False)
 
     @classmethod
     def new(
@@ -265,9 +329,12 @@ class Job:
         self.start_timestamp = restored.start_timestamp
         self.end_timestamp = restored.end_timestamp
         self.log_serial = restored.log_serial
+        self.not_before = restored.not_before
+        self.attempt = restored.attempt
+        self.attempts = restored.attempts
 
     def to_dict(self) -> dict[str, Any]:
-        data = {
+        data: dict[str, Any] = {
             "id": self.id,
             "ops": [op.to_dict() for op in self.ops],
             "received_timestamp": self.received_timestamp,
@@ -276,6 +343,16 @@ class Job:
         }
         if self.submitter is not None:
             data["submitter"] = self.submitter.to_dict()
+        if self.not_before is not None:
+            data["not_before"] = self.not_before
+        if self.retry is not None:
+            data["retry"] = self.retry.to_dict()
+        if self.attempt != 1:
+            data["attempt"] = self.attempt
+        if self.attempts:
+            data["attempts"] = self.attempts
+        if self.timeout is not None:
+            data["timeout"] = self.timeout
         return data
 
     @classmethod
@@ -304,10 +381,35 @@ class Job:
                     else Submitter.from_dict(data["submitter"])
                 ),
             )
+            _load_controls(job, data)
         except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise JobFileCorrupted(f"Invalid job data: {err}") from err
         job.log_serial = max((entry[0] for op in ops for entry in op.log), default=0)
         return job
+
+
+def _load_controls(job: Job, data: dict[str, Any]) -> None:
+    """Read the optional job-level controls of a stored job; ValueError if malformed."""
+    job.not_before = _timestamp_or_none(data.get("not_before"))
+    if data.get("retry") is not None:
+        job.retry = RetryPolicy.from_dict(data["retry"])
+    attempt = data.get("attempt", 1)
+    if not is_json_int(attempt) or attempt < 1:
+        raise ValueError("attempt must be a positive integer")
+    job.attempt = attempt
+    attempts = data.get("attempts") or []
+    if not isinstance(attempts, list) or not all(isinstance(a, dict) for a in attempts):
+        raise ValueError("attempts must be a list of objects")
+    job.attempts = attempts
+    if data.get("timeout") is not None:
+        job.timeout = _number(data["timeout"], "timeout")
+
+
+def _number(value: Any, name: str) -> float:
+    """A non-negative JSON number as a float; ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{name} must be a non-negative number")
+    return float(value)
 
 
 def calc_status(op_statuses: Iterable[Status]) -> Status:

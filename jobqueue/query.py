@@ -169,6 +169,45 @@ JOB_FIELDS: dict[str, Field] = {
             _entry(lambda e: None if e.submitter is None else e.submitter.to_dict()),
             index=True,
         ),
+        Field(
+            "hold",
+            "Held",
+            "other",
+            "Why the queue holds the job back now: a start time, a filter rule",
+            _entry(lambda e: e.hold),
+            index=True,
+        ),
+        Field(
+            "not_before",
+            "Start_after",
+            "other",
+            "The job starts (or, retrying, starts again) no earlier than this",
+            _job(lambda j: j.not_before),
+        ),
+        Field(
+            "retry",
+            "Retry",
+            "other",
+            "The retry policy: retries, delay, backoff, max_delay",
+            _job(lambda j: j.retry.to_dict() if j.retry else None),
+        ),
+        Field(
+            "attempt", "Attempt", "number", "The attempt running or due", _job(lambda j: j.attempt)
+        ),
+        Field(
+            "attempts",
+            "Attempts",
+            "other",
+            "The failed attempts that were retried: opcode, times, error",
+            _job(lambda j: j.attempts),
+        ),
+        Field(
+            "timeout",
+            "Time_limit",
+            "number",
+            "Seconds the job may take from its first start",
+            _job(lambda j: j.timeout),
+        ),
     )
 }
 

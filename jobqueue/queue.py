@@ -11,6 +11,11 @@ Who may do what: every job records its submitter (``model.Submitter``,
 given by the server for each request); cancel, priority changes, archiving
 and queue-wide changes are checked against it by ``ownership.Ownership``.
 
+What may run when is decided before each opcode by ``admission.Admission``
+(job filter rules, start times, retry delays) and applied by
+``controls.Controls``: a held job is parked without a worker and woken when
+that could change. Retries are arranged by the job step (``retries``).
+
 Locking: ``_lock`` guards ``_active``, ``_accepting`` and ``_slots_claimed``
 and is held only for dictionary operations; each job's own ``ActiveJob.lock``
 guards its record. Never take ``_lock`` while holding a job lock.
@@ -26,7 +31,9 @@ from collections.abc import Callable
 from typing import Any
 
 from jobqueue import __version__, constants
+from jobqueue.admission import Admission
 from jobqueue.constants import FINALIZED, Status
+from jobqueue.controls import Controls
 from jobqueue.depmgr import DependencyManager
 from jobqueue.errors import (
     ECODE_INVAL,
@@ -38,6 +45,7 @@ from jobqueue.errors import (
     OpPrereqError,
     StorageError,
 )
+from jobqueue.joboptions import JobOptions, options_by_id, parse_options
 from jobqueue.jobstep import ActiveJob, LogBacklog, Verdict, end_lost_opcodes_locked, step
 from jobqueue.livejobs import IndexEntry, LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
@@ -69,6 +77,7 @@ class JobQueue:
         pool: WorkerPool,
         timers: Timers,
         *,
+        admission: Admission,
         max_jobs: int = constants.DEFAULT_MAX_JOBS,
         name: str | None = None,
         strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
@@ -90,6 +99,7 @@ class JobQueue:
         self.depmgr = depmgr
         self.pool = pool
         self._timers = timers
+        self._admission = admission
         self._max_jobs = max_jobs
         self._name = name
         self._strategy_factory = strategy_factory
@@ -100,6 +110,9 @@ class JobQueue:
         self._active: dict[int, ActiveJob] = {}
         self._accepting = True
         self._slots_claimed = 0  # jobs of submissions in progress, not yet stored
+        self._controls = Controls(
+            self, admission, store, timers, pool, clock=clock, logger=self._log
+        )
 
     # -- StepEnv --------------------------------------------------------------
     def write(self, job: Job) -> None:
@@ -146,12 +159,17 @@ class JobQueue:
         unclean shutdown, or a master that failed over): an opcode that had
         started never runs twice.
         """
+        self._admission.load_rules()
         jobs = list(self.store.load_jobs())
         self.live.load(jobs)
+        for job in jobs:
+            self._controls.issued(job.id)
         unfinished = sorted((job for job in jobs if not job.is_finalized), key=lambda j: j.id)
         for job in unfinished:
             status = job.status
-            if status in (Status.RUNNING, Status.CANCELING):
+            if status == Status.RUNNING and self._controls.retry_cut_short(job, recovery_message):
+                self._log.warning("Job %s was running when its daemon stopped; retrying", job.id)
+            elif status in (Status.RUNNING, Status.CANCELING):
                 job.finalize_pending(Status.ERROR, recovery_message, self.now())
                 self.write(job)
                 when = (
@@ -202,9 +220,14 @@ class JobQueue:
 
     # -- the worker task --------------------------------------------------------
     def _activate(self, jobs: list[Job]) -> None:
+        actives = [ActiveJob(job) for job in jobs]
         with self._lock:
-            for job in jobs:
-                self._active[job.id] = ActiveJob(job)
+            for active in actives:
+                self._active[active.job.id] = active
+        for active in actives:
+            if active.job.start_timestamp is not None:  # loaded: its time limit runs on
+                with active.lock:
+                    self._controls.arm_timeout_locked(active)
         self.pool.add_many_tasks(
             [job.id for job in jobs], [job.priority for job in jobs], [job.id for job in jobs]
         )
@@ -224,10 +247,12 @@ class JobQueue:
         if not active.run_lock.acquire(blocking=False):
             active.rerun = True  # the worker that has it will look again
             return
+        held = False
         try:
             active.rerun = False
             self.pool.set_task_name(f"Job{job_id}")
-            verdict = step(active, self)
+            held = self._controls.hold_back(active)  # parked, like one waiting for a dependency
+            verdict = Verdict.WAITDEP if held else step(active, self)
         except StorageError as err:
             self._recover_from_failed_write(active, err)
             return
@@ -239,13 +264,33 @@ class JobQueue:
             self._finished(job_id)
         elif verdict == Verdict.DEFER:
             raise DeferTask(priority=active.job.priority)
+        elif not held:
+            self._admission.release(job_id)  # waiting for a dependency holds no slot
 
     def _finished(self, job_id: int) -> None:
         with self._lock:
             self._active.pop(job_id, None)
+        self._admission.release(job_id)
         waiters = self.depmgr.notify(job_id)
         if waiters:
             self._enqueue(waiters)
+
+    # -- for the controls (jobqueue.controls) ------------------------------------------
+    def active_job(self, job_id: int) -> ActiveJob | None:
+        return self._get_active(job_id)
+
+    def active_jobs(self) -> list[ActiveJob]:
+        with self._lock:
+            return list(self._active.values())
+
+    def change_locked(self, active: ActiveJob, change: Callable[[], None]) -> None:
+        self._change_locked(active, change)
+
+    def enqueue(self, job_ids: list[int]) -> None:
+        self._enqueue(job_ids)
+
+    def not_active_message(self, job_id: int) -> str:
+        return self._not_active_message(job_id)
 
     def _recover_from_failed_write(self, active: ActiveJob, err: StorageError) -> None:
         """Go back to what is on disk and try the job again a little later.
@@ -278,25 +323,46 @@ class JobQueue:
 
     # -- submission -----------------------------------------------------------
     def submit_job(
-        self, ops: list[Any], *, drained_ok: bool = False, submitter: Submitter | None = None
+        self,
+        ops: list[Any],
+        *,
+        drained_ok: bool = False,
+        submitter: Submitter | None = None,
+        options: Any = None,
     ) -> int:
         """Submit one job; its id once it is on disk. Raises on any problem.
 
         ``submitter`` is recorded in the job (None: the daemon itself); only
-        an admin may pass the drain flag (``drained_ok``).
+        an admin may pass the drain flag (``drained_ok``). ``options`` are the
+        job-level options (``joboptions``): start time, retries, limit.
         """
-        (result,) = self._submit([ops], drained_ok, submitter, relative_ok=False)
+        parsed = parse_options(options, 1)
+        (result,) = self._submit(
+            [ops], drained_ok=drained_ok, submitter=submitter, relative_ok=False, options=parsed
+        )
         if isinstance(result, GenericError):
             raise result
         return result
 
     def submit_many_jobs(
-        self, jobs: list[Any], *, drained_ok: bool = False, submitter: Submitter | None = None
+        self,
+        jobs: list[Any],
+        *,
+        drained_ok: bool = False,
+        submitter: Submitter | None = None,
+        options: Any = None,
     ) -> list[list[Any]]:
-        """Submit several jobs; ``[[true, id] | [false, reason], ...]`` in order."""
+        """Submit several jobs; ``[[true, id] | [false, reason], ...]`` in order.
+
+        ``options``: one set of job-level controls for every job, or a list
+        with one (or null) per job.
+        """
         if not isinstance(jobs, list):
             raise OpPrereqError("SubmitManyJobs needs a list of jobs", ECODE_INVAL)
-        results = self._submit(jobs, drained_ok, submitter, relative_ok=True)
+        parsed = parse_options(options, len(jobs))
+        results = self._submit(
+            jobs, drained_ok=drained_ok, submitter=submitter, relative_ok=True, options=parsed
+        )
         return [[False, str(r)] if isinstance(r, GenericError) else [True, r] for r in results]
 
     def submit_from_lu(
@@ -318,10 +384,11 @@ class JobQueue:
     def _submit(
         self,
         jobs: list[Any],
+        *,
         drained_ok: bool,
         submitter: Submitter | None,
-        *,
         relative_ok: bool,
+        options: list[JobOptions] | None = None,
     ) -> list[int | GenericError]:
         if drained_ok:
             self._ownership.check_queue(submitter, "submit jobs past the drain flag")
@@ -338,7 +405,8 @@ class JobQueue:
             self.store.allocate_ids,
             int(self._clock() * 1_000_000_000),
         )
-        refused: dict[int, GenericError] = {}  # ids of this call that will not be stored
+        refused = self._controls.rejected(prepared)  # ids of this call that will not be stored
+        controls = options_by_id(prepared, options)
         accepted: list[tuple[int, list[OpCode]]] = []
         results: list[int | GenericError] = []
         with self._lock:  # room is counted and claimed at once: concurrent calls share it
@@ -349,7 +417,9 @@ class JobQueue:
                     continue
                 job_id, ops = item
                 blocker = _refused_dependency([op.stored() for op in ops], refused)
-                if blocker is not None:
+                if job_id in refused:  # a filter rule rejects it
+                    pass
+                elif blocker is not None:
                     refused[job_id] = _dependency_refused(blocker)
                 elif len(accepted) >= room:
                     refused[job_id] = JobQueueFull(f"The job queue is full ({self._max_jobs} jobs)")
@@ -360,6 +430,8 @@ class JobQueue:
         now = self.now()
         recorded = submitter or Submitter.daemon()
         to_write = [Job.new(job_id, ops, now, recorded) for job_id, ops in accepted]
+        for job in to_write:
+            controls[job.id].apply(job)
         try:
             failures = self.store.create_jobs(to_write)
             for job, failure in zip(to_write, failures, strict=True):
@@ -411,11 +483,10 @@ class JobQueue:
             status, job = active.job.status, active.job
             self._ownership.check_job(caller, job.submitter, job_id, "kill" if kill else "cancel")
             if status == Status.QUEUED:
+                message = active.cancel_message or constants.MSG_CANCELED
                 self._change_locked(
                     active,
-                    lambda: job.finalize_pending(
-                        Status.CANCELED, constants.MSG_CANCELED, self.now()
-                    ),
+                    lambda: job.finalize_pending(Status.CANCELED, message, self.now()),
                 )
                 reply = [True, f"Job {job_id} canceled"]
             elif status == Status.WAITING or (
@@ -560,6 +631,44 @@ class JobQueue:
             "failures": result.failures,
         }
 
+    # -- what may run when -----------------------------------------------------------
+    def change_job_start(
+        self, job_id: int, start: float | None, *, caller: Submitter | None = None
+    ) -> list[Any]:
+        """Set when a queued job may start (seconds since the epoch; None: at once).
+
+        ``AccessDenied`` unless ``caller`` may change the job.
+        """
+        entry = self.live.entry(job_id)
+        if entry is not None:
+            self._ownership.check_job(caller, entry.submitter, job_id, "reschedule")
+        return self._controls.change_job_start(job_id, start)
+
+    def replace_filter(
+        self,
+        uuid: str | None,
+        priority: Any,
+        predicates: Any,
+        action: Any,
+        reason: Any,
+        *,
+        caller: Submitter | None = None,
+    ) -> str:
+        """Add or replace a job filter rule; its uuid (see ``Controls.replace_filter``).
+
+        Admins only (``AccessDenied``).
+        """
+        self._ownership.check_queue(caller, "change job filters")
+        return self._controls.replace_filter(uuid, priority, predicates, action, reason)
+
+    def delete_filter(self, uuid: str, *, caller: Submitter | None = None) -> bool:
+        """Delete a job filter rule; ``OpPrereqError`` if there is none by that uuid.
+
+        Admins only (``AccessDenied``).
+        """
+        self._ownership.check_queue(caller, "change job filters")
+        return self._controls.delete_filter(uuid)
+
     # -- queue-wide settings ---------------------------------------------------
     def set_drain_flag(self, flag: bool, *, caller: Submitter | None = None) -> bool:
         """Set or clear the drain flag; admins only."""
@@ -590,6 +699,22 @@ class JobQueue:
         """Until when the cron cleaner is paused; None if it is not."""
         return pause_until(self.store.read_setting(WATCHER_PAUSE), self._clock())
 
+    def worker_count(self, default: int) -> int:
+        """The number of workers to start with: the stored one, else ``default``."""
+        return self._controls.worker_count(default)
+
+    def start_workers(self, count: int) -> None:
+        """Run ``count`` workers (at start, after ``start``)."""
+        self._controls.start_workers(count)
+
+    def set_max_running_jobs(self, count: int, *, caller: Submitter | None = None) -> bool:
+        """Change the number of workers at once and durably (Ganeti's max running jobs).
+
+        Admins only (``AccessDenied``).
+        """
+        self._ownership.check_queue(caller, "change the number of workers")
+        return self._controls.set_max_running_jobs(count)
+
     def query_config_values(self, fields: list[str]) -> list[Any]:
         values: dict[str, Callable[[], Any]] = {
             "drain_flag": self.store.is_drained,
@@ -600,6 +725,9 @@ class JobQueue:
             "live_jobs": self.live.count,
             "max_jobs": lambda: self._max_jobs,
             "workers": lambda: self.pool.stats()["workers"],
+            "max_running_jobs": self._controls.workers,
+            "filters": lambda: len(self._admission.rules()),
+            "held_jobs": self._admission.held,
             "accepting_jobs": self.accepting,
             "role": lambda: "master",
             "master": lambda: self._name,

@@ -105,6 +105,7 @@ class StandbyQueue:
     submit_job = submit_many_jobs = cancel_job = change_job_priority = _refuse
     archive_job = auto_archive_jobs = prune_archive = set_drain_flag = _refuse
     set_watcher_pause = _refuse
+    change_job_start = replace_filter = delete_filter = set_max_running_jobs = _refuse
 
     def query_config_values(self, fields: list[str]) -> list[Any]:
         values: dict[str, Callable[[], Any]] = {
@@ -118,6 +119,9 @@ class StandbyQueue:
             "live_jobs": self._live.count,
             "max_jobs": lambda: self._max_jobs,
             "workers": lambda: 0,
+            "max_running_jobs": lambda: 0,
+            "filters": lambda: len(self._store.load_filters()),
+            "held_jobs": lambda: {"paused": 0, "rate_limited": 0, "scheduled": 0},
             "accepting_jobs": lambda: False,
             "role": lambda: "standby",
             "master": self._master,

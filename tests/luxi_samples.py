@@ -23,6 +23,10 @@ VALID_CALLS: dict[str, list[Any]] = {
     "SetDrainFlag": [False],
     "SetWatcherPause": [None],
     "QueryConfigValues": [["drain_flag"]],
+    "ChangeJobStartTime": [1, None],
+    "ReplaceFilter": [None, 0, [["jobid", ["=", "id", 999999]]], "CONTINUE", []],
+    "DeleteFilter": ["00000000-0000-4000-8000-000000000000"],
+    "SetMaxRunningJobs": [4],
 }
 
 #: Values of every JSON type, and some that are valid JSON but nothing else.

@@ -119,7 +119,15 @@ class TestBashCompletion:
         JobTable(JOBS).install(luxi)
         assert self.complete("ch") == ["change-priority"]
         assert self.complete("list", "--fin") == ["--finished"]
-        assert self.complete("queue", "") == ["info", "drain", "undrain"]
+        assert self.complete("queue", "") == [
+            "info",
+            "drain",
+            "undrain",
+            "pause",
+            "continue",
+            "set-workers",
+        ]
+        assert self.complete("filter", "--action", "") == ["ACCEPT", "PAUSE", "REJECT", "CONTINUE"]
         assert self.complete("wait", "--no") == ["--no-children"]
         assert self.complete("watch", "--output", "") == ["text", "json"]
         assert self.complete("locks", "--output", "") == ["table", "json"]

@@ -230,6 +230,12 @@ JOB_FIELDS = [
     "summary",
     "comment",
     "submitter",
+    "hold",
+    "not_before",
+    "retry",
+    "attempt",
+    "attempts",
+    "timeout",
 ]
 NUMBER_FIELDS = {"id", "priority"}
 

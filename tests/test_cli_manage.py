@@ -379,29 +379,30 @@ class TestQueue:
             return True
 
         luxi.answers["SetDrainFlag"] = set_flag
+        values = {
+            "version": "0.1.0",
+            "live_jobs": 3,
+            "max_jobs": 50,
+            "max_running_jobs": 25,
+            "filters": 0,
+            "held_jobs": {"paused": 0, "rate_limited": 0, "scheduled": 0},
+            "role": "master",
+            "master": "host1 pid 7",
+        }
         luxi.answers["QueryConfigValues"] = lambda fields: [
-            drained.is_set(),
-            "0.1.0",
-            3,
-            50,
-            25,
-            "master",
-            "host1 pid 7",
+            drained.is_set() if name == "drain_flag" else values[name] for name in fields
         ]
+        luxi.answers["Query"] = lambda what, fields, qfilter: {"fields": [], "data": []}
         assert run_jobctl(luxi.path, "queue", "info").stdout == (
-            "The drain flag is unset\nDaemon version: 0.1.0\nLive jobs: 3\n"
-            "Most live jobs allowed: 50\nWorkers: 25\nThis daemon: master\n"
+            "The drain flag is unset\nPaused: no\nDaemon version: 0.1.0\nLive jobs: 3\n"
+            "Most live jobs allowed: 50\nWorkers: 25\nFilter rules: 0\nThis daemon: master\n"
             "Master: host1 pid 7\n"
         )
         result = run_jobctl(luxi.path, "queue", "info", "--output", "json")
         assert json.loads(result.stdout) == {
             "drain_flag": False,
-            "version": "0.1.0",
-            "live_jobs": 3,
-            "max_jobs": 50,
-            "workers": 25,
-            "role": "master",
-            "master": "host1 pid 7",
+            "paused_by": [],
+            **values,
         }
         result = run_jobctl(luxi.path, "queue", "drain")
         assert (result.returncode, result.stdout) == (0, "")
@@ -409,7 +410,17 @@ class TestQueue:
         run_jobctl(luxi.path, "queue", "undrain")
         assert luxi.args_of("SetDrainFlag") == [[True], [False]]
         assert luxi.args_of("QueryConfigValues")[0] == [
-            ["drain_flag", "version", "live_jobs", "max_jobs", "workers", "role", "master"]
+            [
+                "drain_flag",
+                "version",
+                "live_jobs",
+                "max_jobs",
+                "max_running_jobs",
+                "filters",
+                "held_jobs",
+                "role",
+                "master",
+            ]
         ]
 
 

@@ -60,7 +60,7 @@ class TestList:
         assert re.fullmatch(r" 2 running +\d+d \d\dh ls -l 'my dir'", lines[2]), lines[2]
         assert lines[1].index("1.2s") + 4 == lines[2].index("h ls") + 1  # aligned right
         assert fake_daemon.args_of("Query") == [
-            ["job", ["id", "status", "summary", "received_ts", "start_ts", "end_ts"], None],
+            ["job", ["id", "status", "summary", "received_ts", "start_ts", "end_ts", "hold"], None],
         ]
         assert fake_daemon.args_of("QueryJobs") == [[[2], ["id", "ops"]]]  # the command job's
 
@@ -170,8 +170,8 @@ class TestListFields:
         lines = result.stdout.splitlines()
         assert result.returncode == 0
         assert lines[0].split() == ["Name", "Title", "Description"]
-        assert lines[1].split() == ["comment", "Comment", "The", "comment"]
-        assert lines[2].split()[:3] == ["elapsed", "Elapsed", "Run"]  # jobctl's own
+        assert lines[1].split() == ["attempt", "Attempt", "The", "attempt"]
+        assert lines[4].split()[:3] == ["elapsed", "Elapsed", "Run"]  # jobctl's own
         assert len(lines) == 2 + len(fake.JOB_FIELDS)
         assert fake_daemon.args_of("QueryFields") == [["job", None]]
 

@@ -457,7 +457,7 @@ class TestListing:
             "start_ts",
             "end_ts",
         ]
-        assert listing.daemon_fields(["status"], True) == ["status", "id"]
+        assert listing.daemon_fields(["status"], True) == ["status", "hold", "id"]
 
     def test_elapsed(self) -> None:
         now = 1000.0
@@ -514,7 +514,18 @@ class TestLookupAndWaiting:
         )
         assert waiting.describe({**lock, "owners": []}) == "for lock db (exclusive)"
         assert waiting.describe({"kind": "job", "job": "12"}) == "for job 12 to end"
-        assert waiting.describe({"kind": "scheduled", "at": 5}) == 'for {"at":5,"kind":"scheduled"}'
+        assert waiting.describe({"kind": "mystery", "at": 5}) == 'for {"at":5,"kind":"mystery"}'
+        uuid = "8c2f1a2b-0000-4000-8000-000000000000"
+        paused = {"kind": "paused", "filter": uuid}
+        assert waiting.describe(paused) == "paused by filter 8c2f1a2b"
+        limited = {"kind": "rate_limited", "filter": uuid, "limit": 3}
+        assert waiting.describe(limited) == "rate limited by filter 8c2f1a2b (3 at once)"
+        at = [1_800_000_000, 0]
+        when = formatting.format_timestamp(at)
+        assert waiting.describe({"kind": "scheduled", "at": at}) == f"scheduled for {when}"
+        retry = {"kind": "scheduled", "at": at, "attempt": 2}
+        assert waiting.describe(retry) == f"attempt 2 scheduled for {when}"
+        assert waiting.state_line("queued", [paused]) == "Queued, paused by filter 8c2f1a2b"
         worker = {"kind": "worker", "workers": 2, "running": 2}
         assert waiting.state_line("queued", [worker]) == (
             "Queued, waiting for a free worker (2 of 2 busy)"

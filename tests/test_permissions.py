@@ -40,8 +40,12 @@ WRITE_METHODS = [
     "AutoArchiveJobs",
     "CancelJob",
     "ChangeJobPriority",
+    "ChangeJobStartTime",
+    "DeleteFilter",
     "PruneArchive",
+    "ReplaceFilter",
     "SetDrainFlag",
+    "SetMaxRunningJobs",
     "SetWatcherPause",
     "SubmitJob",
     "SubmitJobToDrainedQueue",
@@ -397,6 +401,7 @@ def test_only_the_submitter_root_and_admins_change_a_job(
         ("CancelJob", [queued]),
         ("CancelJob", [running, True]),
         ("ChangeJobPriority", [queued, -10]),
+        ("ChangeJobStartTime", [queued, 4_000_000_000]),
     ]:
         answer = as_user(other, method, *args)
         assert answer["success"] is False, (method, answer)
@@ -408,9 +413,13 @@ def test_only_the_submitter_root_and_admins_change_a_job(
         ("AutoArchiveJobs", [0, 10]),
         ("PruneArchive", [0, 10]),
         ("SubmitJobToDrainedQueue", [[DELAY0]]),
+        ("ReplaceFilter", [None, 0, [], "PAUSE", []]),
+        ("DeleteFilter", ["no-such-rule"]),
+        ("SetMaxRunningJobs", [4]),
     ]:
         answer = as_user(owner, method, *args)
         assert answer["result"][0] == "PermissionError", (method, answer)
+    assert client.call("Query", "filter", ["uuid"], None)["data"] == []
     # The owner may; an admin may; root may.
     assert as_user(owner, "ChangeJobPriority", queued, 10)["success"] is True
     assert as_user(admin, "CancelJob", queued)["result"][0] is True
@@ -420,6 +429,7 @@ def test_only_the_submitter_root_and_admins_change_a_job(
     assert answer["result"][0] == "PermissionError"
     assert as_user(owner, "ArchiveJob", running) == {"success": True, "result": True}
     assert as_user(admin, "SetDrainFlag", True) == {"success": True, "result": True}
+    assert as_user(admin, "SetMaxRunningJobs", 2) == {"success": True, "result": True}
     assert client.archive_job(queued) is True
 
 

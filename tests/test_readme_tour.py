@@ -63,7 +63,17 @@ def test_raw_socket_example_without_socat(tmp_path: Path) -> None:
 
 def test_tour_mentions_the_whole_story() -> None:
     script = tour_script()
-    for step in ("--watch", "fanout", "--depends", "cancel --kill", "autoarchive", "drain"):
+    for step in (
+        "--watch",
+        "fanout",
+        "--depends",
+        "cancel --kill",
+        "autoarchive",
+        "drain",
+        "queue pause",
+        "--rate-limit",
+        "--retries",
+    ):
         assert step in script
 
 
@@ -91,6 +101,8 @@ def test_tour_runs() -> None:
         assert os.uname().sysname in out  # the uname job's output, followed by watch
         assert "jobs" in out  # the fan-out's result lists the jobs it submitted
         assert "both canceled, as asked" in out
+        assert "queued (paused by filter " in out
+        assert "rate limited by filter " in out
         assert "The drain flag is set" in out
         assert "Archived" in out
     finally:

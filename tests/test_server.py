@@ -485,7 +485,7 @@ def test_unknown_method(harness: Harness) -> None:
 
 
 BAD_ARGS: list[tuple[str, list[Any], str]] = [
-    ("SubmitJob", [], "SubmitJob: expected 1 arguments, got 0"),
+    ("SubmitJob", [], "SubmitJob: expected 1 to 2 arguments, got 0"),
     ("SubmitJob", [{"OP_ID": "x"}], "SubmitJob: argument 1 (ops) must be a list"),
     ("SubmitJobToDrainedQueue", [[OP], 1], "expected 1 arguments, got 2"),
     ("SubmitManyJobs", ["x"], "SubmitManyJobs: argument 1 (jobs) must be a list"),

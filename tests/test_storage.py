@@ -33,6 +33,9 @@ def make_job(job_id: int, status: Status = Status.QUEUED) -> Job:
     return job
 
 
+RULE_UUIDS = ("0b8d1c7e-4f31-4a62-9d0e-5a2f7c9b1e44", "8c2f9a10-33b5-4c1d-8e7f-60a1b2c3d4e5")
+
+
 class Stores:
     """Handles on one queue, as separate processes would open it.
 
@@ -197,6 +200,20 @@ class TestStoreContract:
         owner.write_setting(WATCHER_PAUSE, "5")
         assert [job.id for job in stores.open().load_jobs()] == [1]
         assert stores.open().read_setting(WATCHER_PAUSE) == "5"  # kept across a restart
+
+    def test_filter_rules_are_kept_whole_by_uuid(self, stores: Stores) -> None:
+        store = stores.open()
+        assert store.load_filters() == []
+        first = {"uuid": RULE_UUIDS[0], "priority": 1, "predicates": [], "action": "PAUSE"}
+        second = {"uuid": RULE_UUIDS[1], "priority": 0, "action": ["RATE_LIMIT", 3]}
+        store.replace_filter(first)
+        store.replace_filter(second)
+        store.replace_filter({**first, "priority": 5})  # replaced, not added
+        by_uuid = {rule["uuid"]: rule for rule in stores.open().load_filters()}
+        assert by_uuid == {RULE_UUIDS[0]: {**first, "priority": 5}, RULE_UUIDS[1]: second}
+        assert store.delete_filter(RULE_UUIDS[0])
+        assert not store.delete_filter(RULE_UUIDS[0])
+        assert [rule["uuid"] for rule in stores.open().load_filters()] == [RULE_UUIDS[1]]
 
     def test_change_feed_reports_another_handle_s_writes(self, stores: Stores) -> None:
         owner = stores.open()
@@ -712,3 +729,25 @@ def test_reading_a_fifo_in_the_archive_fails_at_once(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="Cannot read job 3: not a regular file but a FIFO"):
         store.read_job(3)
     assert store.read_job(2) == make_job(2, Status.SUCCESS)
+
+
+def test_filter_rules_are_files_written_like_jobs(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    store = FileJobStore(str(queue))
+    store.replace_filter({"uuid": RULE_UUIDS[0], "action": "PAUSE"})
+    path = queue / "filters" / RULE_UUIDS[0]
+    assert stat.S_IMODE(path.stat().st_mode) == constants.FILE_MODE
+    assert [p.name for p in path.parent.iterdir()] == [RULE_UUIDS[0]]  # no temp file left
+    (path.parent / "notes.txt").write_text("not a rule")
+    (path.parent / RULE_UUIDS[1]).write_text("{broken")
+    assert [rule["uuid"] for rule in FileJobStore(str(queue)).load_filters()] == [RULE_UUIDS[0]]
+    assert (path.parent / RULE_UUIDS[1]).exists()  # left for the operator, not deleted
+
+
+def test_a_failed_filter_write_keeps_the_old_rule(tmp_path: Path) -> None:
+    queue = str(tmp_path / "queue")
+    FileJobStore(queue).replace_filter({"uuid": RULE_UUIDS[0], "priority": 1})
+    store = FileJobStore(queue, disk=FailingDisk("fsync"))
+    with pytest.raises(StorageError):
+        store.replace_filter({"uuid": RULE_UUIDS[0], "priority": 2})
+    assert FileJobStore(queue).load_filters() == [{"uuid": RULE_UUIDS[0], "priority": 1}]

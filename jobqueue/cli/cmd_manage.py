@@ -1,5 +1,6 @@
 """Commands that change jobs or the queue: ``cancel``, ``change-priority``,
-``archive``, ``autoarchive`` and ``queue``."""
+``archive``, ``autoarchive`` and ``queue`` (its pause, continue and
+set-workers are in ``cmd_controls``)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ QUEUE_INFO = (
     ("version", "Daemon version"),
     ("live_jobs", "Live jobs"),
     ("max_jobs", "Most live jobs allowed"),
-    ("workers", "Workers"),
+    ("max_running_jobs", "Workers"),
+    ("filters", "Filter rules"),
+    ("held_jobs", None),
     ("role", "This daemon"),
     ("master", "Master"),
 )
@@ -214,18 +217,34 @@ def cmd_autoarchive(args: argparse.Namespace, context: Context) -> int:
 
 
 def cmd_queue(args: argparse.Namespace, context: Context) -> int:
-    """``jobctl queue info|drain|undrain``."""
+    """``jobctl queue info|drain|undrain|pause|continue|set-workers N``."""
+    from jobqueue.cli import cmd_controls
+
     client = context.client
+    if args.count is not None and args.action != "set-workers":
+        raise CommandFailed(f"queue {args.action} takes no number", ExitCode.USAGE)
+    if args.action == "pause":
+        return cmd_controls.queue_pause(args, context)
+    if args.action == "continue":
+        return cmd_controls.queue_continue(context)
+    if args.action == "set-workers":
+        return cmd_controls.queue_set_workers(args, context)
     if args.action != "info":
         client.set_drain_flag(args.action == "drain")
         return ExitCode.OK
     names = [name for name, _ in QUEUE_INFO]
     values = dict(zip(names, client.query_config_values(names), strict=True))
+    paused = cmd_controls.pause_rules(cmd_controls.fetch_rules(context))
     if args.output == "json":
-        _print_json(context, values)
+        _print_json(context, {**values, "paused_by": paused})
         return ExitCode.OK
     context.out(f"The drain flag is {'set' if values['drain_flag'] else 'unset'}")
+    context.out(f"Paused: yes (filter rule {paused[0]})" if paused else "Paused: no")
     for name, label in QUEUE_INFO:
         if label is not None and values[name] is not None:
             context.out(f"{label}: {values[name]}")
+    held = values.get("held_jobs") or {}
+    if any(held.values()):
+        counts = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in held.items())
+        context.out(f"Held jobs: {counts}")
     return ExitCode.OK

@@ -44,23 +44,27 @@ def _priority(args: argparse.Namespace) -> int | None:
 def submit_jobs(
     context: Context, args: argparse.Namespace, jobs: list[opbuild.Job], many: bool
 ) -> int:
-    """Submit ``jobs`` with the generic options of ``args``; print the ids.
+    """Submit ``jobs`` with the generic and job options of ``args``; print the ids.
 
     One job goes with SubmitJob (its errors, such as a drained queue, end
     the command), several with one SubmitManyJobs call whose per-job
     failures are reported on stderr (exit 1). With ``--watch`` each job is
     followed afterwards.
     """
+    from jobqueue.cli.cmd_controls import job_options
+
     depends = getattr(args, "depends", [])
     comment = getattr(args, "comment", None)
     jobs = [opbuild.apply_options(job, _priority(args), depends, comment) for job in jobs]
+    options = job_options(args)
     code: int = ExitCode.OK
     if not many:
-        job_ids = [context.client.submit_job(jobs[0])]
+        job_ids = [context.client.submit_job(jobs[0], options)]
         context.out(str(job_ids[0]), flush=True)
     else:
         job_ids = []
-        for index, (success, value) in enumerate(context.client.submit_many_jobs(jobs), 1):
+        answers = context.client.submit_many_jobs(jobs, options)
+        for index, (success, value) in enumerate(answers, 1):
             if success:
                 job_ids.append(int(value))
                 context.out(str(value), flush=True)

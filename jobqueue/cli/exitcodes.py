@@ -94,6 +94,9 @@ def describe_error(err: errors.GenericError, socket_path: str) -> tuple[ExitCode
         return ExitCode.QUEUE_FULL, f"The job queue is full: {text}"
     if isinstance(err, errors.NotMasterError):
         return ExitCode.NOT_MASTER, text
+    if isinstance(err, errors.JobRejected):
+        rule = err.args[1] if len(err.args) > 1 else "?"
+        return ExitCode.FAILURE, f"{text}; 'jobctl filter info {rule}' shows the rule"
     if isinstance(err, errors.JobLost):
         return ExitCode.NOT_FOUND, text
     if isinstance(err, errors.RequestTimeout):

@@ -35,6 +35,12 @@ INFO_FIELDS = [
     "opexec",
     "opend",
     "submitter",
+    "hold",
+    "not_before",
+    "retry",
+    "attempt",
+    "attempts",
+    "timeout",
 ]
 
 
@@ -136,6 +142,46 @@ def describe_submitter(submitter: Any) -> str:
     return who
 
 
+def _seconds(value: Any) -> str:
+    return f"{value:g}s" if isinstance(value, int | float) else "-"
+
+
+def control_lines(job: dict[str, Any]) -> list[str]:
+    """What holds the job back, when it may start, its retries and attempts, its limit."""
+    from jobqueue.cli.waiting import describe_hold
+
+    lines = []
+    hold = job.get("hold")
+    if isinstance(hold, dict):
+        lines.append(f"Held: {describe_hold(hold)}")
+    if job.get("not_before") is not None:
+        lines.append(f"Start after: {format_timestamp(job['not_before'])}")
+    retry = job.get("retry")
+    if isinstance(retry, dict):
+        cap = retry.get("max_delay")
+        lines.append(
+            f"Retries: {retry.get('retries')} (delay {_seconds(retry.get('delay'))},"
+            f" backoff {retry.get('backoff')}"
+            + (f", at most {_seconds(cap)})" if cap is not None else ")")
+        )
+        total = retry.get("retries", 0) + 1 if isinstance(retry.get("retries"), int) else "?"
+        lines.append(f"Attempt: {job.get('attempt') or 1} of {total}")
+    attempts = job.get("attempts")
+    if isinstance(attempts, list) and attempts:
+        lines.append("Failed attempts:")
+        for record in attempts:
+            if not isinstance(record, dict):
+                continue
+            lines.append(
+                f"  - attempt {record.get('attempt')}, opcode {record.get('opcode')},"
+                f" ended {format_timestamp(record.get('end'))}:"
+                f" {describe_result(record.get('error'))}"
+            )
+    if job.get("timeout") is not None:
+        lines.append(f"Time limit: {_seconds(job['timeout'])} from its first start")
+    return lines
+
+
 def job_lines(job: dict[str, Any]) -> list[str]:
     """The whole report of one job as printed by ``jobctl info``."""
     received, start, end = job.get("received_ts"), job.get("start_ts"), job.get("end_ts")
@@ -144,6 +190,7 @@ def job_lines(job: dict[str, Any]) -> list[str]:
         f"  Status: {job.get('status') or '-'}",
         f"  Priority: {job.get('priority') if job.get('priority') is not None else '-'}",
         f"  Submitted by: {describe_submitter(job.get('submitter'))}",
+        *(f"  {line}" for line in control_lines(job)),
         "  " + _timestamp_line("Received", received, None),
         "  " + _timestamp_line("Processing start", start, received),
         "  " + _timestamp_line("Processing end", end, start),

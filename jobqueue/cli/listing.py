@@ -35,6 +35,8 @@ CLIENT_FIELDS: dict[str, dict[str, str]] = {
     }
 }
 DEFAULT_FIELDS = ["id", "status", ELAPSED, "summary"]
+#: The daemon field saying why the queue holds a job back.
+HOLD = "hold"
 #: Opcodes whose summary is replaced by their command line, with a prefix.
 COMMAND_OPCODES = {"OP_COMMAND_RUN": "", "OP_COMMAND_FANOUT": "fanout x{count}: "}
 #: The daemon's summaries of those opcodes start with one of these.
@@ -42,10 +44,15 @@ COMMAND_SUMMARIES = ("COMMAND_RUN(", "COMMAND_FANOUT(")
 
 
 def daemon_fields(fields: Sequence[str], with_id: bool) -> list[str]:
-    """The fields to ask the daemon for to show ``fields`` (and the id, if asked)."""
+    """The fields to ask the daemon for to show ``fields`` (and the id, if asked).
+
+    With ``status`` comes ``hold``: a table shows why a held job waits.
+    """
     names = [name for name in fields if name not in CLIENT_FIELDS]
     if ELAPSED in fields:
         names.extend(("status", *ELAPSED_SOURCES))
+    if "status" in fields:
+        names.append(HOLD)
     if with_id:
         names.append("id")
     return unique(names)
@@ -123,6 +130,10 @@ def cell_text(name: str, row: Row, now: float, summaries: dict[int, list[str]]) 
         job_id = value(row, "id")
         if job_id in summaries:
             return ",".join(summaries[job_id])
+    if name == "status" and isinstance(value(row, HOLD), dict):
+        from jobqueue.cli.waiting import describe_hold
+
+        return f"{value(row, 'status')} ({describe_hold(value(row, HOLD))})"
     cell = row.get(name)
     return formatting.format_cell(name, cell) if cell else "-"
 

@@ -2,7 +2,7 @@
 
 Each command has a small function adding its arguments. ``build_parser``
 builds only the sub-command being run when it knows it, since building all
-sixteen would cost start-up time for nothing.
+all of them would cost start-up time for nothing.
 """
 
 from __future__ import annotations
@@ -135,8 +135,55 @@ def add_global_options(parser: argparse.ArgumentParser, in_subcommand: bool) -> 
     )
 
 
+DURATION = _lazy("timespec", "parse_duration")
+
+
+def _job_options(parser: argparse.ArgumentParser) -> None:
+    """When a job may start, how often it is retried, how long it may take."""
+    group = parser.add_argument_group("job options")
+    when = group.add_mutually_exclusive_group()
+    when.add_argument(
+        "--at",
+        metavar="TIME",
+        type=_lazy("cmd_controls", "parse_at"),
+        help="start no earlier than TIME: HH:MM[:SS], YYYY-MM-DD HH:MM, ISO 8601 or @SECONDS",
+    )
+    when.add_argument(
+        "--in",
+        dest="in_",
+        metavar="DURATION",
+        type=DURATION,
+        help="start no earlier than DURATION from now (90s, 30m, 1.5h, 2d)",
+    )
+    group.add_argument(
+        "--retries", type=COUNT, metavar="N", help="run a failed job again up to N times"
+    )
+    group.add_argument(
+        "--retry-delay",
+        type=DURATION,
+        metavar="DURATION",
+        help="wait this long before the first retry (default 0)",
+    )
+    group.add_argument(
+        "--retry-backoff",
+        type=_checked(float, "factor"),
+        metavar="FACTOR",
+        help="multiply the delay by FACTOR (at least 1) at each further retry",
+    )
+    group.add_argument(
+        "--retry-max-delay", type=DURATION, metavar="DURATION", help="never wait longer"
+    )
+    group.add_argument(
+        "--job-timeout",
+        type=DURATION,
+        metavar="DURATION",
+        help="cancel the job (killing its command) this long after it first started",
+    )
+
+
 def _submit_options(parser: argparse.ArgumentParser, many: bool = True) -> None:
     """Options of every command that submits jobs."""
+    _job_options(parser)
     group = parser.add_argument_group("submit options")
     group.add_argument("--priority", choices=PRIORITIES, help="priority of the new job(s)")
     if many:
@@ -346,11 +393,76 @@ def _add_autoarchive(parser: argparse.ArgumentParser) -> None:
     _output_format(parser, ("text", "json"))
 
 
+QUEUE_ACTIONS = ("info", "drain", "undrain", "pause", "continue", "set-workers")
+FILTER_ACTIONS = ("add", "list", "info", "delete")
+RULE_ACTIONS = ("ACCEPT", "PAUSE", "REJECT", "CONTINUE")
+
+
 def _add_queue(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "action", choices=("info", "drain", "undrain"), help="show, set or clear the drain flag"
+        "action",
+        choices=QUEUE_ACTIONS,
+        help="info: show the queue; drain/undrain: refuse new jobs or not; pause/continue:"
+        " start no new job or opcode, or again; set-workers N: run N jobs at once",
+    )
+    parser.add_argument("count", metavar="N", nargs="?", type=COUNT, help="for set-workers")
+    parser.add_argument(
+        "--comment", help="why the queue is paused (kept in the filter rule's reason trail)"
     )
     _output_format(parser, ("text", "json"))
+
+
+def _add_filter(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=FILTER_ACTIONS, help="what to do")
+    parser.add_argument(
+        "uuids", metavar="UUID", nargs="*", help="rules to show or delete (a unique prefix will do)"
+    )
+    group = parser.add_argument_group("rule options (add)")
+    group.add_argument("--uuid", help="replace the rule with this uuid (a prefix will do)")
+    group.add_argument(
+        "--priority",
+        type=COUNT,
+        default=0,
+        metavar="N",
+        help="rules are evaluated lowest priority first (default 0)",
+    )
+    what = group.add_mutually_exclusive_group()
+    what.add_argument("--action", dest="rule_action", choices=RULE_ACTIONS, help="the action")
+    what.add_argument(
+        "--rate-limit", type=COUNT, metavar="N", help="the action: at most N matching jobs at once"
+    )
+    for kind, example in (
+        ("jobid", '\'[">", "id", "watermark"]\''),
+        ("opcode", 'OP_COMMAND_RUN or \'["=~", "argv", "backup"]\''),
+        ("reason", 'gnt:client:jobctl or \'["==", "reason", "nightly"]\''),
+    ):
+        group.add_argument(
+            f"--{kind}",
+            action="append",
+            default=[],
+            metavar="EXPR",
+            help=f"match jobs by {kind}, e.g. {example}; repeatable (all must match)",
+        )
+    group.add_argument("--comment", help="why the rule exists (kept in its reason trail)")
+    parser.add_argument("--no-headers", action="store_true", help="list: no column headers")
+    parser.add_argument("--separator", metavar="S", help="list: join columns with S, unpadded")
+    parser.add_argument(
+        "--output",
+        choices=("table", "text", "json"),
+        help="output format: list is a table, info text, by default; json for both",
+    )
+
+
+def _add_schedule(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_ids", metavar="ID", nargs="+", type=JOB_ID, help="queued jobs")
+    when = parser.add_mutually_exclusive_group(required=True)
+    when.add_argument(
+        "--at", metavar="TIME", type=_lazy("cmd_controls", "parse_at"), help="start at TIME"
+    )
+    when.add_argument(
+        "--in", dest="in_", metavar="DURATION", type=DURATION, help="start DURATION from now"
+    )
+    when.add_argument("--now", action="store_true", help="start as soon as a worker is free")
 
 
 def _add_locks(parser: argparse.ArgumentParser) -> None:
@@ -439,14 +551,31 @@ COMMANDS: dict[str, Command] = {
     "autoarchive": Command(
         "cmd_manage:cmd_autoarchive", "archive finished jobs older than AGE", _add_autoarchive
     ),
-    "queue": Command("cmd_manage:cmd_queue", "show, set or clear the drain flag", _add_queue),
+    "queue": Command(
+        "cmd_manage:cmd_queue",
+        "show the queue; drain, pause or continue it; set the number of workers",
+        _add_queue,
+    ),
+    "filter": Command(
+        "cmd_controls:cmd_filter",
+        "add, list, show or delete job filter rules",
+        _add_filter,
+        "Job filter rules decide which jobs run: ACCEPT, PAUSE, REJECT or RATE_LIMIT the jobs"
+        " their predicates match (Ganeti's gnt-filter).",
+    ),
+    "schedule": Command(
+        "cmd_controls:cmd_schedule",
+        "change when queued jobs may start",
+        _add_schedule,
+        "Change when queued jobs may start: at a time, after a while, or now.",
+    ),
 }
 
 
 def is_read_only(args: argparse.Namespace) -> bool:
     """Whether the parsed command only reads (``queue info`` does, ``queue drain`` not)."""
-    if args.command == "queue":
-        return bool(args.action == "info")
+    if args.command in ("queue", "filter"):
+        return bool(args.action in ("info", "list"))
     return bool(COMMANDS[args.command].read_only)
 
 

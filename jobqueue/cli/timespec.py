@@ -1,4 +1,4 @@
-"""Parse ages such as ``90s``, ``30m``, ``6h``, ``2d``, ``1w`` or ``3600``."""
+"""Parse ages (``90s``, ``6h``, ``all``), durations (``1.5h``, ``500ms``) and times (``08:00``)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,68 @@ def parse_age(text: str) -> int:
     if text.strip().lower() == ALL:
         return AGE_ALL
     return parse_timespec(text)
+
+
+#: Seconds per unit of a duration, which may also be fractional (``1.5h``).
+DURATION_UNITS = {"ms": 0.001, **UNITS}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number, optionally followed by ms, s, m, h, d or w.
+
+    ``90``, ``1.5s``, ``500ms``, ``30m``, ``2h``. Raises ValueError otherwise.
+    """
+    spec = text.strip().lower()
+    for unit in sorted(DURATION_UNITS, key=len, reverse=True):
+        if spec.endswith(unit):
+            number, multiplier = spec[: -len(unit)], DURATION_UNITS[unit]
+            break
+    else:
+        number, multiplier = spec, 1.0
+    try:
+        value = float(number) * multiplier
+    except ValueError:
+        value = -1.0
+    if not number or not value >= 0 or value == float("inf"):
+        raise ValueError(
+            f"Invalid duration '{text}': use a number of seconds, or a number followed by"
+            " ms, s, m, h, d or w (such as 90s, 1.5h)"
+        )
+    return value
+
+
+def parse_time(text: str, now: float) -> float:
+    """Seconds since the epoch of a time given as people write it.
+
+    ``now``; ``@SECONDS`` since the epoch; ``HH:MM[:SS]`` (local time, today,
+    or tomorrow if that has passed); ``YYYY-MM-DD[ HH:MM[:SS]]`` or ISO 8601
+    (``2026-12-01T08:00:00+01:00``; local time without an offset). Raises
+    ValueError otherwise.
+    """
+    import datetime
+
+    spec = text.strip()
+    if spec.lower() == "now":
+        return now
+    if spec.startswith("@"):
+        try:
+            return float(spec[1:])
+        except ValueError:
+            raise ValueError(f"Invalid time '{text}': expected @ and seconds") from None
+    today = datetime.datetime.fromtimestamp(now)
+    for layout in ("%H:%M", "%H:%M:%S"):
+        try:
+            clock = datetime.datetime.strptime(spec, layout).time()
+        except ValueError:
+            continue
+        when = datetime.datetime.combine(today.date(), clock)
+        if when.timestamp() < now:
+            when += datetime.timedelta(days=1)
+        return when.timestamp()
+    try:
+        return datetime.datetime.fromisoformat(spec).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"Invalid time '{text}': use HH:MM[:SS], YYYY-MM-DD HH:MM[:SS], ISO 8601,"
+            " @SECONDS or now"
+        ) from None

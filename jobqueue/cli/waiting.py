@@ -1,10 +1,13 @@
-"""What a pending job waits for: a lock and its holders, another job, a free worker.
+"""What a pending job waits for: its start time, a filter rule, a lock and its
+holders, another job, a free worker.
 
-All of it comes from calls the daemon has: ``Query("lock")`` lists every
-lock with its owners and waiters, and the jobs others depend on as locks
-named ``job/ID``; a queued job waits for a worker, and ``QueryConfigValues``
-says how many there are. Each reason is a small dict (JSON output shows it
-as it is); ``describe`` puts it in words.
+All of it comes from calls the daemon has: the job's ``hold`` field says
+why the queue holds it back (a start time to come, a PAUSE or RATE_LIMIT
+filter rule); ``Query("lock")`` lists every lock with its owners and
+waiters, and the jobs others depend on as locks named ``job/ID``; a queued
+job waits for a worker, and ``QueryConfigValues`` says how many there are.
+Each reason is a small dict (JSON output shows it as it is); ``describe``
+puts it in words.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ if TYPE_CHECKING:
     Reason = dict[str, Any]
     Finder = Callable[[Client, int, str], list[Reason]]
 
+#: The kinds of reason that are the queue's holds (``hold`` field), not waits.
+HOLD_KINDS = ("scheduled", "paused", "rate_limited")
+#: How much of a filter rule's uuid is shown.
+SHORT_UUID = 8
 #: The prefix of the locks that stand for jobs other jobs depend on.
 JOB_LOCK_PREFIX = "job/"
 LOCK_FIELDS = ["name", "mode", "owner", "pending"]
@@ -68,11 +75,18 @@ def worker_reasons(client: Client, job_id: int, status: str) -> list[Reason]:
     return [{"kind": "worker", "workers": workers, "running": running}]
 
 
-#: What can hold a pending job back, asked in turn. A filter rule holding the
-#: job and a start time it is scheduled for would each be one more finder
-#: here (returning kinds "filter" and "scheduled"), once the daemon has them;
-#: it has neither yet.
-FINDERS: tuple[Finder, ...] = (lock_reasons, worker_reasons)
+def hold_reasons(client: Client, job_id: int, status: str) -> list[Reason]:
+    """Why the queue holds a queued job back: its start time, a filter rule."""
+    if status != Status.QUEUED:
+        return []
+    rows = client.query_jobs([job_id], ["hold"])
+    hold = rows[0][0] if rows and rows[0] else None
+    return [hold] if isinstance(hold, dict) else []
+
+
+#: What can hold a pending job back, asked in turn; a job the queue holds
+#: back (the first finder) waits for nothing else.
+FINDERS: tuple[Finder, ...] = (hold_reasons, lock_reasons, worker_reasons)
 
 
 def reasons(client: Client, job_id: int, status: str) -> list[Reason]:
@@ -80,7 +94,24 @@ def reasons(client: Client, job_id: int, status: str) -> list[Reason]:
     found: list[Reason] = []
     for finder in FINDERS:
         found.extend(finder(client, job_id, status))
+        if any(reason.get("kind") in HOLD_KINDS for reason in found):
+            break
     return found
+
+
+def describe_hold(hold: Reason) -> str:
+    """Why the queue holds a job, in words: ``paused by filter 8c2f1a2b``."""
+    kind = hold.get("kind")
+    rule = str(hold.get("filter", ""))[:SHORT_UUID]
+    if kind == "paused":
+        return f"paused by filter {rule}"
+    if kind == "rate_limited":
+        return f"rate limited by filter {rule} ({hold.get('limit')} at once)"
+    if kind == "scheduled":
+        when = formatting.format_timestamp(hold.get("at"))
+        attempt = hold.get("attempt")
+        return f"attempt {attempt} scheduled for {when}" if attempt else f"scheduled for {when}"
+    return formatting.compact_json(hold)
 
 
 def _holders(owners: Any) -> str:
@@ -95,6 +126,8 @@ def _holders(owners: Any) -> str:
 def describe(reason: Reason) -> str:
     """One reason in words."""
     kind = reason.get("kind")
+    if kind in HOLD_KINDS:
+        return describe_hold(reason)
     if kind == "lock":
         text = f"for lock {reason.get('lock')} ({reason.get('mode')})"
         holders = _holders(reason.get("owners"))
@@ -111,5 +144,7 @@ def describe(reason: Reason) -> str:
 
 def state_line(status: str, found: list[Reason]) -> str:
     """The line ``watch`` shows for a pending job, e.g. ``Waiting for lock db (...)``."""
+    if found and all(reason.get("kind") in HOLD_KINDS for reason in found):
+        return "Queued, " + "; ".join(describe(reason) for reason in found)
     word = "Queued, waiting" if status == Status.QUEUED else "Waiting"
     return f"{word} " + "; ".join(describe(reason) for reason in found)

@@ -253,18 +253,58 @@ class Client:
         with self._lock:
             return protocol.call(self._exchange_locked, method, list(args), constants.LUXI_VERSION)
 
-    def submit_job(self, ops: list[dict[str, Any]]) -> int:
-        """Submit one job made of ``ops``; return its id."""
-        return int(self.call("SubmitJob", ops))
+    def submit_job(self, ops: list[dict[str, Any]], options: dict[str, Any] | None = None) -> int:
+        """Submit one job made of ``ops``; return its id.
 
-    def submit_job_to_drained_queue(self, ops: list[dict[str, Any]]) -> int:
+        ``options`` are job-level options (start time, retries, time limit:
+        see doc/luxi.rst); without them the call is Ganeti's own.
+        """
+        return int(self.call("SubmitJob", ops, *([options] if options else [])))
+
+    def submit_job_to_drained_queue(
+        self, ops: list[dict[str, Any]], options: dict[str, Any] | None = None
+    ) -> int:
         """Submit one job even while the queue is drained; return its id."""
-        return int(self.call("SubmitJobToDrainedQueue", ops))
+        return int(self.call("SubmitJobToDrainedQueue", ops, *([options] if options else [])))
 
-    def submit_many_jobs(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]:
-        """Submit several jobs; return ``[True, id]`` or ``[False, message]`` for each."""
-        result: list[list[Any]] = self.call("SubmitManyJobs", jobs)
+    def submit_many_jobs(
+        self, jobs: list[list[dict[str, Any]]], options: Any = None
+    ) -> list[list[Any]]:
+        """Submit several jobs; return ``[True, id]`` or ``[False, message]`` for each.
+
+        ``options``: job-level options for every job, or a list with one (or
+        None) per job.
+        """
+        extra = [] if options is None else [options]
+        result: list[list[Any]] = self.call("SubmitManyJobs", jobs, *extra)
         return result
+
+    def change_job_start_time(self, job_id: int, start_at: float | None) -> list[Any]:
+        """Change when a queued job may start (seconds since the epoch; None: at once).
+
+        Returns ``[success, message]``.
+        """
+        result: list[Any] = self.call("ChangeJobStartTime", job_id, start_at)
+        return result
+
+    def replace_filter(
+        self,
+        uuid: str | None,
+        priority: int,
+        predicates: list[Any],
+        action: Any,
+        reason: list[Any],
+    ) -> str:
+        """Add a job filter rule (``uuid`` None) or replace one; return its uuid."""
+        return str(self.call("ReplaceFilter", uuid, priority, predicates, action, reason))
+
+    def delete_filter(self, uuid: str) -> bool:
+        """Delete the job filter rule ``uuid``."""
+        return bool(self.call("DeleteFilter", uuid))
+
+    def set_max_running_jobs(self, count: int) -> bool:
+        """Set the number of workers (jobs run at once), at once and durably."""
+        return bool(self.call("SetMaxRunningJobs", count))
 
     def wait_for_job_change(
         self,

@@ -28,10 +28,20 @@ class QueueApi(Protocol):
     """What the server changes through; ``jobqueue.queue.JobQueue`` provides it."""
 
     def submit_job(
-        self, ops: list[Any], *, drained_ok: bool = False, submitter: Submitter | None = None
+        self,
+        ops: list[Any],
+        *,
+        drained_ok: bool = False,
+        submitter: Submitter | None = None,
+        options: Any = None,
     ) -> int: ...
     def submit_many_jobs(
-        self, jobs: list[Any], *, drained_ok: bool = False, submitter: Submitter | None = None
+        self,
+        jobs: list[Any],
+        *,
+        drained_ok: bool = False,
+        submitter: Submitter | None = None,
+        options: Any = None,
     ) -> list[list[Any]]: ...
     def cancel_job(
         self, job_id: int, kill: bool = False, *, caller: Submitter | None = None
@@ -51,6 +61,21 @@ class QueueApi(Protocol):
         self, age: float, timeout: float, *, caller: Submitter | None = None
     ) -> dict[str, Any]: ...
     def query_config_values(self, fields: list[str]) -> list[Any]: ...
+    def change_job_start(
+        self, job_id: int, start: float | None, *, caller: Submitter | None = None
+    ) -> list[Any]: ...
+    def replace_filter(
+        self,
+        uuid: str | None,
+        priority: Any,
+        predicates: Any,
+        action: Any,
+        reason: Any,
+        *,
+        caller: Submitter | None = None,
+    ) -> str: ...
+    def delete_filter(self, uuid: str, *, caller: Submitter | None = None) -> bool: ...
+    def set_max_running_jobs(self, count: int, *, caller: Submitter | None = None) -> bool: ...
 
 
 class Watch(Protocol):
@@ -168,9 +193,24 @@ _NUMBER = _Kind("a number", _to_float)
 _NUMBER_OR_NULL = _Kind("a number or null", _or_null(_to_float))
 _BOOL = _Kind("a boolean", _checked(lambda value: isinstance(value, bool)))
 _STR = _Kind("a string", _is_str)
+_STR_OR_NULL = _Kind("a string or null", _or_null(_is_str))
+_NUMBER_OR_NULL = _Kind("a number or null", _or_null(_to_float))
+_OPTIONS = _Kind(
+    "an object of job options or null",
+    _checked(lambda value: value is None or isinstance(value, dict)),
+)
+_MANY_OPTIONS = _Kind(
+    "an object of job options, a list of them (or nulls), or null",
+    _checked(lambda value: value is None or isinstance(value, dict | list)),
+)
 _ANY = _Kind("any value", lambda value: value)
 
 _Args = tuple[tuple[str, _Kind], ...]
+
+
+def _job_options(given: tuple[Any, ...]) -> dict[str, Any]:
+    """The keyword giving the queue a submission's job options, when there are any."""
+    return {"options": given[0]} if given and given[0] is not None else {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,14 +250,43 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "SubmitJob": Method(
-        lambda s, ops: s.queue.submit_job(ops, submitter=s.caller), (("ops", _LIST),)
+        lambda s, ops, *options: s.queue.submit_job(
+            ops, submitter=s.caller, **_job_options(options)
+        ),
+        (("ops", _LIST),),
+        optional=(("options", _OPTIONS),),
     ),
     "SubmitJobToDrainedQueue": Method(
         lambda s, ops: s.queue.submit_job(ops, drained_ok=True, submitter=s.caller),
         (("ops", _LIST),),
     ),
     "SubmitManyJobs": Method(
-        lambda s, jobs: s.queue.submit_many_jobs(jobs, submitter=s.caller), (("jobs", _LIST),)
+        lambda s, jobs, *options: s.queue.submit_many_jobs(
+            jobs, submitter=s.caller, **_job_options(options)
+        ),
+        (("jobs", _LIST),),
+        optional=(("options", _MANY_OPTIONS),),
+    ),
+    "ChangeJobStartTime": Method(
+        lambda s, job_id, start: s.queue.change_job_start(job_id, start, caller=s.caller),
+        (("job_id", _JOB_ID), ("start_at", _NUMBER_OR_NULL)),
+    ),
+    "ReplaceFilter": Method(
+        lambda s, *args: s.queue.replace_filter(*args, caller=s.caller),
+        (
+            ("uuid", _STR_OR_NULL),
+            ("priority", _INT),
+            ("predicates", _LIST),
+            ("action", _ANY),
+            ("reason", _LIST),
+        ),
+    ),
+    "DeleteFilter": Method(
+        lambda s, uuid: s.queue.delete_filter(uuid, caller=s.caller), (("uuid", _STR),)
+    ),
+    "SetMaxRunningJobs": Method(
+        lambda s, count: s.queue.set_max_running_jobs(count, caller=s.caller),
+        (("count", _INT),),
     ),
     "WaitForJobChange": Method(
         lambda server, *args: server.wait_for_job_change(*args),

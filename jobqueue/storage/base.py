@@ -4,10 +4,10 @@ A store keeps jobs durably and knows nothing else about them: it hands out
 ids that are never issued twice, creates and replaces whole jobs (a write
 either happens completely or not at all, and is durable when it returns),
 reads them back, moves finished ones to the archive, prunes old archived
-ones, keeps the queue-wide settings (the drain flag and a few named ones),
-and offers a feed of changes made by *another* process. How and where jobs
-are kept is the business of each store alone (``files``: one JSON file per
-job; ``memory``: dictionaries, for tests).
+ones, keeps the queue-wide settings (the drain flag and a few named ones)
+and the job filter rules, and offers a feed of changes made by *another*
+process. How and where jobs are kept is the business of each store alone
+(``files``: one JSON file per job; ``memory``: dictionaries, for tests).
 
 What a store does not do: it keeps no index of live jobs and never decides
 what a job's state means. The queue owns the live jobs in memory
@@ -25,6 +25,7 @@ import json
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from jobqueue.errors import JobFileCorrupted, StorageError
 from jobqueue.model import Job
@@ -37,8 +38,10 @@ ChangeCallback = Callable[[int | None], None]
 
 #: The named settings a store keeps beside the drain flag, each a short line of text.
 #: ``watcher_pause``: until when (seconds since the epoch) the cron cleaner pauses.
+#: ``max_running_jobs``: the number of workers set through the daemon, in decimal.
 WATCHER_PAUSE = "watcher_pause"
-SETTINGS = frozenset({WATCHER_PAUSE})
+MAX_RUNNING_JOBS = "max_running_jobs"
+SETTINGS = frozenset({WATCHER_PAUSE, MAX_RUNNING_JOBS})
 
 
 def check_setting(name: str, value: str | None = None) -> None:
@@ -247,6 +250,34 @@ class JobStore(abc.ABC):
 
         ``value`` is one line of text (``ValueError`` otherwise, as for an
         unknown ``name``).
+        """
+
+    # -- job filter rules ------------------------------------------------------------
+    # A rule is a JSON object whose ``"uuid"`` is its key: a lowercase UUID in
+    # canonical form (36 characters of ``0-9a-f`` and ``-``; the caller checks
+    # it, so a store may use it as a file name or a key as it is). The store
+    # keeps rules whole and knows nothing else about them.
+
+    @abc.abstractmethod
+    def load_filters(self) -> list[dict[str, Any]]:
+        """Every stored rule, in no particular order.
+
+        A stored rule that cannot be parsed is logged and left out (never
+        deleted). Raises ``StorageError`` when the store cannot be read.
+        """
+
+    @abc.abstractmethod
+    def replace_filter(self, rule: dict[str, Any]) -> None:
+        """Store ``rule`` under ``rule["uuid"]`` durably, replacing any rule stored there.
+
+        Atomic: ``StorageError`` leaves the previous rule (or none) in place.
+        """
+
+    @abc.abstractmethod
+    def delete_filter(self, uuid: str) -> bool:
+        """Delete the rule stored under ``uuid`` durably; False if there was none.
+
+        Raises ``StorageError`` when it cannot be deleted (it stays then).
         """
 
     # -- other processes' changes --------------------------------------------------

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import collections
 import errno
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from jobqueue.errors import JobFileCorrupted, JobQueueError, NotLeaderError, StorageError
 from jobqueue.model import Job
@@ -448,6 +450,44 @@ class EtcdJobStore(JobStore):
             self._write(what, deletes=[key])
         else:
             self._write(what, puts={key: value.encode("utf-8")})
+
+    # -- job filter rules ----------------------------------------------------------
+    def load_filters(self) -> list[dict[str, Any]]:
+        """The rules at ``<prefix>/filters/<uuid>``; one that does not parse is logged."""
+        rules = []
+        try:
+            stored = list(
+                self._kv.range_prefix(self.keys.filters, page_size=self.settings.page_size)
+            )
+        except StorageError as err:
+            raise StorageError(f"Cannot read the filter rules: {err}", err.args[1]) from err
+        for item in stored:
+            uuid = item.key[len(self.keys.filters) :].decode("utf-8", "replace")
+            try:
+                rule = json.loads(item.value.decode("utf-8"))
+                if not isinstance(rule, dict) or rule.get("uuid") != uuid:
+                    raise ValueError("not a rule stored under its own uuid")
+            except (UnicodeDecodeError, ValueError, RecursionError) as err:
+                self._log.error("Ignoring the filter rule %s in etcd: %s", uuid, err)
+                continue
+            rules.append(rule)
+        return rules
+
+    def replace_filter(self, rule: dict[str, Any]) -> None:
+        data = json.dumps(rule, separators=(",", ":")).encode("utf-8")
+        what = f"Cannot write the filter rule {rule['uuid']} to etcd"
+        self._write(what, puts={self.keys.filter_rule(rule["uuid"]): data})
+
+    def delete_filter(self, uuid: str) -> bool:
+        key = self.keys.filter_rule(uuid)
+        try:
+            found = self._kv.get(key)
+        except StorageError as err:
+            raise StorageError(f"Cannot read the filter rule {uuid}: {err}", err.args[1]) from err
+        if found is None:
+            return False
+        self._write(f"Cannot delete the filter rule {uuid} from etcd", deletes=[key])
+        return True
 
     # -- other processes' changes, leadership, history --------------------------------
     def change_feed(self, start_revision: int = 0) -> ChangeFeed:

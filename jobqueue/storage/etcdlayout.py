@@ -6,6 +6,7 @@ Every key of one queue lives under its prefix (doc/ha.rst, "Key layout")::
     <prefix>/leader              the master's name; bound to its lease
     <prefix>/serial              the highest job id reserved, decimal
     <prefix>/settings/<name>     a queue setting (settings/drain: the drain flag)
+    <prefix>/filters/<uuid>      one job filter rule, JSON
     <prefix>/jobs/<id>           one live job: exactly the bytes of a job file
     <prefix>/archive/<id>        one archived job: the same bytes, moved
     <prefix>/archive-time/<id>   when a batch was archived (see below)
@@ -70,6 +71,7 @@ class Keys:
         self.archive = self.root + b"archive/"
         self.archive_time = self.root + b"archive-time/"
         self.corrupt = self.root + b"corrupt/"
+        self.filters = self.root + b"filters/"
 
     def job(self, job_id: int) -> bytes:
         return self.jobs + _padded(job_id)
@@ -85,6 +87,9 @@ class Keys:
 
     def setting(self, name: str) -> bytes:
         return self.settings + name.encode("utf-8")
+
+    def filter_rule(self, uuid: str) -> bytes:
+        return self.filters + uuid.encode("ascii")
 
     def job_id_in(self, key: bytes, under: bytes) -> int | None:
         """The id in ``<under><id>``; None for any other key."""

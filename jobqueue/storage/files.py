@@ -25,11 +25,13 @@ import concurrent.futures
 import contextlib
 import errno
 import itertools
+import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from jobqueue import constants, safeio
 from jobqueue.errors import GenericError, JobFileCorrupted, JobQueueError, StorageError
@@ -642,6 +644,59 @@ class FileJobStore(JobStore):
                 with contextlib.suppress(GenericError):  # not durably gone: show it again
                     self.write_file(path, f"{old}\n".encode(), new=False)
                 raise storage_error(f"Cannot remove {path}", err) from err
+
+    # -- job filter rules --------------------------------------------------------------
+    def _filters_dir(self) -> str:
+        return self._path(layout.FILTERS_DIR)
+
+    def load_filters(self) -> list[dict[str, Any]]:
+        directory = self._filters_dir()
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise storage_error(f"Cannot list {directory}", err) from err
+        rules = []
+        for name in names:
+            if not layout.is_filter_name(name):
+                continue
+            try:
+                with open(os.path.join(directory, name), "rb") as handle:
+                    rule = json.loads(handle.read().decode("utf-8"))
+                if not isinstance(rule, dict) or rule.get("uuid") != name:
+                    raise ValueError("not a rule stored under its own uuid")
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+                self._log.error("Ignoring the filter rule file %s: %s", name, err)
+                continue
+            rules.append(rule)
+        return rules
+
+    def replace_filter(self, rule: dict[str, Any]) -> None:
+        directory = self._filters_dir()
+        if not os.path.isdir(directory):
+            try:
+                os.makedirs(directory, mode=constants.DIR_MODE, exist_ok=True)
+                self._disk.fsync_dir(self.queue_dir)
+            except OSError as err:
+                raise storage_error(f"Cannot create {directory}", err) from err
+        path = os.path.join(directory, rule["uuid"])
+        data = json.dumps(rule, separators=(",", ":")).encode("utf-8") + b"\n"
+        self.write_file(path, data, new=not os.path.exists(path))
+
+    def delete_filter(self, uuid: str) -> bool:
+        directory = self._filters_dir()
+        try:
+            os.unlink(os.path.join(directory, uuid))
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise storage_error(f"Cannot delete the filter rule {uuid}", err) from err
+        try:
+            self._disk.fsync_dir(directory)
+        except OSError as err:
+            raise storage_error(f"Cannot sync {directory}", err) from err
+        return True
 
     # -- other processes' changes ------------------------------------------------
     def change_feed(self) -> ChangeFeed:

@@ -4,8 +4,9 @@
     archive/<N//10000>/   archived jobs, job-N each
     corrupt/              job files that could not be loaded, moved aside at load
     serial version drain  the id reservation, the format version, the drain flag
+    filters/<uuid>        one job filter rule each, JSON
     lock                  flock'ed by the daemon that owns the queue
-    watcher_pause         a named setting (one line of text; see ``base.SETTINGS``)
+    watcher_pause, max_running_jobs  named settings (one line of text; ``base.SETTINGS``)
     .<name>.<pid>.<n>.tmp a write in progress (removed at start)
     .spare-<n>            a spare file: scratch space for the next write (reused at start)
 
@@ -22,6 +23,7 @@ CORRUPT_DIR: Final = "corrupt"
 SERIAL_FILE: Final = "serial"
 VERSION_FILE: Final = "version"
 DRAIN_FILE: Final = "drain"
+FILTERS_DIR: Final = "filters"
 LOCK_FILE: Final = "lock"
 TEMP_SUFFIX: Final = ".tmp"
 JOB_FILE_PREFIX: Final = "job-"
@@ -48,6 +50,14 @@ def job_id_of(name: str) -> int | None:
 def looks_like_job(name: str) -> bool:
     """Whether ``name`` is ``job-<digits>``, canonical or not (``job-007`` is, ``job-x`` not)."""
     return _JOB_LIKE.fullmatch(name) is not None
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def is_filter_name(name: str) -> bool:
+    """Whether ``name`` is the file name of a filter rule (its canonical UUID)."""
+    return _UUID.fullmatch(name) is not None
 
 
 def archive_subdir(job_id: int) -> str:

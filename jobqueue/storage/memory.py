@@ -8,9 +8,11 @@ each one's change feed reports the writes made through the others.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from jobqueue.errors import JobQueueError, NotLeaderError, StorageError
 from jobqueue.model import Job
@@ -36,6 +38,7 @@ class MemoryBacking:
         self.serial = 0
         self.drained = False
         self.settings: dict[str, str] = {}
+        self.filters: dict[str, str] = {}  # uuid -> the rule as JSON
         self.feeds: list[MemoryChangeFeed] = []
         self.leader: MemoryLeadership | None = None
         self.leader_changed = threading.Condition(self.lock)
@@ -173,6 +176,22 @@ class MemoryJobStore(JobStore):
                 self._backing.settings.pop(name, None)
             else:
                 self._backing.settings[name] = value
+
+    def load_filters(self) -> list[dict[str, Any]]:
+        with self._backing.lock:
+            stored = list(self._backing.filters.values())
+        return [json.loads(text) for text in stored]
+
+    def replace_filter(self, rule: dict[str, Any]) -> None:
+        text = json.dumps(rule)
+        with self._backing.lock:
+            self._check_leader_locked()
+            self._backing.filters[rule["uuid"]] = text
+
+    def delete_filter(self, uuid: str) -> bool:
+        with self._backing.lock:
+            self._check_leader_locked()
+            return self._backing.filters.pop(uuid, None) is not None
 
     def change_feed(self) -> ChangeFeed:
         return MemoryChangeFeed(self, self._backing)

@@ -53,12 +53,14 @@ SEED_OPS: list[dict[str, Any]] = [
     {"OP_ID": "OP_COMMAND_RUN", "argv": ["true"], "env": {"A": "b"}, "timeout": 5},
     {"OP_ID": "OP_COMMAND_FANOUT", "argv": ["echo", "{item}"], "items": ["a"]},
 ]
-#: Valid calls; those that change a job aim at one that does not exist.
+#: Valid calls; those that change a job aim at one that does not exist. The
+#: number of workers is left alone: changing it changes the daemon's threads.
 SEED_ARGS: dict[str, list[Any]] = {
-    **VALID_CALLS,
+    **{method: args for method, args in VALID_CALLS.items() if method != "SetMaxRunningJobs"},
     "WaitForJobChange": [1, ["status"], None, None, 0.2],
     "CancelJob": [999999, False],
     "ChangeJobPriority": [999999, 10],
+    "ChangeJobStartTime": [999999, None],
     "ArchiveJob": [999999],
 }
 #: The only programs a fuzzed opcode may make the daemon run.
@@ -279,11 +281,20 @@ class HostileRun:
         self.batches = 0
         self.log_offset = len(daemon.log())
         self.normal_client_round_trip()
+        self._start_job_writers()
         self.base_threads = self._saturate_handler_threads()
         self._fd_polls: list[int] = []
         self.base_fds = wait_until(self._settled_fd_count, 10, "the fd count to settle")
         self.base_targets = fd_targets(self.pid)
         self.max_fd_drift = self.max_thread_drift = 0
+
+    def _start_job_writers(self) -> None:
+        """Make the file store start its job-writer threads, which it does on its first
+        batch and keeps: submit one batch as large as that pool, and let it run."""
+        results = self.normal.submit_many_jobs([[DELAY0]] * (2 * HANDLER_THREADS))
+        for _, job_id in results:
+            assert self.normal.wait_for_job(int(job_id)) == "success"
+        self.normal.close()
 
     def _saturate_handler_threads(self) -> int:
         """Make the server start all its request-handler threads; return the thread count.
