@@ -55,6 +55,7 @@ from jobqueue.luxi import server as luxi_server
 from jobqueue.luxi.methods import QueueApi, ReaderApi
 from jobqueue.luxi.server import LuxiServer
 from jobqueue.opcodes import Registry
+from jobqueue.outputs import OutputRecorder
 from jobqueue.ownership import Ownership
 from jobqueue.paths import StatePaths
 from jobqueue.processor import Processor
@@ -214,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="clients served at once on each socket; more are refused at once; lowered at "
         "start if the descriptor limit leaves less room (default: %(default)s)",
     )
+    add(
+        "--max-output-size",
+        type=_size,
+        default=constants.DEFAULT_MAX_OUTPUT_SIZE,
+        metavar="BYTES",
+        help="command output kept on disk per job, e.g. 100M or 2G; more is cut, with a "
+        "marker (default: 1G)",
+    )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     add_etcd_arguments(parser)
     return parser
@@ -225,6 +234,21 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _size(text: str) -> int:
+    """An argparse type: bytes, or a number with K, M, G or T (powers of 1024)."""
+    number, unit = text.strip(), ""
+    if number[-1:].upper() in _SIZE_UNITS:
+        number, unit = number[:-1], number[-1].upper()
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected a size in bytes, or with K, M, G or T (such as 100M), got {text!r}"
+        )
+    return int(number) * _SIZE_UNITS[unit]
 
 
 class _ReopenableFileHandler(logging.FileHandler):
@@ -354,6 +378,7 @@ def build_core(
     max_jobs: int = constants.DEFAULT_MAX_JOBS,
     kill_grace: float = constants.DEFAULT_KILL_GRACE,
     processes: ProcessGroups | None = None,
+    max_output_size: int = constants.DEFAULT_MAX_OUTPUT_SIZE,
     strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
     clock: Callable[[], float] = time.time,
     ownership: Ownership | None = None,
@@ -368,12 +393,14 @@ def build_core(
     live = live or LiveJobs(registry.summarize)
     locks = LockManager()
     depmgr = DependencyManager(functools.partial(stored_status, live, store))
+    output = OutputRecorder(store, max_output_size, live.output_grew)
     processor = Processor(
         registry,
         locks,
         kill_grace=kill_grace,
         processes=processes,
         commands_run_as=commands_run_as,
+        output=output,
         logger=logger,
     )
     timers = Timers(logger=logger)
@@ -531,6 +558,7 @@ def _run_on(
             processes=processes,
             ownership=Ownership(daemon_uid=os.geteuid(), admin_gid=groups.admin),
             commands_run_as=args.commands_run_as,
+            max_output_size=args.max_output_size,
             logger=log,
         )
         gc.disable()  # loading makes many objects and no garbage; see _settle_gc
