@@ -293,3 +293,37 @@ class TestExitStatus:
         assert exit_description(0) == ("exited with code 0", {"exit_code": 0})
         assert exit_description(-9) == ("was killed by signal 9 (SIGKILL)", {"signal": 9})
         assert signal_name(99) == "signal 99"
+
+
+class TestReadingOutput:
+    def read(self, queue: QueueUnderTest, job_id: int, **offsets: int) -> dict[str, Any]:
+        answer = queue.core.reader.read_output(job_id, offsets, 5)
+        assert answer is not None
+        for name in offsets:
+            answer[name]["data"] = base64.b64decode(answer[name]["data"])
+        return answer
+
+    def test_a_stream_is_the_opcodes_streams_end_to_end(self, queue: QueueUnderTest) -> None:
+        ops = [command(["printf", "abc"]), command(["true"]), command(["printf", "defgh"])]
+        job = run_job(queue, ops)
+        answer = self.read(queue, job["id"], stdout=0, stderr=0)
+        assert answer["finished"] and answer["status"] == "success"
+        assert answer["stdout"] == {"offset": 0, "data": b"abcde", "size": 8}
+        assert answer["stderr"] == {"offset": 0, "data": b"", "size": 0}
+        assert self.read(queue, job["id"], stdout=2)["stdout"]["data"] == b"cdefg"
+        assert self.read(queue, job["id"], stdout=5)["stdout"]["data"] == b"fgh"
+        assert self.read(queue, job["id"], stdout=8)["stdout"]["data"] == b""
+        assert self.read(queue, job["id"], stdout=-4)["stdout"] == {
+            "offset": 4,
+            "data": b"efgh",
+            "size": 8,
+        }
+        assert self.read(queue, job["id"], stdout=-100)["stdout"]["offset"] == 0
+
+    def test_archived_jobs_keep_their_output(self, queue: QueueUnderTest) -> None:
+        job = run_job(queue, [command(["printf", "kept"])])
+        assert queue.archive_job(job["id"])
+        assert self.read(queue, job["id"], stdout=0)["stdout"]["data"] == b"kept"
+
+    def test_unknown_job(self, queue: QueueUnderTest) -> None:
+        assert queue.core.reader.read_output(999, {"stdout": 0}, 5) is None
