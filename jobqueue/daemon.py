@@ -46,6 +46,8 @@ from jobqueue.children import ProcessGroups
 from jobqueue.depmgr import DependencyManager
 from jobqueue.errors import GenericError
 from jobqueue.ha import Roles
+from jobqueue.hooks import DEFAULT_TIMEOUT as DEFAULT_HOOK_TIMEOUT
+from jobqueue.hooks import FinishHooks
 from jobqueue.jobreader import JobReader, stored_status
 from jobqueue.livejobs import LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
@@ -54,6 +56,7 @@ from jobqueue.lus.command import RUN_AS_DAEMON, RUN_AS_SUBMITTER
 from jobqueue.luxi import server as luxi_server
 from jobqueue.luxi.methods import QueueApi, ReaderApi
 from jobqueue.luxi.server import LuxiServer
+from jobqueue.model import Job
 from jobqueue.opcodes import Registry
 from jobqueue.outputs import OutputRecorder
 from jobqueue.ownership import Ownership
@@ -223,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="command output kept on disk per job, e.g. 100M or 2G; more is cut, with a "
         "marker (default: 1G)",
     )
+    add(
+        "--hooks-dir",
+        metavar="DIR",
+        help="run the executables in DIR whenever a job ends (see doc/jobqueue-masterd.rst)",
+    )
+    add(
+        "--hook-timeout",
+        type=float,
+        default=DEFAULT_HOOK_TIMEOUT,
+        metavar="SECONDS",
+        help="kill a finish hook still running after this long (default: %(default)s)",
+    )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     add_etcd_arguments(parser)
     return parser
@@ -379,6 +394,7 @@ def build_core(
     kill_grace: float = constants.DEFAULT_KILL_GRACE,
     processes: ProcessGroups | None = None,
     max_output_size: int = constants.DEFAULT_MAX_OUTPUT_SIZE,
+    on_job_end: Callable[[Job], None] | None = None,
     strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
     clock: Callable[[], float] = time.time,
     ownership: Ownership | None = None,
@@ -423,6 +439,7 @@ def build_core(
         strategy_factory=strategy_factory,
         clock=clock,
         ownership=ownership,
+        on_job_end=on_job_end,
         logger=logger,
     )
     reader = JobReader(live, store, locks, depmgr, registry.summarize, logger=logger)
@@ -537,6 +554,7 @@ def _run_on(
         _report(ready_fd, "OK\n")
 
     processes = ProcessGroups(paths.commands_dir, logger=log)
+    hooks = _finish_hooks(args, paths, registry)
 
     def make_term(recovery_message: str) -> Core:
         """Stop what a killed daemon left running here, then build and recover the queue."""
@@ -559,6 +577,7 @@ def _run_on(
             ownership=Ownership(daemon_uid=os.geteuid(), admin_gid=groups.admin),
             commands_run_as=args.commands_run_as,
             max_output_size=args.max_output_size,
+            on_job_end=None if hooks is None else hooks.job_ended,
             logger=log,
         )
         gc.disable()  # loading makes many objects and no garbage; see _settle_gc
@@ -596,6 +615,8 @@ def _run_on(
         for server in servers:
             server.stop()
         leadership.release()
+        if hooks is not None:
+            hooks.stop(args.hook_timeout)
         if state_lock is not None:
             state_lock.release()
     _remove(paths.pid_file)
@@ -669,6 +690,27 @@ def remove_stale_sockets(paths: StatePaths) -> None:
                 log.info("Removed the stale socket %s of a daemon that did not stop cleanly", path)
         except FileNotFoundError:
             pass
+
+
+def _finish_hooks(
+    args: argparse.Namespace, paths: StatePaths, registry: Registry
+) -> FinishHooks | None:
+    """The started runner of ``--hooks-dir``, None without it."""
+    if not args.hooks_dir:
+        return None
+    directory = os.path.abspath(args.hooks_dir)
+    if not os.path.isdir(directory):
+        raise GenericError(f"--hooks-dir {directory}: no such directory")
+    hooks = FinishHooks(
+        directory,
+        registry.summarize,
+        timeout=args.hook_timeout,
+        extra_env={"JOBQUEUE_STATE_DIR": paths.root},
+        logger=log,
+    )
+    hooks.start()
+    log.info("Finish hooks: the executables in %s", directory)
+    return hooks
 
 
 def _settle_gc() -> None:
