@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ import pytest
 
 from jobqueue.constants import Status
 from jobqueue.daemon import Core, build_core, start_core
-from jobqueue.hooks import FinishHooks, JobEnd, list_hooks
+from jobqueue.hooks import FinishHooks, JobEnd, hook_environment, list_hooks
 from jobqueue.lus import builtin_registry
 from jobqueue.model import Job, Submitter
 from jobqueue.storage.memory import MemoryJobStore
@@ -212,3 +213,29 @@ class TestTheQueueAnnouncesEnds:
         queue.cancel_job(blocker, kill=True)
         assert poll_until(lambda: len(ends) == 3, WAIT)
         assert sorted(ends) == [(ok, "success"), (bad, "error"), (blocker, "canceled")]
+
+
+def test_the_example_hook_logs_and_mails(tmp_path: Path) -> None:
+    """doc/examples/hooks/notify, with stand-ins for logger, sendmail and jobctl."""
+    example = Path(__file__).parent.parent / "doc" / "examples" / "hooks" / "notify"
+    script = example.read_text().replace('MAIL_TO=""', 'MAIL_TO="ops@example.org"', 1)
+    assert script != example.read_text()
+    installed = hook(tmp_path, "notify", script.split("\n", 1)[1])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("logger", "sendmail", "jobctl"):  # each records its arguments and input
+        hook(bin_dir, name, f'echo "$*" > {tmp_path}/{name}; cat >> {tmp_path}/{name}\n')
+    end = JobEnd(7, "error", "", "ls 'a b'", "Command 'ls' exited with code 2")
+    env = hook_environment(end, {"JOBQUEUE_STATE_DIR": "/state"})
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    result = subprocess.run(
+        [str(installed)], env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "logger").read_text() == (
+        "-t jobqueue -- job 7 error: ls 'a b' (Command 'ls' exited with code 2)\n"
+    )
+    mail = (tmp_path / "sendmail").read_text()
+    assert mail.startswith("-t\nTo: ops@example.org\nSubject: [jobqueue] job 7 error\n\n")
+    assert "Command:   ls 'a b'\n" in mail and mail.endswith("Last lines of its output:\n\n")
+    assert (tmp_path / "jobctl").read_text() == "--state-dir /state log --tail 20 7\n"

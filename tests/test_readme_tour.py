@@ -63,7 +63,7 @@ def test_raw_socket_example_without_socat(tmp_path: Path) -> None:
 
 def test_tour_mentions_the_whole_story() -> None:
     script = tour_script()
-    for step in ("--watch", "fanout", "--depends", "cancel --kill", "autoarchive", "drain"):
+    for step in ("--watch", "fanout", "--depends", "cancel --kill", "autoarchive", "drain", "log"):
         assert step in script
 
 
@@ -89,6 +89,8 @@ def test_tour_runs() -> None:
         out = result.stdout
         assert "Test delay iteration 3/3" in out
         assert os.uname().sysname in out  # the uname job's output, followed by watch
+        assert out.count(os.uname().release) >= 2  # ... and printed again by log
+        assert "the command exited with 3" in out
         assert "jobs" in out  # the fan-out's result lists the jobs it submitted
         assert "both canceled, as asked" in out
         assert "The drain flag is set" in out
