@@ -91,6 +91,12 @@ COMMAND_LOG_MAX_LINES: Final = 10_000
 COMMAND_LOG_MAX_BYTES: Final = 1024 * 1024
 #: A longer line (or output without newlines) is logged in pieces of this size.
 COMMAND_LOG_MAX_LINE_BYTES: Final = 64 * 1024
+#: Default of ``--max-output-size``: raw output kept on disk per job (all opcodes, both streams).
+DEFAULT_MAX_OUTPUT_SIZE: Final = 1024 * 1024 * 1024
+#: The most output bytes of one stream a ReadJobOutput answer carries.
+OUTPUT_READ_MAX: Final = 1024 * 1024
+#: The most bytes an OP_COMMAND_RUN may pass to its command's standard input.
+COMMAND_STDIN_MAX: Final = 64 * 1024
 
 #: The LUXI protocol version we announce (Ganeti's 2.6 numbering is 2060000).
 LUXI_VERSION: Final = 2060000

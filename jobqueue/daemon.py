@@ -44,6 +44,7 @@ from jobqueue.children import ProcessGroups
 from jobqueue.depmgr import DependencyManager
 from jobqueue.errors import GenericError
 from jobqueue.ha import Roles
+from jobqueue.hooks import FinishHooks
 from jobqueue.jobreader import JobReader, stored_status
 from jobqueue.livejobs import LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
@@ -51,7 +52,9 @@ from jobqueue.lus import builtin_registry, load_plugins
 from jobqueue.lus.command import RUN_AS_SUBMITTER
 from jobqueue.luxi.methods import QueueApi, ReaderApi
 from jobqueue.luxi.server import LuxiServer
+from jobqueue.model import Job
 from jobqueue.opcodes import Registry
+from jobqueue.outputs import OutputRecorder
 from jobqueue.ownership import Ownership
 from jobqueue.paths import StatePaths
 from jobqueue.processor import Processor
@@ -130,6 +133,8 @@ def build_core(
     max_jobs: int = constants.DEFAULT_MAX_JOBS,
     kill_grace: float = constants.DEFAULT_KILL_GRACE,
     processes: ProcessGroups | None = None,
+    max_output_size: int = constants.DEFAULT_MAX_OUTPUT_SIZE,
+    on_job_end: Callable[[Job], None] | None = None,
     strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
     clock: Callable[[], float] = time.time,
     ownership: Ownership | None = None,
@@ -144,12 +149,14 @@ def build_core(
     live = live or LiveJobs(registry.summarize)
     locks = LockManager()
     depmgr = DependencyManager(functools.partial(stored_status, live, store))
+    output = OutputRecorder(store, max_output_size, live.output_grew)
     processor = Processor(
         registry,
         locks,
         kill_grace=kill_grace,
         processes=processes,
         commands_run_as=commands_run_as,
+        output=output,
         logger=logger,
     )
     timers = Timers(logger=logger)
@@ -177,6 +184,7 @@ def build_core(
         strategy_factory=strategy_factory,
         clock=clock,
         ownership=ownership,
+        on_job_end=on_job_end,
         logger=logger,
     )
     reader = JobReader(
@@ -303,6 +311,7 @@ def _run_on(
         daemonproc.report(ready_fd, "OK\n")
 
     processes = ProcessGroups(paths.commands_dir, logger=log)
+    hooks = _finish_hooks(args, paths, registry)
 
     def make_term(recovery_message: str) -> Core:
         """Stop what a killed daemon left running here, then build and recover the queue."""
@@ -326,6 +335,8 @@ def _run_on(
             processes=processes,
             ownership=Ownership(daemon_uid=os.geteuid(), admin_gid=groups.admin),
             commands_run_as=args.commands_run_as,
+            max_output_size=args.max_output_size,
+            on_job_end=None if hooks is None else hooks.job_ended,
             logger=log,
         )
         gc.disable()  # loading makes many objects and no garbage; see daemonproc.settle_gc
@@ -370,6 +381,8 @@ def _run_on(
         for server in servers:
             server.stop()
         leadership.release()
+        if hooks is not None:
+            hooks.stop(args.hook_timeout)
         if state_lock is not None:
             state_lock.release()
     daemonproc.remove_quietly(paths.pid_file)
@@ -400,6 +413,27 @@ def _group_id(name: str | None) -> int | None:
         return grp.getgrnam(name).gr_gid
     except KeyError:
         raise GenericError(f"Unknown group {name!r}") from None
+
+
+def _finish_hooks(
+    args: argparse.Namespace, paths: StatePaths, registry: Registry
+) -> FinishHooks | None:
+    """The started runner of ``--hooks-dir``, None without it."""
+    if not args.hooks_dir:
+        return None
+    directory = os.path.abspath(args.hooks_dir)
+    if not os.path.isdir(directory):
+        raise GenericError(f"--hooks-dir {directory}: no such directory")
+    hooks = FinishHooks(
+        directory,
+        registry.summarize,
+        timeout=args.hook_timeout,
+        extra_env={"JOBQUEUE_STATE_DIR": paths.root},
+        logger=log,
+    )
+    hooks.start()
+    log.info("Finish hooks: the executables in %s", directory)
+    return hooks
 
 
 if __name__ == "__main__":

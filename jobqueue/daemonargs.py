@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from jobqueue import __version__, constants
+from jobqueue.hooks import DEFAULT_TIMEOUT as DEFAULT_HOOK_TIMEOUT
 from jobqueue.lus.command import RUN_AS_DAEMON, RUN_AS_SUBMITTER
 from jobqueue.luxi import server as luxi_server
 from jobqueue.storage.etcdoptions import add_etcd_arguments
@@ -144,6 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="clients served at once on each socket; more are refused at once; lowered at "
         "start if the descriptor limit leaves less room (default: %(default)s)",
     )
+    add(
+        "--max-output-size",
+        type=_size,
+        default=constants.DEFAULT_MAX_OUTPUT_SIZE,
+        metavar="BYTES",
+        help="command output kept on disk per job, e.g. 100M or 2G; more is cut, with a "
+        "marker (default: 1G)",
+    )
+    add(
+        "--hooks-dir",
+        metavar="DIR",
+        help="run the executables in DIR whenever a job ends (see doc/jobqueue-masterd.rst)",
+    )
+    add(
+        "--hook-timeout",
+        type=float,
+        default=DEFAULT_HOOK_TIMEOUT,
+        metavar="SECONDS",
+        help="kill a finish hook still running after this long (default: %(default)s)",
+    )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     add_etcd_arguments(parser)
     return parser
@@ -155,3 +176,18 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _size(text: str) -> int:
+    """An argparse type: bytes, or a number with K, M, G or T (powers of 1024)."""
+    number, unit = text.strip(), ""
+    if number[-1:].upper() in _SIZE_UNITS:
+        number, unit = number[:-1], number[-1].upper()
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected a size in bytes, or with K, M, G or T (such as 100M), got {text!r}"
+        )
+    return int(number) * _SIZE_UNITS[unit]

@@ -72,7 +72,15 @@ class OpPrereqError(GenericError):
 
 
 class OpExecError(GenericError):
-    """An opcode failed during execution."""
+    """An opcode failed during execution.
+
+    ``args`` are ``(message,)``, or ``(message, details)`` where ``details``
+    is an object of facts for programs (a command's ``exit_code`` or
+    ``signal``); the text is the message alone.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class OpCodeUnknown(GenericError):

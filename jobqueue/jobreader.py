@@ -5,6 +5,9 @@
 unfinished jobs) and reads the store only for what that view does not hold:
 the full state of finished and archived jobs. It never changes anything.
 
+``read_output`` answers ReadJobOutput: a job's command output by offset,
+each stream the opcodes' streams one after the other.
+
 ``job_change`` is the heart of WaitForJobChange: it compares a job with what
 a caller last saw (its requested fields and the serial of its last log
 entry). ``watch_job`` lets a waiter hear of changes: by default from the
@@ -16,13 +19,14 @@ Thread-safe: called from handler threads and the server's loop.
 
 from __future__ import annotations
 
+import base64
 import collections
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from jobqueue import filters, qlang, query
-from jobqueue.constants import Status
+from jobqueue.constants import FINALIZED, Status
 from jobqueue.depmgr import DependencyManager
 from jobqueue.errors import ECODE_INVAL, GenericError, OpPrereqError
 from jobqueue.livejobs import IndexEntry, LiveJobs, Summarize
@@ -182,6 +186,61 @@ class JobReader:
         if what == "filter":
             return {"fields": filters.field_definitions(fields)}
         return query.query_fields(what, fields)
+
+    def read_output(
+        self, job_id: int, offsets: Mapping[str, int], max_bytes: int
+    ) -> dict[str, Any] | None:
+        """ReadJobOutput's answer (``doc/luxi.rst``); None for a job that does not exist.
+
+        Each stream of ``offsets`` is read from its offset (negative: that
+        many bytes before its end) for at most ``max_bytes``. The job's status
+        is taken before the output is read: output of a finished job is
+        complete. Raises ``StorageError`` when the store cannot be read.
+        """
+        status = self._live.status_of(job_id)
+        if status is None:
+            job = self.read_job(job_id)
+            if job is None:
+                return None
+            status = job.status
+        sizes = self._store.output_sizes(job_id)
+        answer: dict[str, Any] = {"status": status.value, "finished": status in FINALIZED}
+        for stream, offset in offsets.items():
+            answer[stream] = self._read_stream(job_id, stream, offset, max_bytes, sizes)
+        return answer
+
+    def _read_stream(
+        self,
+        job_id: int,
+        stream: str,
+        offset: int,
+        max_bytes: int,
+        sizes: Mapping[tuple[int, str], int],
+    ) -> dict[str, Any]:
+        """One stream of the answer: the opcodes' streams of that name, end to end."""
+        parts = sorted((index, size) for (index, name), size in sizes.items() if name == stream)
+        total = sum(size for _, size in parts)
+        start = max(0, total + offset) if offset < 0 else offset
+        position, wanted, chunks = start, max_bytes, []
+        part_start = 0
+        for number, (op_index, size) in enumerate(parts):
+            last = number == len(parts) - 1  # may have grown since ``sizes``: read on
+            if position < part_start:
+                break  # an earlier part ended short of its size: never skip bytes
+            if wanted > 0 and (position < part_start + size or last):
+                data = self._store.read_output(
+                    job_id, op_index, stream, position - part_start, wanted
+                )
+                chunks.append(data)
+                position += len(data)
+                wanted -= len(data)
+            part_start += size
+        data = b"".join(chunks)
+        return {
+            "offset": start,
+            "data": base64.b64encode(data).decode("ascii"),
+            "size": max(total, position),
+        }
 
     def _candidates(
         self, full: bool, archived_only: bool, with_archived: bool

@@ -138,6 +138,7 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
             job_id=job.id,
             lock_timeout=_next_lock_timeout(active, index, env),
             submitter=job.submitter,
+            op_index=index,
         )
     except LockAcquireTimeout:
         with active.lock:

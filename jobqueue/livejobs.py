@@ -183,6 +183,13 @@ class LiveJobs:
         for callback in callbacks:
             callback()
 
+    def output_grew(self, job_id: int) -> None:
+        """Tell the job's watches that its command output grew; the job did not change."""
+        with self._lock:
+            callbacks = [watch._on_change for watch in self._watches.get(job_id, ())]
+        for callback in callbacks:
+            callback()
+
     # -- readers -------------------------------------------------------------------
     def entry(self, job_id: int) -> IndexEntry | None:
         with self._lock:

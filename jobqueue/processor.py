@@ -25,6 +25,7 @@ from jobqueue.signals import JobCanceled, LockAcquireTimeout, QueueShutdown
 
 if TYPE_CHECKING:
     from jobqueue.children import ProcessGroups
+    from jobqueue.lus.base import OutputSink
 
 JOBS_KEY = "jobs"
 
@@ -40,6 +41,7 @@ class Processor:
         kill_grace: float = constants.DEFAULT_KILL_GRACE,
         processes: ProcessGroups | None = None,
         commands_run_as: str = "submitter",
+        output: OutputSink | None = None,
         clock: Callable[[], float] = time.monotonic,
         time_ns: Callable[[], int] = time.time_ns,
         logger: logging.Logger | None = None,
@@ -49,6 +51,7 @@ class Processor:
         self._kill_grace = kill_grace
         self._processes = processes
         self._commands_run_as = commands_run_as
+        self._output = output
         self._clock = clock
         self._time_ns = time_ns
         self._log = logger or logging.getLogger(__name__)
@@ -62,8 +65,9 @@ class Processor:
         job_id: int,
         lock_timeout: float | None,
         submitter: Submitter | None = None,
+        op_index: int = 0,
     ) -> Any:
-        """Run one opcode and return its result.
+        """Run one opcode (number ``op_index`` of job ``job_id``) and return its result.
 
         Raises the opcode's own error for an ``InvalidOpCode`` (``OpCodeUnknown``
         for an OP_ID no longer registered), ``LockAcquireTimeout`` when the
@@ -83,6 +87,8 @@ class Processor:
             self._processes,
             submitter=submitter,
             commands_run_as=self._commands_run_as,
+            op_index=op_index,
+            output=self._output,
         )
         lu: LogicalUnit[Any] = lu_class(opcode, ctx)
         try:

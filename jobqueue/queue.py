@@ -83,6 +83,7 @@ class JobQueue:
         strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
         ownership: Ownership | None = None,
         clock: Callable[[], float] = time.time,
+        on_job_end: Callable[[Job], None] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         """``pool`` must run its tasks through ``run_task``; it may start with no workers.
@@ -90,6 +91,9 @@ class JobQueue:
         ``name`` is this daemon's name as the master (``QueryConfigValues``).
         ``ownership`` says who may change which job (default: root and the
         daemon's user as admins, no admin group).
+        ``on_job_end`` is called once per job whose end this queue wrote, right
+        after the write, with the job's lock held: it must not block (the
+        finish hooks only queue the job).
         """
         self.store = store
         self.live = live
@@ -105,6 +109,7 @@ class JobQueue:
         self._strategy_factory = strategy_factory
         self._ownership = ownership or Ownership(daemon_uid=os.geteuid())
         self._clock = clock
+        self._on_job_end = on_job_end
         self._log = logger or logging.getLogger(__name__)
         self._lock = threading.Lock()
         self._active: dict[int, ActiveJob] = {}
@@ -116,9 +121,15 @@ class JobQueue:
 
     # -- StepEnv --------------------------------------------------------------
     def write(self, job: Job) -> None:
-        """Replace the stored job durably, then publish it; ``StorageError`` publishes nothing."""
+        """Replace the stored job durably, then publish it; ``StorageError`` publishes nothing.
+
+        A write that ends the job is announced to ``on_job_end`` after that.
+        """
+        ends = job.is_finalized and self.live.status_of(job.id) not in FINALIZED
         self.store.replace_job(job)
         self.live.publish([job])
+        if ends and self._on_job_end is not None:
+            self._on_job_end(job)
 
     def now(self) -> Timestamp:
         return now_stamp(self._clock)

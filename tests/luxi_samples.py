@@ -12,6 +12,7 @@ VALID_CALLS: dict[str, list[Any]] = {
     "SubmitJobToDrainedQueue": [[DELAY0]],
     "SubmitManyJobs": [[[DELAY0], [{**DELAY0, "depends": [[-1, []]]}]]],
     "WaitForJobChange": [1, ["status"], None, None, 0],
+    "ReadJobOutput": [1, {"stdout": 0, "stderr": -10}, 1024, 0],
     "CancelJob": [1, False],
     "ChangeJobPriority": [1, 10],
     "ArchiveJob": [1],

@@ -12,7 +12,7 @@ import pytest
 
 from jobqueue import errors
 from tests import test_cli_fakeluxi as fake
-from tests.test_cli_fakeluxi import FakeLuxi, JobTable, in_order, run_jobctl
+from tests.test_cli_fakeluxi import REPO_ROOT, FakeLuxi, JobTable, in_order, run_jobctl
 
 luxi = fake.luxi  # fixtures shared with the other CLI tests
 short_dir = fake.short_dir
@@ -330,7 +330,7 @@ class TestSubmit:
                 "shared_locks": [],
                 "timeout": None,
                 "env": {},
-                "cwd": None,
+                "cwd": REPO_ROOT,  # the caller's directory
             }
         ]
 
@@ -358,6 +358,7 @@ class TestSubmit:
             "argv": ["ssh", "{item}", "uptime"],
             "items": ["web1", "web2"],
             "locks": ["host:{item}"],
+            "cwd": REPO_ROOT,
             "then": [
                 {
                     "OP_ID": "OP_COMMAND_RUN",
@@ -366,7 +367,7 @@ class TestSubmit:
                     "shared_locks": [],
                     "timeout": None,
                     "env": {},
-                    "cwd": None,
+                    "cwd": REPO_ROOT,
                 }
             ],
         }

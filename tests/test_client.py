@@ -177,6 +177,17 @@ RPCS: list[tuple[Callable[[Client], Any], str, list[Any], Any, Any]] = [
         [False],
         [False],
     ),
+    (
+        lambda c: c.read_job_output(7, {"stdout": -5}, 100, 20),
+        "ReadJobOutput",
+        [7, {"stdout": -5}, 100, 20],
+        {
+            "status": "running",
+            "finished": False,
+            "stdout": {"offset": 3, "data": "aGk=", "size": 5},
+        },
+        {"status": "running", "finished": False, "stdout": {"offset": 3, "data": b"hi", "size": 5}},
+    ),
 ]
 
 

@@ -123,10 +123,16 @@ class FakeProcessor:
         job_id: int,
         lock_timeout: float | None,
         submitter: Any = None,
+        op_index: int = 0,
     ) -> Any:
         assert owner == job_id
         self.calls.append(
-            {"input": op_input, "timeout": lock_timeout, "priority": cbs.current_priority()}
+            {
+                "input": op_input,
+                "index": op_index,
+                "timeout": lock_timeout,
+                "priority": cbs.current_priority(),
+            }
         )
         assert self.script, "processor called more often than expected"
         return self.script.pop(0)(op_input, cbs, lock_timeout)
@@ -189,6 +195,14 @@ def run_to_end(active: ActiveJob, env: Env, limit: int = 100) -> list[Verdict]:
 
 
 class TestSuccess:
+    def test_each_opcode_runs_knowing_its_index(self) -> None:
+        processor = FakeProcessor(succeed(), succeed())
+        active = make_job(dummy(), dummy())
+        env = Env(processor)
+        assert step(active, env) == Verdict.DEFER
+        assert step(active, env) == Verdict.FINISHED
+        assert [call["index"] for call in processor.calls] == [0, 1]
+
     @pytest.mark.parametrize("count", [1, 3, 10])
     def test_success(self, count: int) -> None:
         env = Env()

@@ -393,8 +393,8 @@ class TestCommandRun:
         code = "import sys; print('first problem', file=sys.stderr); sys.exit('last problem')"
         job = run_job(queue, [command(py(code))])
         assert job["status"] == "error"
-        name, (message,) = job["opresult"][0]
-        assert name == "OpExecError"
+        name, (message, details) = job["opresult"][0]
+        assert name == "OpExecError" and details == {"exit_code": 1}
         assert "code 1" in message and "last problem" in message
         assert log_of(job, 0, "stderr") == ["first problem", "last problem"]
 

@@ -163,6 +163,7 @@ class TestValidate:
             "locks": [],
             "shared_locks": [],
             "user": None,
+            "stdin": None,
         }
 
     def test_mutable_defaults_are_never_shared(self, registry: Registry) -> None:

@@ -73,6 +73,7 @@ def test_tour_mentions_the_whole_story() -> None:
         "queue pause",
         "--rate-limit",
         "--retries",
+        "log",
     ):
         assert step in script
 
@@ -99,6 +100,8 @@ def test_tour_runs() -> None:
         out = result.stdout
         assert "Test delay iteration 3/3" in out
         assert os.uname().sysname in out  # the uname job's output, followed by watch
+        assert out.count(os.uname().release) >= 2  # ... and printed again by log
+        assert "the command exited with 3" in out
         assert "jobs" in out  # the fan-out's result lists the jobs it submitted
         assert "both canceled, as asked" in out
         assert "queued (paused by filter " in out

@@ -8,6 +8,7 @@ WaitForJobChange is woken as by the real queue.
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import dataclasses
 import json
@@ -55,6 +56,7 @@ class FakeQueue:
         self.config_result: list[Any] = [False]
         self.finished: set[int] = set()  # jobs whose watches hold no state: read them
         self.callers: list[Any] = []  # the caller passed to each method that changes something
+        self.outputs: dict[int, bytes] = {}  # each job's stdout
 
     def _record(self, name: str, *args: Any) -> None:
         with self._calls_changed:
@@ -82,6 +84,14 @@ class FakeQueue:
         for watch in watches:
             watch.on_change()
 
+    def add_output(self, job_id: int, data: bytes) -> None:
+        """Append to a job's stdout and announce it, as ``LiveJobs.output_grew`` does."""
+        with self._calls_changed:
+            self.outputs[job_id] = self.outputs.get(job_id, b"") + data
+            watches = list(self.watches.get(job_id, ()))
+        for watch in watches:
+            watch.on_change()
+
     def watch_count(self) -> int:
         with self._calls_changed:
             return sum(len(watches) for watches in self.watches.values())
@@ -104,6 +114,22 @@ class FakeQueue:
         self._record("job_change", job, fields, prev_job_info, prev_log_serial)
         info = [job]
         return None if info == prev_job_info else [info, []]
+
+    def read_output(
+        self, job_id: int, offsets: dict[str, int], max_bytes: int
+    ) -> dict[str, Any] | None:
+        self._record("read_output", job_id, offsets, max_bytes)
+        with self._calls_changed:
+            status = self.jobs.get(job_id)
+            data = self.outputs.get(job_id, b"")
+        if status is None:
+            return None
+        answer: dict[str, Any] = {"status": status, "finished": status == "success"}
+        for name, offset in offsets.items():
+            chunk = data[offset : offset + max_bytes] if name == "stdout" else b""
+            encoded = base64.b64encode(chunk).decode()
+            answer[name] = {"offset": offset, "data": encoded, "size": len(data)}
+        return answer
 
     # -- QueueApi --------------------------------------------------------------
     def submit_job(self, ops: list[Any], *, drained_ok: bool = False, submitter: Any = None) -> int:
@@ -401,6 +427,9 @@ def test_client_calls_every_method(harness: Harness) -> None:
         assert client.set_drain_flag(False) is True
         assert client.query_config_values(["drain_flag"]) == [False]
         assert client.wait_for_job(5) == "success"
+        harness.queue.add_output(5, b"out")
+        answer = client.read_job_output(5, {"stdout": 0, "stderr": 0}, 10)
+        assert (answer["stdout"]["data"], answer["stderr"]["data"]) == (b"out", b"")
     assert [call[0] for call in harness.queue.calls].count("job_change") == 2
 
 
@@ -518,6 +547,12 @@ BAD_ARGS: list[tuple[str, list[Any], str]] = [
     ("WaitForJobChange", [1, ["status"], None, 1.5, 1], "argument 4 (prev_log_serial) must be"),
     ("WaitForJobChange", [1, ["status"], None, None, "1"], "argument 5 (timeout) must be a num"),
     ("WaitForJobChange", [1.5, ["status"], None, None, 1], "argument 1 (job_id) must be a job"),
+    ("ReadJobOutput", [1, {"stdout": 0}], "ReadJobOutput: expected 3 to 4 arguments, got 2"),
+    ("ReadJobOutput", [1, {}, 10], "argument 2 (offsets) must be an object of offsets"),
+    ("ReadJobOutput", [1, {"stdin": 0}, 10], "argument 2 (offsets) must be an object"),
+    ("ReadJobOutput", [1, {"stdout": 0.5}, 10], "argument 2 (offsets) must be an object"),
+    ("ReadJobOutput", [1, {"stdout": 0}, -1], "argument 3 (max_bytes) must be a non-negative"),
+    ("ReadJobOutput", [1, {"stdout": 0}, 1, "x"], "argument 4 (timeout) must be a number"),
 ]
 
 
@@ -1165,3 +1200,79 @@ def test_rate_limited_log_counts_what_it_leaves_out(caplog: pytest.LogCaptureFix
         "event B",
         "event A (4 more like this not logged)",
     ]
+
+
+# -- ReadJobOutput --------------------------------------------------------------------
+def read_output(sock: socket.socket, *args: Any) -> Any:
+    success, result = call_raw(sock, "ReadJobOutput", list(args))
+    assert success, result
+    return result
+
+
+def test_output_is_answered_at_once_when_there_is_some(harness: Harness) -> None:
+    harness.queue.set_job(3, "running")
+    harness.queue.add_output(3, b"hello")
+    with connect(harness.query) as sock:
+        begin = time.monotonic()
+        answer = read_output(sock, 3, {"stdout": 1}, 3, 30)
+        assert time.monotonic() - begin < 1
+    assert answer["stdout"] == {"offset": 1, "data": base64.b64encode(b"ell").decode(), "size": 5}
+
+
+def test_output_waits_for_more_output(harness: Harness) -> None:
+    queue = harness.queue
+    queue.set_job(3, "running")
+    queue.add_output(3, b"seen")
+    with connect(harness.master) as sock:
+        sock.sendall(protocol.encode_request("ReadJobOutput", [3, {"stdout": 4}, 100, 30]))
+        queue.wait_calls("read_output", 1)
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # nothing new: no answer yet
+        sock.settimeout(WAIT)
+        queue.add_output(3, b" more")
+        success, answer = protocol.parse_response(recv_frame(sock))
+    assert success and base64.b64decode(answer["stdout"]["data"]) == b" more"
+
+
+def test_output_of_a_job_that_ends_is_answered(harness: Harness) -> None:
+    queue = harness.queue
+    queue.set_job(3, "running")
+    with connect(harness.master) as sock:
+        sock.sendall(protocol.encode_request("ReadJobOutput", [3, {"stdout": 0}, 100, 30]))
+        queue.wait_calls("read_output", 1)
+        queue.set_job(3, "success")
+        success, answer = protocol.parse_response(recv_frame(sock))
+    assert success and answer["finished"] and answer["stdout"]["data"] == ""
+
+
+def test_output_without_a_timeout_or_after_it(harness: Harness) -> None:
+    harness.queue.set_job(3, "running")
+    with connect(harness.master) as sock:
+        assert read_output(sock, 3, {"stdout": 0}, 100)["stdout"]["data"] == ""
+        begin = time.monotonic()
+        assert read_output(sock, 3, {"stdout": 0}, 100, 0.3)["stdout"]["data"] == ""
+        assert 0.25 <= time.monotonic() - begin < WAIT
+
+
+def test_output_answers_are_bounded(harness: Harness) -> None:
+    harness.queue.set_job(3, "success")
+    with connect(harness.master) as sock:
+        read_output(sock, 3, {"stdout": 0, "stderr": 0}, 10**9)
+    (call,) = harness.queue.calls_named("read_output")
+    assert call == ("read_output", 3, {"stdout": 0, "stderr": 0}, constants.OUTPUT_READ_MAX)
+
+
+def test_output_answers_fit_the_largest_answer(make_server: Callable[..., Harness]) -> None:
+    harness = make_server(max_answer_size=10_000)
+    harness.queue.set_job(3, "success")
+    harness.queue.add_output(3, b"x" * 20_000)
+    with connect(harness.master) as sock:
+        answer = read_output(sock, 3, {"stdout": 0, "stderr": 0}, 10**9)
+    assert 0 < len(base64.b64decode(answer["stdout"]["data"])) <= 10_000 * 3 // 8
+
+
+def test_output_of_an_unknown_job_is_job_lost(harness: Harness) -> None:
+    with connect(harness.query) as sock:
+        success, result = call_raw(sock, "ReadJobOutput", [99, {"stdout": 0}, 10, 10])
+        assert not success and result[0] == "JobLost"

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,13 @@ def store(stores: Stores) -> JobStore:
 
 def create(store: JobStore, *jobs: Job) -> None:
     assert store.create_jobs(jobs) == [None] * len(jobs)
+
+
+def keeps_output(store: JobStore) -> JobStore:
+    """``store``, unless it keeps no command output (the etcd store, for now): then skip."""
+    if type(store).__name__ == "EtcdJobStore":
+        pytest.skip("the etcd store keeps no command output yet (jobqueue/storage/etcd.py)")
+    return store
 
 
 class TestStoreContract:
@@ -163,6 +171,67 @@ class TestStoreContract:
         assert pruned.jobs == 2 and pruned.failures == []
         assert store.archived_ids() == [] and store.read_job(ids[0]) is None
         assert store.read_job(ids[2]) is not None  # live jobs are never pruned
+
+    def test_output_streams_grow_and_read_by_range(self, stores: Stores) -> None:
+        store, reader = keeps_output(stores.open()), stores.other()
+        (job_id,) = store.allocate_ids(1)
+        create(store, make_job(job_id, Status.RUNNING))
+        assert store.output_sizes(job_id) == {}
+        stdout = store.open_output(job_id, 0, "stdout")
+        stdout.append(b"hello ")
+        assert reader.read_output(job_id, 0, "stdout", 0, 100) == b"hello "  # before close
+        stdout.append(b"world\n\x00\xff")
+        stderr = store.open_output(job_id, 1, "stderr")
+        stderr.append(b"oops")
+        stdout.close()
+        stderr.close()
+        stdout.close()  # idempotent
+        assert reader.output_sizes(job_id) == {(0, "stdout"): 14, (1, "stderr"): 4}
+        assert reader.read_output(job_id, 0, "stdout", 6, 5) == b"world"
+        assert reader.read_output(job_id, 0, "stdout", 12, 100) == b"\x00\xff"
+        assert reader.read_output(job_id, 0, "stdout", 14, 100) == b""
+        assert reader.read_output(job_id, 0, "stdout", 99, 100) == b""
+        assert reader.read_output(job_id, 0, "stderr", 0, 100) == b""  # no such stream
+        assert reader.read_output(job_id + 1, 0, "stdout", 0, 100) == b""
+        with pytest.raises(ValueError):
+            store.open_output(job_id, 0, "stdin")
+
+    def test_reopened_output_appends(self, store: JobStore) -> None:
+        keeps_output(store)
+        (job_id,) = store.allocate_ids(1)
+        create(store, make_job(job_id, Status.RUNNING))
+        for part in (b"one ", b"two"):
+            stream = store.open_output(job_id, 0, "stderr")
+            stream.append(part)
+            stream.close()
+        assert store.read_output(job_id, 0, "stderr", 0, 100) == b"one two"
+
+    def test_output_is_archived_and_pruned_with_its_job(self, store: JobStore) -> None:
+        keeps_output(store)
+        ids = store.allocate_ids(2)
+        create(store, *(make_job(i, Status.SUCCESS) for i in ids))
+        for job_id in ids:
+            stream = store.open_output(job_id, 0, "stdout")
+            stream.append(b"output of %d" % job_id)
+            stream.close()
+        archived_at = time.time()
+        assert store.archive_jobs([ids[0]]) == ([ids[0]], None)
+        assert store.read_output(ids[0], 0, "stdout", 0, 100) == b"output of %d" % ids[0]
+        assert store.output_sizes(ids[0]) == {(0, "stdout"): len(b"output of %d" % ids[0])}
+        assert store.prune_archive(3600, archived_at + 7200).jobs == 1
+        assert store.output_sizes(ids[0]) == {}
+        assert store.read_output(ids[0], 0, "stdout", 0, 100) == b""
+        assert store.read_output(ids[1], 0, "stdout", 0, 100) != b""  # live: kept
+
+    def test_discarded_jobs_take_their_output(self, store: JobStore) -> None:
+        keeps_output(store)
+        (job_id,) = store.allocate_ids(1)
+        create(store, make_job(job_id))
+        stream = store.open_output(job_id, 0, "stdout")
+        stream.append(b"x")
+        stream.close()
+        assert store.discard_jobs([job_id]) == ([job_id], None)
+        assert store.output_sizes(job_id) == {}
 
     def test_drain_flag(self, store: JobStore) -> None:
         assert not store.is_drained()
@@ -751,3 +820,83 @@ def test_a_failed_filter_write_keeps_the_old_rule(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         store.replace_filter({"uuid": RULE_UUIDS[0], "priority": 2})
     assert FileJobStore(queue).load_filters() == [{"uuid": RULE_UUIDS[0], "priority": 1}]
+
+
+def _write_output(store: JobStore, job_id: int, data: bytes = b"out") -> None:
+    stream = store.open_output(job_id, 0, "stdout")
+    stream.append(data)
+    stream.close()
+
+
+def test_output_files_are_private_and_follow_the_archive(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    store = FileJobStore(str(queue))
+    create(store, make_job(12345, Status.SUCCESS))
+    _write_output(store, 12345)
+    live = queue / "output" / "12345" / "0.stdout"
+    assert stat.S_IMODE(live.stat().st_mode) == 0o600
+    assert stat.S_IMODE(live.parent.stat().st_mode) == 0o700
+    store.archive_jobs([12345])
+    assert not live.parent.exists()
+    assert (queue / "archive" / "1" / "output-12345" / "0.stdout").read_bytes() == b"out"
+
+
+def test_start_settles_output_left_by_a_crash(tmp_path: Path) -> None:
+    """Job 1 was archived but not its output (a crash in between); job 2 is gone."""
+    queue = tmp_path / "queue"
+    store = FileJobStore(str(queue))
+    create(store, *(make_job(i, Status.SUCCESS) for i in (1, 2, 3)))
+    for job_id in (1, 2, 3):
+        _write_output(store, job_id)
+    os.makedirs(queue / "archive" / "0")
+    os.replace(queue / "job-1", queue / "archive" / "0" / "job-1")
+    os.unlink(queue / "job-2")
+    reopened = FileJobStore(str(queue))
+    assert sorted(job.id for job in reopened.load_jobs()) == [3]
+    assert sorted(os.listdir(queue / "output")) == ["3"]
+    assert (queue / "archive" / "0" / "output-1" / "0.stdout").is_file()
+    assert reopened.read_output(1, 0, "stdout", 0, 10) == b"out"
+
+
+def test_prune_deletes_output_only_without_its_job_and_old(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    archive = queue / "archive" / "0"
+    day = 86400
+    _touch(archive / "job-1", 30 * day)
+    _touch(archive / "output-1" / "0.stdout", 30 * day)
+    _touch(archive / "job-2", 1 * day)
+    _touch(archive / "output-2" / "0.stdout", 30 * day)  # its job is recent: kept
+    _touch(archive / "output-3" / "0.stdout", 0)  # being archived: its job comes next
+    for name in ("output-1", "output-2", "output-3"):
+        stamp = time.time() - (0 if name == "output-3" else 30 * day)
+        os.utime(archive / name, (stamp, stamp))
+    result = FileJobStore(str(queue), owner=False).prune_archive(21 * day, time.time())
+    assert (result.jobs, result.failures) == (1, [])
+    assert sorted(os.listdir(archive)) == ["job-2", "output-2", "output-3"]
+
+
+def test_output_reads_neither_follow_links_nor_block(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    store = FileJobStore(str(queue))
+    create(store, make_job(1, Status.RUNNING))
+    _write_output(store, 1, b"mine")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not for you")
+    (queue / "output" / "1" / "0.stderr").symlink_to(secret)
+    os.mkfifo(queue / "output" / "1" / "1.stdout")
+    assert store.output_sizes(1) == {(0, "stdout"): 4}
+    for op_index, stream in ((0, "stderr"), (1, "stdout")):
+        with pytest.raises(StorageError):
+            store.read_output(1, op_index, stream, 0, 100)
+        with pytest.raises(StorageError):
+            store.open_output(1, op_index, stream)
+    assert secret.read_bytes() == b"not for you"
+
+
+def test_the_etcd_store_keeps_no_output_yet(
+    etcd_member: Any, open_etcd_store: Callable[..., JobStore]
+) -> None:
+    store = open_etcd_store(etcd_member.endpoints, unique_prefix())
+    with pytest.raises(StorageError, match="keeps no command output"):
+        store.open_output(1, 0, "stdout")
+    assert store.output_sizes(1) == {} and store.read_output(1, 0, "stdout", 0, 10) == b""

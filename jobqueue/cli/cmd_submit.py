@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 from jobqueue.cli import opbuild
 from jobqueue.cli.context import Context
 from jobqueue.cli.exitcodes import CommandFailed, ExitCode
-from jobqueue.cli.follow import watch_job
-from jobqueue.constants import FINALIZED, PRIO_NAMES
+from jobqueue.cli.follow import wait_and_report, watch_job
+from jobqueue.constants import COMMAND_STDIN_MAX, FINALIZED, PRIO_NAMES
 
 # Start-up speed: ``typing`` is imported for the type checker only.
 TYPE_CHECKING = False
@@ -49,7 +50,7 @@ def submit_jobs(
     One job goes with SubmitJob (its errors, such as a drained queue, end
     the command), several with one SubmitManyJobs call whose per-job
     failures are reported on stderr (exit 1). With ``--watch`` each job is
-    followed afterwards.
+    followed afterwards, with ``--wait`` they are waited for as ``wait`` does.
     """
     from jobqueue.cli.cmd_controls import job_options
 
@@ -74,7 +75,41 @@ def submit_jobs(
     if args.watch:
         for job_id in job_ids:
             code = max(code, watch_job(context, job_id, children=args.children))
+    elif getattr(args, "wait", False) and job_ids:
+        code = max(code, wait_and_report(context, job_ids, children=args.children))
     return code
+
+
+def _working_directory(args: argparse.Namespace) -> str:
+    """``--cwd`` made absolute here, else the caller's directory."""
+    try:
+        return os.path.abspath(args.cwd) if args.cwd is not None else os.getcwd()
+    except OSError as err:
+        raise CommandFailed(
+            f"Cannot determine the current directory ({err.strerror}); give --cwd DIR"
+        ) from None
+
+
+def _environment(args: argparse.Namespace) -> dict[str, str]:
+    """``--caller-env``, ``--env-from-caller`` and ``--env``, in that order."""
+    env: dict[str, str] = _build(
+        lambda: opbuild.environment(args.env, args.env_from_caller, args.caller_env, os.environ)
+    )
+    return env
+
+
+def _standard_input(context: Context) -> bytes:
+    """The caller's standard input, at most ``COMMAND_STDIN_MAX`` bytes."""
+    stream = getattr(context.stdin, "buffer", None)
+    data = stream.read(COMMAND_STDIN_MAX + 1) if stream is not None else b""
+    if stream is None:
+        data = context.stdin.read(COMMAND_STDIN_MAX + 1).encode()
+    if len(data) > COMMAND_STDIN_MAX:
+        raise CommandFailed(
+            f"Standard input is longer than {COMMAND_STDIN_MAX} bytes, the most --stdin passes;"
+            " put it in a file and give the command its name"
+        )
+    return data
 
 
 def cmd_submit(args: argparse.Namespace, context: Context) -> int:
@@ -89,9 +124,11 @@ def cmd_submit(args: argparse.Namespace, context: Context) -> int:
 
 def cmd_run(args: argparse.Namespace, context: Context) -> int:
     """``jobctl run [options] -- CMD ARGS...``."""
+    cwd, env = _working_directory(args), _environment(args)
+    stdin = _standard_input(context) if args.stdin else None
     opcode = _build(
         lambda: opbuild.run_opcode(
-            args.argv, args.lock, args.shared_lock, args.timeout, dict(args.env), args.cwd
+            args.argv, args.lock, args.shared_lock, args.timeout, env, cwd, stdin
         )
     )
     return submit_jobs(context, args, [[opcode]], many=False)
@@ -110,7 +147,8 @@ def cmd_fanout(args: argparse.Namespace, context: Context) -> int:
             args.then_run,
             shared_locks=args.shared_lock,
             timeout=args.timeout,
-            env=dict(args.env),
+            env=_environment(args),
+            cwd=_working_directory(args),
         )
     )
     return submit_jobs(context, args, [[opcode]], many=False)

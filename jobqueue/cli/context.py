@@ -143,6 +143,20 @@ class Context:
         if flush:
             self.stdout.flush()
 
+    def write_bytes(self, data: bytes, *, to_stderr: bool = False) -> None:
+        """Write raw bytes to stdout (or stderr) as they are, after any text written."""
+        stream = self.stderr if to_stderr else self.stdout
+        if to_stderr:
+            self.stdout.flush()
+        stream.flush()
+        buffer = getattr(stream, "buffer", None)
+        if buffer is not None:
+            buffer.write(data)
+            buffer.flush()
+        else:  # a text-only stream (tests): decoded as well as it goes
+            stream.write(data.decode("utf-8", "replace"))
+            stream.flush()
+
     def err(self, line: str) -> None:
         """Print ``line`` on stderr (after what stdout holds so far)."""
         self.stdout.flush()

@@ -1,7 +1,9 @@
 """The exit codes of ``jobctl``, and the one-line message for each failure.
 
 The table here is the only place the numbers live; the man page
-(``doc/jobctl.rst``) repeats it for users.
+(``doc/jobctl.rst``) repeats it for users. One rule adds to it: following
+a job of a single command, ``jobctl`` exits as a shell would with that
+command's status (``command_exit_code``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,11 @@ import enum
 
 from jobqueue import errors
 from jobqueue.luxi.client import STALE_SOCKET
+
+# Start-up speed: ``typing`` is imported for the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ExitCode(enum.IntEnum):
@@ -38,6 +45,38 @@ class ExitCode(enum.IntEnum):
     UNKNOWN_FIELD = 14
     #: Interrupted with Ctrl-C.
     INTERRUPTED = 130
+
+
+#: A command killed by signal N makes the exit status SIGNAL_BASE + N, as in shells.
+SIGNAL_BASE = 128
+
+
+def command_exit_code(status: Any, opresult: Any) -> int | None:
+    """The exit status for a job of one command that did not succeed; None for other jobs.
+
+    The command's exit code, or ``SIGNAL_BASE + N`` when signal N killed
+    it, from the details its failure carries (``OP_COMMAND_RUN``'s
+    ``{"exit_code": N}`` or ``{"signal": N}``). A job of one opcode whose
+    failure carries neither (it never ran, or it was canceled) gets None.
+    A command that exited 0 but failed all the same (a timeout it
+    survived) gets ``FAILURE``.
+    """
+    if not (isinstance(opresult, list) and len(opresult) == 1) or status == "success":
+        return None
+    result = opresult[0]
+    if not errors.is_encoded_error(result) or len(result[1]) < 2:
+        return None
+    details = result[1][1]
+    if not isinstance(details, dict):
+        return None
+    signum, code = details.get("signal"), details.get("exit_code")
+    if type(signum) is int and 0 < signum < SIGNAL_BASE:
+        return SIGNAL_BASE + signum
+    if type(code) is int and 0 < code < 256:
+        return code
+    if type(code) is int:
+        return ExitCode.FAILURE
+    return None
 
 
 #: One line per code, for ``jobctl --help``; the man page explains them at length.

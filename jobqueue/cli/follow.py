@@ -2,7 +2,9 @@
 
 A job whose opcodes submitted jobs (a fan-out, any ``ResultWithJobs``) is
 not done for its user until those are: both commands wait for them too,
-and for the jobs those submitted, unless ``--no-children``.
+and for the jobs those submitted, unless ``--no-children``. Following one
+job of a single command, both exit with that command's status
+(``exitcodes.command_exit_code``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Sequence
 from jobqueue import errors
 from jobqueue.cli import formatting, lookup, waiting
 from jobqueue.cli.context import Context
-from jobqueue.cli.exitcodes import CommandFailed, ExitCode
+from jobqueue.cli.exitcodes import CommandFailed, ExitCode, command_exit_code
 from jobqueue.cli.selection import unique
 from jobqueue.constants import FINALIZED, JOB_NOTCHANGED, Status
 
@@ -52,21 +54,30 @@ def failure_reason(status: Any, opstatus: Any, opresult: Any) -> str:
     return f"Job ended with status {status}"
 
 
-def failure_reasons(
+def failure_details(
     context: Context, job_ids: Sequence[int], statuses: dict[int, Any]
-) -> dict[int, str]:
-    """Why each of ``job_ids`` failed, from one QueryJobs call."""
+) -> tuple[dict[int, str], dict[int, int | None]]:
+    """Why each of ``job_ids`` failed, and the exit status its command gives (if one)."""
     known = [job_id for job_id in job_ids if statuses.get(job_id) != LOST]
     fields = ["id", "status", "opstatus", "opresult"]
     rows = context.client.query_jobs(known, fields) if known else []
     details = {int(row[0]): row[1:] for row in rows if row and row[0] is not None}
-    reasons = {}
+    reasons: dict[int, str] = {}
+    codes: dict[int, int | None] = {}
     for job_id in job_ids:
         row = details.get(job_id)
         if not row or row[0] is None:
             row = [statuses.get(job_id), None, None]
         reasons[job_id] = failure_reason(*row)
-    return reasons
+        codes[job_id] = command_exit_code(row[0], row[2])
+    return reasons, codes
+
+
+def failure_reasons(
+    context: Context, job_ids: Sequence[int], statuses: dict[int, Any]
+) -> dict[int, str]:
+    """Why each of ``job_ids`` failed, from one QueryJobs call."""
+    return failure_details(context, job_ids, statuses)[0]
 
 
 def report_failures(
@@ -229,22 +240,26 @@ def watch_job(
 
     While the job is pending, what it waits for is shown. With ``children``
     the jobs it submitted are waited for afterwards, and count for the exit
-    status. Nothing but the error is printed for a job that does not exist.
+    status. A job of one command that failed gives its command's exit
+    status instead of 1. Nothing but the error is printed for a job that
+    does not exist.
     """
     watch = _Watch(context, job_id, as_json)
     status = follow_job(context, job_id, watch.log, watch.status)
     watch.start()
     failed: dict[int, str] = {}
+    codes: dict[int, int | None] = {}
     if status != Status.SUCCESS:
-        failed = failure_reasons(context, [job_id], {job_id: status})
+        failed, codes = failure_details(context, [job_id], {job_id: status})
     watch.end(status, failed.get(job_id))
     report_failures(context, failed)
-    children_failed = False
-    if children:
-        submitted = lookup.children(context.client, [job_id]).get(job_id, [])
-        if submitted:
-            children_failed = _wait_for_children(context, watch, job_id, submitted)
-    return ExitCode.FAILURE if failed or children_failed else ExitCode.OK
+    submitted = lookup.children(context.client, [job_id]).get(job_id, []) if children else []
+    if submitted:
+        children_failed = _wait_for_children(context, watch, job_id, submitted)
+        return ExitCode.FAILURE if failed or children_failed else ExitCode.OK
+    if not failed:
+        return ExitCode.OK
+    return codes.get(job_id) or ExitCode.FAILURE
 
 
 def _wait_for_children(context: Context, watch: _Watch, job_id: int, submitted: list[int]) -> bool:
@@ -307,6 +322,18 @@ class WaitResult:
 
     def failures(self, context: Context) -> dict[int, str]:
         return failure_reasons(context, self.failed(), self.statuses)
+
+    def failure_details(self, context: Context) -> tuple[dict[int, str], dict[int, int | None]]:
+        return failure_details(context, self.failed(), self.statuses)
+
+    def exit_code(self, codes: dict[int, int | None]) -> int:
+        """0 if all succeeded; a lone job of one command gives its status; else 1."""
+        failed = self.failed()
+        if not failed:
+            return ExitCode.OK
+        if len(self.order) == 1:
+            return codes.get(failed[0]) or ExitCode.FAILURE
+        return ExitCode.FAILURE
 
 
 def _add_children(context: Context, result: WaitResult, looked_at: set[int]) -> bool:
@@ -371,24 +398,36 @@ def wait_for_jobs(
     return result
 
 
-def cmd_wait(args: argparse.Namespace, context: Context) -> int:
-    """``jobctl wait ID...``: 0 if all succeeded, else 1 with the reasons on stderr."""
-    result = wait_for_jobs(context, unique(args.job_ids), children=args.children)
-    reasons = result.failures(context)
-    if args.output == "json":
-        from jobqueue.cli.cmd_query import print_json
-
-        print_json(
-            context,
-            [
-                {
-                    "id": job_id,
-                    "status": result.statuses[job_id],
-                    "submitted_by": result.parents.get(job_id),
-                    "error": reasons.get(job_id),
-                }
-                for job_id in result.order
-            ],
-        )
+def wait_and_report(context: Context, job_ids: Sequence[int], *, children: bool) -> int:
+    """Wait for jobs as ``wait`` does, report the failures; the exit status of ``wait``."""
+    result = wait_for_jobs(context, job_ids, children=children)
+    reasons, codes = result.failure_details(context)
     report_failures(context, reasons, result.parents)
-    return ExitCode.FAILURE if reasons else ExitCode.OK
+    return result.exit_code(codes)
+
+
+def cmd_wait(args: argparse.Namespace, context: Context) -> int:
+    """``jobctl wait ID...``: 0 if all succeeded, else 1 with the reasons on stderr.
+
+    For one job of a single command, that command's exit status instead of 1.
+    """
+    if args.output != "json":
+        return wait_and_report(context, unique(args.job_ids), children=args.children)
+    from jobqueue.cli.cmd_query import print_json
+
+    result = wait_for_jobs(context, unique(args.job_ids), children=args.children)
+    reasons, codes = result.failure_details(context)
+    print_json(
+        context,
+        [
+            {
+                "id": job_id,
+                "status": result.statuses[job_id],
+                "submitted_by": result.parents.get(job_id),
+                "error": reasons.get(job_id),
+            }
+            for job_id in result.order
+        ],
+    )
+    report_failures(context, reasons, result.parents)
+    return result.exit_code(codes)

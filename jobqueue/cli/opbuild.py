@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from jobqueue.constants import FINALIZED
 
@@ -57,6 +57,39 @@ def parse_env(text: str) -> tuple[str, str]:
     return key, value
 
 
+def parse_env_name(text: str) -> str:
+    """An environment variable's name: not empty, without ``=``."""
+    if not text or "=" in text:
+        raise ValueError(f"Invalid environment variable name '{text}'")
+    return text
+
+
+def environment(
+    settings: Sequence[tuple[str, str]],
+    from_caller: Sequence[str],
+    all_of_caller: bool,
+    caller: Mapping[str, str],
+) -> dict[str, str]:
+    """A command's ``env``: the caller's (all, or the named variables), then ``settings``.
+
+    A named variable the caller does not have is an error.
+    """
+    env = dict(caller) if all_of_caller else {}
+    for name in from_caller:
+        if name not in caller:
+            raise ValueError(f"--env-from-caller {name}: {name} is not set in your environment")
+        env[name] = caller[name]
+    env.update(settings)
+    return env
+
+
+def encode_stdin(data: bytes) -> str:
+    """The ``stdin`` parameter of ``OP_COMMAND_RUN``: ``data`` in base64."""
+    import base64
+
+    return base64.b64encode(data).decode("ascii")
+
+
 def run_opcode(
     argv: Sequence[str],
     locks: Sequence[str] = (),
@@ -64,11 +97,12 @@ def run_opcode(
     timeout: float | None = None,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
+    stdin: bytes | None = None,
 ) -> Opcode:
-    """An ``OP_COMMAND_RUN`` opcode running ``argv``."""
+    """An ``OP_COMMAND_RUN`` opcode running ``argv``; ``stdin`` only when given."""
     if not argv:
         raise ValueError("No command given")
-    return {
+    opcode: Opcode = {
         "OP_ID": OP_COMMAND_RUN,
         "argv": list(argv),
         "locks": list(locks),
@@ -77,6 +111,9 @@ def run_opcode(
         "env": dict(env or {}),
         "cwd": cwd,
     }
+    if stdin is not None:
+        opcode["stdin"] = encode_stdin(stdin)
+    return opcode
 
 
 def fanout_opcode(
@@ -88,10 +125,12 @@ def fanout_opcode(
     shared_locks: Sequence[str] = (),
     timeout: float | None = None,
     env: dict[str, str] | None = None,
+    cwd: str | None = None,
 ) -> Opcode:
     """An ``OP_COMMAND_FANOUT`` opcode: ``argv`` once per item, then a command.
 
-    ``shared_locks``, ``timeout`` and ``env`` are included only when given.
+    ``shared_locks``, ``timeout``, ``env`` and ``cwd`` are included only
+    when given; the last command runs in ``cwd`` too, with ``env``.
     """
     if not argv:
         raise ValueError("No command given")
@@ -109,8 +148,10 @@ def fanout_opcode(
         opcode["timeout"] = timeout
     if env:
         opcode["env"] = dict(env)
+    if cwd is not None:
+        opcode["cwd"] = cwd
     if then_command is not None:
-        opcode["then"] = [run_opcode(shlex.split(then_command))]
+        opcode["then"] = [run_opcode(shlex.split(then_command), env=env, cwd=cwd)]
     return opcode
 
 

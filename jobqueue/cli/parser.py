@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from jobqueue import __version__
 from jobqueue.cli.exitcodes import MEANINGS, ExitCode
-from jobqueue.constants import PRIO_NAMES, Status
+from jobqueue.constants import COMMAND_STDIN_MAX, PRIO_NAMES, Status
 
 # Start-up speed: ``typing`` is imported for the type checker only.
 TYPE_CHECKING = False
@@ -198,6 +198,12 @@ def _submit_options(parser: argparse.ArgumentParser, many: bool = True) -> None:
         )
         group.add_argument("--comment", help="a comment stored with every opcode")
     group.add_argument("--watch", action="store_true", help="follow the job(s) until they end")
+    group.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the job(s) end, as 'wait' does; a job of one command gives its exit"
+        " status",
+    )
     _children_option(group)
 
 
@@ -243,7 +249,7 @@ def _add_submit(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_options(parser: argparse.ArgumentParser, *, per_item: bool) -> None:
-    """--lock, --shared-lock, --timeout and --env, shared by run and fanout."""
+    """Locks, timeout, directory and environment, shared by run and fanout."""
     lock = "TEMPLATE" if per_item else "NAME"
     each = " per item, e.g. host:{item}" if per_item else " to hold"
     parser.add_argument(
@@ -272,11 +278,34 @@ def _command_options(parser: argparse.ArgumentParser, *, per_item: bool) -> None
         type=_lazy("opbuild", "parse_env"),
         help=f"set an environment variable for {command}; repeatable",
     )
+    parser.add_argument(
+        "--env-from-caller",
+        action="append",
+        default=[],
+        metavar="NAME",
+        type=_lazy("opbuild", "parse_env_name"),
+        help=f"pass this variable of your environment to {command}; repeatable",
+    )
+    parser.add_argument(
+        "--caller-env",
+        action="store_true",
+        help=f"pass your whole environment to {command} (anyone who may read the job sees it)",
+    )
+    parser.add_argument(
+        "--cwd",
+        metavar="DIR",
+        help=f"working directory of {command} (default: the current directory)",
+    )
 
 
 def _add_run(parser: argparse.ArgumentParser) -> None:
     _command_options(parser, per_item=False)
-    parser.add_argument("--cwd", metavar="DIR", help="working directory of the command")
+    parser.add_argument(
+        "--stdin",
+        action="store_true",
+        help=f"pass your standard input to the command (at most {COMMAND_STDIN_MAX // 1024}"
+        " KiB); else it reads /dev/null",
+    )
     parser.add_argument(
         "argv", metavar="CMD", nargs="+", help="the command and its arguments, after --"
     )
@@ -366,6 +395,29 @@ def _add_wait(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job_ids", metavar="ID", nargs="+", type=JOB_ID, help="the jobs")
     _children_option(parser)
     _output_format(parser, ("text", "json"))
+
+
+def _add_log(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_id", metavar="ID", type=JOB_ID, help="the job")
+    parser.add_argument(
+        "--tail",
+        type=COUNT,
+        metavar="N",
+        help="only the last N lines (of each stream)",
+    )
+    parser.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing output as it comes, until the job ends",
+    )
+    streams = parser.add_mutually_exclusive_group()
+    streams.add_argument("--stdout", action="store_true", help="only the command's standard output")
+    streams.add_argument(
+        "--stderr",
+        action="store_true",
+        help="only the command's standard error (printed on standard output)",
+    )
 
 
 def _add_jobs(parser: argparse.ArgumentParser) -> None:
@@ -533,6 +585,15 @@ COMMANDS: dict[str, Command] = {
         _add_watch,
         "Print what a job waits for while it is pending, then its log as it comes until it"
         " ends; then wait for the jobs it submitted, unless --no-children.",
+        read_only=True,
+    ),
+    "log": Command(
+        "outputlog:cmd_log",
+        "print a job's command output",
+        _add_log,
+        "Print the output of a job's commands as they wrote it: their standard output on"
+        " standard output, their standard error on standard error. Works while the job runs"
+        " and after it ended or was archived.",
         read_only=True,
     ),
     "wait": Command(

@@ -45,6 +45,23 @@ class ExecCallbacks(Protocol):
         """The opcode's current priority (it may change while waiting)."""
 
 
+class RawOutput(Protocol):
+    """One opcode's raw output streams (``outputs.OpcodeOutput``)."""
+
+    def write(self, stream: str, data: bytes) -> None:
+        """Append to ``stream`` (``stdout``, ``stderr``); ``StorageError`` on failure."""
+
+    def close(self) -> None:
+        """Make the output durable; ``StorageError`` on failure."""
+
+
+class OutputSink(Protocol):
+    """Where commands' raw output is kept (``outputs.OutputRecorder``)."""
+
+    def open(self, job_id: int, op_index: int) -> RawOutput:
+        """The output of one opcode; ``StorageError`` if it cannot be kept."""
+
+
 @dataclasses.dataclass
 class ResultWithJobs:
     """Returned by an LU to have the processor submit ``jobs``.
@@ -69,6 +86,10 @@ class LUContext:
     submitter: Submitter | None = None
     #: ``submitter``: a root daemon runs commands as the submitter; ``daemon``: as itself.
     commands_run_as: str = "submitter"
+    #: The opcode's position in its job, from 0.
+    op_index: int = 0
+    #: Where commands keep their raw output; None keeps none.
+    output: OutputSink | None = None
 
     def log(self, message: Any, log_type: str = constants.ELOG_MESSAGE) -> None:
         self.callbacks.feedback(log_type, message)

@@ -1,8 +1,10 @@
 """Running commands: one command per opcode, or one job per item (fan-out).
 
 ``OP_COMMAND_RUN`` runs ``argv`` without a shell, in its own process group,
-with a minimal environment plus what the opcode asks for. Every output line
-becomes a job log entry as it arrives (capped per opcode). A kill request
+in the opcode's ``cwd``, with a minimal environment plus what the opcode
+asks for, and its ``stdin`` (else ``/dev/null``) as standard input. Its
+output is kept whole on disk and every output line becomes a job log entry
+as it arrives (capped per opcode), see ``commandio``. A kill request
 sends SIGTERM to the whole group, then SIGKILL after the grace period; when
 the command exits, whatever it left running in its group is killed too. While
 it runs, its group is recorded in ``ctx.processes`` (when given), so that a
@@ -19,7 +21,8 @@ the job's submitter (uid, primary gid, supplementary groups as recorded,
 was told ``--commands-run-as daemon``, the submitter is root, or the job was
 stored before submitters were recorded; then as root. Any other daemon runs
 commands as itself. ``user`` names another user; only a job root submitted
-may, and only under a root daemon.
+may, and only under a root daemon. A working directory that user cannot
+enter fails the opcode, naming the directory, before anything runs.
 """
 
 from __future__ import annotations
@@ -34,9 +37,16 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
 from jobqueue import constants
-from jobqueue.errors import ECODE_INVAL, AccessDenied, OpExecError, OpPrereqError
+from jobqueue.errors import ECODE_INVAL, AccessDenied, OpExecError, OpPrereqError, StorageError
 from jobqueue.locking import CLUSTER_LOCK
-from jobqueue.lus.base import LogicalUnit, ResultWithJobs
+from jobqueue.lus.base import LogicalUnit, RawOutput, ResultWithJobs
+from jobqueue.lus.commandio import (
+    CommandOutput,
+    StdinFeeder,
+    decode_stdin,
+    directory_problem,
+    exit_description,
+)
 from jobqueue.model import Submitter
 from jobqueue.opcodes import (
     NON_EMPTY_STRING,
@@ -55,8 +65,6 @@ from jobqueue.signals import JobCanceled
 _TICK = 0.1
 #: Seconds the output is still read after the command's own process has exited.
 _OUTPUT_GRACE = 0.5
-#: Bytes of each of the last stderr lines quoted in a failed command's error.
-_TAIL_LINE_BYTES = 1000
 _SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -101,6 +109,24 @@ def _is_lock_name(value: Any) -> bool:
 LOCK_NAME = Type(_is_lock_name, f"a non-empty lock name other than {CLUSTER_LOCK!r}", nesting=0)
 
 
+def _is_stdin(value: Any) -> bool:
+    if not isinstance(value, str) or len(value) > 4 * (constants.COMMAND_STDIN_MAX // 3 + 1):
+        return False
+    try:
+        data = decode_stdin(value)
+    except ValueError:
+        return False
+    return data is not None and len(data) <= constants.COMMAND_STDIN_MAX
+
+
+#: A command's standard input: base64, bounded so a job file stays small.
+STDIN_DATA = Type(
+    _is_stdin,
+    f"base64-encoded bytes, at most {constants.COMMAND_STDIN_MAX} bytes decoded",
+    nesting=0,
+)
+
+
 #: ``--commands-run-as``: as the job's submitter (under a root daemon), or as the daemon.
 RUN_AS_SUBMITTER, RUN_AS_DAEMON = "submitter", "daemon"
 
@@ -113,11 +139,13 @@ class CommandUser(NamedTuple):
     groups: tuple[int, ...]
 
 
-def base_environment(job_id: int, uid: int | None = None) -> dict[str, str]:
+def base_environment(job_id: int, uid: int | None = None, op_index: int = 0) -> dict[str, str]:
     """The environment every command starts from, before the opcode's ``env``.
 
     ``HOME``, ``USER`` and ``LOGNAME`` are those of ``uid`` (default: the
     daemon's user); a uid without a password entry gets ``/`` and its number.
+    ``JOBQUEUE_JOB_ID`` and ``JOBQUEUE_OPCODE_INDEX`` win over the opcode's
+    ``env`` (``command_environment``).
     """
     try:
         entry = pwd.getpwuid(os.geteuid() if uid is None else uid)
@@ -131,7 +159,17 @@ def base_environment(job_id: int, uid: int | None = None) -> dict[str, str]:
         "USER": name,
         "LOGNAME": name,
         "JOBQUEUE_JOB_ID": str(job_id),
+        "JOBQUEUE_OPCODE_INDEX": str(op_index),
     }
+
+
+def command_environment(
+    job_id: int, op_index: int, env: Mapping[str, str], uid: int | None = None
+) -> dict[str, str]:
+    """The base environment, then ``env``, then the job's own ids again."""
+    base = base_environment(job_id, uid, op_index)
+    ids = {name: base[name] for name in ("JOBQUEUE_JOB_ID", "JOBQUEUE_OPCODE_INDEX")}
+    return {**base, **env, **ids}
 
 
 def command_user(
@@ -171,7 +209,9 @@ class OpCommandRun(OpCode):
     env: Mapping[str, str] = param(
         ENVIRONMENT, default={}, doc="Added to the minimal base environment"
     )
-    cwd: str | None = param(optional(NON_EMPTY_OS_STRING), default=None, doc="Working directory")
+    cwd: str | None = param(
+        optional(NON_EMPTY_OS_STRING), default=None, doc="Working directory (none: the daemon's)"
+    )
     timeout: float | None = param(
         optional(SECONDS), default=None, doc="Seconds before it is killed"
     )
@@ -182,61 +222,14 @@ class OpCommandRun(OpCode):
         default=None,
         doc="Run as this user (name or uid); only for jobs root submitted",
     )
+    stdin: str | None = param(
+        optional(STDIN_DATA), default=None, doc="Standard input, base64 (none: /dev/null)"
+    )
 
     @classmethod
     def summary(cls, values: dict[str, Any]) -> str:
         argv = values.get("argv") or [""]
         return f"COMMAND_RUN({os.path.basename(str(argv[0]))})"
-
-
-class _OutputLog:
-    """Turns pipe output into log entries, capped in lines and in bytes.
-
-    Bytes are counted as the command wrote them, before decoding. A line
-    longer than ``COMMAND_LOG_MAX_LINE_BYTES`` is logged in pieces of that
-    size, so output without newlines never piles up in the daemon. Once the
-    cap is reached the rest is read and dropped, except that the last lines
-    of stderr are still kept for the error message.
-    """
-
-    def __init__(self, ctx_feedback: Any) -> None:
-        self._feedback_many = ctx_feedback
-        self._partial: dict[str, bytes] = {constants.ELOG_STDOUT: b"", constants.ELOG_STDERR: b""}
-        self.lines = 0
-        self.bytes = 0
-        self.truncated = False
-        self.stderr_tail: list[str] = []
-
-    def add(self, log_type: str, data: bytes, *, final: bool = False) -> None:
-        *complete, rest = (self._partial[log_type] + data).split(b"\n")
-        limit = constants.COMMAND_LOG_MAX_LINE_BYTES
-        while len(rest) > limit:
-            complete.append(rest[:limit])
-            rest = rest[limit:]
-        if final and rest:
-            complete, rest = [*complete, rest], b""
-        self._partial[log_type] = rest
-        if log_type == constants.ELOG_STDERR:
-            tail = [raw[:_TAIL_LINE_BYTES].decode("utf-8", "replace") for raw in complete[-5:]]
-            self.stderr_tail = (self.stderr_tail + tail)[-5:]
-        if not self.truncated:
-            self._emit(log_type, complete)
-
-    def _emit(self, log_type: str, lines: list[bytes]) -> None:
-        kept: list[tuple[str, Any]] = []
-        for raw in lines:
-            self.lines += 1
-            self.bytes += len(raw)
-            if (
-                self.lines > constants.COMMAND_LOG_MAX_LINES
-                or self.bytes > constants.COMMAND_LOG_MAX_BYTES
-            ):
-                self.truncated = True
-                kept.append((constants.ELOG_MESSAGE, "output truncated"))
-                break
-            kept.append((log_type, raw.decode("utf-8", "replace")))
-        if kept:
-            self._feedback_many(kept)
 
 
 class LUCommandRun(LogicalUnit[OpCommandRun]):
@@ -254,19 +247,71 @@ class LUCommandRun(LogicalUnit[OpCommandRun]):
         return {"argv": list(self.op.argv)}
 
     def exec(self) -> dict[str, Any]:
+        """Run the command; its exit status is in the result, or in the error's details.
+
+        A failure carries ``{"exit_code": N}`` or ``{"signal": N}`` as the
+        second argument of its ``OpExecError`` (with ``"timed_out": true``
+        after a timeout), so clients need not parse the message.
+        """
+        self._check_directory()
+        output = CommandOutput(self.ctx.callbacks.feedback_many, self._raw_output())
+        try:
+            proc, outcome, duration = self._run(output)
+        finally:
+            output.close()  # the output is complete and durable before the opcode ends
+        if outcome == "killed":
+            self.ctx.callbacks.check_cancel()
+            raise JobCanceled()
+        how, details = exit_description(proc.returncode)
+        tail = "; ".join(output.stderr_tail)
+        stderr = f"; stderr: {tail}" if tail else ""
+        if outcome == "timeout":
+            raise OpExecError(
+                f"Command timed out after {self.op.timeout}s{stderr}",
+                {**details, "timed_out": True},
+            )
+        if proc.returncode != 0:
+            raise OpExecError(f"Command {self.op.argv[0]!r} {how}{stderr}", details)
+        return {"exit_code": proc.returncode, "duration": duration}
+
+    def _check_directory(self) -> None:
+        """Fail, naming it, if the user the command runs as cannot enter its directory.
+
+        The daemon changes into it before it takes on that user (as the
+        kernel does it), so only a check here can see it for that user.
+        """
+        if self.op.cwd is None or self.user is None:
+            return
+        problem = directory_problem(self.op.cwd, self.user.uid, {self.user.gid, *self.user.groups})
+        if problem is not None:
+            raise OpExecError(f"Cannot use the working directory {self.op.cwd!r}: {problem}")
+
+    def _raw_output(self) -> RawOutput | None:
+        """Where the output is kept whole, None if nowhere (said in the job's log)."""
+        if self.ctx.output is None:
+            return None
+        try:
+            return self.ctx.output.open(self.ctx.job_id, self.ctx.op_index)
+        except StorageError as err:
+            self.ctx.log(f"Output not kept on disk: {err}")
+            return None
+
+    def _run(self, output: CommandOutput) -> tuple[subprocess.Popen[bytes], str, float]:
+        """Start the command and follow it to its end: (process, outcome, seconds)."""
         user = self.user
         uid = None if user is None else user.uid
-        env = {**base_environment(self.ctx.job_id, uid), **self.op.env}
+        env = command_environment(self.ctx.job_id, self.ctx.op_index, self.op.env, uid)
         identity: dict[str, Any] = {}
         if user is not None:
             identity = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
+        stdin = decode_stdin(self.op.stdin)
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
                 self.op.argv,
                 env=env,
                 cwd=self.op.cwd,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
@@ -274,26 +319,25 @@ class LUCommandRun(LogicalUnit[OpCommandRun]):
                 **identity,
             )
         except OSError as err:
+            if self.op.cwd is not None and err.filename == self.op.cwd:
+                raise OpExecError(
+                    f"Cannot use the working directory {self.op.cwd!r}: {err.strerror}"
+                ) from err
             raise OpExecError(f"Cannot run {self.op.argv[0]!r}: {err.strerror}") from err
         if self.ctx.processes is not None:
             self.ctx.processes.started(proc.pid, self.ctx.job_id)
-        output = _OutputLog(self.ctx.callbacks.feedback_many)
-        outcome = self._follow(proc, output, started)
-        duration = round(time.monotonic() - started, 6)
-        if outcome == "killed":
-            self.ctx.callbacks.check_cancel()
-            raise JobCanceled()
-        tail = "; ".join(output.stderr_tail)
-        stderr = f"; stderr: {tail}" if tail else ""
-        if outcome == "timeout":
-            raise OpExecError(f"Command timed out after {self.op.timeout}s{stderr}")
-        if proc.returncode != 0:
-            raise OpExecError(
-                f"Command {self.op.argv[0]!r} exited with code {proc.returncode}{stderr}"
-            )
-        return {"exit_code": proc.returncode, "duration": duration}
+        feeder = None
+        if stdin is not None and proc.stdin is not None:
+            feeder = StdinFeeder(proc.stdin, stdin, self.ctx.job_id)
+            feeder.start()
+        try:
+            outcome = self._follow(proc, output, started)
+        finally:
+            if feeder is not None:
+                feeder.stop()
+        return proc, outcome, round(time.monotonic() - started, 6)
 
-    def _follow(self, proc: subprocess.Popen[bytes], output: _OutputLog, started: float) -> str:
+    def _follow(self, proc: subprocess.Popen[bytes], output: CommandOutput, started: float) -> str:
         """Relay output until the command ends; return "exited", "timeout" or "killed"."""
         assert proc.stdout is not None and proc.stderr is not None
         selector = selectors.DefaultSelector()
@@ -332,7 +376,7 @@ class LUCommandRun(LogicalUnit[OpCommandRun]):
                 self.ctx.processes.ended(proc.pid)
         return outcome
 
-    def _abandon_output(self, selector: selectors.BaseSelector, output: _OutputLog) -> None:
+    def _abandon_output(self, selector: selectors.BaseSelector, output: CommandOutput) -> None:
         """Stop reading pipes that a process outside the command's group still holds."""
         for key in list(selector.get_map().values()):
             selector.unregister(key.fileobj)
@@ -381,6 +425,9 @@ class OpCommandFanout(OpCode):
         list_of(NON_EMPTY_STRING), default=(), doc="Shared lock templates"
     )
     env: Mapping[str, str] = param(ENVIRONMENT, default={}, doc="Environment for every command")
+    cwd: str | None = param(
+        optional(NON_EMPTY_OS_STRING), default=None, doc="Working directory of every command"
+    )
     timeout: float | None = param(optional(SECONDS), default=None, doc="Per-command timeout")
     then: tuple[OpCode, ...] = param(
         OPCODES, default=(), doc="Opcodes of a last job that waits for all item jobs"
@@ -427,6 +474,7 @@ class LUCommandFanout(LogicalUnit[OpCommandFanout]):
                     "locks": [_fill(name, item) for name in self.op.locks],
                     "shared_locks": [_fill(name, item) for name in self.op.shared_locks],
                     "env": dict(self.op.env),
+                    "cwd": self.op.cwd,
                     "timeout": self.op.timeout,
                 }
             ]

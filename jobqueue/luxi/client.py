@@ -320,6 +320,30 @@ class Client:
         )
         return answer
 
+    def read_job_output(
+        self,
+        job_id: int,
+        offsets: dict[str, int],
+        max_bytes: int = constants.OUTPUT_READ_MAX,
+        timeout: float = 0.0,
+    ) -> dict[str, Any]:
+        """A job's command output at ``offsets`` (by stream; negative: from the end).
+
+        Returns ``{"status", "finished", STREAM: {"offset", "data", "size"}}``
+        with each ``data`` decoded to bytes. With ``timeout`` the daemon
+        waits up to that long for output or the job to change when there
+        is none yet (see ``ReadJobOutput`` in doc/luxi.rst).
+        """
+        import binascii
+
+        answer: dict[str, Any] = self.call("ReadJobOutput", job_id, offsets, max_bytes, timeout)
+        try:
+            for name in offsets:
+                answer[name]["data"] = binascii.a2b_base64(answer[name]["data"])
+        except (KeyError, TypeError, ValueError, binascii.Error) as err:
+            raise errors.LuxiError(f"Unexpected ReadJobOutput answer for job {job_id}") from err
+        return answer
+
     def cancel_job(self, job_id: int, kill: bool = False) -> list[Any]:
         """Cancel a job; return ``[success, message]``."""
         result: list[Any] = self.call("CancelJob", job_id, kill)

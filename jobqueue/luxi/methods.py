@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from jobqueue import constants, errors
 from jobqueue.model import Job, Submitter, is_json_int
+from jobqueue.storage.base import OUTPUT_STREAMS
 
 
 class QueueApi(Protocol):
@@ -103,6 +104,9 @@ class ReaderApi(Protocol):
         self, what: str, fields: list[str], qfilter: Any, archived: bool = False
     ) -> dict[str, Any]: ...
     def query_fields(self, what: str, fields: list[str] | None) -> dict[str, Any]: ...
+    def read_output(
+        self, job_id: int, offsets: dict[str, int], max_bytes: int
+    ) -> dict[str, Any] | None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +147,16 @@ def _to_float(value: Any) -> float:
         return float(value)
     except OverflowError:
         raise ValueError(value) from None
+
+
+def _to_offsets(value: Any) -> dict[str, int]:
+    """A non-empty object mapping output stream names to integer offsets."""
+    if not isinstance(value, dict) or not value:
+        raise ValueError(value)
+    for name, offset in value.items():
+        if name not in OUTPUT_STREAMS or not is_json_int(offset):
+            raise ValueError(value)
+    return {name: int(offset) for name, offset in value.items()}
 
 
 def _checked(predicate: Callable[[Any], bool]) -> Callable[[Any], Any]:
@@ -191,6 +205,8 @@ _INT = _Kind("an integer", _checked(is_json_int))
 _INT_OR_NULL = _Kind("an integer or null", _or_null(_checked(is_json_int)))
 _NUMBER = _Kind("a number", _to_float)
 _NUMBER_OR_NULL = _Kind("a number or null", _or_null(_to_float))
+_SIZE = _Kind("a non-negative integer", _checked(lambda value: is_json_int(value) and value >= 0))
+_OFFSETS = _Kind('an object of offsets by stream, e.g. {"stdout": 0, "stderr": -100}', _to_offsets)
 _BOOL = _Kind("a boolean", _checked(lambda value: isinstance(value, bool)))
 _STR = _Kind("a string", _is_str)
 _STR_OR_NULL = _Kind("a string or null", _or_null(_is_str))
@@ -297,6 +313,13 @@ METHODS: dict[str, Method] = {
             ("prev_log_serial", _INT_OR_NULL),
             ("timeout", _NUMBER),
         ),
+        read_only=True,
+        is_async=True,
+    ),
+    "ReadJobOutput": Method(
+        lambda server, *args: server.read_job_output(*args),
+        (("job_id", _JOB_ID), ("offsets", _OFFSETS), ("max_bytes", _SIZE)),
+        optional=(("timeout", _NUMBER),),
         read_only=True,
         is_async=True,
     ),

@@ -76,6 +76,8 @@ LISTEN_BACKLOG = 1024
 #: How many connections asyncio accepts in one go before any of them can be
 #: refused: a burst holds this many descriptors beyond the connection limit.
 ACCEPT_BATCH = 128
+#: Bytes of a ReadJobOutput answer that are not output (keys, numbers, framing).
+_ANSWER_OVERHEAD = 1024
 _NAME_IN_ERRORS = 100  # characters of a client-supplied method name quoted back
 
 
@@ -541,6 +543,36 @@ class LuxiServer:
                 remaining = deadline - self._clock()
                 if remaining <= 0 or self._closing or not await waiter.wait(remaining):
                     return constants.JOB_NOTCHANGED
+
+    async def read_job_output(
+        self, job_id: int, offsets: dict[str, int], max_bytes: int, timeout: float = 0.0
+    ) -> Any:
+        """Output of the job at ``offsets``; with ``timeout``, once there is some.
+
+        Answers at once when any stream has bytes at its offset or the job
+        has finished; otherwise waits, up to ``timeout`` seconds (capped as
+        WaitForJobChange's), for its output or the job to change, and
+        answers then. Reads in a handler thread. JobLost for an unknown job.
+        Each stream's bytes are bounded so the answer, in base64, always fits
+        ``max_answer_size``.
+        """
+        assert self._waits is not None, "made before any connection"
+        fits = (self._max_answer_size - _ANSWER_OVERHEAD) * 3 // 4 // len(offsets)
+        max_bytes = max(0, min(max_bytes, constants.OUTPUT_READ_MAX, fits))
+        deadline = self._clock() + methods.wfjc_timeout(timeout)
+        loop = asyncio.get_running_loop()
+        with self._waits.waiter(job_id) as waiter:
+            while True:
+                answer = await loop.run_in_executor(
+                    self._read_executor, self._reader.read_output, job_id, offsets, max_bytes
+                )
+                if answer is None:
+                    raise errors.JobLost(f"Job {job_id} not found")
+                if answer["finished"] or any(answer[name]["data"] for name in offsets):
+                    return answer
+                remaining = deadline - self._clock()
+                if remaining <= 0 or self._closing or not await waiter.wait(remaining):
+                    return answer
 
     def waiter_count(self) -> int:
         """WaitForJobChange calls waiting now (for tests and diagnostics); loop thread only."""

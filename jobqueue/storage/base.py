@@ -5,9 +5,11 @@ ids that are never issued twice, creates and replaces whole jobs (a write
 either happens completely or not at all, and is durable when it returns),
 reads them back, moves finished ones to the archive, prunes old archived
 ones, keeps the queue-wide settings (the drain flag and a few named ones)
-and the job filter rules, and offers a feed of changes made by *another*
-process. How and where jobs are kept is the business of each store alone
-(``files``: one JSON file per job; ``memory``: dictionaries, for tests).
+and the job filter rules, offers a feed of changes made by *another*
+process, and keeps the raw output of the commands jobs run (see "Command
+output" below). How and where jobs are kept is the business of each store
+alone (``files``: one JSON file per job; ``memory``: dictionaries, for
+tests).
 
 What a store does not do: it keeps no index of live jobs and never decides
 what a job's state means. The queue owns the live jobs in memory
@@ -15,6 +17,33 @@ what a job's state means. The queue owns the live jobs in memory
 
 Thread safety: every method may be called from any thread. Writes of
 different jobs may run in parallel; the caller guarantees one writer per job.
+
+Command output
+--------------
+
+A job may have *output streams*: the bytes a command wrote to its standard
+output or error, one stream per ``(op_index, stream)``, ``stream`` being
+``"stdout"`` or ``"stderr"`` (``OUTPUT_STREAMS``). The rules every store keeps:
+
+* A stream is created, empty, by ``open_output`` and only ever grows, by
+  ``OutputStream.append``, while its job is live and unfinished; there is
+  one writer (the job's), one open ``OutputStream`` per stream at a time.
+  Bytes once readable never change, so a reader may follow a stream by
+  offset.
+* What ``append`` added is readable (``read_output``, ``output_sizes``)
+  through every handle on the store as soon as ``append`` returns; it is
+  durable once ``close`` returns. The queue closes a command's streams
+  before it writes the end of its opcode, so the output of a finished job
+  is complete and durable.
+* Output belongs to its job: ``archive_jobs`` takes it along (it is
+  readable throughout, from one place or the other), ``discard_jobs`` and
+  ``prune_archive`` delete it with the job, and nothing else deletes it.
+  Output of a job that no longer exists is never readable.
+* Nothing bounds a stream's size here; the caller does (``--max-output-size``).
+
+A store that cannot keep large values itself (etcd) may keep output
+elsewhere, as long as these rules hold for every process that reads it
+through the contract; it says where in its own docs.
 """
 
 from __future__ import annotations
@@ -29,6 +58,9 @@ from typing import Any
 
 from jobqueue.errors import JobFileCorrupted, StorageError
 from jobqueue.model import Job
+
+#: The names of a command's output streams, in the order they are shown.
+OUTPUT_STREAMS = ("stdout", "stderr")
 
 #: Called with the id of a job that another process changed, created,
 #: archived or removed; with None when anything may have changed (the feed
@@ -146,6 +178,30 @@ class Leadership(abc.ABC):
     @abc.abstractmethod
     def holder(self) -> str | None:
         """The name of the current leader, None when nobody leads."""
+
+
+class OutputStream(abc.ABC):
+    """Appends to one output stream of one opcode; made by ``JobStore.open_output``.
+
+    Used by one thread at a time; see "Command output" in the module docstring.
+    """
+
+    @abc.abstractmethod
+    def append(self, data: bytes) -> None:
+        """Add ``data`` at the end of the stream, readable by all once this returns.
+
+        Raises ``StorageError`` when it cannot; a prefix of ``data`` may have
+        been added then, and the stream should not be used any more (but
+        closed).
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Make everything appended durable and release the stream; idempotent.
+
+        Raises ``StorageError`` when the output could not be made durable
+        (what was appended stays readable).
+        """
 
 
 class JobStore(abc.ABC):
@@ -300,4 +356,35 @@ class JobStore(abc.ABC):
         Writes through a handle whose leadership was acquired are fenced by
         it (see ``Leadership``); a handle never acquired writes unfenced
         (tests, tools that hold the store's lock by other means).
+        """
+
+    # -- command output (see "Command output" in the module docstring) ------------------
+    @abc.abstractmethod
+    def open_output(self, job_id: int, op_index: int, stream: str) -> OutputStream:
+        """Open output stream ``stream`` of opcode ``op_index`` of live job ``job_id``.
+
+        Creates the stream, empty, if it does not exist; otherwise appends
+        after what it holds. ``stream`` is one of ``OUTPUT_STREAMS``
+        (``ValueError`` otherwise). Raises ``StorageError`` when the stream
+        cannot be created.
+        """
+
+    @abc.abstractmethod
+    def output_sizes(self, job_id: int) -> dict[tuple[int, str], int]:
+        """The size in bytes of each output stream of a live or archived job.
+
+        Keyed by ``(op_index, stream)``; ``{}`` for a job without output or
+        one that does not exist. Raises ``StorageError`` when the store
+        cannot be read.
+        """
+
+    @abc.abstractmethod
+    def read_output(
+        self, job_id: int, op_index: int, stream: str, offset: int, max_bytes: int
+    ) -> bytes:
+        """Up to ``max_bytes`` bytes of an output stream, from byte ``offset`` (>= 0) on.
+
+        Fewer bytes only where the stream ends (as of the call); ``b""`` at
+        or past its end, and for a stream or job that does not exist.
+        Raises ``StorageError`` when the store cannot be read.
         """

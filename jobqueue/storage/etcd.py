@@ -14,6 +14,12 @@ back. A job bigger than etcd takes in one request is trimmed or refused by
 the size rule (``etcdlayout.fit_job``). Archiving and pruning live in
 ``etcdarchive``; the change feed in ``etcdfeed``.
 
+Command output (``open_output``) is not kept yet: a command's output
+streams would need a home that every daemon of the cluster can read, and
+etcd's size limits make it a poor one; ``open_output`` raises StorageError
+(the command runs on and its job's log says the output was not kept), and
+jobs have no output to read.
+
 Failures are StorageError, with etcd's reason and an errno (the table in
 doc/ha.rst): notably ETIMEDOUT, after which a write may or may not have
 been applied. A submission whose outcome is unknown is read back; if it
@@ -41,6 +47,7 @@ from jobqueue.model import Job
 from jobqueue.storage.base import (
     ChangeFeed,
     JobStore,
+    OutputStream,
     PruneResult,
     check_setting,
     decode_job,
@@ -488,6 +495,18 @@ class EtcdJobStore(JobStore):
             return False
         self._write(f"Cannot delete the filter rule {uuid} from etcd", deletes=[key])
         return True
+
+    # -- command output: not kept (see the module docstring) -----------------------------
+    def open_output(self, job_id: int, op_index: int, stream: str) -> OutputStream:
+        raise StorageError("The etcd store keeps no command output", errno.ENOTSUP)
+
+    def output_sizes(self, job_id: int) -> dict[tuple[int, str], int]:
+        return {}
+
+    def read_output(
+        self, job_id: int, op_index: int, stream: str, offset: int, max_bytes: int
+    ) -> bytes:
+        return b""
 
     # -- other processes' changes, leadership, history --------------------------------
     def change_feed(self, start_revision: int = 0) -> ChangeFeed:

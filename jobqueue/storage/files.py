@@ -10,8 +10,9 @@ issued twice, even across crashes (ids skipped by a crash are never used).
 A clean stop writes back the last id handed out, so ids stay dense.
 
 The directory names are in ``layout``; changes made by other processes are
-reported by ``filefeed`` (inotify). This is the only module that opens job
-files.
+reported by ``filefeed`` (inotify); command output is kept by ``fileoutput``
+in directories that follow their jobs. This is the only module that opens
+job files.
 
 Thread safety: writes of different jobs run in parallel; the caller
 guarantees one writer per job. ``_lock`` guards the id counters,
@@ -42,6 +43,7 @@ from jobqueue.storage.base import (
     ChangeFeed,
     JobStore,
     Leadership,
+    OutputStream,
     PruneResult,
     check_setting,
     decode_job,
@@ -49,6 +51,7 @@ from jobqueue.storage.base import (
 )
 from jobqueue.storage.durable import exchange_paths
 from jobqueue.storage.filefeed import FileChangeFeed
+from jobqueue.storage.fileoutput import FileOutputs
 from jobqueue.storage.jobwriter import Choice, DirectoryNotSynced, JobFileWriter
 
 #: Threads writing one batch of job files in parallel: a single thread waits
@@ -129,6 +132,7 @@ class FileJobStore(JobStore):
         self._lock = threading.Lock()  # guards _last_id, _reserved, _batch_pool
         self._archive_lock = threading.Lock()
         self._leadership: FileLeadership | None = None
+        self._outputs = FileOutputs(queue_dir, self.archive_dir, self._disk, self._log)
         if owner:
             self._prepare_dirs()
         elif not os.path.isdir(queue_dir):
@@ -304,6 +308,9 @@ class FileJobStore(JobStore):
         """
         if self._owner:
             self._clean_temp_files()
+            self._outputs.settle(
+                lambda job_id: os.path.exists(self._job_path(job_id)), self.is_archived
+            )
             with self._lock:
                 serial = max(self._reserved, self._read_serial())
                 self._last_id = self._reserved = self._above_the_archive(serial)
@@ -460,6 +467,7 @@ class FileJobStore(JobStore):
                 pass
             except OSError as err:
                 return removed, storage_error(f"Cannot remove job {job_id}", err)
+            self._outputs.delete_live(job_id)
             removed.append(job_id)
         try:
             self._disk.fsync_dir(self.queue_dir)
@@ -482,9 +490,9 @@ class FileJobStore(JobStore):
 
     # -- archive ---------------------------------------------------------------
     def archive_jobs(self, job_ids: Iterable[int]) -> tuple[list[int], StorageError | None]:
-        """Rename each job into its archive sub-directory, then sync the directories.
+        """Rename each job, then its output, into its archive sub-directory; sync them.
 
-        Stops at the first failed move (see the contract).
+        Stops at the first failed move of a job (see the contract).
         """
         moved: list[int] = []
         failure: StorageError | None = None
@@ -500,6 +508,9 @@ class FileJobStore(JobStore):
                     break
                 touched.add(os.path.dirname(target))
                 moved.append(job_id)
+                output_parent = self._outputs.archive(job_id)
+                if output_parent is not None:
+                    touched.add(output_parent)
             for directory in [*sorted(touched), self.queue_dir] if touched else []:
                 try:
                     self._disk.fsync_dir(directory)
@@ -545,7 +556,8 @@ class FileJobStore(JobStore):
         return sorted(ids)
 
     def prune_archive(self, max_age: float, now: float, budget: float | None = None) -> PruneResult:
-        """Delete archived ``job-N`` files modified before ``now - max_age``, then empty dirs.
+        """Delete archived ``job-N`` files modified before ``now - max_age``, their output, then
+        empty dirs.
 
         Directories the daemon may archive into next (those of live jobs and
         of the two newest id ranges) are kept even when empty, so a
@@ -570,6 +582,7 @@ class FileJobStore(JobStore):
                 break
             try:
                 _prune_directory(path, now - max_age, result)
+                self._outputs.prune(path, now - max_age, result)
             except OSError as err:
                 result.failures.append(f"cannot list {path}: {err.strerror}")
                 continue
@@ -697,6 +710,18 @@ class FileJobStore(JobStore):
         except OSError as err:
             raise storage_error(f"Cannot sync {directory}", err) from err
         return True
+
+    # -- command output ------------------------------------------------------------
+    def open_output(self, job_id: int, op_index: int, stream: str) -> OutputStream:
+        return self._outputs.open(job_id, op_index, stream)
+
+    def output_sizes(self, job_id: int) -> dict[tuple[int, str], int]:
+        return self._outputs.sizes(job_id)
+
+    def read_output(
+        self, job_id: int, op_index: int, stream: str, offset: int, max_bytes: int
+    ) -> bytes:
+        return self._outputs.read(job_id, op_index, stream, offset, max_bytes)
 
     # -- other processes' changes ------------------------------------------------
     def change_feed(self) -> ChangeFeed:

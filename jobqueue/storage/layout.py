@@ -1,7 +1,8 @@
 """The names of the file store's queue directory, in one place (see ``doc/storage.rst``)::
 
     job-N                 one live job, JSON
-    archive/<N//10000>/   archived jobs, job-N each
+    output/N/             the command output of live job N (see ``fileoutput``)
+    archive/<N//10000>/   archived jobs, job-N each, and output-N beside it
     corrupt/              job files that could not be loaded, moved aside at load
     serial version drain  the id reservation, the format version, the drain flag
     filters/<uuid>        one job filter rule each, JSON
@@ -28,12 +29,15 @@ LOCK_FILE: Final = "lock"
 TEMP_SUFFIX: Final = ".tmp"
 JOB_FILE_PREFIX: Final = "job-"
 SPARE_PREFIX: Final = ".spare-"
+OUTPUT_DIR: Final = "output"
+ARCHIVED_OUTPUT_PREFIX: Final = "output-"
 JOBS_PER_ARCHIVE_DIR: Final = 10_000
 
 # Canonical names only: job-0 and job-007 name no job (they are moved aside at load).
 _JOB_NAME = re.compile(re.escape(JOB_FILE_PREFIX) + r"([1-9][0-9]*)")
 _JOB_LIKE = re.compile(re.escape(JOB_FILE_PREFIX) + r"[0-9]+")
 _SPARE_NAME = re.compile(re.escape(SPARE_PREFIX) + r"([0-9]+)")
+_OUTPUT_NAME = re.compile(re.escape(ARCHIVED_OUTPUT_PREFIX) + r"([1-9][0-9]*)")
 
 
 def job_file_name(job_id: int) -> str:
@@ -89,3 +93,14 @@ def spare_number_of(name: str) -> int | None:
 def is_spare_name(name: str) -> bool:
     """Whether ``name`` is a spare file's."""
     return spare_number_of(name) is not None
+
+
+def output_dir_name(job_id: int) -> str:
+    """``output-N``: an archived job's output directory, beside its ``job-N``."""
+    return f"{ARCHIVED_OUTPUT_PREFIX}{job_id}"
+
+
+def output_job_id(name: str) -> int | None:
+    """The id in an ``output-N`` name, None for any other name."""
+    match = _OUTPUT_NAME.fullmatch(name)
+    return None if match is None else int(match.group(1))

@@ -17,10 +17,12 @@ from typing import Any
 from jobqueue.errors import JobQueueError, NotLeaderError, StorageError
 from jobqueue.model import Job
 from jobqueue.storage.base import (
+    OUTPUT_STREAMS,
     ChangeCallback,
     ChangeFeed,
     JobStore,
     Leadership,
+    OutputStream,
     PruneResult,
     check_setting,
     decode_job,
@@ -35,6 +37,8 @@ class MemoryBacking:
         self.lock = threading.Lock()
         self.live: dict[int, bytes] = {}
         self.archive: dict[int, tuple[bytes, float]] = {}  # data, time archived
+        #: Command output of live and archived jobs: job id -> (op index, stream) -> bytes.
+        self.outputs: dict[int, dict[tuple[int, str], bytearray]] = {}
         self.serial = 0
         self.drained = False
         self.settings: dict[str, str] = {}
@@ -113,6 +117,7 @@ class MemoryJobStore(JobStore):
                 return [], err
             for job_id in job_ids:
                 self._backing.live.pop(job_id, None)
+                self._backing.outputs.pop(job_id, None)
             self._changed(job_ids)
         return list(job_ids), None
 
@@ -152,6 +157,7 @@ class MemoryJobStore(JobStore):
             old = [i for i, (_, when) in self._backing.archive.items() if when < now - max_age]
             for job_id in old:
                 del self._backing.archive[job_id]
+                self._backing.outputs.pop(job_id, None)
             result.jobs = len(old)
         return result
 
@@ -193,6 +199,29 @@ class MemoryJobStore(JobStore):
             self._check_leader_locked()
             return self._backing.filters.pop(uuid, None) is not None
 
+    def open_output(self, job_id: int, op_index: int, stream: str) -> OutputStream:
+        if stream not in OUTPUT_STREAMS or op_index < 0:
+            raise ValueError(f"No output stream {stream!r} of opcode {op_index}")
+        with self._backing.lock:
+            self._check_leader_locked()
+            streams = self._backing.outputs.setdefault(job_id, {})
+            data = streams.setdefault((op_index, stream), bytearray())
+        return MemoryOutputStream(self._backing, data)
+
+    def output_sizes(self, job_id: int) -> dict[tuple[int, str], int]:
+        with self._backing.lock:
+            streams = self._backing.outputs.get(job_id, {})
+            return {key: len(data) for key, data in streams.items()}
+
+    def read_output(
+        self, job_id: int, op_index: int, stream: str, offset: int, max_bytes: int
+    ) -> bytes:
+        if offset < 0 or max_bytes < 0:
+            raise ValueError(f"Invalid range {offset}+{max_bytes}")
+        with self._backing.lock:
+            data = self._backing.outputs.get(job_id, {}).get((op_index, stream), b"")
+            return bytes(data[offset : offset + max_bytes])
+
     def change_feed(self) -> ChangeFeed:
         return MemoryChangeFeed(self, self._backing)
 
@@ -204,6 +233,23 @@ class MemoryJobStore(JobStore):
         if self._leadership is None:
             self._leadership = MemoryLeadership(name, self._backing)
         return self._leadership
+
+
+class MemoryOutputStream(OutputStream):
+    """Appends to one stream's bytes in a backing (under its lock)."""
+
+    def __init__(self, backing: MemoryBacking, data: bytearray) -> None:
+        self._backing = backing
+        self._data: bytearray | None = data
+
+    def append(self, data: bytes) -> None:
+        if self._data is None:
+            raise StorageError("The output stream is closed", 0)
+        with self._backing.lock:
+            self._data += data
+
+    def close(self) -> None:
+        self._data = None
 
 
 class MemoryLeadership(Leadership):
