@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import random
 import sys
 import time
 import traceback
@@ -53,6 +54,8 @@ PROMISE_SLACK = 2.0
 RETRY_INTERVAL = 0.01
 #: How long a daemon may take to reach the role it is waited for.
 ROLE_TIMEOUT = 60.0
+#: Seeds the wait before each kill, spread over one lease renewal period.
+PHASE_SEED = 13
 #: Metrics of this section's etcd rows are the file store's, after this.
 ETCD = "etcd, "
 
@@ -228,8 +231,12 @@ def kill_and_time_takeover(master: Daemon, standby: Daemon, timeout: float) -> f
     raise RuntimeError(f"no SubmitJob accepted {timeout:.0f} s after the kill (last: {last})")
 
 
-def failover_times(ctx: Context, binary: str) -> tuple[list[float], list[float]]:
-    """Fail over ``ha_failovers`` times; returns (failover s, restarted daemon to standby s)."""
+def failover_times(ctx: Context, binary: str) -> dict[str, list[float]]:
+    """Fail over ``ha_failovers`` times.
+
+    Returns, per round, the failover time, the wait before the kill and the
+    time the killed daemon took to be back as standby, all in seconds.
+    """
     settings = ctx.settings
     ttl = settings.ha_lease_ttl
     timeout = 4 * ttl + ROLE_TIMEOUT
@@ -247,24 +254,35 @@ def failover_times(ctx: Context, binary: str) -> tuple[list[float], list[float]]
         wait_role(pair[1], "standby")
         master, standby = pair
         failovers: list[float] = []
+        waits: list[float] = []
         rejoins: list[float] = []
+        phase = random.Random(PHASE_SEED)
         for _ in range(settings.ha_failovers):
+            # A new master's lease starts when it takes over, and the previous
+            # round's restart takes about as long each time: without a random
+            # wait every kill would fall at the same point of the renewal cycle.
+            waits.append(phase.uniform(0, ttl / 3))
+            time.sleep(waits[-1])
             failovers.append(kill_and_time_takeover(master, standby, timeout))
             began = time.monotonic()
             master.start()
             wait_role(master, "standby")
             rejoins.append(time.monotonic() - began)
             master, standby = standby, master
-    return failovers, rejoins
+    return {
+        "failover_s_each": failovers,
+        "wait_before_kill_s_each": waits,
+        "restart_to_standby_s_each": rejoins,
+    }
 
 
 def failover_rows(ctx: Context, binary: str, version: str) -> Iterator[Row]:
     """p50 and p99 of the failover time, each beside the promise (lease TTL + 2 s)."""
     ttl = ctx.settings.ha_lease_ttl
-    failovers, rejoins = failover_times(ctx, binary)
+    measured = failover_times(ctx, binary)
+    failovers = measured["failover_s_each"]
     promise = ttl + PROMISE_SLACK
-    detail = {"etcd": version, "members": 3, "lease_ttl_s": ttl, "failover_s_each": failovers}
-    detail["restart_to_standby_s_each"] = rejoins
+    detail: dict[str, Any] = {"etcd": version, "members": 3, "lease_ttl_s": ttl, **measured}
     for label, fraction in (("p50", 0.50), ("p99", 0.99)):
         metric = f"failover, kill -9 to 1st SubmitJob, TTL {ttl} s, {label} of {len(failovers)}"
         row = Row(SECTION, metric, percentile(failovers, fraction), "s", detail=detail)
