@@ -9,4 +9,7 @@ Sections, in the order they run:
 4. ``watch``   WaitForJobChange notification latency, alone and with many waiters
 5. ``scale``   start-up, QueryJobs, archive, RSS and latency with 10k / 100k jobs
 6. ``cli``     ``jobctl list`` start-up against a bare interpreter
+7. ``controls`` scheduled starts, jobs held by a PAUSE rule, filter rules' cost
+8. ``ha``      the queue in etcd: submission and end to end beside the file
+               store and Huey-SQLite, and failover time (kill -9 to takeover)
 """

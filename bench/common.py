@@ -72,7 +72,11 @@ class Settings:
     latency_levels: tuple[int, ...]
     latency_samples: int
     cli_runs: int
+    ha_failovers: int
     daemon_workers: int = 25
+    #: The masters' lease in the failover figure (``bench.ha``); the promise
+    #: is a takeover within this plus 2 s.
+    ha_lease_ttl: int = 5
 
     @classmethod
     def quick(cls) -> Settings:
@@ -97,6 +101,7 @@ class Settings:
             latency_levels=(0, 10_000),
             latency_samples=100,
             cli_runs=10,
+            ha_failovers=5,
         )
 
     @classmethod
@@ -122,6 +127,7 @@ class Settings:
             latency_levels=(0, 10_000, 50_000, 100_000),
             latency_samples=200,
             cli_runs=20,
+            ha_failovers=20,
         )
 
 

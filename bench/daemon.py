@@ -134,6 +134,13 @@ class Daemon:
             self.process.kill()
             self.process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL the daemon and reap it: a crash, as when its host dies."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.kill()
+        self.process.wait()
+
     def client(self) -> Any:
         """Return a new connected client; the caller closes it."""
         return client_class()(path=self.socket_path)

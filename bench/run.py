@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from bench import controls, disk, fsinfo, jobqueue_sections, peers, scale
+from bench import controls, disk, fsinfo, ha, jobqueue_sections, peers, scale
 from bench.common import (
     BENCH_DIR,
     WORK_ROOT,
@@ -46,6 +46,7 @@ SECTIONS: dict[str, tuple[str, Section]] = {
     "scale": (scale.SECTION, scale.run),
     "cli": (jobqueue_sections.CLI, jobqueue_sections.run_cli),
     "controls": (controls.SECTION, controls.run),
+    "ha": (ha.SECTION, ha.run),
 }
 COLUMNS = ("section", "metric", "value", "unit", "compared with", "ratio", "target", "result")
 RESULTS_FILE = BENCH_DIR / "results.json"

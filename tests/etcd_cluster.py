@@ -1,11 +1,12 @@
-"""Real etcd servers for tests: one or three members on loopback, data under tmp_path.
+"""Real etcd servers for tests and the benchmark: one or three members on loopback.
 
 Every member listens on free loopback ports of its own and keeps its data and
 log in a directory the caller gives (a tmp_path), so tests never meet the
 distribution's etcd service or each other. A cluster is ready when every live
 member answers ``/health`` with true (a bounded poll); members can be killed
 (SIGKILL), paused (SIGSTOP) and resumed, or restarted on the same ports and
-data. ``close`` kills whatever is left.
+data. ``close`` kills whatever is left. ``bench/ha.py`` starts its etcd servers
+here too, so this module imports nothing but the standard library.
 
 The server binary comes from ``$JOBQUEUE_ETCD`` or ``etcd`` on the PATH
 (``make test`` installs Debian's etcd-server 3.4 when it runs as root).
