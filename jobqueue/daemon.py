@@ -50,6 +50,7 @@ from jobqueue.lus import builtin_registry, load_plugins
 from jobqueue.lus.command import RUN_AS_SUBMITTER
 from jobqueue.luxi.methods import QueueApi, ReaderApi
 from jobqueue.luxi.server import LuxiServer
+from jobqueue.metrics import Metrics
 from jobqueue.opcodes import Registry
 from jobqueue.ownership import Ownership
 from jobqueue.paths import StatePaths
@@ -134,12 +135,15 @@ def build_core(
     ownership: Ownership | None = None,
     commands_run_as: str = RUN_AS_SUBMITTER,
     logger: logging.Logger | None = None,
+    metrics: Metrics | None = None,
 ) -> Core:
     """Wire the queue and everything around it; the one place that does (tests use it too).
 
     The workers start only after the queue has loaded (``start_core``).
-    ``live`` is the view of the jobs to keep (a standby's, taking over).
+    ``live`` is the view of the jobs to keep (a standby's, taking over);
+    ``metrics`` the daemon's, which outlive a term.
     """
+    metrics = metrics or Metrics()
     live = live or LiveJobs(registry.summarize)
     locks = LockManager()
     depmgr = DependencyManager(functools.partial(stored_status, live, store))
@@ -150,6 +154,7 @@ def build_core(
         processes=processes,
         commands_run_as=commands_run_as,
         logger=logger,
+        metrics=metrics,
     )
     timers = Timers(logger=logger)
 
@@ -172,6 +177,7 @@ def build_core(
         clock=clock,
         ownership=ownership,
         logger=logger,
+        metrics=metrics,
     )
     reader = JobReader(live, store, locks, depmgr, registry.summarize, logger=logger)
     return Core(store, live, locks, pool, timers, queue, reader)
@@ -254,6 +260,7 @@ def _run_on(
     name = f"{platform.node()} pid {os.getpid()}"
     leadership = store.leadership(name)
     live = LiveJobs(registry.summarize)
+    metrics = Metrics()
     stop = daemonproc.install_signal_handlers(paths, file_handler)
     servers: list[LuxiServer] = []
 
@@ -279,6 +286,7 @@ def _run_on(
                 args.max_connections, fd_limit, args.workers
             ),
             logger=log,
+            metrics=metrics,
         )
         server.start()
         servers.append(server)
@@ -311,6 +319,7 @@ def _run_on(
             ownership=Ownership(daemon_uid=os.geteuid(), admin_gid=groups.admin),
             commands_run_as=args.commands_run_as,
             logger=log,
+            metrics=metrics,
         )
         gc.disable()  # loading makes many objects and no garbage; see daemonproc.settle_gc
         try:
@@ -327,7 +336,7 @@ def _run_on(
         store,
         leadership,
         StoreMirror(store, live, logger=log),
-        StandbyQueue(store, leadership.holder, live, max_jobs=args.max_jobs),
+        StandbyQueue(store, leadership.holder, live, max_jobs=args.max_jobs, metrics=metrics),
         JobReader(
             live, store, LockManager(), DependencyManager(status_of), registry.summarize, logger=log
         ),
@@ -340,6 +349,7 @@ def _run_on(
         shutdown_timeout=args.shutdown_timeout,
         kill_grace=args.kill_grace,
         logger=log,
+        metrics=metrics,
     )
     try:
         roles.run(stop)

@@ -18,6 +18,7 @@ Thread-safe; callbacks are called without the lock held.
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import threading
@@ -200,6 +201,12 @@ class LiveJobs:
     def count(self) -> int:
         with self._lock:
             return len(self._entries)
+
+    def tally(self) -> dict[tuple[str, int], int]:
+        """How many live jobs have each (status, priority); for metrics."""
+        with self._lock:
+            pairs = [(entry.status.value, entry.priority) for entry in self._entries.values()]
+        return dict(collections.Counter(pairs))
 
     def contains(self, job_id: int) -> bool:
         with self._lock:

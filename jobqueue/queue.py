@@ -41,6 +41,7 @@ from jobqueue.errors import (
 from jobqueue.jobstep import ActiveJob, LogBacklog, Verdict, end_lost_opcodes_locked, step
 from jobqueue.livejobs import IndexEntry, LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
+from jobqueue.metrics import Metrics, QueueState
 from jobqueue.model import Job, Submitter, Timestamp, now_stamp
 from jobqueue.opcodes import OpCode, Registry
 from jobqueue.ownership import Ownership
@@ -75,12 +76,14 @@ class JobQueue:
         ownership: Ownership | None = None,
         clock: Callable[[], float] = time.time,
         logger: logging.Logger | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """``pool`` must run its tasks through ``run_task``; it may start with no workers.
 
         ``name`` is this daemon's name as the master (``QueryConfigValues``).
         ``ownership`` says who may change which job (default: root and the
         daemon's user as admins, no admin group).
+        ``metrics`` is fed with submissions, starts, ends and write times.
         """
         self.store = store
         self.live = live
@@ -96,6 +99,7 @@ class JobQueue:
         self._ownership = ownership or Ownership(daemon_uid=os.geteuid())
         self._clock = clock
         self._log = logger or logging.getLogger(__name__)
+        self.metrics = metrics or Metrics()
         self._lock = threading.Lock()
         self._active: dict[int, ActiveJob] = {}
         self._accepting = True
@@ -104,7 +108,8 @@ class JobQueue:
     # -- StepEnv --------------------------------------------------------------
     def write(self, job: Job) -> None:
         """Replace the stored job durably, then publish it; ``StorageError`` publishes nothing."""
-        self.store.replace_job(job)
+        with self.metrics.timed_write("replace"):  # metrics: durable-write latency
+            self.store.replace_job(job)
         self.live.publish([job])
 
     def now(self) -> Timestamp:
@@ -224,6 +229,7 @@ class JobQueue:
         if not active.run_lock.acquire(blocking=False):
             active.rerun = True  # the worker that has it will look again
             return
+        started = active.job.start_timestamp is not None
         try:
             active.rerun = False
             self.pool.set_task_name(f"Job{job_id}")
@@ -233,6 +239,8 @@ class JobQueue:
             return
         finally:
             active.run_lock.release()
+            if not started and active.job.start_timestamp is not None:  # metrics: a job's start
+                self.metrics.job_started(active.job.received_timestamp, active.job.start_timestamp)
         if verdict == Verdict.WAITDEP and active.rerun:  # read after release: none is lost
             verdict = Verdict.DEFER
         if verdict == Verdict.FINISHED:
@@ -242,7 +250,10 @@ class JobQueue:
 
     def _finished(self, job_id: int) -> None:
         with self._lock:
-            self._active.pop(job_id, None)
+            active = self._active.pop(job_id, None)
+        if active is not None:  # metrics: a job's end, counted once
+            job = active.job
+            self.metrics.job_finished(job.status, job.start_timestamp, job.end_timestamp)
         waiters = self.depmgr.notify(job_id)
         if waiters:
             self._enqueue(waiters)
@@ -326,9 +337,12 @@ class JobQueue:
         if drained_ok:
             self._ownership.check_queue(submitter, "submit jobs past the drain flag")
         with self._lock:
-            if not self._accepting:
-                raise JobQueueError(constants.MSG_SHUTTING_DOWN)
+            accepting = self._accepting
+        if not accepting:
+            self.metrics.submissions(0, len(jobs), "shutting_down")
+            raise JobQueueError(constants.MSG_SHUTTING_DOWN)
         if not drained_ok and self.store.is_drained():
+            self.metrics.submissions(0, len(jobs), "drained")
             raise JobQueueDrainError(constants.MSG_DRAINED)
         prepared = prepare_jobs(
             jobs,
@@ -361,7 +375,8 @@ class JobQueue:
         recorded = submitter or Submitter.daemon()
         to_write = [Job.new(job_id, ops, now, recorded) for job_id, ops in accepted]
         try:
-            failures = self.store.create_jobs(to_write)
+            with self.metrics.timed_write("create", len(to_write)):  # metrics: write latency
+                failures = self.store.create_jobs(to_write)
             for job, failure in zip(to_write, failures, strict=True):
                 if failure is not None:
                     refused[job.id] = failure
@@ -371,7 +386,10 @@ class JobQueue:
                 self._slots_claimed -= len(to_write)
         self._withdraw_orphans(to_write, refused)
         self._activate([job for job in to_write if job.id not in refused])
-        return [refused.get(r, r) if isinstance(r, int) else r for r in results]
+        outcome = [refused.get(r, r) if isinstance(r, int) else r for r in results]
+        stored = sum(1 for r in outcome if isinstance(r, int))
+        self.metrics.submissions(stored, len(outcome) - stored)  # metrics: submissions
+        return outcome
 
     def _withdraw_orphans(self, written: list[Job], refused: dict[int, GenericError]) -> None:
         """Remove written jobs whose dependency of the same call could not be stored.
@@ -608,6 +626,19 @@ class JobQueue:
         if unknown:
             raise OpPrereqError(f"Unknown config fields: {', '.join(unknown)}", ECODE_INVAL)
         return [values[name]() for name in fields]
+
+    def query_metrics(self) -> dict[str, Any]:
+        """The daemon's metrics and the queue's state now (``jobqueue.metrics``)."""
+        stats = self.pool.stats()
+        state = QueueState(
+            role="master",
+            jobs=self.live.tally(),
+            workers=stats["workers"],
+            busy_workers=stats["running"],
+            drained=self.store.is_drained(),
+            max_jobs=self._max_jobs,
+        )
+        return self.metrics.export(state)
 
 
 def _refused_dependency(ops: list[dict[str, Any]], refused: dict[int, GenericError]) -> int | None:

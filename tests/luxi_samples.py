@@ -23,6 +23,7 @@ VALID_CALLS: dict[str, list[Any]] = {
     "SetDrainFlag": [False],
     "SetWatcherPause": [None],
     "QueryConfigValues": [["drain_flag"]],
+    "QueryMetrics": [],
 }
 
 #: Values of every JSON type, and some that are valid JSON but nothing else.

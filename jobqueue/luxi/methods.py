@@ -51,6 +51,7 @@ class QueueApi(Protocol):
         self, age: float, timeout: float, *, caller: Submitter | None = None
     ) -> dict[str, Any]: ...
     def query_config_values(self, fields: list[str]) -> list[Any]: ...
+    def query_metrics(self) -> dict[str, Any]: ...
 
 
 class Watch(Protocol):
@@ -281,4 +282,5 @@ METHODS: dict[str, Method] = {
         (("fields", _FIELDS),),
         read_only=True,
     ),
+    "QueryMetrics": Method(lambda s: s.queue.query_metrics(), (), read_only=True),
 }
