@@ -5,6 +5,10 @@ from setuptools import find_packages, setup
 # The etcd store (high availability) talks to etcd's v3 JSON gateway through
 # etcd3gw; doc/ha.rst says why this client. Tested with 2.7 against etcd 3.4.
 ETCD_REQUIRES = ["etcd3gw>=2.7,<3"]
+# jobqueue-rapi (doc/rapi.rst): aiohttp serves HTTP(S) and the dashboard's
+# event streams; the official Prometheus client writes /metrics. The master
+# daemon needs neither.
+RAPI_REQUIRES = ["aiohttp>=3.9,<4", "prometheus-client>=0.17"]
 
 setup(
     name="jobqueue",
@@ -18,7 +22,7 @@ setup(
     # finder loaded at every start, and no warning from setuptools.
     package_dir={"": "."},
     packages=find_packages(include=["jobqueue", "jobqueue.*"]),
-    package_data={"jobqueue": ["py.typed"]},
+    package_data={"jobqueue": ["py.typed", "rapi/static/*"]},
     install_requires=[
         "pyinotify>=0.9.6",
         # pyinotify imports asyncore, which Python 3.12 removed from the stdlib.
@@ -38,13 +42,20 @@ setup(
             "simplejson>=3.17",
             # The etcd tests run whenever an etcd server binary is found.
             *ETCD_REQUIRES,
+            *RAPI_REQUIRES,
+            # A test certificate for jobqueue-rapi's HTTPS.
+            "cryptography>=41",
+            # The dashboard in a real browser (Debian's chromium and its driver).
+            "selenium>=4.10",
         ],
         "etcd": ETCD_REQUIRES,
+        "rapi": RAPI_REQUIRES,
         "lint": [
             "ruff>=0.4",
             "mypy>=1.8",
-            # mypy checks the etcd wrapper against the client's types.
+            # mypy checks the etcd wrapper and jobqueue-rapi against their libraries' types.
             *ETCD_REQUIRES,
+            *RAPI_REQUIRES,
             "types-requests",
         ],
     },
@@ -53,6 +64,7 @@ setup(
             "jobqueue-masterd=jobqueue.daemon:main",
             "jobctl=jobqueue.cli.main:main",
             "jobqueue-cleaner=jobqueue.cleaner:main",
+            "jobqueue-rapi=jobqueue.rapi.main:main",
         ],
     },
     classifiers=[
