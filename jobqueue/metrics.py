@@ -183,7 +183,7 @@ class Metrics:
         )
         self.lock_waits = Histogram(
             "jobqueue_lock_wait_seconds",
-            "Time opcodes waited for a lock another job held, by outcome (acquired, timeout)",
+            "Time opcodes waited for a lock another job held, by outcome (acquired, given_up)",
             LOCK_BUCKETS,
             ("outcome",),
         )
@@ -231,7 +231,7 @@ class Metrics:
             self.job_run_time.observe(max(0.0, _seconds(ended) - _seconds(started)), status)
 
     def lock_waited(self, seconds: float, acquired: bool) -> None:
-        self.lock_waits.observe(seconds, "acquired" if acquired else "timeout")
+        self.lock_waits.observe(seconds, "acquired" if acquired else "given_up")
 
     @contextmanager
     def timed_write(self, operation: str, jobs: int = 1) -> Iterator[None]:

@@ -122,6 +122,10 @@ class JobQueue:
     def new_strategy(self) -> LockAttemptTimeoutStrategy:
         return self._strategy_factory()
 
+    def job_started(self, job: Job) -> None:
+        """A worker picked the job up for the first time (job lock held)."""
+        self.metrics.job_started(job.received_timestamp, job.start_timestamp)  # metrics
+
     def log_unwritten(self, job_id: int, backlog: LogBacklog, resumed: bool) -> None:
         """Say that a job's log feedback could not be written, or that it now was."""
         if not resumed:
@@ -229,7 +233,6 @@ class JobQueue:
         if not active.run_lock.acquire(blocking=False):
             active.rerun = True  # the worker that has it will look again
             return
-        started = active.job.start_timestamp is not None
         try:
             active.rerun = False
             self.pool.set_task_name(f"Job{job_id}")
@@ -239,8 +242,6 @@ class JobQueue:
             return
         finally:
             active.run_lock.release()
-            if not started and active.job.start_timestamp is not None:  # metrics: a job's start
-                self.metrics.job_started(active.job.received_timestamp, active.job.start_timestamp)
         if verdict == Verdict.WAITDEP and active.rerun:  # read after release: none is lost
             verdict = Verdict.DEFER
         if verdict == Verdict.FINISHED:
