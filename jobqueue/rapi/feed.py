@@ -104,7 +104,11 @@ class Feed:
     async def _poll(self) -> None:
         while True:
             started = self._clock()
-            snapshot = await self._ask()
+            try:
+                snapshot = await self._ask()
+            except Exception as err:  # a malformed answer: say so, keep polling
+                self._log.exception("The dashboard's poll failed")
+                snapshot = dataclasses.replace(self.latest, error=f"Internal error: {err}")
             if _content(snapshot) != _content(self.latest):
                 self.latest = dataclasses.replace(snapshot, version=self.latest.version + 1)
                 async with self._changed:
