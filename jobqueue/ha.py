@@ -154,12 +154,14 @@ class Roles:
         self._mirror.start()
         try:
             self._serve(self._standby_queue, self._standby_reader)
-            self._log.info("Standing by; the master is %s", self._leadership.holder())
+            master = self._leadership.holder()
+            self._log.info("Standing by; the master is %s", master)
             while not stop.requested.is_set():
                 try:
                     if self._leadership.acquire(CAMPAIGN_SLICE):
                         self._log.info("Won the lead of the queue; taking over")
-                        self._metrics.takeovers.inc()
+                        if master is not None:  # metrics: another daemon led before
+                            self._metrics.takeovers.inc()
                         return True
                 except GenericError as err:  # the store is unreachable: keep trying
                     self._log.warning("Campaign for the lead failed: %s", err)

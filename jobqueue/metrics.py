@@ -225,7 +225,8 @@ class Metrics:
             "WaitForJobChange calls in progress (waiting for their job to change)",
         )
         self.takeovers = Counter(
-            "jobqueue_takeovers", "Times this daemon took the queue over from a standby's place"
+            "jobqueue_takeovers",
+            "Times this daemon became master where another one had led (a failover)",
         )
         self.leads_lost = Counter(
             "jobqueue_leads_lost", "Times this daemon lost the lead of the queue while master"
