@@ -171,6 +171,10 @@ class QueueState:
     busy_workers: int = 0
     drained: bool = False
     max_jobs: int = 0
+    #: Jobs held back now per (reason, filter rule uuid or "" for a start time).
+    held: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    #: Job filter rules in force.
+    filter_rules: int = 0
 
 
 class Metrics:
@@ -334,6 +338,22 @@ def _state_families(state: QueueState) -> list[dict[str, Any]]:
             "Worker threads, by state (busy: running a job; idle)",
             ["state"],
             [[["busy"], float(state.busy_workers)], [["idle"], float(idle)]],
+        ),
+        _gauge(
+            "jobqueue_jobs_held",
+            "Queued jobs held back now, by reason (paused, rate_limited: by the filter rule "
+            "named; scheduled: a start time to come)",
+            ["reason", "filter"],
+            [
+                [[reason, rule], float(count)]
+                for (reason, rule), count in sorted(state.held.items())
+            ],
+        ),
+        _gauge(
+            "jobqueue_filter_rules",
+            "Job filter rules in force",
+            [],
+            [[[], float(state.filter_rules)]],
         ),
         _gauge(
             "jobqueue_max_jobs",
