@@ -24,7 +24,7 @@ from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 CHROMIUM = os.environ.get("JOBQUEUE_CHROMIUM") or shutil.which("chromium")
 CHROMEDRIVER = os.environ.get("JOBQUEUE_CHROMEDRIVER") or shutil.which("chromedriver")
@@ -124,8 +124,27 @@ def test_live_jobs_log_and_cancel(
     flag.touch()  # the command writes its second line: the log must grow by itself
     until(browser, lambda d: any("tick-2" in line for line in log_lines(d)), "the log to grow")
 
+    # A second job waits for the first one's lock: raise its priority, then cancel it.
+    luxi = master.client()
+    waiting = luxi.submit_job(
+        [{"OP_ID": "OP_COMMAND_RUN", "argv": ["true"], "locks": ["host:web1"], "priority": 10}]
+    )
+    waiting_row = f'#jobs-table tr[data-job-id="{waiting}"]'
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, waiting_row), "the waiting job")
+    browser.find_element(By.CSS_SELECTOR, waiting_row).click()
+    until(browser, lambda d: text_of(d, "#job-status") == "waiting", "the waiting job's view")
+    Select(browser.find_element(By.ID, "priority-select")).select_by_visible_text("high")
+    browser.find_element(By.ID, "priority-button").click()
+    until(browser, lambda d: text_of(d, "#job-priority").startswith("-10"), "the new priority")
+    assert luxi.query_jobs([waiting], ["priority"])[0] == [-10]
+    assert browser.find_element(By.ID, "cancel-button").text == "Cancel"
+    browser.find_element(By.ID, "cancel-button").click()
+    until(browser, lambda d: text_of(d, "#job-status") == "canceled", "the waiting job canceled")
+
+    browser.find_element(By.CSS_SELECTOR, row).click()
+    until(browser, lambda d: any("tick-2" in line for line in log_lines(d)), "its log again")
     button = browser.find_element(By.ID, "cancel-button")
-    assert button.is_displayed() and button.text == "Kill"
+    until(browser, lambda d: button.is_displayed() and button.text == "Kill", "the kill button")
     button.click()
     until(browser, lambda d: text_of(d, "#job-status") == "canceled", "the job to show canceled")
     (status,) = master.client().query_jobs([job_id], ["status"])[0]
