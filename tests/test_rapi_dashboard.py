@@ -42,6 +42,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, R
     rapi = Rapi(work, master.paths.master_socket, "--dashboard-interval", "0.2").start()
     yield master, rapi
     rapi.stop()
+    luxi = master.client()
+    for job_id, status in luxi.query_jobs(None, ["id", "status"]):
+        if status not in ("success", "error", "canceled"):
+            luxi.cancel_job(job_id, True)  # a failed test may leave a command running
     master.stop()
 
 
@@ -83,6 +87,16 @@ def until(driver: webdriver.Chrome, condition: Any, what: str) -> Any:
     return wait.until(lambda d: condition(d), message=what)
 
 
+def click(driver: webdriver.Chrome, selector: str) -> None:
+    """Click an element; a row redrawn between finding and clicking it is found again."""
+
+    def clicked(d: webdriver.Chrome) -> bool:
+        d.find_element(By.CSS_SELECTOR, selector).click()
+        return True
+
+    until(driver, clicked, f"a click on {selector}")
+
+
 def text_of(driver: webdriver.Chrome, selector: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, selector).text)
 
@@ -118,7 +132,7 @@ def test_live_jobs_log_and_cancel(
     until(browser, lambda d: "host:web1" in text_of(d, "#locks-table"), "its lock to be listed")
     assert "job " + str(job_id) in text_of(browser, "#running-jobs")
 
-    browser.find_element(By.CSS_SELECTOR, row).click()
+    click(browser, row)
     until(browser, lambda d: any("tick-1" in line for line in log_lines(d)), "the first log line")
     assert not any("tick-2" in line for line in log_lines(browser))
     flag.touch()  # the command writes its second line: the log must grow by itself
@@ -131,17 +145,17 @@ def test_live_jobs_log_and_cancel(
     )
     waiting_row = f'#jobs-table tr[data-job-id="{waiting}"]'
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, waiting_row), "the waiting job")
-    browser.find_element(By.CSS_SELECTOR, waiting_row).click()
+    click(browser, waiting_row)
     until(browser, lambda d: text_of(d, "#job-status") == "waiting", "the waiting job's view")
     Select(browser.find_element(By.ID, "priority-select")).select_by_visible_text("high")
-    browser.find_element(By.ID, "priority-button").click()
+    click(browser, "#priority-button")
     until(browser, lambda d: text_of(d, "#job-priority").startswith("-10"), "the new priority")
     assert luxi.query_jobs([waiting], ["priority"])[0] == [-10]
     assert browser.find_element(By.ID, "cancel-button").text == "Cancel"
-    browser.find_element(By.ID, "cancel-button").click()
+    click(browser, "#cancel-button")
     until(browser, lambda d: text_of(d, "#job-status") == "canceled", "the waiting job canceled")
 
-    browser.find_element(By.CSS_SELECTOR, row).click()
+    click(browser, row)
     until(browser, lambda d: any("tick-2" in line for line in log_lines(d)), "its log again")
     button = browser.find_element(By.ID, "cancel-button")
     until(browser, lambda d: button.is_displayed() and button.text == "Kill", "the kill button")
