@@ -169,6 +169,20 @@ def test_submit_list_and_read_jobs(setup: Setup) -> None:
     assert ids == sorted(ids)
 
 
+def test_the_reason_trail_names_the_user(setup: Setup) -> None:
+    writer = setup.client("writer")
+    mine = ["me", "my own reason", 1]
+    job_id = writer.request(
+        "POST", "/2/jobs?reason=deploy%20web", {"ops": [{**DELAY0, "reason": [mine]}]}
+    )
+    trail = writer.job(job_id)["ops"][0]["reason"]
+    assert trail[0] == mine
+    assert trail[1][:2] == ["gnt:user", "deploy web"]
+    assert trail[2][:2] == ["gnt:library:rlib2:jobs", "jobqueue-rapi user writer"]
+    assert trail[3][0] == "gnt:daemon:jobqueue-masterd"  # the master's own entry comes last
+    assert "POST /2/jobs?reason=deploy%20web by user writer" in setup.rapi.log()
+
+
 def test_a_dry_run_job_runs_no_opcode(setup: Setup) -> None:
     writer = setup.client("writer")
     job_id = writer.submit([{"OP_ID": "OP_COMMAND_RUN", "argv": ["false"]}], dry_run=True)

@@ -12,7 +12,9 @@ not the master (a standby answered)        503
 cannot reach the master daemon             502 Bad Gateway
 connection lost, malformed answer          502
 no answer in time                          504 Gateway Timeout
-not allowed on the master's socket         500 ("no permission to connect ...")
+not allowed to connect to the master       500 ("no permission to connect ...")
+the master refuses this change (jobs       403 Forbidden, the master's message
+others submitted need the admin group)
 invalid input (``OpPrereqError``), an      400 Bad Request
 unknown opcode
 no such job or filter                      404 Not Found
@@ -32,6 +34,8 @@ from aiohttp import web
 from jobqueue import errors
 
 JSON = "application/json"
+#: How the LUXI client's refusal to connect begins (as opposed to the master's refusals).
+CONNECT_DENIED = "Permission denied connecting to the socket"
 
 
 class HttpError(Exception):
@@ -77,7 +81,9 @@ def from_luxi(err: errors.GenericError) -> HttpError:
     if isinstance(err, errors.NoMasterError):
         return HttpError(502, f"Can't connect to master daemon: {message}")
     if isinstance(err, errors.AccessDenied):
-        return HttpError(500, "Internal error: no permission to connect to the master daemon")
+        if message.startswith(CONNECT_DENIED):
+            return HttpError(500, "Internal error: no permission to connect to the master daemon")
+        return HttpError(403, message)
     if isinstance(err, errors.RequestTimeout):
         return HttpError(504, f"Timeout while talking to the master daemon: {message}")
     if isinstance(err, errors.LuxiError):

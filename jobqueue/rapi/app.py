@@ -16,14 +16,14 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler as AiohttpHandler
 
-from jobqueue.rapi.access import Gate
+from jobqueue.rapi.access import SAFE_METHODS, Gate
 from jobqueue.rapi.answers import HttpError, error_response
 from jobqueue.rapi.dashboard import Dashboard
 from jobqueue.rapi.exposition import CONTENT_TYPE_LATEST, render
 from jobqueue.rapi.feed import Feed
 from jobqueue.rapi.master import Master
 from jobqueue.rapi.resources import WAIT_TIMEOUT, Resources, Route
-from jobqueue.rapi.users import READ
+from jobqueue.rapi.users import READ, WRITE
 
 #: The largest request body accepted (as the master's largest LUXI message).
 MAX_BODY = 16 * 1024 * 1024
@@ -82,9 +82,10 @@ async def guard(request: web.Request, handler: AiohttpHandler) -> web.StreamResp
     """Admit the caller of a matched route (see the module docstring)."""
     right = request.app[RIGHTS].get(request.match_info.route)
     if right is not None:
-        request["caller"] = request.app[GATE].admit(
-            request.method, right, request.headers, request.host
-        )
+        caller = request.app[GATE].admit(request.method, right, request.headers, request.host)
+        request["caller"] = caller
+        if right == WRITE and request.method not in SAFE_METHODS:  # who changed what, for audit
+            request.app[LOG].info("%s %s by user %s", request.method, request.path_qs, caller.name)
     return await handler(request)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ from jobqueue import constants
 from jobqueue.errors import GenericError
 from jobqueue.luxi.client import Client
 from jobqueue.model import is_json_int
+from jobqueue.rapi.access import Caller
 from jobqueue.rapi.answers import JSON, HttpError, from_luxi, json_response
 from jobqueue.rapi.master import Master, query_as_dicts, rows_as_dicts
 from jobqueue.rapi.users import READ, WRITE
@@ -58,6 +60,9 @@ JOB_FIELDS_BULK = [
 ]
 JOB_FIELDS = [*JOB_FIELDS_BULK, "oplog", "opresult"]
 FILTER_FIELDS = ["watermark", "priority", "predicates", "action", "reason_trail", "uuid"]
+#: Reason trail sources, as Ganeti's (a user's own reason; its RAPI library).
+REASON_SOURCE_USER = "gnt:user"
+REASON_SOURCE_RAPI = "gnt:library:rlib2"
 #: Seconds ``GET /2/jobs/[id]/wait`` waits for a change before answering ``null``.
 WAIT_TIMEOUT = 10.0
 _FILTER_PARAMS = ("priority", "predicates", "action", "reason")
@@ -127,6 +132,13 @@ class Resources:
             raise HttpError(400, "The 'ops' parameter should be a non-empty list of opcodes")
         if flag(request, "dry-run"):
             ops = [{**op, "dry_run": True} for op in ops]
+        trail = reason_trail(request, "jobs")
+        ops = [
+            {**op, "reason": [*op.get("reason", []), *trail]}
+            if _is_list(op.get("reason", []))
+            else op
+            for op in ops
+        ]
         return json_response(await self._ask(lambda c: c.submit_job(ops)))
 
     async def get_job(self, request: web.Request) -> web.Response:
@@ -181,8 +193,14 @@ class Resources:
         return json_response([{"id": uuid, "uri": f"/2/filters/{uuid}"} for uuid in uuids])
 
     async def add_filter(self, request: web.Request) -> web.Response:
-        rule = filter_parameters(await json_object(request, _FILTER_PARAMS))
-        return json_response(await self._ask(lambda c: c.call("ReplaceFilter", None, *rule)))
+        priority, predicates, action, reason = filter_parameters(
+            await json_object(request, _FILTER_PARAMS)
+        )
+        reason = [*reason, *reason_trail(request, "filters")]
+        answer = await self._ask(
+            lambda c: c.call("ReplaceFilter", None, priority, predicates, action, reason)
+        )
+        return json_response(answer)
 
     async def get_filter(self, request: web.Request) -> web.Response:
         uuid = request.match_info["uuid"]
@@ -196,8 +214,12 @@ class Resources:
         body = await json_object(request, (*_FILTER_PARAMS, "uuid"))
         if body.get("uuid", uuid) != uuid:
             raise HttpError(400, "The 'uuid' parameter differs from the filter's address")
-        rule = filter_parameters(body)
-        return json_response(await self._ask(lambda c: c.call("ReplaceFilter", uuid, *rule)))
+        priority, predicates, action, reason = filter_parameters(body)
+        reason = [*reason, *reason_trail(request, "filters")]
+        answer = await self._ask(
+            lambda c: c.call("ReplaceFilter", uuid, priority, predicates, action, reason)
+        )
+        return json_response(answer)
 
     async def delete_filter(self, request: web.Request) -> web.Response:
         uuid = request.match_info["uuid"]
@@ -208,6 +230,26 @@ class Resources:
         wanted = fields or FILTER_FIELDS
         answer = await self._ask(lambda c: c.query("filter", wanted, qfilter))
         return query_as_dicts(wanted, answer)
+
+
+def reason_trail(request: web.Request, resource: str) -> list[list[Any]]:
+    """Reason trail entries for a change made through this API, as Ganeti's RAPI adds them.
+
+    A ``reason`` query parameter (Ganeti's) comes first as ``gnt:user``; then
+    an entry naming the resource and the user who asked, since the master
+    records jobqueue-rapi itself as the submitter.
+    """
+    now, trail = time.time_ns(), []
+    given = request.query.get("reason")
+    if given:
+        trail.append([REASON_SOURCE_USER, given, now])
+    caller: Caller = request["caller"]
+    trail.append([f"{REASON_SOURCE_RAPI}:{resource}", f"jobqueue-rapi user {caller.name}", now])
+    return trail
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list)
 
 
 def flag(request: web.Request, name: str) -> bool:
