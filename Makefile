@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STATE  ?= ./state
 PYTEST_ARGS ?=
 
-.PHONY: run test etcd lint soak bench bench-quick man clean
+.PHONY: run test etcd browser lint soak bench bench-quick man clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,13 @@ run: $(VENV)/.installed-base
 etcd:
 	@bash tests/setup_etcd.sh
 
-test: $(VENV)/.installed-test etcd
+# The dashboard tests drive a headless browser: as root this installs Debian's
+# chromium and chromium-driver when they are missing; it never fails (the
+# tests skip, saying why).
+browser:
+	@bash tests/setup_chromium.sh
+
+test: $(VENV)/.installed-test etcd browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-lint

@@ -30,6 +30,10 @@ class OptionalBuildExt(build_ext):
 # The etcd store (high availability) talks to etcd's v3 JSON gateway through
 # etcd3gw; doc/ha.rst says why this client. Tested with 2.7 against etcd 3.4.
 ETCD_REQUIRES = ["etcd3gw>=2.7,<3"]
+# jobqueue-rapi (doc/rapi.rst): aiohttp serves HTTP(S) and the dashboard's
+# event streams; the official Prometheus client writes /metrics. The master
+# daemon needs neither.
+RAPI_REQUIRES = ["aiohttp>=3.9,<4", "prometheus-client>=0.17"]
 
 setup(
     name="jobqueue",
@@ -43,7 +47,7 @@ setup(
     # finder loaded at every start, and no warning from setuptools.
     package_dir={"": "."},
     packages=find_packages(include=["jobqueue", "jobqueue.*"]),
-    package_data={"jobqueue": ["py.typed"]},
+    package_data={"jobqueue": ["py.typed", "rapi/static/*"]},
     ext_modules=[
         Extension(
             "jobqueue.storage._fastwrite",
@@ -72,13 +76,20 @@ setup(
             "simplejson>=3.17",
             # The etcd tests run whenever an etcd server binary is found.
             *ETCD_REQUIRES,
+            *RAPI_REQUIRES,
+            # A test certificate for jobqueue-rapi's HTTPS.
+            "cryptography>=41",
+            # The dashboard in a real browser (Debian's chromium and its driver).
+            "selenium>=4.10",
         ],
         "etcd": ETCD_REQUIRES,
+        "rapi": RAPI_REQUIRES,
         "lint": [
             "ruff>=0.4",
             "mypy>=1.8",
-            # mypy checks the etcd wrapper against the client's types.
+            # mypy checks the etcd wrapper and jobqueue-rapi against their libraries' types.
             *ETCD_REQUIRES,
+            *RAPI_REQUIRES,
             "types-requests",
         ],
     },
@@ -87,6 +98,7 @@ setup(
             "jobqueue-masterd=jobqueue.daemon:main",
             "jobctl=jobqueue.cli.main:main",
             "jobqueue-cleaner=jobqueue.cleaner:main",
+            "jobqueue-rapi=jobqueue.rapi.main:main",
         ],
     },
     classifiers=[

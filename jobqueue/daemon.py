@@ -52,6 +52,7 @@ from jobqueue.lus import builtin_registry, load_plugins
 from jobqueue.lus.command import RUN_AS_SUBMITTER
 from jobqueue.luxi.methods import QueueApi, ReaderApi
 from jobqueue.luxi.server import LuxiServer
+from jobqueue.metrics import Metrics
 from jobqueue.model import Job
 from jobqueue.opcodes import Registry
 from jobqueue.outputs import OutputRecorder
@@ -140,12 +141,15 @@ def build_core(
     ownership: Ownership | None = None,
     commands_run_as: str = RUN_AS_SUBMITTER,
     logger: logging.Logger | None = None,
+    metrics: Metrics | None = None,
 ) -> Core:
     """Wire the queue and everything around it; the one place that does (tests use it too).
 
     The workers start only after the queue has loaded (``start_core``).
-    ``live`` is the view of the jobs to keep (a standby's, taking over).
+    ``live`` is the view of the jobs to keep (a standby's, taking over);
+    ``metrics`` the daemon's, which outlive a term.
     """
+    metrics = metrics or Metrics()
     live = live or LiveJobs(registry.summarize)
     locks = LockManager()
     depmgr = DependencyManager(functools.partial(stored_status, live, store))
@@ -158,6 +162,7 @@ def build_core(
         commands_run_as=commands_run_as,
         output=output,
         logger=logger,
+        metrics=metrics,
     )
     timers = Timers(logger=logger)
 
@@ -186,6 +191,7 @@ def build_core(
         ownership=ownership,
         on_job_end=on_job_end,
         logger=logger,
+        metrics=metrics,
     )
     reader = JobReader(
         live,
@@ -278,6 +284,7 @@ def _run_on(
     name = f"{platform.node()} pid {os.getpid()}"
     leadership = store.leadership(name)
     live = LiveJobs(registry.summarize)
+    metrics = Metrics()
     stop = daemonproc.install_signal_handlers(paths, file_handler)
     servers: list[LuxiServer] = []
 
@@ -303,6 +310,7 @@ def _run_on(
                 args.max_connections, fd_limit, args.workers
             ),
             logger=log,
+            metrics=metrics,
         )
         server.start()
         servers.append(server)
@@ -338,6 +346,7 @@ def _run_on(
             max_output_size=args.max_output_size,
             on_job_end=None if hooks is None else hooks.job_ended,
             logger=log,
+            metrics=metrics,
         )
         gc.disable()  # loading makes many objects and no garbage; see daemonproc.settle_gc
         try:
@@ -354,7 +363,7 @@ def _run_on(
         store,
         leadership,
         StoreMirror(store, live, logger=log),
-        StandbyQueue(store, leadership.holder, live, max_jobs=args.max_jobs),
+        StandbyQueue(store, leadership.holder, live, max_jobs=args.max_jobs, metrics=metrics),
         JobReader(
             live,
             store,
@@ -374,6 +383,7 @@ def _run_on(
         shutdown_timeout=args.shutdown_timeout,
         kill_grace=args.kill_grace,
         logger=log,
+        metrics=metrics,
     )
     try:
         roles.run(stop)

@@ -32,6 +32,7 @@ from typing import Protocol
 
 from jobqueue.errors import GenericError, JobQueueError
 from jobqueue.luxi.methods import QueueApi, ReaderApi
+from jobqueue.metrics import Metrics
 from jobqueue.standby import StandbyQueue, StoreMirror
 from jobqueue.storage.base import JobStore, Leadership
 
@@ -97,6 +98,7 @@ class Roles:
         shutdown_timeout: float,
         kill_grace: float,
         logger: logging.Logger | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._leadership = leadership
@@ -110,6 +112,7 @@ class Roles:
         self._shutdown_timeout = shutdown_timeout
         self._kill_grace = kill_grace
         self._log = logger or logging.getLogger(__name__)
+        self._metrics = metrics or Metrics()
 
     def run(self, stop: StopRequest) -> None:
         """Serve as standby and master in turn until a stop is requested.
@@ -135,6 +138,7 @@ class Roles:
                 self._end_term(term, stop)
                 return
             self._log.error("Lost the lead of the queue; killing running jobs, standing by")
+            self._metrics.leads_lost.inc()
             self._serve(self._standby_queue, self._standby_reader)  # refuse changes from now
             self._step_down(term)
 
@@ -150,11 +154,14 @@ class Roles:
         self._mirror.start()
         try:
             self._serve(self._standby_queue, self._standby_reader)
-            self._log.info("Standing by; the master is %s", self._leadership.holder())
+            master = self._leadership.holder()
+            self._log.info("Standing by; the master is %s", master)
             while not stop.requested.is_set():
                 try:
                     if self._leadership.acquire(CAMPAIGN_SLICE):
                         self._log.info("Won the lead of the queue; taking over")
+                        if master is not None:  # metrics: another daemon led before
+                            self._metrics.takeovers.inc()
                         return True
                 except GenericError as err:  # the store is unreachable: keep trying
                     self._log.warning("Campaign for the lead failed: %s", err)

@@ -106,6 +106,7 @@ class StepEnv(Protocol):
         self, jobs: list[list[dict[str, Any]]], parent: Job | None = None
     ) -> list[list[Any]]: ...
     def log_unwritten(self, job_id: int, backlog: LogBacklog, resumed: bool) -> None: ...
+    def job_started(self, job: Job) -> None: ...
 
 
 def step(active: ActiveJob, env: StepEnv) -> Verdict:
@@ -123,8 +124,11 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
         if op.opcode is None:
             raise ProgrammerError(f"Job {job.id}: opcode {index} was never typed")
         if op.status == Status.QUEUED:  # written once it really waits, or as it starts
+            starting = job.start_timestamp is None
             _mark_waiting_locked(job, op, env.now())
             active.unsaved = True
+            if starting:
+                env.job_started(job)
     opcode = op.opcode
     verdict = _check_dependencies(active, op, env)
     if verdict is not None:

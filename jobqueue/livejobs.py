@@ -20,6 +20,7 @@ Thread-safe; callbacks are called without the lock held.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 from collections.abc import Callable, Iterable
@@ -220,6 +221,18 @@ class LiveJobs:
     def count(self) -> int:
         with self._lock:
             return len(self._entries)
+
+    def tally(self) -> dict[tuple[str, int], int]:
+        """How many live jobs have each (status, priority); for metrics."""
+        with self._lock:
+            pairs = [(entry.status.value, entry.priority) for entry in self._entries.values()]
+        return dict(collections.Counter(pairs))
+
+    def held_tally(self) -> dict[tuple[str, str], int]:
+        """How many live jobs each (hold kind, filter rule uuid or "") holds back; for metrics."""
+        with self._lock:
+            holds = [entry.hold for entry in self._entries.values() if entry.hold is not None]
+        return dict(collections.Counter((str(h["kind"]), str(h.get("filter", ""))) for h in holds))
 
     def contains(self, job_id: int) -> bool:
         with self._lock:

@@ -19,6 +19,7 @@ from jobqueue import constants
 from jobqueue.errors import GenericError, OpExecError, ProgrammerError
 from jobqueue.locking import CLUSTER_LOCK, LockManager
 from jobqueue.lus.base import ExecCallbacks, LogicalUnit, LUContext, ResultWithJobs
+from jobqueue.metrics import Metrics
 from jobqueue.model import Submitter
 from jobqueue.opcodes import REASON_SOURCE_OPCODE, InvalidOpCode, OpCode, Registry
 from jobqueue.signals import JobCanceled, LockAcquireTimeout, QueueShutdown
@@ -45,6 +46,7 @@ class Processor:
         clock: Callable[[], float] = time.monotonic,
         time_ns: Callable[[], int] = time.time_ns,
         logger: logging.Logger | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._registry = registry
         self._locks = locks
@@ -55,6 +57,7 @@ class Processor:
         self._clock = clock
         self._time_ns = time_ns
         self._log = logger or logging.getLogger(__name__)
+        self._metrics = metrics or Metrics()
 
     def exec_opcode(
         self,
@@ -124,9 +127,11 @@ class Processor:
             if not acquired:
                 cbs.notify_waiting()
                 remaining = None if deadline is None else max(0.0, deadline - self._clock())
+                waited = self._metrics.clock()  # metrics: a lock wait
                 acquired = self._locks.acquire(
                     owner, [name], shared=not exclusive_mode, timeout=remaining, priority=priority
                 )
+                self._metrics.lock_waited(self._metrics.clock() - waited, acquired)
             if not acquired:
                 self._locks.release(owner)
                 cbs.check_cancel()  # an interrupted wait may mean "canceled"

@@ -49,6 +49,7 @@ from jobqueue.joboptions import JobOptions, options_by_id, parse_options
 from jobqueue.jobstep import ActiveJob, LogBacklog, Verdict, end_lost_opcodes_locked, step
 from jobqueue.livejobs import IndexEntry, LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
+from jobqueue.metrics import Metrics, QueueState
 from jobqueue.model import Job, Submitter, Timestamp, now_stamp
 from jobqueue.opcodes import OpCode, Registry
 from jobqueue.ownership import Ownership
@@ -85,6 +86,7 @@ class JobQueue:
         clock: Callable[[], float] = time.time,
         on_job_end: Callable[[Job], None] | None = None,
         logger: logging.Logger | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """``pool`` must run its tasks through ``run_task``; it may start with no workers.
 
@@ -94,6 +96,7 @@ class JobQueue:
         ``on_job_end`` is called once per job whose end this queue wrote, right
         after the write, with the job's lock held: it must not block (the
         finish hooks only queue the job).
+        ``metrics`` is fed with submissions, starts, ends and write times.
         """
         self.store = store
         self.live = live
@@ -111,6 +114,7 @@ class JobQueue:
         self._clock = clock
         self._on_job_end = on_job_end
         self._log = logger or logging.getLogger(__name__)
+        self.metrics = metrics or Metrics()
         self._lock = threading.Lock()
         self._active: dict[int, ActiveJob] = {}
         self._accepting = True
@@ -126,7 +130,8 @@ class JobQueue:
         A write that ends the job is announced to ``on_job_end`` after that.
         """
         ends = job.is_finalized and self.live.status_of(job.id) not in FINALIZED
-        self.store.replace_job(job)
+        with self.metrics.timed_write("replace"):  # metrics: durable-write latency
+            self.store.replace_job(job)
         self.live.publish([job])
         if ends and self._on_job_end is not None:
             self._on_job_end(job)
@@ -140,6 +145,10 @@ class JobQueue:
 
     def new_strategy(self) -> LockAttemptTimeoutStrategy:
         return self._strategy_factory()
+
+    def job_started(self, job: Job) -> None:
+        """A worker picked the job up for the first time (job lock held)."""
+        self.metrics.job_started(job.received_timestamp, job.start_timestamp)  # metrics
 
     def log_unwritten(self, job_id: int, backlog: LogBacklog, resumed: bool) -> None:
         """Say that a job's log feedback could not be written, or that it now was."""
@@ -280,8 +289,11 @@ class JobQueue:
 
     def _finished(self, job_id: int) -> None:
         with self._lock:
-            self._active.pop(job_id, None)
+            active = self._active.pop(job_id, None)
         self._admission.release(job_id)
+        if active is not None:  # metrics: a job's end, counted once
+            job = active.job
+            self.metrics.job_finished(job.status, job.start_timestamp, job.end_timestamp)
         waiters = self.depmgr.notify(job_id)
         if waiters:
             self._enqueue(waiters)
@@ -404,9 +416,12 @@ class JobQueue:
         if drained_ok:
             self._ownership.check_queue(submitter, "submit jobs past the drain flag")
         with self._lock:
-            if not self._accepting:
-                raise JobQueueError(constants.MSG_SHUTTING_DOWN)
+            accepting = self._accepting
+        if not accepting:
+            self.metrics.submissions(0, len(jobs), "shutting_down")
+            raise JobQueueError(constants.MSG_SHUTTING_DOWN)
         if not drained_ok and self.store.is_drained():
+            self.metrics.submissions(0, len(jobs), "drained")
             raise JobQueueDrainError(constants.MSG_DRAINED)
         prepared = prepare_jobs(
             jobs,
@@ -444,7 +459,8 @@ class JobQueue:
         for job in to_write:
             controls[job.id].apply(job)
         try:
-            failures = self.store.create_jobs(to_write)
+            with self.metrics.timed_write("create", len(to_write)):  # metrics: write latency
+                failures = self.store.create_jobs(to_write)
             for job, failure in zip(to_write, failures, strict=True):
                 if failure is not None:
                     refused[job.id] = failure
@@ -454,7 +470,10 @@ class JobQueue:
                 self._slots_claimed -= len(to_write)
         self._withdraw_orphans(to_write, refused)
         self._activate([job for job in to_write if job.id not in refused])
-        return [refused.get(r, r) if isinstance(r, int) else r for r in results]
+        outcome = [refused.get(r, r) if isinstance(r, int) else r for r in results]
+        stored = sum(1 for r in outcome if isinstance(r, int))
+        self.metrics.submissions(stored, len(outcome) - stored)  # metrics: submissions
+        return outcome
 
     def _withdraw_orphans(self, written: list[Job], refused: dict[int, GenericError]) -> None:
         """Remove written jobs whose dependency of the same call could not be stored.
@@ -747,6 +766,21 @@ class JobQueue:
         if unknown:
             raise OpPrereqError(f"Unknown config fields: {', '.join(unknown)}", ECODE_INVAL)
         return [values[name]() for name in fields]
+
+    def query_metrics(self) -> dict[str, Any]:
+        """The daemon's metrics and the queue's state now (``jobqueue.metrics``)."""
+        stats = self.pool.stats()
+        state = QueueState(
+            role="master",
+            jobs=self.live.tally(),
+            workers=stats["workers"],
+            busy_workers=stats["running"],
+            drained=self.store.is_drained(),
+            max_jobs=self._max_jobs,
+            held=self.live.held_tally(),
+            filter_rules=len(self._admission.rules()),
+        )
+        return self.metrics.export(state)
 
 
 def _refused_dependency(ops: list[dict[str, Any]], refused: dict[int, GenericError]) -> int | None:

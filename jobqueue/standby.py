@@ -23,6 +23,7 @@ from typing import Any
 from jobqueue import __version__, constants
 from jobqueue.errors import ECODE_INVAL, GenericError, NotMasterError, OpPrereqError
 from jobqueue.livejobs import LiveJobs
+from jobqueue.metrics import Metrics, QueueState
 from jobqueue.storage.base import WATCHER_PAUSE, ChangeFeed, JobStore, pause_until
 
 
@@ -91,11 +92,13 @@ class StandbyQueue:
         live: LiveJobs,
         *,
         max_jobs: int = constants.DEFAULT_MAX_JOBS,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._master = master
         self._live = live
         self._max_jobs = max_jobs
+        self._metrics = metrics or Metrics()
 
     def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
         master = self._master()
@@ -130,3 +133,13 @@ class StandbyQueue:
         if unknown:
             raise OpPrereqError(f"Unknown config fields: {', '.join(unknown)}", ECODE_INVAL)
         return [values[name]() for name in fields]
+
+    def query_metrics(self) -> dict[str, Any]:
+        """The daemon's metrics, its role and the mirrored queue's state."""
+        state = QueueState(
+            role="standby",
+            jobs=self._live.tally(),
+            drained=self._store.is_drained(),
+            max_jobs=self._max_jobs,
+        )
+        return self._metrics.export(state)

@@ -28,6 +28,7 @@ VALID_CALLS: dict[str, list[Any]] = {
     "ReplaceFilter": [None, 0, [["jobid", ["=", "id", 999999]]], "CONTINUE", []],
     "DeleteFilter": ["00000000-0000-4000-8000-000000000000"],
     "SetMaxRunningJobs": [4],
+    "QueryMetrics": [],
 }
 
 #: Values of every JSON type, and some that are valid JSON but nothing else.

@@ -26,6 +26,7 @@ from jobqueue.jobreader import JobReader, stored_status
 from jobqueue.livejobs import LiveJobs
 from jobqueue.locking import LockManager
 from jobqueue.lus import builtin_registry
+from jobqueue.metrics import Metrics
 from jobqueue.standby import StandbyQueue, StoreMirror
 from jobqueue.storage.memory import MemoryBacking, MemoryJobStore
 from tests.polling import poll_until
@@ -58,6 +59,7 @@ class Node:
         self.served: list[tuple[Any, Any]] = []
         self.terms: list[Core] = []
         self.stop = Stop()
+        self.metrics = Metrics()
         reader = JobReader(
             self.live,
             self.store,
@@ -67,7 +69,7 @@ class Node:
         )
 
         def make_term(message: str) -> Core:
-            core = build_core(self.store, registry, live=self.live, name=name)
+            core = build_core(self.store, registry, live=self.live, name=name, metrics=self.metrics)
             start_core(core, 2, message)
             self.terms.append(core)
             return core
@@ -76,7 +78,7 @@ class Node:
             self.store,
             self.leadership,
             StoreMirror(self.store, self.live),
-            StandbyQueue(self.store, self.leadership.holder, self.live),
+            StandbyQueue(self.store, self.leadership.holder, self.live, metrics=self.metrics),
             reader,
             make_term=make_term,
             serve=lambda queue, reader: self.served.append((queue, reader)),
@@ -85,6 +87,7 @@ class Node:
             shutdown_timeout=5,
             kill_grace=1,
             logger=logging.getLogger(f"test.ha.{name}"),
+            metrics=self.metrics,
         )
         self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"roles-{name}")
@@ -180,8 +183,10 @@ def test_takeover_when_the_master_s_lease_runs_out(pair: tuple[Node, Node]) -> N
     running = first.queue.submit_job([LONG])
     wait(lambda: first.status(running) == "running", "the long job to run")
     queued = first.queue.submit_many_jobs([[{**QUICK, "depends": [[running, []]]}]])[0][1]
+    assert role_metrics(second) == ("standby", 0, 0)
     first.leadership.expire()  # as if it had been paused past its lease
     wait(second.is_master, "the standby to take over")
+    assert role_metrics(second) == ("master", 1, 0)  # one take-over
     # The job the old master was running ends in error: it never runs twice.
     wait(lambda: second.status(running) == "error", "the running job to fail over")
     (result,) = second.reader.query_jobs([running], ["opresult"])[0]
@@ -189,12 +194,22 @@ def test_takeover_when_the_master_s_lease_runs_out(pair: tuple[Node, Node]) -> N
     wait(lambda: second.status(queued) == "success", "its dependent to run on the new master")
     # The old master stepped down: it serves as standby, killed its opcode, wrote nothing.
     wait(first.is_standby, "the old master to stand by")
+    assert role_metrics(first) == ("standby", 0, 1)  # one lead lost
     wait(lambda: not first.terms[0].pool.has_running_tasks(), "its opcode to be killed")
     stored = second.store.read_job(running)
     assert stored is not None and stored.ops[0].result == constants.MSG_FAILED_OVER
     with pytest.raises(NotMasterError, match="the master is second"):
         first.queue.submit_job([QUICK])
     assert second.queue.submit_job([QUICK]) > queued  # ids are never reused
+
+
+def role_metrics(node: Node) -> tuple[str, float, float]:
+    """(role, take-overs, leads lost) as the node's QueryMetrics says."""
+    families = {f["name"]: f["samples"] for f in node.queue.query_metrics()["families"]}
+    (role,) = [labels[0] for labels, value in families["jobqueue_role"] if value == 1]
+    takeovers = sum(value for _, value in families["jobqueue_takeovers"])
+    lost = sum(value for _, value in families["jobqueue_leads_lost"])
+    return role, takeovers, lost
 
 
 def test_a_stopped_master_hands_over_at_once(pair: tuple[Node, Node]) -> None:

@@ -66,6 +66,7 @@ class Env:
         self.submitted: list[list[list[dict[str, Any]]]] = []
         self.unwritten_reports: list[tuple[int, int, int, bool]] = []
         self.fail_writes = False
+        self.started: list[int] = []
 
     def write(self, job: Job) -> None:
         assert (job.status in FINALIZED) == (job.end_timestamp is not None), job.to_dict()
@@ -94,6 +95,9 @@ class Env:
     ) -> list[list[Any]]:
         self.submitted.append(jobs)
         return [[True, 500 + number] for number in range(len(jobs))]
+
+    def job_started(self, job: Job) -> None:
+        self.started.append(job.id)
 
     def log_unwritten(self, job_id: int, backlog: LogBacklog, resumed: bool) -> None:
         self.unwritten_reports.append((job_id, backlog.entries, backlog.dropped, resumed))
@@ -230,6 +234,21 @@ class TestSuccess:
         assert env.stored().to_dict() == job.to_dict()
         assert results(env.stored()) == list(range(count))
         assert env.locks.lock_info() == []
+
+    def test_the_start_is_announced_once_before_the_first_opcode_runs(self) -> None:
+        env = Env()
+        active = make_job(dummy(result=1), dummy(result=2))
+        statuses_then: list[str] = []
+        original = env.job_started
+
+        def started(job: Job) -> None:
+            statuses_then.extend(str(op.status) for op in job.ops)
+            original(job)
+
+        env.job_started = started  # type: ignore[method-assign]
+        run_to_end(active, env)
+        assert env.started == [JOB_ID]  # once, though the job took several steps
+        assert statuses_then == ["waiting", "queued"]  # as it starts, before anything ran
 
     def test_finished_job_is_a_no_op(self) -> None:
         env = Env()

@@ -403,6 +403,11 @@ class Client:
         result: list[Any] = self.call("QueryConfigValues", fields)
         return result
 
+    def query_metrics(self) -> dict[str, Any]:
+        """The daemon's metrics: ``{"version": 1, "families": [...]}`` (see jobqueue.metrics)."""
+        result: dict[str, Any] = self.call("QueryMetrics")
+        return result
+
     def wait_for_job(
         self,
         job_id: int,

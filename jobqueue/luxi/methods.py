@@ -77,6 +77,7 @@ class QueueApi(Protocol):
     ) -> str: ...
     def delete_filter(self, uuid: str, *, caller: Submitter | None = None) -> bool: ...
     def set_max_running_jobs(self, count: int, *, caller: Submitter | None = None) -> bool: ...
+    def query_metrics(self) -> dict[str, Any]: ...
 
 
 class Watch(Protocol):
@@ -373,4 +374,5 @@ METHODS: dict[str, Method] = {
         (("fields", _FIELDS),),
         read_only=True,
     ),
+    "QueryMetrics": Method(lambda s: s.queue.query_metrics(), (), read_only=True),
 }

@@ -58,6 +58,7 @@ from jobqueue.luxi import access, methods, protocol
 from jobqueue.luxi.connection import Answer, Connection, OutputBudget, error_answer
 from jobqueue.luxi.jobwaits import JobWaits
 from jobqueue.luxi.methods import METHODS
+from jobqueue.metrics import Metrics
 from jobqueue.model import Submitter
 
 MASTER_SOCKET_MODE = 0o660
@@ -181,6 +182,7 @@ class LuxiServer:
         logger: logging.Logger | None = None,
         allowed_uids: Collection[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._queue = queue
         self._reader = reader
@@ -207,6 +209,7 @@ class LuxiServer:
             ),
         }
         self._clock = clock
+        self._metrics = metrics or Metrics()
         self._change_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=handler_threads, thread_name_prefix="luxi-handler"
         )
@@ -527,7 +530,7 @@ class LuxiServer:
         """
         assert self._waits is not None, "made before any connection"
         deadline = self._clock() + methods.wfjc_timeout(timeout)
-        with self._waits.waiter(job_id) as waiter:
+        with self._waits.waiter(job_id) as waiter, self._metrics.luxi_waiters.tracking():
             while True:
                 job = waiter.latest
                 if job is None:
