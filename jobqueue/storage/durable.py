@@ -31,7 +31,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from jobqueue.storage.files import Disk
+    from jobqueue.storage.filedisk import Disk
 
 #: (failed step, errno) of a write: "open", "write", "fsync", "rename" or "fsync_dir".
 Failure = tuple[str, int]

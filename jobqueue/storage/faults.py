@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import Mapping
 
-from jobqueue.storage.files import Disk
+from jobqueue.storage.filedisk import Disk
 
 #: Names the control file in the daemon's environment (test-only).
 FAULT_FILE_ENV = "JOBQUEUE_FAULT_FILE"

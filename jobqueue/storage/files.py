@@ -9,33 +9,32 @@ written durably before any id of the block is returned, so an id is never
 issued twice, even across crashes (ids skipped by a crash are never used).
 A clean stop writes back the last id handed out, so ids stay dense.
 
-The directory names are in ``layout``; changes made by other processes are
-reported by ``filefeed`` (inotify); command output is kept by ``fileoutput``
-in directories that follow their jobs. This is the only module that opens
-job files.
+The store owns the helpers of its other concerns, each knowing its part
+of the layout (names in ``layout``): the archive and its pruning
+(``filearchive``), the drain flag, named settings and filter rules
+(``filesettings``), command output in directories that follow their jobs
+(``fileoutput``), the queue lock (``filelead``), and changes made by other
+processes (``filefeed``, inotify). The disk calls and the atomic write of
+small files are in ``filedisk``. This is the only module that opens job
+files.
 
 Thread safety: writes of different jobs run in parallel; the caller
-guarantees one writer per job. ``_lock`` guards the id counters,
-``_archive_lock`` orders archiving against pruning (a directory being
-archived into is never removed).
+guarantees one writer per job. ``_lock`` guards the id counters.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import errno
 import itertools
-import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from jobqueue import constants, safeio
-from jobqueue.errors import GenericError, JobFileCorrupted, JobQueueError, StorageError
+from jobqueue.errors import JobFileCorrupted, JobQueueError, StorageError
 from jobqueue.model import Job
 from jobqueue.queuelock import QueueLock
 from jobqueue.storage import layout
@@ -45,54 +44,25 @@ from jobqueue.storage.base import (
     Leadership,
     OutputStream,
     PruneResult,
-    check_setting,
     decode_job,
     encode_job,
 )
-from jobqueue.storage.durable import exchange_paths
+from jobqueue.storage.filearchive import FileArchive
+from jobqueue.storage.filedisk import Disk, SmallFiles, storage_error, unlink_quietly
 from jobqueue.storage.filefeed import FileChangeFeed
+from jobqueue.storage.filelead import FileLeadership
 from jobqueue.storage.fileoutput import FileOutputs
+from jobqueue.storage.filesettings import FileSettings
 from jobqueue.storage.jobwriter import Choice, DirectoryNotSynced, JobFileWriter
+
+#: The file store's public names; ``Disk`` is defined in ``filedisk``.
+__all__ = ["Disk", "FileJobStore", "read_whole_version"]
 
 #: Threads writing one batch of job files in parallel: a single thread waits
 #: for one journal commit per file, many share them (about 6x here).
 _BATCH_WRITERS = 16
-#: rmdir failures meaning "not empty (any more)" or "already gone": not errors.
-_KEEP_ERRNOS = frozenset({errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT})
 #: The serial and version files hold one short line; anything longer is damage.
 _SMALL_FILE_LIMIT = 64
-
-
-class Disk:
-    """The file-system calls the file store makes; tests replace single calls.
-
-    With this class itself, job writes use the compiled helper when it was
-    built (``jobwriter``); a subclass gets every step as a call here.
-    """
-
-    def write(self, fd: int, data: bytes) -> int:
-        return os.write(fd, data)
-
-    def fsync(self, fd: int) -> None:
-        os.fsync(fd)
-
-    def replace(self, src: str, dst: str) -> None:
-        os.replace(src, dst)
-
-    def rename_noreplace(self, src: str, dst: str) -> None:
-        """Rename unless ``dst`` exists (``FileExistsError``); see ``safeio``."""
-        safeio.rename_noreplace(src, dst)
-
-    def exchange(self, path_a: str, path_b: str) -> None:
-        """Exchange two names atomically (``renameat2`` ``RENAME_EXCHANGE``)."""
-        exchange_paths(path_a, path_b)
-
-    def fsync_dir(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class FileJobStore(JobStore):
@@ -124,15 +94,17 @@ class FileJobStore(JobStore):
         self._batch_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._id_block = id_block
         self._log = logger or logging.getLogger(__name__)
-        self._temp_counter = itertools.count()
-        self._pid = os.getpid()
+        self._small_files = SmallFiles(self._disk)
         self._write_method = write_method
         self._writer: JobFileWriter | None = None
         self._writer_lock = threading.Lock()  # guards the start of _writer
         self._lock = threading.Lock()  # guards _last_id, _reserved, _batch_pool
-        self._archive_lock = threading.Lock()
         self._leadership: FileLeadership | None = None
         self._outputs = FileOutputs(queue_dir, self.archive_dir, self._disk, self._log)
+        self._archive = FileArchive(
+            queue_dir, self._disk, self._outputs, self._log, self._newest_reserved_id
+        )
+        self._settings = FileSettings(queue_dir, self._disk, self._small_files, self._log)
         if owner:
             self._prepare_dirs()
         elif not os.path.isdir(queue_dir):
@@ -151,7 +123,8 @@ class FileJobStore(JobStore):
             text = safeio.read_regular_file(path, _SMALL_FILE_LIMIT)[0].decode("ascii").strip()
         except FileNotFoundError:
             if self._owner:
-                self.write_file(path, f"{constants.QUEUE_FORMAT_VERSION}\n".encode(), new=True)
+                version = f"{constants.QUEUE_FORMAT_VERSION}\n".encode()
+                self._small_files.write(path, version, new=True)
             return
         except OSError as err:
             raise JobQueueError(
@@ -196,12 +169,8 @@ class FileJobStore(JobStore):
             raise JobQueueError(f"Cannot read the job serial in {path}: {err}") from err
 
     def _above_the_archive(self, serial: int) -> int:
-        """``serial``, raised to the highest archived id if it is behind (a lost serial file).
-
-        Only the highest archive sub-directories holding a job are listed,
-        not the whole archive: ids are archived where ``archive_subdir`` says.
-        """
-        highest = self._highest_archived_id()
+        """``serial``, raised to the highest archived id if it is behind (a lost serial file)."""
+        highest = self._archive.highest_id()
         if highest > serial:
             self._log.warning(
                 "The job serial (%d) is behind the archive; continuing above job %d",
@@ -210,64 +179,11 @@ class FileJobStore(JobStore):
             )
         return max(serial, highest)
 
-    def _highest_archived_id(self) -> int:
-        try:
-            subdirs = [n for n in os.listdir(self.archive_dir) if n.isascii() and n.isdigit()]
-        except FileNotFoundError:
-            return 0
-        for subdir in sorted(subdirs, key=int, reverse=True):
-            try:
-                names = os.listdir(os.path.join(self.archive_dir, subdir))
-            except OSError:  # not a directory, or unreadable: ``prune`` reports those
-                continue
-            ids = [job_id for job_id in map(layout.job_id_of, names) if job_id is not None]
-            if ids:
-                return max(ids)
-        return 0
-
-    # -- low-level writes ----------------------------------------------------
-    def write_file(self, path: str, data: bytes, *, new: bool) -> None:
-        """Atomically and durably replace ``path`` with ``data`` (settings files).
-
-        ``new`` means ``path`` does not exist yet. Raises ``StorageError``; on
-        failure the temp file is removed and the previous version of ``path``
-        is untouched, except when only the directory sync failed: a new
-        ``path`` is then removed, a replaced one keeps the new version.
-        """
-        directory, name = os.path.split(path)
-        temp = os.path.join(
-            directory, layout.temp_file_name(name, self._pid, next(self._temp_counter))
-        )
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, constants.FILE_MODE)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[self._disk.write(fd, view.tobytes()) :]
-                self._disk.fsync(fd)
-            finally:
-                os.close(fd)
-            self._disk.replace(temp, path)
-        except OSError as err:
-            _unlink_quietly(temp)
-            raise storage_error(f"Cannot write {path}", err) from err
-        try:
-            self._disk.fsync_dir(directory)
-        except OSError as err:
-            if new:
-                _unlink_quietly(path)  # a name that is not durable must not stay visible
-            raise storage_error(f"Cannot write {path}", err) from err
-
     def _path(self, name: str) -> str:
         return os.path.join(self.queue_dir, name)
 
     def _job_path(self, job_id: int) -> str:
         return self._path(layout.job_file_name(job_id))
-
-    def _archived_path(self, job_id: int) -> str:
-        return os.path.join(
-            self.archive_dir, layout.archive_subdir(job_id), layout.job_file_name(job_id)
-        )
 
     # -- ids -------------------------------------------------------------------
     def allocate_ids(self, count: int) -> list[int]:
@@ -290,7 +206,14 @@ class FileJobStore(JobStore):
             self._owner = False  # nothing is allocated after this
 
     def _write_serial_locked(self, value: int) -> None:
-        self.write_file(self._path(layout.SERIAL_FILE), f"{value}\n".encode(), new=False)
+        self._small_files.write(self._path(layout.SERIAL_FILE), f"{value}\n".encode(), new=False)
+
+    def _newest_reserved_id(self) -> int | None:
+        """The highest id any process may have handed out; None if the serial is unreadable."""
+        try:
+            return max(self._read_serial(), self._reserved)
+        except JobQueueError:
+            return None
 
     # -- live jobs -------------------------------------------------------------
     def load_jobs(self) -> Iterator[Job]:
@@ -309,7 +232,7 @@ class FileJobStore(JobStore):
         if self._owner:
             self._clean_temp_files()
             self._outputs.settle(
-                lambda job_id: os.path.exists(self._job_path(job_id)), self.is_archived
+                lambda job_id: os.path.exists(self._job_path(job_id)), self._archive.holds
             )
             with self._lock:
                 serial = max(self._reserved, self._read_serial())
@@ -359,7 +282,7 @@ class FileJobStore(JobStore):
     def _finish_archiving(self, job_id: int, info: os.stat_result) -> bool:
         """Whether the live file is the archived one too; if so, drop its live name."""
         try:
-            archived = os.lstat(self._archived_path(job_id))
+            archived = os.lstat(self._archive.path(job_id))
         except OSError:
             return False
         if (archived.st_dev, archived.st_ino) != (info.st_dev, info.st_ino):
@@ -409,7 +332,7 @@ class FileJobStore(JobStore):
             except OSError as err:
                 failure = storage_error(f"Cannot sync {self.queue_dir}", err)
                 for job_id in written:  # not durable, so never acknowledge them
-                    _unlink_quietly(self._job_path(job_id))
+                    unlink_quietly(self._job_path(job_id))
                 return [failure if res is None else res for res in results]
         return results
 
@@ -477,7 +400,7 @@ class FileJobStore(JobStore):
 
     def read_job(self, job_id: int) -> Job | None:
         """See the contract; a FIFO or link under the job's name is an error, never waited on."""
-        for path in (self._job_path(job_id), self._archived_path(job_id)):
+        for path in (self._job_path(job_id), self._archive.path(job_id)):
             try:
                 data = read_whole_version(path)
             except OSError as err:
@@ -488,228 +411,40 @@ class FileJobStore(JobStore):
             return decode_job(data)
         return None
 
-    # -- archive ---------------------------------------------------------------
+    # -- archive (``filearchive``) -----------------------------------------------
     def archive_jobs(self, job_ids: Iterable[int]) -> tuple[list[int], StorageError | None]:
-        """Rename each job, then its output, into its archive sub-directory; sync them.
-
-        Stops at the first failed move of a job (see the contract).
-        """
-        moved: list[int] = []
-        failure: StorageError | None = None
-        touched: set[str] = set()
-        with self._archive_lock:
-            for job_id in sorted(set(job_ids)):
-                target = self._archived_path(job_id)
-                try:
-                    if not self._archive_one(job_id, target, touched):
-                        continue
-                except OSError as err:
-                    failure = storage_error(f"Cannot archive job {job_id}", err)
-                    break
-                touched.add(os.path.dirname(target))
-                moved.append(job_id)
-                output_parent = self._outputs.archive(job_id)
-                if output_parent is not None:
-                    touched.add(output_parent)
-            for directory in [*sorted(touched), self.queue_dir] if touched else []:
-                try:
-                    self._disk.fsync_dir(directory)
-                except OSError as err:
-                    failure = failure or storage_error(f"Cannot sync {directory}", err)
-        return moved, failure
-
-    def _archive_one(self, job_id: int, target: str, touched: set[str]) -> bool:
-        """Rename one live job to ``target``; False if it is not live. Raises OSError.
-
-        An archived job is never replaced: if ``target`` exists and is not
-        this very file, the job stays live (False) and the conflict is logged.
-        """
-        target_dir = os.path.dirname(target)
-        if target_dir not in touched and not os.path.isdir(target_dir):
-            os.makedirs(target_dir, mode=constants.DIR_MODE, exist_ok=True)
-            self._disk.fsync_dir(self.archive_dir)
-        source = self._job_path(job_id)
-        try:
-            self._disk.rename_noreplace(source, target)
-        except FileNotFoundError:
-            return False
-        except FileExistsError:
-            if os.path.samestat(os.lstat(source), os.lstat(target)):
-                os.unlink(source)  # an archiving interrupted between link and unlink
-                return True
-            self._log.error(
-                "Job %d stays live: %s already holds an archived job of that id", job_id, target
-            )
-            return False
-        return True
+        return self._archive.archive(job_ids)
 
     def is_archived(self, job_id: int) -> bool:
-        return os.path.exists(self._archived_path(job_id))
+        return self._archive.holds(job_id)
 
     def archived_ids(self) -> list[int]:
-        ids: list[int] = []
-        for subdir in os.listdir(self.archive_dir):
-            path = os.path.join(self.archive_dir, subdir)
-            if os.path.isdir(path):
-                found = (layout.job_id_of(name) for name in os.listdir(path))
-                ids.extend(job_id for job_id in found if job_id is not None)
-        return sorted(ids)
+        return self._archive.ids()
 
     def prune_archive(self, max_age: float, now: float, budget: float | None = None) -> PruneResult:
-        """Delete archived ``job-N`` files modified before ``now - max_age``, their output, then
-        empty dirs.
+        return self._archive.prune(max_age, now, budget)
 
-        Directories the daemon may archive into next (those of live jobs and
-        of the two newest id ranges) are kept even when empty, so a
-        concurrent archiving in another process never finds its directory gone.
-        """
-        result = PruneResult()
-        deadline = None if budget is None else time.monotonic() + budget
-        try:
-            names = sorted(os.listdir(self.archive_dir))
-        except FileNotFoundError:
-            return result
-        except OSError as err:
-            result.failures.append(f"cannot list {self.archive_dir}: {err.strerror}")
-            return result
-        protected = self._protected_subdirs()
-        for name in names:
-            path = os.path.join(self.archive_dir, name)
-            if not name.isdigit() or not os.path.isdir(path) or os.path.islink(path):
-                continue
-            if deadline is not None and time.monotonic() > deadline:
-                result.unfinished = True
-                break
-            try:
-                _prune_directory(path, now - max_age, result)
-                self._outputs.prune(path, now - max_age, result)
-            except OSError as err:
-                result.failures.append(f"cannot list {path}: {err.strerror}")
-                continue
-            if name not in protected:
-                self._remove_empty_dir(path, result)
-        return result
-
-    def _protected_subdirs(self) -> set[str]:
-        protected = {
-            layout.archive_subdir(job_id)
-            for job_id in map(layout.job_id_of, os.listdir(self.queue_dir))
-            if job_id is not None
-        }
-        with contextlib.suppress(JobQueueError):
-            newest = max(self._read_serial(), self._reserved)
-            subdir = int(layout.archive_subdir(newest))
-            protected.update({str(subdir), str(subdir - 1)})
-        return protected
-
-    def _remove_empty_dir(self, path: str, result: PruneResult) -> None:
-        with self._archive_lock:
-            try:
-                os.rmdir(path)
-            except OSError as err:
-                if err.errno not in _KEEP_ERRNOS:
-                    result.failures.append(f"cannot remove {path}: {err.strerror}")
-                return
-        result.directories += 1
-
-    # -- settings --------------------------------------------------------------
+    # -- settings and filter rules (``filesettings``) ----------------------------
     def is_drained(self) -> bool:
-        return os.path.exists(self._path(layout.DRAIN_FILE))
+        return self._settings.is_drained()
 
     def set_drained(self, drained: bool) -> None:
-        path = self._path(layout.DRAIN_FILE)
-        exists = os.path.exists(path)
-        if drained and not exists:
-            self.write_file(path, b"", new=True)
-        elif not drained and exists:
-            try:
-                os.unlink(path)
-                self._disk.fsync_dir(self.queue_dir)
-            except OSError as err:
-                with contextlib.suppress(OSError):  # not durably gone: show it again
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
-                    os.close(os.open(path, flags, constants.FILE_MODE))
-                raise storage_error(f"Cannot remove {path}", err) from err
+        self._settings.set_drained(drained)
 
     def read_setting(self, name: str) -> str | None:
-        check_setting(name)
-        path = self._path(layout.setting_file_name(name))
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read(4096)
-        except FileNotFoundError:
-            return None
-        except OSError as err:
-            raise storage_error(f"Cannot read {path}", err) from err
-        return data.decode("utf-8", "replace").strip()
+        return self._settings.read_setting(name)
 
     def write_setting(self, name: str, value: str | None) -> None:
-        check_setting(name, value)
-        path = self._path(layout.setting_file_name(name))
-        old = self.read_setting(name)
-        if value is not None:
-            self.write_file(path, f"{value}\n".encode(), new=old is None)
-        elif old is not None:
-            try:
-                os.unlink(path)
-                self._disk.fsync_dir(self.queue_dir)
-            except OSError as err:
-                with contextlib.suppress(GenericError):  # not durably gone: show it again
-                    self.write_file(path, f"{old}\n".encode(), new=False)
-                raise storage_error(f"Cannot remove {path}", err) from err
-
-    # -- job filter rules --------------------------------------------------------------
-    def _filters_dir(self) -> str:
-        return self._path(layout.FILTERS_DIR)
+        self._settings.write_setting(name, value)
 
     def load_filters(self) -> list[dict[str, Any]]:
-        directory = self._filters_dir()
-        try:
-            names = sorted(os.listdir(directory))
-        except FileNotFoundError:
-            return []
-        except OSError as err:
-            raise storage_error(f"Cannot list {directory}", err) from err
-        rules = []
-        for name in names:
-            if not layout.is_filter_name(name):
-                continue
-            try:
-                with open(os.path.join(directory, name), "rb") as handle:
-                    rule = json.loads(handle.read().decode("utf-8"))
-                if not isinstance(rule, dict) or rule.get("uuid") != name:
-                    raise ValueError("not a rule stored under its own uuid")
-            except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-                self._log.error("Ignoring the filter rule file %s: %s", name, err)
-                continue
-            rules.append(rule)
-        return rules
+        return self._settings.load_filters()
 
     def replace_filter(self, rule: dict[str, Any]) -> None:
-        directory = self._filters_dir()
-        if not os.path.isdir(directory):
-            try:
-                os.makedirs(directory, mode=constants.DIR_MODE, exist_ok=True)
-                self._disk.fsync_dir(self.queue_dir)
-            except OSError as err:
-                raise storage_error(f"Cannot create {directory}", err) from err
-        path = os.path.join(directory, rule["uuid"])
-        data = json.dumps(rule, separators=(",", ":")).encode("utf-8") + b"\n"
-        self.write_file(path, data, new=not os.path.exists(path))
+        self._settings.replace_filter(rule)
 
     def delete_filter(self, uuid: str) -> bool:
-        directory = self._filters_dir()
-        try:
-            os.unlink(os.path.join(directory, uuid))
-        except FileNotFoundError:
-            return False
-        except OSError as err:
-            raise storage_error(f"Cannot delete the filter rule {uuid}", err) from err
-        try:
-            self._disk.fsync_dir(directory)
-        except OSError as err:
-            raise storage_error(f"Cannot sync {directory}", err) from err
-        return True
+        return self._settings.delete_filter(uuid)
 
     # -- command output ------------------------------------------------------------
     def open_output(self, job_id: int, op_index: int, stream: str) -> OutputStream:
@@ -741,63 +476,6 @@ class FileJobStore(JobStore):
             pool.shutdown(wait=True)
 
 
-class FileLeadership(Leadership):
-    """The exclusive ``flock`` on ``queue/lock``: one daemon per queue directory.
-
-    It is never lost while the process lives (the kernel drops it when the
-    process dies), so file writes need no fencing.
-    """
-
-    #: How often a waiting ``acquire`` tries the lock again.
-    RETRY = 0.2
-
-    def __init__(self, lock: QueueLock) -> None:
-        super().__init__()
-        self._lock = lock
-        self._held = False
-
-    def acquire(self, wait: float) -> bool:
-        """Take the lock; False if another process still holds it after ``wait`` seconds.
-
-        Raises ``JobQueueError`` when the lock file cannot be opened.
-        """
-        deadline = time.monotonic() + wait
-        while not self._lock.try_acquire():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(min(self.RETRY, max(0.0, deadline - time.monotonic())))
-        self._held = True
-        return True
-
-    def release(self) -> None:
-        self._lock.release()
-        self._held = False
-
-    def holder(self) -> str | None:
-        pid = str(os.getpid()) if self._held else self._lock.holder()
-        return None if pid is None else f"pid {pid}"
-
-
-def _prune_directory(path: str, cutoff: float, result: PruneResult) -> None:
-    """Delete the ``job-N`` files in ``path`` last modified before ``cutoff``."""
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if layout.job_id_of(entry.name) is None:
-                continue
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                    continue
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                result.failures.append(f"cannot delete {entry.path}: {err.strerror}")
-                continue
-            result.jobs += 1
-
-
 def read_whole_version(path: str, attempts: int = 3) -> bytes:
     """The content of ``path`` as one whole version, though another process writes it.
 
@@ -818,14 +496,3 @@ def read_whole_version(path: str, attempts: int = 3) -> bytes:
         ):
             break
     return data
-
-
-def storage_error(what: str, err: OSError) -> StorageError:
-    """``StorageError`` "<what>: <strerror>", carrying the errno."""
-    reason = os.strerror(err.errno) if err.errno else str(err)
-    return StorageError(f"{what}: {reason}", err.errno or 0)
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)

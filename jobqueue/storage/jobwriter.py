@@ -43,7 +43,7 @@ from jobqueue.storage import layout
 from jobqueue.storage.durable import Directory, PythonDirectory, compiled_directory, exchange_paths
 
 if TYPE_CHECKING:
-    from jobqueue.storage.files import Disk
+    from jobqueue.storage.filedisk import Disk
 
 #: Spares kept from a previous run; more are removed at start.
 MAX_REUSED_SPARES = 64

@@ -11,7 +11,7 @@
     .<name>.<pid>.<n>.tmp a write in progress (removed at start)
     .spare-<n>            a spare file: scratch space for the next write (reused at start)
 
-Only the file store and its change feed use these.
+Only the file store's modules (``files`` and the ``file*`` helpers it owns) use these.
 """
 
 from __future__ import annotations
