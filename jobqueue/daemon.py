@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 from jobqueue import __version__, constants, daemonargs, daemonproc, qlang, statedir
 from jobqueue.admission import Admission, stored_rules
+from jobqueue.archiving import Archiver
 from jobqueue.children import ProcessGroups
 from jobqueue.depmgr import DependencyManager
 from jobqueue.errors import GenericError
@@ -147,9 +148,11 @@ def build_core(
 
     The workers start only after the queue has loaded (``start_core``).
     ``live`` is the view of the jobs to keep (a standby's, taking over);
-    ``metrics`` the daemon's, which outlive a term.
+    ``metrics`` the daemon's, which outlive a term; ``ownership`` who may
+    change which job (default: root and the daemon's user as admins).
     """
     metrics = metrics or Metrics()
+    ownership = ownership or Ownership(daemon_uid=os.geteuid())
     live = live or LiveJobs(registry.summarize)
     locks = LockManager()
     depmgr = DependencyManager(functools.partial(stored_status, live, store))
@@ -174,6 +177,7 @@ def build_core(
 
     pool = WorkerPool("Jq", 0, run_task, logger=logger)
     admission = Admission(store, qlang.compile_filter, timers, wake, clock=clock, logger=logger)
+    archiver = Archiver(store, live, ownership, clock=clock)
     queue = JobQueue(
         store,
         live,
@@ -184,11 +188,12 @@ def build_core(
         pool,
         timers,
         admission=admission,
+        archiver=archiver,
+        ownership=ownership,
         max_jobs=max_jobs,
         name=name,
         strategy_factory=strategy_factory,
         clock=clock,
-        ownership=ownership,
         on_job_end=on_job_end,
         logger=logger,
         metrics=metrics,

@@ -1,4 +1,4 @@
-"""The job queue: submission, cancel, priority, archive, recovery; the one writer of jobs.
+"""The job queue: the live jobs, their worker task, cancel, priority, recovery; the one writer.
 
 ``JobQueue`` owns the live, unfinished jobs in memory (``ActiveJob``) and
 has the worker pool advance them one opcode per task (``jobstep.step``).
@@ -6,6 +6,12 @@ Every state change is written through the store and, once durable,
 published to ``LiveJobs``, where queries and waiters read it; a submission
 is durable before its id is returned. Read-only questions are answered by
 ``jobreader.JobReader``; ``daemon.py`` builds both and what they use.
+
+It is what the LUXI server calls for changes (``luxi.methods.QueueApi``)
+and delegates to its parts: ``submission.Intake`` (new jobs),
+``archiving.Archiver`` (the archive), ``settings.QueueSettings``
+(queue-wide settings and reports), ``controls.Controls`` (what may run
+when). It builds the parts that call back into it; ``daemon.py`` the archiver.
 
 Who may do what: every job records its submitter (``model.Submitter``,
 given by the server for each request); cancel, priority changes, archiving
@@ -16,52 +22,42 @@ What may run when is decided before each opcode by ``admission.Admission``
 ``controls.Controls``: a held job is parked without a worker and woken when
 that could change. Retries are arranged by the job step (``retries``).
 
-Locking: ``_lock`` guards ``_active``, ``_accepting`` and ``_slots_claimed``
-and is held only for dictionary operations; each job's own ``ActiveJob.lock``
-guards its record. Never take ``_lock`` while holding a job lock.
+Locking: ``_lock`` guards ``_active`` and ``_accepting`` and is held only
+for dictionary operations; each job's own ``ActiveJob.lock`` guards its
+record. Never take ``_lock`` while holding a job lock.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from jobqueue import __version__, constants
+from jobqueue import constants
 from jobqueue.admission import Admission
+from jobqueue.archiving import Archiver
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.controls import Controls
 from jobqueue.depmgr import DependencyManager
-from jobqueue.errors import (
-    ECODE_INVAL,
-    GenericError,
-    JobQueueDrainError,
-    JobQueueError,
-    JobQueueFull,
-    NoSuchTask,
-    OpPrereqError,
-    StorageError,
-)
-from jobqueue.joboptions import JobOptions, options_by_id, parse_options
+from jobqueue.errors import ECODE_INVAL, GenericError, NoSuchTask, OpPrereqError, StorageError
 from jobqueue.jobstep import ActiveJob, LogBacklog, Verdict, end_lost_opcodes_locked, step
-from jobqueue.livejobs import IndexEntry, LiveJobs
+from jobqueue.livejobs import LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
-from jobqueue.metrics import Metrics, QueueState
+from jobqueue.metrics import Metrics
 from jobqueue.model import Job, Submitter, Timestamp, now_stamp
-from jobqueue.opcodes import OpCode, Registry
+from jobqueue.opcodes import Registry
 from jobqueue.ownership import Ownership
 from jobqueue.processor import Processor
-from jobqueue.storage.base import WATCHER_PAUSE, JobStore, format_pause, pause_until
-from jobqueue.submission import load_opcodes, prepare_jobs
+from jobqueue.settings import QueueSettings
+from jobqueue.storage.base import JobStore
+from jobqueue.submission import Intake, load_opcodes
 from jobqueue.timers import Timers
 from jobqueue.workerpool import DeferTask, WorkerPool
 
 #: Seconds before a job whose write failed is tried again.
 STORAGE_RETRY_DELAY = 1.0
-_ARCHIVE_BATCH = 1000
 
 
 class JobQueue:
@@ -79,10 +75,11 @@ class JobQueue:
         timers: Timers,
         *,
         admission: Admission,
+        archiver: Archiver,
+        ownership: Ownership,
         max_jobs: int = constants.DEFAULT_MAX_JOBS,
         name: str | None = None,
         strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
-        ownership: Ownership | None = None,
         clock: Callable[[], float] = time.time,
         on_job_end: Callable[[Job], None] | None = None,
         logger: logging.Logger | None = None,
@@ -90,9 +87,8 @@ class JobQueue:
     ) -> None:
         """``pool`` must run its tasks through ``run_task``; it may start with no workers.
 
+        ``ownership`` says who may change which job.
         ``name`` is this daemon's name as the master (``QueryConfigValues``).
-        ``ownership`` says who may change which job (default: root and the
-        daemon's user as admins, no admin group).
         ``on_job_end`` is called once per job whose end this queue wrote, right
         after the write, with the job's lock held: it must not block (the
         finish hooks only queue the job).
@@ -107,10 +103,9 @@ class JobQueue:
         self.pool = pool
         self._timers = timers
         self._admission = admission
-        self._max_jobs = max_jobs
-        self._name = name
+        self._archiver = archiver
         self._strategy_factory = strategy_factory
-        self._ownership = ownership or Ownership(daemon_uid=os.geteuid())
+        self._ownership = ownership
         self._clock = clock
         self._on_job_end = on_job_end
         self._log = logger or logging.getLogger(__name__)
@@ -118,9 +113,34 @@ class JobQueue:
         self._lock = threading.Lock()
         self._active: dict[int, ActiveJob] = {}
         self._accepting = True
-        self._slots_claimed = 0  # jobs of submissions in progress, not yet stored
         self._controls = Controls(
             self, admission, store, timers, pool, clock=clock, logger=self._log
+        )
+        self._intake = Intake(
+            self,
+            store,
+            live,
+            registry,
+            rejected=self._controls.rejected,
+            ownership=ownership,
+            metrics=self.metrics,
+            max_jobs=max_jobs,
+            clock=clock,
+            logger=self._log,
+        )
+        self._settings = QueueSettings(
+            store,
+            live,
+            pool,
+            admission,
+            self.metrics,
+            ownership,
+            max_jobs=max_jobs,
+            name=name,
+            accepting=self.accepting,
+            max_running_jobs=self._controls.workers,
+            clock=clock,
+            logger=self._log,
         )
 
     # -- StepEnv --------------------------------------------------------------
@@ -205,7 +225,7 @@ class JobQueue:
                         op.status, op.result = Status.QUEUED, None
                 self.write(job)
             load_opcodes(job, self.registry)
-            self._activate([job])
+            self.activate([job])
         self._log.info(
             "Job queue loaded: %d live jobs, %d to run", self.live.count(), len(self._active)
         )
@@ -239,7 +259,8 @@ class JobQueue:
         self.pool.terminate()
 
     # -- the worker task --------------------------------------------------------
-    def _activate(self, jobs: list[Job]) -> None:
+    def activate(self, jobs: list[Job]) -> None:
+        """Have the workers run these jobs, loaded or just stored (``Intake``)."""
         actives = [ActiveJob(job) for job in jobs]
         with self._lock:
             for active in actives:
@@ -344,7 +365,7 @@ class JobQueue:
                 active.unsaved = True
         self._timers.call_later(STORAGE_RETRY_DELAY, lambda: self._enqueue([job_id]))
 
-    # -- submission -----------------------------------------------------------
+    # -- submission (jobqueue.submission) ---------------------------------------
     def submit_job(
         self,
         ops: list[Any],
@@ -353,19 +374,10 @@ class JobQueue:
         submitter: Submitter | None = None,
         options: Any = None,
     ) -> int:
-        """Submit one job; its id once it is on disk. Raises on any problem.
-
-        ``submitter`` is recorded in the job (None: the daemon itself); only
-        an admin may pass the drain flag (``drained_ok``). ``options`` are the
-        job-level options (``joboptions``): start time, retries, limit.
-        """
-        parsed = parse_options(options, 1)
-        (result,) = self._submit(
-            [ops], drained_ok=drained_ok, submitter=submitter, relative_ok=False, options=parsed
+        """Submit one job; its id once it is stored (``Intake.submit_job``)."""
+        return self._intake.submit_job(
+            ops, drained_ok=drained_ok, submitter=submitter, options=options
         )
-        if isinstance(result, GenericError):
-            raise result
-        return result
 
     def submit_many_jobs(
         self,
@@ -375,128 +387,16 @@ class JobQueue:
         submitter: Submitter | None = None,
         options: Any = None,
     ) -> list[list[Any]]:
-        """Submit several jobs; ``[[true, id] | [false, reason], ...]`` in order.
-
-        ``options``: one set of job-level controls for every job, or a list
-        with one (or null) per job.
-        """
-        if not isinstance(jobs, list):
-            raise OpPrereqError("SubmitManyJobs needs a list of jobs", ECODE_INVAL)
-        parsed = parse_options(options, len(jobs))
-        results = self._submit(
-            jobs, drained_ok=drained_ok, submitter=submitter, relative_ok=True, options=parsed
+        """Submit several jobs (``Intake.submit_many_jobs``)."""
+        return self._intake.submit_many_jobs(
+            jobs, drained_ok=drained_ok, submitter=submitter, options=options
         )
-        return [[False, str(r)] if isinstance(r, GenericError) else [True, r] for r in results]
 
     def submit_from_lu(
         self, jobs: list[list[dict[str, Any]]], parent: Job | None = None
     ) -> list[list[Any]]:
-        """Jobs returned by an LU of ``parent``: a drained or closing queue fails each job.
-
-        They get ``parent``'s submitter, marked as submitted by that job.
-        """
-        submitter = None
-        if parent is not None:
-            owner = parent.submitter or Submitter.daemon()
-            submitter = owner.for_child(parent.id)
-        try:
-            return self.submit_many_jobs(jobs, submitter=submitter)
-        except JobQueueError as err:
-            return [[False, str(err)] for _ in jobs]
-
-    def _submit(
-        self,
-        jobs: list[Any],
-        *,
-        drained_ok: bool,
-        submitter: Submitter | None,
-        relative_ok: bool,
-        options: list[JobOptions] | None = None,
-    ) -> list[int | GenericError]:
-        if drained_ok:
-            self._ownership.check_queue(submitter, "submit jobs past the drain flag")
-        with self._lock:
-            accepting = self._accepting
-        if not accepting:
-            self.metrics.submissions(0, len(jobs), "shutting_down")
-            raise JobQueueError(constants.MSG_SHUTTING_DOWN)
-        if not drained_ok and self.store.is_drained():
-            self.metrics.submissions(0, len(jobs), "drained")
-            raise JobQueueDrainError(constants.MSG_DRAINED)
-        prepared = prepare_jobs(
-            jobs,
-            self.registry,
-            self._exists,
-            relative_ok,
-            self.store.allocate_ids,
-            int(self._clock() * 1_000_000_000),
-        )
-        refused = self._controls.rejected(prepared)  # ids of this call that will not be stored
-        controls = options_by_id(prepared, options)
-        accepted: list[tuple[int, list[OpCode]]] = []
-        results: list[int | GenericError] = []
-        with self._lock:  # room is counted and claimed at once: concurrent calls share it
-            room = self._max_jobs - self.live.count() - self._slots_claimed
-            for item in prepared:
-                if isinstance(item, GenericError):
-                    results.append(item)
-                    continue
-                job_id, ops = item
-                blocker = _refused_dependency([op.stored() for op in ops], refused)
-                if job_id in refused:  # a filter rule rejects it
-                    pass
-                elif blocker is not None:
-                    refused[job_id] = _dependency_refused(blocker)
-                elif len(accepted) >= room:
-                    refused[job_id] = JobQueueFull(f"The job queue is full ({self._max_jobs} jobs)")
-                else:
-                    accepted.append((job_id, ops))
-                results.append(job_id)
-            self._slots_claimed += len(accepted)
-        now = self.now()
-        recorded = submitter or Submitter.daemon()
-        to_write = [Job.new(job_id, ops, now, recorded) for job_id, ops in accepted]
-        for job in to_write:
-            controls[job.id].apply(job)
-        try:
-            with self.metrics.timed_write("create", len(to_write)):  # metrics: write latency
-                failures = self.store.create_jobs(to_write)
-            for job, failure in zip(to_write, failures, strict=True):
-                if failure is not None:
-                    refused[job.id] = failure
-            self.live.publish(job for job in to_write if job.id not in refused)  # live from here
-        finally:
-            with self._lock:
-                self._slots_claimed -= len(to_write)
-        self._withdraw_orphans(to_write, refused)
-        self._activate([job for job in to_write if job.id not in refused])
-        outcome = [refused.get(r, r) if isinstance(r, int) else r for r in results]
-        stored = sum(1 for r in outcome if isinstance(r, int))
-        self.metrics.submissions(stored, len(outcome) - stored)  # metrics: submissions
-        return outcome
-
-    def _withdraw_orphans(self, written: list[Job], refused: dict[int, GenericError]) -> None:
-        """Remove written jobs whose dependency of the same call could not be stored.
-
-        They were never acknowledged, so removing them loses nothing; if the
-        removal fails they stay and fail when they run ("job lost").
-        """
-        orphans = []
-        for job in written:  # dependencies only point backwards: one pass is transitive
-            blocker = _refused_dependency([op.input for op in job.ops], refused)
-            if job.id not in refused and blocker is not None:
-                refused[job.id] = _dependency_refused(blocker)
-                orphans.append(job.id)
-        if orphans:
-            removed, failure = self.store.discard_jobs(orphans)
-            if failure is not None:
-                self._log.error("Cannot withdraw jobs %s: %s", orphans, failure)
-            self.live.drop(removed)
-            for job_id in set(orphans) - set(removed):  # still stored: they stay, and run
-                del refused[job_id]
-
-    def _exists(self, job_id: int) -> bool:
-        return self.live.contains(job_id) or self.store.is_archived(job_id)
+        """Jobs returned by an LU of ``parent`` (``Intake.submit_from_lu``)."""
+        return self._intake.submit_from_lu(jobs, parent)
 
     # -- cancel and priority ---------------------------------------------------
     def cancel_job(
@@ -594,72 +494,26 @@ class JobQueue:
             return self._active.get(job_id)
 
     def _not_active_message(self, job_id: int) -> str:
-        if self._exists(job_id):
+        if self.live.contains(job_id) or self.store.is_archived(job_id):
             return f"Job {job_id} has already finished"
         return f"Job {job_id} not found"
 
-    # -- archive -------------------------------------------------------------
+    # -- archive (jobqueue.archiving) --------------------------------------------
     def archive_job(self, job_id: int, *, caller: Submitter | None = None) -> bool:
-        """Archive one finished live job; False if it is not that.
-
-        A job counts as finished once its end is written, even while its
-        worker is still wrapping up: nothing writes it after that.
-        ``AccessDenied`` unless ``caller`` may change the job.
-        """
-        entry = self.live.entry(job_id)
-        if entry is None or entry.status not in FINALIZED:
-            return False
-        self._ownership.check_job(caller, entry.submitter, job_id, "archive")
-        return bool(self._archive([job_id]))
+        """Archive one finished live job (``Archiver.archive_job``)."""
+        return self._archiver.archive_job(job_id, caller=caller)
 
     def auto_archive_jobs(
         self, age: float, timeout: float, *, caller: Submitter | None = None
     ) -> list[int]:
-        """Archive finished jobs older than ``age`` seconds (-1: all) within ``timeout``.
-
-        Returns ``[archived, left unchecked]``; call again while the second
-        is > 0. Admins only (``AccessDenied``).
-        """
-        self._ownership.check_queue(caller, "archive other users' jobs")
-        now, deadline = self._clock(), time.monotonic() + max(0.0, timeout)
-        entries = self.live.entries()
-        archived, checked, batch = 0, 0, []
-        for entry in entries:
-            if time.monotonic() > deadline:
-                break
-            checked += 1
-            if _old_enough(entry, age, now):
-                batch.append(entry.id)
-            if len(batch) >= _ARCHIVE_BATCH:
-                archived += len(self._archive(batch))
-                batch = []
-        archived += len(self._archive(batch)) if batch else 0
-        return [archived, len(entries) - checked]
-
-    def _archive(self, job_ids: list[int]) -> list[int]:
-        """Move jobs to the archive and out of the live view; ``StorageError`` after a failure."""
-        moved, failure = self.store.archive_jobs(job_ids)
-        self.live.drop(moved)
-        if failure is not None:
-            raise failure
-        return moved
+        """Archive finished jobs older than ``age`` (``Archiver.auto_archive_jobs``)."""
+        return self._archiver.auto_archive_jobs(age, timeout, caller=caller)
 
     def prune_archive(
         self, age: float, timeout: float, *, caller: Submitter | None = None
     ) -> dict[str, Any]:
-        """Delete archived jobs older than ``age`` seconds, for about ``timeout`` seconds.
-
-        ``{"jobs": deleted, "directories": removed, "unfinished": more to do,
-        "failures": [messages]}``; call again while ``unfinished``. Admins only.
-        """
-        self._ownership.check_queue(caller, "prune the archive")
-        result = self.store.prune_archive(max(0.0, age), self._clock(), max(0.0, timeout))
-        return {
-            "jobs": result.jobs,
-            "directories": result.directories,
-            "unfinished": result.unfinished,
-            "failures": result.failures,
-        }
+        """Delete archived jobs older than ``age`` (``Archiver.prune_archive``)."""
+        return self._archiver.prune_archive(age, timeout, caller=caller)
 
     # -- what may run when -----------------------------------------------------------
     def change_job_start(
@@ -699,36 +553,6 @@ class JobQueue:
         self._ownership.check_queue(caller, "change job filters")
         return self._controls.delete_filter(uuid)
 
-    # -- queue-wide settings ---------------------------------------------------
-    def set_drain_flag(self, flag: bool, *, caller: Submitter | None = None) -> bool:
-        """Set or clear the drain flag; admins only."""
-        self._ownership.check_queue(caller, "drain or undrain the queue")
-        self.store.set_drained(flag)
-        return True
-
-    def set_watcher_pause(
-        self, until: float | None, *, caller: Submitter | None = None
-    ) -> float | None:
-        """Pause the cron cleaner until ``until`` (seconds since the epoch), or end a pause.
-
-        Returns ``until``, as Ganeti does. Raises ``OpPrereqError`` for a time
-        in the past (Ganeti: GenericError) and ``StorageError`` if the setting
-        cannot be stored; ``AccessDenied`` unless ``caller`` is an admin.
-        """
-        self._ownership.check_queue(caller, "pause the cron cleaner")
-        if until is not None and until < self._clock():
-            raise OpPrereqError("Unable to set pause end time in the past", ECODE_INVAL)
-        text = None if until is None else format_pause(until)
-        self.store.write_setting(WATCHER_PAUSE, text)
-        self._log.info(
-            "Cron cleaner %s", "no longer paused" if text is None else f"paused until {text}"
-        )
-        return until
-
-    def watcher_pause(self) -> float | None:
-        """Until when the cron cleaner is paused; None if it is not."""
-        return pause_until(self.store.read_setting(WATCHER_PAUSE), self._clock())
-
     def worker_count(self, default: int) -> int:
         """The number of workers to start with: the stored one, else ``default``."""
         return self._controls.worker_count(default)
@@ -745,67 +569,27 @@ class JobQueue:
         self._ownership.check_queue(caller, "change the number of workers")
         return self._controls.set_max_running_jobs(count)
 
+    # -- queue-wide settings and reports (jobqueue.settings) ------------------------
+    def set_drain_flag(self, flag: bool, *, caller: Submitter | None = None) -> bool:
+        """Set or clear the drain flag (``QueueSettings.set_drain_flag``)."""
+        return self._settings.set_drain_flag(flag, caller=caller)
+
+    def set_watcher_pause(
+        self, until: float | None, *, caller: Submitter | None = None
+    ) -> float | None:
+        """Pause the cron cleaner until ``until`` (``QueueSettings.set_watcher_pause``)."""
+        return self._settings.set_watcher_pause(until, caller=caller)
+
     def query_config_values(self, fields: list[str]) -> list[Any]:
-        values: dict[str, Callable[[], Any]] = {
-            "drain_flag": self.store.is_drained,
-            "watcher_pause": self.watcher_pause,
-            "version": lambda: __version__,
-            "luxi_version": lambda: constants.LUXI_VERSION,
-            "queue_format_version": lambda: constants.QUEUE_FORMAT_VERSION,
-            "live_jobs": self.live.count,
-            "max_jobs": lambda: self._max_jobs,
-            "workers": lambda: self.pool.stats()["workers"],
-            "max_running_jobs": self._controls.workers,
-            "filters": lambda: len(self._admission.rules()),
-            "held_jobs": self._admission.held,
-            "accepting_jobs": self.accepting,
-            "role": lambda: "master",
-            "master": lambda: self._name,
-        }
-        unknown = [name for name in fields if name not in values]
-        if unknown:
-            raise OpPrereqError(f"Unknown config fields: {', '.join(unknown)}", ECODE_INVAL)
-        return [values[name]() for name in fields]
+        """QueryConfigValues (``QueueSettings.query_config_values``)."""
+        return self._settings.query_config_values(fields)
 
     def query_metrics(self) -> dict[str, Any]:
-        """The daemon's metrics and the queue's state now (``jobqueue.metrics``)."""
-        stats = self.pool.stats()
-        state = QueueState(
-            role="master",
-            jobs=self.live.tally(),
-            workers=stats["workers"],
-            busy_workers=stats["running"],
-            drained=self.store.is_drained(),
-            max_jobs=self._max_jobs,
-            held=self.live.held_tally(),
-            filter_rules=len(self._admission.rules()),
-        )
-        return self.metrics.export(state)
-
-
-def _refused_dependency(ops: list[dict[str, Any]], refused: dict[int, GenericError]) -> int | None:
-    """The first dependency of ``ops`` that is among the ``refused`` jobs, if any."""
-    for op in ops:
-        for dep_id, _ in op.get("depends") or []:
-            if dep_id in refused:
-                return int(dep_id)
-    return None
-
-
-def _dependency_refused(dep_id: int) -> OpPrereqError:
-    return OpPrereqError(f"Dependency job {dep_id} of this submission was refused", ECODE_INVAL)
+        """QueryMetrics (``QueueSettings.query_metrics``)."""
+        return self._settings.query_metrics()
 
 
 def _mark_canceling(job: Job) -> None:
     for op in job.ops:
         if op.status not in FINALIZED:
             op.status = Status.CANCELING
-
-
-def _old_enough(entry: IndexEntry, age: float, now: float) -> bool:
-    if entry.status not in FINALIZED:
-        return False
-    if age < 0:
-        return True
-    stamp = entry.end_timestamp or entry.start_timestamp or entry.received_timestamp
-    return stamp is not None and now - stamp[0] > age

@@ -1,4 +1,4 @@
-"""Checking submitted jobs before anything is stored, and typing loaded ones.
+"""Submission: checking submitted jobs, storing them, handing them to the queue.
 
 ``prepare_jobs`` turns every opcode of every job into its typed record
 (through the opcode registry, which checks it completely), checks
@@ -7,17 +7,46 @@ dependencies (``-1`` = the job submitted just before in the same call) and
 appends the queue's own entry to each opcode's reason trail. Nothing
 half-valid gets an id. ``load_opcodes`` types the opcodes of a job read
 back from storage, once, when the queue takes it up again.
+
+``Intake`` is the queue's side of a submission (SubmitJob, SubmitManyJobs,
+the jobs an LU returns): it refuses all while the queue is drained or
+shutting down, prepares the jobs, leaves out those a filter rule rejects
+(``Controls.rejected``), those past the live-job limit and those whose
+dependency of the same call is refused, writes the rest durably, publishes
+them to ``LiveJobs`` and only then hands them to the queue to run
+(``activate``): a job's id is returned once it is stored. It is built by
+``JobQueue`` for itself, as ``Controls`` is.
+
+Locking: ``Intake._lock`` guards ``_slots_claimed`` (the jobs of
+submissions in progress, not yet stored), so that concurrent submissions
+share the room under the live-job limit; it is held for counting only.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+from jobqueue import constants
 from jobqueue.constants import FINALIZED
-from jobqueue.errors import ECODE_INVAL, GenericError, OpPrereqError
-from jobqueue.model import Job
+from jobqueue.errors import (
+    ECODE_INVAL,
+    GenericError,
+    JobQueueDrainError,
+    JobQueueError,
+    JobQueueFull,
+    OpPrereqError,
+)
+from jobqueue.joboptions import JobOptions, options_by_id, parse_options
+from jobqueue.livejobs import LiveJobs
+from jobqueue.metrics import Metrics
+from jobqueue.model import Job, Submitter, Timestamp
 from jobqueue.opcodes import REASON_SOURCE_DAEMON, OpCode, Registry
+from jobqueue.ownership import Ownership
+from jobqueue.storage.base import JobStore
 
 Prepared = tuple[int, list[OpCode]] | GenericError
 
@@ -112,3 +141,207 @@ def load_opcodes(job: Job, registry: Registry) -> None:
     for op in job.ops:
         if op.status not in FINALIZED:
             op.opcode = registry.load(op.input)
+
+
+class IntakeQueue(Protocol):
+    """What the intake uses of the queue (``JobQueue`` provides it)."""
+
+    def accepting(self) -> bool: ...
+    def now(self) -> Timestamp: ...
+    def activate(self, jobs: list[Job]) -> None: ...
+
+
+class Intake:
+    """See the module docstring; built by ``JobQueue`` for itself."""
+
+    def __init__(
+        self,
+        queue: IntakeQueue,
+        store: JobStore,
+        live: LiveJobs,
+        registry: Registry,
+        *,
+        rejected: Callable[[list[Prepared]], dict[int, GenericError]],
+        ownership: Ownership,
+        metrics: Metrics,
+        max_jobs: int,
+        clock: Callable[[], float] = time.time,
+        logger: logging.Logger,
+    ) -> None:
+        """``rejected`` names the prepared jobs a filter rule refuses (``Controls.rejected``)."""
+        self._queue = queue
+        self._store = store
+        self._live = live
+        self._registry = registry
+        self._rejected = rejected
+        self._ownership = ownership
+        self._metrics = metrics
+        self._max_jobs = max_jobs
+        self._clock = clock
+        self._log = logger
+        self._lock = threading.Lock()
+        self._slots_claimed = 0  # jobs of submissions in progress, not yet stored
+
+    def submit_job(
+        self,
+        ops: list[Any],
+        *,
+        drained_ok: bool = False,
+        submitter: Submitter | None = None,
+        options: Any = None,
+    ) -> int:
+        """Submit one job; its id once it is on disk. Raises on any problem.
+
+        ``submitter`` is recorded in the job (None: the daemon itself); only
+        an admin may pass the drain flag (``drained_ok``). ``options`` are the
+        job-level options (``joboptions``): start time, retries, limit.
+        """
+        parsed = parse_options(options, 1)
+        (result,) = self._submit(
+            [ops], drained_ok=drained_ok, submitter=submitter, relative_ok=False, options=parsed
+        )
+        if isinstance(result, GenericError):
+            raise result
+        return result
+
+    def submit_many_jobs(
+        self,
+        jobs: list[Any],
+        *,
+        drained_ok: bool = False,
+        submitter: Submitter | None = None,
+        options: Any = None,
+    ) -> list[list[Any]]:
+        """Submit several jobs; ``[[true, id] | [false, reason], ...]`` in order.
+
+        ``options``: one set of job-level controls for every job, or a list
+        with one (or null) per job.
+        """
+        if not isinstance(jobs, list):
+            raise OpPrereqError("SubmitManyJobs needs a list of jobs", ECODE_INVAL)
+        parsed = parse_options(options, len(jobs))
+        results = self._submit(
+            jobs, drained_ok=drained_ok, submitter=submitter, relative_ok=True, options=parsed
+        )
+        return [[False, str(r)] if isinstance(r, GenericError) else [True, r] for r in results]
+
+    def submit_from_lu(
+        self, jobs: list[list[dict[str, Any]]], parent: Job | None = None
+    ) -> list[list[Any]]:
+        """Jobs returned by an LU of ``parent``: a drained or closing queue fails each job.
+
+        They get ``parent``'s submitter, marked as submitted by that job.
+        """
+        submitter = None
+        if parent is not None:
+            owner = parent.submitter or Submitter.daemon()
+            submitter = owner.for_child(parent.id)
+        try:
+            return self.submit_many_jobs(jobs, submitter=submitter)
+        except JobQueueError as err:
+            return [[False, str(err)] for _ in jobs]
+
+    def _submit(
+        self,
+        jobs: list[Any],
+        *,
+        drained_ok: bool,
+        submitter: Submitter | None,
+        relative_ok: bool,
+        options: list[JobOptions] | None = None,
+    ) -> list[int | GenericError]:
+        if drained_ok:
+            self._ownership.check_queue(submitter, "submit jobs past the drain flag")
+        if not self._queue.accepting():
+            self._metrics.submissions(0, len(jobs), "shutting_down")
+            raise JobQueueError(constants.MSG_SHUTTING_DOWN)
+        if not drained_ok and self._store.is_drained():
+            self._metrics.submissions(0, len(jobs), "drained")
+            raise JobQueueDrainError(constants.MSG_DRAINED)
+        prepared = prepare_jobs(
+            jobs,
+            self._registry,
+            self._exists,
+            relative_ok,
+            self._store.allocate_ids,
+            int(self._clock() * 1_000_000_000),
+        )
+        refused = self._rejected(prepared)  # ids of this call that will not be stored
+        controls = options_by_id(prepared, options)
+        accepted: list[tuple[int, list[OpCode]]] = []
+        results: list[int | GenericError] = []
+        with self._lock:  # room is counted and claimed at once: concurrent calls share it
+            room = self._max_jobs - self._live.count() - self._slots_claimed
+            for item in prepared:
+                if isinstance(item, GenericError):
+                    results.append(item)
+                    continue
+                job_id, ops = item
+                blocker = _refused_dependency([op.stored() for op in ops], refused)
+                if job_id in refused:  # a filter rule rejects it
+                    pass
+                elif blocker is not None:
+                    refused[job_id] = _dependency_refused(blocker)
+                elif len(accepted) >= room:
+                    refused[job_id] = JobQueueFull(f"The job queue is full ({self._max_jobs} jobs)")
+                else:
+                    accepted.append((job_id, ops))
+                results.append(job_id)
+            self._slots_claimed += len(accepted)
+        now = self._queue.now()
+        recorded = submitter or Submitter.daemon()
+        to_write = [Job.new(job_id, ops, now, recorded) for job_id, ops in accepted]
+        for job in to_write:
+            controls[job.id].apply(job)
+        try:
+            with self._metrics.timed_write("create", len(to_write)):  # metrics: write latency
+                failures = self._store.create_jobs(to_write)
+            for job, failure in zip(to_write, failures, strict=True):
+                if failure is not None:
+                    refused[job.id] = failure
+            self._live.publish(job for job in to_write if job.id not in refused)  # live from here
+        finally:
+            with self._lock:
+                self._slots_claimed -= len(to_write)
+        self._withdraw_orphans(to_write, refused)
+        self._queue.activate([job for job in to_write if job.id not in refused])
+        outcome = [refused.get(r, r) if isinstance(r, int) else r for r in results]
+        stored = sum(1 for r in outcome if isinstance(r, int))
+        self._metrics.submissions(stored, len(outcome) - stored)  # metrics: submissions
+        return outcome
+
+    def _withdraw_orphans(self, written: list[Job], refused: dict[int, GenericError]) -> None:
+        """Remove written jobs whose dependency of the same call could not be stored.
+
+        They were never acknowledged, so removing them loses nothing; if the
+        removal fails they stay and fail when they run ("job lost").
+        """
+        orphans = []
+        for job in written:  # dependencies only point backwards: one pass is transitive
+            blocker = _refused_dependency([op.input for op in job.ops], refused)
+            if job.id not in refused and blocker is not None:
+                refused[job.id] = _dependency_refused(blocker)
+                orphans.append(job.id)
+        if orphans:
+            removed, failure = self._store.discard_jobs(orphans)
+            if failure is not None:
+                self._log.error("Cannot withdraw jobs %s: %s", orphans, failure)
+            self._live.drop(removed)
+            for job_id in set(orphans) - set(removed):  # still stored: they stay, and run
+                del refused[job_id]
+
+    def _exists(self, job_id: int) -> bool:
+        return self._live.contains(job_id) or self._store.is_archived(job_id)
+
+
+def _refused_dependency(ops: list[dict[str, Any]], refused: dict[int, GenericError]) -> int | None:
+    """The first dependency of ``ops`` that is among the ``refused`` jobs, if any."""
+    for op in ops:
+        for dep_id, _ in op.get("depends") or []:
+            if dep_id in refused:
+                return int(dep_id)
+    return None
+
+
+def _dependency_refused(dep_id: int) -> OpPrereqError:
+    return OpPrereqError(f"Dependency job {dep_id} of this submission was refused", ECODE_INVAL)
