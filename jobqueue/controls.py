@@ -103,7 +103,7 @@ class Controls:
         with active.lock:
             if decision.reject is not None:
                 active.cancel_message = rejected_message(decision.reject)
-                self._queue.change_locked(active, lambda: _mark_canceling(job))
+                self._queue.change_locked(active, job.mark_canceling)
                 return False
             if decision.hold is None:
                 job.hold = None  # shown from the job's next write on
@@ -307,9 +307,3 @@ def rejected_message(rule: filters.FilterRule) -> str:
 
 def _stored(ops: list[OpCode]) -> list[dict[str, Any]]:
     return [op.stored() for op in ops]
-
-
-def _mark_canceling(job: Job) -> None:
-    for op in job.ops:
-        if op.status not in (Status.SUCCESS, Status.ERROR, Status.CANCELED):
-            op.status = Status.CANCELING

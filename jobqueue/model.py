@@ -290,6 +290,12 @@ class Job:
     def is_finalized(self) -> bool:
         return self.status in FINALIZED
 
+    def mark_canceling(self) -> None:
+        """Mark every opcode that has not ended ``canceling`` (the status follows)."""
+        for op in self.ops:
+            if op.status not in FINALIZED:
+                op.status = Status.CANCELING
+
     def add_log(self, op_index: int, log_type: str, message: Any, stamp: Timestamp) -> LogEntry:
         """Append a log entry to opcode ``op_index`` with the next job-wide serial."""
         self.log_serial += 1

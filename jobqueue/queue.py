@@ -422,7 +422,7 @@ class JobQueue:
             elif status == Status.WAITING or (
                 kill and status in (Status.RUNNING, Status.CANCELING)
             ):
-                self._change_locked(active, lambda: _mark_canceling(job))
+                self._change_locked(active, job.mark_canceling)
                 if kill:
                     active.kill.set()
                 reply = [True, f"Job {job_id} will be {'killed' if kill else 'canceled'}"]
@@ -587,9 +587,3 @@ class JobQueue:
     def query_metrics(self) -> dict[str, Any]:
         """QueryMetrics (``QueueSettings.query_metrics``)."""
         return self._settings.query_metrics()
-
-
-def _mark_canceling(job: Job) -> None:
-    for op in job.ops:
-        if op.status not in FINALIZED:
-            op.status = Status.CANCELING

@@ -28,7 +28,6 @@ sure one name has one writer at a time.
 from __future__ import annotations
 
 import collections
-import contextlib
 import enum
 import errno
 import itertools
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, NoReturn
 from jobqueue import constants
 from jobqueue.storage import layout
 from jobqueue.storage.durable import Directory, PythonDirectory, compiled_directory, exchange_paths
+from jobqueue.storage.filedisk import unlink_quietly
 
 if TYPE_CHECKING:
     from jobqueue.storage.filedisk import Disk
@@ -205,7 +205,7 @@ class JobFileWriter:
     def _remove_spares(self) -> None:
         for name in os.listdir(self.directory):
             if layout.is_spare_name(name):
-                _unlink_quietly(os.path.join(self.directory, name))
+                unlink_quietly(os.path.join(self.directory, name))
         self.pool = SparePool([], 0)
 
     # -- writes --------------------------------------------------------------------
@@ -246,7 +246,7 @@ class JobFileWriter:
             return
         step, code = failure
         if step == "fsync_dir":
-            _unlink_quietly(os.path.join(self.directory, target))
+            unlink_quietly(os.path.join(self.directory, target))
         else:
             self._after_failure(spare, target, create, step)
         _raise(step, code)
@@ -299,7 +299,7 @@ class JobFileWriter:
         try:
             self._disk.fsync_dir(self.directory)
         except OSError:
-            _unlink_quietly(os.path.join(self.directory, target))
+            unlink_quietly(os.path.join(self.directory, target))
             raise
 
     def _write_through_temp(self, target: str, data: bytes, *, sync_dir: bool, new: bool) -> None:
@@ -316,17 +316,12 @@ class JobFileWriter:
         step, code = failure
         if step == "fsync_dir":
             if new:
-                _unlink_quietly(os.path.join(self.directory, target))
+                unlink_quietly(os.path.join(self.directory, target))
         elif step != "open":
-            _unlink_quietly(os.path.join(self.directory, temp))
+            unlink_quietly(os.path.join(self.directory, temp))
         _raise(step, code)
 
 
 def _spare_number(name: str) -> int:
     number = layout.spare_number_of(name)
     return -1 if number is None else number
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
