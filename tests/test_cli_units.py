@@ -365,7 +365,11 @@ class TestParser:
 class TestStartup:
     def test_no_slow_modules_on_the_import_path(self) -> None:
         """jobctl's modules leave out what would slow every start (see the modules)."""
-        commands = {f"jobqueue.cli.{spec.handler.split(':')[0]}" for spec in COMMANDS.values()}
+        commands = {
+            f"jobqueue.cli.{reference.split(':')[0]}"
+            for spec in COMMANDS.values()
+            for reference in (spec.handler, spec.arguments)
+        }
         modules = ["jobqueue.cli.main", "jobqueue.luxi.client", *sorted(commands)]
         slow = ["typing", "simplejson", "decimal", "threading", "dataclasses", "inspect", "socket"]
         code = (
@@ -381,6 +385,22 @@ class TestStartup:
             check=True,
         )
         assert result.stdout.strip() == "[]"
+
+    def test_only_the_running_commands_arguments_are_imported(self) -> None:
+        """Parsing ``list`` imports the module adding its arguments, not the others'."""
+        code = (
+            "import sys; from jobqueue.cli.parser import parse; parse(['list', '--pending']); "
+            "print(sorted(name for name in sys.modules if name.startswith('jobqueue.cli.args_')))"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            timeout=60,
+            check=True,
+        )
+        assert result.stdout.strip() == "['jobqueue.cli.args_common', 'jobqueue.cli.args_query']"
 
 
 class TestTimesAndDurations:
