@@ -64,6 +64,8 @@ QUEUE_DIR: Final = "queue"
 RUN_DIR: Final = "run"
 COMMANDS_DIR: Final = "commands"
 LOG_DIR: Final = "log"
+#: Command output the daemon keeps on its own host when the queue is in etcd.
+OUTPUT_DIR: Final = "output"
 MASTER_SOCKET: Final = "master.sock"
 QUERY_SOCKET: Final = "query.sock"
 PID_FILE: Final = "jobqueue-masterd.pid"

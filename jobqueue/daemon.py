@@ -261,7 +261,7 @@ def _open_store(args: argparse.Namespace, paths: StatePaths) -> _OpenedStore:
     if args.store == STORE_ETCD:
         from jobqueue.storage.etcd import EtcdJobStore  # only etcd's users load its client
 
-        etcd = EtcdJobStore(args.etcd_settings, logger=log)
+        etcd = EtcdJobStore(args.etcd_settings, output_dir=paths.output_dir, logger=log)
         return _OpenedStore(etcd, True, etcd.compact_history)
     disk = disk_from_environment(os.environ)
     if disk is not None:

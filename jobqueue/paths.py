@@ -68,6 +68,11 @@ class StatePaths:
         return os.path.join(self.run_dir, constants.COMMANDS_DIR)
 
     @property
+    def output_dir(self) -> str:
+        """The output of the commands this daemon runs, when the queue is kept in etcd."""
+        return os.path.join(self.root, constants.OUTPUT_DIR)
+
+    @property
     def log_dir(self) -> str:
         return os.path.join(self.root, constants.LOG_DIR)
 

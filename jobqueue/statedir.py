@@ -17,6 +17,8 @@ to 0700::
     queue/            0700  private: the jobs
     queue/archive/    0700  private (checked when present; created by the store)
     queue/corrupt/    0700  private (checked when present)
+    output/           0700  private: command output with the etcd store (checked
+                            when present; created by the store)
 
 Only the state directory itself may be reached through a symbolic link.
 The archive's sub-directories are not checked (``queue/`` being private,
@@ -52,6 +54,7 @@ def prepare(paths: StatePaths, euid: int | None = None) -> None:
         (queue, 0o700, True, True),
         (os.path.join(queue, "archive"), 0o700, True, False),
         (os.path.join(queue, "corrupt"), 0o700, True, False),
+        (paths.output_dir, 0o700, True, False),
     )
     for path, mode, private, create in layout:
         if create:

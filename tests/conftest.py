@@ -90,7 +90,8 @@ def etcd_member(
 @pytest.fixture
 def open_etcd_store() -> Iterator[Callable[..., EtcdJobStore]]:
     """Make etcd stores (``make(endpoints, prefix, owner=True, timeout=2.0, clock=...,
-    monotonic=..., **settings)``); each is closed after the test (leadership released)."""
+    monotonic=..., output_dir=..., **settings)``); each is closed after the test (leadership
+    released)."""
     from jobqueue.storage.etcd import EtcdJobStore
     from jobqueue.storage.etcdconn import EtcdSettings
     from jobqueue.storage.etcdoptions import EtcdStoreSettings
@@ -105,10 +106,11 @@ def open_etcd_store() -> Iterator[Callable[..., EtcdJobStore]]:
         timeout: float = 2.0,
         clock: Callable[[], float] | None = None,
         monotonic: Callable[[], float] | None = None,
+        output_dir: str | None = None,
         **settings: Any,
     ) -> EtcdJobStore:
         connection = EtcdSettings(tuple(endpoints), timeout=timeout)
-        options: dict[str, Any] = {"owner": owner}
+        options: dict[str, Any] = {"owner": owner, "output_dir": output_dir}
         if clock is not None:
             options["clock"] = clock
         if monotonic is not None:

@@ -33,6 +33,7 @@ from tests.ha_support import (
     wait_count,
     wait_master,
 )
+from tests.test_shell_e2e import jobctl
 
 #: What a loaded test machine may add to a failover on top of the promise
 #: (lease TTL + 2 s); the real figure is in the benchmark.
@@ -204,3 +205,36 @@ def test_etcd_members_die_and_come_back(pair: Pair) -> None:
     master = next(d for d in pair.daemons if role_of(d) == "master")
     rows = all_final(master, acked)
     assert [row[0] for row in rows] == ["success"] * len(acked)
+
+
+def test_each_host_keeps_the_output_of_the_commands_it_ran(pair: Pair) -> None:
+    """``jobctl log`` on etcd; after a failover the old host still has what it ran."""
+    script = 'echo "ran on $1"; echo "error on $1" >&2'
+
+    def run(daemon: Daemon, host: str) -> int:
+        result = jobctl(daemon, "run", "--wait", "--", "sh", "-c", script, "sh", host)
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout)
+
+    def log(daemon: Daemon, job_id: int, *args: str) -> bytes:
+        result = jobctl(daemon, "log", str(job_id), *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    on_a = run(pair.first, "a")
+    assert log(pair.first, on_a) == b"ran on a\n"
+    assert log(pair.first, on_a, "--stderr") == b"error on a\n"
+    assert log(pair.second, on_a) == b""  # the standby's host did not run it
+    pair.first.kill9()
+    wait_master(pair.second, LEASE_TTL + 30)
+    on_b = run(pair.second, "b")
+    assert log(pair.second, on_b) == b"ran on b\n"
+    assert log(pair.second, on_a) == b""
+    assert Path(pair.first.paths.output_dir, str(on_a), "0.stdout").read_bytes() == b"ran on a\n"
+    assert jobctl(pair.second, "archive", str(on_b)).returncode == 0
+    assert log(pair.second, on_b, "--stderr") == b"error on b\n"
+    archived = Path(pair.second.paths.output_dir, "archive", str(on_b // 10000))
+    assert (archived / f"output-{on_b}" / "0.stdout").read_bytes() == b"ran on b\n"
+    pair.first.start()  # the old master comes back as a standby and reads its own files
+    assert role_of(pair.first) == "standby"
+    assert log(pair.first, on_a) == b"ran on a\n"

@@ -31,6 +31,7 @@ LAYOUT = [
     ("log", 0o750),
     ("queue", 0o700),
     ("queue/archive", 0o700),
+    ("output", 0o700),  # command output on the etcd store; checked when present
 ]
 
 
@@ -186,7 +187,7 @@ def test_a_read_only_state_dir_is_named(daemon_factory: Callable[..., Daemon], f
 PLACES = [place for place, _ in LAYOUT]
 #: Each place with one way of being writable by others: a /tmp-like sticky mode, a
 #: group-writable one, a world-writable one.
-MODES = [0o1777, 0o775, 0o777, 0o777, 0o757, 0o770]
+MODES = [0o1777, 0o775, 0o777, 0o777, 0o757, 0o770, 0o770]
 
 
 @pytest.mark.parametrize(

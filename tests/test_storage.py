@@ -57,10 +57,10 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
     if request.param == "etcd":  # a real 1-member cluster; skipped without an etcd server
         endpoints = request.getfixturevalue("etcd_member").endpoints
         open_store = request.getfixturevalue("open_etcd_store")
-        prefix = unique_prefix()
+        prefix, output = unique_prefix(), str(tmp_path / "output")  # output: on this host
         return Stores(
-            lambda: open_store(endpoints, prefix),
-            lambda: open_store(endpoints, prefix, owner=False),
+            lambda: open_store(endpoints, prefix, output_dir=output),
+            lambda: open_store(endpoints, prefix, owner=False, output_dir=output),
         )
     backing = MemoryBacking()
     return Stores(lambda: MemoryJobStore(backing), lambda: MemoryJobStore(backing))
@@ -73,13 +73,6 @@ def store(stores: Stores) -> JobStore:
 
 def create(store: JobStore, *jobs: Job) -> None:
     assert store.create_jobs(jobs) == [None] * len(jobs)
-
-
-def keeps_output(store: JobStore) -> JobStore:
-    """``store``, unless it keeps no command output (the etcd store, for now): then skip."""
-    if type(store).__name__ == "EtcdJobStore":
-        pytest.skip("the etcd store keeps no command output yet (jobqueue/storage/etcd.py)")
-    return store
 
 
 class TestStoreContract:
@@ -173,7 +166,7 @@ class TestStoreContract:
         assert store.read_job(ids[2]) is not None  # live jobs are never pruned
 
     def test_output_streams_grow_and_read_by_range(self, stores: Stores) -> None:
-        store, reader = keeps_output(stores.open()), stores.other()
+        store, reader = stores.open(), stores.other()
         (job_id,) = store.allocate_ids(1)
         create(store, make_job(job_id, Status.RUNNING))
         assert store.output_sizes(job_id) == {}
@@ -197,7 +190,6 @@ class TestStoreContract:
             store.open_output(job_id, 0, "stdin")
 
     def test_reopened_output_appends(self, store: JobStore) -> None:
-        keeps_output(store)
         (job_id,) = store.allocate_ids(1)
         create(store, make_job(job_id, Status.RUNNING))
         for part in (b"one ", b"two"):
@@ -207,7 +199,6 @@ class TestStoreContract:
         assert store.read_output(job_id, 0, "stderr", 0, 100) == b"one two"
 
     def test_output_is_archived_and_pruned_with_its_job(self, store: JobStore) -> None:
-        keeps_output(store)
         ids = store.allocate_ids(2)
         create(store, *(make_job(i, Status.SUCCESS) for i in ids))
         for job_id in ids:
@@ -224,7 +215,6 @@ class TestStoreContract:
         assert store.read_output(ids[1], 0, "stdout", 0, 100) != b""  # live: kept
 
     def test_discarded_jobs_take_their_output(self, store: JobStore) -> None:
-        keeps_output(store)
         (job_id,) = store.allocate_ids(1)
         create(store, make_job(job_id))
         stream = store.open_output(job_id, 0, "stdout")
@@ -893,10 +883,106 @@ def test_output_reads_neither_follow_links_nor_block(tmp_path: Path) -> None:
     assert secret.read_bytes() == b"not for you"
 
 
-def test_the_etcd_store_keeps_no_output_yet(
-    etcd_member: Any, open_etcd_store: Callable[..., JobStore]
+# -- the etcd store's output: files on the daemon's own host --------------------------------
+
+OpenEtcd = Callable[..., Any]
+
+
+def test_an_etcd_handle_without_an_output_directory_keeps_none(
+    etcd_member: Any, open_etcd_store: OpenEtcd, tmp_path: Path
 ) -> None:
-    store = open_etcd_store(etcd_member.endpoints, unique_prefix())
-    with pytest.raises(StorageError, match="keeps no command output"):
-        store.open_output(1, 0, "stdout")
-    assert store.output_sizes(1) == {} and store.read_output(1, 0, "stdout", 0, 10) == b""
+    """The cleaner's maintenance handle keeps no output and reads none, not even this host's."""
+    prefix = unique_prefix()
+    daemon = open_etcd_store(etcd_member.endpoints, prefix, output_dir=str(tmp_path / "output"))
+    create(daemon, make_job(1, Status.RUNNING))
+    _write_output(daemon, 1)
+    maintenance = open_etcd_store(etcd_member.endpoints, prefix, owner=False)
+    with pytest.raises(StorageError, match="keeps no command output") as raised:
+        maintenance.open_output(1, 0, "stdout")
+    assert raised.value.args[1] == errno.ENOTSUP
+    assert maintenance.output_sizes(1) == {}
+    assert maintenance.read_output(1, 0, "stdout", 0, 10) == b""
+    assert daemon.read_output(1, 0, "stdout", 0, 10) == b"out"
+
+
+def test_etcd_output_stays_private_on_the_host_and_follows_the_archive(
+    etcd_member: Any, open_etcd_store: OpenEtcd, tmp_path: Path
+) -> None:
+    output = tmp_path / "output"
+    store = open_etcd_store(etcd_member.endpoints, unique_prefix(), output_dir=str(output))
+    create(store, make_job(12345, Status.SUCCESS))
+    _write_output(store, 12345, b"kept on this host")
+    live = output / "12345" / "0.stdout"
+    assert live.read_bytes() == b"kept on this host"
+    assert stat.S_IMODE(live.stat().st_mode) == 0o600
+    assert {stat.S_IMODE(path.stat().st_mode) for path in (output, live.parent)} == {0o700}
+    keys = list(store.kv.range_prefix(store.keys.root))
+    assert not [item.key for item in keys if b"kept on this host" in item.value]  # not in etcd
+    assert store.archive_jobs([12345]) == ([12345], None)
+    assert not live.parent.exists()
+    archived = output / "archive" / "1" / "output-12345"
+    assert (archived / "0.stdout").read_bytes() == b"kept on this host"
+    assert {stat.S_IMODE(path.stat().st_mode) for path in archived.parents[:2]} == {0o700}
+    assert store.read_output(12345, 0, "stdout", 5, 100) == b"on this host"
+
+
+def test_an_etcd_start_settles_output_left_by_a_crash(
+    etcd_member: Any, open_etcd_store: OpenEtcd, tmp_path: Path
+) -> None:
+    """Job 1 was archived in etcd but not its output (a crash in between); job 2 is gone."""
+    prefix, output = unique_prefix(), tmp_path / "output"
+    endpoints = etcd_member.endpoints
+    store = open_etcd_store(endpoints, prefix, output_dir=str(output))
+    create(store, *(make_job(i, Status.SUCCESS) for i in (1, 2, 3)))
+    for job_id in (1, 2, 3):
+        _write_output(store, job_id)
+    in_etcd_only = open_etcd_store(endpoints, prefix)  # moves jobs, never output
+    assert in_etcd_only.archive_jobs([1]) == ([1], None)
+    assert in_etcd_only.discard_jobs([2]) == ([2], None)
+
+    leader = open_etcd_store(endpoints, prefix)
+    assert leader.leadership("leader").acquire(0)
+    standby = open_etcd_store(endpoints, prefix, output_dir=str(output))
+    standby.leadership("standby")
+    assert [job.id for job in standby.load_jobs()] == [3]
+    assert sorted(os.listdir(output)) == ["1", "2", "3"]  # only a leading owner settles
+    leader.leadership("leader").release()
+
+    reopened = open_etcd_store(endpoints, prefix, output_dir=str(output))
+    assert [job.id for job in reopened.load_jobs()] == [3]
+    assert sorted(os.listdir(output)) == ["3", "archive"]
+    assert (output / "archive" / "0" / "output-1" / "0.stdout").read_bytes() == b"out"
+    assert reopened.read_output(1, 0, "stdout", 0, 10) == b"out"
+    assert reopened.output_sizes(2) == {}
+
+
+def test_etcd_pruning_deletes_the_output_of_jobs_etcd_no_longer_has(
+    etcd_member: Any, open_etcd_store: OpenEtcd, tmp_path: Path
+) -> None:
+    now, day = time.time(), 86400.0
+    when = [now - 30 * day]
+    prefix, output = unique_prefix(), tmp_path / "output"
+    endpoints = etcd_member.endpoints
+    store = open_etcd_store(endpoints, prefix, output_dir=str(output), clock=lambda: when[0])
+    create(store, *(make_job(i, Status.SUCCESS) for i in (1, 2, 3, 4)))
+    for job_id in (1, 2, 3, 4):
+        _write_output(store, job_id)
+    store.archive_jobs([1])  # a month ago
+    when[0] = now
+    store.archive_jobs([2])  # just now
+    store.kv.txn(fence=None, deletes=[store.keys.job(3)])  # archived and pruned elsewhere
+
+    result = store.prune_archive(21 * day, now)
+    assert (result.jobs, result.failures) == (1, [])
+    assert sorted(os.listdir(output)) == ["4", "archive"]  # live job 4 keeps its output
+    assert os.listdir(output / "archive" / "0") == ["output-2"]
+    assert store.read_output(2, 0, "stdout", 0, 10) == b"out"
+    assert store.output_sizes(1) == {} and store.output_sizes(3) == {}
+
+    # The cleaner prunes etcd alone (the daemon was down); the next pruning here follows.
+    maintenance = open_etcd_store(endpoints, prefix, owner=False)
+    assert maintenance.prune_archive(0, now + 1).jobs == 1
+    assert (output / "archive" / "0" / "output-2").is_dir()
+    again = store.prune_archive(21 * day, now + 1)
+    assert (again.jobs, again.directories, again.failures) == (0, 1, [])
+    assert os.listdir(output / "archive") == []

@@ -14,11 +14,11 @@ back. A job bigger than etcd takes in one request is trimmed or refused by
 the size rule (``etcdlayout.fit_job``). Archiving and pruning live in
 ``etcdarchive``; the change feed in ``etcdfeed``.
 
-Command output (``open_output``) is not kept yet: a command's output
-streams would need a home that every daemon of the cluster can read, and
-etcd's size limits make it a poor one; ``open_output`` raises StorageError
-(the command runs on and its job's log says the output was not kept), and
-jobs have no output to read.
+Command output never goes into etcd (its size limits make it a poor home):
+given ``output_dir``, the store keeps it in files on this host
+(``etcdoutput``), so it is found on the host whose daemon ran the command.
+Without it (the cleaner's maintenance handle) ``open_output`` raises
+StorageError (ENOTSUP) and jobs have no output to read.
 
 Failures are StorageError, with etcd's reason and an errno (the table in
 doc/ha.rst): notably ETIMEDOUT, after which a write may or may not have
@@ -67,6 +67,7 @@ from jobqueue.storage.etcdlayout import (
 )
 from jobqueue.storage.etcdlead import NOT_LEADER, EtcdLeadership
 from jobqueue.storage.etcdoptions import EtcdStoreSettings
+from jobqueue.storage.etcdoutput import LocalOutputs
 
 #: The drain flag's setting name: ``<prefix>/settings/drain``.
 DRAIN = "drain"
@@ -77,8 +78,10 @@ class EtcdJobStore(JobStore):
 
     ``owner=False`` opens it for maintenance (the cleaner): nothing is
     created, the layout version is only checked, no id is allocated.
-    ``clock`` (seconds since the epoch) dates archived jobs; ``monotonic``
-    paces the lease and the history compaction. Raises StorageError when
+    ``output_dir``: where this host keeps command output (the daemon's
+    ``<state>/output``); None keeps none. ``clock`` (seconds since the
+    epoch) dates archived jobs; ``monotonic`` paces the lease and the
+    history compaction. Raises StorageError when
     etcd cannot be reached and JobQueueError for an unknown layout version.
     """
 
@@ -87,6 +90,7 @@ class EtcdJobStore(JobStore):
         settings: EtcdStoreSettings,
         *,
         owner: bool = True,
+        output_dir: str | None = None,
         kv: EtcdKV | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -112,6 +116,7 @@ class EtcdJobStore(JobStore):
         self._archive = ArchiveKeeper(
             self._kv, self.keys, self.settings.max_request_bytes, self._write, self._log
         )
+        self._outputs = None if output_dir is None else LocalOutputs(output_dir, self._log)
         self._check_version()
 
     @property
@@ -242,11 +247,13 @@ class EtcdJobStore(JobStore):
         """
         repair = self._owner and (self._leadership is None or self._leadership.leading())
         highest = 0
+        live: set[int] = set()
         pages = self._kv.range_prefix(self.keys.jobs, page_size=self.settings.page_size)
         for item in pages:
             job_id = self.keys.job_id_in(item.key, self.keys.jobs)
             if job_id is None:
                 continue
+            live.add(job_id)
             try:
                 job = decode_job(item.value)
                 if job.id != job_id:
@@ -261,6 +268,8 @@ class EtcdJobStore(JobStore):
             highest = max(highest, self._highest_archived())
             if highest:
                 self._raise_serial(highest)
+            if self._outputs is not None:
+                self._outputs.settle(live, self.is_archived)
 
     def _highest_archived(self) -> int:
         """The highest archived id (one request): a lost serial must continue above it."""
@@ -386,6 +395,7 @@ class EtcdJobStore(JobStore):
         acknowledged) and is deleted again at the next submission.
         """
         removed: list[int] = []
+        failure: StorageError | None = None
         for start in range(0, len(job_ids), MAX_TXN_OPS - 1):
             batch = list(job_ids[start : start + MAX_TXN_OPS - 1])
             try:
@@ -398,9 +408,12 @@ class EtcdJobStore(JobStore):
                     with self._doubt_lock:
                         self._in_doubt.update(batch)
                     removed.extend(batch)
-                return removed, err
+                failure = err
+                break
             removed.extend(batch)
-        return removed, None
+        if self._outputs is not None:
+            self._outputs.delete_live(removed)
+        return removed, failure
 
     def read_job(self, job_id: int) -> Job | None:
         for key in (self.keys.job(job_id), self.keys.archived(job_id)):
@@ -414,8 +427,11 @@ class EtcdJobStore(JobStore):
 
     # -- archive -----------------------------------------------------------------
     def archive_jobs(self, job_ids: Iterable[int]) -> tuple[list[int], StorageError | None]:
+        """Move the jobs in etcd, then their output on this host (``etcdoutput``)."""
         moved, failure = self._archive.archive(sorted(set(job_ids)), self._clock())
         self._trimmed.difference_update(moved)
+        if self._outputs is not None:
+            self._outputs.archive(moved)
         return moved, failure
 
     def is_archived(self, job_id: int) -> bool:
@@ -425,8 +441,21 @@ class EtcdJobStore(JobStore):
         return self._archive.archived_ids(self.settings.page_size)
 
     def prune_archive(self, max_age: float, now: float, budget: float | None = None) -> PruneResult:
+        """Prune etcd's archive, then this host's output of jobs etcd no longer has."""
         deadline = None if budget is None else self._monotonic() + budget
-        return self._archive.prune(now - max_age, deadline, self._monotonic)
+        result = self._archive.prune(now - max_age, deadline, self._monotonic)
+        if self._outputs is not None and not result.unfinished:
+            self._outputs.prune(self._still_there, result)
+        return result
+
+    def _still_there(self, job_ids: set[int]) -> set[int]:
+        """Those of ``job_ids`` etcd has, live or archived (keys only, live ones first)."""
+        found: set[int] = set()
+        for prefix in (self.keys.jobs, self.keys.archive):
+            keys = self._kv.range_prefix(prefix, page_size=self.settings.page_size, keys_only=True)
+            ids = (self.keys.job_id_in(item.key, prefix) for item in keys)
+            found.update(job_id for job_id in ids if job_id in job_ids)
+        return found
 
     # -- settings --------------------------------------------------------------
     def is_drained(self) -> bool:
@@ -496,17 +525,24 @@ class EtcdJobStore(JobStore):
         self._write(f"Cannot delete the filter rule {uuid} from etcd", deletes=[key])
         return True
 
-    # -- command output: not kept (see the module docstring) -----------------------------
+    # -- command output: on this host's disk (see the module docstring) ------------------
     def open_output(self, job_id: int, op_index: int, stream: str) -> OutputStream:
-        raise StorageError("The etcd store keeps no command output", errno.ENOTSUP)
+        if self._outputs is None:
+            raise StorageError(
+                "This etcd store handle keeps no command output (no output directory)",
+                errno.ENOTSUP,
+            )
+        return self._outputs.open(job_id, op_index, stream)
 
     def output_sizes(self, job_id: int) -> dict[tuple[int, str], int]:
-        return {}
+        return {} if self._outputs is None else self._outputs.sizes(job_id)
 
     def read_output(
         self, job_id: int, op_index: int, stream: str, offset: int, max_bytes: int
     ) -> bytes:
-        return b""
+        if self._outputs is None:
+            return b""
+        return self._outputs.read(job_id, op_index, stream, offset, max_bytes)
 
     # -- other processes' changes, leadership, history --------------------------------
     def change_feed(self, start_revision: int = 0) -> ChangeFeed:

@@ -115,23 +115,45 @@ class FileOutputStream(OutputStream):
             os.close(fd)
 
 
+class PlainDisk:
+    """The sync calls themselves, for output kept outside a file store (``etcdoutput``)."""
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class FileOutputs:
-    """The output directories of one queue directory; used by ``FileJobStore`` only."""
+    """The output directories of one queue directory (``FileJobStore``), or of a
+    directory of output alone (``in_directory``, for the etcd store)."""
 
     def __init__(
         self, queue_dir: str, archive_dir: str, disk: FsyncDisk, logger: logging.Logger
     ) -> None:
         self.live_root = os.path.join(queue_dir, layout.OUTPUT_DIR)
-        self._archive_dir = archive_dir
+        self.archive_root = archive_dir
         self._disk = disk
         self._log = logger
+
+    @classmethod
+    def in_directory(cls, root: str, disk: FsyncDisk, logger: logging.Logger) -> FileOutputs:
+        """Output alone under ``root``: ``root/N/`` live, ``root/archive/K/output-N/`` archived."""
+        outputs = cls(root, os.path.join(root, layout.ARCHIVE_DIR), disk, logger)
+        outputs.live_root = root
+        return outputs
 
     def live_dir(self, job_id: int) -> str:
         return os.path.join(self.live_root, str(job_id))
 
     def archived_dir(self, job_id: int) -> str:
         return os.path.join(
-            self._archive_dir, layout.archive_subdir(job_id), layout.output_dir_name(job_id)
+            self.archive_root, layout.archive_subdir(job_id), layout.output_dir_name(job_id)
         )
 
     # -- writing -------------------------------------------------------------------
