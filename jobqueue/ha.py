@@ -25,6 +25,7 @@ leads at once or fails to start. The terms are built by the daemon
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,9 @@ from jobqueue.storage.base import JobStore, Leadership
 
 #: How often a standby's campaign returns to look at a stop request.
 CAMPAIGN_SLICE = 1.0
+#: How often a standby deletes its own command output of jobs the store no
+#: longer has (the master's pruning reaches only the master's disk).
+TIDY_INTERVAL = 3600.0
 #: How often a master looks at its leadership while it serves.
 LEAD_CHECK = 0.5
 
@@ -99,8 +103,10 @@ class Roles:
         kill_grace: float,
         logger: logging.Logger | None = None,
         metrics: Metrics | None = None,
+        tidy_interval: float = TIDY_INTERVAL,
     ) -> None:
         self._store = store
+        self._tidy_interval = tidy_interval
         self._leadership = leadership
         self._mirror = mirror
         self._standby_queue = standby_queue
@@ -156,6 +162,7 @@ class Roles:
             self._serve(self._standby_queue, self._standby_reader)
             master = self._leadership.holder()
             self._log.info("Standing by; the master is %s", master)
+            tidied = -math.inf  # first after one lost campaign: never delays a take-over
             while not stop.requested.is_set():
                 try:
                     if self._leadership.acquire(CAMPAIGN_SLICE):
@@ -166,9 +173,22 @@ class Roles:
                 except GenericError as err:  # the store is unreachable: keep trying
                     self._log.warning("Campaign for the lead failed: %s", err)
                     stop.requested.wait(CAMPAIGN_SLICE)
+                if time.monotonic() - tidied >= self._tidy_interval:
+                    tidied = time.monotonic()
+                    self._tidy_local_output()
             return False
         finally:
             self._mirror.stop()
+
+    def _tidy_local_output(self) -> None:
+        """Delete our output of jobs gone from the store; failures are logged, never raised."""
+        try:
+            result = self._store.tidy_local_output()
+        except GenericError as err:
+            self._log.warning("Cannot tidy this host's command output: %s", err)
+            return
+        for failure in result.failures:
+            self._log.warning("Tidying this host's command output: %s", failure)
 
     def _end_term(self, term: Term, stop: StopRequest) -> None:
         """A stop: let running opcodes finish (bounded), give back ids, release the lead.

@@ -8,6 +8,7 @@ failover tests on a real etcd cluster are in ``test_ha_etcd.py``.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import threading
@@ -20,7 +21,7 @@ import pytest
 from jobqueue import constants
 from jobqueue.daemon import Core, build_core, start_core
 from jobqueue.depmgr import DependencyManager
-from jobqueue.errors import JobQueueError, NotMasterError
+from jobqueue.errors import JobQueueError, NotMasterError, StorageError
 from jobqueue.ha import Roles
 from jobqueue.jobreader import JobReader, stored_status
 from jobqueue.livejobs import LiveJobs
@@ -28,6 +29,7 @@ from jobqueue.locking import LockManager
 from jobqueue.lus import builtin_registry
 from jobqueue.metrics import Metrics
 from jobqueue.standby import StandbyQueue, StoreMirror
+from jobqueue.storage.base import PruneResult
 from jobqueue.storage.memory import MemoryBacking, MemoryJobStore
 from tests.polling import poll_until
 
@@ -50,7 +52,14 @@ class Stop:
 class Node:
     """One daemon: a store handle, roles running in a thread, what it serves."""
 
-    def __init__(self, name: str, backing: MemoryBacking, *, standby_allowed: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        backing: MemoryBacking,
+        *,
+        standby_allowed: bool = True,
+        tidy_interval: float = 3600.0,
+    ) -> None:
         registry = builtin_registry()
         self.name = name
         self.store = MemoryJobStore(backing)
@@ -88,6 +97,7 @@ class Node:
             kill_grace=1,
             logger=logging.getLogger(f"test.ha.{name}"),
             metrics=self.metrics,
+            tidy_interval=tidy_interval,
         )
         self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"roles-{name}")
@@ -232,3 +242,32 @@ def test_no_standby_means_fail_at_start_naming_the_holder() -> None:
         assert lonely.served == []
     finally:
         first.halt()
+
+
+def test_a_standby_tidies_its_own_output_now_and_then_and_survives_a_failure() -> None:
+    backing = MemoryBacking()
+    master = Node("master", backing, tidy_interval=0.01)
+    standby = Node("standby", backing, tidy_interval=0.01)
+    calls = {master.name: 0, standby.name: 0}
+
+    def counting(node: Node) -> Any:
+        def tidy() -> PruneResult:
+            calls[node.name] += 1
+            if calls[node.name] == 1:
+                raise StorageError("etcd is away", errno.ETIMEDOUT)
+            return PruneResult(failures=["cannot delete x: Permission denied"])
+
+        return tidy
+
+    for node in (master, standby):
+        node.store.tidy_local_output = counting(node)  # type: ignore[method-assign]
+    try:
+        master.start()
+        wait(master.is_master, "the first node to lead")
+        standby.start()
+        wait(lambda: calls[standby.name] >= 3, "the standby to tidy again after a failure")
+        assert standby.is_standby() and standby.failure is None
+        assert calls[master.name] == 0  # a master prunes through PruneArchive instead
+    finally:
+        for node in (master, standby):
+            node.halt()

@@ -888,7 +888,8 @@ def test_a_thousand_connections_at_once(
         begin = time.monotonic()
         with Client(harness.master, timeout=WAIT) as client:
             assert client.query_config_values(["drain_flag"]) == [False]
-        assert time.monotonic() - begin < 1
+        # Served in bounded time, not after the thousand (generous: the machine is shared).
+        assert time.monotonic() - begin < 5
         for number, sock in enumerate(socks):
             assert protocol.parse_response(recv_frame(sock)) == (True, [[number, "queued"]])
     finally:

@@ -986,3 +986,28 @@ def test_etcd_pruning_deletes_the_output_of_jobs_etcd_no_longer_has(
     again = store.prune_archive(21 * day, now + 1)
     assert (again.jobs, again.directories, again.failures) == (0, 1, [])
     assert os.listdir(output / "archive") == []
+
+
+def test_a_standby_tidies_only_its_own_output_of_jobs_etcd_no_longer_has(
+    etcd_member: Any, open_etcd_store: OpenEtcd, tmp_path: Path
+) -> None:
+    """Output this host made as master, of jobs the new master has since pruned, goes."""
+    prefix, output = unique_prefix(), tmp_path / "output"
+    endpoints = etcd_member.endpoints
+    was_master = open_etcd_store(endpoints, prefix, output_dir=str(output))
+    create(was_master, *(make_job(i, Status.SUCCESS) for i in (1, 2, 3)))
+    for job_id in (1, 2, 3):
+        _write_output(was_master, job_id)
+    assert was_master.archive_jobs([2]) == ([2], None)
+    was_master.kv.txn(fence=None, deletes=[was_master.keys.job(3)])  # pruned by the new master
+    leader = open_etcd_store(endpoints, prefix)
+    assert leader.leadership("new master").acquire(0)
+    standby = open_etcd_store(endpoints, prefix, output_dir=str(output))
+    standby.leadership("this host")
+    revision = standby.kv.revision()
+    result = standby.tidy_local_output()
+    assert result.failures == []
+    assert sorted(os.listdir(output)) == ["1", "archive"]
+    assert os.listdir(output / "archive" / "0") == ["output-2"]
+    assert standby.kv.revision() == revision  # etcd untouched
+    assert FileJobStore(str(tmp_path / "queue")).tidy_local_output().failures == []

@@ -284,6 +284,15 @@ class JobStore(abc.ABC):
         job that cannot be deleted (see ``failures``).
         """
 
+    def tidy_local_output(self) -> PruneResult:
+        """Delete this host's command output of jobs the store no longer has.
+
+        Changes nothing shared, so a standby may call it. Only a store that
+        keeps output apart from its jobs (the etcd store, on each daemon's
+        own disk) has anything to do; the others prune output with the job.
+        """
+        return PruneResult()
+
     # -- queue-wide settings ------------------------------------------------------
     @abc.abstractmethod
     def is_drained(self) -> bool:

@@ -448,6 +448,13 @@ class EtcdJobStore(JobStore):
             self._outputs.prune(self._still_there, result)
         return result
 
+    def tidy_local_output(self) -> PruneResult:
+        """Delete this host's output of jobs etcd no longer has (reads etcd, writes nothing)."""
+        result = PruneResult()
+        if self._outputs is not None:
+            self._outputs.prune(self._still_there, result)
+        return result
+
     def _still_there(self, job_ids: set[int]) -> set[int]:
         """Those of ``job_ids`` etcd has, live or archived (keys only, live ones first)."""
         found: set[int] = set()

@@ -489,7 +489,8 @@ def test_slow_clients_do_not_delay_others(
     worst = max(round_trips)
     print(f"slow clients: {count} connections, {len(round_trips)} round trips, worst {worst:.3f}s")
     assert len(round_trips) >= seconds
-    assert worst < 0.5, f"a normal round trip took {worst:.3f}s"
+    # Far below the slow clients' trickle (one byte a second), with room for a loaded machine.
+    assert worst < min(2.0, seconds / 2), f"a normal round trip took {worst:.3f}s"
     assert daemon.stop() == 0
     soak_report.record(
         tmp_path,
