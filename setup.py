@@ -81,6 +81,8 @@ setup(
             "cryptography>=41",
             # The dashboard in a real browser (Debian's chromium and its driver).
             "selenium>=4.10",
+            # Every .rst of the project parses cleanly (and make man builds).
+            "docutils>=0.23",
         ],
         "etcd": ETCD_REQUIRES,
         "rapi": RAPI_REQUIRES,
