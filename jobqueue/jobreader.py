@@ -36,6 +36,8 @@ from jobqueue.query import JobRecord
 from jobqueue.storage.base import JobStore
 
 _UNFINISHED = (Status.QUEUED, Status.WAITING, Status.RUNNING)
+#: Finished or archived jobs a query reads from the store in one go.
+READ_AHEAD = 64
 
 
 class Watch(Protocol):
@@ -255,27 +257,62 @@ class JobReader:
         return (record for record in records if record.entry is not None)
 
     def _records(self, job_ids: list[int], full: bool) -> Iterator[JobRecord]:
-        """The record of each id in turn; an id named again reuses its first read."""
+        """The record of each id in turn; an id named again reuses its first read.
+
+        Jobs the store must be asked for are read ``READ_AHEAD`` at a time
+        (one etcd request for them all), so memory stays bounded.
+        """
         remaining = collections.Counter(job_ids)
         repeated: dict[int, JobRecord] = {}
-        for job_id in job_ids:
-            record = repeated[job_id] if job_id in repeated else self._record(job_id, full)
-            remaining[job_id] -= 1
-            if remaining[job_id]:
-                repeated[job_id] = record
-            else:
-                repeated.pop(job_id, None)
-            yield record
+        for start in range(0, len(job_ids), READ_AHEAD):
+            chunk = job_ids[start : start + READ_AHEAD]
+            stored = self._read_ahead([i for i in chunk if i not in repeated], full)
+            for job_id in chunk:
+                if job_id in repeated:
+                    record = repeated[job_id]
+                else:
+                    record = self._record(job_id, full, stored=stored)
+                remaining[job_id] -= 1
+                if remaining[job_id]:
+                    repeated[job_id] = record
+                else:
+                    repeated.pop(job_id, None)
+                yield record
 
-    def _record(self, job_id: int, full: bool, *, archived: bool | None = None) -> JobRecord:
+    def _read_ahead(self, job_ids: list[int], full: bool) -> dict[int, Job | None]:
+        """The stored state of those of ``job_ids`` that ``_record`` would read one by one."""
+        wanted = [
+            job_id
+            for job_id in dict.fromkeys(job_ids)
+            if (full or self._live.entry(job_id) is None) and self._live.latest(job_id) is None
+        ]
+        if len(wanted) < 2:
+            return {}
+        try:
+            return dict(zip(wanted, self._store.read_jobs(wanted), strict=True))
+        except GenericError:  # one of them cannot be read: each alone, to log which
+            return {job_id: _read_quietly(self._store, job_id, self._log) for job_id in wanted}
+
+    def _record(
+        self,
+        job_id: int,
+        full: bool,
+        *,
+        archived: bool | None = None,
+        stored: Mapping[int, Job | None] | None = None,
+    ) -> JobRecord:
         """What queries read of a job; ``archived`` None: find out if it is needed.
 
-        A job that does not exist (or cannot be read) is ``JobRecord.missing``.
+        ``stored`` holds jobs already read from the store. A job that does
+        not exist (or cannot be read) is ``JobRecord.missing``.
         """
         entry = self._live.entry(job_id)
         if entry is not None and not full:
             return JobRecord(job_id, entry)
-        job = self.read_job(job_id)
+        if stored is not None and job_id in stored:
+            job = self._live.latest(job_id) or stored[job_id]
+        else:
+            job = self.read_job(job_id)
         if job is None:
             return JobRecord.missing(job_id)
         if archived is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -27,10 +28,15 @@ class Reads(MemoryJobStore):
     def __init__(self) -> None:
         super().__init__()
         self.reads: list[int] = []
+        self.batches: list[list[int]] = []
 
     def read_job(self, job_id: int) -> Job | None:
         self.reads.append(job_id)
         return super().read_job(job_id)
+
+    def read_jobs(self, job_ids: Sequence[int]) -> list[Job | None]:
+        self.batches.append(list(job_ids))
+        return super().read_jobs(job_ids)
 
 
 @pytest.fixture
@@ -163,6 +169,20 @@ class TestReader:
         assert store.reads == [1]
         assert finished is not None
         assert reader.job_change(finished, ["status"], ["canceled"], None) == [["canceled"], []]
+
+    def test_finished_jobs_of_a_query_are_read_in_batches(
+        self, reader: JobReader, live: LiveJobs, store: Reads
+    ) -> None:
+        for job_id in range(1, 151):
+            job = new_job(job_id)
+            if job_id != 7:  # job 7 still runs: answered from memory
+                job.finalize_pending(Status.SUCCESS, None, [5, 0])
+            self.stored(live, store, job)
+        asked = [*range(1, 151), 3]
+        rows = reader.query_jobs(asked, ["id", "opresult"])
+        assert [row[0] for row in rows] == asked
+        assert [len(batch) for batch in store.batches] == [63, 64, 22]
+        assert 7 not in store.batches[0] and sorted(store.reads) == sorted({*range(1, 151)} - {7})
 
     def test_unknown_jobs(self, reader: JobReader) -> None:
         assert reader.read_job(31337) is None

@@ -152,6 +152,20 @@ class TestStoreContract:
         assert archived is not None and archived.status == Status.SUCCESS
         assert store.archive_jobs([ids[0]]) == ([], None)  # no longer live
 
+    def test_many_jobs_read_at_once_in_order(self, store: JobStore) -> None:
+        ids = store.allocate_ids(70)  # more than one etcd request's worth
+        create(store, *(make_job(i, Status.SUCCESS) for i in ids))
+        assert store.archive_jobs(ids[10:20]) == (ids[10:20], None)
+        asked = [ids[5], 999_999, *ids[8:70], ids[5]]
+        found = store.read_jobs(asked)
+        assert [None if job is None else job.id for job in found] == [
+            ids[5],
+            None,
+            *ids[8:70],
+            ids[5],
+        ]
+        assert store.read_jobs([]) == []
+
     def test_prune_deletes_only_old_archived_jobs(self, store: JobStore) -> None:
         ids = store.allocate_ids(3)
         create(store, *(make_job(i, Status.SUCCESS) for i in ids))

@@ -257,6 +257,13 @@ class JobStore(abc.ABC):
         and ``StorageError`` when the store cannot be read.
         """
 
+    def read_jobs(self, job_ids: Sequence[int]) -> list[Job | None]:
+        """``read_job`` of each id, in order; a store may read them in fewer requests.
+
+        Raises as ``read_job`` does, for the first job that fails.
+        """
+        return [self.read_job(job_id) for job_id in job_ids]
+
     # -- archive ---------------------------------------------------------------
     @abc.abstractmethod
     def archive_jobs(self, job_ids: Iterable[int]) -> tuple[list[int], StorageError | None]:

@@ -416,7 +416,7 @@ class EtcdJobStore(JobStore):
         return removed, failure
 
     def read_job(self, job_id: int) -> Job | None:
-        for key in (self.keys.job(job_id), self.keys.archived(job_id)):
+        for key in self._job_keys(job_id):
             try:
                 found = self._kv.get(key)
             except StorageError as err:
@@ -424,6 +424,29 @@ class EtcdJobStore(JobStore):
             if found is not None:
                 return decode_job(found.value)
         return None
+
+    def read_jobs(self, job_ids: Sequence[int]) -> list[Job | None]:
+        """Each job's live and archived keys read together, many jobs per request.
+
+        One request reads both keys of up to ``MAX_TXN_OPS // 2`` jobs at one
+        revision, so a job being archived meanwhile is found in one place.
+        """
+        jobs: list[Job | None] = []
+        per_request = MAX_TXN_OPS // 2
+        for start in range(0, len(job_ids), per_request):
+            chunk = job_ids[start : start + per_request]
+            keys = [key for job_id in chunk for key in self._job_keys(job_id)]
+            try:
+                found = self._kv.get_many(keys)
+            except StorageError as err:
+                raise StorageError(f"Cannot read jobs {chunk[0]}..: {err}", err.args[1]) from err
+            for live, archived in zip(found[0::2], found[1::2], strict=True):
+                kept = live or archived
+                jobs.append(None if kept is None else decode_job(kept.value))
+        return jobs
+
+    def _job_keys(self, job_id: int) -> tuple[bytes, bytes]:
+        return self.keys.job(job_id), self.keys.archived(job_id)
 
     # -- archive -----------------------------------------------------------------
     def archive_jobs(self, job_ids: Iterable[int]) -> tuple[list[int], StorageError | None]:
