@@ -452,9 +452,8 @@ class LuxiServer:
     def _failure(self, connection: Connection, err: Exception) -> Answer:
         """The answer to a failed request; unexpected errors are logged with their traceback."""
         if isinstance(err, errors.GenericError):
-            self._log.debug(
-                "Connection %d: request failed: %s", connection.number, err, exc_info=True
-            )
+            # A typed error is an answer like any other: no traceback.
+            self._log.debug("Connection %d: request failed: %s", connection.number, err)
         else:
             self._log.exception("Connection %d: unexpected error in a handler", connection.number)
         return error_answer(err)
