@@ -42,6 +42,7 @@ from jobqueue import constants
 from jobqueue.errors import StorageError
 from jobqueue.storage import layout
 from jobqueue.storage.base import OUTPUT_STREAMS, OutputStream, PruneResult
+from jobqueue.storage.filedisk import storage_error
 
 _STREAM_FILE = re.compile(r"([0-9]+)\.(" + "|".join(OUTPUT_STREAMS) + ")")
 
@@ -51,11 +52,6 @@ class FsyncDisk(Protocol):
 
     def fsync(self, fd: int) -> None: ...
     def fsync_dir(self, path: str) -> None: ...
-
-
-def _error(what: str, err: OSError) -> StorageError:
-    reason = os.strerror(err.errno) if err.errno else str(err)
-    return StorageError(f"{what}: {reason}", err.errno or 0)
 
 
 def stream_file_name(op_index: int, stream: str) -> str:
@@ -85,7 +81,7 @@ class FileOutputStream(OutputStream):
                 constants.FILE_MODE,
             )
         except OSError as err:
-            raise _error(f"Cannot open {path}", err) from err
+            raise storage_error(f"Cannot open {path}", err) from err
         if not stat.S_ISREG(os.fstat(self._fd).st_mode):
             os.close(self._fd)
             self._fd = None
@@ -99,7 +95,7 @@ class FileOutputStream(OutputStream):
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as err:
-            raise _error(f"Cannot write {self._path}", err) from err
+            raise storage_error(f"Cannot write {self._path}", err) from err
 
     def close(self) -> None:
         fd, self._fd = self._fd, None
@@ -110,7 +106,7 @@ class FileOutputStream(OutputStream):
             for directory in self._sync_dirs:
                 self._disk.fsync_dir(directory)
         except OSError as err:
-            raise _error(f"Cannot sync {self._path}", err) from err
+            raise storage_error(f"Cannot sync {self._path}", err) from err
         finally:
             os.close(fd)
 
@@ -168,7 +164,7 @@ class FileOutputs:
                     os.mkdir(path, constants.DIR_MODE)
                     new_dirs.append(os.path.dirname(path))
         except OSError as err:
-            raise _error(f"Cannot create {directory}", err) from err
+            raise storage_error(f"Cannot create {directory}", err) from err
         return FileOutputStream(os.path.join(directory, name), new_dirs, self._disk)
 
     # -- reading -------------------------------------------------------------------
@@ -179,7 +175,7 @@ class FileOutputs:
             except FileNotFoundError:  # not there, or moved while we looked
                 continue
             except OSError as err:
-                raise _error(f"Cannot read the output of job {job_id}", err) from err
+                raise storage_error(f"Cannot read the output of job {job_id}", err) from err
         return {}
 
     def read(self, job_id: int, op_index: int, stream: str, offset: int, max_bytes: int) -> bytes:
@@ -193,13 +189,13 @@ class FileOutputs:
             except FileNotFoundError:
                 continue
             except OSError as err:
-                raise _error(f"Cannot read the output of job {job_id}", err) from err
+                raise storage_error(f"Cannot read the output of job {job_id}", err) from err
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise OSError(errno.EINVAL, "not a regular file")
                 return _pread_all(fd, offset, max_bytes)
             except OSError as err:
-                raise _error(f"Cannot read the output of job {job_id}", err) from err
+                raise storage_error(f"Cannot read the output of job {job_id}", err) from err
             finally:
                 os.close(fd)
         return b""
