@@ -416,14 +416,8 @@ class EtcdJobStore(JobStore):
         return removed, failure
 
     def read_job(self, job_id: int) -> Job | None:
-        for key in self._job_keys(job_id):
-            try:
-                found = self._kv.get(key)
-            except StorageError as err:
-                raise StorageError(f"Cannot read job {job_id}: {err}", err.args[1]) from err
-            if found is not None:
-                return decode_job(found.value)
-        return None
+        (job,) = self.read_jobs([job_id])
+        return job
 
     def read_jobs(self, job_ids: Sequence[int]) -> list[Job | None]:
         """Each job's live and archived keys read together, many jobs per request.
@@ -439,7 +433,8 @@ class EtcdJobStore(JobStore):
             try:
                 found = self._kv.get_many(keys)
             except StorageError as err:
-                raise StorageError(f"Cannot read jobs {chunk[0]}..: {err}", err.args[1]) from err
+                which = f"job {chunk[0]}" if len(chunk) == 1 else f"jobs {chunk[0]} to {chunk[-1]}"
+                raise StorageError(f"Cannot read {which}: {err}", err.args[1]) from err
             for live, archived in zip(found[0::2], found[1::2], strict=True):
                 kept = live or archived
                 jobs.append(None if kept is None else decode_job(kept.value))
@@ -467,16 +462,19 @@ class EtcdJobStore(JobStore):
         """Prune etcd's archive, then this host's output of jobs etcd no longer has."""
         deadline = None if budget is None else self._monotonic() + budget
         result = self._archive.prune(now - max_age, deadline, self._monotonic)
-        if self._outputs is not None and not result.unfinished:
-            self._outputs.prune(self._still_there, result)
+        if not result.unfinished:
+            self._tidy_local_output(result)
         return result
 
     def tidy_local_output(self) -> PruneResult:
         """Delete this host's output of jobs etcd no longer has (reads etcd, writes nothing)."""
         result = PruneResult()
+        self._tidy_local_output(result)
+        return result
+
+    def _tidy_local_output(self, result: PruneResult) -> None:
         if self._outputs is not None:
             self._outputs.prune(self._still_there, result)
-        return result
 
     def _still_there(self, job_ids: set[int]) -> set[int]:
         """Those of ``job_ids`` etcd has, live or archived (keys only, live ones first)."""
