@@ -398,6 +398,22 @@ def test_failed_batch_reports_per_job(tmp_path: Path) -> None:
     assert not [n for n in queue_files(tmp_path / "q") if n.endswith(".tmp")]
 
 
+def test_a_batch_larger_than_the_writer_threads_reports_each_job_in_order(
+    tmp_path: Path,
+) -> None:
+    class FailJobTwentyThree(Disk):
+        def replace(self, src: str, dst: str) -> None:
+            if dst.endswith("/job-23"):
+                raise OSError(errno.EIO, "I/O error")
+            super().replace(src, dst)
+
+    FileJobStore(str(tmp_path / "q")).allocate_ids(40)
+    store = FileJobStore(str(tmp_path / "q"), disk=FailJobTwentyThree())
+    results = store.create_jobs([make_job(i) for i in range(1, 41)])
+    assert [i for i, r in enumerate(results, 1) if r is not None] == [23]
+    assert sorted(job.id for job in store.load_jobs()) == [i for i in range(1, 41) if i != 23]
+
+
 def test_temp_files_cleaned_at_start(tmp_path: Path) -> None:
     queue = tmp_path / "queue"
     FileJobStore(str(queue))
