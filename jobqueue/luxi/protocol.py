@@ -67,8 +67,14 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not allowed")
 
 
+#: One encoder for every message and answer row: ``json.dumps`` with an
+#: argument builds a new one per call, which was a third of encoding a
+#: QueryJobs row.
+_ENCODER = json.JSONEncoder(allow_nan=False)
+
+
 def _json_dumps(value: Any) -> str:
-    return json.dumps(value, allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def _json_loads(text: str) -> Any:
