@@ -277,7 +277,10 @@ class Intake:
                     results.append(item)
                     continue
                 job_id, ops = item
-                blocker = _refused_dependency([op.stored() for op in ops], refused)
+                # Nothing refused yet (the usual case): no dependency can be.
+                blocker = (
+                    _refused_dependency([op.stored() for op in ops], refused) if refused else None
+                )
                 if job_id in refused:  # a filter rule rejects it
                     pass
                 elif blocker is not None:
@@ -316,6 +319,8 @@ class Intake:
         They were never acknowledged, so removing them loses nothing; if the
         removal fails they stay and fail when they run ("job lost").
         """
+        if not refused:  # no job refused: none lost a dependency
+            return
         orphans = []
         for job in written:  # dependencies only point backwards: one pass is transitive
             blocker = _refused_dependency([op.input for op in job.ops], refused)
