@@ -126,6 +126,19 @@ def test_a_watch_on_a_finished_job_holds_no_state(live: LiveJobs) -> None:
         assert watch.latest is None  # read it from the store
 
 
+def test_a_watch_sees_a_copy_of_the_job_that_finished(live: LiveJobs) -> None:
+    job = new_job(1)
+    live.publish([job])
+    with live.watch(1, lambda: None) as watch:
+        job.finalize_pending(Status.SUCCESS, "done", [5, 0])
+        live.publish([job])
+        finished = watch.latest
+        assert finished is not None and finished is not job
+        job.ops[0].result = "changed later"
+        assert finished.ops[0].result == "done" and finished.status == Status.SUCCESS
+    assert live.latest(1) is None
+
+
 class TestReader:
     @pytest.fixture
     def store(self) -> Reads:
