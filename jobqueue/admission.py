@@ -212,7 +212,8 @@ class Admission:
         if timer is not None:
             due = timer
             self._timers.call_later(due - self._clock(), lambda: self._due(job_id, due))
-        self._wake(woken)
+        if woken:  # usually none: then the queue's lock is not taken for nothing
+            self._wake(woken)
         return decision
 
     def _decide_locked(self, job: JobView, priority: int, woken: list[int]) -> Decision:
@@ -258,7 +259,8 @@ class Admission:
             self._timed.pop(job_id, None)
             self._decided.pop(job_id, None)
             woken = self._free_slot_locked(job_id)
-        self._wake(woken)
+        if woken:
+            self._wake(woken)
 
     def _free_slot_locked(self, job_id: int) -> list[int]:
         """Give up the job's slot; hand free slots of that rule to the jobs in line."""
