@@ -22,8 +22,9 @@ What may run when is decided before each opcode by ``admission.Admission``
 ``controls.Controls``: a held job is parked without a worker and woken when
 that could change. Retries are arranged by the job step (``retries``).
 
-Locking: ``_lock`` guards ``_active`` and ``_accepting`` and is held only
-for dictionary operations; each job's own ``ActiveJob.lock`` guards its
+Locking: ``_lock`` guards ``_active`` and the change of ``_accepting``
+(read without it: it only ever turns False) and is held only for dictionary
+operations; each job's own ``ActiveJob.lock`` guards its
 record. Never take ``_lock`` while holding a job lock.
 """
 
@@ -160,8 +161,10 @@ class JobQueue:
         return now_stamp(self._clock)
 
     def accepting(self) -> bool:
-        with self._lock:
-            return self._accepting
+        # Read without ``_lock``: a bool that only ever turns False, asked
+        # before every opcode and lock attempt, where the contended lock
+        # was 3 % of the daemon's interpreter time.
+        return self._accepting
 
     def new_strategy(self) -> LockAttemptTimeoutStrategy:
         return self._strategy_factory()
