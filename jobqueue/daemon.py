@@ -266,7 +266,8 @@ def _open_store(args: argparse.Namespace, paths: StatePaths) -> _OpenedStore:
     disk = disk_from_environment(os.environ)
     if disk is not None:
         log.warning("Storage fault injection enabled by %s (test-only)", FAULT_FILE_ENV)
-    return _OpenedStore(FileJobStore(paths.queue_dir, disk=disk, logger=log), False, None)
+    store = FileJobStore(paths.queue_dir, disk=disk, spare_reserve=args.spare_files, logger=log)
+    return _OpenedStore(store, False, None)
 
 
 def _run_on(

@@ -9,6 +9,7 @@ from jobqueue.hooks import DEFAULT_TIMEOUT as DEFAULT_HOOK_TIMEOUT
 from jobqueue.lus.command import RUN_AS_DAEMON, RUN_AS_SUBMITTER
 from jobqueue.luxi import server as luxi_server
 from jobqueue.storage.etcdoptions import add_etcd_arguments
+from jobqueue.storage.spares import DEFAULT_RESERVE as DEFAULT_SPARE_RESERVE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="kill a finish hook still running after this long (default: %(default)s)",
     )
+    add(
+        "--spare-files",
+        type=_count,
+        default=DEFAULT_SPARE_RESERVE,
+        metavar="N",
+        help="empty files the file store keeps ready in queue/ for new jobs, made in the "
+        "background, so that a burst of submissions makes none (default: %(default)s)",
+    )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     add_etcd_arguments(parser)
     return parser
@@ -176,6 +185,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
+    return int(text)
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}

@@ -60,7 +60,8 @@ class Daemon:
     ) -> None:
         self.state_dir = state_dir
         self.paths = StatePaths(str(state_dir))
-        self.args = ["--workers", str(workers), *args]
+        # A few spare files, not the default's thousand: daemons start by the hundred here.
+        self.args = ["--workers", str(workers), "--spare-files", "8", *args]
         self.env = env
         self.preexec_fn = preexec_fn
         self.proc: subprocess.Popen[bytes] | None = None

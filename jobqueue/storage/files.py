@@ -75,6 +75,7 @@ class FileJobStore(JobStore):
     left when it loads the jobs, which it does once it holds the lock
     (``leadership``), never before. ``write_method`` forces the Python
     write path or the rename fallback (tests; see ``jobwriter.Choice``).
+    ``spare_reserve``: empty spare files kept ready for new jobs (``spares``).
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class FileJobStore(JobStore):
         id_block: int = 1000,
         owner: bool = True,
         write_method: Choice = Choice.AUTO,
+        spare_reserve: int = 0,
         logger: logging.Logger | None = None,
     ) -> None:
         self.queue_dir = queue_dir
@@ -97,6 +99,7 @@ class FileJobStore(JobStore):
         self._log = logger or logging.getLogger(__name__)
         self._small_files = SmallFiles(self._disk)
         self._write_method = write_method
+        self._spare_reserve = spare_reserve
         self._writer: JobFileWriter | None = None
         self._writer_lock = threading.Lock()  # guards the start of _writer
         self._lock = threading.Lock()  # guards _last_id, _reserved, _batch_pool
@@ -152,6 +155,7 @@ class FileJobStore(JobStore):
                 self._disk,
                 choice=self._write_method,
                 allow_helper=type(self._disk) is Disk,
+                spare_reserve=self._spare_reserve,
                 logger=self._log,
             )
         except OSError as err:
@@ -347,6 +351,7 @@ class FileJobStore(JobStore):
         """
         results: list[StorageError | None] = [None] * len(jobs)
         pending = collections.deque(enumerate(jobs))
+        self._owned_writer().ready_spares(len(jobs))
 
         def drain() -> None:
             while True:
@@ -502,6 +507,8 @@ class FileJobStore(JobStore):
             pool, self._batch_pool = self._batch_pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.close()
 
 
 def read_whole_version(path: str, attempts: int = 3) -> bytes:

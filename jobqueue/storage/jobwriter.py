@@ -27,13 +27,11 @@ sure one name has one writer at a time.
 
 from __future__ import annotations
 
-import collections
 import enum
 import errno
 import itertools
 import logging
 import os
-import threading
 import weakref
 from typing import TYPE_CHECKING, NoReturn
 
@@ -41,6 +39,7 @@ from jobqueue import constants
 from jobqueue.storage import layout
 from jobqueue.storage.durable import Directory, PythonDirectory, compiled_directory, exchange_paths
 from jobqueue.storage.filedisk import unlink_quietly
+from jobqueue.storage.spares import SparePool, SpareReserve, make_spares
 
 if TYPE_CHECKING:
     from jobqueue.storage.filedisk import Disk
@@ -70,49 +69,6 @@ class Choice(enum.StrEnum):
     RENAME = "rename"  # the Python twin, temporary files and rename (the fallback)
 
 
-class SparePool:
-    """Names of spare files that may be rewritten now, and those put aside for a while.
-
-    A spare is put aside when the directory sync of its exchange failed: its
-    inode may still be ``job-N`` on disk. It comes back once a directory sync
-    that began after it was put aside has succeeded (``epoch`` orders them).
-    ``_lock`` guards every field.
-    """
-
-    def __init__(self, names: list[str], first_number: int) -> None:
-        self._lock = threading.Lock()
-        self._free = collections.deque(names)
-        self._numbers = itertools.count(first_number)
-        self._aside: list[tuple[int, str]] = []
-        self.epoch = 0  # read without the lock: a stale value only delays a release
-
-    def take(self) -> tuple[str, bool]:
-        """A spare name, and whether the file must be created first."""
-        with self._lock:
-            if self._free:
-                return self._free.popleft(), False
-            return layout.spare_file_name(next(self._numbers)), True
-
-    def give_back(self, name: str, synced_since: int | None = None) -> None:
-        """Return a spare; ``synced_since``: the epoch at which a successful write began."""
-        with self._lock:
-            self._free.append(name)
-            if synced_since is not None and self._aside:
-                ready = [entry for entry in self._aside if entry[0] < synced_since]
-                self._aside = [entry for entry in self._aside if entry[0] >= synced_since]
-                self._free.extend(spare for _, spare in ready)
-
-    def put_aside(self, name: str) -> None:
-        with self._lock:
-            self._aside.append((self.epoch, name))
-            self.epoch += 1
-
-    def count(self) -> int:
-        """Spares free and put aside (for tests and the start-up log)."""
-        with self._lock:
-            return len(self._free) + len(self._aside)
-
-
 class JobFileWriter:
     """Writes whole files of one queue directory durably; see the module docstring."""
 
@@ -123,13 +79,16 @@ class JobFileWriter:
         *,
         choice: Choice = Choice.AUTO,
         allow_helper: bool = True,
+        spare_reserve: int = 0,
         logger: logging.Logger | None = None,
     ) -> None:
         """Clean up after a previous run, probe the file system and log the method chosen.
 
         ``allow_helper=False`` keeps every step a call of ``disk`` (a ``Disk``
-        subclass that fails or records steps). Raises OSError when the
-        directory cannot be listed or synced.
+        subclass that fails or records steps). ``spare_reserve``: empty spares
+        a background thread keeps ready for new job files (``spares``); stop
+        it with ``close``. Raises OSError when the directory cannot be listed
+        or synced.
         """
         self.directory = directory
         self._disk = disk
@@ -141,12 +100,15 @@ class JobFileWriter:
         compiled = compiled_directory(dir_fd) if choice == Choice.AUTO and allow_helper else None
         self._dir: Directory = compiled or PythonDirectory(disk, directory)
         self._compiled = compiled is not None
-        spares = self._clean_up()
+        spares = self._clean_up(max(MAX_REUSED_SPARES, spare_reserve))
         self.pool = SparePool(spares, 1 + max(map(_spare_number, spares), default=-1))
         reason = "not asked for" if choice == Choice.RENAME else self._probe_exchange()
         self.exchange = reason is None
         if not self.exchange:
             self._remove_spares()
+        self._reserve = SpareReserve(
+            directory, self.pool, spare_reserve if self.exchange else 0, self._log
+        )
         how = "Python" if compiled is None else "compiled helper"
         if self.exchange:
             self.method = f"exchange with spare files (renameat2 RENAME_EXCHANGE), {how}"
@@ -155,8 +117,8 @@ class JobFileWriter:
         self._log.info("Job files in %s are written by %s", directory, self.method)
 
     # -- start ---------------------------------------------------------------------
-    def _clean_up(self) -> list[str]:
-        """Remove temporary files, keep up to ``MAX_REUSED_SPARES`` spares (their names).
+    def _clean_up(self, keep: int) -> list[str]:
+        """Remove temporary files, keep up to ``keep`` spares (their names).
 
         The directory is synced first: a spare of a run that ended before
         its last exchange was durable must not be rewritten before it is.
@@ -172,7 +134,7 @@ class JobFileWriter:
                 self._log.info("Removing temporary file %s left by a crash", name)
                 self._remove(name)
             elif layout.is_spare_name(name):
-                if regular and len(spares) < MAX_REUSED_SPARES:
+                if regular and len(spares) < keep:
                     spares.append(name)
                 else:
                     self._remove(name)
@@ -218,6 +180,7 @@ class JobFileWriter:
         if not self.exchange:
             self._write_through_temp(target, data, sync_dir=True, new=False)
             return
+        self._reserve.touch()
         spare, create = self.pool.take()
         epoch = self.pool.epoch
         failure = self._write(spare, target, data, exchange=True, create=create, sync_dir=True)
@@ -241,6 +204,7 @@ class JobFileWriter:
             self._write_through_temp(target, data, sync_dir=sync_dir, new=True)
             return
         spare, create = self.pool.take()
+        self._reserve.wake()
         failure = self._write(spare, target, data, exchange=False, create=create, sync_dir=sync_dir)
         if failure is None:
             return
@@ -250,6 +214,22 @@ class JobFileWriter:
         else:
             self._after_failure(spare, target, create, step)
         _raise(step, code)
+
+    def ready_spares(self, count: int) -> None:
+        """Make sure ``count`` spares are free, making the missing ones one at a time.
+
+        Called before ``count`` new files are written in parallel, so that
+        their writers take made files instead of making them concurrently
+        (they would wait for one another on the directory's lock).
+        """
+        if self.exchange:
+            missing = count - self.pool.free()
+            if missing > 0:
+                make_spares(self.directory, self.pool, missing)
+
+    def close(self) -> None:
+        """Stop the spare reserve's thread (writes still work, without a reserve)."""
+        self._reserve.stop()
 
     def sync_directory(self) -> None:
         """Wait for a directory fsync begun now (after a batch of creates); OSError."""
