@@ -164,6 +164,7 @@ def run_submit(ctx: Context) -> Iterator[Row]:
     disk_many = ctx.values.get(f"disk.files_per_s.{settings.submit_clients}")
     size = settings.submit_batch_size
     with ctx.scratch_dir("submit-") as scratch, Daemon(scratch / "state", SUBMIT_WORKERS) as daemon:
+        wait_until_quiet(daemon)  # its start-up work, the spare files made, is done
         with connected(daemon) as client:
             # Keep every worker busy so the figures are the submission path alone
             # (the durable write of each new job); execution is measured end to end.

@@ -39,7 +39,7 @@ from jobqueue import constants
 from jobqueue.storage import layout
 from jobqueue.storage.durable import Directory, PythonDirectory, compiled_directory, exchange_paths
 from jobqueue.storage.filedisk import unlink_quietly
-from jobqueue.storage.spares import SparePool, SpareReserve, make_spares
+from jobqueue.storage.spares import SparePool, SpareReserve, make_spare, make_spares
 
 if TYPE_CHECKING:
     from jobqueue.storage.filedisk import Disk
@@ -205,6 +205,8 @@ class JobFileWriter:
             return
         spare, create = self.pool.take()
         self._reserve.wake()
+        if create and make_spare(self.directory, spare):
+            create = False  # made by one maker at a time; if refused, the write reports why
         failure = self._write(spare, target, data, exchange=False, create=create, sync_dir=sync_dir)
         if failure is None:
             return

@@ -13,8 +13,10 @@ and concurrent writers spun on the lock while one created. So:
   time by one background thread once the queue is idle: a burst of new
   jobs takes made files instead of making them, and the refill comes after;
 * a batch of new jobs makes the spares it lacks first, one at a time, before
-  its files are written in parallel (``JobFileWriter.ready_spares``), so its
-  writers never make files concurrently.
+  its files are written in parallel (``JobFileWriter.ready_spares``), and
+  single new jobs that find no spare make theirs one at a time too
+  (``make_spare``): concurrent makers sleep on a lock instead of spinning on
+  the directory's.
 
 A spare's content means nothing and it needs no sync: its name is only ever
 exchanged or renamed, and the write that uses it syncs the directory. A
@@ -94,6 +96,22 @@ class SparePool:
             return len(self._free) + len(self._aside)
 
 
+#: Held while a spare file is made: the makers of a process wait here, asleep,
+#: and not on the directory's lock in the kernel, where they would spin.
+_MAKING = threading.Lock()
+
+
+def make_spare(directory: str, name: str) -> bool:
+    """Make the empty spare ``name``; False if the file system refused."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with _MAKING:
+        try:
+            os.close(os.open(os.path.join(directory, name), flags, constants.FILE_MODE))
+        except OSError:
+            return False
+    return True
+
+
 def make_spares(directory: str, pool: SparePool, count: int) -> int:
     """Make up to ``count`` empty spares, one at a time, and add them to ``pool``.
 
@@ -102,10 +120,7 @@ def make_spares(directory: str, pool: SparePool, count: int) -> int:
     """
     made: list[str] = []
     for name in pool.new_names(count):
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            os.close(os.open(os.path.join(directory, name), flags, constants.FILE_MODE))
-        except OSError:
+        if not make_spare(directory, name):
             break
         made.append(name)
     pool.add(made)
