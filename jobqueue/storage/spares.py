@@ -35,8 +35,10 @@ import time
 from jobqueue import constants
 from jobqueue.storage import layout
 
-#: Empty spares kept ready by default (inodes of a few hundred bytes each).
-DEFAULT_RESERVE = 1024
+#: Spares kept ready by default: a burst of that many new jobs makes no file.
+#: Each costs an inode, and once it has held an old version, that version's
+#: blocks (about 16 MiB for 4,096 job files of 4 KiB).
+DEFAULT_RESERVE = 4096
 
 
 class SparePool:
