@@ -222,7 +222,11 @@ class SpareReserve:
             return False
 
     def _done(self, *, refused: bool) -> None:
-        """The refill ended (full, or refused): wait for the next ``wake``."""
+        """The refill ended (full, or refused): wait for the next ``wake``.
+
+        A spare taken since the reserve was found full keeps the refill
+        pending: its ``wake`` may have come before this.
+        """
         self._refused = refused
         with self._wanted:
-            self._pending = False
+            self._pending = not refused and self._pool.free() < self._reserve
