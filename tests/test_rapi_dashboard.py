@@ -97,6 +97,21 @@ def click(driver: webdriver.Chrome, selector: str) -> None:
     until(driver, clicked, f"a click on {selector}")
 
 
+def open_job(driver: webdriver.Chrome, job_id: int) -> None:
+    """Click the job's row until the job view shows that job.
+
+    A click goes to the point where the row was found: were the live table
+    redrawn in between with the rows moved, it would open another job.
+    """
+    selector = f'#jobs-table tr[data-job-id="{job_id}"]'
+
+    def opened(d: webdriver.Chrome) -> bool:
+        d.find_element(By.CSS_SELECTOR, selector).click()
+        return text_of(d, "#job-id") == str(job_id)
+
+    until(driver, opened, f"job {job_id} opened from its row")
+
+
 def text_of(driver: webdriver.Chrome, selector: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, selector).text)
 
@@ -132,7 +147,7 @@ def test_live_jobs_log_and_cancel(
     until(browser, lambda d: "host:web1" in text_of(d, "#locks-table"), "its lock to be listed")
     assert "job " + str(job_id) in text_of(browser, "#running-jobs")
 
-    click(browser, row)
+    open_job(browser, job_id)
     until(browser, lambda d: any("tick-1" in line for line in log_lines(d)), "the first log line")
     assert not any("tick-2" in line for line in log_lines(browser))
     flag.touch()  # the command writes its second line: the log must grow by itself
@@ -145,7 +160,7 @@ def test_live_jobs_log_and_cancel(
     )
     waiting_row = f'#jobs-table tr[data-job-id="{waiting}"]'
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, waiting_row), "the waiting job")
-    click(browser, waiting_row)
+    open_job(browser, waiting)
     until(browser, lambda d: text_of(d, "#job-status") == "waiting", "the waiting job's view")
     Select(browser.find_element(By.ID, "priority-select")).select_by_visible_text("high")
     click(browser, "#priority-button")
@@ -155,7 +170,7 @@ def test_live_jobs_log_and_cancel(
     click(browser, "#cancel-button")
     until(browser, lambda d: text_of(d, "#job-status") == "canceled", "the waiting job canceled")
 
-    click(browser, row)
+    open_job(browser, job_id)
     until(browser, lambda d: any("tick-2" in line for line in log_lines(d)), "its log again")
     button = browser.find_element(By.ID, "cancel-button")
     until(browser, lambda d: button.is_displayed() and button.text == "Kill", "the kill button")
