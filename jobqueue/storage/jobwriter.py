@@ -181,7 +181,7 @@ class JobFileWriter:
             self._write_through_temp(target, data, sync_dir=True, new=False)
             return
         self._reserve.touch()
-        spare, create = self.pool.take()
+        spare, create = self._take_spare()
         epoch = self.pool.epoch
         failure = self._write(spare, target, data, exchange=True, create=create, sync_dir=True)
         if failure is None:
@@ -203,10 +203,8 @@ class JobFileWriter:
         if not self.exchange:
             self._write_through_temp(target, data, sync_dir=sync_dir, new=True)
             return
-        spare, create = self.pool.take()
+        spare, create = self._take_spare()
         self._reserve.wake()
-        if create and make_spare(self.directory, spare):
-            create = False  # made by one maker at a time; if refused, the write reports why
         failure = self._write(spare, target, data, exchange=False, create=create, sync_dir=sync_dir)
         if failure is None:
             return
@@ -216,6 +214,17 @@ class JobFileWriter:
         else:
             self._after_failure(spare, target, create, step)
         _raise(step, code)
+
+    def _take_spare(self) -> tuple[str, bool]:
+        """A free spare, else a new one made by one maker at a time (``make_spare``).
+
+        Returns its name and whether the write must still create it: only
+        when making it was refused, so that the write reports why.
+        """
+        spare, create = self.pool.take()
+        if create and make_spare(self.directory, spare):
+            create = False
+        return spare, create
 
     def ready_spares(self, count: int) -> None:
         """Make sure ``count`` spares are free, making the missing ones one at a time.

@@ -14,7 +14,7 @@ and concurrent writers spun on the lock while one created. So:
   jobs takes made files instead of making them, and the refill comes after;
 * a batch of new jobs makes the spares it lacks first, one at a time, before
   its files are written in parallel (``JobFileWriter.ready_spares``), and
-  single new jobs that find no spare make theirs one at a time too
+  any other write that finds no spare free makes one the same way
   (``make_spare``): concurrent makers sleep on a lock instead of spinning on
   the directory's.
 
@@ -134,15 +134,15 @@ class SpareReserve:
 
     ``wake`` is called whenever a new job file took a spare, ``touch`` on
     every other job write. The thread waits until no job file was written
-    for ``idle`` seconds, then makes the
-    missing spares one at a time, ``STEP`` at a go, looking again for
-    activity between steps: a burst takes made files and is never slowed
-    by the refill, which runs after it. In a steady state of replaced
-    files it does nothing. A refusal of the file system (full disk, no
-    inodes) ends the refill until the next ``wake``; it is logged once until
-    a refill completes. ``_wanted`` guards ``_pending`` and ``_stopped``;
-    ``_last_write`` is a float written and read without it (a stale value
-    only moves a refill by one wait).
+    for ``idle`` seconds, then makes the missing spares one at a time,
+    ``STEP`` at a go, looking again for activity between steps: a burst
+    takes made files and is never slowed by the refill, which runs after it.
+    In a steady state of replaced files it does nothing. A refusal of the
+    file system (full disk, no inodes) ends the refill until the next
+    ``wake``; it is logged once until a refill completes. ``_wanted``
+    guards ``_pending`` and ``_stopped``; ``_last_write`` is a float
+    written and read without it (a stale value only moves a refill by one
+    wait).
     """
 
     #: Files made between two looks for activity (and for ``stop``).
@@ -180,7 +180,7 @@ class SpareReserve:
         """A new job file took a spare: refill once the queue is idle."""
         if self._thread is None:
             return
-        self._last_write = time.monotonic()
+        self.touch()
         with self._wanted:
             if not self._pending:
                 self._pending = True
