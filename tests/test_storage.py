@@ -848,6 +848,13 @@ def _write_output(store: JobStore, job_id: int, data: bytes = b"out") -> None:
     stream.close()
 
 
+def _finished_with_output(store: JobStore, *job_ids: int) -> None:
+    """Finished jobs ``job_ids``, each with b"out" on stdout."""
+    create(store, *(make_job(i, Status.SUCCESS) for i in job_ids))
+    for job_id in job_ids:
+        _write_output(store, job_id)
+
+
 def test_output_files_are_private_and_follow_the_archive(tmp_path: Path) -> None:
     queue = tmp_path / "queue"
     store = FileJobStore(str(queue))
@@ -865,9 +872,7 @@ def test_start_settles_output_left_by_a_crash(tmp_path: Path) -> None:
     """Job 1 was archived but not its output (a crash in between); job 2 is gone."""
     queue = tmp_path / "queue"
     store = FileJobStore(str(queue))
-    create(store, *(make_job(i, Status.SUCCESS) for i in (1, 2, 3)))
-    for job_id in (1, 2, 3):
-        _write_output(store, job_id)
+    _finished_with_output(store, 1, 2, 3)
     os.makedirs(queue / "archive" / "0")
     os.replace(queue / "job-1", queue / "archive" / "0" / "job-1")
     os.unlink(queue / "job-2")
@@ -963,9 +968,7 @@ def test_an_etcd_start_settles_output_left_by_a_crash(
     prefix, output = unique_prefix(), tmp_path / "output"
     endpoints = etcd_member.endpoints
     store = open_etcd_store(endpoints, prefix, output_dir=str(output))
-    create(store, *(make_job(i, Status.SUCCESS) for i in (1, 2, 3)))
-    for job_id in (1, 2, 3):
-        _write_output(store, job_id)
+    _finished_with_output(store, 1, 2, 3)
     in_etcd_only = open_etcd_store(endpoints, prefix)  # moves jobs, never output
     assert in_etcd_only.archive_jobs([1]) == ([1], None)
     assert in_etcd_only.discard_jobs([2]) == ([2], None)
@@ -994,9 +997,7 @@ def test_etcd_pruning_deletes_the_output_of_jobs_etcd_no_longer_has(
     prefix, output = unique_prefix(), tmp_path / "output"
     endpoints = etcd_member.endpoints
     store = open_etcd_store(endpoints, prefix, output_dir=str(output), clock=lambda: when[0])
-    create(store, *(make_job(i, Status.SUCCESS) for i in (1, 2, 3, 4)))
-    for job_id in (1, 2, 3, 4):
-        _write_output(store, job_id)
+    _finished_with_output(store, 1, 2, 3, 4)
     store.archive_jobs([1])  # a month ago
     when[0] = now
     store.archive_jobs([2])  # just now
@@ -1025,9 +1026,7 @@ def test_a_standby_tidies_only_its_own_output_of_jobs_etcd_no_longer_has(
     prefix, output = unique_prefix(), tmp_path / "output"
     endpoints = etcd_member.endpoints
     was_master = open_etcd_store(endpoints, prefix, output_dir=str(output))
-    create(was_master, *(make_job(i, Status.SUCCESS) for i in (1, 2, 3)))
-    for job_id in (1, 2, 3):
-        _write_output(was_master, job_id)
+    _finished_with_output(was_master, 1, 2, 3)
     assert was_master.archive_jobs([2]) == ([2], None)
     was_master.kv.txn(fence=None, deletes=[was_master.keys.job(3)])  # pruned by the new master
     leader = open_etcd_store(endpoints, prefix)
