@@ -150,9 +150,13 @@ class JobQueue:
 
         A write that ends the job is announced to ``on_job_end`` after that.
         """
-        ends = job.is_finalized and self.live.status_of(job.id) not in FINALIZED
         with self.metrics.timed_write("replace"):  # metrics: durable-write latency
             self.store.replace_job(job)
+        self._publish(job)
+
+    def _publish(self, job: Job) -> None:
+        """Publish a stored version of ``job``; announce its end if this one is the first."""
+        ends = job.is_finalized and self.live.status_of(job.id) not in FINALIZED
         self.live.publish([job])
         if ends and self._on_job_end is not None:
             self._on_job_end(job)
@@ -340,10 +344,14 @@ class JobQueue:
         return self._not_active_message(job_id)
 
     def _recover_from_failed_write(self, active: ActiveJob, err: StorageError) -> None:
-        """Go back to what is on disk and try the job again a little later.
+        """Go back to what is stored and try the job again a little later.
 
-        An opcode that was running ends in error; that end is written by the
-        job's next step, before the job can count as finished.
+        A write whose outcome is unknown (an etcd member lost mid-request, a
+        rename whose directory sync failed) may have been stored after all:
+        what is read back is published, so that a job whose end was stored
+        shows that end. An opcode still running in the stored version ends
+        in error; that end is written by the job's next step, before the job
+        can count as finished.
         """
         job_id = active.job.id
         self._log.error(
@@ -364,6 +372,7 @@ class JobQueue:
                 active.job.restore(on_disk.to_dict())
                 active.unsaved = False
                 active.backlog = LogBacklog()
+                self._publish(active.job)
             if end_lost_opcodes_locked(active.job, err.args[0], self.now()):
                 active.unsaved = True
         self._timers.call_later(STORAGE_RETRY_DELAY, lambda: self._enqueue([job_id]))

@@ -305,3 +305,43 @@ def test_dependents_wait_for_an_end_that_is_on_disk() -> None:
 def _indexed_status(live: LiveJobs, job_id: int) -> Status | None:
     """The status as last written and published."""
     return live.status_of(job_id)
+
+
+class UnknownOutcomeStore(MemoryJobStore):
+    """The next end written of a job in ``apply_then_fail`` is stored, then reported
+    as failed: a write whose outcome the writer cannot know (an etcd member lost
+    before it answered, a rename whose directory sync failed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.apply_then_fail: set[int] = set()
+
+    def replace_job(self, job: Job) -> None:
+        super().replace_job(job)
+        if job.id in self.apply_then_fail and job.is_finalized:
+            self.apply_then_fail.discard(job.id)
+            raise StorageError("Cannot write job: connection lost", 5)
+
+
+def test_an_end_stored_despite_a_failed_write_is_published_once() -> None:
+    """Found by the etcd member test: the end was stored, the write reported a lost
+    connection, and the job stayed ``running`` to every reader forever."""
+    store = UnknownOutcomeStore()
+    ended: list[int] = []
+    core = build_core(store, builtin_registry(), on_job_end=lambda job: ended.append(job.id))
+    start_core(core, 2)
+    queue, live = core.queue, core.live
+    try:
+        first = queue.submit_job([{"OP_ID": "OP_TEST_DELAY", "duration": 0.3}])
+        wait_until(lambda: _indexed_status(live, first) == Status.RUNNING, what="it to run")
+        store.apply_then_fail.add(first)
+        second = queue.submit_job([{**DELAY0, "depends": [[first, []]]}])
+        wait_until(lambda: _indexed_status(live, first) in FINALIZED, what="its end to show")
+        assert _indexed_status(live, first) == Status.SUCCESS  # as stored
+        assert first not in store.apply_then_fail  # the end write did fail
+        wait_until(lambda: _indexed_status(live, second) == Status.SUCCESS, what="the dependent")
+        wait_until(lambda: queue.active_job(first) is None, what="the first to leave the queue")
+        assert ended.count(first) == 1
+    finally:
+        queue.prepare_shutdown()
+        core.stop()

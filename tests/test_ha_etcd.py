@@ -84,24 +84,31 @@ def recording_job(runs: Path) -> Callable[[str], list[Any]]:
     return make
 
 
-def all_final(daemon: Daemon, job_ids: list[int], timeout: float = 120) -> list[list[Any]]:
+def all_final(daemon: Daemon, job_ids: list[int], timeout: float = 60) -> list[list[Any]]:
+    """The rows of ``job_ids`` once all have ended; within the test's own time limit,
+    a failure names the jobs that did not end."""
     client = daemon.client()
+    last: list[list[Any]] = []
 
     def rows() -> list[list[Any]] | None:
-        found = client.query_jobs(job_ids, ["status", "comment", "opresult"])
-        return found if all(row[0] in FINAL for row in found) else None
+        last[:] = client.query_jobs(job_ids, ["status", "comment", "opresult"])
+        return last if all(row[0] in FINAL for row in last) else None
 
-    return list(wait_until(rows, timeout, "every acknowledged job to end"))
+    try:
+        return list(wait_until(rows, timeout, "every acknowledged job to end"))
+    except AssertionError:
+        unended = {i: row[0] for i, row in zip(job_ids, last, strict=True) if row[0] not in FINAL}
+        raise AssertionError(f"jobs not ended after {timeout} s: {unended}") from None
 
 
 def check_nothing_lost_nothing_run_twice(
-    master: Daemon, submitters: Submitters, runs: Path
+    master: Daemon, submitters: Submitters, runs: Path, timeout: float = 60
 ) -> dict[str, int]:
     """Every acknowledged job is there under its own tag; none ran twice; failed-over
     ones say so. Returns the count of each final status."""
     assert submitters.unexpected == []
     ids = sorted(submitters.acked)
-    rows = all_final(master, ids)
+    rows = all_final(master, ids, timeout)
     statuses: dict[str, int] = {}
     for job_id, (status, comment, opresult) in zip(ids, rows, strict=True):
         assert comment == submitters.acked[job_id], f"job {job_id} is not what was acknowledged"
