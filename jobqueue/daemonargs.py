@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         default=constants.DEFAULT_WORKERS,
-        help="worker threads running jobs, unless 'jobctl queue set-workers' stored a number"
+        help="jobs running an opcode at once, unless 'jobctl queue set-workers' stored a number"
         " (default: %(default)s)",
     )
     add(

@@ -30,7 +30,7 @@ from jobqueue.depmgr import DependencyManager, Outcome
 from jobqueue.errors import GenericError, OpExecError, ProgrammerError, StorageError, encode_error
 from jobqueue.locking import LockAttemptTimeoutStrategy
 from jobqueue.model import Job, QueuedOpCode, Timestamp, merge_time
-from jobqueue.opcodes import OpCode
+from jobqueue.opcodes import InvalidOpCode, OpCode
 from jobqueue.processor import Processor
 from jobqueue.retries import arrange_retry
 from jobqueue.signals import JobCanceled, LockAcquireTimeout, QueueShutdown
@@ -107,6 +107,7 @@ class StepEnv(Protocol):
     ) -> list[list[Any]]: ...
     def log_unwritten(self, job_id: int, backlog: LogBacklog, resumed: bool) -> None: ...
     def job_started(self, job: Job) -> None: ...
+    def step_aside(self) -> None: ...
 
 
 def step(active: ActiveJob, env: StepEnv) -> Verdict:
@@ -133,17 +134,8 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
     verdict = _check_dependencies(active, op, env)
     if verdict is not None:
         return verdict
-    callbacks = OpCallbacks(active, index, env)
     try:
-        result = env.processor.exec_opcode(
-            opcode,
-            callbacks,
-            owner=job.id,
-            job_id=job.id,
-            lock_timeout=_next_lock_timeout(active, index, env),
-            submitter=job.submitter,
-            op_index=index,
-        )
+        result = _execute(active, index, opcode, env)
     except LockAcquireTimeout:
         with active.lock:
             if active.unsaved:
@@ -176,6 +168,28 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
         if job.ops[index + 1].status == Status.CANCELING:  # canceled while it ran
             return _cancel_locked(active, env)
     return Verdict.DEFER
+
+
+def _execute(active: ActiveJob, index: int, opcode: OpCode | InvalidOpCode, env: StepEnv) -> Any:
+    """Run the opcode; once it is over, its worker steps aside to record it.
+
+    Writing the outcome durably is bookkeeping: the worker's slot goes to
+    the next job meanwhile (``WorkerPool.step_aside``), so that a job's end
+    write and the next job's start overlap.
+    """
+    job = active.job
+    try:
+        return env.processor.exec_opcode(
+            opcode,
+            OpCallbacks(active, index, env),
+            owner=job.id,
+            job_id=job.id,
+            lock_timeout=_next_lock_timeout(active, index, env),
+            submitter=job.submitter,
+            op_index=index,
+        )
+    finally:
+        env.step_aside()
 
 
 def next_opcode(job: Job) -> int | None:

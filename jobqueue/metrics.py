@@ -335,7 +335,7 @@ def _state_families(state: QueueState) -> list[dict[str, Any]]:
         ),
         _gauge(
             "jobqueue_workers",
-            "Worker threads, by state (busy: running a job; idle)",
+            "Workers (slots of the pool), by state (busy: running a job's opcode; idle)",
             ["state"],
             [[["busy"], float(state.busy_workers)], [["idle"], float(idle)]],
         ),

@@ -173,6 +173,10 @@ class JobQueue:
     def new_strategy(self) -> LockAttemptTimeoutStrategy:
         return self._strategy_factory()
 
+    def step_aside(self) -> None:
+        """The running opcode is over: its worker slot goes to the next job."""
+        self.pool.step_aside()
+
     def job_started(self, job: Job) -> None:
         """A worker picked the job up for the first time (job lock held)."""
         self.metrics.job_started(job.received_timestamp, job.start_timestamp)  # metrics

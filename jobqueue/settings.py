@@ -120,7 +120,7 @@ class QueueSettings:
             role="master",
             jobs=self._live.tally(),
             workers=stats["workers"],
-            busy_workers=stats["running"],
+            busy_workers=stats["busy"],
             drained=self._store.is_drained(),
             max_jobs=self._max_jobs,
             held=self._live.held_tally(),

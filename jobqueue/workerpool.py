@@ -9,6 +9,13 @@ that is already queued keeps the queued entry and only improves its priority.
 A running task can raise ``DeferTask`` to be put back into the queue under
 the same id, behind the tasks already waiting at its priority.
 
+The pool's size is a number of *slots*: at most that many tasks run their
+main part at once. A task whose main part is over but which still has
+bookkeeping to do (the queue records a job's end durably) calls
+``step_aside``: it gives its slot to the next task and finishes on its own
+thread. The pool starts extra threads for that as needed, never more than
+twice the slots.
+
 The pool knows nothing of jobs; it imports nothing of the project but
 ``jobqueue.errors``.
 """
@@ -27,6 +34,9 @@ from jobqueue.errors import NoSuchTask, ProgrammerError
 
 #: Rebuild the heap once abandoned entries outnumber live ones by this much.
 _COMPACT_SLACK = 64
+#: Threads per slot at most: one running a task's main part, one finishing
+#: a task that stepped aside.
+_THREADS_PER_SLOT = 2
 
 
 class DeferTask(Exception):
@@ -62,6 +72,7 @@ class _Worker(threading.Thread):
         self.base_name = name
         self.stopping = False
         self.current: _Task | None = None
+        self.holds_slot = False
 
     def run(self) -> None:
         """Serve the pool until told to stop."""
@@ -75,10 +86,11 @@ class WorkerPool:
     # changes after __init__ (the heap, the queued-id map, the workers and
     # their ``stopping``/``current`` fields, the active flag). Methods ending
     # in ``_locked`` need the caller to hold it. Two conditions share it:
-    # idle workers wait on ``_work_ready``, woken one per new task (waking
-    # all of them for every task made them fight over the lock), and
-    # ``quiesce`` waits on ``_state_changed``, announced whenever a task ends
-    # or a worker leaves. The lock is never held while a task runs.
+    # idle workers wait on ``_work_ready``, woken one per new task or freed
+    # slot (waking all of them for every task made them fight over the
+    # lock), and ``quiesce`` waits on ``_state_changed``, announced whenever
+    # a task ends or a worker leaves. The lock is never held while a task
+    # runs. ``_busy`` counts the workers that hold a slot.
 
     def __init__(
         self,
@@ -89,6 +101,8 @@ class WorkerPool:
         logger: logging.Logger | None = None,
     ) -> None:
         """Start ``num_workers`` daemon threads named ``f"{name}{n}"`` (n from 1).
+
+        ``num_workers`` is the number of slots (see the module docstring).
 
         ``run_task(payload)`` is called in a worker thread for every task.
         Raises ProgrammerError if ``num_workers`` is negative.
@@ -105,6 +119,8 @@ class WorkerPool:
         self._queued: dict[Hashable, _Task] = {}
         self._workers: list[_Worker] = []
         self._threads: list[_Worker] = []  # every started thread not yet joined
+        self._slots = 0
+        self._busy = 0
         self._active = True
         self._order = itertools.count()
         self._task_ids = itertools.count()
@@ -125,7 +141,7 @@ class WorkerPool:
         """
         with self._lock:
             task_id = self._add_task_locked(payload, priority, task_id)
-            self._work_ready.notify()
+            self._wake_locked(1)
         return task_id
 
     def add_many_tasks(
@@ -154,7 +170,7 @@ class WorkerPool:
                 self._add_task_locked(payload, prio, task_id)
                 for payload, prio, task_id in zip(payloads, priorities, ids, strict=True)
             ]
-            self._work_ready.notify(len(added))
+            self._wake_locked(len(added))
         return added
 
     def change_task_priority(self, task_id: Hashable, priority: int) -> None:
@@ -222,6 +238,25 @@ class WorkerPool:
         assert isinstance(worker, _Worker)
         worker.name = f"{worker.base_name}/{name}"
 
+    def step_aside(self) -> None:
+        """Give the calling task's slot to the next task; the caller runs on.
+
+        For a task whose main part is over. It finishes on its thread
+        without counting towards the pool's size; a queued task takes the
+        slot on an idle thread, or on one started for it (at most
+        ``_THREADS_PER_SLOT`` threads per slot). Does nothing when called a
+        second time. Raises ProgrammerError unless called from a task of
+        this pool. Takes the lock.
+        """
+        self._current_task()
+        worker = threading.current_thread()
+        assert isinstance(worker, _Worker)
+        with self._lock:
+            if worker.holds_slot:
+                worker.holds_slot = False
+                self._busy -= 1
+                self._wake_locked(1)
+
     def _in_own_worker(self) -> bool:
         """Tell whether the calling thread is one of this pool's workers."""
         worker = threading.current_thread()
@@ -244,6 +279,7 @@ class WorkerPool:
         with self._lock:
             self._active = active
             self._work_ready.notify_all()
+            self._wake_locked(len(self._queued))  # threads for slots nobody is free to take
 
     def is_active(self) -> bool:
         """Tell whether workers pick new tasks; takes the lock."""
@@ -281,12 +317,18 @@ class WorkerPool:
             return self._count_running_locked() > 0
 
     def stats(self) -> dict[str, int]:
-        """Return counts of live workers, queued tasks and running tasks; takes the lock."""
+        """Counts of workers, queued tasks, running tasks and busy workers; takes the lock.
+
+        ``workers`` counts slots (those of a shrinking pool until their tasks
+        end) that have a thread; ``busy`` the slots in use; ``running`` the
+        tasks that run, those that stepped aside included.
+        """
         with self._lock:
             return {
-                "workers": len(self._workers),
+                "workers": min(max(self._slots, self._busy), len(self._workers)),
                 "queued": len(self._queued),
                 "running": self._count_running_locked(),
+                "busy": self._busy,
             }
 
     def _is_idle_locked(self) -> bool:
@@ -300,15 +342,17 @@ class WorkerPool:
     # -- workers -------------------------------------------------------------
 
     def resize(self, num_workers: int) -> None:
-        """Grow or shrink the pool to ``num_workers`` threads; takes the lock.
+        """Grow or shrink the pool to ``num_workers`` slots and threads; takes the lock.
 
         Growing first keeps workers that were told to stop but have not yet
-        left. Surplus workers leave after their current task; this does not
-        wait for them. Raises ProgrammerError if ``num_workers`` is negative.
+        left. Surplus workers (extra threads started by ``step_aside``
+        included) leave after their current task; this does not wait for
+        them. Raises ProgrammerError if ``num_workers`` is negative.
         """
         if num_workers < 0:
             raise ProgrammerError(f"negative number of workers: {num_workers}")
         with self._lock:
+            self._slots = num_workers
             staying = [worker for worker in self._workers if not worker.stopping]
             leaving = [worker for worker in self._workers if worker.stopping]
             for worker in staying[num_workers:]:
@@ -330,6 +374,7 @@ class WorkerPool:
         if self._in_own_worker():
             raise ProgrammerError("terminate called from a worker of the same pool")
         with self._lock:
+            self._slots = 0
             for worker in self._workers:
                 worker.stopping = True
             threads = list(self._threads)
@@ -341,6 +386,23 @@ class WorkerPool:
             self._heap.clear()
             self._queued.clear()
             self._wake_everyone_locked()
+
+    def _wake_locked(self, tasks: int) -> None:
+        """Get up to ``tasks`` queued tasks taken: slots free, threads waiting or started.
+
+        Wakes idle workers one per task, and starts threads for free slots
+        that no worker without a task can take (after ``step_aside``),
+        within ``_THREADS_PER_SLOT`` threads per slot. Does nothing while no
+        slot is free, the pool is inactive or nothing is queued.
+        """
+        takeable = min(tasks, len(self._queued), self._slots - self._busy)
+        if takeable <= 0 or not self._active:
+            return
+        self._work_ready.notify(takeable)
+        free = sum(1 for worker in self._workers if worker.current is None and not worker.stopping)
+        room = _THREADS_PER_SLOT * self._slots - len(self._workers)
+        for _ in range(min(takeable - free, room)):
+            self._start_worker_locked()
 
     def _wake_everyone_locked(self) -> None:
         """Wake every waiter: workers must re-check ``stopping``, quiesce the counts."""
@@ -361,6 +423,9 @@ class WorkerPool:
                 defer_priority = self._run_one(worker, task)
                 with self._lock:
                     worker.current = None
+                    if worker.holds_slot:  # this worker takes the next task itself
+                        worker.holds_slot = False
+                        self._busy -= 1
                     if defer_priority is not None:  # this worker looks for work next anyway
                         self._add_task_locked(task.payload, defer_priority, task.task_id)
                     self._state_changed.notify_all()
@@ -378,13 +443,17 @@ class WorkerPool:
         """
         with self._lock:
             while not worker.stopping:
-                task = self._pop_live_locked() if self._active else None
+                free = self._active and self._busy < self._slots
+                task = self._pop_live_locked() if free else None
                 if task is not None:
                     worker.current = task
+                    worker.holds_slot = True
+                    self._busy += 1
+                    self._wake_locked(1)  # a slot may still be free for the next task
                     return task
                 self._work_ready.wait()
             self._workers.remove(worker)
-            self._work_ready.notify()  # pass on a wake-up this worker may have taken
+            self._wake_locked(1)  # pass on a wake-up this worker may have taken
             self._state_changed.notify_all()
             return None
 

@@ -67,6 +67,7 @@ class Env:
         self.unwritten_reports: list[tuple[int, int, int, bool]] = []
         self.fail_writes = False
         self.started: list[int] = []
+        self.asides: list[int] = []  # the writes made when the worker stepped aside
 
     def write(self, job: Job) -> None:
         assert (job.status in FINALIZED) == (job.end_timestamp is not None), job.to_dict()
@@ -98,6 +99,9 @@ class Env:
 
     def job_started(self, job: Job) -> None:
         self.started.append(job.id)
+
+    def step_aside(self) -> None:
+        self.asides.append(self.writes)
 
     def log_unwritten(self, job_id: int, backlog: LogBacklog, resumed: bool) -> None:
         self.unwritten_reports.append((job_id, backlog.entries, backlog.dropped, resumed))
@@ -249,6 +253,15 @@ class TestSuccess:
         run_to_end(active, env)
         assert env.started == [JOB_ID]  # once, though the job took several steps
         assert statuses_then == ["waiting", "queued"]  # as it starts, before anything ran
+
+    def test_the_worker_steps_aside_once_each_opcode_is_over(self) -> None:
+        env = Env()
+        active = make_job(dummy(), dummy())
+        run_to_end(active, env)
+        # After each opcode's "running" write, before its end is written: the
+        # end write no longer holds the worker's slot (WorkerPool.step_aside).
+        assert env.asides == [1, 3]
+        assert env.writes == 4
 
     def test_finished_job_is_a_no_op(self) -> None:
         env = Env()
@@ -409,6 +422,7 @@ class TestFailedLogWrites:
         with pytest.raises(StorageError):
             step(make_job(dummy()), env)
         assert statuses(env.stored()) == ["running"]
+        assert env.asides == [1]  # stepped aside before the end write that failed
 
 
 class TestErrors:

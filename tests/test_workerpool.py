@@ -74,7 +74,7 @@ def test_counting(make_pool: MakePool) -> None:
         pool.add_task(number)
     assert pool.quiesce(WAIT)
     assert sorted(ran) == list(range(10))
-    assert pool.stats() == {"workers": 3, "queued": 0, "running": 0}
+    assert pool.stats() == {"workers": 3, "queued": 0, "running": 0, "busy": 0}
     pool.terminate()
     assert pool.stats()["workers"] == 0
     assert sorted(ran) == list(range(10))
@@ -94,7 +94,7 @@ def test_inactive_pool_accepts_but_does_not_run(make_pool: MakePool) -> None:
         pool.add_task(number)
     assert not pool.quiesce(timeout=0.05), "queued tasks count while inactive"
     assert ran == []
-    assert pool.stats() == {"workers": 3, "queued": 5, "running": 0}
+    assert pool.stats() == {"workers": 3, "queued": 5, "running": 0, "busy": 0}
     pool.set_active(True)
     assert pool.is_active()
     assert pool.quiesce(WAIT)
@@ -352,7 +352,7 @@ def test_readding_a_running_id_runs_it_again(make_pool: MakePool) -> None:
     pool.add_task("first", task_id="x")
     assert gate.started.wait(WAIT)
     pool.add_task("again", task_id="x")
-    assert pool.stats() == {"workers": 1, "queued": 1, "running": 1}
+    assert pool.stats() == {"workers": 1, "queued": 1, "running": 1, "busy": 1}
     gate.opened.set()
     assert pool.quiesce(WAIT)
     assert ran == ["first", "again"]
@@ -428,7 +428,7 @@ def test_shrinking_waits_for_the_current_task(make_pool: MakePool) -> None:
         pool.add_task(gate)
     assert all(gate.started.wait(WAIT) for gate in gates)
     pool.resize(1)
-    assert pool.stats() == {"workers": 2, "queued": 0, "running": 2}
+    assert pool.stats() == {"workers": 2, "queued": 0, "running": 2, "busy": 2}
     for gate in gates:
         gate.opened.set()
     assert wait_until(lambda: pool.stats()["workers"] == 1)
@@ -462,7 +462,7 @@ def test_terminate_finishes_running_and_drops_queued(make_pool: MakePool) -> Non
     stopper.join(WAIT)
     assert not stopper.is_alive()
     assert finished == ["running"]
-    assert pool.stats() == {"workers": 0, "queued": 0, "running": 0}
+    assert pool.stats() == {"workers": 0, "queued": 0, "running": 0, "busy": 0}
     assert pool_threads("Drop") == []
 
 
@@ -481,3 +481,84 @@ def test_quiesce_and_terminate_refused_inside_a_task(make_pool: MakePool) -> Non
     pool.add_task(None)
     assert pool.quiesce(WAIT)
     assert errors == ["quiesce", "terminate"]
+
+
+# -- stepping aside ---------------------------------------------------------------
+
+
+class AsideGate(Gate):
+    """A Gate that steps aside from its slot once it started, then blocks."""
+
+    def __init__(self, pool: list[WorkerPool]) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def __call__(self) -> None:
+        self.pool[0].step_aside()
+        self.pool[0].step_aside()  # a second call changes nothing
+        super().__call__()
+
+
+def test_a_task_that_steps_aside_gives_its_slot_to_the_next(make_pool: MakePool) -> None:
+    holder: list[WorkerPool] = []
+    aside, after = AsideGate(holder), Gate()
+    pool = make_pool(1, run_callable, name="Sa")
+    holder.append(pool)
+    pool.add_task(aside)
+    assert aside.started.wait(WAIT)
+    pool.add_task(after)
+    assert after.started.wait(WAIT)  # runs while the first still runs, on a second thread
+    assert pool.stats() == {"workers": 1, "queued": 0, "running": 2, "busy": 1}
+    assert sorted(pool_threads("Sa")) == ["Sa1", "Sa2"]
+    aside.opened.set()
+    after.opened.set()
+    assert wait_until(lambda: pool.stats()["running"] == 0)
+    assert pool.stats()["busy"] == 0
+
+
+def test_stepping_aside_never_runs_more_than_two_threads_per_slot(
+    make_pool: MakePool,
+) -> None:
+    holder: list[WorkerPool] = []
+    first, second, third = AsideGate(holder), AsideGate(holder), Gate()
+    pool = make_pool(1, run_callable, name="Sb")
+    holder.append(pool)
+    for gate in (first, second, third):
+        pool.add_task(gate)
+    assert first.started.wait(WAIT) and second.started.wait(WAIT)
+    # Both stepped aside, so the slot is free, but two threads run already.
+    assert wait_until(lambda: pool.stats() == {"workers": 1, "queued": 1, "running": 2, "busy": 0})
+    assert not third.started.is_set()
+    first.opened.set()  # its thread takes the third task
+    assert third.started.wait(WAIT)
+    second.opened.set()
+    third.opened.set()
+    assert wait_until(lambda: pool.stats()["running"] == 0)
+    assert len(pool_threads("Sb")) == 2
+
+
+def test_a_full_pool_takes_no_task_when_one_steps_aside_while_shrunk(
+    make_pool: MakePool,
+) -> None:
+    holder: list[WorkerPool] = []
+    blocker, aside, waiting = Gate(), AsideGate(holder), Gate()
+    pool = make_pool(2, run_callable, name="Sc")
+    holder.append(pool)
+    pool.add_task(blocker)
+    assert blocker.started.wait(WAIT)
+    pool.resize(1)  # the blocker keeps the only slot
+    pool.add_task(aside)
+    pool.add_task(waiting)
+    assert not aside.started.wait(0.2)  # no slot for it yet
+    blocker.opened.set()
+    assert aside.started.wait(WAIT)  # then it steps aside: the last one gets the slot
+    assert waiting.started.wait(WAIT)
+    aside.opened.set()
+    waiting.opened.set()
+    assert wait_until(lambda: pool.stats()["running"] == 0)
+
+
+def test_step_aside_outside_a_task_is_an_error(make_pool: MakePool) -> None:
+    pool = make_pool(1, run_callable)
+    with pytest.raises(ProgrammerError):
+        pool.step_aside()
