@@ -24,6 +24,7 @@ from jobqueue.livejobs import LiveJobs
 from jobqueue.lus import builtin_registry
 from jobqueue.luxi.client import Client
 from jobqueue.model import Job, merge_time
+from jobqueue.queue import JobQueue
 from jobqueue.storage.faults import FAULT_FILE_ENV
 from jobqueue.storage.memory import MemoryJobStore
 from tests.daemon_helper import Daemon, wait_until
@@ -275,8 +276,7 @@ def test_dependents_wait_for_an_end_that_is_on_disk() -> None:
     start_core(core, 2)
     queue, live = core.queue, core.live
     try:
-        first = queue.submit_job([{"OP_ID": "OP_TEST_DELAY", "duration": 0.3}])
-        wait_until(lambda: _indexed_status(live, first) == Status.RUNNING, what="it to run")
+        first = _running_job(queue, live)
         store.fail_ids.add(first)
         wait_until(lambda: first in store.failed, what="its end to fail to be written")
         second = queue.submit_job([{**DELAY0, "depends": [[first, []]]}])
@@ -300,6 +300,13 @@ def test_dependents_wait_for_an_end_that_is_on_disk() -> None:
     finally:
         queue.prepare_shutdown()
         core.stop()
+
+
+def _running_job(queue: JobQueue, live: LiveJobs) -> int:
+    """Submit a job that runs for 0.3 s; its id once it shows as running."""
+    job_id = queue.submit_job([{"OP_ID": "OP_TEST_DELAY", "duration": 0.3}])
+    wait_until(lambda: _indexed_status(live, job_id) == Status.RUNNING, what="it to run")
+    return job_id
 
 
 def _indexed_status(live: LiveJobs, job_id: int) -> Status | None:
@@ -332,8 +339,7 @@ def test_an_end_stored_despite_a_failed_write_is_published_once() -> None:
     start_core(core, 2)
     queue, live = core.queue, core.live
     try:
-        first = queue.submit_job([{"OP_ID": "OP_TEST_DELAY", "duration": 0.3}])
-        wait_until(lambda: _indexed_status(live, first) == Status.RUNNING, what="it to run")
+        first = _running_job(queue, live)
         store.apply_then_fail.add(first)
         second = queue.submit_job([{**DELAY0, "depends": [[first, []]]}])
         wait_until(lambda: _indexed_status(live, first) in FINALIZED, what="its end to show")
