@@ -320,8 +320,8 @@ class WorkerPool:
         """Counts of workers, queued tasks, running tasks and busy workers; takes the lock.
 
         ``workers`` counts slots (those of a shrinking pool until their tasks
-        end) that have a thread; ``busy`` the slots in use; ``running`` the
-        tasks that run, those that stepped aside included.
+        end or step aside) that have a thread; ``busy`` the slots in use;
+        ``running`` the tasks that run, those that stepped aside included.
         """
         with self._lock:
             return {
@@ -363,6 +363,7 @@ class WorkerPool:
                 self._start_worker_locked()
             self._threads = [thread for thread in self._threads if thread.is_alive()]
             self._wake_everyone_locked()
+            self._wake_locked(len(self._queued))  # new slots, and every thread busy
 
     def terminate(self) -> None:
         """Stop every worker after its current task, join them, drop queued tasks.
@@ -401,8 +402,11 @@ class WorkerPool:
         self._work_ready.notify(takeable)
         free = sum(1 for worker in self._workers if worker.current is None and not worker.stopping)
         room = _THREADS_PER_SLOT * self._slots - len(self._workers)
-        for _ in range(min(takeable - free, room)):
-            self._start_worker_locked()
+        try:
+            for _ in range(min(takeable - free, room)):
+                self._start_worker_locked()
+        except RuntimeError as err:  # no thread to be had: a worker that frees up takes it
+            self._logger.warning("%s: cannot start a worker thread: %s", self._name, err)
 
     def _wake_everyone_locked(self) -> None:
         """Wake every waiter: workers must re-check ``stopping``, quiesce the counts."""
@@ -410,11 +414,14 @@ class WorkerPool:
         self._state_changed.notify_all()
 
     def _start_worker_locked(self) -> None:
-        """Start one more worker thread with the next free number."""
+        """Start one more worker thread with the next free number; RuntimeError if none.
+
+        It is counted only once it started (it waits for the lock held here).
+        """
         worker = _Worker(self, f"{self._name}{next(self._worker_numbers)}")
+        worker.start()
         self._workers.append(worker)
         self._threads.append(worker)
-        worker.start()
 
     def _work(self, worker: _Worker) -> None:
         """The worker thread's loop: take a task, run it, report back, repeat."""
@@ -433,7 +440,12 @@ class WorkerPool:
             with self._lock:
                 if worker in self._workers:  # only if something escaped _run_one
                     self._workers.remove(worker)
+                    worker.current = None
+                    if worker.holds_slot:
+                        worker.holds_slot = False
+                        self._busy -= 1
                 self._wake_everyone_locked()
+                self._wake_locked(len(self._queued))
 
     def _next_task(self, worker: _Worker) -> _Task | None:
         """Block until there is a task for ``worker``; None when it must leave.

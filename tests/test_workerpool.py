@@ -562,3 +562,39 @@ def test_step_aside_outside_a_task_is_an_error(make_pool: MakePool) -> None:
     pool = make_pool(1, run_callable)
     with pytest.raises(ProgrammerError):
         pool.step_aside()
+
+
+def test_growing_a_pool_whose_threads_stepped_aside_starts_a_thread(
+    make_pool: MakePool,
+) -> None:
+    holder: list[WorkerPool] = []
+    first, second, waiting = AsideGate(holder), AsideGate(holder), Gate()
+    pool = make_pool(1, run_callable, name="Sd")
+    holder.append(pool)
+    for gate in (first, second, waiting):
+        pool.add_task(gate)
+    assert first.started.wait(WAIT) and second.started.wait(WAIT)
+    assert not waiting.started.is_set()  # two threads per slot, both still busy
+    pool.resize(2)
+    # A third thread, before the first two end (their gates give up after WAIT).
+    assert waiting.started.wait(WAIT / 4)
+    for gate in (first, second, waiting):
+        gate.opened.set()
+    assert wait_until(lambda: pool.stats()["running"] == 0)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_worker_killed_by_a_base_exception_gives_its_slot_back(make_pool: MakePool) -> None:
+    ran: list[str] = []
+
+    def run(payload: str) -> None:
+        if payload == "exit":
+            raise SystemExit  # escapes the pool's handler and ends the thread
+        ran.append(payload)
+
+    pool = make_pool(1, run, name="Se")
+    pool.add_task("exit")
+    assert wait_until(lambda: pool.stats()["running"] == 0)
+    pool.add_task("after")
+    assert wait_until(lambda: ran == ["after"])
+    assert pool.stats()["busy"] == 0
