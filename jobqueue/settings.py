@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jobqueue import __version__, constants
+from jobqueue import configfields
 from jobqueue.admission import Admission
 from jobqueue.errors import ECODE_INVAL, OpPrereqError
 from jobqueue.livejobs import LiveJobs
@@ -93,11 +93,9 @@ class QueueSettings:
     def query_config_values(self, fields: list[str]) -> list[Any]:
         """The named values, in order; ``OpPrereqError`` naming the unknown ones."""
         values: dict[str, Callable[[], Any]] = {
+            **configfields.common_fields(),
             "drain_flag": self._store.is_drained,
             "watcher_pause": self.watcher_pause,
-            "version": lambda: __version__,
-            "luxi_version": lambda: constants.LUXI_VERSION,
-            "queue_format_version": lambda: constants.QUEUE_FORMAT_VERSION,
             "live_jobs": self._live.count,
             "max_jobs": lambda: self._max_jobs,
             "workers": lambda: self._pool.stats()["workers"],
@@ -108,10 +106,7 @@ class QueueSettings:
             "role": lambda: "master",
             "master": lambda: self._name,
         }
-        unknown = [name for name in fields if name not in values]
-        if unknown:
-            raise OpPrereqError(f"Unknown config fields: {', '.join(unknown)}", ECODE_INVAL)
-        return [values[name]() for name in fields]
+        return configfields.select(fields, values)
 
     def query_metrics(self) -> dict[str, Any]:
         """The daemon's metrics and the queue's state now (``jobqueue.metrics``)."""

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jobqueue import __version__, constants
-from jobqueue.errors import ECODE_INVAL, GenericError, NotMasterError, OpPrereqError
+from jobqueue import configfields, constants
+from jobqueue.errors import GenericError, NotMasterError
 from jobqueue.livejobs import LiveJobs
 from jobqueue.metrics import Metrics, QueueState
 from jobqueue.storage.base import WATCHER_PAUSE, ChangeFeed, JobStore, pause_until
@@ -112,13 +112,11 @@ class StandbyQueue:
 
     def query_config_values(self, fields: list[str]) -> list[Any]:
         values: dict[str, Callable[[], Any]] = {
+            **configfields.common_fields(),
             "drain_flag": self._store.is_drained,
             "watcher_pause": lambda: pause_until(
                 self._store.read_setting(WATCHER_PAUSE), time.time()
             ),
-            "version": lambda: __version__,
-            "luxi_version": lambda: constants.LUXI_VERSION,
-            "queue_format_version": lambda: constants.QUEUE_FORMAT_VERSION,
             "live_jobs": self._live.count,
             "max_jobs": lambda: self._max_jobs,
             "workers": lambda: 0,
@@ -129,10 +127,7 @@ class StandbyQueue:
             "role": lambda: "standby",
             "master": self._master,
         }
-        unknown = [name for name in fields if name not in values]
-        if unknown:
-            raise OpPrereqError(f"Unknown config fields: {', '.join(unknown)}", ECODE_INVAL)
-        return [values[name]() for name in fields]
+        return configfields.select(fields, values)
 
     def query_metrics(self) -> dict[str, Any]:
         """The daemon's metrics, its role and the mirrored queue's state."""
