@@ -252,9 +252,7 @@ class WorkerPool:
         worker = threading.current_thread()
         assert isinstance(worker, _Worker)
         with self._lock:
-            if worker.holds_slot:
-                worker.holds_slot = False
-                self._busy -= 1
+            if self._release_slot_locked(worker):
                 self._wake_locked(1)
 
     def _in_own_worker(self) -> bool:
@@ -430,9 +428,7 @@ class WorkerPool:
                 defer_priority = self._run_one(worker, task)
                 with self._lock:
                     worker.current = None
-                    if worker.holds_slot:  # this worker takes the next task itself
-                        worker.holds_slot = False
-                        self._busy -= 1
+                    self._release_slot_locked(worker)  # it takes the next task itself
                     if defer_priority is not None:  # this worker looks for work next anyway
                         self._add_task_locked(task.payload, defer_priority, task.task_id)
                     self._state_changed.notify_all()
@@ -441,11 +437,17 @@ class WorkerPool:
                 if worker in self._workers:  # only if something escaped _run_one
                     self._workers.remove(worker)
                     worker.current = None
-                    if worker.holds_slot:
-                        worker.holds_slot = False
-                        self._busy -= 1
+                    self._release_slot_locked(worker)
                 self._wake_everyone_locked()
                 self._wake_locked(len(self._queued))
+
+    def _release_slot_locked(self, worker: _Worker) -> bool:
+        """Give back the slot ``worker`` holds; False if it holds none."""
+        if not worker.holds_slot:
+            return False
+        worker.holds_slot = False
+        self._busy -= 1
+        return True
 
     def _next_task(self, worker: _Worker) -> _Task | None:
         """Block until there is a task for ``worker``; None when it must leave.
