@@ -30,6 +30,20 @@ class AsideGate(Gate):
         super().__call__()
 
 
+def two_aside_one_queued(
+    make_pool: MakePool, name: str
+) -> tuple[WorkerPool, AsideGate, AsideGate, Gate]:
+    """A pool of 1 slot whose first two tasks started and stepped aside; a third queued."""
+    holder: list[WorkerPool] = []
+    first, second, third = AsideGate(holder), AsideGate(holder), Gate()
+    pool = make_pool(1, run_callable, name=name)
+    holder.append(pool)
+    for gate in (first, second, third):
+        pool.add_task(gate)
+    assert first.started.wait(WAIT) and second.started.wait(WAIT)
+    return pool, first, second, third
+
+
 def test_a_task_that_steps_aside_gives_its_slot_to_the_next(make_pool: MakePool) -> None:
     holder: list[WorkerPool] = []
     aside, after = AsideGate(holder), Gate()
@@ -50,13 +64,7 @@ def test_a_task_that_steps_aside_gives_its_slot_to_the_next(make_pool: MakePool)
 def test_stepping_aside_never_runs_more_than_two_threads_per_slot(
     make_pool: MakePool,
 ) -> None:
-    holder: list[WorkerPool] = []
-    first, second, third = AsideGate(holder), AsideGate(holder), Gate()
-    pool = make_pool(1, run_callable, name="Sb")
-    holder.append(pool)
-    for gate in (first, second, third):
-        pool.add_task(gate)
-    assert first.started.wait(WAIT) and second.started.wait(WAIT)
+    pool, first, second, third = two_aside_one_queued(make_pool, "Sb")
     # Both stepped aside, so the slot is free, but two threads run already.
     assert wait_until(lambda: pool.stats() == {"workers": 1, "queued": 1, "running": 2, "busy": 0})
     assert not third.started.is_set()
@@ -98,13 +106,7 @@ def test_step_aside_outside_a_task_is_an_error(make_pool: MakePool) -> None:
 def test_growing_a_pool_whose_threads_stepped_aside_starts_a_thread(
     make_pool: MakePool,
 ) -> None:
-    holder: list[WorkerPool] = []
-    first, second, waiting = AsideGate(holder), AsideGate(holder), Gate()
-    pool = make_pool(1, run_callable, name="Sd")
-    holder.append(pool)
-    for gate in (first, second, waiting):
-        pool.add_task(gate)
-    assert first.started.wait(WAIT) and second.started.wait(WAIT)
+    pool, first, second, waiting = two_aside_one_queued(make_pool, "Sd")
     assert not waiting.started.is_set()  # two threads per slot, both still busy
     pool.resize(2)
     # A third thread, before the first two end (their gates give up after WAIT).
