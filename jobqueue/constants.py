@@ -72,8 +72,11 @@ PID_FILE: Final = "jobqueue-masterd.pid"
 DAEMON_LOCK: Final = "jobqueue-masterd.lock"
 DAEMON_LOG: Final = "jobqueue-masterd.log"
 
-#: On-disk format version written to queue/version.
-QUEUE_FORMAT_VERSION: Final = 1
+#: On-disk format version written to queue/version: 2 added start records
+#: (``.start-<n>`` files, ``doc/storage.rst``), which a daemon reading only 1
+#: would miss. A queue of version 1 is read, and marked 2 by its owner.
+QUEUE_FORMAT_VERSION: Final = 2
+QUEUE_FORMATS_READ: Final = frozenset({1, 2})
 FILE_MODE: Final = 0o600
 DIR_MODE: Final = 0o700
 

@@ -98,7 +98,7 @@ class StepEnv(Protocol):
     processor: Processor
     depmgr: DependencyManager
 
-    def write(self, job: Job) -> None: ...
+    def write(self, job: Job, *, start: bool = False) -> None: ...
     def now(self) -> Timestamp: ...
     def accepting(self) -> bool: ...
     def new_strategy(self) -> LockAttemptTimeoutStrategy: ...
@@ -226,9 +226,16 @@ def _mark_waiting_locked(job: Job, op: QueuedOpCode, now: Timestamp) -> None:
         job.start_timestamp = now
 
 
-def _save_locked(active: ActiveJob, env: StepEnv) -> None:
-    """Write the job; everything in memory is on disk afterwards."""
-    env.write(active.job)
+def _save_locked(active: ActiveJob, env: StepEnv, *, start: bool = False) -> None:
+    """Write the job; everything in memory is on disk afterwards.
+
+    ``start``: the write that lets an opcode run (a start record where the
+    store has them: ``JobStore.record_start``).
+    """
+    if start:
+        env.write(active.job, start=True)
+    else:
+        env.write(active.job)
     active.unsaved = False
     if active.backlog.failure is not None:
         env.log_unwritten(active.job.id, active.backlog, True)
@@ -332,7 +339,7 @@ class OpCallbacks:
             self._check_cancel_locked()
             self._op.status = Status.RUNNING
             self._op.exec_timestamp = self._env.now()
-            _save_locked(self._active, self._env)
+            _save_locked(self._active, self._env, start=True)
 
     def notify_waiting(self) -> None:
         with self._active.lock:

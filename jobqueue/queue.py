@@ -145,13 +145,14 @@ class JobQueue:
         )
 
     # -- StepEnv --------------------------------------------------------------
-    def write(self, job: Job) -> None:
+    def write(self, job: Job, *, start: bool = False) -> None:
         """Replace the stored job durably, then publish it; ``StorageError`` publishes nothing.
 
+        ``start``: an opcode starts once this write is done (``record_start``).
         A write that ends the job is announced to ``on_job_end`` after that.
         """
-        with self.metrics.timed_write("replace"):  # metrics: durable-write latency
-            self.store.replace_job(job)
+        with self.metrics.timed_write("start" if start else "replace"):  # metrics: write latency
+            (self.store.record_start if start else self.store.replace_job)(job)
         self._publish(job)
 
     def _publish(self, job: Job) -> None:

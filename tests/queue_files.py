@@ -1,7 +1,9 @@
 """Reading a daemon's queue directory straight from disk, for invariant checks.
 
 Job files are replaced atomically, so reading them while the daemon runs
-sees whole versions; these helpers fail with the offending file named.
+sees whole versions; these helpers fail with the offending file named. A
+live job's newest version may be a start record (``startrecords``): the
+helpers read those too, as ``doc/storage.rst`` tells a reader to.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from pathlib import Path
 
 from jobqueue.errors import JobFileCorrupted
 from jobqueue.model import Job
-from jobqueue.storage import layout
-from jobqueue.storage.base import decode_job
+from jobqueue.storage import layout, startrecords
+from jobqueue.storage.base import decode_job_and_serial
+
+#: Per job, the write serial and version of its newest start record.
+Records = dict[int, tuple[int, bytes]]
 
 
 def job_paths(queue_dir: Path) -> dict[int, Path]:
@@ -31,10 +36,23 @@ def job_paths(queue_dir: Path) -> dict[int, Path]:
     return found
 
 
-def read_job(path: Path) -> Job:
-    """Parse one job file; AssertionError naming it if it is not a well-formed job."""
+def start_records(queue_dir: Path) -> Records:
+    """The start records of a queue directory, the newest per job."""
+    found = startrecords.read_records(str(queue_dir))
+    return {job_id: record[1:] for job_id, record in startrecords.newest_records(found).items()}
+
+
+def read_job(path: Path, records: Records | None = None) -> Job:
+    """Parse one job file; AssertionError naming it if it is not a well-formed job.
+
+    A live job's start record is taken instead where it is newer (``records``:
+    those of its directory, read now if not given).
+    """
     try:
-        job = decode_job(path.read_bytes())
+        job, write_serial = decode_job_and_serial(path.read_bytes())
+        if path.parent.parent.name != layout.ARCHIVE_DIR:
+            records = start_records(path.parent) if records is None else records
+            job = startrecords.newer_of(job, write_serial, records.get(job.id))[0]
     except JobFileCorrupted as err:
         raise AssertionError(f"{path} is corrupt: {err}") from err
     assert f"{layout.JOB_FILE_PREFIX}{job.id}" == path.name, f"{path} holds job {job.id}"
@@ -43,18 +61,21 @@ def read_job(path: Path) -> Job:
 
 def load_jobs(queue_dir: Path) -> dict[int, Job]:
     """Parse every job file (see ``job_paths``); fail on the first bad one."""
-    return {job_id: read_job(path) for job_id, path in job_paths(queue_dir).items()}
+    records = start_records(queue_dir)
+    return {job_id: read_job(path, records) for job_id, path in job_paths(queue_dir).items()}
 
 
 def file_bytes(queue_dir: Path) -> dict[str, bytes]:
-    """Content of every regular file under the queue dir by relative path, but the lock
-    and the spare files (scratch space of the writes, whose content means nothing)."""
+    """Content of every regular file under the queue dir by relative path, but the lock,
+    the spare files (scratch space of the writes, whose content means nothing) and the
+    start files (which ``load_jobs`` reads with the job files)."""
     contents: dict[str, bytes] = {}
     for root, _dirs, names in os.walk(queue_dir):
         for name in names:
             path = Path(root, name)
             relative = str(path.relative_to(queue_dir))
-            if relative != layout.LOCK_FILE and not layout.is_spare_name(name):
+            scratch = layout.is_spare_name(name) or layout.is_start_name(name)
+            if relative != layout.LOCK_FILE and not scratch:
                 contents[relative] = path.read_bytes()
     return contents
 

@@ -17,7 +17,9 @@ import pytest
 
 from jobqueue import errors
 from jobqueue.constants import MSG_SHUTTING_DOWN, MSG_UNCLEAN_SHUTDOWN
+from jobqueue.storage.base import decode_job
 from tests.daemon_helper import Daemon, raw_exchange, read_response, request, wait_until
+from tests.queue_files import load_jobs
 from tests.test_lus import group_is_gone
 
 DELAY0 = {"OP_ID": "OP_TEST_DELAY", "duration": 0}
@@ -151,6 +153,10 @@ def test_restart_recovery_after_sigkill(daemon_factory: Callable[..., Daemon]) -
         what="the long job to run",
     )
     first.kill9()
+    # The start is in a start record only (one flush): job-N itself still says queued.
+    job_file = Path(first.paths.queue_dir, f"job-{running}").read_bytes()
+    assert decode_job(job_file).status == "queued"
+    assert load_jobs(Path(first.paths.queue_dir))[running].status == "running"
     second = daemon_factory(workers=1).start()
     assert second.wait_job(running) == "error"
     (row,) = second.client().query_jobs([running], ["opresult"])

@@ -68,13 +68,15 @@ class Env:
         self.fail_writes = False
         self.started: list[int] = []
         self.asides: list[int] = []  # the writes made when the worker stepped aside
+        self.starts = 0  # writes that let an opcode run
 
-    def write(self, job: Job) -> None:
+    def write(self, job: Job, *, start: bool = False) -> None:
         assert (job.status in FINALIZED) == (job.end_timestamp is not None), job.to_dict()
         if self.fail_writes:
             raise StorageError("Cannot write job: No space left on device", 28)
         self.writes += 1
-        self.store.replace_job(job)
+        self.starts += start
+        self.store.record_start(job) if start else self.store.replace_job(job)
 
     def now(self) -> list[int]:
         return [next(self.ticks), 0]

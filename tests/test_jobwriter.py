@@ -18,7 +18,8 @@ from jobqueue.daemon import build_core, start_core
 from jobqueue.errors import StorageError
 from jobqueue.lus import builtin_registry
 from jobqueue.model import Job
-from jobqueue.storage import layout
+from jobqueue.storage import layout, startrecords
+from jobqueue.storage.base import decode_job
 from jobqueue.storage.durable import helper_built
 from jobqueue.storage.files import Disk, FileJobStore, read_whole_version
 from jobqueue.storage.jobwriter import MAX_REUSED_SPARES, Choice
@@ -197,6 +198,16 @@ class RecordingDisk(Disk):
         super().fsync(fd)
         self.record("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
 
+    def datasync(self, fd: int) -> None:
+        """A start record synced is ("start", job-N): durable without a rename."""
+        super().datasync(fd)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        version = startrecords.decode_record(Path(path).read_bytes())
+        if version is None:
+            self.record("fsync", os.path.basename(path))
+        else:
+            self.record("start", layout.job_file_name(decode_job(version).id))
+
     def replace(self, src: str, dst: str) -> None:
         super().replace(src, dst)
         self.record("rename", os.path.basename(dst))
@@ -235,17 +246,24 @@ def recorded(tmp_path: Path) -> Iterator[tuple[Any, list[tuple[str, str]], threa
 
 def check_order(log: list[tuple[str, str]], announced: str) -> int:
     """Each ``announced`` event of a job comes after the job's matching rename and after a
-    directory sync that began after that rename; returns how many were checked."""
+    directory sync that began after that rename, or after its start record was synced;
+    returns how many were checked."""
     renames: dict[str, list[int]] = {}
+    starts: set[int] = set()
     checked = 0
     for index, (event, name) in enumerate(log):
-        if event == "rename":
+        if event in ("rename", "start"):
             renames.setdefault(name, []).append(index)
+        if event == "start":
+            starts.add(index)
         if event != announced:
             continue
         seen = sum(1 for e, n in log[:index] if e == announced and n == name)
         assert len(renames.get(name, [])) > seen, f"{announced} {name} before its rename"
         rename_at = renames[name][seen]
+        if rename_at in starts:  # durable once synced: nothing renamed
+            checked += 1
+            continue
         synced = [
             i
             for i, (e, _) in enumerate(log[rename_at:index], rename_at)
@@ -277,6 +295,7 @@ def test_nothing_is_published_or_acknowledged_before_its_directory_sync(
     assert check_order(events, "ack") == 15
     # Per two-opcode job: submitted, running, first done, running, done (at least).
     assert check_order(events, "publish") >= 5 * 5 + 10 * 3
+    assert sum(event == "start" for event, _ in events) >= 5 * 2 + 10  # each opcode's start
 
 
 def test_the_order_check_catches_a_publication_before_the_sync() -> None:

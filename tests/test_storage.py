@@ -127,6 +127,19 @@ class TestStoreContract:
         loaded = {job.id: job.status for job in stores.open().load_jobs()}
         assert loaded == {ids[0]: Status.QUEUED, ids[1]: Status.ERROR, ids[2]: Status.QUEUED}
 
+    def test_a_start_is_the_newest_version_until_the_next_replace(self, stores: Stores) -> None:
+        store = stores.open()
+        list(store.load_jobs())
+        first, second = store.allocate_ids(2)
+        create(store, make_job(first), make_job(second))
+        store.record_start(make_job(first, Status.RUNNING))
+        store.record_start(make_job(second, Status.RUNNING))
+        store.replace_job(make_job(second, Status.SUCCESS))
+        assert store.read_job(first) == make_job(first, Status.RUNNING)
+        assert stores.other().read_job(first) == make_job(first, Status.RUNNING)
+        loaded = {job.id: job.status for job in stores.open().load_jobs()}
+        assert loaded == {first: Status.RUNNING, second: Status.SUCCESS}
+
     def test_a_loaded_id_is_never_allocated_again(self, stores: Stores) -> None:
         store = stores.open()
         (job_id,) = store.allocate_ids(1)
@@ -479,7 +492,7 @@ def test_job_files_are_private(tmp_path: Path) -> None:
 def test_unknown_version_refused(tmp_path: Path) -> None:
     queue = tmp_path / "queue"
     FileJobStore(str(queue))
-    assert (queue / "version").read_text() == "1\n"
+    assert (queue / "version").read_text() == "2\n"
     (queue / "version").write_text("7\n")
     with pytest.raises(JobQueueError, match=r"version '7'.*not supported"):
         FileJobStore(str(queue))

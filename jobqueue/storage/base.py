@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from jobqueue.errors import JobFileCorrupted, StorageError
-from jobqueue.model import Job
+from jobqueue.model import Job, is_json_int
 
 #: The names of a command's output streams, in the order they are shown.
 OUTPUT_STREAMS = ("stdout", "stderr")
@@ -107,18 +107,34 @@ def pause_until(text: str | None, now: float) -> float | None:
 _JOB_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
-def encode_job(job: Job) -> bytes:
-    """The stored form of a job: compact JSON, one line."""
-    return _JOB_ENCODER.encode(job.to_dict()).encode("utf-8") + b"\n"
+#: The key under which the file store numbers a job's writes (``startrecords``).
+WRITE_SERIAL_KEY = "write_serial"
+
+
+def encode_job(job: Job, write_serial: int | None = None) -> bytes:
+    """The stored form of a job: compact JSON, one line (with its write serial if given)."""
+    data = job.to_dict()
+    if write_serial is not None:
+        data[WRITE_SERIAL_KEY] = write_serial
+    return _JOB_ENCODER.encode(data).encode("utf-8") + b"\n"
 
 
 def decode_job(data: bytes) -> Job:
     """Parse a stored job; ``JobFileCorrupted`` for anything that is not a job."""
+    return decode_job_and_serial(data)[0]
+
+
+def decode_job_and_serial(data: bytes) -> tuple[Job, int]:
+    """A stored job and its write serial (0 if it has none); ``JobFileCorrupted``."""
     try:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise JobFileCorrupted(f"Not valid JSON: {err}") from err
-    return Job.from_dict(raw)
+    job = Job.from_dict(raw)
+    serial = raw.get(WRITE_SERIAL_KEY, 0)
+    if not is_json_int(serial) or serial < 0:
+        raise JobFileCorrupted(f"Invalid job data: {WRITE_SERIAL_KEY} must be a natural number")
+    return job, serial
 
 
 @dataclasses.dataclass
@@ -240,6 +256,17 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def replace_job(self, job: Job) -> None:
         """Replace a stored live job durably; ``StorageError`` keeps the old version."""
+
+    def record_start(self, job: Job) -> None:
+        """Store durably the version of a live job whose opcode starts now; ``StorageError``.
+
+        Like ``replace_job``, which is what this default does; a store may
+        keep the version apart from the job's record until the job's next
+        ``replace_job`` (the file store's start records: one device flush
+        instead of two), and ``load_jobs`` and ``read_job`` return it
+        meanwhile.
+        """
+        self.replace_job(job)
 
     @abc.abstractmethod
     def discard_jobs(self, job_ids: Sequence[int]) -> tuple[list[int], StorageError | None]:

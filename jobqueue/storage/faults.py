@@ -7,7 +7,8 @@ variable is unset and the store uses the plain ``Disk``.
 The control file holds an error name and, optionally, the operations to
 fail (all four when none are listed)::
 
-    ENOSPC                 every write, fsync, replace (any rename) and fsync_dir fails
+    ENOSPC                 every write, fsync (fdatasync too), replace (any rename)
+                           and fsync_dir fails
     EIO fsync fsync_dir    only the syncs fail, with EIO
 
 A missing file, an empty one or an unknown error name means no faults.
@@ -82,9 +83,17 @@ class FaultyDisk(Disk):
         self._check("write")
         return super().write(fd, data)
 
+    def write_at(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        self._check("write")
+        return super().write_at(fd, data, offset)
+
     def fsync(self, fd: int) -> None:
         self._check("fsync")
         super().fsync(fd)
+
+    def datasync(self, fd: int) -> None:
+        self._check("fsync")
+        super().datasync(fd)
 
     def replace(self, src: str, dst: str) -> None:
         self._check("replace")

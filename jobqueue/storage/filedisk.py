@@ -33,8 +33,15 @@ class Disk:
     def write(self, fd: int, data: bytes) -> int:
         return os.write(fd, data)
 
+    def write_at(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        return os.pwrite(fd, data, offset)
+
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
+
+    def datasync(self, fd: int) -> None:
+        """``fdatasync``: the data, and the metadata needed to read it back."""
+        os.fdatasync(fd)
 
     def replace(self, src: str, dst: str) -> None:
         os.replace(src, dst)

@@ -7,7 +7,9 @@ both names) or, where names cannot be exchanged, to a temp file renamed over
 single watch on the queue directory for ``IN_MOVED_TO | IN_MOVED_FROM |
 IN_DELETE`` sees every change of every job, and there is no per-file watch
 to re-arm after a rename. Names other than ``job-<digits>`` (temp files,
-``serial``, ``drain``) are ignored.
+``serial``, ``drain``) are ignored. An opcode's start is written in place
+into a start file (``startrecords``), where no name moves: the feed reports
+it with the job's next change.
 
 The daemon that owns a queue does not need this: it announces its own
 changes in memory (``jobqueue.livejobs``). The feed serves a process that

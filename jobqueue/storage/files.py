@@ -29,6 +29,7 @@ import concurrent.futures
 import errno
 import itertools
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -45,7 +46,7 @@ from jobqueue.storage.base import (
     Leadership,
     OutputStream,
     PruneResult,
-    decode_job,
+    decode_job_and_serial,
     encode_job,
 )
 from jobqueue.storage.filearchive import FileArchive
@@ -55,6 +56,7 @@ from jobqueue.storage.filelead import FileLeadership
 from jobqueue.storage.fileoutput import FileOutputs
 from jobqueue.storage.filesettings import FileSettings
 from jobqueue.storage.jobwriter import Choice, DirectoryNotSynced, JobFileWriter
+from jobqueue.storage.startrecords import MAX_RECORD, JobVersions, newer_of
 
 #: The file store's public names; ``Disk`` is defined in ``filedisk``.
 __all__ = ["Disk", "FileJobStore", "read_whole_version"]
@@ -101,7 +103,8 @@ class FileJobStore(JobStore):
         self._write_method = write_method
         self._spare_reserve = spare_reserve
         self._writer: JobFileWriter | None = None
-        self._writer_lock = threading.Lock()  # guards the start of _writer
+        self._writer_lock = threading.Lock()  # guards the start of _writer and of _versions
+        self._versions = JobVersions(queue_dir, self._disk, self._log, self._file_write_serial)
         self._lock = threading.Lock()  # guards _last_id, _reserved, _batch_pool
         self._leadership: FileLeadership | None = None
         self._outputs = FileOutputs(queue_dir, self.archive_dir, self._disk, self._log)
@@ -113,7 +116,7 @@ class FileJobStore(JobStore):
             self._prepare_dirs()
         elif not os.path.isdir(queue_dir):
             raise JobQueueError(f"No job queue in {queue_dir}: no such directory")
-        self._check_version()
+        self._format = self._check_version()
         self._last_id = self._reserved = self._read_serial()
 
     # -- set-up --------------------------------------------------------------
@@ -121,7 +124,8 @@ class FileJobStore(JobStore):
         for path in (self.queue_dir, self.archive_dir):
             os.makedirs(path, mode=constants.DIR_MODE, exist_ok=True)
 
-    def _check_version(self) -> None:
+    def _check_version(self) -> int:
+        """The queue's format version; a new queue's owner writes the current one."""
         path = self._path(layout.VERSION_FILE)
         try:
             text = safeio.read_regular_file(path, _SMALL_FILE_LIMIT)[0].decode("ascii").strip()
@@ -129,18 +133,20 @@ class FileJobStore(JobStore):
             if self._owner:
                 version = f"{constants.QUEUE_FORMAT_VERSION}\n".encode()
                 self._small_files.write(path, version, new=True)
-            return
+            return constants.QUEUE_FORMAT_VERSION
         except OSError as err:
             raise JobQueueError(
                 f"Cannot read the queue format version in {path}: {err.strerror}"
             ) from err
         except UnicodeDecodeError as err:
             raise JobQueueError(f"Cannot read the queue format version in {path}: {err}") from err
-        if text != str(constants.QUEUE_FORMAT_VERSION):
+        readable = sorted(constants.QUEUE_FORMATS_READ)
+        if text not in map(str, readable):
             raise JobQueueError(
                 f"Queue format version {text!r} in {path} is not supported (this jobqueue "
-                f"reads version {constants.QUEUE_FORMAT_VERSION}); refusing to start"
+                f"reads versions {', '.join(map(str, readable))}); refusing to start"
             )
+        return int(text)
 
     def _clean_temp_files(self) -> None:
         """Clean up what interrupted writes left: start the job-file writer, which removes
@@ -242,6 +248,8 @@ class FileJobStore(JobStore):
             with self._lock:
                 serial = max(self._reserved, self._read_serial())
                 self._last_id = self._reserved = self._above_the_archive(serial)
+        versions = self._owned_versions() if self._owner else self._versions
+        newest_record = versions.record_lookup()
         highest = 0
         with os.scandir(self.queue_dir) as entries:
             found = [
@@ -250,21 +258,29 @@ class FileJobStore(JobStore):
                 if layout.looks_like_job(entry.name)
             ]
         for name, regular in found:
-            highest = max(highest, layout.job_id_of(name) or 0)  # even a corrupt job's id
+            job_id = layout.job_id_of(name)
+            highest = max(highest, job_id or 0)  # even a corrupt job's id
             try:
-                job = self._load_one(name, regular)
+                loaded = self._load_one(name, regular)
             except (OSError, JobFileCorrupted) as err:
                 self._move_aside(name, err)
+                loaded = None
+            if loaded is None:
+                self._versions.forget(job_id)
                 continue
-            if job is not None:
-                yield job
+            job, write_serial = newer_of(*loaded, newest_record(loaded[0].id))
+            if self._owner:
+                self._versions.loaded(job.id, write_serial)
+            yield job
         with self._lock:
             if highest > self._reserved:  # a serial file behind its jobs: never reuse an id
                 self._write_serial_locked(highest)
                 self._last_id = self._reserved = highest
 
-    def _load_one(self, name: str, regular: bool) -> Job | None:
-        """The job in file ``name``; None if it was already archived. Raises what is wrong.
+    def _load_one(self, name: str, regular: bool) -> tuple[Job, int] | None:
+        """The job in file ``name`` and its write serial; None if it was already archived.
+
+        Raises what is wrong with the file.
 
         ``regular``: what the directory listing says; anything else is not opened.
         """
@@ -279,10 +295,44 @@ class FileJobStore(JobStore):
             raise JobFileCorrupted(f"owned by uid {info.st_uid}, not by the daemon's user")
         if info.st_nlink > 1 and self._finish_archiving(file_id, info):
             return None
-        job = decode_job(data)
+        job, write_serial = decode_job_and_serial(data)
         if job.id != file_id:
             raise JobFileCorrupted(f"File holds job {job.id}")
-        return job
+        return job, write_serial
+
+    # -- start records (``startrecords``) ------------------------------------------
+    def _owned_versions(self) -> JobVersions:
+        """The versions, with the start files taken over (at ``load_jobs`` or the first start).
+
+        A queue of an older format is marked with the current one first: a
+        daemon that knows no start records must not load it any more.
+        """
+        if not self._versions.taken_over():
+            self._owned_writer()  # the same rule: only once the queue is this store's
+            with self._writer_lock:
+                if not self._versions.taken_over():
+                    self._mark_current_format()
+                    try:
+                        self._versions.take_over()
+                    except OSError as err:
+                        raise storage_error(f"Cannot list {self.queue_dir}", err) from err
+        return self._versions
+
+    def _mark_current_format(self) -> None:
+        if self._format < constants.QUEUE_FORMAT_VERSION:
+            version = f"{constants.QUEUE_FORMAT_VERSION}\n".encode()
+            self._small_files.write(self._path(layout.VERSION_FILE), version, new=False)
+            self._log.info(
+                "Queue format version %d marked %d", self._format, constants.QUEUE_FORMAT_VERSION
+            )
+            self._format = constants.QUEUE_FORMAT_VERSION
+
+    def _file_write_serial(self, job_id: int) -> float:
+        """The write serial in ``job-N``; infinite if there is no such job to read."""
+        try:
+            return decode_job_and_serial(read_whole_version(self._job_path(job_id)))[1]
+        except (OSError, JobFileCorrupted):
+            return math.inf
 
     def _finish_archiving(self, job_id: int, info: os.stat_result) -> bool:
         """Whether the live file is the archived one too; if so, drop its live name."""
@@ -338,6 +388,7 @@ class FileJobStore(JobStore):
                 failure = storage_error(f"Cannot sync {self.queue_dir}", err)
                 for job_id in written:  # not durable, so never acknowledge them
                     unlink_quietly(self._job_path(job_id))
+                    self._versions.forget(job_id)
                 return [failure if res is None else res for res in results]
         return results
 
@@ -370,20 +421,41 @@ class FileJobStore(JobStore):
         return results
 
     def replace_job(self, job: Job) -> None:
-        name = layout.job_file_name(job.id)
+        self._replace(job.id, encode_job(job, self._versions.next_serial(job.id)))
+
+    def _replace(self, job_id: int, data: bytes) -> None:
+        """Replace ``job-N`` durably; its start record, now older, is freed."""
+        name = layout.job_file_name(job_id)
         try:
-            self._owned_writer().replace(name, encode_job(job))
+            self._owned_writer().replace(name, data)
         except OSError as err:
             raise storage_error(f"Cannot write {self._path(name)}", err) from err
+        self._versions.replaced(job_id)
+
+    def record_start(self, job: Job) -> None:
+        """Write the job's start as a start record (one flush; ``startrecords``).
+
+        A version larger than ``MAX_RECORD`` replaces the job file instead.
+        """
+        serial = self._versions.next_serial(job.id)
+        data = encode_job(job, serial)
+        if len(data) > MAX_RECORD:
+            self._replace(job.id, data)
+            return
+        try:
+            self._owned_versions().write_start(job.id, serial, data)
+        except OSError as err:
+            raise storage_error(f"Cannot record the start of job {job.id}", err) from err
 
     def _create_one(self, job: Job, sync_dir: bool = False) -> StorageError | None:
         name = layout.job_file_name(job.id)
         try:
-            self._owned_writer().create(name, encode_job(job), sync_dir=sync_dir)
+            self._owned_writer().create(name, encode_job(job, 1), sync_dir=sync_dir)
         except DirectoryNotSynced as err:
             return storage_error(f"Cannot sync {self.queue_dir}", err)
         except OSError as err:
             return storage_error(f"Cannot write {self._path(name)}", err)
+        self._versions.loaded(job.id, 1)
         return None
 
     def _owned_writer(self) -> JobFileWriter:
@@ -424,6 +496,7 @@ class FileJobStore(JobStore):
             except OSError as err:
                 return removed, storage_error(f"Cannot remove job {job_id}", err)
             self._outputs.delete_live(job_id)
+            self._versions.forget(job_id)
             removed.append(job_id)
         try:
             self._disk.fsync_dir(self.queue_dir)
@@ -432,7 +505,10 @@ class FileJobStore(JobStore):
         return removed, None
 
     def read_job(self, job_id: int) -> Job | None:
-        """See the contract; a FIFO or link under the job's name is an error, never waited on."""
+        """See the contract; a FIFO or link under the job's name is an error, never waited on.
+
+        A live job's start record counts where it is newer than its file.
+        """
         for path in (self._job_path(job_id), self._archive.path(job_id)):
             try:
                 data = read_whole_version(path)
@@ -441,12 +517,18 @@ class FileJobStore(JobStore):
                     continue
                 reason = err.strerror or os.strerror(err.errno or 0)
                 raise StorageError(f"Cannot read job {job_id}: {reason}", err.errno or 0) from err
-            return decode_job(data)
+            job, write_serial = decode_job_and_serial(data)
+            if path != self._job_path(job_id):
+                return job
+            return newer_of(job, write_serial, self._versions.newest_record(job_id))[0]
         return None
 
     # -- archive (``filearchive``) -----------------------------------------------
     def archive_jobs(self, job_ids: Iterable[int]) -> tuple[list[int], StorageError | None]:
-        return self._archive.archive(job_ids)
+        archived, failure = self._archive.archive(job_ids)
+        for job_id in archived:
+            self._versions.forget(job_id)
+        return archived, failure
 
     def is_archived(self, job_id: int) -> bool:
         return self._archive.holds(job_id)

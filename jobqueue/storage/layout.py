@@ -10,6 +10,7 @@
     watcher_pause, max_running_jobs  named settings (one line of text; ``base.SETTINGS``)
     .<name>.<pid>.<n>.tmp a write in progress (removed at start)
     .spare-<n>            a spare file: scratch space for the next write (reused at start)
+    .start-<n>            a start file: an opcode's start, newer than its job-N (``startrecords``)
 
 Only the file store's modules (``files`` and the ``file*`` helpers it owns) use these.
 """
@@ -29,6 +30,7 @@ LOCK_FILE: Final = "lock"
 TEMP_SUFFIX: Final = ".tmp"
 JOB_FILE_PREFIX: Final = "job-"
 SPARE_PREFIX: Final = ".spare-"
+START_PREFIX: Final = ".start-"
 OUTPUT_DIR: Final = "output"
 ARCHIVED_OUTPUT_PREFIX: Final = "output-"
 JOBS_PER_ARCHIVE_DIR: Final = 10_000
@@ -37,6 +39,7 @@ JOBS_PER_ARCHIVE_DIR: Final = 10_000
 _JOB_NAME = re.compile(re.escape(JOB_FILE_PREFIX) + r"([1-9][0-9]*)")
 _JOB_LIKE = re.compile(re.escape(JOB_FILE_PREFIX) + r"[0-9]+")
 _SPARE_NAME = re.compile(re.escape(SPARE_PREFIX) + r"([0-9]+)")
+_START_NAME = re.compile(re.escape(START_PREFIX) + r"([0-9]+)")
 _OUTPUT_NAME = re.compile(re.escape(ARCHIVED_OUTPUT_PREFIX) + r"([1-9][0-9]*)")
 
 
@@ -93,6 +96,22 @@ def spare_number_of(name: str) -> int | None:
 def is_spare_name(name: str) -> bool:
     """Whether ``name`` is a spare file's."""
     return spare_number_of(name) is not None
+
+
+def start_file_name(number: int) -> str:
+    """``.start-<n>``."""
+    return f"{START_PREFIX}{number}"
+
+
+def start_number_of(name: str) -> int | None:
+    """The number in a ``.start-<n>`` name, None for any other name."""
+    match = _START_NAME.fullmatch(name)
+    return None if match is None else int(match.group(1))
+
+
+def is_start_name(name: str) -> bool:
+    """Whether ``name`` is a start file's."""
+    return start_number_of(name) is not None
 
 
 def output_dir_name(job_id: int) -> str:
