@@ -3,7 +3,9 @@
 Every job write is durable, directory included, before it returns, and a
 crash leaves either the old or the new version: ``jobwriter`` writes a spare
 file and exchanges it with ``job-N`` (or, where names cannot be exchanged,
-renames a temp file over it), then fsyncs the directory. Ids are reserved in blocks:
+renames a temp file over it), then fsyncs the directory. An opcode's start is
+written as a start record instead (one flush, ``startrecords``), which is
+the job's newest version until its file is replaced. Ids are reserved in blocks:
 the ``serial`` file holds the highest id that may have been handed out,
 written durably before any id of the block is returned, so an id is never
 issued twice, even across crashes (ids skipped by a crash are never used).
@@ -11,8 +13,9 @@ A clean stop writes back the last id handed out, so ids stay dense.
 
 The store owns the helpers of its other concerns, each knowing its part
 of the layout (names in ``layout``): the archive and its pruning
-(``filearchive``), the drain flag, named settings and filter rules
-(``filesettings``), command output in directories that follow their jobs
+(``filearchive``), the format version, the drain flag, named settings and
+filter rules (``filesettings``), the write serials and start records of live
+jobs (``startrecords``), command output in directories that follow their jobs
 (``fileoutput``), the queue lock (``filelead``), and changes made by other
 processes (``filefeed``, inotify). The disk calls and the atomic write of
 small files are in ``filedisk``. This is the only module that opens job
@@ -116,37 +119,13 @@ class FileJobStore(JobStore):
             self._prepare_dirs()
         elif not os.path.isdir(queue_dir):
             raise JobQueueError(f"No job queue in {queue_dir}: no such directory")
-        self._format = self._check_version()
+        self._format = self._settings.read_format(owner)
         self._last_id = self._reserved = self._read_serial()
 
     # -- set-up --------------------------------------------------------------
     def _prepare_dirs(self) -> None:
         for path in (self.queue_dir, self.archive_dir):
             os.makedirs(path, mode=constants.DIR_MODE, exist_ok=True)
-
-    def _check_version(self) -> int:
-        """The queue's format version; a new queue's owner writes the current one."""
-        path = self._path(layout.VERSION_FILE)
-        try:
-            text = safeio.read_regular_file(path, _SMALL_FILE_LIMIT)[0].decode("ascii").strip()
-        except FileNotFoundError:
-            if self._owner:
-                version = f"{constants.QUEUE_FORMAT_VERSION}\n".encode()
-                self._small_files.write(path, version, new=True)
-            return constants.QUEUE_FORMAT_VERSION
-        except OSError as err:
-            raise JobQueueError(
-                f"Cannot read the queue format version in {path}: {err.strerror}"
-            ) from err
-        except UnicodeDecodeError as err:
-            raise JobQueueError(f"Cannot read the queue format version in {path}: {err}") from err
-        readable = sorted(constants.QUEUE_FORMATS_READ)
-        if text not in map(str, readable):
-            raise JobQueueError(
-                f"Queue format version {text!r} in {path} is not supported (this jobqueue "
-                f"reads versions {', '.join(map(str, readable))}); refusing to start"
-            )
-        return int(text)
 
     def _clean_temp_files(self) -> None:
         """Clean up what interrupted writes left: start the job-file writer, which removes
@@ -311,21 +290,12 @@ class FileJobStore(JobStore):
             self._owned_writer()  # the same rule: only once the queue is this store's
             with self._writer_lock:
                 if not self._versions.taken_over():
-                    self._mark_current_format()
+                    self._format = self._settings.mark_current_format(self._format)
                     try:
                         self._versions.take_over()
                     except OSError as err:
                         raise storage_error(f"Cannot list {self.queue_dir}", err) from err
         return self._versions
-
-    def _mark_current_format(self) -> None:
-        if self._format < constants.QUEUE_FORMAT_VERSION:
-            version = f"{constants.QUEUE_FORMAT_VERSION}\n".encode()
-            self._small_files.write(self._path(layout.VERSION_FILE), version, new=False)
-            self._log.info(
-                "Queue format version %d marked %d", self._format, constants.QUEUE_FORMAT_VERSION
-            )
-            self._format = constants.QUEUE_FORMAT_VERSION
 
     def _file_write_serial(self, job_id: int) -> float:
         """The write serial in ``job-N``; infinite if there is no such job to read."""

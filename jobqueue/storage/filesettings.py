@@ -1,7 +1,8 @@
-"""The file store's settings: the drain flag, named settings and job filter rules.
+"""The file store's settings: the format version, the drain flag, named settings, filter rules.
 
 Layout (names in ``layout``)::
 
+    queue/version          the format version, one line
     queue/drain            exists while the queue is drained (empty)
     queue/<setting>        one named setting (``base.SETTINGS``), one line of text
     queue/filters/<uuid>   one job filter rule, JSON
@@ -22,11 +23,14 @@ import logging
 import os
 from typing import Any
 
-from jobqueue import constants
-from jobqueue.errors import GenericError
+from jobqueue import constants, safeio
+from jobqueue.errors import GenericError, JobQueueError
 from jobqueue.storage import layout
 from jobqueue.storage.base import check_setting
 from jobqueue.storage.filedisk import Disk, SmallFiles, storage_error
+
+#: The version file holds one short line; anything longer is damage.
+_VERSION_LIMIT = 64
 
 
 class FileSettings:
@@ -43,6 +47,44 @@ class FileSettings:
 
     def _path(self, name: str) -> str:
         return os.path.join(self.queue_dir, name)
+
+    # -- the format version ------------------------------------------------------
+    def read_format(self, owner: bool) -> int:
+        """The queue's format version; ``JobQueueError`` for one this jobqueue cannot read.
+
+        The ``owner`` of a new queue writes the current version.
+        """
+        path = self._path(layout.VERSION_FILE)
+        try:
+            data = safeio.read_regular_file(path, _VERSION_LIMIT)[0]
+            text = data.decode("ascii").strip()
+        except FileNotFoundError:
+            if owner:
+                version = f"{constants.QUEUE_FORMAT_VERSION}\n".encode()
+                self._small_files.write(path, version, new=True)
+            return constants.QUEUE_FORMAT_VERSION
+        except OSError as err:
+            raise JobQueueError(
+                f"Cannot read the queue format version in {path}: {err.strerror}"
+            ) from err
+        except UnicodeDecodeError as err:
+            raise JobQueueError(f"Cannot read the queue format version in {path}: {err}") from err
+        readable = sorted(constants.QUEUE_FORMATS_READ)
+        if text not in map(str, readable):
+            raise JobQueueError(
+                f"Queue format version {text!r} in {path} is not supported (this jobqueue "
+                f"reads versions {', '.join(map(str, readable))}); refusing to start"
+            )
+        return int(text)
+
+    def mark_current_format(self, found: int) -> int:
+        """Write the current format version over an older ``found`` one; the current one."""
+        current = constants.QUEUE_FORMAT_VERSION
+        if found < current:
+            version = f"{current}\n".encode()
+            self._small_files.write(self._path(layout.VERSION_FILE), version, new=False)
+            self._log.info("Queue format version %d marked %d", found, current)
+        return current
 
     # -- the drain flag and named settings ---------------------------------------
     def is_drained(self) -> bool:
