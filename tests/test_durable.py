@@ -50,6 +50,18 @@ def test_create_exchange_and_rename(directory: Directory, tmp_path: Path) -> Non
     directory.sync()
 
 
+def test_overwrite_writes_in_place_and_cuts_nothing(directory: Directory, tmp_path: Path) -> None:
+    start = tmp_path / ".start-0"
+    start.write_bytes(b"an older, longer record")
+    inode = start.stat().st_ino
+    assert directory.overwrite(".start-0", b"a new one") is None
+    assert start.read_bytes() == b"a new one longer record"
+    assert start.stat().st_ino == inode
+    assert directory.overwrite(".start-9", b"x") == ("open", errno.ENOENT)
+    os.symlink(start, tmp_path / "link")
+    assert directory.overwrite("link", b"x") == ("open", errno.ELOOP)  # never through a link
+
+
 def test_failures_name_their_step(directory: Directory, tmp_path: Path) -> None:
     assert directory.write_file("missing", "job-1", b"x", 0o600, True, False, True) == (
         "open",

@@ -190,7 +190,10 @@ def test_running_job_whose_end_cannot_be_written_ends_final_and_consistent(
     done_bytes = (faulty.queue_dir / f"job-{done}").read_bytes()
     first = {"OP_ID": "OP_TEST_DELAY", "duration": 0.5}
     job_id = client.submit_job([first, DELAY0][:op_count])
-    wait_until(lambda: faulty.disk_status(job_id) == "running", what="the job to run")
+    # Told by the daemon, so durable: a reader of the files may see a start
+    # before its sync, which the fault set right after could still fail.
+    wait_until(lambda: faulty.status(job_id) == "running", what="the job to run")
+    assert faulty.disk_status(job_id) == "running"
     set_fault(faulty.control, "ENOSPC")
     wait_until(
         lambda: f"Cannot write job {job_id}" in faulty.daemon.log(),

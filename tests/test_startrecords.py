@@ -16,6 +16,7 @@ from jobqueue.errors import StorageError
 from jobqueue.model import Job
 from jobqueue.storage import layout, startrecords
 from jobqueue.storage.base import decode_job_and_serial
+from jobqueue.storage.durable import PythonDirectory
 from jobqueue.storage.files import Disk, FileJobStore
 from jobqueue.storage.startrecords import (
     BLOCK,
@@ -287,7 +288,13 @@ def test_a_new_start_file_is_durable_before_it_holds_a_record(tmp_path: Path) ->
             super().fsync_dir(path)
             steps.append("fsync_dir")
 
-    files = StartFiles(str(tmp_path), Recording(), logging.getLogger("test"))
+    disk = Recording()
+    directory = PythonDirectory(disk, str(tmp_path))
+
+    def overwrite(name: str, data: bytes) -> None:
+        assert directory.overwrite(name, data) is None
+
+    files = StartFiles(str(tmp_path), disk, overwrite, logging.getLogger("test"))
     files.adopt([], {})
     files.write(7, 2, b'{"id":7}\n')
     assert steps == ["datasync", "fsync_dir", "datasync"]  # made, named, then written

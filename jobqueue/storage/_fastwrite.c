@@ -25,6 +25,12 @@
  *   exchange(name_a, name_b)
  *     Exchanges two names of the directory atomically; raises OSError.
  *
+ *   overwrite(name, data)
+ *     Opens the existing file `name` in the directory, writes `data` from
+ *     offset 0 (nothing is cut: what follows stays), fdatasyncs and closes
+ *     it. Returns None, or (step, errno) for the step that failed: "open",
+ *     "write" or "fsync". (A start record: see startrecords.py.)
+ *
  * The Directory does not own its descriptor: the caller keeps it open.
  */
 
@@ -108,6 +114,23 @@ shared_sync(Directory *dir)
     return result;
 }
 
+/* Write `size` bytes of `data` at offset 0 of the open `fd`; 0 or -1 (errno set). */
+static int
+write_all_at_start(int fd, const char *data, size_t size)
+{
+    size_t done = 0;
+    while (done < size) {
+        ssize_t written = pwrite(fd, data + done, size - done, (off_t)done);
+        if (written < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        done += (size_t)written;
+    }
+    return 0;
+}
+
 struct request {
     Directory *dir;
     const char *name;
@@ -131,17 +154,10 @@ write_file_unlocked(const struct request *req, int *error)
         *error = errno;
         return STEP_OPEN;
     }
-    size_t done = 0;
-    while (done < req->size) {
-        ssize_t written = pwrite(fd, req->data + done, req->size - done, (off_t)done);
-        if (written < 0) {
-            if (errno == EINTR)
-                continue;
-            *error = errno;
-            close(fd);
-            return STEP_WRITE;
-        }
-        done += (size_t)written;
+    if (write_all_at_start(fd, req->data, req->size) < 0) {
+        *error = errno;
+        close(fd);
+        return STEP_WRITE;
     }
     if (!req->create && ftruncate(fd, (off_t)req->size) < 0) {
         *error = errno;
@@ -166,6 +182,44 @@ write_file_unlocked(const struct request *req, int *error)
     if (req->sync_dir && (*error = shared_sync(req->dir)) != 0)
         return STEP_FSYNC_DIR;
     return STEP_OK;
+}
+
+/* The whole overwrite; runs without the interpreter lock. Sets *error on failure. */
+static enum step
+overwrite_unlocked(int dir_fd, const char *name, const char *data, size_t size, int *error)
+{
+    int fd = openat(dir_fd, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        *error = errno;
+        return STEP_OPEN;
+    }
+    enum step failed = STEP_OK;
+    if (write_all_at_start(fd, data, size) < 0)
+        failed = STEP_WRITE;
+    else if (fdatasync(fd) < 0)
+        failed = STEP_FSYNC;
+    if (failed != STEP_OK)
+        *error = errno;
+    close(fd);
+    return failed;
+}
+
+static PyObject *
+directory_overwrite(Directory *self, PyObject *args)
+{
+    const char *name;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "sy*", &name, &data))
+        return NULL;
+    int error = 0;
+    enum step failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = overwrite_unlocked(self->dir_fd, name, data.buf, (size_t)data.len, &error);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    if (failed == STEP_OK)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(si)", step_names[failed], error);
 }
 
 static PyObject *
@@ -256,6 +310,8 @@ static PyMethodDef directory_methods[] = {
      "sync()\n--\n\nWait for a directory fsync begun after this call (shared); OSError."},
     {"exchange", (PyCFunction)directory_exchange, METH_VARARGS,
      "exchange(name_a, name_b)\n--\n\nExchange two names atomically; OSError."},
+    {"overwrite", (PyCFunction)directory_overwrite, METH_VARARGS,
+     "overwrite(name, data)\n--\n\nWrite from offset 0 and fdatasync; None, or (failed step, errno)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,7 +5,9 @@ file, write it from offset 0, cut it to length, fsync it, exchange it with
 its target name or rename it over that name, then wait for a directory
 fsync that began after the rename. Concurrent writers share directory
 fsyncs (a group commit): whoever finds no fsync running starts one for
-everybody who renamed before it; the others wait for its outcome.
+everybody who renamed before it; the others wait for its outcome. It also
+overwrites a file in place (from offset 0, then ``fdatasync``), the write of
+a start record (``startrecords``).
 
 Two implementations with one interface:
 
@@ -60,6 +62,9 @@ class Directory(Protocol):
 
     def exchange(self, name_a: str, name_b: str, /) -> None:
         """Exchange two names atomically; OSError."""
+
+    def overwrite(self, name: str, data: bytes, /) -> Failure | None:
+        """Write the existing ``name`` from offset 0 and fdatasync it; None or the failure."""
 
 
 def compiled_directory(dir_fd: int) -> Directory | None:
@@ -199,3 +204,20 @@ class PythonDirectory:
 
     def exchange(self, name_a: str, name_b: str, /) -> None:
         self.disk.exchange(os.path.join(self.path, name_a), os.path.join(self.path, name_b))
+
+    def overwrite(self, name: str, data: bytes, /) -> Failure | None:
+        step = "open"
+        try:
+            fd = os.open(os.path.join(self.path, name), os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                step = "write"
+                view, offset = memoryview(data), 0
+                while offset < len(data):
+                    offset += self.disk.write_at(fd, view[offset:], offset)
+                step = "fsync"
+                self.disk.datasync(fd)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            return step, err.errno or errno.EIO
+        return None

@@ -292,7 +292,7 @@ class FileJobStore(JobStore):
                 if not self._versions.taken_over():
                     self._format = self._settings.mark_current_format(self._format)
                     try:
-                        self._versions.take_over()
+                        self._versions.take_over(self._owned_writer().overwrite)
                     except OSError as err:
                         raise storage_error(f"Cannot list {self.queue_dir}", err) from err
         return self._versions

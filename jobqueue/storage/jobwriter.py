@@ -242,6 +242,16 @@ class JobFileWriter:
         """Stop the spare reserve's thread (writes still work, without a reserve)."""
         self._reserve.stop()
 
+    def overwrite(self, name: str, data: bytes) -> None:
+        """Write the existing file ``name`` from offset 0 and ``fdatasync`` it; OSError.
+
+        In one release of the interpreter lock where the compiled helper is
+        used (a start record: ``startrecords``).
+        """
+        failure = self._dir.overwrite(name, data)
+        if failure is not None:
+            _raise(*failure)
+
     def sync_directory(self) -> None:
         """Wait for a directory fsync begun now (after a batch of creates); OSError."""
         self._dir.sync()

@@ -35,6 +35,7 @@ holds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -154,9 +155,16 @@ class StartFiles:
     written only by the writer that took it. ``_lock`` guards every field.
     """
 
-    def __init__(self, directory: str, disk: Disk, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        directory: str,
+        disk: Disk,
+        overwrite: Callable[[str, bytes], None],
+        logger: logging.Logger,
+    ) -> None:
         self._directory = directory
         self._disk = disk
+        self._overwrite = overwrite
         self._log = logger
         self._lock = threading.Lock()
         self._free: list[str] = []
@@ -198,12 +206,10 @@ class StartFiles:
         count after a crash.
         """
         name = self._take()
-        path = os.path.join(self._directory, name)
-        data = encode_record(version)
         try:
-            self._write_file(path, data)
+            self._overwrite(name, encode_record(version))
         except OSError:
-            _erase(path)
+            _erase(os.path.join(self._directory, name))
             with self._lock:
                 self._free.append(name)
             raise
@@ -251,7 +257,8 @@ class StartFiles:
         try:
             fd = os.open(path, flags, constants.FILE_MODE)
             try:
-                self._write_all(fd, b" " * BLOCK)
+                if self._disk.write_at(fd, b" " * BLOCK, 0) != BLOCK:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 self._disk.datasync(fd)
             finally:
                 os.close(fd)
@@ -259,20 +266,6 @@ class StartFiles:
         except OSError:
             _remove(path, self._log)
             raise
-
-    def _write_file(self, path: str, data: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            self._write_all(fd, data)
-            self._disk.datasync(fd)
-        finally:
-            os.close(fd)
-
-    def _write_all(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        offset = 0
-        while offset < len(data):
-            offset += self._disk.write_at(fd, view[offset:], offset)
 
 
 def _erase(path: str) -> None:
@@ -323,15 +316,19 @@ class JobVersions:
     def taken_over(self) -> bool:
         return self._starts is not None
 
-    def take_over(self) -> None:
-        """Take over the start files, holding each record newer than its job's file; OSError."""
+    def take_over(self, overwrite: Callable[[str, bytes], None]) -> None:
+        """Take over the start files, holding each record newer than its job's file; OSError.
+
+        ``overwrite(name, data)``: how a start file is rewritten and synced
+        (``JobFileWriter.overwrite``).
+        """
         found = read_records(self._directory)
         held = {
             job_id: record
             for job_id, record in newest_records(found).items()
             if record[1] > self._file_serial(job_id)
         }
-        starts = StartFiles(self._directory, self._disk, self._log)
+        starts = StartFiles(self._directory, self._disk, overwrite, self._log)
         starts.adopt(found.names, held)
         if held:
             self._log.info("%d jobs had started since their files were written", len(held))
