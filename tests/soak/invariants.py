@@ -79,8 +79,9 @@ class CrashChecker:
     def after_restart(self) -> None:
         """Jobs running at the kill are now in error: "Unclean master daemon shutdown"."""
         self.unclean_checked += len(self.unfinished_at_kill)
+        jobs = load_jobs(self.queue_dir) if self.unfinished_at_kill else {}
         for job_id, indices in self.unfinished_at_kill.items():
-            job = load_jobs(self.queue_dir)[job_id]
+            job = jobs[job_id]
             for index in indices:
                 op = job.ops[index]
                 assert (op.status, op.result) == (Status.ERROR, MSG_UNCLEAN_SHUTDOWN), (
