@@ -139,3 +139,23 @@ def test_a_failed_shared_sync_fails_everyone_it_covered(tmp_path: Path) -> None:
     assert run_syncs(directory, disk, 4) == ["Input/output error"] * 5
     disk.failing = False
     directory.sync()  # a later sync works again
+
+
+def test_a_helper_built_from_older_sources_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Older:
+        """A helper module whose Directory predates start records (no ``overwrite``)."""
+
+        class Directory:
+            def __init__(self, dir_fd: int) -> None: ...
+            def write_file(self) -> None: ...
+            def sync(self) -> None: ...
+            def exchange(self) -> None: ...
+
+    monkeypatch.setattr("importlib.import_module", lambda name: Older)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert compiled_directory(fd) is None
+    finally:
+        os.close(fd)

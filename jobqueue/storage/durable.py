@@ -68,13 +68,23 @@ class Directory(Protocol):
 
 
 def compiled_directory(dir_fd: int) -> Directory | None:
-    """A ``_fastwrite.Directory`` on ``dir_fd``, None if the helper was not built."""
+    """A ``_fastwrite.Directory`` on ``dir_fd``; None if the helper was not built.
+
+    None too for a helper built from older sources than this module's (one
+    without every method of ``Directory``, left by an earlier build): the
+    writer then uses the Python twin, and logs so.
+    """
     try:
         module: Any = importlib.import_module("jobqueue.storage._fastwrite")
     except ImportError:
         return None
+    if not all(hasattr(module.Directory, name) for name in _DIRECTORY_METHODS):
+        return None
     directory: Directory = module.Directory(dir_fd)
     return directory
+
+
+_DIRECTORY_METHODS = ("write_file", "sync", "exchange", "overwrite")
 
 
 def helper_built() -> bool:
