@@ -232,10 +232,7 @@ def _save_locked(active: ActiveJob, env: StepEnv, *, start: bool = False) -> Non
     ``start``: the write that lets an opcode run (a start record where the
     store has them: ``JobStore.record_start``).
     """
-    if start:
-        env.write(active.job, start=True)
-    else:
-        env.write(active.job)
+    env.write(active.job, start=start)
     active.unsaved = False
     if active.backlog.failure is not None:
         env.log_unwritten(active.job.id, active.backlog, True)

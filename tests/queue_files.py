@@ -39,7 +39,8 @@ def job_paths(queue_dir: Path) -> dict[int, Path]:
 def start_records(queue_dir: Path) -> Records:
     """The start records of a queue directory, the newest per job."""
     found = startrecords.read_records(str(queue_dir))
-    return {job_id: record[1:] for job_id, record in startrecords.newest_records(found).items()}
+    records = startrecords.newest_records(found).items()
+    return {job_id: (record.serial, record.version) for job_id, record in records}
 
 
 def read_job(path: Path, records: Records | None = None) -> Job:

@@ -32,7 +32,6 @@ import concurrent.futures
 import errno
 import itertools
 import logging
-import math
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -291,18 +290,15 @@ class FileJobStore(JobStore):
             with self._writer_lock:
                 if not self._versions.taken_over():
                     self._format = self._settings.mark_current_format(self._format)
-                    try:
-                        self._versions.take_over(self._owned_writer().overwrite)
-                    except OSError as err:
-                        raise storage_error(f"Cannot list {self.queue_dir}", err) from err
+                    self._versions.take_over(self._owned_writer().overwrite)
         return self._versions
 
-    def _file_write_serial(self, job_id: int) -> float:
-        """The write serial in ``job-N``; infinite if there is no such job to read."""
+    def _file_write_serial(self, job_id: int) -> int | None:
+        """The write serial in ``job-N``; None if there is no such job to read."""
         try:
             return decode_job_and_serial(read_whole_version(self._job_path(job_id)))[1]
         except (OSError, JobFileCorrupted):
-            return math.inf
+            return None
 
     def _finish_archiving(self, job_id: int, info: os.stat_result) -> bool:
         """Whether the live file is the archived one too; if so, drop its live name."""

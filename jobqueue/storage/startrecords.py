@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import math
 import os
 import re
 import stat
@@ -112,8 +111,14 @@ def read_records(directory: str) -> Found:
     return Found(names, records)
 
 
-#: A job's newest record: (start file name, write serial, version).
-Record = tuple[str, int, bytes]
+class Record(NamedTuple):
+    """A whole start record: the file that holds it, its write serial, the version."""
+
+    name: str
+    serial: int
+    version: bytes
+
+
 #: A record as a reader needs it: (write serial, version).
 Newest = tuple[int, bytes]
 
@@ -137,15 +142,9 @@ def newest_records(found: Found) -> dict[int, Record]:
             job, serial = decode_job_and_serial(version)
         except JobFileCorrupted:
             continue
-        if job.id not in best or serial > best[job.id][1]:
-            best[job.id] = (name, serial, version)
+        if job.id not in best or serial > best[job.id].serial:
+            best[job.id] = Record(name, serial, version)
     return best
-
-
-class _Held(NamedTuple):
-    name: str
-    serial: int
-    version: bytes
 
 
 class StartFiles:
@@ -168,7 +167,7 @@ class StartFiles:
         self._log = logger
         self._lock = threading.Lock()
         self._free: list[str] = []
-        self._held: dict[int, _Held] = {}
+        self._held: dict[int, Record] = {}
         self._next_number = 0
 
     def adopt(self, names: list[str], held: dict[int, Record]) -> None:
@@ -177,7 +176,7 @@ class StartFiles:
         Anything but a regular file under a start file's name is removed, and
         so are files too large to hold a record and free files beyond ``MAX_KEPT``.
         """
-        in_use = {name for name, _, _ in held.values()}
+        in_use = {record.name for record in held.values()}
         free: list[str] = []
         for name in names:
             path = os.path.join(self._directory, name)
@@ -194,7 +193,7 @@ class StartFiles:
                 free.append(name)
         with self._lock:
             self._free = free
-            self._held = {job_id: _Held(*record) for job_id, record in held.items()}
+            self._held = dict(held)
             numbers = (layout.start_number_of(name) for name in names)
             self._next_number = 1 + max((n for n in numbers if n is not None), default=-1)
 
@@ -215,7 +214,7 @@ class StartFiles:
             raise
         with self._lock:
             previous = self._held.get(job_id)
-            self._held[job_id] = _Held(name, serial, version)
+            self._held[job_id] = Record(name, serial, version)
             if previous is not None:
                 self._free.append(previous.name)
 
@@ -294,8 +293,8 @@ class JobVersions:
     once ``take_over`` was called (by the owner, at load or its first
     start), the start files. Before that, and in a store opened for
     maintenance, records are read from the directory when asked for.
-    ``file_serial(job_id)`` reads the write serial in ``job-N`` (infinite if
-    there is none to read). Each job's entry has one writer at a time (the
+    ``file_serial(job_id)`` reads the write serial in ``job-N`` (None if there
+    is no such job to read). Each job's entry has one writer at a time (the
     store's rule); the dict itself is only read and set whole per key.
     """
 
@@ -304,7 +303,7 @@ class JobVersions:
         directory: str,
         disk: Disk,
         logger: logging.Logger,
-        file_serial: Callable[[int], float],
+        file_serial: Callable[[int], int | None],
     ) -> None:
         self._directory = directory
         self._disk = disk
@@ -317,16 +316,17 @@ class JobVersions:
         return self._starts is not None
 
     def take_over(self, overwrite: Callable[[str, bytes], None]) -> None:
-        """Take over the start files, holding each record newer than its job's file; OSError.
+        """Take over the start files, holding each record newer than its job's file.
 
         ``overwrite(name, data)``: how a start file is rewritten and synced
-        (``JobFileWriter.overwrite``).
+        (``JobFileWriter.overwrite``). ``StorageError`` if the directory
+        cannot be listed.
         """
-        found = read_records(self._directory)
+        found = self._read()
         held = {
             job_id: record
             for job_id, record in newest_records(found).items()
-            if record[1] > self._file_serial(job_id)
+            if self._is_newer(record, job_id)
         }
         starts = StartFiles(self._directory, self._disk, overwrite, self._log)
         starts.adopt(found.names, held)
@@ -338,7 +338,8 @@ class JobVersions:
         """A job's newest record, from what is held, else from one reading of the directory."""
         if self._starts is not None:
             return self._starts.newest
-        stored = {job_id: record[1:] for job_id, record in newest_records(self._read()).items()}
+        records = newest_records(self._read())
+        stored = {job_id: (record.serial, record.version) for job_id, record in records.items()}
         return stored.get
 
     def newest_record(self, job_id: int) -> Newest | None:
@@ -352,11 +353,8 @@ class JobVersions:
         """The write serial of the job's next version (one more than the newest stored)."""
         current = self._serials.get(job_id)
         if current is None:  # a job the store neither loaded nor made: as stored
-            on_file = self._file_serial(job_id)
             record = self.newest_record(job_id)
-            current = max(
-                0 if on_file == math.inf else int(on_file), 0 if record is None else record[0]
-            )
+            current = max(self._file_serial(job_id) or 0, 0 if record is None else record[0])
         self._serials[job_id] = current + 1
         return current + 1
 
@@ -376,6 +374,11 @@ class JobVersions:
         if job_id is not None:
             self._serials.pop(job_id, None)
             self.replaced(job_id)
+
+    def _is_newer(self, record: Record, job_id: int) -> bool:
+        """Whether ``record`` is newer than ``job-N`` (which must be there to read)."""
+        on_file = self._file_serial(job_id)
+        return on_file is not None and record.serial > on_file
 
     def _read(self) -> Found:
         try:
