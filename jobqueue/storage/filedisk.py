@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 
 from jobqueue import constants, safeio
@@ -110,6 +111,20 @@ def storage_error(what: str, err: OSError) -> StorageError:
     """``StorageError`` "<what>: <strerror>", carrying the errno."""
     reason = os.strerror(err.errno) if err.errno else str(err)
     return StorageError(f"{what}: {reason}", err.errno or 0)
+
+
+#: The one-line files (``serial``, ``version``) are at most this long; more is damage.
+SMALL_FILE_LIMIT = 64
+
+
+def remove_or_warn(path: str, logger: logging.Logger) -> None:
+    """Remove ``path``; a failure other than its being gone already is logged, not raised."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:  # e.g. a directory: left alone, and never loaded
+        logger.warning("Cannot remove %s: %s", path, err.strerror)
 
 
 def unlink_quietly(path: str) -> None:

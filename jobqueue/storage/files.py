@@ -52,7 +52,13 @@ from jobqueue.storage.base import (
     encode_job,
 )
 from jobqueue.storage.filearchive import FileArchive
-from jobqueue.storage.filedisk import Disk, SmallFiles, storage_error, unlink_quietly
+from jobqueue.storage.filedisk import (
+    SMALL_FILE_LIMIT,
+    Disk,
+    SmallFiles,
+    storage_error,
+    unlink_quietly,
+)
 from jobqueue.storage.filefeed import FileChangeFeed
 from jobqueue.storage.filelead import FileLeadership
 from jobqueue.storage.fileoutput import FileOutputs
@@ -66,8 +72,6 @@ __all__ = ["Disk", "FileJobStore", "read_whole_version"]
 #: Threads writing one batch of job files in parallel: a single thread waits
 #: for one journal commit per file, many share them (about 6x here).
 _BATCH_WRITERS = 16
-#: The serial and version files hold one short line; anything longer is damage.
-_SMALL_FILE_LIMIT = 64
 
 
 class FileJobStore(JobStore):
@@ -148,7 +152,7 @@ class FileJobStore(JobStore):
     def _read_serial(self) -> int:
         path = self._path(layout.SERIAL_FILE)
         try:
-            text = safeio.read_regular_file(path, _SMALL_FILE_LIMIT)[0].decode("ascii")
+            text = safeio.read_regular_file(path, SMALL_FILE_LIMIT)[0].decode("ascii")
             return int(text.strip() or "0")
         except FileNotFoundError:
             return 0

@@ -27,10 +27,7 @@ from jobqueue import constants, safeio
 from jobqueue.errors import GenericError, JobQueueError
 from jobqueue.storage import layout
 from jobqueue.storage.base import check_setting
-from jobqueue.storage.filedisk import Disk, SmallFiles, storage_error
-
-#: The version file holds one short line; anything longer is damage.
-_VERSION_LIMIT = 64
+from jobqueue.storage.filedisk import SMALL_FILE_LIMIT, Disk, SmallFiles, storage_error
 
 
 class FileSettings:
@@ -56,7 +53,7 @@ class FileSettings:
         """
         path = self._path(layout.VERSION_FILE)
         try:
-            data = safeio.read_regular_file(path, _VERSION_LIMIT)[0]
+            data = safeio.read_regular_file(path, SMALL_FILE_LIMIT)[0]
             text = data.decode("ascii").strip()
         except FileNotFoundError:
             if owner:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, NoReturn
 from jobqueue import constants
 from jobqueue.storage import layout
 from jobqueue.storage.durable import Directory, PythonDirectory, compiled_directory, exchange_paths
-from jobqueue.storage.filedisk import unlink_quietly
+from jobqueue.storage.filedisk import remove_or_warn, unlink_quietly
 from jobqueue.storage.spares import SparePool, SpareReserve, make_spare, make_spares
 
 if TYPE_CHECKING:
@@ -141,11 +141,7 @@ class JobFileWriter:
         return spares
 
     def _remove(self, name: str) -> None:
-        path = os.path.join(self.directory, name)
-        try:
-            os.unlink(path)
-        except OSError as err:  # e.g. a directory: never loaded, so harmless
-            self._log.warning("Cannot remove %s: %s", path, err.strerror)
+        remove_or_warn(os.path.join(self.directory, name), self._log)
 
     def _probe_exchange(self) -> str | None:
         """None if two spares can be exchanged here, else why not."""

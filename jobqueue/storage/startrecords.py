@@ -50,7 +50,7 @@ from jobqueue.errors import JobFileCorrupted
 from jobqueue.model import Job
 from jobqueue.storage import layout
 from jobqueue.storage.base import decode_job, decode_job_and_serial
-from jobqueue.storage.filedisk import storage_error
+from jobqueue.storage.filedisk import remove_or_warn, storage_error
 
 if TYPE_CHECKING:
     from jobqueue.storage.filedisk import Disk
@@ -188,7 +188,7 @@ class StartFiles:
                 continue
             too_large = info.st_size > MAX_RECORD + BLOCK
             if len(free) >= MAX_KEPT or not stat.S_ISREG(info.st_mode) or too_large:
-                _remove(path, self._log)
+                remove_or_warn(path, self._log)
             else:
                 free.append(name)
         with self._lock:
@@ -263,7 +263,7 @@ class StartFiles:
                 os.close(fd)
             self._disk.fsync_dir(self._directory)
         except OSError:
-            _remove(path, self._log)
+            remove_or_warn(path, self._log)
             raise
 
 
@@ -275,15 +275,6 @@ def _erase(path: str) -> None:
             os.pwrite(fd, b" " * len(_MAGIC), 0)
         finally:
             os.close(fd)
-
-
-def _remove(path: str, logger: logging.Logger) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        logger.warning("Cannot remove %s: %s", path, err.strerror)
 
 
 class JobVersions:
