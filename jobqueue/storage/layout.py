@@ -43,6 +43,12 @@ _START_NAME = re.compile(re.escape(START_PREFIX) + r"([0-9]+)")
 _OUTPUT_NAME = re.compile(re.escape(ARCHIVED_OUTPUT_PREFIX) + r"([1-9][0-9]*)")
 
 
+def _number_in(pattern: re.Pattern[str], name: str) -> int | None:
+    """The number ``pattern`` (one group of digits) finds in the whole ``name``, else None."""
+    match = pattern.fullmatch(name)
+    return None if match is None else int(match.group(1))
+
+
 def job_file_name(job_id: int) -> str:
     """``job-N``."""
     return f"{JOB_FILE_PREFIX}{job_id}"
@@ -50,8 +56,7 @@ def job_file_name(job_id: int) -> str:
 
 def job_id_of(name: str) -> int | None:
     """The id in a ``job-N`` name (N a positive decimal without leading zeros), else None."""
-    match = _JOB_NAME.fullmatch(name)
-    return None if match is None else int(match.group(1))
+    return _number_in(_JOB_NAME, name)
 
 
 def looks_like_job(name: str) -> bool:
@@ -89,8 +94,7 @@ def spare_file_name(number: int) -> str:
 
 def spare_number_of(name: str) -> int | None:
     """The number in a ``.spare-<n>`` name, None for any other name."""
-    match = _SPARE_NAME.fullmatch(name)
-    return None if match is None else int(match.group(1))
+    return _number_in(_SPARE_NAME, name)
 
 
 def is_spare_name(name: str) -> bool:
@@ -105,8 +109,7 @@ def start_file_name(number: int) -> str:
 
 def start_number_of(name: str) -> int | None:
     """The number in a ``.start-<n>`` name, None for any other name."""
-    match = _START_NAME.fullmatch(name)
-    return None if match is None else int(match.group(1))
+    return _number_in(_START_NAME, name)
 
 
 def is_start_name(name: str) -> bool:
@@ -121,5 +124,4 @@ def output_dir_name(job_id: int) -> str:
 
 def output_job_id(name: str) -> int | None:
     """The id in an ``output-N`` name, None for any other name."""
-    match = _OUTPUT_NAME.fullmatch(name)
-    return None if match is None else int(match.group(1))
+    return _number_in(_OUTPUT_NAME, name)
