@@ -266,7 +266,13 @@ def _open_store(args: argparse.Namespace, paths: StatePaths) -> _OpenedStore:
     disk = disk_from_environment(os.environ)
     if disk is not None:
         log.warning("Storage fault injection enabled by %s (test-only)", FAULT_FILE_ENV)
-    store = FileJobStore(paths.queue_dir, disk=disk, spare_reserve=args.spare_files, logger=log)
+    store = FileJobStore(
+        paths.queue_dir,
+        disk=disk,
+        spare_reserve=args.spare_files,
+        sync_batches=args.batch_sync == daemonargs.BATCH_SYNC_FILESYSTEM,
+        logger=log,
+    )
     return _OpenedStore(store, False, None)
 
 

@@ -11,6 +11,10 @@ from jobqueue.luxi import server as luxi_server
 from jobqueue.storage.etcdoptions import add_etcd_arguments
 from jobqueue.storage.spares import DEFAULT_RESERVE as DEFAULT_SPARE_RESERVE
 
+#: ``--batch-sync`` choices.
+BATCH_SYNC_FILESYSTEM = "filesystem"
+BATCH_SYNC_FILES = "files"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -173,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="empty files the file store keeps ready in queue/ for new jobs, made in the "
         "background, so that a burst of submissions makes none (default: %(default)s)",
+    )
+    add(
+        "--batch-sync",
+        choices=[BATCH_SYNC_FILESYSTEM, BATCH_SYNC_FILES],
+        default=BATCH_SYNC_FILESYSTEM,
+        help="how the file store makes a large batch of new jobs durable: one sync of the "
+        "file system holding the queue (default; it also writes out other programs' pending "
+        "data on that file system), or a sync of each file",
     )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     add_etcd_arguments(parser)

@@ -28,6 +28,7 @@ import ctypes.util
 import errno
 import importlib
 import importlib.util
+import itertools
 import os
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
@@ -92,24 +93,23 @@ def helper_built() -> bool:
     return importlib.util.find_spec("jobqueue.storage._fastwrite") is not None
 
 
-def _load_renameat2() -> Any:
+def _load_libc_function(name: str, argtypes: list[Any]) -> Any:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        function = libc.renameat2
+        function = getattr(libc, name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    ]
+    function.argtypes = argtypes
     function.restype = ctypes.c_int
     return function
 
 
-_RENAMEAT2 = _load_renameat2()
+_RENAMEAT2 = _load_libc_function(
+    "renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+)
+_SYNCFS = _load_libc_function("syncfs", [ctypes.c_int])
+#: The first Linux whose ``syncfs`` reports the write-back errors it meets.
+_SYNCFS_REPORTS_ERRORS = (5, 8)
 
 
 def exchange_paths(path_a: str, path_b: str) -> None:
@@ -122,6 +122,38 @@ def exchange_paths(path_a: str, path_b: str) -> None:
     if result != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), path_a, None, path_b)
+
+
+def sync_filesystem(fd: int) -> None:
+    """``syncfs``: everything written to the file system of ``fd`` is durable; OSError.
+
+    Linux documents it as giving the guarantees of an ``fsync`` of every file
+    of that file system (see ``filesystem_sync_refusal`` for the kernels).
+    """
+    if _SYNCFS is None:
+        raise OSError(errno.ENOSYS, "syncfs is not in this C library")
+    if _SYNCFS(fd) != 0:  # ctypes lets other threads run meanwhile
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def filesystem_sync_refusal(release: str | None = None) -> str | None:
+    """None if ``sync_filesystem`` can stand for an fsync of each file here, else why not.
+
+    Before Linux 5.8 ``syncfs`` returned 0 even when writing a file back
+    failed, so a failed write could not be told from a durable one.
+    ``release`` is the kernel's (``os.uname().release`` by default).
+    """
+    if _SYNCFS is None:
+        return "syncfs is not in this C library"
+    release = os.uname().release if release is None else release
+    numbers = []
+    for part in release.split("-")[0].split(".")[:2]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        numbers.append(int(digits) if digits else 0)
+    if tuple(numbers) < _SYNCFS_REPORTS_ERRORS:
+        return f"Linux {release} does not report write-back errors through syncfs"
+    return None
 
 
 class PythonDirectory:

@@ -7,7 +7,7 @@ variable is unset and the store uses the plain ``Disk``.
 The control file holds an error name and, optionally, the operations to
 fail (all four when none are listed)::
 
-    ENOSPC                 every write, fsync (fdatasync too), replace (any rename)
+    ENOSPC                 every write, fsync (fdatasync and syncfs too), replace (any rename)
                            and fsync_dir fails
     EIO fsync fsync_dir    only the syncs fail, with EIO
 
@@ -110,6 +110,10 @@ class FaultyDisk(Disk):
     def fsync_dir(self, path: str) -> None:
         self._check("fsync_dir")
         super().fsync_dir(path)
+
+    def sync_filesystem(self, fd: int) -> None:
+        self._check("fsync")
+        super().sync_filesystem(fd)
 
 
 def disk_from_environment(environ: Mapping[str, str]) -> Disk | None:

@@ -21,7 +21,7 @@ import os
 from jobqueue import constants, safeio
 from jobqueue.errors import StorageError
 from jobqueue.storage import layout
-from jobqueue.storage.durable import exchange_paths
+from jobqueue.storage.durable import exchange_paths, sync_filesystem
 
 
 class Disk:
@@ -61,6 +61,10 @@ class Disk:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def sync_filesystem(self, fd: int) -> None:
+        """``syncfs``: all of the file system holding ``fd`` made durable."""
+        sync_filesystem(fd)
 
 
 class SmallFiles:

@@ -72,6 +72,9 @@ __all__ = ["Disk", "FileJobStore", "read_whole_version"]
 #: Threads writing one batch of job files in parallel: a single thread waits
 #: for one journal commit per file, many share them (about 6x here).
 _BATCH_WRITERS = 16
+#: New job files from this many up are written unsynced and made durable by one
+#: sync of their file system (``JobFileWriter.create_many``), where it can be used.
+_ONE_SYNC_BATCH = 32
 
 
 class FileJobStore(JobStore):
@@ -84,6 +87,9 @@ class FileJobStore(JobStore):
     (``leadership``), never before. ``write_method`` forces the Python
     write path or the rename fallback (tests; see ``jobwriter.Choice``).
     ``spare_reserve``: empty spare files kept ready for new jobs (``spares``).
+    ``sync_batches``: a large batch of new job files is made durable by one
+    sync of the file system (``syncfs``) where the kernel reports its errors,
+    instead of a sync per file.
     """
 
     def __init__(
@@ -95,6 +101,7 @@ class FileJobStore(JobStore):
         owner: bool = True,
         write_method: Choice = Choice.AUTO,
         spare_reserve: int = 0,
+        sync_batches: bool = True,
         logger: logging.Logger | None = None,
     ) -> None:
         self.queue_dir = queue_dir
@@ -108,6 +115,7 @@ class FileJobStore(JobStore):
         self._small_files = SmallFiles(self._disk)
         self._write_method = write_method
         self._spare_reserve = spare_reserve
+        self._sync_batches = sync_batches
         self._writer: JobFileWriter | None = None
         self._writer_lock = threading.Lock()  # guards the start of _writer and of _versions
         self._versions = JobVersions(queue_dir, self._disk, self._log, self._file_write_serial)
@@ -144,6 +152,7 @@ class FileJobStore(JobStore):
                 choice=self._write_method,
                 allow_helper=type(self._disk) is Disk,
                 spare_reserve=self._spare_reserve,
+                sync_batches=self._sync_batches,
                 logger=self._log,
             )
         except OSError as err:
@@ -348,8 +357,11 @@ class FileJobStore(JobStore):
     def create_jobs(self, jobs: Sequence[Job]) -> list[StorageError | None]:
         if len(jobs) == 1:  # the write syncs the directory itself
             return [self._create_one(jobs[0], sync_dir=True)]
-        # Parallel fsyncs share the file system's commits; one directory sync for all.
-        results = self._create_in_parallel(jobs)
+        writer = self._owned_writer()
+        if len(jobs) >= _ONE_SYNC_BATCH and writer.syncs_batches:
+            results = self._create_with_one_sync(writer, jobs)
+        else:  # parallel fsyncs share the file system's flushes
+            results = self._create_in_parallel(jobs)
         written = [job.id for job, failure in zip(jobs, results, strict=True) if failure is None]
         if written:
             try:
@@ -360,6 +372,23 @@ class FileJobStore(JobStore):
                     unlink_quietly(self._job_path(job_id))
                     self._versions.forget(job_id)
                 return [failure if res is None else res for res in results]
+        return results
+
+    def _create_with_one_sync(
+        self, writer: JobFileWriter, jobs: Sequence[Job]
+    ) -> list[StorageError | None]:
+        """Write the jobs' files, all made durable by one file-system sync (``create_many``)."""
+        names = [layout.job_file_name(job.id) for job in jobs]
+        failures = writer.create_many(
+            [(name, encode_job(job, 1)) for name, job in zip(names, jobs, strict=True)]
+        )
+        results: list[StorageError | None] = []
+        for name, job, failure in zip(names, jobs, failures, strict=True):
+            if failure is None:
+                self._versions.loaded(job.id, 1)
+                results.append(None)
+            else:
+                results.append(storage_error(f"Cannot write {self._path(name)}", failure))
         return results
 
     def _create_in_parallel(self, jobs: Sequence[Job]) -> list[StorageError | None]:

@@ -33,11 +33,18 @@ import itertools
 import logging
 import os
 import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from jobqueue import constants
 from jobqueue.storage import layout
-from jobqueue.storage.durable import Directory, PythonDirectory, compiled_directory, exchange_paths
+from jobqueue.storage.durable import (
+    Directory,
+    PythonDirectory,
+    compiled_directory,
+    exchange_paths,
+    filesystem_sync_refusal,
+)
 from jobqueue.storage.filedisk import remove_or_warn, unlink_quietly
 from jobqueue.storage.spares import SparePool, SpareReserve, make_spare, make_spares
 
@@ -80,6 +87,7 @@ class JobFileWriter:
         choice: Choice = Choice.AUTO,
         allow_helper: bool = True,
         spare_reserve: int = 0,
+        sync_batches: bool = True,
         logger: logging.Logger | None = None,
     ) -> None:
         """Clean up after a previous run, probe the file system and log the method chosen.
@@ -95,7 +103,7 @@ class JobFileWriter:
         self._log = logger or logging.getLogger(__name__)
         self._pid = os.getpid()
         self._temp_numbers = itertools.count()
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dir_fd = self._dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         weakref.finalize(self, os.close, dir_fd)
         compiled = compiled_directory(dir_fd) if choice == Choice.AUTO and allow_helper else None
         self._dir: Directory = compiled or PythonDirectory(disk, directory)
@@ -114,9 +122,22 @@ class JobFileWriter:
             self.method = f"exchange with spare files (renameat2 RENAME_EXCHANGE), {how}"
         else:
             self.method = f"rename of temporary files ({how}); exchange: {reason}"
+        refusal = self._batch_sync_refusal(sync_batches)
+        self.syncs_batches = refusal is None
+        self.method += "; batches of new files: " + (
+            "one file-system sync (syncfs)" if refusal is None else f"a sync per file ({refusal})"
+        )
         self._log.info("Job files in %s are written by %s", directory, self.method)
 
     # -- start ---------------------------------------------------------------------
+    def _batch_sync_refusal(self, asked: bool) -> str | None:
+        """None if ``create_many`` may be used here, else why not."""
+        if not asked:
+            return "as asked"
+        if not self.exchange:
+            return "no spare files"
+        return filesystem_sync_refusal()
+
     def _clean_up(self, keep: int) -> list[str]:
         """Remove temporary files, keep up to ``keep`` spares (their names).
 
@@ -233,6 +254,69 @@ class JobFileWriter:
             missing = count - self.pool.free()
             if missing > 0:
                 make_spares(self.directory, self.pool, missing)
+
+    def create_many(self, items: Sequence[tuple[str, bytes]]) -> list[OSError | None]:
+        """New files ``target`` holding ``data``, for each item, made durable by one sync.
+
+        For a large batch, where ``syncs_batches``. Each ``data`` goes into a
+        spare without a sync of its own; one ``syncfs`` then makes them all
+        durable (Linux gives it the guarantees of an fsync of every file of
+        the file system), and only after that are the spares renamed to their
+        targets: a name never shows data that is not durable. Returns None or
+        the OSError for each item (a failed ``syncfs`` fails them all). The
+        caller syncs the directory (``sync_directory``) before it reports any.
+        """
+        self.ready_spares(len(items))
+        self._reserve.wake()
+        written: list[tuple[int, str, str]] = []  # (index, spare, target)
+        results: list[OSError | None] = [None] * len(items)
+        for index, (target, data) in enumerate(items):
+            self._reserve.touch()  # no refill while the batch is written
+            spare, create = self._take_spare()
+            step = self._fill(spare, data, create)
+            if step is None:
+                written.append((index, spare, target))
+            else:
+                results[index] = step[1]
+                self._after_failure(spare, target, create, step[0])
+        if not written:
+            return results
+        try:
+            self._disk.sync_filesystem(self._dir_fd)
+        except OSError as err:
+            for index, spare, _ in written:
+                self.pool.give_back(spare)
+                results[index] = err
+            return results
+        for index, spare, target in written:
+            try:
+                self._disk.replace(
+                    os.path.join(self.directory, spare), os.path.join(self.directory, target)
+                )
+            except OSError as err:
+                self.pool.give_back(spare)
+                results[index] = err
+        return results
+
+    def _fill(self, spare: str, data: bytes, create: bool) -> tuple[str, OSError] | None:
+        """Write ``data`` into ``spare`` from offset 0, unsynced; None or (failed step, error)."""
+        flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags |= os.O_CREAT | os.O_EXCL if create else 0
+        try:
+            fd = os.open(os.path.join(self.directory, spare), flags, constants.FILE_MODE)
+        except OSError as err:
+            return "open", err
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._disk.write(fd, view.tobytes()) :]
+            if not create:
+                os.ftruncate(fd, len(data))
+        except OSError as err:
+            return "write", err
+        finally:
+            os.close(fd)
+        return None
 
     def close(self) -> None:
         """Stop the spare reserve's thread (writes still work, without a reserve)."""

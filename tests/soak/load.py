@@ -23,6 +23,8 @@ from jobqueue.constants import FINALIZED
 from jobqueue.luxi.client import Client
 
 ALL_FINAL = sorted(str(status) for status in FINALIZED)
+#: Share of batched submissions with 32 to 40 jobs (one file-system sync: doc/storage.rst).
+LARGE_BATCH_SHARE = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +200,9 @@ class LoadClients:
 
     def _submit_many(self, client: Client, rng: random.Random, number: int) -> None:
         jobs, tags, meant = [], [], []
-        for index in range(rng.randint(2, 4)):
+        # Now and then a batch large enough for one sync of the file system.
+        size = rng.randint(32, 40) if rng.random() < LARGE_BATCH_SHARE else rng.randint(2, 4)
+        for index in range(size):
             tag, ops = self._job(rng, number)
             depends = self._absolute_dependency(rng)
             relative = index > 0 and rng.random() < 0.7
