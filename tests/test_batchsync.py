@@ -27,7 +27,7 @@ from tests.daemon_helper import Daemon, wait_until
 from tests.queue_files import load_jobs
 
 DELAY0 = {"OP_ID": "OP_TEST_DELAY", "duration": 0}
-#: Large enough for one sync (``files._ONE_SYNC_BATCH``), small enough to be quick.
+#: Large enough for one sync (``filecreate.ONE_SYNC_BATCH``), small enough to be quick.
 BATCH = 40
 
 pytestmark = pytest.mark.skipif(

@@ -17,7 +17,8 @@ of the layout (names in ``layout``): the archive and its pruning
 filter rules (``filesettings``), the write serials and start records of live
 jobs (``startrecords``), command output in directories that follow their jobs
 (``fileoutput``), the queue lock (``filelead``), and changes made by other
-processes (``filefeed``, inotify). The disk calls and the atomic write of
+processes (``filefeed``, inotify), and the files of new jobs
+(``filecreate``). The disk calls and the atomic write of
 small files are in ``filedisk``. This is the only module that opens job
 files.
 
@@ -27,8 +28,6 @@ guarantees one writer per job. ``_lock`` guards the id counters.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import errno
 import itertools
 import logging
@@ -52,29 +51,22 @@ from jobqueue.storage.base import (
     encode_job,
 )
 from jobqueue.storage.filearchive import FileArchive
+from jobqueue.storage.filecreate import NewJobFiles
 from jobqueue.storage.filedisk import (
     SMALL_FILE_LIMIT,
     Disk,
     SmallFiles,
     storage_error,
-    unlink_quietly,
 )
 from jobqueue.storage.filefeed import FileChangeFeed
 from jobqueue.storage.filelead import FileLeadership
 from jobqueue.storage.fileoutput import FileOutputs
 from jobqueue.storage.filesettings import FileSettings
-from jobqueue.storage.jobwriter import Choice, DirectoryNotSynced, JobFileWriter
+from jobqueue.storage.jobwriter import Choice, JobFileWriter
 from jobqueue.storage.startrecords import MAX_RECORD, JobVersions, newer_of
 
 #: The file store's public names; ``Disk`` is defined in ``filedisk``.
 __all__ = ["Disk", "FileJobStore", "read_whole_version"]
-
-#: Threads writing one batch of job files in parallel: a single thread waits
-#: for one journal commit per file, many share them (about 6x here).
-_BATCH_WRITERS = 16
-#: New job files from this many up are written unsynced and made durable by one
-#: sync of their file system (``JobFileWriter.create_many``), where it can be used.
-_ONE_SYNC_BATCH = 32
 
 
 class FileJobStore(JobStore):
@@ -109,7 +101,6 @@ class FileJobStore(JobStore):
         self.corrupt_dir = os.path.join(queue_dir, layout.CORRUPT_DIR)
         self._disk = disk or Disk()
         self._owner = owner
-        self._batch_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._id_block = id_block
         self._log = logger or logging.getLogger(__name__)
         self._small_files = SmallFiles(self._disk)
@@ -119,7 +110,8 @@ class FileJobStore(JobStore):
         self._writer: JobFileWriter | None = None
         self._writer_lock = threading.Lock()  # guards the start of _writer and of _versions
         self._versions = JobVersions(queue_dir, self._disk, self._log, self._file_write_serial)
-        self._lock = threading.Lock()  # guards _last_id, _reserved, _batch_pool
+        self._new_files = NewJobFiles(queue_dir, self._owned_writer, self._versions)
+        self._lock = threading.Lock()  # guards _last_id, _reserved
         self._leadership: FileLeadership | None = None
         self._outputs = FileOutputs(queue_dir, self.archive_dir, self._disk, self._log)
         self._archive = FileArchive(
@@ -355,69 +347,7 @@ class FileJobStore(JobStore):
         self._log.error("Job file %s is corrupt (%s); moved to %s", name, why, target)
 
     def create_jobs(self, jobs: Sequence[Job]) -> list[StorageError | None]:
-        if len(jobs) == 1:  # the write syncs the directory itself
-            return [self._create_one(jobs[0], sync_dir=True)]
-        writer = self._owned_writer()
-        if len(jobs) >= _ONE_SYNC_BATCH and writer.syncs_batches:
-            results = self._create_with_one_sync(writer, jobs)
-        else:  # parallel fsyncs share the file system's flushes
-            results = self._create_in_parallel(jobs)
-        written = [job.id for job, failure in zip(jobs, results, strict=True) if failure is None]
-        if written:
-            try:
-                self._owned_writer().sync_directory()
-            except OSError as err:
-                failure = storage_error(f"Cannot sync {self.queue_dir}", err)
-                for job_id in written:  # not durable, so never acknowledge them
-                    unlink_quietly(self._job_path(job_id))
-                    self._versions.forget(job_id)
-                return [failure if res is None else res for res in results]
-        return results
-
-    def _create_with_one_sync(
-        self, writer: JobFileWriter, jobs: Sequence[Job]
-    ) -> list[StorageError | None]:
-        """Write the jobs' files, all made durable by one file-system sync (``create_many``)."""
-        names = [layout.job_file_name(job.id) for job in jobs]
-        failures = writer.create_many(
-            [(name, encode_job(job, 1)) for name, job in zip(names, jobs, strict=True)]
-        )
-        results: list[StorageError | None] = []
-        for name, job, failure in zip(names, jobs, failures, strict=True):
-            if failure is None:
-                self._versions.loaded(job.id, 1)
-                results.append(None)
-            else:
-                results.append(storage_error(f"Cannot write {self._path(name)}", failure))
-        return results
-
-    def _create_in_parallel(self, jobs: Sequence[Job]) -> list[StorageError | None]:
-        """``_create_one`` for each job, on up to ``_BATCH_WRITERS`` threads.
-
-        Each thread takes the next job until none is left: one task per
-        thread, not one per job (a future per job was a tenth of a batch
-        submission's Python). Raises what a write raised other than its
-        StorageError, once every thread has stopped.
-        """
-        results: list[StorageError | None] = [None] * len(jobs)
-        pending = collections.deque(enumerate(jobs))
-        self._owned_writer().ready_spares(len(jobs))
-
-        def drain() -> None:
-            while True:
-                try:
-                    index, job = pending.popleft()
-                except IndexError:
-                    return
-                results[index] = self._create_one(job)
-
-        pool = self._batch_writers()
-        tasks = [pool.submit(drain) for _ in range(min(_BATCH_WRITERS, len(jobs)))]
-        for task in tasks:
-            task.exception()  # waits
-        for task in tasks:
-            task.result()  # raises the first failure
-        return results
+        return self._new_files.create(jobs)
 
     def replace_job(self, job: Job) -> None:
         self._replace(job.id, encode_job(job, self._versions.next_serial(job.id)))
@@ -446,17 +376,6 @@ class FileJobStore(JobStore):
         except OSError as err:
             raise storage_error(f"Cannot record the start of job {job.id}", err) from err
 
-    def _create_one(self, job: Job, sync_dir: bool = False) -> StorageError | None:
-        name = layout.job_file_name(job.id)
-        try:
-            self._owned_writer().create(name, encode_job(job, 1), sync_dir=sync_dir)
-        except DirectoryNotSynced as err:
-            return storage_error(f"Cannot sync {self.queue_dir}", err)
-        except OSError as err:
-            return storage_error(f"Cannot write {self._path(name)}", err)
-        self._versions.loaded(job.id, 1)
-        return None
-
     def _owned_writer(self) -> JobFileWriter:
         """The job-file writer, started at ``load_jobs`` or the first job write.
 
@@ -475,15 +394,6 @@ class FileJobStore(JobStore):
     def write_method(self) -> str:
         """How job files are written here (logged when the writer starts)."""
         return self._owned_writer().method if self._owner else "none (maintenance)"
-
-    def _batch_writers(self) -> concurrent.futures.ThreadPoolExecutor:
-        """Threads that write the files of one batch in parallel (started on first use)."""
-        with self._lock:
-            if self._batch_pool is None:
-                self._batch_pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=_BATCH_WRITERS, thread_name_prefix="job-writer"
-                )
-            return self._batch_pool
 
     def discard_jobs(self, job_ids: Sequence[int]) -> tuple[list[int], StorageError | None]:
         removed: list[int] = []
@@ -584,10 +494,7 @@ class FileJobStore(JobStore):
     def close(self) -> None:
         if self._leadership is not None:
             self._leadership.release()
-        with self._lock:
-            pool, self._batch_pool = self._batch_pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        self._new_files.close()
         if self._writer is not None:
             self._writer.close()
 
