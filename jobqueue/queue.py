@@ -9,6 +9,7 @@ is durable before its id is returned. Read-only questions are answered by
 
 It is what the LUXI server calls for changes (``luxi.methods.QueueApi``)
 and delegates to its parts: ``submission.Intake`` (new jobs),
+``jobchanges.JobChanges`` (cancel, priority),
 ``archiving.Archiver`` (the archive), ``settings.QueueSettings``
 (queue-wide settings and reports), ``controls.Controls`` (what may run
 when). It builds the parts that call back into it; ``daemon.py`` the archiver.
@@ -42,7 +43,8 @@ from jobqueue.archiving import Archiver
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.controls import Controls
 from jobqueue.depmgr import DependencyManager
-from jobqueue.errors import ECODE_INVAL, GenericError, NoSuchTask, OpPrereqError, StorageError
+from jobqueue.errors import GenericError, StorageError
+from jobqueue.jobchanges import JobChanges
 from jobqueue.jobstep import ActiveJob, LogBacklog, Verdict, end_lost_opcodes_locked, step
 from jobqueue.livejobs import LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
@@ -129,6 +131,7 @@ class JobQueue:
             clock=clock,
             logger=self._log,
         )
+        self._changes = JobChanges(self, ownership)
         self._settings = QueueSettings(
             store,
             live,
@@ -331,7 +334,7 @@ class JobQueue:
         if waiters:
             self._enqueue(waiters)
 
-    # -- for the controls (jobqueue.controls) ------------------------------------------
+    # -- for the controls and the job changes (jobqueue.controls, jobqueue.jobchanges) --
     def active_job(self, job_id: int) -> ActiveJob | None:
         return self._get_active(job_id)
 
@@ -347,6 +350,9 @@ class JobQueue:
 
     def not_active_message(self, job_id: int) -> str:
         return self._not_active_message(job_id)
+
+    def finished(self, job_id: int) -> None:
+        self._finished(job_id)
 
     def _recover_from_failed_write(self, active: ActiveJob, err: StorageError) -> None:
         """Go back to what is stored and try the job again a little later.
@@ -415,86 +421,18 @@ class JobQueue:
         """Jobs returned by an LU of ``parent`` (``Intake.submit_from_lu``)."""
         return self._intake.submit_from_lu(jobs, parent)
 
-    # -- cancel and priority ---------------------------------------------------
+    # -- cancel and priority (jobqueue.jobchanges) -------------------------------
     def cancel_job(
         self, job_id: int, kill: bool = False, *, caller: Submitter | None = None
     ) -> list[Any]:
-        """Cancel a queued or waiting job; with ``kill`` also a running one.
-
-        ``AccessDenied`` unless ``caller`` may change the job (see ``ownership``).
-        """
-        active = self._get_active(job_id)
-        if active is None:
-            return [False, self._not_active_message(job_id)]
-        with active.lock:
-            status, job = active.job.status, active.job
-            self._ownership.check_job(caller, job.submitter, job_id, "kill" if kill else "cancel")
-            if status == Status.QUEUED:
-                message = active.cancel_message or constants.MSG_CANCELED
-                self._change_locked(
-                    active,
-                    lambda: job.finalize_pending(Status.CANCELED, message, self.now()),
-                )
-                reply = [True, f"Job {job_id} canceled"]
-            elif status == Status.WAITING or (
-                kill and status in (Status.RUNNING, Status.CANCELING)
-            ):
-                self._change_locked(active, job.mark_canceling)
-                if kill:
-                    active.kill.set()
-                reply = [True, f"Job {job_id} will be {'killed' if kill else 'canceled'}"]
-            elif status == Status.RUNNING:
-                return [False, f"Job {job_id} is running; cancel it with kill to stop it"]
-            elif status in FINALIZED:
-                return [False, f"Job {job_id} has already finished"]
-            else:
-                return [False, f"Job {job_id} is already being canceled"]
-        if status == Status.QUEUED:
-            self._finished(job_id)
-        else:
-            self.locks.interrupt(job_id)
-            if self.depmgr.remove_waiter(job_id):
-                self._enqueue([job_id])
-        return reply
+        """Cancel a queued or waiting job; with ``kill`` also a running one."""
+        return self._changes.cancel_job(job_id, kill, caller=caller)
 
     def change_job_priority(
         self, job_id: int, priority: int, *, caller: Submitter | None = None
     ) -> list[Any]:
-        """Change the priority of the job's queued and waiting opcodes.
-
-        ``AccessDenied`` unless ``caller`` may change the job.
-        """
-        if priority not in constants.PRIO_SUBMIT_VALID:
-            raise OpPrereqError(
-                f"Invalid priority {priority}, allowed are {sorted(constants.PRIO_SUBMIT_VALID)}",
-                ECODE_INVAL,
-            )
-        active = self._get_active(job_id)
-        if active is None:
-            return [False, self._not_active_message(job_id)]
-        with active.lock:
-            self._ownership.check_job(caller, active.job.submitter, job_id, "reprioritise")
-            if active.job.status == Status.CANCELING:
-                return [False, f"Job {job_id} is cancelling"]
-            pending = [op for op in active.job.ops if op.status in (Status.QUEUED, Status.WAITING)]
-            if not pending:
-                return [False, f"Job {job_id} had no pending opcodes"]
-
-            def change() -> None:
-                for op in pending:
-                    op.priority = priority
-
-            self._change_locked(active, change)
-            active.strategy = None  # escalation restarts from the new priority
-            new_priority = active.job.priority
-        try:
-            self.pool.change_task_priority(job_id, new_priority)
-        except NoSuchTask:
-            pass  # running or parked on a dependency; picked up at its next turn
-        return [
-            True,
-            f"Priorities of pending opcodes for job {job_id} have been changed to {priority}",
-        ]
+        """Change the priority of the job's queued and waiting opcodes."""
+        return self._changes.change_job_priority(job_id, priority, caller=caller)
 
     def _change_locked(self, active: ActiveJob, change: Callable[[], None]) -> None:
         """Apply ``change`` and write it; on a failed write undo it and raise."""
