@@ -156,6 +156,40 @@ def filesystem_sync_refusal(release: str | None = None) -> str | None:
     return None
 
 
+def write_whole(
+    disk: Disk, path: str, data: bytes, file_mode: int, create: bool, *, sync: bool
+) -> tuple[str, OSError] | None:
+    """Write ``data`` as the whole content of ``path`` through ``disk``, then close it.
+
+    ``create`` makes a new file (it must not exist); otherwise the existing
+    file is written from offset 0 and cut to length. ``sync`` fsyncs it
+    before closing. Returns None, or the failed step ("open", "write" or
+    "fsync") and its error.
+    """
+    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    flags |= os.O_CREAT | os.O_EXCL if create else 0
+    try:
+        fd = os.open(path, flags, file_mode)
+    except OSError as err:
+        return "open", err
+    step = "write"
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[disk.write(fd, view.tobytes()) :]
+            if not create:
+                os.ftruncate(fd, len(data))
+            if sync:
+                step = "fsync"
+                disk.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        return step, err
+    return None
+
+
 class PythonDirectory:
     """The Python twin of ``_fastwrite.Directory``: every call through ``disk``.
 
@@ -184,23 +218,11 @@ class PythonDirectory:
         /,
     ) -> Failure | None:
         path, target_path = os.path.join(self.path, name), os.path.join(self.path, target)
-        step = "open"
+        failure = write_whole(self.disk, path, data, file_mode, create, sync=True)
+        if failure is not None:
+            return failure[0], failure[1].errno or errno.EIO
+        step = "rename"
         try:
-            flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-            flags |= os.O_CREAT | os.O_EXCL if create else 0
-            fd = os.open(path, flags, file_mode)
-            step = "write"
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[self.disk.write(fd, view.tobytes()) :]
-                if not create:
-                    os.ftruncate(fd, len(data))
-                step = "fsync"
-                self.disk.fsync(fd)
-            finally:
-                os.close(fd)
-            step = "rename"
             if exchange:
                 self.disk.exchange(path, target_path)
             else:

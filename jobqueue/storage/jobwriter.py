@@ -44,6 +44,7 @@ from jobqueue.storage.durable import (
     compiled_directory,
     exchange_paths,
     filesystem_sync_refusal,
+    write_whole,
 )
 from jobqueue.storage.filedisk import remove_or_warn, unlink_quietly
 from jobqueue.storage.spares import SparePool, SpareReserve, make_spare, make_spares
@@ -300,23 +301,8 @@ class JobFileWriter:
 
     def _fill(self, spare: str, data: bytes, create: bool) -> tuple[str, OSError] | None:
         """Write ``data`` into ``spare`` from offset 0, unsynced; None or (failed step, error)."""
-        flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-        flags |= os.O_CREAT | os.O_EXCL if create else 0
-        try:
-            fd = os.open(os.path.join(self.directory, spare), flags, constants.FILE_MODE)
-        except OSError as err:
-            return "open", err
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[self._disk.write(fd, view.tobytes()) :]
-            if not create:
-                os.ftruncate(fd, len(data))
-        except OSError as err:
-            return "write", err
-        finally:
-            os.close(fd)
-        return None
+        path = os.path.join(self.directory, spare)
+        return write_whole(self._disk, path, data, constants.FILE_MODE, create, sync=False)
 
     def close(self) -> None:
         """Stop the spare reserve's thread (writes still work, without a reserve)."""
