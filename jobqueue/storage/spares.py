@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -166,7 +167,7 @@ class SpareReserve:
         self._pending = reserve > 0
         self._stopped = False
         self._refused = False
-        self._last_write = 0.0
+        self._last_write = -math.inf  # no write yet, however soon after boot
         self._thread: threading.Thread | None = None
         if reserve > 0:
             self._thread = threading.Thread(target=self._run, name="spare-reserve", daemon=True)
