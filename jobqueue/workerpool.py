@@ -424,14 +424,10 @@ class WorkerPool:
     def _work(self, worker: _Worker) -> None:
         """The worker thread's loop: take a task, run it, report back, repeat."""
         try:
-            while (task := self._next_task(worker)) is not None:
+            task = self._next_task(worker)
+            while task is not None:
                 defer_priority = self._run_one(worker, task)
-                with self._lock:
-                    worker.current = None
-                    self._release_slot_locked(worker)  # it takes the next task itself
-                    if defer_priority is not None:  # this worker looks for work next anyway
-                        self._add_task_locked(task.payload, defer_priority, task.task_id)
-                    self._state_changed.notify_all()
+                task = self._next_task(worker, (task, defer_priority))
         finally:
             with self._lock:
                 if worker in self._workers:  # only if something escaped _run_one
@@ -449,13 +445,25 @@ class WorkerPool:
         self._busy -= 1
         return True
 
-    def _next_task(self, worker: _Worker) -> _Task | None:
+    def _next_task(
+        self, worker: _Worker, done: tuple[_Task, int | None] | None = None
+    ) -> _Task | None:
         """Block until there is a task for ``worker``; None when it must leave.
 
-        Takes the lock. A leaving worker drops out of the pool in the same
-        locked step, so ``resize`` never revives a worker that already left.
+        ``done``: the task the worker just ran, and the priority to queue it
+        again at (None if it is over); it is reported in the same locked
+        step that looks for the next task, one hand-off of the lock fewer
+        per task. A leaving worker drops out of the pool in that step too,
+        so ``resize`` never revives a worker that already left.
         """
         with self._lock:
+            if done is not None:
+                ran, defer_priority = done
+                worker.current = None
+                self._release_slot_locked(worker)  # it takes the next task itself
+                if defer_priority is not None:  # this worker looks for work next anyway
+                    self._add_task_locked(ran.payload, defer_priority, ran.task_id)
+                self._state_changed.notify_all()
             while not worker.stopping:
                 free = self._active and self._busy < self._slots
                 task = self._pop_live_locked() if free else None
