@@ -1,43 +1,27 @@
-"""Opcode definitions: submit-time validation, defaults, summaries, the registry, plugins."""
+"""Opcode definitions: submit-time validation.
+
+Types, defaults and the common parameters, Ganeti's own parameters, the bound
+on nesting, opcodes nested in other opcodes, and each opcode's own checks.
+
+The registry fixture and the opcode helpers here are shared with
+test_opcodes_registry and test_opcodes_records.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import sys
-import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jobqueue.constants import Status
-from jobqueue.errors import (
-    ECODE_INVAL,
-    GenericError,
-    OpCodeUnknown,
-    OpPrereqError,
-    ProgrammerError,
-)
-from jobqueue.lus import builtin_registry, load_plugins
+from jobqueue.errors import ECODE_INVAL, OpCodeUnknown, OpPrereqError
+from jobqueue.lus import builtin_registry
 from jobqueue.lus.base import LogicalUnit
-from jobqueue.lus.command import OpCommandFanout, OpCommandRun
-from jobqueue.lus.test import MAX_DELAY_REPEAT, LUTestDelay, OpTestDelay, OpTestDummy
-from jobqueue.opcodes import (
-    INT,
-    MAX_NESTING,
-    NON_EMPTY_STRING,
-    Dependency,
-    InvalidOpCode,
-    OpCode,
-    Param,
-    ReasonEntry,
-    Registry,
-    Type,
-    list_of,
-    param,
-)
+from jobqueue.lus.command import OpCommandFanout
+from jobqueue.lus.test import MAX_DELAY_REPEAT, OpTestDelay, OpTestDummy
+from jobqueue.opcodes import MAX_NESTING, OpCode, Param, ReasonEntry, Registry, Type
 
 BUILTIN_IDS = [
     "OP_COMMAND_FANOUT",
@@ -63,6 +47,23 @@ def rejected(registry: Registry, data: Any) -> OpPrereqError:
 
 def delay(**params: Any) -> dict[str, Any]:
     return {"OP_ID": "OP_TEST_DELAY", "duration": 1, **params}
+
+
+def nested(levels: int, leaf: Any = 0) -> Any:
+    """``leaf`` inside ``levels`` lists."""
+    value = leaf
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def fanout(**params: Any) -> dict[str, Any]:
+    return {"OP_ID": "OP_COMMAND_FANOUT", "argv": ["echo", "{item}"], "items": ["a"], **params}
+
+
+class LUPluginThing(LogicalUnit):
+    def exec(self) -> Any:
+        return self.op.size
 
 
 class TestValidate:
@@ -208,318 +209,6 @@ class TestValidate:
         with pytest.raises(AttributeError):
             _ = op.no_such_param
         assert op.to_dict()["duration"] == 0.25
-
-
-class TestSummaries:
-    @pytest.mark.parametrize(
-        ("data", "summary"),
-        [
-            ({"OP_ID": "OP_TEST_DELAY", "duration": 0.5}, "TEST_DELAY(0.5)"),
-            ({"OP_ID": "OP_TEST_DELAY", "duration": 3}, "TEST_DELAY(3)"),
-            (
-                {"OP_ID": "OP_COMMAND_RUN", "argv": ["/usr/bin/rsync", "-a", "src", "dst"]},
-                "COMMAND_RUN(rsync)",
-            ),
-            ({"OP_ID": "OP_COMMAND_RUN", "argv": ["ls"]}, "COMMAND_RUN(ls)"),
-            (
-                {
-                    "OP_ID": "OP_COMMAND_FANOUT",
-                    "argv": ["/bin/ping", "{item}"],
-                    "items": ["a", "b"],
-                },
-                "COMMAND_FANOUT(ping x2)",
-            ),
-            ({"OP_ID": "OP_TEST_DUMMY"}, "TEST_DUMMY"),
-            ({"OP_ID": "OP_TEST_JQUEUE"}, "TEST_JQUEUE"),
-            ({"OP_ID": "OP_NOT_REGISTERED"}, "NOT_REGISTERED"),
-        ],
-    )
-    def test_summary(self, registry: Registry, data: dict[str, Any], summary: str) -> None:
-        assert registry.summarize(data) == summary
-
-    def test_long_values_are_shortened(self) -> None:
-        summary = OpTestDelay.summary({"duration": "x" * 100})
-        assert summary == f"TEST_DELAY({'x' * 37}...)"
-
-
-class OpPluginThing(OpCode):
-    OP_ID = "OP_PLUGIN_THING"
-    PARAMS = (Param("size", INT, required=True),)
-
-
-class LUPluginThing(LogicalUnit):
-    def exec(self) -> Any:
-        return self.op.size
-
-
-class TestRegistry:
-    def test_duplicate_registration(self, registry: Registry) -> None:
-        with pytest.raises(ProgrammerError, match="OP_TEST_DELAY"):
-            registry.register(OpTestDelay, LUTestDelay)
-        assert registry.lookup("OP_TEST_DELAY") == (OpTestDelay, LUTestDelay)
-
-    def test_op_id_needs_prefix(self) -> None:
-        class Bad(OpCode):
-            OP_ID = "THING"
-
-        with pytest.raises(ProgrammerError):
-            Registry().register(Bad, LUPluginThing)
-
-    def test_parameter_may_not_shadow_a_base_parameter(self) -> None:
-        class Shadow(OpCode):
-            OP_ID = "OP_SHADOW"
-            PARAMS = (Param("priority", INT),)
-
-        registry = Registry()
-        with pytest.raises(ProgrammerError):
-            registry.register(Shadow, LUPluginThing)
-        assert registry.op_ids() == []
-
-    def test_lookup_unknown(self, registry: Registry) -> None:
-        with pytest.raises(OpCodeUnknown):
-            registry.lookup("OP_PLUGIN_THING")
-
-    def test_describe_lists_every_parameter(self, registry: Registry) -> None:
-        described = {entry["OP_ID"]: entry for entry in registry.describe()}
-        assert sorted(described) == BUILTIN_IDS
-        names = [param["name"] for param in described["OP_TEST_DELAY"]["params"]]
-        assert names[:5] == ["priority", "depends", "comment", "debug_level", "dry_run"]
-        assert {"duration", "repeat", "on_master", "on_nodes"} <= set(names)
-        duration = next(p for p in described["OP_TEST_DELAY"]["params"] if p["name"] == "duration")
-        assert duration["required"] is True
-
-
-PLUGIN_SOURCE = """
-from typing import Any
-
-from jobqueue.lus.base import LogicalUnit
-from jobqueue.opcodes import INT, OpCode, Param
-
-
-class OpSquare(OpCode):
-    OP_ID = "OP_{suffix}_SQUARE"
-    PARAMS = (Param("value", INT, required=True),)
-
-
-class LUSquare(LogicalUnit):
-    def exec(self) -> Any:
-        return self.op.value ** 2
-
-
-{export}
-"""
-
-
-class TestPlugins:
-    def write_plugin(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str
-    ) -> str:
-        """Create module ``name`` in tmp_path, importable for this test only."""
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-        monkeypatch.syspath_prepend(str(tmp_path))
-        monkeypatch.delitem(sys.modules, name, raising=False)
-        return name
-
-    def test_module_with_pairs(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        source = PLUGIN_SOURCE.format(suffix="PAIRS", export="PAIRS = [(OpSquare, LUSquare)]")
-        name = self.write_plugin(tmp_path, monkeypatch, "jq_plugin_pairs", source)
-        registry = builtin_registry()
-        added = load_plugins(registry, modules=[name])
-        assert added == ["OP_PAIRS_SQUARE"]
-        assert registry.op_ids() == sorted([*BUILTIN_IDS, "OP_PAIRS_SQUARE"])
-        checked = registry.validate({"OP_ID": "OP_PAIRS_SQUARE", "value": 3})
-        assert checked == {"OP_ID": "OP_PAIRS_SQUARE", "value": 3}
-        assert "OP_PAIRS_SQUARE.value" in str(
-            rejected(registry, {"OP_ID": "OP_PAIRS_SQUARE", "value": "3"})
-        )
-
-    def test_module_with_opcode_pairs_function(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        export = "def opcode_pairs():\n    return [(OpSquare, LUSquare)]\n"
-        source = PLUGIN_SOURCE.format(suffix="FUNC", export=export)
-        name = self.write_plugin(tmp_path, monkeypatch, "jq_plugin_func", source)
-        registry = Registry()
-        assert load_plugins(registry, modules=[name]) == ["OP_FUNC_SQUARE"]
-        _, lu_class = registry.lookup("OP_FUNC_SQUARE")
-        assert lu_class.__name__ == "LUSquare"
-
-    def test_no_modules_adds_nothing(self) -> None:
-        registry = builtin_registry()
-        assert load_plugins(registry, modules=[]) == []
-        assert registry.op_ids() == BUILTIN_IDS
-
-    @pytest.mark.parametrize(
-        ("name", "source"),
-        [
-            ("jq_plugin_raises", "raise RuntimeError('plugin exploded')\n"),
-            ("jq_plugin_empty", "X = 1\n"),
-            ("jq_plugin_syntax", "def broken(:\n"),
-            (
-                "jq_plugin_clash",
-                "from jobqueue.lus.test import PAIRS as _P\nPAIRS = [_P[0]]\n",
-            ),
-            ("jq_plugin_not_pairs", "PAIRS = [1, 2]\n"),
-        ],
-    )
-    def test_broken_plugin(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str
-    ) -> None:
-        self.write_plugin(tmp_path, monkeypatch, name, source)
-        with pytest.raises(GenericError, match=name):
-            load_plugins(builtin_registry(), modules=[name])
-
-    def test_missing_module(self) -> None:
-        with pytest.raises(GenericError, match="jq_plugin_does_not_exist"):
-            load_plugins(builtin_registry(), modules=["jq_plugin_does_not_exist"])
-
-
-def nested(levels: int, leaf: Any = 0) -> Any:
-    """``leaf`` inside ``levels`` lists."""
-    value = leaf
-    for _ in range(levels):
-        value = [value]
-    return value
-
-
-def fanout(**params: Any) -> dict[str, Any]:
-    return {"OP_ID": "OP_COMMAND_FANOUT", "argv": ["echo", "{item}"], "items": ["a"], **params}
-
-
-class TestTypedRecords:
-    def test_fields_hold_frozen_typed_values(self, registry: Registry) -> None:
-        op = registry.typed(
-            {"OP_ID": "OP_COMMAND_RUN", "argv": ["ls", "-l"], "env": {"A": "1"}, "locks": ["x"]}
-        )
-        assert isinstance(op, OpCommandRun)
-        assert op.argv == ("ls", "-l") and op.locks == ("x",) and op.shared_locks == ()
-        assert dict(op.env) == {"A": "1"}
-        with pytest.raises(TypeError):
-            op.env["B"] = "2"  # type: ignore[index]
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            op.argv = ("rm",)  # type: ignore[misc]
-        assert op.to_dict() == registry.validate(op.to_dict())
-
-    def test_to_dict_is_a_deep_copy(self, registry: Registry) -> None:
-        op = registry.typed({"OP_ID": "OP_TEST_DUMMY", "result": {"a": [1]}})
-        op.to_dict()["result"]["a"].append(2)
-        assert op.to_dict()["result"] == {"a": [1]}
-
-    def test_common_parameters_are_typed(self, registry: Registry) -> None:
-        op = registry.typed(
-            delay(
-                depends=[["12", ["success"]], [-1, []]],
-                reason=[["gnt:client:gnt-debug", "why", 1_700_000_000_000_000_000]],
-                priority=-10,
-                comment="c",
-                debug_level=0,
-                dry_run=False,
-            )
-        )
-        assert op.depends == (Dependency(12, (Status.SUCCESS,)), Dependency(-1, ()))
-        assert op.reason == (ReasonEntry("gnt:client:gnt-debug", "why", 1_700_000_000_000_000_000),)
-        assert (op.priority, op.comment, op.debug_level, op.dry_run) == (-10, "c", 0, False)
-        assert op.to_dict()["depends"] == [["12", ["success"]], [-1, []]], "stored as given"
-
-    def test_records_built_in_python_derive_their_json(self, registry: Registry) -> None:
-        assert OpTestDelay(duration=1.5) == registry.typed(delay(duration=1.5))
-        assert OpTestDelay(duration=1.5).to_dict() == registry.validate(delay(duration=1.5))
-        op = OpTestDelay(duration=1, on_nodes=("n",), reason=(ReasonEntry("s", "r", 3),))
-        assert op.to_dict() == registry.validate(delay(on_nodes=["n"], reason=[["s", "r", 3]]))
-
-    def test_replaced_freezes_and_keeps_places_in_the_json(self, registry: Registry) -> None:
-        op = registry.typed(delay(comment="x", depends=[[2, []]]))
-        changed = op.replaced(reason=[["s", "r", 1]], depends=[[3, ["error"]]])
-        assert changed.reason == (ReasonEntry("s", "r", 1),)
-        assert changed.depends == (Dependency(3, (Status.ERROR,)),)
-        assert changed.duration == op.duration and isinstance(changed, OpTestDelay)
-        assert list(changed.to_dict()) == [
-            "OP_ID", "depends", "comment", "duration", "repeat", "on_master", "on_nodes", "reason"
-        ]  # fmt: skip
-        assert changed.to_dict()["depends"] == [[3, ["error"]]]
-        assert op.reason == () and "reason" not in op.to_dict()
-        assert op.to_dict()["depends"] == [[2, []]]
-
-    def test_load_never_raises(self, registry: Registry) -> None:
-        gone = registry.load({"OP_ID": "OP_GONE", "x": 1})
-        assert isinstance(gone, InvalidOpCode) and isinstance(gone.error, OpCodeUnknown)
-        assert gone.op_id == "OP_GONE" and str(gone.error) == "Unknown opcode 'OP_GONE'"
-        broken = registry.load(delay(repeat="many"))
-        assert isinstance(broken, InvalidOpCode) and isinstance(broken.error, OpPrereqError)
-        assert "OP_TEST_DELAY.repeat" in str(broken.error)
-        assert registry.load(delay()) == registry.typed(delay())
-
-    def test_plugin_records_keep_submitted_values(self, registry: Registry) -> None:
-        class OpListy(OpCode):
-            OP_ID = "OP_LISTY"
-            PARAMS = (
-                Param("names", list_of(NON_EMPTY_STRING), default=[]),
-                Param("size", INT, required=True),
-            )
-
-        registry.register(OpListy, LUPluginThing)
-        first = registry.typed({"OP_ID": "OP_LISTY", "size": 1})
-        second = registry.typed({"OP_ID": "OP_LISTY", "size": 2, "names": ["a"]})
-        assert isinstance(first, OpListy) and not OpListy.FROZEN
-        assert first.names == [] and second.names == ["a"]  # lists, as such LUs expect
-        first.names.append("x")  # type: ignore[attr-defined]
-        assert registry.typed({"OP_ID": "OP_LISTY", "size": 1}).names == []
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            first.size = 3  # type: ignore[attr-defined]
-        assert [p.name for p in OpListy.all_params()][-2:] == ["names", "size"]
-
-
-class TestPostInit:
-    def test_post_init_runs_for_registry_made_records(self, registry: Registry) -> None:
-        class OpDerived(OpCode):
-            OP_ID = "OP_DERIVED"
-            size: int = param(INT)
-
-            def __post_init__(self) -> None:
-                object.__setattr__(self, "double", self.size * 2)
-
-        registry.register(OpDerived, LUPluginThing)
-        assert registry.typed({"OP_ID": "OP_DERIVED", "size": 4}).double == 8  # type: ignore[attr-defined]
-        assert OpDerived(size=5).double == 10  # type: ignore[attr-defined]
-
-
-class TestRegistration:
-    def test_typed_field_may_not_shadow_a_common_parameter(self) -> None:
-        class Shadow(OpCode):
-            OP_ID = "OP_SHADOW"
-            comment: str | None = param(NON_EMPTY_STRING, default=None)
-
-        with pytest.raises(ProgrammerError, match="duplicate"):
-            Registry().register(Shadow, LUPluginThing)
-
-    def test_duplicate_names_in_params(self) -> None:
-        class Twice(OpCode):
-            OP_ID = "OP_TWICE"
-            PARAMS = (Param("x", INT), Param("x", INT))
-
-        with pytest.raises(ProgrammerError, match="duplicate"):
-            Registry().register(Twice, LUPluginThing)
-
-    def test_every_field_must_be_a_parameter(self) -> None:
-        class Plain(OpCode):
-            OP_ID = "OP_PLAIN"
-            size: int = 3
-
-        with pytest.raises(ProgrammerError, match="size"):
-            Registry().register(Plain, LUPluginThing)
-
-    def test_an_lu_runs_only_the_opcode_it_names(self) -> None:
-        class LUDelayOnly(LogicalUnit[OpTestDelay]):
-            def exec(self) -> Any:
-                return self.op.duration
-
-        with pytest.raises(ProgrammerError, match="LUDelayOnly runs OpTestDelay"):
-            Registry().register(OpPluginThing, LUDelayOnly)
-        Registry().register(OpTestDelay, LUDelayOnly)
-
-    def test_not_an_opcode_class(self) -> None:
-        with pytest.raises(ProgrammerError):
-            Registry().register(dict, LUPluginThing)  # type: ignore[arg-type]
 
 
 GANETI_DELAY = {
