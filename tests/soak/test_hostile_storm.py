@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from jobqueue import constants, errors
 from jobqueue.lus.command import base_environment
 from jobqueue.luxi import protocol
+from jobqueue.storage.filecreate import BATCH_WRITERS, ONE_SYNC_BATCH
 from tests.daemon_helper import Daemon, read_response, request, wait_until
 from tests.luxi_samples import DELAY0, VALID_CALLS
 from tests.soak.support import SoakReport, pick, seeded_rng, soak_timeout
@@ -289,11 +290,22 @@ class HostileRun:
         self.max_fd_drift = self.max_thread_drift = 0
 
     def _start_job_writers(self) -> None:
-        """Make the file store start its job-writer threads, which it does on its first
-        batch and keeps: submit one batch as large as that pool, and let it run."""
-        results = self.normal.submit_many_jobs([[DELAY0]] * (2 * HANDLER_THREADS))
-        for _, job_id in results:
-            assert self.normal.wait_for_job(int(job_id)) == "success"
+        """Make the file store start its job-writer threads, and the worker pool the
+        threads of workers that step aside; both start them on demand and keep them.
+
+        Batches just under ``ONE_SYNC_BATCH`` (larger ones are written without
+        those threads) are run until one adds no thread.
+        """
+        assert ONE_SYNC_BATCH - 1 >= BATCH_WRITERS  # such a batch keeps every writer busy
+        batch = [[DELAY0]] * (ONE_SYNC_BATCH - 1)
+        previous = -1
+        for _ in range(10):
+            for _, job_id in self.normal.submit_many_jobs(batch):
+                assert self.normal.wait_for_job(int(job_id)) == "success"
+            count = threads(self.pid)
+            if count == previous:
+                break
+            previous = count
         self.normal.close()
 
     def _saturate_handler_threads(self) -> int:
