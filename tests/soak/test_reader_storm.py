@@ -16,6 +16,9 @@ log each. For the storm's length (12 s bounded, 300 s long):
 * 2 threads send the regular expression that once froze the daemon for
   20 s (``(.|.|.|.)*Z`` against every job's summary) on the query socket,
   and must get an answer;
+* 1 thread archives the finished jobs every 2 s, as ``jobqueue-cleaner``
+  would: on a fast disk the submitters would otherwise reach the queue's
+  limit of 50,000 jobs within the long storm (and get ``JobQueueFull``);
 
 Asserted: the daemon's RSS stays under its baseline plus RSS_BOUND_MIB and
 comes back within RSS_SETTLE_MIB of it afterwards; the p99 of SubmitJob
@@ -89,6 +92,7 @@ class Storm:
         self.big_job = big_job
         self.tally = tally
         self.up = threading.Event()
+        self.stopped = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -100,12 +104,13 @@ class Storm:
             (self._flood, 2),
             (self._regexes, 2),
             (self._watch_rss, 1),
+            (self._archiver, 1),
         ]
         import os
 
         only = os.environ.get("HA_ONLY")
         for role, count in roles:
-            if only and role.__name__ not in ("_submitter", "_watch_rss", only):
+            if only and role.__name__ not in ("_submitter", "_watch_rss", "_archiver", only):
                 continue
             for _ in range(count):
                 thread = threading.Thread(target=self._guard(role))
@@ -114,6 +119,7 @@ class Storm:
 
     def stop(self) -> None:
         self.up.clear()
+        self.stopped.set()
         for thread in self._threads:
             thread.join(60)
             assert not thread.is_alive(), "a storm thread did not stop"
@@ -137,6 +143,11 @@ class Storm:
                 with self.tally.lock:
                     self.tally.latencies.append(took)
                     self.tally.acked.append(job_id)
+
+    def _archiver(self) -> None:
+        with Client(self.daemon.paths.master_socket, timeout=60) as client:
+            while not self.stopped.wait(2):
+                client.auto_archive_jobs(-1, 5)
 
     def _ask(self, call: Callable[[Client], Any]) -> Any:
         """``call`` on a new query-socket connection; None if the flood got it refused."""
