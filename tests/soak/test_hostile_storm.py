@@ -298,14 +298,12 @@ class HostileRun:
         """
         assert ONE_SYNC_BATCH - 1 >= BATCH_WRITERS  # such a batch keeps every writer busy
         batch = [[DELAY0]] * (ONE_SYNC_BATCH - 1)
-        previous = -1
-        for _ in range(10):
+
+        def run_batch() -> None:
             for _, job_id in self.normal.submit_many_jobs(batch):
                 assert self.normal.wait_for_job(int(job_id)) == "success"
-            count = threads(self.pid)
-            if count == previous:
-                break
-            previous = count
+
+        self._until_threads_settle(run_batch)
         self.normal.close()
 
     def _saturate_handler_threads(self) -> int:
@@ -324,13 +322,20 @@ class HostileRun:
                 sock.sendall(slow_query)
                 assert Answers(sock).next()["success"] is True
 
-        previous = -1
-        for _ in range(10):
+        def run_queries() -> None:
             clients = [threading.Thread(target=query) for _ in range(HANDLER_THREADS + 4)]
             for thread in clients:
                 thread.start()
             for thread in clients:
                 thread.join()
+
+        return self._until_threads_settle(run_queries)
+
+    def _until_threads_settle(self, round_of_work: Callable[[], None]) -> int:
+        """Run ``round_of_work`` until a round adds no daemon thread; the thread count."""
+        previous = -1
+        for _ in range(10):
+            round_of_work()
             count = threads(self.pid)
             if count == previous:
                 return count

@@ -85,18 +85,16 @@ class Tally:
 
 
 class Storm:
-    """The threads of the storm; ``up`` runs them, ``stop`` ends and joins them."""
+    """The threads of the storm; ``start`` runs them, ``stop`` ends and joins them."""
 
     def __init__(self, daemon: Daemon, big_job: int, tally: Tally) -> None:
         self.daemon = daemon
         self.big_job = big_job
         self.tally = tally
-        self.up = threading.Event()
         self.stopped = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self.up.set()
         roles: list[tuple[Callable[[], None], int]] = [
             (self._submitter, 16),
             (self._too_large, 4),
@@ -118,7 +116,6 @@ class Storm:
                 self._threads.append(thread)
 
     def stop(self) -> None:
-        self.up.clear()
         self.stopped.set()
         for thread in self._threads:
             thread.join(60)
@@ -136,7 +133,7 @@ class Storm:
 
     def _submitter(self) -> None:
         with Client(self.daemon.paths.master_socket, timeout=60) as client:
-            while self.up.is_set():
+            while not self.stopped.is_set():
                 begin = time.monotonic()
                 job_id = client.submit_job([DELAY0])
                 took = time.monotonic() - begin
@@ -169,14 +166,14 @@ class Storm:
                 return True
             raise AssertionError("an answer over the cap was sent")
 
-        while self.up.is_set():
+        while not self.stopped.is_set():
             if self._ask(ask):
                 with self.tally.lock:
                     self.tally.too_large += 1
 
     def _regexes(self) -> None:
         backtracking = ["=~", "summary", "(.|.|.|.)*Z"]
-        while self.up.is_set():
+        while not self.stopped.is_set():
             answer = self._ask(lambda client: client.query("job", ["id"], backtracking))
             if answer is not None:
                 assert answer["data"] == [], answer["data"][:3]
@@ -187,7 +184,7 @@ class Storm:
         payload = request("QueryJobs", None, ["id", "oplog", "ops"])
         held: list[socket.socket] = []
         try:
-            while self.up.is_set():
+            while not self.stopped.is_set():
                 sock = socket.socket(socket.AF_UNIX)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 sock.settimeout(10)
@@ -209,7 +206,7 @@ class Storm:
                 sock.close()
 
     def _flood(self) -> None:
-        while self.up.is_set():
+        while not self.stopped.is_set():
             socks: list[socket.socket] = []
             try:
                 for _ in range(FLOOD // 2):
@@ -247,7 +244,7 @@ class Storm:
 
     def _watch_rss(self) -> None:
         assert self.daemon.proc is not None
-        while self.up.is_set():
+        while not self.stopped.is_set():
             rss = rss_kib(self.daemon.proc.pid)
             with self.tally.lock:
                 self.tally.peak_rss_kib = max(self.tally.peak_rss_kib, rss)
