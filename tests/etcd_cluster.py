@@ -133,11 +133,18 @@ def make_tls_files(directory: Path) -> TlsFiles:
     return files
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports.
+
+    Every socket stays bound until all are chosen: binding and closing one at a
+    time lets the kernel hand the same port out twice, and etcd then refuses a
+    cluster whose members share a URL.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def _die_with_parent() -> None:
@@ -150,7 +157,13 @@ class EtcdMember:
     """One etcd server process with fixed ports, data directory and log file."""
 
     def __init__(
-        self, binary: str, name: str, base: Path, flags: Sequence[str], tls: TlsFiles | None = None
+        self,
+        binary: str,
+        name: str,
+        base: Path,
+        ports: tuple[int, int],
+        flags: Sequence[str],
+        tls: TlsFiles | None = None,
     ) -> None:
         self.binary = binary
         self.name = name
@@ -158,8 +171,7 @@ class EtcdMember:
         self.log_path = base / f"{name}.log"
         self.flags = list(flags)
         self.tls = tls
-        self.client_port = _free_port()
-        self.peer_port = _free_port()
+        self.client_port, self.peer_port = ports
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -311,8 +323,16 @@ class EtcdCluster:
         self.base.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         for attempt in range(_PORT_ATTEMPTS):
+            ports = free_ports(2 * self.size)
             self.members = [
-                EtcdMember(self.binary, f"m{index}-{attempt}", self.base, self.flags, self.tls)
+                EtcdMember(
+                    self.binary,
+                    f"m{index}-{attempt}",
+                    self.base,
+                    (ports[2 * index], ports[2 * index + 1]),
+                    self.flags,
+                    self.tls,
+                )
                 for index in range(self.size)
             ]
             for member in self.members:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.etcd_cluster import EtcdCluster, etcd_binary
+from tests.etcd_cluster import EtcdCluster, etcd_binary, free_ports
 
 
 def fake_etcd(directory: Path, version: str) -> str:
@@ -40,10 +40,18 @@ def test_releases_that_lose_data_after_sigkill_are_refused(
         assert version in detail
 
 
+def test_a_cluster_gets_distinct_ports() -> None:
+    # Bound and closed one at a time, two members once got the same port, and
+    # etcd refused the cluster for a duplicate URL.
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
+
+
 def test_members_die_pause_and_come_back(etcd_factory: Callable[..., EtcdCluster]) -> None:
     cluster = etcd_factory(3)
     first, second, third = cluster.members
-    assert len(set(cluster.endpoints)) == 3 and all(m.healthy() for m in cluster.members)
+    ports = [port for m in cluster.members for port in (m.client_port, m.peer_port)]
+    assert len(set(ports)) == 6 and all(m.healthy() for m in cluster.members)
 
     first.kill9()
     assert not first.running and not first.healthy()
