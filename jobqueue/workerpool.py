@@ -422,7 +422,7 @@ class WorkerPool:
         self._threads.append(worker)
 
     def _work(self, worker: _Worker) -> None:
-        """The worker thread's loop: take a task, run it, report back, repeat."""
+        """The worker thread's loop: run a task, then report it and take the next in one step."""
         try:
             task = self._next_task(worker)
             while task is not None:

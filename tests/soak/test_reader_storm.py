@@ -104,12 +104,7 @@ class Storm:
             (self._watch_rss, 1),
             (self._archiver, 1),
         ]
-        import os
-
-        only = os.environ.get("HA_ONLY")
         for role, count in roles:
-            if only and role.__name__ not in ("_submitter", "_watch_rss", "_archiver", only):
-                continue
             for _ in range(count):
                 thread = threading.Thread(target=self._guard(role))
                 thread.start()
