@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 
 from jobqueue.errors import StorageError
+from jobqueue.model import Job
+from jobqueue.storage.base import encode_job
 from jobqueue.storage.filefeed import FileChangeFeed
+from jobqueue.storage.startrecords import encode_record
 
 #: Bound on every wait that should succeed, so a bug fails instead of hanging.
 WAIT = 5.0
+DELAY = {"OP_ID": "OP_TEST_DELAY", "duration": 0}
 
 
 class Recorder:
@@ -74,8 +78,27 @@ def test_other_names_are_not_reported(
     (tmp_path / "job-1.tmp").write_text("{}")
     os.unlink(tmp_path / "job-1.tmp")
     os.replace(tmp_path / "serial2", tmp_path / "job-abc")
+    (tmp_path / ".spare-1").write_text("{}")  # closed after writing, like a start file
+    record = encode_record(encode_job(Job.new(4, [DELAY], (0, 0)), 2))
+    torn = record.replace(b'"id":4', b'"id":5')  # the CRC no longer matches
+    (tmp_path / ".start-1").write_bytes(torn)
+    (tmp_path / ".start-2").write_bytes(b"jobqueue-start 0 00000000\n")  # erased
     replace_job_file(tmp_path, 99)  # the barrier: events arrive in order
     assert recorder.wait_for(99) == [99]
+
+
+def test_a_start_record_is_reported_once_written(
+    tmp_path: Path, feed: tuple[FileChangeFeed, Recorder]
+) -> None:
+    # A start record is written in place: no name moves, the writer closes the file.
+    _, recorder = feed
+    start_file = tmp_path / ".start-3"
+    with open(start_file, "wb") as handle:
+        handle.write(encode_record(encode_job(Job.new(41, [DELAY], (0, 0)), 2)))
+    assert recorder.wait_for(41) == [41]
+    with open(start_file, "r+b") as handle:  # the next job's start, over a free file
+        handle.write(encode_record(encode_job(Job.new(42, [DELAY], (0, 0)), 2)))
+    assert recorder.wait_for(42) == [41, 42]
 
 
 def test_archive_and_delete_are_reported(tmp_path: Path) -> None:

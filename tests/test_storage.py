@@ -331,6 +331,8 @@ class TestStoreContract:
             owner.replace_job(make_job(ids[2]))
             owner.archive_jobs([ids[1]])
             assert poll_until(lambda: saw(ids[2]) and seen.count(ids[1]) >= 2, 10)
+            owner.record_start(make_job(ids[0], Status.RUNNING))  # in place in the file store
+            assert poll_until(lambda: seen.count(ids[0]) >= 2, 10)
         finally:
             feed.stop()
         feed.stop()  # idempotent

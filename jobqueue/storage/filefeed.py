@@ -3,13 +3,16 @@
 Job files are never modified in place: a new version is written to a spare
 file and exchanged with ``job-N`` (``RENAME_EXCHANGE``, reported as moves of
 both names) or, where names cannot be exchanged, to a temp file renamed over
-``job-N``; archiving renames ``job-N`` away. So a
-single watch on the queue directory for ``IN_MOVED_TO | IN_MOVED_FROM |
-IN_DELETE`` sees every change of every job, and there is no per-file watch
-to re-arm after a rename. Names other than ``job-<digits>`` (temp files,
-``serial``, ``drain``) are ignored. An opcode's start is written in place
-into a start file (``startrecords``), where no name moves: the feed reports
-it with the job's next change.
+``job-N``; archiving renames ``job-N`` away. An opcode's start is written
+in place into a start file (``startrecords``), where no name moves, but the
+writer closes the file once the record is synced. So a single watch on the
+queue directory for ``IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE |
+IN_CLOSE_WRITE`` sees every change of every job, and there is no per-file
+watch to re-arm after a rename. A moved or deleted ``job-<digits>`` names
+its job; a start file closed after writing names the job of the record it
+holds (read then; a file that holds no whole record, a write torn or
+erased, is no change). Every other name (temp and spare files, ``serial``,
+``drain``) is ignored.
 
 The daemon that owns a queue does not need this: it announces its own
 changes in memory (``jobqueue.livejobs``). The feed serves a process that
@@ -34,16 +37,18 @@ import threading
 import warnings
 from typing import Any
 
-from jobqueue.errors import StorageError
-from jobqueue.storage import layout
-from jobqueue.storage.base import ChangeCallback, ChangeFeed
+from jobqueue.errors import JobFileCorrupted, StorageError
+from jobqueue.storage import layout, startrecords
+from jobqueue.storage.base import ChangeCallback, ChangeFeed, decode_job
 
 with warnings.catch_warnings():
     # pyinotify imports asyncore, deprecated since Python 3.10; we never use it.
     warnings.simplefilter("ignore", DeprecationWarning)
     import pyinotify
 
-_EVENT_MASK = pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM | pyinotify.IN_DELETE
+_EVENT_MASK = (
+    pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM | pyinotify.IN_DELETE | pyinotify.IN_CLOSE_WRITE
+)
 #: struct inotify_event: wd, mask, cookie, name length; the name follows, NUL-padded.
 _EVENT_HEADER = struct.Struct("iIII")
 _READ_SIZE = 256 * 1024
@@ -127,8 +132,22 @@ class FileChangeFeed(ChangeFeed):
                 self._log.error("The watch on %s went away", self.queue_dir)
                 on_change(None)
                 return
-            job_id = layout.job_id_of(name.decode("ascii", "replace"))
+            text = name.decode("ascii", "replace")
+            if mask & pyinotify.IN_CLOSE_WRITE:
+                job_id = self._started_job(text) if layout.is_start_name(text) else None
+            else:
+                job_id = layout.job_id_of(text)
             if job_id is not None:
                 changed[job_id] = None
         for job_id in changed:
             on_change(job_id)
+
+    def _started_job(self, start_name: str) -> int | None:
+        """The id of the job whose start record ``start_name`` holds; None if none is whole."""
+        version = startrecords.read_record(os.path.join(self.queue_dir, start_name))
+        if version is None:
+            return None
+        try:
+            return decode_job(version).id
+        except JobFileCorrupted:
+            return None

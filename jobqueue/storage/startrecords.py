@@ -101,14 +101,19 @@ def read_records(directory: str) -> Found:
         names = sorted(entry.name for entry in entries if layout.is_start_name(entry.name))
     records: dict[str, bytes] = {}
     for name in names:
-        try:
-            data, _ = safeio.read_regular_file(os.path.join(directory, name), MAX_RECORD + BLOCK)
-        except OSError:
-            continue
-        version = decode_record(data)
+        version = read_record(os.path.join(directory, name))
         if version is not None:
             records[name] = version
     return Found(names, records)
+
+
+def read_record(path: str) -> bytes | None:
+    """The version the start file ``path`` holds; None if it holds no whole one or is unreadable."""
+    try:
+        data, _ = safeio.read_regular_file(path, MAX_RECORD + BLOCK)
+    except OSError:
+        return None
+    return decode_record(data)
 
 
 class Record(NamedTuple):
