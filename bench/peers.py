@@ -152,6 +152,23 @@ def run_script(
     return result
 
 
+#: What a failed peer run raises (``run_once``).
+RUN_ERRORS = (OSError, RuntimeError, ValueError)
+
+
+def find(name: str) -> Peer:
+    """The peer called ``name``."""
+    return next(peer for peer in PEERS if peer.name == name)
+
+
+def run_once(ctx: Context, peer: Peer, python: str, workers: int) -> dict[str, Any]:
+    """One run of ``peer`` at ``workers``: its script's JSON result; one of ``RUN_ERRORS``."""
+    settings = ctx.settings
+    args = ["--jobs", str(settings.e2e_jobs), "--workers", str(workers), *peer.extra_args]
+    with ctx.scratch_dir(f"{peer.name}-") as work_dir:
+        return run_script(python, SCRIPTS / peer.script, args, work_dir, settings.peer_timeout)
+
+
 def run_peer(ctx: Context, peer: Peer, python: str, workers: int) -> Row:
     """Measure one peer at one worker count, median of the configured repeats.
 
@@ -159,17 +176,14 @@ def run_peer(ctx: Context, peer: Peer, python: str, workers: int) -> Row:
     """
     settings = ctx.settings
     metric = f"{peer.name}, {workers} workers"
-    args = ["--jobs", str(settings.e2e_jobs), "--workers", str(workers), *peer.extra_args]
     runs: list[dict[str, Any]] = []
     for _ in range(settings.e2e_repeats):
         if runs and runs[0]["seconds"] > settings.peer_timeout / 4:
             break  # slow: one run says enough and keeps the whole bench in budget
-        with ctx.scratch_dir(f"{peer.name}-") as work_dir:
-            try:
-                script = SCRIPTS / peer.script
-                runs.append(run_script(python, script, args, work_dir, settings.peer_timeout))
-            except (OSError, RuntimeError, ValueError) as error:
-                return skipped(SECTION, f"failed ({error})", metric)
+        try:
+            runs.append(run_once(ctx, peer, python, workers))
+        except RUN_ERRORS as error:
+            return skipped(SECTION, f"failed ({error})", metric)
     rate = median([run["jobs_per_s"] for run in runs])
     ctx.values[f"peer.{peer.name}.{workers}"] = rate
     detail = {"runs": runs, "jobs_per_s_each": [run["jobs_per_s"] for run in runs]}
