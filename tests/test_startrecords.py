@@ -180,6 +180,23 @@ def test_a_store_opened_for_maintenance_reads_the_records_and_changes_nothing(
     assert {p.name: p.read_bytes() for p in queue.iterdir() if p.is_file()} == before
 
 
+def test_a_maintenance_store_reads_its_start_files_once_per_read_jobs(
+    queue: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileJobStore(str(queue))
+    list(store.load_jobs())
+    store.create_jobs([queued(job_id) for job_id in store.allocate_ids(3)])
+    store.record_start(started(queued(1)))
+    store.record_start(started(queued(3)))
+    readings = []
+    real = startrecords.read_records
+    monkeypatch.setattr(startrecords, "read_records", lambda d: readings.append(d) or real(d))
+    reader = FileJobStore(str(queue), owner=False)
+    jobs = reader.read_jobs([1, 2, 3, 4])
+    assert jobs == [started(queued(1)), queued(2), started(queued(3)), None]
+    assert len(readings) == 1
+
+
 def test_a_store_that_did_not_load_the_job_numbers_its_writes_above_the_stored_ones(
     queue: Path,
 ) -> None:

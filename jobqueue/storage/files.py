@@ -33,7 +33,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from jobqueue import constants, safeio
@@ -63,7 +63,7 @@ from jobqueue.storage.filelead import FileLeadership
 from jobqueue.storage.fileoutput import FileOutputs
 from jobqueue.storage.filesettings import FileSettings
 from jobqueue.storage.jobwriter import Choice, JobFileWriter
-from jobqueue.storage.startrecords import MAX_RECORD, JobVersions, newer_of
+from jobqueue.storage.startrecords import MAX_RECORD, JobVersions, Newest, newer_of
 
 #: The file store's public names; ``Disk`` is defined in ``filedisk``.
 __all__ = ["Disk", "FileJobStore", "read_whole_version"]
@@ -418,6 +418,14 @@ class FileJobStore(JobStore):
 
         A live job's start record counts where it is newer than its file.
         """
+        return self._read_job(job_id, self._versions.newest_record)
+
+    def read_jobs(self, job_ids: Sequence[int]) -> list[Job | None]:
+        """``read_job`` of each; a store opened for maintenance reads its start files once."""
+        newest_record = self._versions.record_lookup()
+        return [self._read_job(job_id, newest_record) for job_id in job_ids]
+
+    def _read_job(self, job_id: int, newest_record: Callable[[int], Newest | None]) -> Job | None:
         for path in (self._job_path(job_id), self._archive.path(job_id)):
             try:
                 data = read_whole_version(path)
@@ -429,7 +437,7 @@ class FileJobStore(JobStore):
             job, write_serial = decode_job_and_serial(data)
             if path != self._job_path(job_id):
                 return job
-            return newer_of(job, write_serial, self._versions.newest_record(job_id))[0]
+            return newer_of(job, write_serial, newest_record(job_id))[0]
         return None
 
     # -- archive (``filearchive``) -----------------------------------------------
