@@ -15,7 +15,7 @@ import pytest
 
 from jobqueue.children import Leftover, ProcessGroups
 from tests.daemon_helper import wait_until
-from tests.test_lus import group_is_gone
+from tests.lu_harness import group_is_gone
 
 JOB_ID = 42
 #: Long enough that a group stopped by SIGTERM is never waited for in full.

@@ -1,7 +1,7 @@
 """What runs when, through a real JobQueue on files: filter rules, start times,
 retries, time limits and the number of workers."""
 
-# ruff: noqa: F811  (the queue fixtures of test_lus are imported, then used by name)
+# ruff: noqa: F811  (the queue fixtures of lu_harness are imported, then used by name)
 
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ from jobqueue.model import Job
 from jobqueue.standby import StandbyQueue
 from jobqueue.storage.files import FileJobStore
 from jobqueue.storage.memory import MemoryBacking, MemoryJobStore
-from tests.queue_harness import QueueUnderTest
-from tests.test_lus import (  # noqa: F401
+from tests.lu_harness import (  # noqa: F401
     FINAL,
     PROMPT,
     WAIT,
@@ -41,6 +40,7 @@ from tests.test_lus import (  # noqa: F401
     wait_for_status,
     wait_until,
 )
+from tests.queue_harness import QueueUnderTest
 
 RUNS = [["opcode", ["=", "OP_ID", "OP_COMMAND_RUN"]]]
 

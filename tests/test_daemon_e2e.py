@@ -19,8 +19,8 @@ from jobqueue import errors
 from jobqueue.constants import MSG_SHUTTING_DOWN, MSG_UNCLEAN_SHUTDOWN
 from jobqueue.storage.base import decode_job
 from tests.daemon_helper import Daemon, raw_exchange, read_response, request, wait_until
+from tests.lu_harness import group_is_gone
 from tests.queue_files import load_jobs
-from tests.test_lus import group_is_gone
 
 DELAY0 = {"OP_ID": "OP_TEST_DELAY", "duration": 0}
 

@@ -14,9 +14,8 @@ from jobqueue import constants
 from jobqueue.children import ProcessGroups
 from jobqueue.errors import OpPrereqError
 from jobqueue.lus.command import OpCommandFanout, base_environment
-from tests import test_lus
-from tests.queue_harness import QueueUnderTest
-from tests.test_lus import (
+from tests import lu_harness
+from tests.lu_harness import (
     FINAL,
     PROMPT,
     MakeQueue,
@@ -32,9 +31,10 @@ from tests.test_lus import (
     wait_for_status,
     wait_until,
 )
+from tests.queue_harness import QueueUnderTest
 
-make_queue = test_lus.make_queue  # the queue fixtures of the LU tests
-queue = test_lus.queue
+make_queue = lu_harness.make_queue  # the queue fixtures of the LU tests
+queue = lu_harness.queue
 
 
 class TestCommandRun:

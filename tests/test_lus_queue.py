@@ -18,9 +18,8 @@ from jobqueue import constants
 from jobqueue.errors import JobQueueDrainError, JobQueueError, JobQueueFull, OpPrereqError
 from jobqueue.jobstep import Verdict
 from jobqueue.locking import LockAttemptTimeoutStrategy
-from tests import test_lus
-from tests.queue_harness import QueueUnderTest
-from tests.test_lus import (
+from tests import lu_harness
+from tests.lu_harness import (
     FINAL,
     PROMPT,
     WAIT,
@@ -38,9 +37,10 @@ from tests.test_lus import (
     wait_for_status,
     wait_until,
 )
+from tests.queue_harness import QueueUnderTest
 
-make_queue = test_lus.make_queue  # the queue fixtures of the LU tests
-queue = test_lus.queue
+make_queue = lu_harness.make_queue  # the queue fixtures of the LU tests
+queue = lu_harness.queue
 RS_NORMAL, RS_UNKNOWN = 0, 1
 
 

@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 
 from jobqueue.errors import OpPrereqError
-from tests import test_lus
-from tests.test_lus import QueueUnderTest, dummy, kill, run_job, start_blocker
+from tests import lu_harness
+from tests.lu_harness import dummy, kill, run_job, start_blocker
+from tests.queue_harness import QueueUnderTest
 
-make_queue = test_lus.make_queue  # fixtures shared with the LU tests
-queue = test_lus.queue
+make_queue = lu_harness.make_queue  # fixtures shared with the LU tests
+queue = lu_harness.queue
 RS_NORMAL, RS_UNKNOWN, RS_UNAVAIL = 0, 1, 3
 
 
@@ -58,7 +59,7 @@ class TestStatusFilters:
         done = run_job(queue, [dummy()])["id"]
         blocker = start_blocker(queue)
         waiter = queue.submit_job([dummy(depends=[[blocker, []]])])
-        test_lus.wait_for_status(queue, waiter, "waiting")
+        lu_harness.wait_for_status(queue, waiter, "waiting")
         running = queue.query("job", ["id"], ["|", ["==", "status", "running"]])
         assert values(running) == [[blocker]]
         pending = ["|", ["==", "status", "queued"], ["==", "status", "waiting"]]
@@ -123,7 +124,7 @@ class TestLocks:
         """``gnt-debug locks`` joins owners with ","; Ganeti answers them as strings."""
         holder = start_blocker(queue)
         waiter = queue.submit_job([dummy(depends=[[holder, []]])])
-        test_lus.wait_for_status(queue, waiter, "waiting")
+        lu_harness.wait_for_status(queue, waiter, "waiting")
         rows = values(queue.query("lock", ["name", "mode", "owner", "pending"], None))
         assert ["cluster", "shared", [str(holder)], []] in rows
         assert [f"job/{holder}", None, [], [["job", [str(waiter)]]]] in rows
@@ -148,7 +149,7 @@ class TestWatcherPause:
             queue.set_watcher_pause(time.time() - 10)
         assert queue.query_config_values(["watcher_pause"]) == [None]
 
-    def test_kept_in_the_store(self, make_queue: test_lus.MakeQueue, tmp_path: Any) -> None:
+    def test_kept_in_the_store(self, make_queue: lu_harness.MakeQueue, tmp_path: Any) -> None:
         first = make_queue(queue_dir=tmp_path / "q")
         until = int(time.time()) + 600
         first.set_watcher_pause(until)
