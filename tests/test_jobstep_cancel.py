@@ -11,7 +11,7 @@ from jobqueue.constants import Status
 from jobqueue.jobstep import ActiveJob, OpCallbacks, Verdict, step
 from jobqueue.locking import LockManager
 from jobqueue.signals import JobCanceled
-from tests.test_jobstep import (
+from tests.jobstep_harness import (
     CANCELED,
     JOB_ID,
     Env,

@@ -10,7 +10,7 @@ from typing import Any
 from jobqueue import constants
 from jobqueue.constants import Status
 from jobqueue.jobstep import OpCallbacks, Verdict, step
-from tests.test_jobstep import (
+from tests.jobstep_harness import (
     CANCELED,
     JOB_ID,
     PRECEDING,
