@@ -1,5 +1,5 @@
 """Tests for jobqueue.luxi.server: its sockets and connections, through the fake queue
-of test_server.
+of tests/server_harness.py.
 
 Covers the order of answers on one connection, the socket files and who may
 connect, the query socket's rule on changes, message size and idle limits,
@@ -26,7 +26,7 @@ from jobqueue.luxi import access, protocol
 from jobqueue.luxi import server as server_module
 from jobqueue.luxi.client import Client
 from jobqueue.luxi.server import SHUTDOWN_GRACE, LuxiServer
-from tests.test_server import (
+from tests.server_harness import (
     LOGGER,
     OP,
     WAIT,
@@ -40,9 +40,9 @@ from tests.test_server import (
     recv_frames,
     wait_until,
 )
-from tests.test_server import harness as harness  # the fixture
-from tests.test_server import make_server as make_server  # the fixture
-from tests.test_server import tmp_dir as tmp_dir  # the fixture
+from tests.server_harness import harness as harness  # the fixture
+from tests.server_harness import make_server as make_server  # the fixture
+from tests.server_harness import tmp_dir as tmp_dir  # the fixture
 
 
 @pytest.fixture

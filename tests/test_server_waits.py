@@ -1,5 +1,5 @@
 """Tests for jobqueue.luxi.server: the calls that wait on a job, WaitForJobChange and
-ReadJobOutput, served through the fake queue and real sockets of test_server."""
+ReadJobOutput, served through the fake queue and real sockets of tests/server_harness.py."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pytest
 from jobqueue import constants
 from jobqueue.luxi import protocol
 from jobqueue.luxi.methods import wfjc_timeout
-from tests.test_server import WAIT, Harness, assert_ok, call_raw, connect, recv_frame, wait_until
-from tests.test_server import harness as harness  # the fixture
-from tests.test_server import make_server as make_server  # the fixture
-from tests.test_server import tmp_dir as tmp_dir  # the fixture
+from tests.server_harness import WAIT, Harness, assert_ok, call_raw, connect, recv_frame, wait_until
+from tests.server_harness import harness as harness  # the fixture
+from tests.server_harness import make_server as make_server  # the fixture
+from tests.server_harness import tmp_dir as tmp_dir  # the fixture
 
 
 # -- WaitForJobChange -------------------------------------------------------------------
