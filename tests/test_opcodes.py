@@ -2,9 +2,6 @@
 
 Types, defaults and the common parameters, Ganeti's own parameters, the bound
 on nesting, opcodes nested in other opcodes, and each opcode's own checks.
-
-The registry fixture and the opcode helpers here are shared with
-test_opcodes_registry and test_opcodes_records.
 """
 
 from __future__ import annotations
@@ -16,37 +13,12 @@ from typing import Any
 
 import pytest
 
-from jobqueue.errors import ECODE_INVAL, OpCodeUnknown, OpPrereqError
-from jobqueue.lus import builtin_registry
-from jobqueue.lus.base import LogicalUnit
+from jobqueue.errors import OpCodeUnknown, OpPrereqError
 from jobqueue.lus.command import OpCommandFanout
 from jobqueue.lus.test import MAX_DELAY_REPEAT, OpTestDelay, OpTestDummy
 from jobqueue.opcodes import MAX_NESTING, OpCode, Param, ReasonEntry, Registry, Type
-
-BUILTIN_IDS = [
-    "OP_COMMAND_FANOUT",
-    "OP_COMMAND_RUN",
-    "OP_TEST_DELAY",
-    "OP_TEST_DUMMY",
-    "OP_TEST_JQUEUE",
-]
-
-
-@pytest.fixture
-def registry() -> Registry:
-    return builtin_registry()
-
-
-def rejected(registry: Registry, data: Any) -> OpPrereqError:
-    """Validate ``data``, expecting an input error; return it for further checks."""
-    with pytest.raises(OpPrereqError) as info:
-        registry.validate(data)
-    assert info.value.args[1] == ECODE_INVAL
-    return info.value
-
-
-def delay(**params: Any) -> dict[str, Any]:
-    return {"OP_ID": "OP_TEST_DELAY", "duration": 1, **params}
+from tests.opcode_samples import BUILTIN_IDS, LUPluginThing, delay, rejected
+from tests.opcode_samples import registry as registry  # the fixture
 
 
 def nested(levels: int, leaf: Any = 0) -> Any:
@@ -59,11 +31,6 @@ def nested(levels: int, leaf: Any = 0) -> Any:
 
 def fanout(**params: Any) -> dict[str, Any]:
     return {"OP_ID": "OP_COMMAND_FANOUT", "argv": ["echo", "{item}"], "items": ["a"], **params}
-
-
-class LUPluginThing(LogicalUnit):
-    def exec(self) -> Any:
-        return self.op.size
 
 
 class TestValidate:

@@ -24,8 +24,8 @@ from jobqueue.opcodes import (
     list_of,
     param,
 )
-from tests.test_opcodes import LUPluginThing, delay
-from tests.test_opcodes import registry as registry  # the fixture
+from tests.opcode_samples import LUPluginThing, delay
+from tests.opcode_samples import registry as registry  # the fixture
 
 
 class TestTypedRecords:

@@ -15,8 +15,8 @@ from jobqueue.lus import builtin_registry, load_plugins
 from jobqueue.lus.base import LogicalUnit
 from jobqueue.lus.test import LUTestDelay, OpTestDelay
 from jobqueue.opcodes import INT, NON_EMPTY_STRING, OpCode, Param, Registry, param
-from tests.test_opcodes import BUILTIN_IDS, LUPluginThing, rejected
-from tests.test_opcodes import registry as registry  # the fixture
+from tests.opcode_samples import BUILTIN_IDS, LUPluginThing, rejected
+from tests.opcode_samples import registry as registry  # the fixture
 
 
 class OpPluginThing(OpCode):
