@@ -31,7 +31,7 @@ from jobqueue.storage.etcdlayout import TRIM_MARKER, fit_job
 from jobqueue.storage.etcdoptions import STORE_ETCD, EtcdStoreSettings, add_etcd_arguments
 from tests.etcd_cluster import EtcdCluster, unique_prefix
 from tests.polling import poll_until
-from tests.test_storage import create, make_job
+from tests.store_samples import create, make_job
 
 OpenStore = Callable[..., EtcdJobStore]
 #: A small request limit for the size tests: the server's and the store's.

@@ -1,13 +1,9 @@
 """Storage: the contract every store passes (file, memory and etcd), and what is the same
 for every store: a lost leader's fencing, the text of a pause.
-
-Also the job and file helpers that ``test_storage_*`` and ``test_etcdstore`` import
-from here.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -15,26 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from jobqueue import constants
 from jobqueue.constants import Status
 from jobqueue.errors import JobQueueError, NotLeaderError
-from jobqueue.model import Job
 from jobqueue.storage.base import WATCHER_PAUSE, JobStore, format_pause, pause_until
 from jobqueue.storage.files import FileJobStore
 from jobqueue.storage.memory import MemoryBacking, MemoryJobStore
 from tests.etcd_cluster import unique_prefix
 from tests.polling import poll_until
-
-
-def make_job(job_id: int, status: Status = Status.QUEUED) -> Job:
-    job = Job.new(job_id, [{"OP_ID": "OP_TEST_DELAY", "duration": 1}], [1000 + job_id, 0])
-    if status != Status.QUEUED:
-        job.ops[0].status = status
-        job.end_timestamp = [2000, 0] if status in constants.FINALIZED else None
-    return job
-
-
-RULE_UUIDS = ("0b8d1c7e-4f31-4a62-9d0e-5a2f7c9b1e44", "8c2f9a10-33b5-4c1d-8e7f-60a1b2c3d4e5")
+from tests.store_samples import RULE_UUIDS, create, make_job
 
 
 class Stores:
@@ -69,17 +53,6 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
 @pytest.fixture
 def store(stores: Stores) -> JobStore:
     return stores.open()
-
-
-def create(store: JobStore, *jobs: Job) -> None:
-    assert store.create_jobs(jobs) == [None] * len(jobs)
-
-
-def _touch(path: Path, age: float, content: str = "{}") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content)
-    stamp = time.time() - age
-    os.utime(path, (stamp, stamp))
 
 
 class TestStoreContract:

@@ -23,7 +23,7 @@ from jobqueue.model import Job
 from jobqueue.queuelock import QueueLock
 from jobqueue.storage.base import WATCHER_PAUSE
 from jobqueue.storage.files import Disk, FileJobStore
-from tests.test_storage import RULE_UUIDS, _touch, create, make_job
+from tests.store_samples import RULE_UUIDS, create, make_job, touch
 
 
 def queue_files(queue: Path) -> list[str]:
@@ -220,15 +220,15 @@ def test_prune_keeps_the_directories_archiving_may_use_next(tmp_path: Path) -> N
     queue = tmp_path / "queue"
     archive = queue / "archive"
     day = 86400
-    _touch(archive / "0" / "job-1", 30 * day)
-    _touch(archive / "0" / "job-2", 3 * day)
-    _touch(archive / "1" / "job-10001", 22 * day)
+    touch(archive / "0" / "job-1", 30 * day)
+    touch(archive / "0" / "job-2", 3 * day)
+    touch(archive / "1" / "job-10001", 22 * day)
     (archive / "2").mkdir(parents=True)
-    _touch(archive / "3" / "notes", 40 * day)
+    touch(archive / "3" / "notes", 40 * day)
     for name in ("4/job-40000", "5/job-50000", "7/job-70000"):
-        _touch(archive / name, 25 * day)
-    _touch(queue / "job-70001", 0)
-    _touch(queue / "serial", 0, "50123\n")
+        touch(archive / name, 25 * day)
+    touch(queue / "job-70001", 0)
+    touch(queue / "serial", 0, "50123\n")
     result = FileJobStore(str(queue), owner=False).prune_archive(21 * day, time.time())
     assert (result.jobs, result.directories, result.failures) == (5, 2, [])
     left = sorted(str(p.relative_to(archive)) for p in archive.rglob("*"))

@@ -19,7 +19,7 @@ from jobqueue.errors import StorageError
 from jobqueue.storage.base import JobStore
 from jobqueue.storage.files import FileJobStore
 from tests.etcd_cluster import unique_prefix
-from tests.test_storage import _touch, create, make_job
+from tests.store_samples import create, make_job, touch
 
 
 def _write_output(store: JobStore, job_id: int, data: bytes = b"out") -> None:
@@ -67,11 +67,11 @@ def test_prune_deletes_output_only_without_its_job_and_old(tmp_path: Path) -> No
     queue = tmp_path / "queue"
     archive = queue / "archive" / "0"
     day = 86400
-    _touch(archive / "job-1", 30 * day)
-    _touch(archive / "output-1" / "0.stdout", 30 * day)
-    _touch(archive / "job-2", 1 * day)
-    _touch(archive / "output-2" / "0.stdout", 30 * day)  # its job is recent: kept
-    _touch(archive / "output-3" / "0.stdout", 0)  # being archived: its job comes next
+    touch(archive / "job-1", 30 * day)
+    touch(archive / "output-1" / "0.stdout", 30 * day)
+    touch(archive / "job-2", 1 * day)
+    touch(archive / "output-2" / "0.stdout", 30 * day)  # its job is recent: kept
+    touch(archive / "output-3" / "0.stdout", 0)  # being archived: its job comes next
     for name in ("output-1", "output-2", "output-3"):
         stamp = time.time() - (0 if name == "output-3" else 30 * day)
         os.utime(archive / name, (stamp, stamp))
