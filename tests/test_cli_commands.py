@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from jobqueue import errors
-from tests import test_cli_fakeluxi as fake
-from tests.test_cli_fakeluxi import REPO_ROOT, FakeLuxi, JobTable, in_order, run_jobctl
+from tests import fake_luxi as fake
+from tests.fake_luxi import REPO_ROOT, FakeLuxi, JobTable, in_order, run_jobctl
 
 luxi = fake.luxi  # fixtures shared with the other CLI tests
 short_dir = fake.short_dir

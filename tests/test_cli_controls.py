@@ -15,8 +15,8 @@ from jobqueue.cli import jobinfo, listing
 from jobqueue.cli.context import Context
 from jobqueue.cli.main import main
 from jobqueue.cli.timespec import parse_duration, parse_time
-from tests import test_cli_fakeluxi as fake
-from tests.test_cli_fakeluxi import FakeLuxi, query_answer
+from tests import fake_luxi as fake
+from tests.fake_luxi import FakeLuxi, query_answer
 
 luxi = fake.luxi  # fixtures shared with the other CLI tests
 short_dir = fake.short_dir

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jobqueue import cleaner
 from tests.daemon_helper import Daemon, wait_until
-from tests.test_cli_fakeluxi import run_jobctl
+from tests.fake_luxi import run_jobctl
 
 
 def jobctl(

@@ -13,9 +13,9 @@ import pytest
 
 from jobqueue.cli.exitcodes import ExitCode
 from jobqueue.cli.parser import COMMANDS, build_parser
-from tests import test_cli_fakeluxi as fake
+from tests import fake_luxi as fake
+from tests.fake_luxi import REPO_ROOT, FakeLuxi, JobTable
 from tests.test_cli_commands import JOBS
-from tests.test_cli_fakeluxi import REPO_ROOT, FakeLuxi, JobTable
 
 luxi = fake.luxi  # fixtures shared with the other CLI tests
 short_dir = fake.short_dir

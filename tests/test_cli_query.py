@@ -12,9 +12,9 @@ import pytest
 
 from jobqueue.cli.context import Context
 from jobqueue.cli.main import main
-from tests import test_cli_fakeluxi as fake
+from tests import fake_luxi as fake
+from tests.fake_luxi import FakeLuxi, JobTable, run_jobctl
 from tests.test_cli_commands import ARCHIVED, JOBS
-from tests.test_cli_fakeluxi import FakeLuxi, JobTable, run_jobctl
 
 luxi = fake.luxi  # fixtures shared with the other CLI tests
 short_dir = fake.short_dir

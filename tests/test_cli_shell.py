@@ -14,8 +14,8 @@ import pytest
 from jobqueue import constants
 from jobqueue.cli.exitcodes import command_exit_code
 from jobqueue.cli.outputlog import lines_start
-from tests import test_cli_fakeluxi as fake
-from tests.test_cli_fakeluxi import FakeLuxi, run_jobctl
+from tests import fake_luxi as fake
+from tests.fake_luxi import FakeLuxi, run_jobctl
 
 luxi = fake.luxi  # fixtures shared with the other CLI tests
 short_dir = fake.short_dir

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.daemon_helper import Daemon, wait_until
-from tests.test_cli_fakeluxi import run_jobctl
+from tests.fake_luxi import run_jobctl
 
 FINAL = ("success", "error", "canceled")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from jobqueue import cleaner, constants
 from tests.daemon_helper import Daemon, wait_until
-from tests.test_cli_fakeluxi import REPO_ROOT
+from tests.fake_luxi import REPO_ROOT
 
 WAIT = 30.0
 
