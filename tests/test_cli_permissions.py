@@ -1,6 +1,6 @@
 """jobctl and the example systemd unit as users other than the daemon's (needs root).
 
-A forked child drops to a throwaway user (see ``tests/test_permissions``)
+A forked child drops to a throwaway user (see ``tests/accounts.py``)
 and runs jobctl's ``main`` in-process, against the real daemon.
 """
 
@@ -13,14 +13,14 @@ from typing import Any
 
 from jobqueue.cli.context import Context
 from jobqueue.cli.main import main
-from tests import test_permissions as perms
+from tests import accounts
+from tests.accounts import Account, call, run_as
 from tests.daemon_helper import Daemon
 from tests.luxi_samples import DELAY0
-from tests.test_permissions import Account, call, run_as
 
-outsider = perms.outsider  # fixtures shared with the permission tests
-open_state_dir = perms.open_state_dir
-make_daemon = perms.make_daemon
+outsider = accounts.outsider  # fixtures shared with the permission tests
+open_state_dir = accounts.open_state_dir
+make_daemon = accounts.make_daemon
 #: The mode the example unit gives the state directory (StateDirectoryMode=).
 UNIT_STATE_DIR_MODE = 0o711
 
