@@ -12,46 +12,11 @@ import pytest
 
 from jobqueue import errors
 from tests import fake_luxi as fake
+from tests.cli_samples import ARCHIVED, DELAY, JOBS, T0, job
 from tests.fake_luxi import REPO_ROOT, FakeLuxi, JobTable, in_order, run_jobctl
 
 luxi = fake.luxi  # fixtures shared with the other CLI tests
 short_dir = fake.short_dir
-
-DELAY = {"OP_ID": "OP_TEST_DELAY", "duration": 1.0, "repeat": 0}
-T0 = 1700000000  # 2023-11-14 22:13:20 UTC; the subprocesses run with TZ=UTC
-
-
-def job(job_id: int, status: str, summary: list[str], **more: Any) -> dict[str, Any]:
-    return {"id": job_id, "status": status, "priority": 0, "summary": summary, **more}
-
-
-JOBS = [
-    job(
-        1,
-        "success",
-        ["OP_TEST_DELAY(1.0)"],
-        received_ts=[T0, 0],
-        start_ts=[T0 + 1, 0],
-        end_ts=[T0 + 2, 250000],
-        ops=[DELAY],
-        opstatus=["success"],
-        opresult=[None],
-        oplog=[[[1, [T0 + 1, 0], "message", "Test delay iteration 1/1"]]],
-        opstart=[[T0 + 1, 0]],
-        opexec=[[T0 + 1, 100]],
-        opend=[[T0 + 2, 250000]],
-    ),
-    job(
-        2,
-        "running",
-        ["COMMAND_RUN(ls)"],
-        received_ts=[T0 + 60, 0],
-        start_ts=[T0 + 61, 0],
-        ops=[{"OP_ID": "OP_COMMAND_RUN", "argv": ["ls", "-l", "my dir"]}],
-    ),
-    job(12, "queued", ["OP_TEST_DELAY(5)", "OP_TEST_DELAY(1)"], priority=-10),
-]
-ARCHIVED = [job(3, "error", ["OP_COMMAND_RUN(false)"], ops=[DELAY], opstatus=["error"])]
 
 
 @pytest.fixture

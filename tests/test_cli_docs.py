@@ -14,8 +14,8 @@ import pytest
 from jobqueue.cli.exitcodes import ExitCode
 from jobqueue.cli.parser import COMMANDS, build_parser
 from tests import fake_luxi as fake
+from tests.cli_samples import JOBS
 from tests.fake_luxi import REPO_ROOT, FakeLuxi, JobTable
-from tests.test_cli_commands import JOBS
 
 luxi = fake.luxi  # fixtures shared with the other CLI tests
 short_dir = fake.short_dir

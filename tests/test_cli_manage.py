@@ -14,8 +14,8 @@ import pytest
 from jobqueue.cli.context import Context
 from jobqueue.cli.main import main
 from tests import fake_luxi as fake
+from tests.cli_samples import JOBS, T0
 from tests.fake_luxi import FakeLuxi, JobTable, in_order, run_jobctl
-from tests.test_cli_commands import JOBS, T0
 
 luxi = fake.luxi  # fixtures shared with the other CLI tests
 short_dir = fake.short_dir
