@@ -6,7 +6,7 @@ import pytest
 
 from jobqueue.errors import ProgrammerError
 from jobqueue.workerpool import WorkerPool
-from tests.test_workerpool import (
+from tests.workerpool_harness import (
     WAIT,
     Gate,
     MakePool,
@@ -14,7 +14,7 @@ from tests.test_workerpool import (
     run_callable,
     wait_until,
 )
-from tests.test_workerpool import make_pool as make_pool  # the fixture
+from tests.workerpool_harness import make_pool as make_pool  # the fixture
 
 
 class AsideGate(Gate):
