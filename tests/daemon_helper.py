@@ -1,4 +1,5 @@
-"""Start and drive the real jobqueue-masterd as a subprocess, for end-to-end tests."""
+"""Start and drive the real jobqueue-masterd as a subprocess, for end-to-end tests, and
+run the real jobctl against it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import simplejson
 from jobqueue.constants import FINALIZED
 from jobqueue.luxi.client import Client
 from jobqueue.paths import StatePaths
+from tests.fake_luxi import REPO_ROOT
 
 # AF_UNIX paths are limited to 108 bytes; leave room for temporary socket names.
 _MAX_STATE_DIR = 70
@@ -163,4 +165,23 @@ def request(method: str, *args: Any) -> bytes:
     return (
         simplejson.dumps({"method": method, "args": list(args), "version": 2060000}).encode()
         + b"\n\x03"
+    )
+
+
+def jobctl(
+    daemon: Daemon,
+    *args: str,
+    cwd: str | Path = REPO_ROOT,
+    stdin: bytes = b"",
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """The real jobctl on the daemon's socket; output as bytes."""
+    return subprocess.run(
+        [sys.executable, "-m", "jobqueue.cli.main", "--socket", daemon.paths.master_socket, *args],
+        input=stdin,
+        capture_output=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=False,
     )

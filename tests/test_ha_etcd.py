@@ -21,7 +21,7 @@ import pytest
 from jobqueue import constants, errors
 from jobqueue.luxi.client import Client
 from jobqueue.storage.etcdlayout import Keys
-from tests.daemon_helper import Daemon, wait_until
+from tests.daemon_helper import Daemon, jobctl, wait_until
 from tests.etcd_cluster import EtcdCluster
 from tests.ha_support import (
     LEASE_TTL,
@@ -33,7 +33,6 @@ from tests.ha_support import (
     wait_count,
     wait_master,
 )
-from tests.test_shell_e2e import jobctl
 
 #: What a loaded test machine may add to a failover on top of the promise
 #: (lease TTL + 2 s); the real figure is in the benchmark.

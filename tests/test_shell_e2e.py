@@ -16,29 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jobqueue import cleaner, constants
-from tests.daemon_helper import Daemon, wait_until
+from tests.daemon_helper import Daemon, jobctl, wait_until
 from tests.fake_luxi import REPO_ROOT
 
 WAIT = 30.0
-
-
-def jobctl(
-    daemon: Daemon,
-    *args: str,
-    cwd: str | Path = REPO_ROOT,
-    stdin: bytes = b"",
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[bytes]:
-    """The real jobctl on the daemon's socket; output as bytes."""
-    return subprocess.run(
-        [sys.executable, "-m", "jobqueue.cli.main", "--socket", daemon.paths.master_socket, *args],
-        input=stdin,
-        capture_output=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-        check=False,
-    )
 
 
 def submit(daemon: Daemon, *args: str, **options: object) -> int:
