@@ -4,18 +4,26 @@ Each daemon has its own state directory (its sockets, log and command
 records) and shares the queue in etcd under one prefix. ``Submitters`` are
 16 client threads that submit jobs to whichever daemon is the master now,
 as an operator's scripts would when told "the master is X"; they record
-every acknowledged id with the tag it was submitted under.
+every acknowledged id with the tag it was submitted under. The ``pair`` fixture
+starts two such daemons on a 3-member cluster, the first leading; ``recording_job``
+and ``check_nothing_lost_nothing_run_twice`` check what a failover did to the jobs
+(for ``test_ha_etcd`` and the failover soak test).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from jobqueue import errors
+import pytest
+
+from jobqueue import constants, errors
 from jobqueue.luxi.client import Client
 from tests.daemon_helper import Daemon, state_dir_under, wait_until
 from tests.etcd_cluster import EtcdCluster
@@ -144,3 +152,86 @@ def elapsed_until(condition: Callable[[], bool], timeout: float) -> float:
     started = time.monotonic()
     wait_until(condition, timeout, "the condition")
     return time.monotonic() - started
+
+
+FINAL = frozenset({"success", "error", "canceled"})
+
+
+class Pair:
+    """The cluster, the queue's prefix, and two daemons: ``first`` leads at the start."""
+
+    def __init__(self, cluster: EtcdCluster, first: Daemon, second: Daemon, prefix: str) -> None:
+        self.cluster, self.first, self.second, self.prefix = cluster, first, second, prefix
+
+    @property
+    def daemons(self) -> list[Daemon]:
+        return [self.first, self.second]
+
+
+@pytest.fixture
+def pair(tmp_path: Path, etcd_factory: Callable[..., EtcdCluster]) -> Iterator[Pair]:
+    cluster = etcd_factory(3)
+    prefix = f"/jobqueue/test-{uuid.uuid4().hex[:8]}"
+    first = etcd_daemon(tmp_path, "a", cluster, prefix)
+    second = etcd_daemon(tmp_path, "b", cluster, prefix)
+    first.start()
+    wait_master(first)
+    second.start()
+    assert role(second) == ("standby", role(first)[1])  # type: ignore[index]
+    yield Pair(cluster, first, second, prefix)
+    for daemon in (first, second):
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            with_signal(daemon, signal.SIGCONT)
+            daemon.kill9()
+
+
+def with_signal(daemon: Daemon, signum: int) -> None:
+    assert daemon.proc is not None
+    os.kill(daemon.proc.pid, signum)
+
+
+def recording_job(runs: Path) -> Callable[[str], list[Any]]:
+    """Jobs that append their id to ``runs`` when they run: a job run twice shows twice."""
+
+    def make(tag: str) -> list[Any]:
+        script = f'echo "$JOBQUEUE_JOB_ID" >> {runs}; sleep 0.05'
+        return [{"OP_ID": "OP_COMMAND_RUN", "argv": ["sh", "-c", script], "comment": tag}]
+
+    return make
+
+
+def all_final(daemon: Daemon, job_ids: list[int], timeout: float = 60) -> list[list[Any]]:
+    """The rows of ``job_ids`` once all have ended; within the test's own time limit,
+    a failure names the jobs that did not end."""
+    client = daemon.client()
+    last: list[list[Any]] = []
+
+    def rows() -> list[list[Any]] | None:
+        last[:] = client.query_jobs(job_ids, ["status", "comment", "opresult"])
+        return last if all(row[0] in FINAL for row in last) else None
+
+    try:
+        return list(wait_until(rows, timeout, "every acknowledged job to end"))
+    except AssertionError:
+        unended = {i: row[0] for i, row in zip(job_ids, last, strict=True) if row[0] not in FINAL}
+        raise AssertionError(f"jobs not ended after {timeout} s: {unended}") from None
+
+
+def check_nothing_lost_nothing_run_twice(
+    master: Daemon, submitters: Submitters, runs: Path, timeout: float = 60
+) -> dict[str, int]:
+    """Every acknowledged job is there under its own tag; none ran twice; failed-over
+    ones say so. Returns the count of each final status."""
+    assert submitters.unexpected == []
+    ids = sorted(submitters.acked)
+    rows = all_final(master, ids, timeout)
+    statuses: dict[str, int] = {}
+    for job_id, (status, comment, opresult) in zip(ids, rows, strict=True):
+        assert comment == submitters.acked[job_id], f"job {job_id} is not what was acknowledged"
+        statuses[status] = statuses.get(status, 0) + 1
+        if status == "error":
+            assert opresult == [constants.MSG_FAILED_OVER], (job_id, opresult)
+    ran = runs.read_text().split() if runs.exists() else []
+    twice = sorted({job_id for job_id in ran if ran.count(job_id) > 1})
+    assert twice == [], f"jobs run twice: {twice}"
+    return statuses

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,102 +21,24 @@ from jobqueue import constants, errors
 from jobqueue.luxi.client import Client
 from jobqueue.storage.etcdlayout import Keys
 from tests.daemon_helper import Daemon, jobctl, wait_until
-from tests.etcd_cluster import EtcdCluster
 from tests.ha_support import (
     LEASE_TTL,
+    Pair,
     Submitters,
+    all_final,
+    check_nothing_lost_nothing_run_twice,
     elapsed_until,
-    etcd_daemon,
-    role,
+    recording_job,
     role_of,
     wait_count,
     wait_master,
+    with_signal,
 )
+from tests.ha_support import pair as pair  # the fixture
 
 #: What a loaded test machine may add to a failover on top of the promise
 #: (lease TTL + 2 s); the real figure is in the benchmark.
 LOAD_SLACK = 4.0
-FINAL = frozenset({"success", "error", "canceled"})
-
-
-class Pair:
-    """The cluster, the queue's prefix, and two daemons: ``first`` leads at the start."""
-
-    def __init__(self, cluster: EtcdCluster, first: Daemon, second: Daemon, prefix: str) -> None:
-        self.cluster, self.first, self.second, self.prefix = cluster, first, second, prefix
-
-    @property
-    def daemons(self) -> list[Daemon]:
-        return [self.first, self.second]
-
-
-@pytest.fixture
-def pair(tmp_path: Path, etcd_factory: Callable[..., EtcdCluster]) -> Iterator[Pair]:
-    cluster = etcd_factory(3)
-    prefix = f"/jobqueue/test-{uuid.uuid4().hex[:8]}"
-    first = etcd_daemon(tmp_path, "a", cluster, prefix)
-    second = etcd_daemon(tmp_path, "b", cluster, prefix)
-    first.start()
-    wait_master(first)
-    second.start()
-    assert role(second) == ("standby", role(first)[1])  # type: ignore[index]
-    yield Pair(cluster, first, second, prefix)
-    for daemon in (first, second):
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            with_signal(daemon, signal.SIGCONT)
-            daemon.kill9()
-
-
-def with_signal(daemon: Daemon, signum: int) -> None:
-    assert daemon.proc is not None
-    os.kill(daemon.proc.pid, signum)
-
-
-def recording_job(runs: Path) -> Callable[[str], list[Any]]:
-    """Jobs that append their id to ``runs`` when they run: a job run twice shows twice."""
-
-    def make(tag: str) -> list[Any]:
-        script = f'echo "$JOBQUEUE_JOB_ID" >> {runs}; sleep 0.05'
-        return [{"OP_ID": "OP_COMMAND_RUN", "argv": ["sh", "-c", script], "comment": tag}]
-
-    return make
-
-
-def all_final(daemon: Daemon, job_ids: list[int], timeout: float = 60) -> list[list[Any]]:
-    """The rows of ``job_ids`` once all have ended; within the test's own time limit,
-    a failure names the jobs that did not end."""
-    client = daemon.client()
-    last: list[list[Any]] = []
-
-    def rows() -> list[list[Any]] | None:
-        last[:] = client.query_jobs(job_ids, ["status", "comment", "opresult"])
-        return last if all(row[0] in FINAL for row in last) else None
-
-    try:
-        return list(wait_until(rows, timeout, "every acknowledged job to end"))
-    except AssertionError:
-        unended = {i: row[0] for i, row in zip(job_ids, last, strict=True) if row[0] not in FINAL}
-        raise AssertionError(f"jobs not ended after {timeout} s: {unended}") from None
-
-
-def check_nothing_lost_nothing_run_twice(
-    master: Daemon, submitters: Submitters, runs: Path, timeout: float = 60
-) -> dict[str, int]:
-    """Every acknowledged job is there under its own tag; none ran twice; failed-over
-    ones say so. Returns the count of each final status."""
-    assert submitters.unexpected == []
-    ids = sorted(submitters.acked)
-    rows = all_final(master, ids, timeout)
-    statuses: dict[str, int] = {}
-    for job_id, (status, comment, opresult) in zip(ids, rows, strict=True):
-        assert comment == submitters.acked[job_id], f"job {job_id} is not what was acknowledged"
-        statuses[status] = statuses.get(status, 0) + 1
-        if status == "error":
-            assert opresult == [constants.MSG_FAILED_OVER], (job_id, opresult)
-    ran = runs.read_text().split() if runs.exists() else []
-    twice = sorted({job_id for job_id in ran if ran.count(job_id) > 1})
-    assert twice == [], f"jobs run twice: {twice}"
-    return statuses
 
 
 def test_kill_9_of_the_master_under_load(pair: Pair, tmp_path: Path) -> None:

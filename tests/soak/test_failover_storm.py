@@ -15,10 +15,17 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_helper import wait_until
-from tests.ha_support import Submitters, role_of, wait_count, wait_master
+from tests.ha_support import (
+    Pair,
+    Submitters,
+    check_nothing_lost_nothing_run_twice,
+    recording_job,
+    role_of,
+    wait_count,
+    wait_master,
+)
+from tests.ha_support import pair as pair  # the fixture
 from tests.soak.support import SoakReport, pick, soak_timeout
-from tests.test_ha_etcd import Pair, check_nothing_lost_nothing_run_twice, recording_job
-from tests.test_ha_etcd import pair as pair  # the fixture
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(soak_timeout())]
 
