@@ -19,7 +19,9 @@ import simplejson
 from jobqueue.constants import FINALIZED
 from jobqueue.luxi.client import Client
 from jobqueue.paths import StatePaths
-from tests.fake_luxi import REPO_ROOT
+
+#: The checkout's top directory (where tests run jobctl from).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # AF_UNIX paths are limited to 108 bytes; leave room for temporary socket names.
 _MAX_STATE_DIR = 70

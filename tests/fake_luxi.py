@@ -24,10 +24,10 @@ import pytest
 
 from jobqueue import constants, errors
 from jobqueue.luxi import protocol
+from tests.daemon_helper import REPO_ROOT
 
 #: Bound on every wait of the fake, so a bug fails instead of hanging.
 WAIT = 10.0
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 Answer = Any
 
