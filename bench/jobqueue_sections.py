@@ -246,8 +246,10 @@ def run_e2e(ctx: Context) -> Iterator[Row]:
         rate = median(rates)
         ctx.values[f"jobqueue.e2e.{workers}"] = rate
         failed = sum(jobs - counts.get("success", 0) for _, counts, _, _ in runs)
-        cpu_ms = [cpu * 1000 / jobs for _, _, cpu, _ in runs]
-        cpu_after_ms = [cpu * 1000 / jobs for _, _, _, cpu in runs]
+        # Rounded well below the clock tick's resolution (10 ms over the run),
+        # so that a difference of two tick counts is not 0.7000000000000002.
+        cpu_ms = [round(cpu * 1000 / jobs, 6) for _, _, cpu, _ in runs]
+        cpu_after_ms = [round(cpu * 1000 / jobs, 6) for _, _, _, cpu in runs]
         detail = {
             "jobs": jobs,
             "jobs_per_s_each": rates,
