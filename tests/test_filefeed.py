@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import threading
 from pathlib import Path
@@ -12,7 +14,8 @@ from jobqueue.errors import StorageError
 from jobqueue.model import Job
 from jobqueue.storage.base import encode_job
 from jobqueue.storage.filefeed import FileChangeFeed
-from jobqueue.storage.startrecords import encode_record
+from jobqueue.storage.files import Disk
+from jobqueue.storage.startrecords import StartFiles, encode_record
 
 #: Bound on every wait that should succeed, so a bug fails instead of hanging.
 WAIT = 5.0
@@ -31,10 +34,10 @@ class Recorder:
             self.seen.append(job_id)
             self._changed.notify_all()
 
-    def wait_for(self, job_id: int) -> list[int | None]:
-        """Everything reported up to and including ``job_id``."""
+    def wait_for(self, job_id: int, times: int = 1) -> list[int | None]:
+        """Everything reported until ``job_id`` was reported ``times`` times."""
         with self._changed:
-            assert self._changed.wait_for(lambda: job_id in self.seen, WAIT), self.seen
+            assert self._changed.wait_for(lambda: self.seen.count(job_id) >= times, WAIT), self.seen
             return list(self.seen)
 
 
@@ -82,7 +85,8 @@ def test_other_names_are_not_reported(
     record = encode_record(encode_job(Job.new(4, [DELAY], (0, 0)), 2))
     torn = record.replace(b'"id":4', b'"id":5')  # the CRC no longer matches
     (tmp_path / ".start-1").write_bytes(torn)
-    (tmp_path / ".start-2").write_bytes(b"jobqueue-start 0 00000000\n")  # erased
+    (tmp_path / ".start-2").write_bytes(b"jobqueue-start 0 00000000\n")  # whole, of no job
+    (tmp_path / ".start-4").write_bytes(b" " * 4096)  # new: made before any record
     replace_job_file(tmp_path, 99)  # the barrier: events arrive in order
     assert recorder.wait_for(99) == [99]
 
@@ -99,6 +103,25 @@ def test_a_start_record_is_reported_once_written(
     with open(start_file, "r+b") as handle:  # the next job's start, over a free file
         handle.write(encode_record(encode_job(Job.new(42, [DELAY], (0, 0)), 2)))
     assert recorder.wait_for(42) == [41, 42]
+
+
+def test_a_start_undone_after_its_write_failed_is_reported_again(
+    tmp_path: Path, feed: tuple[FileChangeFeed, Recorder]
+) -> None:
+    # The record was written and its file closed, but the sync failed: a
+    # follower may have read it; the writer erases it, and the job's start is undone.
+    _, recorder = feed
+
+    def write_then_fail_to_sync(name: str, data: bytes) -> None:
+        with open(tmp_path / name, "r+b") as handle:
+            handle.write(data)
+        recorder.wait_for(41)  # a follower saw the start
+        raise OSError(errno.EIO, "the sync failed")
+
+    starts = StartFiles(str(tmp_path), Disk(), write_then_fail_to_sync, logging.getLogger())
+    with pytest.raises(OSError):
+        starts.write(41, 2, encode_job(Job.new(41, [DELAY], (0, 0)), 2))
+    assert recorder.wait_for(41, times=2) == [41, 41]
 
 
 def test_archive_and_delete_are_reported(tmp_path: Path) -> None:

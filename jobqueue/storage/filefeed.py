@@ -5,14 +5,16 @@ file and exchanged with ``job-N`` (``RENAME_EXCHANGE``, reported as moves of
 both names) or, where names cannot be exchanged, to a temp file renamed over
 ``job-N``; archiving renames ``job-N`` away. An opcode's start is written
 in place into a start file (``startrecords``), where no name moves, but the
-writer closes the file once the record is synced. So a single watch on the
-queue directory for ``IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE |
-IN_CLOSE_WRITE`` sees every change of every job, and there is no per-file
-watch to re-arm after a rename. A moved or deleted ``job-<digits>`` names
-its job; a start file closed after writing names the job of the record it
-holds (read then; a file that holds no whole record, a write torn or
-erased, is no change). Every other name (temp and spare files, ``serial``,
-``drain``) is ignored.
+writer closes the file after the write and its sync (whether or not they
+succeeded; a failed one is then erased, and the file closed again). So a
+single watch on the queue directory for ``IN_MOVED_TO | IN_MOVED_FROM |
+IN_DELETE | IN_CLOSE_WRITE`` sees every change of every job, and there is
+no per-file watch to re-arm after a rename. A moved or deleted
+``job-<digits>`` names its job. A start file closed after writing names
+the job of the whole record it holds, read once per batch of events; one
+that holds none (erased or torn) names the job its record last named,
+whose start was undone. Every other name (temp and spare files,
+``serial``, ``drain``) is ignored.
 
 The daemon that owns a queue does not need this: it announces its own
 changes in memory (``jobqueue.livejobs``). The feed serves a process that
@@ -29,6 +31,7 @@ This is the only module that imports pyinotify (which imports asyncore).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -75,6 +78,8 @@ class FileChangeFeed(ChangeFeed):
         self._manager: Any = None  # a pyinotify.WatchManager while started
         self._stop_pipe: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
+        #: The job each start file's record last named (read by the feed's thread only).
+        self._reported_starts: dict[str, int] = {}
 
     def start(self, on_change: ChangeCallback) -> None:
         if self._thread is not None:
@@ -123,6 +128,7 @@ class FileChangeFeed(ChangeFeed):
     def _report(self, events: list[tuple[int, bytes]], on_change: ChangeCallback) -> None:
         """Call ``on_change`` once per job named in one batch of events."""
         changed: dict[int, None] = {}
+        closed_starts: dict[str, None] = {}  # each read once per batch, after the loop
         for mask, name in events:
             if mask & pyinotify.IN_Q_OVERFLOW:
                 self._log.warning("The inotify queue overflowed; reporting every job as changed")
@@ -134,20 +140,32 @@ class FileChangeFeed(ChangeFeed):
                 return
             text = name.decode("ascii", "replace")
             if mask & pyinotify.IN_CLOSE_WRITE:
-                job_id = self._started_job(text) if layout.is_start_name(text) else None
-            else:
-                job_id = layout.job_id_of(text)
+                if layout.is_start_name(text):
+                    closed_starts[text] = None
+                continue
+            job_id = layout.job_id_of(text)
+            if job_id is not None:
+                changed[job_id] = None
+        for start_name in closed_starts:
+            job_id = self._started_job(start_name)
             if job_id is not None:
                 changed[job_id] = None
         for job_id in changed:
             on_change(job_id)
 
     def _started_job(self, start_name: str) -> int | None:
-        """The id of the job whose start record ``start_name`` holds; None if none is whole."""
+        """The job a start file closed after writing changed; None if none.
+
+        The job of the whole record it holds; without one (a record erased
+        after its write failed, or torn), the job it last held, whose start
+        is then undone.
+        """
         version = startrecords.read_record(os.path.join(self.queue_dir, start_name))
-        if version is None:
-            return None
-        try:
-            return decode_job(version).id
-        except JobFileCorrupted:
-            return None
+        job_id = None
+        if version is not None:
+            with contextlib.suppress(JobFileCorrupted):
+                job_id = decode_job(version).id
+        if job_id is None:
+            return self._reported_starts.pop(start_name, None)
+        self._reported_starts[start_name] = job_id
+        return job_id
