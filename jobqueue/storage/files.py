@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobqueue import constants, safeio
 from jobqueue.errors import JobFileCorrupted, JobQueueError, StorageError
@@ -416,16 +416,27 @@ class FileJobStore(JobStore):
     def read_job(self, job_id: int) -> Job | None:
         """See the contract; a FIFO or link under the job's name is an error, never waited on.
 
-        A live job's start record counts where it is newer than its file.
+        A live job's start record counts where it is newer than its file
+        (looked up after the file was read).
         """
-        return self._read_job(job_id, self._versions.newest_record)
+        return _newest(job_id, self._read_stored(job_id), self._versions.newest_record)
 
     def read_jobs(self, job_ids: Sequence[int]) -> list[Job | None]:
-        """``read_job`` of each; a store opened for maintenance reads its start files once."""
-        newest_record = self._versions.record_lookup()
-        return [self._read_job(job_id, newest_record) for job_id in job_ids]
+        """``read_job`` of each; the start records are looked up once, after every file.
 
-    def _read_job(self, job_id: int, newest_record: Callable[[int], Newest | None]) -> Job | None:
+        (A store opened for maintenance reads its start files for a lookup.)
+        """
+        stored = [self._read_stored(job_id) for job_id in job_ids]
+        if not any(found is not None and found.live for found in stored):
+            return [None if found is None else found.job for found in stored]
+        newest_record = self._versions.record_lookup()
+        return [
+            _newest(job_id, found, newest_record)
+            for job_id, found in zip(job_ids, stored, strict=True)
+        ]
+
+    def _read_stored(self, job_id: int) -> _Stored | None:
+        """The job as its file holds it, live or archived; None if there is none."""
         for path in (self._job_path(job_id), self._archive.path(job_id)):
             try:
                 data = read_whole_version(path)
@@ -435,9 +446,7 @@ class FileJobStore(JobStore):
                 reason = err.strerror or os.strerror(err.errno or 0)
                 raise StorageError(f"Cannot read job {job_id}: {reason}", err.errno or 0) from err
             job, write_serial = decode_job_and_serial(data)
-            if path != self._job_path(job_id):
-                return job
-            return newer_of(job, write_serial, newest_record(job_id))[0]
+            return _Stored(job, write_serial, live=path == self._job_path(job_id))
         return None
 
     # -- archive (``filearchive``) -----------------------------------------------
@@ -527,3 +536,22 @@ def read_whole_version(path: str, attempts: int = 3) -> bytes:
         ):
             break
     return data
+
+
+class _Stored(NamedTuple):
+    """A job as its file holds it: the version, its write serial, whether it is live."""
+
+    job: Job
+    serial: int
+    live: bool
+
+
+def _newest(
+    job_id: int, stored: _Stored | None, newest_record: Callable[[int], Newest | None]
+) -> Job | None:
+    """The stored job, or its start record where that is newer (live jobs only)."""
+    if stored is None:
+        return None
+    if not stored.live:
+        return stored.job
+    return newer_of(stored.job, stored.serial, newest_record(job_id))[0]
