@@ -157,8 +157,8 @@ RUN_ERRORS = (OSError, RuntimeError, ValueError)
 
 
 def find(name: str) -> Peer:
-    """The peer called ``name``."""
-    return next(peer for peer in PEERS if peer.name == name)
+    """The peer called ``name``; KeyError if there is none."""
+    return {peer.name: peer for peer in PEERS}[name]
 
 
 def run_once(ctx: Context, peer: Peer, python: str, workers: int) -> dict[str, Any]:

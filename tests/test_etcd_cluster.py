@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.etcd_cluster import EtcdCluster, etcd_binary, free_ports
+from tests.etcd_cluster import EtcdCluster, etcd_binary
 
 
 def fake_etcd(directory: Path, version: str) -> str:
@@ -38,13 +38,6 @@ def test_releases_that_lose_data_after_sigkill_are_refused(
         assert detail == version
     else:
         assert version in detail
-
-
-def test_a_cluster_gets_distinct_ports() -> None:
-    # Bound and closed one at a time, two members once got the same port, and
-    # etcd refused the cluster for a duplicate URL.
-    ports = free_ports(64)
-    assert len(set(ports)) == 64
 
 
 def test_members_die_pause_and_come_back(etcd_factory: Callable[..., EtcdCluster]) -> None:
