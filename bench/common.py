@@ -78,6 +78,14 @@ class Settings:
     #: is a takeover within this plus 2 s.
     ha_lease_ttl: int = 5
 
+    def more_runs_fit(self, first_run_seconds: float) -> bool:
+        """Whether a figure runs again after a first run this long.
+
+        A slow first run (over a quarter of ``peer_timeout``) says enough
+        on its own and keeps the whole bench in budget.
+        """
+        return first_run_seconds < self.peer_timeout / 4
+
     @classmethod
     def quick(cls) -> Settings:
         """Small counts: the whole run stays well under five minutes."""

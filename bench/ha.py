@@ -180,7 +180,7 @@ def end_to_end_rows(ctx: Context, cluster: EtcdCluster, version: str) -> Iterato
     jobs = settings.e2e_jobs
     for workers in settings.e2e_workers:
         runs = [jobs_once(ctx, cluster, workers, jobs)]
-        while len(runs) < settings.e2e_repeats and runs[0][0] < settings.peer_timeout / 4:
+        while len(runs) < settings.e2e_repeats and settings.more_runs_fit(runs[0][0]):
             runs.append(jobs_once(ctx, cluster, workers, jobs))
         rates = [counts.get("success", 0) / elapsed for elapsed, counts, _ in runs]
         rate = median(rates)

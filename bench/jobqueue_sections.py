@@ -237,12 +237,12 @@ def run_e2e(ctx: Context) -> Iterator[Row]:
         runs: list[tuple[float, dict[str, int], float, float]] = []
         partner_runs: list[dict[str, Any]] = []
         partner_failure = partner_missing
-        slow = ctx.settings.peer_timeout / 4
-        while len(runs) < repeats and (not runs or runs[0][0] < slow):
+        fit = ctx.settings.more_runs_fit
+        while len(runs) < repeats and (not runs or fit(runs[0][0])):
             partner_due = (
                 partner_python is not None
                 and not partner_failure
-                and (not partner_runs or partner_runs[0]["seconds"] < slow)
+                and (not partner_runs or fit(partner_runs[0]["seconds"]))
             )
             ours_first = len(runs) % 2 == 0
             if ours_first:

@@ -178,8 +178,8 @@ def run_peer(ctx: Context, peer: Peer, python: str, workers: int) -> Row:
     metric = f"{peer.name}, {workers} workers"
     runs: list[dict[str, Any]] = []
     for _ in range(settings.e2e_repeats):
-        if runs and runs[0]["seconds"] > settings.peer_timeout / 4:
-            break  # slow: one run says enough and keeps the whole bench in budget
+        if runs and not settings.more_runs_fit(runs[0]["seconds"]):
+            break
         try:
             runs.append(run_once(ctx, peer, python, workers))
         except RUN_ERRORS as error:
