@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_helper import Daemon, read_response, request
+from tests.daemon_helper import Daemon, daemons_made, read_response, request
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,14 +123,5 @@ def open_state_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def make_daemon(open_state_dir: Path) -> Iterator[Callable[..., Daemon]]:
-    made: list[Daemon] = []
-
-    def make(*args: str, **options: Any) -> Daemon:
-        daemon = Daemon(open_state_dir, *args, **options)
-        made.append(daemon)
-        return daemon.start()
-
-    yield make
-    for daemon in made:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill9()
+    with daemons_made(open_state_dir) as make:
+        yield lambda *args, **options: make(*args, **options).start()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.daemon_helper import Daemon, state_dir_under
+from tests.daemon_helper import Daemon, daemons_made, state_dir_under
 from tests.etcd_cluster import EtcdCluster, TlsFiles, etcd_binary
 
 if TYPE_CHECKING:
@@ -19,18 +19,8 @@ if TYPE_CHECKING:
 @pytest.fixture
 def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """Make daemons (not started) on one state dir under tmp_path; all are stopped after."""
-    made: list[Daemon] = []
-    state_dir = state_dir_under(tmp_path)
-
-    def make(*args: str, workers: int = 4, **options: Any) -> Daemon:
-        daemon = Daemon(state_dir, *args, workers=workers, **options)
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill9()
+    with daemons_made(state_dir_under(tmp_path)) as make:
+        yield make
 
 
 @pytest.fixture

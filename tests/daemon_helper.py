@@ -3,6 +3,7 @@ run the real jobctl against it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,24 @@ def state_dir_under(tmp_path: Path) -> Path:
     if len(str(candidate)) <= _MAX_STATE_DIR:
         return candidate
     return Path(tempfile.mkdtemp(prefix="jq", dir="/tmp")) / "s"
+
+
+@contextlib.contextmanager
+def daemons_made(state_dir: Path) -> Iterator[Callable[..., Daemon]]:
+    """Make daemons (not started) on ``state_dir``; those still running are killed after."""
+    made: list[Daemon] = []
+
+    def make(*args: str, **options: Any) -> Daemon:
+        daemon = Daemon(state_dir, *args, **options)
+        made.append(daemon)
+        return daemon
+
+    try:
+        yield make
+    finally:
+        for daemon in made:
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.kill9()
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:

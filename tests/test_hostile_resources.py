@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 
 from jobqueue import errors
 from jobqueue.luxi import protocol
-from tests.daemon_helper import Daemon, read_response, request, state_dir_under, wait_until
+from tests.daemon_helper import Daemon, read_response, request, wait_until
 from tests.luxi_samples import DELAY0
 
 #: A log message of this many bytes makes a job's ``oplog`` about as large.
@@ -43,18 +43,9 @@ def pid_of(daemon: Daemon) -> int:
 
 
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Any]:
-    made: list[Daemon] = []
-
-    def make(*args: str, **options: Any) -> Daemon:
-        daemon = Daemon(state_dir_under(tmp_path), *args, **options)
-        made.append(daemon)
-        return daemon.start()
-
-    yield make
-    for daemon in made:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill9()
+def start(daemon_factory: Callable[..., Daemon]) -> Callable[..., Daemon]:
+    """Start a daemon under tmp_path; ``daemon_factory`` kills it after the test."""
+    return lambda *args, **options: daemon_factory(*args, **options).start()
 
 
 def big_log_jobs(daemon: Daemon, count: int) -> list[int]:
