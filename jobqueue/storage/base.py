@@ -57,6 +57,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from jobqueue.errors import JobFileCorrupted, StorageError
+
+try:
+    import orjson
+except ImportError:  # no wheel for this platform: the standard library's encoder
+    orjson = None  # type: ignore[assignment]
 from jobqueue.model import Job, is_json_int
 
 #: The names of a command's output streams, in the order they are shown.
@@ -107,6 +112,31 @@ def pause_until(text: str | None, now: float) -> float | None:
 _JOB_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
+def encode_with_stdlib(data: Any) -> bytes:
+    """``data`` as compact JSON and a newline, by the standard library (non-ASCII escaped)."""
+    return _JOB_ENCODER.encode(data).encode("utf-8") + b"\n"
+
+
+def encode_with_orjson(data: Any) -> bytes:
+    """``data`` as compact JSON and a newline, by orjson (UTF-8), else as ``encode_with_stdlib``.
+
+    orjson encodes a job several times faster; what it refuses (integers
+    beyond 64 bits, keys that are not strings, lone surrogates, nesting
+    deeper than 254) goes to the standard library. It writes a float that
+    is not finite as null: none reaches a job from a client (LUXI and the
+    typed opcode parameters refuse them), but an LU's result could hold one.
+    """
+    try:
+        return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        return encode_with_stdlib(data)
+
+
+#: How every job version is encoded: orjson where it is installed (setup.py
+#: asks for it; a platform without its wheel may lack it).
+encode_compact = encode_with_stdlib if orjson is None else encode_with_orjson
+
+
 #: The key under which the file store numbers a job's writes (``startrecords``).
 WRITE_SERIAL_KEY = "write_serial"
 
@@ -116,7 +146,7 @@ def encode_job(job: Job, write_serial: int | None = None) -> bytes:
     data = job.to_dict()
     if write_serial is not None:
         data[WRITE_SERIAL_KEY] = write_serial
-    return _JOB_ENCODER.encode(data).encode("utf-8") + b"\n"
+    return encode_compact(data)
 
 
 def decode_job(data: bytes) -> Job:
