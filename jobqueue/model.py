@@ -280,10 +280,15 @@ class Job:
 
     @property
     def status(self) -> Status:
+        if len(self.ops) == 1:  # most jobs: the opcode's status is the job's (calc_status)
+            return self.ops[0].status
         return calc_status(op.status for op in self.ops)
 
     @property
     def priority(self) -> int:
+        if len(self.ops) == 1:  # most jobs (calc_priority)
+            op = self.ops[0]
+            return constants.PRIO_DEFAULT if op.status in FINALIZED else op.priority
         return calc_priority(self.ops)
 
     @property

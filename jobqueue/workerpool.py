@@ -398,8 +398,10 @@ class WorkerPool:
         if takeable <= 0 or not self._active:
             return
         self._work_ready.notify(takeable)
-        free = sum(1 for worker in self._workers if worker.current is None and not worker.stopping)
         room = _THREADS_PER_SLOT * self._slots - len(self._workers)
+        if room <= 0:  # as many threads as may be: no need to count the free ones
+            return
+        free = sum(1 for worker in self._workers if worker.current is None and not worker.stopping)
         try:
             for _ in range(min(takeable - free, room)):
                 self._start_worker_locked()

@@ -17,6 +17,7 @@ from jobqueue.lus import builtin_registry
 from jobqueue.model import (
     Job,
     QueuedOpCode,
+    calc_priority,
     calc_status,
     default_summary,
     merge_time,
@@ -139,6 +140,21 @@ def test_derived_status_properties(ops: list[Status]) -> None:
     assert (status == S) == all(op == S for op in ops)
     if any(op in (C, E, X) for op in ops):
         assert status == next(op for op in ops if op in (C, E, X))
+
+
+@given(st.lists(st.sampled_from(list(Status)), min_size=1, max_size=4))
+def test_a_jobs_status_is_derived_from_its_opcodes(ops: list[Status]) -> None:
+    job = Job(id=1, ops=[QueuedOpCode(input={"OP_ID": "OP_X"}, status=op) for op in ops])
+    assert job.status == calc_status(ops)
+    assert job.is_finalized == (calc_status(ops) in constants.FINALIZED)
+
+
+@given(st.lists(st.tuples(st.sampled_from(list(Status)), st.integers(-20, 19)), max_size=4))
+def test_a_jobs_priority_is_derived_from_its_opcodes(ops: list[tuple[Status, int]]) -> None:
+    job = Job(
+        id=1, ops=[QueuedOpCode(input={"OP_ID": "OP_X"}, status=s, priority=p) for s, p in ops]
+    )
+    assert job.priority == calc_priority(job.ops)
 
 
 def test_priority_is_minimum_over_unfinished_ops() -> None:
