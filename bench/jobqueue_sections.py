@@ -57,6 +57,13 @@ CHURNING_WAITER_TIMEOUT = 2.0
 PEER_TARGETS = {"huey-sqlite": (1.2, False), "rq-redis": (1.0, True), "task-spooler": (1.0, True)}
 #: The peer whose runs alternate with ours in section 3 (the one with a ratio target).
 ALTERNATED_PEER = "huey-sqlite"
+
+
+def alternated_key(workers: int) -> str:
+    """Where section 3 leaves the median of ``ALTERNATED_PEER``'s alternated runs."""
+    return f"peer.{ALTERNATED_PEER}.alternated.{workers}"
+
+
 #: Daemon CPU (user + system) per no-op job end to end, from submission to its end.
 CPU_PER_JOB_TARGET_MS = 0.7
 #: Printed by the watched job's command: one line with a timestamp per interval.
@@ -288,6 +295,7 @@ def run_e2e(ctx: Context) -> Iterator[Row]:
             metric = f"{alternated} (median of {len(partner_runs)})"
             yield Row(E2E, metric, median(partner_rates), "jobs/s", detail=partner_detail)
             references[ALTERNATED_PEER] = median(partner_rates)
+            ctx.values[alternated_key(workers)] = median(partner_rates)
             labels[ALTERNATED_PEER] = " alternated"
         elif partner_failure:
             yield skipped(E2E, partner_failure, alternated)

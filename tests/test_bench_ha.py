@@ -9,7 +9,7 @@ import pytest
 
 from bench import ha
 from bench.common import Context, Row, Settings
-from bench.jobqueue_sections import SUBMIT, remember
+from bench.jobqueue_sections import SUBMIT, alternated_key, remember
 
 
 def test_without_an_etcd_server_the_section_is_one_skipped_row(
@@ -44,6 +44,16 @@ def test_etcd_rows_are_set_beside_the_file_store_row_of_the_same_name() -> None:
     unmeasured = ha.beside_file_store(ctx, Row(ha.SECTION, "etcd, SubmitJob, 1 client", 90.0))
     assert unmeasured.compared_with == "file store: not measured"
     assert unmeasured.ratio is None
+
+
+def test_etcd_is_set_beside_the_huey_figure_taken_nearest_in_time() -> None:
+    ctx = Context(settings=Settings.quick())
+    assert ha.latest_peer_figure(ctx, 2) == (None, "huey-sqlite (peers section)")
+    ctx.values["peer.huey-sqlite.2"] = 1600.0
+    assert ha.latest_peer_figure(ctx, 2) == (1600.0, "huey-sqlite (peers section)")
+    ctx.values[alternated_key(2)] = 1100.0
+    assert ha.latest_peer_figure(ctx, 2) == (1100.0, "huey-sqlite alternated in section 3")
+    assert ha.latest_peer_figure(ctx, 25) == (None, "huey-sqlite (peers section)")
 
 
 def test_a_failing_part_keeps_its_rows_and_ends_in_a_skipped_row() -> None:
