@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -51,6 +54,16 @@ def test_what_orjson_refuses_is_written_by_the_stdlib() -> None:
         (deep, deep),
     ]:
         assert json.loads(encode_with_orjson([value])) == [read_back]
+
+
+def test_what_the_stdlib_refuses_is_still_refused() -> None:
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    for value in (datetime.datetime(2026, 1, 1), datetime.date(2026, 1, 1), Point(1)):
+        with pytest.raises(TypeError):
+            encode_with_orjson([value])
 
 
 def test_a_float_that_is_not_finite_is_written_as_null() -> None:

@@ -117,6 +117,16 @@ def encode_with_stdlib(data: Any) -> bytes:
     return _JOB_ENCODER.encode(data).encode("utf-8") + b"\n"
 
 
+#: Dataclasses and datetimes go to the stdlib too, which refuses them as it always did.
+_ORJSON_OPTIONS = (
+    0
+    if orjson is None
+    else orjson.OPT_APPEND_NEWLINE
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+)
+
+
 def encode_with_orjson(data: Any) -> bytes:
     """``data`` as compact JSON and a newline, by orjson (UTF-8), else as ``encode_with_stdlib``.
 
@@ -127,7 +137,7 @@ def encode_with_orjson(data: Any) -> bytes:
     typed opcode parameters refuse them), but an LU's result could hold one.
     """
     try:
-        return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+        return orjson.dumps(data, option=_ORJSON_OPTIONS)
     except orjson.JSONEncodeError:
         return encode_with_stdlib(data)
 
