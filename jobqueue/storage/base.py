@@ -56,12 +56,12 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from jobqueue.errors import JobFileCorrupted, StorageError
-
 try:
     import orjson
 except ImportError:  # no wheel for this platform: the standard library's encoder
     orjson = None  # type: ignore[assignment]
+
+from jobqueue.errors import JobFileCorrupted, StorageError
 from jobqueue.model import Job, is_json_int
 
 #: The names of a command's output streams, in the order they are shown.

@@ -27,13 +27,12 @@ job bigger than etcd takes in one request: see its docstring and doc/ha.rst.
 from __future__ import annotations
 
 import errno
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jobqueue.errors import StorageError
 from jobqueue.model import Job
-from jobqueue.storage.base import encode_job
+from jobqueue.storage.base import encode_compact, encode_job
 
 #: The layout's version, kept at ``<prefix>/version``.
 LAYOUT_VERSION = b"1"
@@ -161,7 +160,8 @@ def fit_job(job: Job, limit: int) -> tuple[bytes, int]:
     while True:
         freed = 0
         while dropped < len(entries) and freed < need:
-            freed += len(_compact(entries[dropped][2])) + 1
+            # Its bytes as encode_job writes them; the newline stands for its comma.
+            freed += len(encode_compact(entries[dropped][2]))
             dropped += 1
         if dropped == 0:
             raise too_large(job, len(data), limit, " even without its log")
@@ -195,7 +195,3 @@ def _trimmed(
             log = [notice, *log]
         ops.append({**op, "log": log})
     return {**stored, "ops": ops}
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
