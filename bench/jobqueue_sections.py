@@ -295,7 +295,7 @@ def run_e2e(ctx: Context) -> Iterator[Row]:
             metric = f"{alternated} (median of {len(partner_runs)})"
             yield Row(E2E, metric, median(partner_rates), "jobs/s", detail=partner_detail)
             references[ALTERNATED_PEER] = median(partner_rates)
-            ctx.values[alternated_key(workers)] = median(partner_rates)
+            ctx.values[alternated_key(workers)] = references[ALTERNATED_PEER]
             labels[ALTERNATED_PEER] = " alternated"
         elif partner_failure:
             yield skipped(E2E, partner_failure, alternated)
