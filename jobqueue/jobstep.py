@@ -24,7 +24,7 @@ import enum
 import threading
 from typing import Any, Protocol
 
-from jobqueue import constants
+from jobqueue import constants, plainjson
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.depmgr import DependencyManager, Outcome
 from jobqueue.errors import GenericError, OpExecError, ProgrammerError, StorageError, encode_error
@@ -280,6 +280,17 @@ def _add_log_locked(
         backlog.count(message)
 
 
+def _refuse_unstorable(entries: list[tuple[str, Any]]) -> None:
+    """``OpExecError`` unless every log type is a string and every message plain JSON."""
+    for log_type, message in entries:
+        if not isinstance(log_type, str):
+            problem: str | None = f"log type is of type {type(log_type).__name__}"
+        else:
+            problem = plainjson.problem(message, "log message")
+        if problem is not None:
+            raise OpExecError(f"A log entry cannot be stored: {problem}")
+
+
 def _check_dependencies(active: ActiveJob, op: QueuedOpCode, env: StepEnv) -> Verdict | None:
     """None when every dependency is satisfied, else the verdict to return.
 
@@ -352,7 +363,10 @@ class OpCallbacks:
         While writes fail, the entries wait in the record (bounded; see
         ``LogBacklog``) and the write is tried again at most once every
         ``FEEDBACK_RETRY_INTERVAL`` seconds, or by the opcode's end.
+        An entry the job cannot store (``plainjson``) adds nothing and
+        raises ``OpExecError``.
         """
+        _refuse_unstorable(entries)
         with self._active.lock:
             active, stamp = self._active, self._env.now()
             _add_log_locked(active, self._index, entries, stamp)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from jobqueue import constants
+from jobqueue import constants, plainjson
 from jobqueue.errors import GenericError, OpExecError, ProgrammerError
 from jobqueue.locking import CLUSTER_LOCK, LockManager
 from jobqueue.lus.base import ExecCallbacks, LogicalUnit, LUContext, ResultWithJobs
@@ -138,15 +138,33 @@ class Processor:
                 raise LockAcquireTimeout()
 
     def _process_result(self, opcode: OpCode, job_id: int, result: Any, cbs: ExecCallbacks) -> Any:
-        """Submit the jobs of a ``ResultWithJobs``; other results pass through."""
+        """Submit the jobs of a ``ResultWithJobs``; other results pass through.
+
+        Either must be plain JSON (the extra values of a ``ResultWithJobs``,
+        checked before any child is submitted); ``OpExecError`` if not.
+        """
         if not isinstance(result, ResultWithJobs):
+            self._refuse_unstorable(opcode, job_id, result)
             return result
         if JOBS_KEY in result.extra:
             raise ProgrammerError(f"ResultWithJobs extra may not contain {JOBS_KEY!r}")
+        self._refuse_unstorable(opcode, job_id, result.extra)
         parent = opcode.to_dict()
         entry = [REASON_SOURCE_OPCODE + opcode.OP_ID, f"submitted by job {job_id}", self._time_ns()]
         jobs = [[inherit(parent, child, entry) for child in job] for job in result.jobs]
         return {**result.extra, JOBS_KEY: cbs.submit_many_jobs(jobs)}
+
+    def _refuse_unstorable(self, opcode: OpCode, job_id: int, result: Any) -> None:
+        """Raise ``OpExecError`` unless ``result`` is plain JSON; log why."""
+        problem = plainjson.problem(result, "result")
+        if problem is not None:
+            self._log.error(
+                "Opcode %s of job %s returned what no job can store: %s",
+                opcode.OP_ID,
+                job_id,
+                problem,
+            )
+            raise OpExecError(f"The opcode's result cannot be stored: {problem}")
 
 
 def inherit(

@@ -22,8 +22,10 @@ from jobqueue.daemon import build_core, start_core
 from jobqueue.errors import StorageError
 from jobqueue.livejobs import LiveJobs
 from jobqueue.lus import builtin_registry
+from jobqueue.lus.test import LUTestDummy
 from jobqueue.luxi.client import Client
 from jobqueue.model import Job, merge_time
+from jobqueue.processor import Processor
 from jobqueue.queue import JobQueue
 from jobqueue.storage.faults import FAULT_FILE_ENV
 from jobqueue.storage.memory import MemoryJobStore
@@ -302,6 +304,29 @@ def test_dependents_wait_for_an_end_that_is_on_disk() -> None:
         assert merge_time(first_job.end_timestamp) <= merge_time(second_job.ops[0].exec_timestamp)
     finally:
         queue.prepare_shutdown()
+        core.stop()
+
+
+def test_a_job_no_store_can_encode_ends_in_error_not_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last line behind the processor's check (``jobqueue.plainjson``): should a
+    result no job can store get past it, the job's write fails as on a full disk
+    and the job ends in error; before, the worker died and the job stayed running."""
+    monkeypatch.setattr(Processor, "_refuse_unstorable", lambda *args: None)
+    monkeypatch.setattr(LUTestDummy, "exec", lambda self: {"sizes": {1, 2}})
+    store = MemoryJobStore()
+    core = build_core(store, builtin_registry())
+    start_core(core, 1)
+    try:
+        job_id = core.queue.submit_job([{"OP_ID": "OP_TEST_DUMMY"}])
+        wait_until(lambda: _indexed_status(core.live, job_id) in FINALIZED, what="its end")
+        job = store.read_job(job_id)
+        assert job is not None and job.status == Status.ERROR
+        lost = f"Result lost: Job {job_id} cannot be stored as JSON"
+        assert str(job.ops[0].result).startswith(lost)
+    finally:
+        core.queue.prepare_shutdown()
         core.stop()
 
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from jobqueue.errors import StorageError
 from jobqueue.storage import base
 from jobqueue.storage.base import decode_job, encode_job, encode_with_orjson, encode_with_stdlib
 from tests.store_samples import make_job
@@ -76,3 +77,10 @@ def test_a_job_with_text_beyond_ascii_reads_back_equal() -> None:
     data = encode_job(job)
     assert "\u2603".encode() in data  # UTF-8, not escaped
     assert decode_job(data).to_dict() == job.to_dict()
+
+
+def test_a_job_json_cannot_hold_is_a_failed_write_not_a_crash() -> None:
+    job = make_job(7)
+    job.ops[0].result = {"sizes": {1, 2}}
+    with pytest.raises(StorageError, match="Job 7 cannot be stored as JSON"):
+        encode_job(job)

@@ -203,6 +203,30 @@ class TestSuccess:
         ]
         assert log[2][1] == log[3][1], "one batch, one timestamp"
 
+    @pytest.mark.parametrize(
+        ("entry", "where"),
+        [
+            (("message", {"sizes": {1}}), "log message['sizes'] is of type set"),
+            (("message", float("inf")), "log message is inf, which JSON cannot hold"),
+            ((b"stdout", "text"), "log type is of type bytes"),
+        ],
+    )
+    def test_feedback_the_job_cannot_store_fails_the_opcode(
+        self, entry: tuple[Any, Any], where: str
+    ) -> None:
+        def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+            cbs.notify_start()
+            cbs.feedback("message", "kept")
+            cbs.feedback_many([("stdout", "refused with the entry after it"), entry])
+            return "not reached"
+
+        env = Env(FakeProcessor(run))
+        assert step(make_job(dummy()), env) == Verdict.FINISHED
+        stored = env.stored()
+        assert statuses(stored) == ["error"]
+        assert results(stored) == [["OpExecError", [f"A log entry cannot be stored: {where}"]]]
+        assert [entry[3] for entry in stored.ops[0].log] == ["kept"]
+
     def test_jobs_submitted_by_an_lu(self) -> None:
         env = Env()
         child = {"OP_ID": "OP_TEST_DELAY", "duration": 0}

@@ -10,6 +10,7 @@ import pytest
 
 from jobqueue import errors
 from tests.daemon_helper import Daemon
+from tests.queue_files import read_job
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "doc" / "examples" / "plugin"
 
@@ -93,3 +94,60 @@ def test_broken_plugin_stops_the_daemon_with_a_clear_message(
     result = subprocess.run(daemon.command(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "Cannot load opcode plugin (module no_such_module_xyz)" in result.stderr
+
+
+#: A plugin whose LU returns, or logs, what a job file cannot hold as JSON.
+UNSTORABLE_PLUGIN = """
+import uuid
+from jobqueue.lus.base import LogicalUnit
+from jobqueue.opcodes import NON_EMPTY_STRING, OpCode, Param
+
+VALUES = {"set": {1, 2}, "bytes": b"raw", "object": object(), "uuid": uuid.UUID(int=1)}
+
+
+class OpOdd(OpCode):
+    OP_ID = "OP_ODD"
+    PARAMS = (
+        Param("kind", NON_EMPTY_STRING, required=True, doc="What to return"),
+        Param("logged", NON_EMPTY_STRING, default="result", doc="result or log"),
+    )
+
+
+class LUOdd(LogicalUnit):
+    def locks(self):
+        return [], []
+
+    def exec(self):
+        if self.op.logged == "log":
+            self.ctx.log(["fine", VALUES[self.op.kind]])
+        return VALUES[self.op.kind]
+
+
+def opcode_pairs():
+    return [(OpOdd, LUOdd)]
+"""
+
+
+def test_results_and_logs_a_job_cannot_store_end_the_job_in_error(
+    daemon_factory: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Before: the job's write raised TypeError in its worker, and the job stayed
+    # "running" until the daemon restarted.
+    (tmp_path / "jq_unstorable_plugin.py").write_text(UNSTORABLE_PLUGIN)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    daemon = daemon_factory("--plugin", "jq_unstorable_plugin").start()
+    client = daemon.client()
+    cases = {
+        ("set", "result"): "The opcode's result cannot be stored: result is of type set",
+        ("object", "result"): "The opcode's result cannot be stored: result is of type object",
+        ("uuid", "result"): "The opcode's result cannot be stored: result is of type UUID",
+        ("bytes", "log"): "A log entry cannot be stored: log message[1] is of type bytes",
+    }
+    for (kind, logged), message in cases.items():
+        job_id = client.submit_job([{"OP_ID": "OP_ODD", "kind": kind, "logged": logged}])
+        assert daemon.wait_job(job_id) == "error"
+        (row,) = client.query_jobs([job_id], ["opresult", "oplog"])
+        assert row == [[["OpExecError", [message]]], [[]]]
+        stored = read_job(daemon.state_dir / "queue" / f"job-{job_id}")
+        assert stored.ops[0].result == ["OpExecError", [message]]
+    assert "returned what no job can store: result is of type set" in daemon.log()

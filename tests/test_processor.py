@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any
@@ -349,6 +351,47 @@ class TestResultWithJobs:
         assert result == value
         assert cbs.submitted == []
         assert cbs.violations == []
+
+
+class TestUnstorableResults:
+    """A result a job cannot store as plain JSON fails the opcode, saying where."""
+
+    @pytest.mark.parametrize(
+        ("value", "where"),
+        [
+            ({1, 2}, "result is of type set"),
+            ({"disks": [1, b"raw"]}, "result['disks'][1] is of type bytes"),
+            ([float("nan")], "result[0] is nan"),
+            ({"when": uuid.UUID(int=1)}, "result['when'] is of type UUID"),
+        ],
+    )
+    def test_result_fails_the_opcode(
+        self,
+        processor: Processor,
+        locks: LockManager,
+        caplog: pytest.LogCaptureFixture,
+        value: Any,
+        where: str,
+    ) -> None:
+        cbs = FakeCallbacks(locks)
+        with (
+            caplog.at_level(logging.ERROR, logger="test.processor"),
+            pytest.raises(OpExecError, match=re.escape(where)),
+        ):
+            run(processor, probe(lambda lu: value, exclusive=["res"]), cbs)
+        assert locks.owned(OWNER) == {}
+        assert any(where in record.getMessage() for record in caplog.records)
+
+    def test_extra_values_are_checked_before_any_child_is_submitted(
+        self, processor: Processor, locks: LockManager
+    ) -> None:
+        def action(lu: LogicalUnit) -> ResultWithJobs:
+            return ResultWithJobs([[{"OP_ID": "OP_TEST_DUMMY"}]], {"size": {3}})
+
+        cbs = FakeCallbacks(locks)
+        with pytest.raises(OpExecError, match=re.escape("result['size'] is of type set")):
+            run(processor, probe(action), cbs)
+        assert cbs.submitted == []
 
 
 class TestErrors:

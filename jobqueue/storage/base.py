@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import errno
 import json
 import math
 import threading
@@ -133,8 +134,9 @@ def encode_with_orjson(data: Any) -> bytes:
     orjson encodes a job several times faster; what it refuses (integers
     beyond 64 bits, keys that are not strings, lone surrogates, nesting
     deeper than 254) goes to the standard library. It writes a float that
-    is not finite as null: none reaches a job from a client (LUXI and the
-    typed opcode parameters refuse them), but an LU's result could hold one.
+    is not finite as null: none reaches a job (LUXI and the typed opcode
+    parameters refuse them, the processor refuses results and log messages
+    that are not plain JSON, see ``jobqueue.plainjson``).
     """
     try:
         return orjson.dumps(data, option=_ORJSON_OPTIONS)
@@ -152,11 +154,19 @@ WRITE_SERIAL_KEY = "write_serial"
 
 
 def encode_job(job: Job, write_serial: int | None = None) -> bytes:
-    """The stored form of a job: compact JSON, one line (with its write serial if given)."""
+    """The stored form of a job: compact JSON, one line (with its write serial if given).
+
+    ``StorageError`` for a job that holds what JSON cannot (the processor
+    refuses such values before they reach a job; this is the last line):
+    its write fails like one the disk refused, and the stored version stays.
+    """
     data = job.to_dict()
     if write_serial is not None:
         data[WRITE_SERIAL_KEY] = write_serial
-    return encode_compact(data)
+    try:
+        return encode_compact(data)
+    except (TypeError, ValueError, RecursionError) as err:
+        raise StorageError(f"Job {job.id} cannot be stored as JSON: {err}", errno.EINVAL) from err
 
 
 def decode_job(data: bytes) -> Job:

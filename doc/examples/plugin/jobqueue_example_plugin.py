@@ -9,7 +9,9 @@ or load it explicitly: ``jobqueue-masterd --plugin jobqueue_example_plugin``.
 The opcode is a typed record: each parameter is a field made with
 ``param()`` (its type check, default and doc), so ``self.op.times`` is an
 ``int`` to mypy in the LU, which names its opcode class in
-``LogicalUnit[...]``.
+``LogicalUnit[...]``. What the LU returns and logs is stored in its job, so
+it must be plain JSON (strings, numbers, booleans, None, lists, dicts with
+string keys); anything else fails the opcode.
 """
 
 from __future__ import annotations
