@@ -99,6 +99,7 @@ class QueueSettings:
             "live_jobs": self._live.count,
             "max_jobs": lambda: self._max_jobs,
             "workers": lambda: self._pool.stats()["workers"],
+            "busy_workers": lambda: self._pool.stats()["busy"],
             "max_running_jobs": self._max_running_jobs,
             "filters": lambda: len(self._admission.rules()),
             "held_jobs": self._admission.held,

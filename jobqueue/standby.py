@@ -120,6 +120,7 @@ class StandbyQueue:
             "live_jobs": self._live.count,
             "max_jobs": lambda: self._max_jobs,
             "workers": lambda: 0,
+            "busy_workers": lambda: 0,
             "max_running_jobs": lambda: 0,
             "filters": lambda: len(self._store.load_filters()),
             "held_jobs": lambda: {"paused": 0, "rate_limited": 0, "scheduled": 0},

@@ -57,13 +57,11 @@ def pending_daemon(luxi: FakeLuxi) -> JobTable:
     def query(what: str, fields: list[str], qfilter: Any, *rest: Any) -> Any:
         if what == "lock":
             return {"fields": [{"name": f, "kind": "other"} for f in fields], "data": locks[0]}
-        if qfilter == ["=", "status", "running"]:
-            return {"fields": [{"name": "id", "kind": "number"}], "data": [[[0, 1]], [[0, 2]]]}
         return job_query(what, fields, qfilter, *rest)
 
     luxi.answers["WaitForJobChange"] = change
     luxi.answers["Query"] = query
-    luxi.answers["QueryConfigValues"] = lambda fields: [2]
+    luxi.answers["QueryConfigValues"] = lambda fields: [2, 2]
     return table
 
 
@@ -118,7 +116,7 @@ class TestWatch:
             "Waiting for job 5 to end",
             "ran",
         ]
-        assert luxi.args_of("QueryConfigValues") == [[["workers"]]]
+        assert luxi.args_of("QueryConfigValues") == [[["workers", "busy_workers"]]]
         assert table.live[7]["status"] == "success"
 
     def test_json_events(self, luxi: FakeLuxi) -> None:

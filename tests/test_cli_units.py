@@ -546,7 +546,7 @@ class TestLookupAndWaiting:
         retry = {"kind": "scheduled", "at": at, "attempt": 2}
         assert waiting.describe(retry) == f"attempt 2 scheduled for {when}"
         assert waiting.state_line("queued", [paused]) == "Queued, paused by filter 8c2f1a2b"
-        worker = {"kind": "worker", "workers": 2, "running": 2}
+        worker = {"kind": "worker", "workers": 2, "busy": 2}
         assert waiting.state_line("queued", [worker]) == (
             "Queued, waiting for a free worker (2 of 2 busy)"
         )

@@ -276,6 +276,19 @@ class TestWorkers:
         again = make_queue(workers=2, queue_dir=tmp_path / "q")
         assert again.query_config_values(["max_running_jobs"]) == [5]
 
+    def test_busy_workers_count_running_opcodes_not_jobs_waiting_for_a_job(
+        self, make_queue: MakeQueue
+    ) -> None:
+        queue = make_queue(workers=2)
+        assert queue.query_config_values(["workers", "busy_workers"]) == [2, 0]
+        blocker = start_blocker(queue)
+        dependent = queue.submit_job([delay(0, depends=[[blocker, []]])])
+        wait_until(lambda: dependent in queue.depmgr.waiting_jobs())
+        assert queue.query_config_values(["workers", "busy_workers"]) == [2, 1]
+        assert queue.cancel_job(blocker, kill=True)[0]
+        wait_for_status(queue, dependent, FINAL)
+        wait_until(lambda: queue.query_config_values(["busy_workers"]) == [0])
+
 
 class TestStandby:
     def test_a_standby_refuses_every_control_and_shows_the_stored_rules(self) -> None:

@@ -165,10 +165,11 @@ def test_a_standby_serves_reads_and_refuses_changes_naming_the_master(
     assert info.value.args[1] == "first"
     with pytest.raises(NotMasterError):
         second.queue.cancel_job(job_id)
-    assert second.queue.query_config_values(["role", "master", "drain_flag"]) == [
+    assert second.queue.query_config_values(["role", "master", "drain_flag", "busy_workers"]) == [
         "standby",
         "first",
         False,
+        0,
     ]
     assert first.queue.query_config_values(["role", "master"]) == ["master", "first"]
     until = int(time.time()) + 600

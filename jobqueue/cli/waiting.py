@@ -65,14 +65,18 @@ def lock_reasons(client: Client, job_id: int, status: str) -> list[Reason]:
 
 def worker_reasons(client: Client, job_id: int, status: str) -> list[Reason]:
     """A queued job waits for a worker when every worker is busy (else it is about
-    to start, which is nothing to report)."""
+    to start, which is nothing to report).
+
+    Busy: running an opcode or waiting for its locks. A job that waits for a
+    dependency, or whose opcode is over and is being recorded, holds no
+    worker; job statuses cannot tell those apart, so the daemon is asked.
+    """
     if status != Status.QUEUED:
         return []
-    (workers,) = client.query_config_values(["workers"])
-    running = len(client.query("job", ["id"], ["=", "status", Status.RUNNING.value])["data"])
-    if not isinstance(workers, int) or running < workers:
+    workers, busy = client.query_config_values(["workers", "busy_workers"])
+    if not isinstance(workers, int) or not isinstance(busy, int) or busy < workers:
         return []
-    return [{"kind": "worker", "workers": workers, "running": running}]
+    return [{"kind": "worker", "workers": workers, "busy": busy}]
 
 
 def hold_reasons(client: Client, job_id: int, status: str) -> list[Reason]:
@@ -138,7 +142,7 @@ def describe(reason: Reason) -> str:
     if kind == "job":
         return f"for job {reason.get('job')} to end"
     if kind == "worker":
-        return f"for a free worker ({reason.get('running')} of {reason.get('workers')} busy)"
+        return f"for a free worker ({reason.get('busy')} of {reason.get('workers')} busy)"
     return f"for {formatting.compact_json(reason)}"
 
 
