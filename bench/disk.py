@@ -202,8 +202,9 @@ def measure_files_per_second(
     """Write durably from ``threads`` threads for ``seconds``; return rate and latencies.
 
     ``replace``: replace the job files of an aged directory as the queue
-    does, instead of making fresh names. Raises the first error a writer
-    thread hit.
+    does, instead of making fresh names. Also returns the CPU (user and
+    system, of this process: the writers alone) per file, and how many CPUs
+    the writers kept busy. Raises the first error a writer thread hit.
     """
     payload = job_payload()
     if replace:
@@ -215,7 +216,7 @@ def measure_files_per_second(
         for number in range(WARMUP_FILES):
             write_durably(str(directory), directory_fd, f"warmup-{number}", payload)
         start = threading.Event()
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         deadline = began + seconds
         writers = [
             _Writer(i, str(directory), directory_fd, start, deadline, replacer, threads)
@@ -226,7 +227,7 @@ def measure_files_per_second(
         start.set()
         for writer in writers:
             writer.join(seconds + 60)
-        elapsed = time.perf_counter() - began
+        elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     finally:
         os.close(directory_fd)
     for writer in writers:
@@ -241,6 +242,8 @@ def measure_files_per_second(
         "files_per_s": len(latencies) / elapsed,
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
+        "cpu_ms_per_file": cpu * 1000 / len(latencies),
+        "cpus_busy": cpu / elapsed,
         "method": "fresh names" if replacer is None else replacer.method,
     }
 
@@ -249,7 +252,9 @@ def run(ctx: Context) -> Iterator[Row]:
     """Section 1: files per second at each thread count, fresh names and replacing.
 
     The replacing figure is the limit later sections compare against
-    (``disk.files_per_s.N``); the fresh-name one is kept beside it.
+    (``disk.files_per_s.N``); the fresh-name one is kept beside it. At the
+    concurrency of section 2's clients, the CPU each replaced file cost is a
+    row too (``disk.cpu_ms_per_file.N``), the yardstick of a submission's CPU.
     """
     for threads in ctx.settings.disk_threads:
         noun = "thread" if threads == 1 else "threads"
@@ -275,3 +280,9 @@ def run(ctx: Context) -> Iterator[Row]:
             "files/s",
             detail=replaced,
         )
+        if threads == ctx.settings.submit_clients:
+            cpu_ms = replaced["cpu_ms_per_file"]
+            ctx.values[f"disk.cpu_ms_per_file.{threads}"] = cpu_ms
+            busy = {"cpus_busy": replaced["cpus_busy"], "cpus": os.cpu_count()}
+            metric = f"CPU per file replacing, {threads} {noun}"
+            yield Row(SECTION, metric, cpu_ms, "ms", detail=busy)
