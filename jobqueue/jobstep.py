@@ -202,6 +202,23 @@ def next_opcode(job: Job) -> int | None:
     return None
 
 
+def fail_on_internal_error_locked(job: Job, err: Exception, now: Timestamp) -> None:
+    """A bug of ours broke the job's step: its first unfinished opcode fails with it.
+
+    The opcodes after it fail as after any error, and the job ends; the
+    caller writes it. Better an error that names the bug than a job that
+    waits for ever for a step that will not come.
+    """
+    error = OpExecError(f"Internal error of the daemon: {type(err).__name__}: {err}")
+    for op in job.ops:
+        if op.status not in FINALIZED:
+            op.status, op.result, op.end_timestamp = Status.ERROR, encode_error(error), now
+            break
+    job.finalize_pending(
+        Status.ERROR, encode_error(OpExecError(constants.MSG_PRECEDING_FAILED)), now
+    )
+
+
 def end_lost_opcodes_locked(job: Job, reason: str, now: Timestamp) -> bool:
     """After a failed write: a running opcode, whose end could not be recorded, failed.
 

@@ -45,7 +45,14 @@ from jobqueue.controls import Controls
 from jobqueue.depmgr import DependencyManager
 from jobqueue.errors import GenericError, StorageError
 from jobqueue.jobchanges import JobChanges
-from jobqueue.jobstep import ActiveJob, LogBacklog, Verdict, end_lost_opcodes_locked, step
+from jobqueue.jobstep import (
+    ActiveJob,
+    LogBacklog,
+    Verdict,
+    end_lost_opcodes_locked,
+    fail_on_internal_error_locked,
+    step,
+)
 from jobqueue.livejobs import LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.metrics import Metrics
@@ -312,6 +319,11 @@ class JobQueue:
         except StorageError as err:
             self._recover_from_failed_write(active, err)
             return
+        except Exception as err:  # a bug: the job must still end, and say why
+            self._log.exception("Job %s: internal error; the job fails", job_id)
+            if not self._fail_on_internal_error(active, err):
+                return
+            verdict = Verdict.FINISHED
         finally:
             active.run_lock.release()
         if verdict == Verdict.WAITDEP and active.rerun:  # read after release: none is lost
@@ -353,6 +365,29 @@ class JobQueue:
 
     def finished(self, job_id: int) -> None:
         self._finished(job_id)
+
+    def _fail_on_internal_error(self, active: ActiveJob, err: Exception) -> bool:
+        """End the job in error after a bug broke its step; False if that was not written.
+
+        A job whose end was written already (the bug came after) stays as it
+        is. A failed write goes the way of any (``_recover_from_failed_write``).
+        """
+        with active.lock:
+            if active.job.is_finalized:
+                return True
+            fail_on_internal_error_locked(active.job, err, self.now())
+            try:
+                self.write(active.job)
+            except StorageError as write_err:
+                active.unsaved = True
+                failed: StorageError | None = write_err
+            else:
+                active.unsaved = False
+                failed = None
+        if failed is not None:
+            self._recover_from_failed_write(active, failed)
+            return False
+        return True
 
     def _recover_from_failed_write(self, active: ActiveJob, err: StorageError) -> None:
         """Go back to what is stored and try the job again a little later.

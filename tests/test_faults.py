@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from jobqueue import errors
-from jobqueue.constants import FINALIZED, MSG_CANCELED, Status
+from jobqueue.constants import FINALIZED, MSG_CANCELED, MSG_PRECEDING_FAILED, Status
 from jobqueue.daemon import build_core, start_core
-from jobqueue.errors import StorageError
+from jobqueue.errors import StorageError, encode_error
 from jobqueue.livejobs import LiveJobs
 from jobqueue.lus import builtin_registry
 from jobqueue.lus.test import LUTestDummy
@@ -325,6 +325,72 @@ def test_a_job_no_store_can_encode_ends_in_error_not_running(
         assert job is not None and job.status == Status.ERROR
         lost = f"Result lost: Job {job_id} cannot be stored as JSON"
         assert str(job.ops[0].result).startswith(lost)
+    finally:
+        core.queue.prepare_shutdown()
+        core.stop()
+
+
+def test_a_bug_in_a_jobs_step_ends_it_in_error_and_its_dependents_go_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception no handler expects (a bug of ours) used to be swallowed by the
+    worker pool, and the job stayed queued for ever; it now fails, naming the bug."""
+    job_started = JobQueue.job_started
+
+    def buggy_job_started(queue: JobQueue, job: Job) -> None:
+        if len(job.ops) == 2:  # the first job alone
+            raise RuntimeError("boom")
+        job_started(queue, job)
+
+    monkeypatch.setattr(JobQueue, "job_started", buggy_job_started)
+    store = MemoryJobStore()
+    core = build_core(store, builtin_registry())
+    queue, live = core.queue, core.live
+    start_core(core, 2)
+    try:
+        first = queue.submit_job([DELAY0, DELAY0])
+        dependent = queue.submit_job([{**DELAY0, "depends": [[first, ["error"]]]}])
+        wait_until(lambda: _indexed_status(live, dependent) in FINALIZED, what="the dependent")
+        job = store.read_job(first)
+        assert job is not None and [str(op.status) for op in job.ops] == ["error", "error"]
+        assert job.ops[0].result == [
+            "OpExecError",
+            ["Internal error of the daemon: RuntimeError: boom"],
+        ]
+        assert job.ops[1].result == encode_error(errors.OpExecError(MSG_PRECEDING_FAILED))
+        assert _indexed_status(live, dependent) == Status.SUCCESS
+        assert f"Job {first}: internal error; the job fails" in caplog.text
+    finally:
+        queue.prepare_shutdown()
+        core.stop()
+
+
+def test_a_bug_after_a_jobs_end_was_written_leaves_that_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug after the end was written changes nothing stored; the job counts as
+    ended (before, it stayed active and its dependents waited for ever)."""
+    publish = JobQueue._publish
+
+    def publish_then_break(queue: JobQueue, job: Job) -> None:
+        publish(queue, job)
+        if job.is_finalized:
+            raise RuntimeError("broken after the end was written")
+
+    monkeypatch.setattr(JobQueue, "_publish", publish_then_break)
+    store = MemoryJobStore()
+    core = build_core(store, builtin_registry())
+    queue = core.queue
+    start_core(core, 2)
+    try:
+        job_id = queue.submit_job([{"OP_ID": "OP_TEST_DELAY", "duration": 0.3}])
+        dependent = queue.submit_job([{**DELAY0, "depends": [[job_id, ["success"]]]}])
+        wait_until(lambda: dependent in queue.depmgr.waiting_jobs(), what="the dependent to wait")
+        wait_until(lambda: _indexed_status(core.live, dependent) in FINALIZED, what="the dependent")
+        job = store.read_job(job_id)
+        assert job is not None and job.status == Status.SUCCESS
+        assert _indexed_status(core.live, dependent) == Status.SUCCESS
+        assert queue.active_job(job_id) is None
     finally:
         core.queue.prepare_shutdown()
         core.stop()
