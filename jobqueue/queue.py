@@ -31,6 +31,7 @@ record. Never take ``_lock`` while holding a job lock.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -369,21 +370,29 @@ class JobQueue:
     def _fail_on_internal_error(self, active: ActiveJob, err: Exception) -> bool:
         """End the job in error after a bug broke its step; False if that was not written.
 
-        A job whose end was written already (the bug came after) stays as it
-        is. A failed write goes the way of any (``_recover_from_failed_write``).
+        A job whose end was published (written, then the bug struck) stays as
+        it is; one that ended in memory only is written as it ended. A failed
+        write, whatever it raised, goes the way of any
+        (``_recover_from_failed_write``): the job is tried again later.
         """
+        job_id = active.job.id
         with active.lock:
-            if active.job.is_finalized:
+            if self.live.status_of(job_id) in FINALIZED:
                 return True
-            fail_on_internal_error_locked(active.job, err, self.now())
+            self.depmgr.remove_waiter(job_id)
+            if not active.job.is_finalized:
+                fail_on_internal_error_locked(active.job, err, self.now())
+            active.unsaved = True
+            failed: StorageError | None = None
             try:
                 self.write(active.job)
             except StorageError as write_err:
-                active.unsaved = True
-                failed: StorageError | None = write_err
+                failed = write_err
+            except Exception as write_err:  # the same bug again, likely
+                self._log.exception("Job %s: cannot write its end after an internal error", job_id)
+                failed = StorageError(f"{type(write_err).__name__}: {write_err}", errno.EIO)
             else:
                 active.unsaved = False
-                failed = None
         if failed is not None:
             self._recover_from_failed_write(active, failed)
             return False

@@ -383,12 +383,13 @@ def test_a_bug_after_a_jobs_end_was_written_leaves_that_end(
     queue = core.queue
     start_core(core, 2)
     try:
-        job_id = queue.submit_job([{"OP_ID": "OP_TEST_DELAY", "duration": 0.3}])
-        dependent = queue.submit_job([{**DELAY0, "depends": [[job_id, ["success"]]]}])
+        job_id = _running_job(queue, core.live, duration=60)
+        dependent = queue.submit_job([{**DELAY0, "depends": [[job_id, ["canceled"]]]}])
         wait_until(lambda: dependent in queue.depmgr.waiting_jobs(), what="the dependent to wait")
+        assert queue.cancel_job(job_id, kill=True)[0]
         wait_until(lambda: _indexed_status(core.live, dependent) in FINALIZED, what="the dependent")
         job = store.read_job(job_id)
-        assert job is not None and job.status == Status.SUCCESS
+        assert job is not None and job.status == Status.CANCELED
         assert _indexed_status(core.live, dependent) == Status.SUCCESS
         assert queue.active_job(job_id) is None
     finally:
@@ -396,9 +397,46 @@ def test_a_bug_after_a_jobs_end_was_written_leaves_that_end(
         core.stop()
 
 
-def _running_job(queue: JobQueue, live: LiveJobs) -> int:
-    """Submit a job that runs for 0.3 s; its id once it shows as running."""
-    job_id = queue.submit_job([{"OP_ID": "OP_TEST_DELAY", "duration": 0.3}])
+class BrokenEndStore(MemoryJobStore):
+    """The first write of a finished version of a job raises what no handler expects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broke: list[int] = []
+
+    def replace_job(self, job: Job) -> None:
+        if job.is_finalized and not self.broke:
+            self.broke.append(job.id)
+            raise RuntimeError("a bug in the store")
+        super().replace_job(job)
+
+
+def test_an_end_that_a_bug_kept_from_the_disk_is_written_before_anyone_is_told() -> None:
+    """The job ended in memory, but its write raised something other than a
+    StorageError: it is written again as it ended before it counts as ended."""
+    store = BrokenEndStore()
+    core = build_core(store, builtin_registry())
+    queue = core.queue
+    start_core(core, 2)
+    try:
+        job_id = _running_job(queue, core.live, duration=60)
+        dependent = queue.submit_job([{**DELAY0, "depends": [[job_id, ["canceled"]]]}])
+        wait_until(lambda: dependent in queue.depmgr.waiting_jobs(), what="the dependent to wait")
+        assert queue.cancel_job(job_id, kill=True)[0]
+        wait_until(lambda: _indexed_status(core.live, dependent) in FINALIZED, what="the dependent")
+        assert store.broke == [job_id]
+        job = store.read_job(job_id)
+        assert job is not None and job.status == Status.CANCELED
+        assert _indexed_status(core.live, job_id) == Status.CANCELED
+        assert _indexed_status(core.live, dependent) == Status.SUCCESS
+    finally:
+        queue.prepare_shutdown()
+        core.stop()
+
+
+def _running_job(queue: JobQueue, live: LiveJobs, duration: float = 0.3) -> int:
+    """Submit a job that runs for ``duration`` seconds; its id once it shows as running."""
+    job_id = queue.submit_job([{"OP_ID": "OP_TEST_DELAY", "duration": duration}])
     wait_until(lambda: _indexed_status(live, job_id) == Status.RUNNING, what="it to run")
     return job_id
 
