@@ -36,6 +36,8 @@ this tree on purpose.
 
 from __future__ import annotations
 
+import math
+
 # Start-up speed: ``typing`` is imported for the type checker only.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -210,7 +212,12 @@ _ENCODABLE: dict[str, type[GenericError]] = {
 
 
 def _plain(value: Any) -> Any:
-    """Make an exception argument JSON-safe (tuples become lists, objects text)."""
+    """Make an exception argument JSON-safe (tuples become lists, objects text).
+
+    Also text: a float that is not finite (``"nan"``), which JSON cannot hold.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list | tuple):

@@ -3,10 +3,10 @@
 A job is stored as JSON (``storage.base.encode_job``), so what an opcode's
 logical unit returns, and the messages it logs, must be plain JSON values:
 ``None``, booleans, integers, finite floats, strings, lists (a tuple is
-stored as a list) and objects whose keys are strings (a number, boolean or
-``None`` key is stored as a string, as Python's ``json`` does), nested at
-most ``MAX_DEPTH`` levels. Subclasses count as their base (an ``IntEnum``
-is an integer).
+stored as a list) and objects whose keys are strings, nested at most
+``MAX_DEPTH`` levels. Subclasses count as their base (an ``IntEnum`` is an
+integer). A number key is refused too: JSON would store it as a string,
+and ``{1: "a", "1": "b"}`` as one key twice, of which a reader keeps one.
 
 Anything else either fails the job's write (a set, bytes, any other object:
 the job would be left running) or is stored as something other than what
@@ -20,14 +20,14 @@ Pure; iterative, so a value of any depth is checked without recursion.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
-#: Deepest nesting of lists and objects in a result or a log message; that
-#: of an opcode's own parameters (``opcodes.MAX_NESTING``).
-MAX_DEPTH = 64
-#: Longest integer, in bits (about 3,900 decimal digits): below what the
-#: interpreter converts to a decimal string (4,300 digits by default).
-MAX_INT_BITS = 13_000
+from jobqueue.opcodes import MAX_NESTING
+
+#: Deepest nesting of lists and objects in a result or a log message: that
+#: of an opcode's own parameters.
+MAX_DEPTH = MAX_NESTING
 
 # A step of the walk: the value, its depth, and the trail that reaches it
 # (None for the root, else the parent's trail and the key or index).
@@ -48,10 +48,10 @@ def problem(value: Any, name: str) -> str | None:
         if isinstance(node, list | tuple):
             children: Any = enumerate(node)
         elif isinstance(node, dict):
-            for key in node:
-                if _scalar_problem(key) is not None:
+            children = dict.items(node)  # what the encoders read, whatever a subclass says
+            for key, _ in children:
+                if not isinstance(key, str):
                     return f"{_path(name, trail)} has a key of type {type(key).__name__}"
-            children = node.items()
         else:
             what = _scalar_problem(node)
             if what is None:
@@ -69,10 +69,22 @@ def _scalar_problem(value: Any) -> str | None:
     if value is None or isinstance(value, str | bool):
         return None
     if isinstance(value, int):
-        return None if value.bit_length() <= MAX_INT_BITS else "is an integer too long to store"
+        return None if value.bit_length() <= max_int_bits() else "is an integer too long to store"
     if isinstance(value, float):
         return None if math.isfinite(value) else f"is {value!r}, which JSON cannot hold"
     return f"is of type {type(value).__name__}"
+
+
+def max_int_bits() -> int:
+    """The longest integer, in bits, a job may hold.
+
+    One that this interpreter and one with the default limit (4,300 decimal
+    digits) both convert to a decimal string, so that any daemon can read the
+    job back: 3 bits per digit, a little below log2(10).
+    """
+    default = sys.int_info.default_max_str_digits
+    digits = sys.get_int_max_str_digits() or default  # 0: no limit
+    return 3 * min(digits, default)
 
 
 def _path(name: str, trail: _Trail) -> str:

@@ -45,6 +45,11 @@ def test_unserialisable_args_become_text() -> None:
     assert encoded[1][0] == ["a", 1] and isinstance(encoded[1][1], str)
 
 
+def test_floats_json_cannot_hold_become_text() -> None:
+    encoded = errors.encode_error(errors.OpExecError("x", float("nan"), [float("-inf"), 1.5]))
+    assert encoded == ["OpExecError", ["x", "nan", ["-inf", 1.5]]]
+
+
 @pytest.mark.parametrize(
     "value",
     [None, "text", ["NoSuchClass", []], ["OpExecError"], ["OpExecError", "x"], 5, ["KeyError", []]],
