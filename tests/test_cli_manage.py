@@ -13,6 +13,7 @@ import pytest
 
 from jobqueue.cli.context import Context
 from jobqueue.cli.main import main
+from jobqueue.errors import OpPrereqError
 from tests import fake_luxi as fake
 from tests.cli_samples import JOBS, T0
 from tests.fake_luxi import FakeLuxi, JobTable, in_order, run_jobctl
@@ -118,6 +119,18 @@ class TestWatch:
         ]
         assert luxi.args_of("QueryConfigValues") == [[["workers", "busy_workers"]]]
         assert table.live[7]["status"] == "success"
+
+    def test_a_daemon_without_busy_workers_shows_no_worker_line(self, luxi: FakeLuxi) -> None:
+        pending_daemon(luxi)
+
+        def older(fields: list[str]) -> Any:
+            raise OpPrereqError("Unknown config fields: busy_workers")
+
+        luxi.answers["QueryConfigValues"] = older
+        result = run_jobctl(luxi.path, "watch", "7")
+        assert (result.returncode, result.stderr) == (0, "")
+        lines = [line[20:] for line in result.stdout.splitlines()[2:]]
+        assert lines[0] == "Waiting for lock db (exclusive), held shared by jobs 3, 4"
 
     def test_json_events(self, luxi: FakeLuxi) -> None:
         pending_daemon(luxi)

@@ -276,18 +276,23 @@ class TestWorkers:
         again = make_queue(workers=2, queue_dir=tmp_path / "q")
         assert again.query_config_values(["max_running_jobs"]) == [5]
 
-    def test_busy_workers_count_running_opcodes_not_jobs_waiting_for_a_job(
-        self, make_queue: MakeQueue
-    ) -> None:
-        queue = make_queue(workers=2)
-        assert queue.query_config_values(["workers", "busy_workers"]) == [2, 0]
-        blocker = start_blocker(queue)
-        dependent = queue.submit_job([delay(0, depends=[[blocker, []]])])
-        wait_until(lambda: dependent in queue.depmgr.waiting_jobs())
-        assert queue.query_config_values(["workers", "busy_workers"]) == [2, 1]
-        assert queue.cancel_job(blocker, kill=True)[0]
-        wait_for_status(queue, dependent, FINAL)
-        wait_until(lambda: queue.query_config_values(["busy_workers"]) == [0])
+    def test_busy_workers_count_slots_not_job_statuses(self, make_queue: MakeQueue) -> None:
+        """A job waiting for its locks holds a worker, one waiting for another job
+        holds none: busy_workers says so, where counting running jobs would not."""
+        queue = make_queue(workers=3)
+        assert queue.query_config_values(["workers", "busy_workers"]) == [3, 0]
+        holder = queue.submit_job([command(["sleep", "60"], locks=["x"])])
+        wait_for_status(queue, holder, "running")
+        locked_out = queue.submit_job([command(["true"], locks=["x"])])
+        dependent = queue.submit_job([delay(0, depends=[[holder, []]])])
+        assert wait_until(lambda: dependent in queue.depmgr.waiting_jobs())
+        assert wait_for_status(queue, locked_out, "waiting") == "waiting"
+        # The dependent gives its worker back just after it registered as a waiter.
+        assert wait_until(lambda: queue.query_config_values(["workers", "busy_workers"]) == [3, 2])
+        assert queue.cancel_job(holder, kill=True)[0]
+        for job_id in (locked_out, dependent):
+            wait_for_status(queue, job_id, FINAL)
+        assert wait_until(lambda: queue.query_config_values(["busy_workers"]) == [0])
 
 
 class TestStandby:

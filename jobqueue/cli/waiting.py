@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from jobqueue.cli import formatting
 from jobqueue.constants import Status
+from jobqueue.errors import OpPrereqError
 
 # Start-up speed: ``typing`` is imported for the type checker only.
 TYPE_CHECKING = False
@@ -73,7 +74,10 @@ def worker_reasons(client: Client, job_id: int, status: str) -> list[Reason]:
     """
     if status != Status.QUEUED:
         return []
-    workers, busy = client.query_config_values(["workers", "busy_workers"])
+    try:
+        workers, busy = client.query_config_values(["workers", "busy_workers"])
+    except OpPrereqError:  # a daemon older than busy_workers: nothing to say
+        return []
     if not isinstance(workers, int) or not isinstance(busy, int) or busy < workers:
         return []
     return [{"kind": "worker", "workers": workers, "busy": busy}]
