@@ -283,6 +283,6 @@ def run(ctx: Context) -> Iterator[Row]:
         if threads == ctx.settings.submit_clients:
             cpu_ms = replaced["cpu_ms_per_file"]
             ctx.values[f"disk.cpu_ms_per_file.{threads}"] = cpu_ms
-            busy = {"cpus_busy": replaced["cpus_busy"], "cpus": os.cpu_count()}
+            busy = {"cpus_busy": replaced["cpus_busy"], "cpus": len(os.sched_getaffinity(0))}
             metric = f"CPU per file replacing, {threads} {noun}"
             yield Row(SECTION, metric, cpu_ms, "ms", detail=busy)

@@ -218,7 +218,12 @@ def cpu_budget_ms(disk_rate: float | None) -> float | None:
     """
     if not disk_rate:
         return None
-    return (os.cpu_count() or 1) * 1000 / (SUBMIT_SHARE_OF_DISK * disk_rate)
+    return usable_cpus() * 1000 / (SUBMIT_SHARE_OF_DISK * disk_rate)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity; a container may allow fewer)."""
+    return len(os.sched_getaffinity(0))
 
 
 def submission_cpu_row(clients: int, daemon_cpu: float, clients_cpu: float, jobs: int) -> Row:
@@ -227,9 +232,11 @@ def submission_cpu_row(clients: int, daemon_cpu: float, clients_cpu: float, jobs
     Compared with ``cpu_budget_ms``, it shows whether the target rate is
     within reach of this machine's CPUs at all.
     """
-    daemon_ms, clients_ms = daemon_cpu * 1000 / jobs, clients_cpu * 1000 / jobs
-    detail = {"daemon_ms": daemon_ms, "clients_ms": clients_ms, "cpus": os.cpu_count()}
     metric = f"CPU per SubmitJob, {clients} clients: daemon + clients"
+    if jobs == 0:
+        return Row(SUBMIT, metric, skipped="no job was submitted")
+    daemon_ms, clients_ms = daemon_cpu * 1000 / jobs, clients_cpu * 1000 / jobs
+    detail = {"daemon_ms": daemon_ms, "clients_ms": clients_ms, "cpus": usable_cpus()}
     return Row(SUBMIT, metric, daemon_ms + clients_ms, "ms", detail=detail)
 
 
