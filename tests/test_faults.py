@@ -383,11 +383,7 @@ def test_a_bug_after_a_jobs_end_was_written_leaves_that_end(
     queue = core.queue
     start_core(core, 2)
     try:
-        job_id = _running_job(queue, core.live, duration=60)
-        dependent = queue.submit_job([{**DELAY0, "depends": [[job_id, ["canceled"]]]}])
-        wait_until(lambda: dependent in queue.depmgr.waiting_jobs(), what="the dependent to wait")
-        assert queue.cancel_job(job_id, kill=True)[0]
-        wait_until(lambda: _indexed_status(core.live, dependent) in FINALIZED, what="the dependent")
+        job_id, dependent = _kill_while_a_dependent_waits(queue, core.live)
         job = store.read_job(job_id)
         assert job is not None and job.status == Status.CANCELED
         assert _indexed_status(core.live, dependent) == Status.SUCCESS
@@ -419,11 +415,7 @@ def test_an_end_that_a_bug_kept_from_the_disk_is_written_before_anyone_is_told()
     queue = core.queue
     start_core(core, 2)
     try:
-        job_id = _running_job(queue, core.live, duration=60)
-        dependent = queue.submit_job([{**DELAY0, "depends": [[job_id, ["canceled"]]]}])
-        wait_until(lambda: dependent in queue.depmgr.waiting_jobs(), what="the dependent to wait")
-        assert queue.cancel_job(job_id, kill=True)[0]
-        wait_until(lambda: _indexed_status(core.live, dependent) in FINALIZED, what="the dependent")
+        job_id, dependent = _kill_while_a_dependent_waits(queue, core.live)
         assert store.broke == [job_id]
         job = store.read_job(job_id)
         assert job is not None and job.status == Status.CANCELED
@@ -432,6 +424,17 @@ def test_an_end_that_a_bug_kept_from_the_disk_is_written_before_anyone_is_told()
     finally:
         queue.prepare_shutdown()
         core.stop()
+
+
+def _kill_while_a_dependent_waits(queue: JobQueue, live: LiveJobs) -> tuple[int, int]:
+    """Kill a running job once a job waits for it to be canceled; both ids, once
+    the dependent has ended."""
+    job_id = _running_job(queue, live, duration=60)
+    dependent = queue.submit_job([{**DELAY0, "depends": [[job_id, ["canceled"]]]}])
+    wait_until(lambda: dependent in queue.depmgr.waiting_jobs(), what="the dependent to wait")
+    assert queue.cancel_job(job_id, kill=True)[0]
+    wait_until(lambda: _indexed_status(live, dependent) in FINALIZED, what="the dependent")
+    return job_id, dependent
 
 
 def _running_job(queue: JobQueue, live: LiveJobs, duration: float = 0.3) -> int:
