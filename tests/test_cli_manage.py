@@ -395,6 +395,7 @@ class TestQueue:
             "live_jobs": 3,
             "max_jobs": 50,
             "max_running_jobs": 25,
+            "busy_workers": 3,
             "filters": 0,
             "held_jobs": {"paused": 0, "rate_limited": 0, "scheduled": 0},
             "role": "master",
@@ -406,7 +407,8 @@ class TestQueue:
         luxi.answers["Query"] = lambda what, fields, qfilter: {"fields": [], "data": []}
         assert run_jobctl(luxi.path, "queue", "info").stdout == (
             "The drain flag is unset\nPaused: no\nDaemon version: 0.1.0\nLive jobs: 3\n"
-            "Most live jobs allowed: 50\nWorkers: 25\nFilter rules: 0\nThis daemon: master\n"
+            "Most live jobs allowed: 50\nWorkers: 25 (3 busy)\nFilter rules: 0\n"
+            "This daemon: master\n"
             "Master: host1 pid 7\n"
         )
         result = run_jobctl(luxi.path, "queue", "info", "--output", "json")
@@ -427,12 +429,40 @@ class TestQueue:
                 "live_jobs",
                 "max_jobs",
                 "max_running_jobs",
+                "busy_workers",
                 "filters",
                 "held_jobs",
                 "role",
                 "master",
             ]
         ]
+
+    def test_info_from_a_daemon_without_busy_workers(self, luxi: FakeLuxi) -> None:
+        values = {
+            "drain_flag": False,
+            "version": "0.0.9",
+            "live_jobs": 0,
+            "max_jobs": 50,
+            "max_running_jobs": 4,
+            "filters": 0,
+            "held_jobs": {"paused": 0, "rate_limited": 0, "scheduled": 0},
+            "role": "master",
+            "master": "host1 pid 7",
+        }
+
+        def older(fields: list[str]) -> list[Any]:
+            unknown = [name for name in fields if name not in values]
+            if unknown:
+                raise OpPrereqError(f"Unknown config fields: {', '.join(unknown)}")
+            return [values[name] for name in fields]
+
+        luxi.answers["QueryConfigValues"] = older
+        luxi.answers["Query"] = lambda what, fields, qfilter: {"fields": [], "data": []}
+        result = run_jobctl(luxi.path, "queue", "info")
+        assert (result.returncode, result.stderr) == (0, "")
+        assert "Workers: 4\n" in result.stdout
+        result = run_jobctl(luxi.path, "queue", "info", "--output", "json")
+        assert json.loads(result.stdout)["busy_workers"] is None
 
 
 class TestInProcess:

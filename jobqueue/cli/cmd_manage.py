@@ -11,6 +11,7 @@ from jobqueue.cli import formatting, lookup, selection
 from jobqueue.cli.context import Context
 from jobqueue.cli.exitcodes import CommandFailed, ExitCode
 from jobqueue.constants import FINALIZED, PRIO_NAMES, Status
+from jobqueue.errors import OpPrereqError
 
 # Start-up speed: ``typing`` is imported for the type checker only.
 TYPE_CHECKING = False
@@ -28,6 +29,7 @@ QUEUE_INFO = (
     ("live_jobs", "Live jobs"),
     ("max_jobs", "Most live jobs allowed"),
     ("max_running_jobs", "Workers"),
+    ("busy_workers", None),  # shown with the workers
     ("filters", "Filter rules"),
     ("held_jobs", None),
     ("role", "This daemon"),
@@ -216,6 +218,17 @@ def cmd_autoarchive(args: argparse.Namespace, context: Context) -> int:
     return ExitCode.OK
 
 
+def _queue_info(client: Any) -> dict[str, Any]:
+    """The values ``queue info`` shows; ``busy_workers`` None from an older daemon."""
+    names = [name for name, _ in QUEUE_INFO]
+    try:
+        return dict(zip(names, client.query_config_values(names), strict=True))
+    except OpPrereqError:  # it does not know busy_workers
+        known = [name for name in names if name != "busy_workers"]
+        values = dict(zip(known, client.query_config_values(known), strict=True))
+        return {**values, "busy_workers": None}
+
+
 def cmd_queue(args: argparse.Namespace, context: Context) -> int:
     """``jobctl queue info|drain|undrain|pause|continue|set-workers N``."""
     from jobqueue.cli import cmd_controls
@@ -232,8 +245,7 @@ def cmd_queue(args: argparse.Namespace, context: Context) -> int:
     if args.action != "info":
         client.set_drain_flag(args.action == "drain")
         return ExitCode.OK
-    names = [name for name, _ in QUEUE_INFO]
-    values = dict(zip(names, client.query_config_values(names), strict=True))
+    values = _queue_info(client)
     paused = cmd_controls.pause_rules(cmd_controls.fetch_rules(context))
     if args.output == "json":
         _print_json(context, {**values, "paused_by": paused})
@@ -242,7 +254,8 @@ def cmd_queue(args: argparse.Namespace, context: Context) -> int:
     context.out(f"Paused: yes (filter rule {paused[0]})" if paused else "Paused: no")
     for name, label in QUEUE_INFO:
         if label is not None and values[name] is not None:
-            context.out(f"{label}: {values[name]}")
+            busy = values["busy_workers"] if name == "max_running_jobs" else None
+            context.out(f"{label}: {values[name]}" + ("" if busy is None else f" ({busy} busy)"))
     held = values.get("held_jobs") or {}
     if any(held.values()):
         counts = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in held.items())
