@@ -214,9 +214,7 @@ def fail_on_internal_error_locked(job: Job, err: Exception, now: Timestamp) -> N
         if op.status not in FINALIZED:
             op.status, op.result, op.end_timestamp = Status.ERROR, encode_error(error), now
             break
-    job.finalize_pending(
-        Status.ERROR, encode_error(OpExecError(constants.MSG_PRECEDING_FAILED)), now
-    )
+    _fail_the_rest_locked(job, now)
 
 
 def end_lost_opcodes_locked(job: Job, reason: str, now: Timestamp) -> bool:
@@ -229,10 +227,15 @@ def end_lost_opcodes_locked(job: Job, reason: str, now: Timestamp) -> bool:
     for op in running:
         op.status, op.result, op.end_timestamp = Status.ERROR, f"Result lost: {reason}", now
     if running:
-        job.finalize_pending(
-            Status.ERROR, encode_error(OpExecError(constants.MSG_PRECEDING_FAILED)), now
-        )
+        _fail_the_rest_locked(job, now)
     return bool(running)
+
+
+def _fail_the_rest_locked(job: Job, now: Timestamp) -> None:
+    """After an opcode failed: those not ended fail as after any error; the job ends."""
+    job.finalize_pending(
+        Status.ERROR, encode_error(OpExecError(constants.MSG_PRECEDING_FAILED)), now
+    )
 
 
 def _mark_waiting_locked(job: Job, op: QueuedOpCode, now: Timestamp) -> None:
@@ -277,8 +280,9 @@ def _fail_locked(
         _save_locked(active, env)
         return Verdict.DEFER
     op.status, op.result, op.end_timestamp = Status.ERROR, encode_error(err), now
-    preceding = encode_error(OpExecError(constants.MSG_PRECEDING_FAILED))
-    return _finish_locked(active, env, Status.ERROR, preceding)
+    _fail_the_rest_locked(active.job, env.now())
+    _save_locked(active, env)
+    return Verdict.FINISHED
 
 
 def _add_log_locked(
