@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import Context, Row, percentile
+from bench.common import Context, Row, cpu_count, percentile
 from jobqueue.storage.durable import Directory, PythonDirectory, compiled_directory
 from jobqueue.storage.files import Disk
 
@@ -283,6 +283,6 @@ def run(ctx: Context) -> Iterator[Row]:
         if threads == ctx.settings.submit_clients:
             cpu_ms = replaced["cpu_ms_per_file"]
             ctx.values[f"disk.cpu_ms_per_file.{threads}"] = cpu_ms
-            busy = {"cpus_busy": replaced["cpus_busy"], "cpus": len(os.sched_getaffinity(0))}
+            busy = {"cpus_busy": replaced["cpus_busy"], "cpus": cpu_count()}
             metric = f"CPU per file replacing, {threads} {noun}"
             yield Row(SECTION, metric, cpu_ms, "ms", detail=busy)

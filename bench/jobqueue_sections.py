@@ -26,6 +26,7 @@ from bench.common import (
     at_most,
     compare,
     compare_ratio_max,
+    cpu_count,
     latency_rows,
     median,
     skipped,
@@ -218,12 +219,7 @@ def cpu_budget_ms(disk_rate: float | None) -> float | None:
     """
     if not disk_rate:
         return None
-    return usable_cpus() * 1000 / (SUBMIT_SHARE_OF_DISK * disk_rate)
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity; a container may allow fewer)."""
-    return len(os.sched_getaffinity(0))
+    return cpu_count() * 1000 / (SUBMIT_SHARE_OF_DISK * disk_rate)
 
 
 def submission_cpu_row(clients: int, daemon_cpu: float, clients_cpu: float, jobs: int) -> Row:
@@ -236,7 +232,7 @@ def submission_cpu_row(clients: int, daemon_cpu: float, clients_cpu: float, jobs
     if jobs == 0:
         return Row(SUBMIT, metric, skipped="no job was submitted")
     daemon_ms, clients_ms = daemon_cpu * 1000 / jobs, clients_cpu * 1000 / jobs
-    detail = {"daemon_ms": daemon_ms, "clients_ms": clients_ms, "cpus": usable_cpus()}
+    detail = {"daemon_ms": daemon_ms, "clients_ms": clients_ms, "cpus": cpu_count()}
     return Row(SUBMIT, metric, daemon_ms + clients_ms, "ms", detail=detail)
 
 
