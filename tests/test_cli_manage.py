@@ -66,6 +66,18 @@ def pending_daemon(luxi: FakeLuxi) -> JobTable:
     return table
 
 
+def older_daemon(values: dict[str, Any]) -> Any:
+    """QueryConfigValues of a daemon that knows the fields of ``values`` alone."""
+
+    def answer(fields: list[str]) -> list[Any]:
+        unknown = [name for name in fields if name not in values]
+        if unknown:
+            raise OpPrereqError(f"Unknown config fields: {', '.join(unknown)}")
+        return [values[name] for name in fields]
+
+    return answer
+
+
 def failed_job(job_id: int) -> dict[str, Any]:
     return {
         "id": job_id,
@@ -122,11 +134,7 @@ class TestWatch:
 
     def test_a_daemon_without_busy_workers_shows_no_worker_line(self, luxi: FakeLuxi) -> None:
         pending_daemon(luxi)
-
-        def older(fields: list[str]) -> Any:
-            raise OpPrereqError("Unknown config fields: busy_workers")
-
-        luxi.answers["QueryConfigValues"] = older
+        luxi.answers["QueryConfigValues"] = older_daemon({"workers": 2})
         result = run_jobctl(luxi.path, "watch", "7")
         assert (result.returncode, result.stderr) == (0, "")
         lines = [line[20:] for line in result.stdout.splitlines()[2:]]
@@ -450,13 +458,7 @@ class TestQueue:
             "master": "host1 pid 7",
         }
 
-        def older(fields: list[str]) -> list[Any]:
-            unknown = [name for name in fields if name not in values]
-            if unknown:
-                raise OpPrereqError(f"Unknown config fields: {', '.join(unknown)}")
-            return [values[name] for name in fields]
-
-        luxi.answers["QueryConfigValues"] = older
+        luxi.answers["QueryConfigValues"] = older_daemon(values)
         luxi.answers["Query"] = lambda what, fields, qfilter: {"fields": [], "data": []}
         result = run_jobctl(luxi.path, "queue", "info")
         assert (result.returncode, result.stderr) == (0, "")

@@ -8,10 +8,10 @@ import argparse
 from collections.abc import Callable
 
 from jobqueue.cli import formatting, lookup, selection
+from jobqueue.cli.configvalues import config_values
 from jobqueue.cli.context import Context
 from jobqueue.cli.exitcodes import CommandFailed, ExitCode
 from jobqueue.constants import FINALIZED, PRIO_NAMES, Status
-from jobqueue.errors import OpPrereqError
 
 # Start-up speed: ``typing`` is imported for the type checker only.
 TYPE_CHECKING = False
@@ -218,17 +218,6 @@ def cmd_autoarchive(args: argparse.Namespace, context: Context) -> int:
     return ExitCode.OK
 
 
-def _queue_info(client: Any) -> dict[str, Any]:
-    """The values ``queue info`` shows; ``busy_workers`` None from an older daemon."""
-    names = [name for name, _ in QUEUE_INFO]
-    try:
-        return dict(zip(names, client.query_config_values(names), strict=True))
-    except OpPrereqError:  # it does not know busy_workers
-        known = [name for name in names if name != "busy_workers"]
-        values = dict(zip(known, client.query_config_values(known), strict=True))
-        return {**values, "busy_workers": None}
-
-
 def cmd_queue(args: argparse.Namespace, context: Context) -> int:
     """``jobctl queue info|drain|undrain|pause|continue|set-workers N``."""
     from jobqueue.cli import cmd_controls
@@ -245,7 +234,7 @@ def cmd_queue(args: argparse.Namespace, context: Context) -> int:
     if args.action != "info":
         client.set_drain_flag(args.action == "drain")
         return ExitCode.OK
-    values = _queue_info(client)
+    values = config_values(client, [name for name, _ in QUEUE_INFO])
     paused = cmd_controls.pause_rules(cmd_controls.fetch_rules(context))
     if args.output == "json":
         _print_json(context, {**values, "paused_by": paused})

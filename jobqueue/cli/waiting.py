@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jobqueue.cli import formatting
+from jobqueue.cli.configvalues import config_values
 from jobqueue.constants import Status
-from jobqueue.errors import OpPrereqError
 
 # Start-up speed: ``typing`` is imported for the type checker only.
 TYPE_CHECKING = False
@@ -74,10 +74,8 @@ def worker_reasons(client: Client, job_id: int, status: str) -> list[Reason]:
     """
     if status != Status.QUEUED:
         return []
-    try:
-        workers, busy = client.query_config_values(["workers", "busy_workers"])
-    except OpPrereqError:  # a daemon older than busy_workers: nothing to say
-        return []
+    values = config_values(client, ["workers", "busy_workers"])
+    workers, busy = values["workers"], values["busy_workers"]  # busy: None from an older daemon
     if not isinstance(workers, int) or not isinstance(busy, int) or busy < workers:
         return []
     return [{"kind": "worker", "workers": workers, "busy": busy}]
