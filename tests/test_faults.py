@@ -10,15 +10,17 @@ everything resumes once the disk works again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from jobqueue import errors
 from jobqueue.constants import FINALIZED, MSG_CANCELED, MSG_PRECEDING_FAILED, Status
-from jobqueue.daemon import build_core, start_core
+from jobqueue.daemon import Core, build_core, start_core
 from jobqueue.errors import StorageError, encode_error
 from jobqueue.livejobs import LiveJobs
 from jobqueue.lus import builtin_registry
@@ -27,6 +29,7 @@ from jobqueue.luxi.client import Client
 from jobqueue.model import Job, merge_time
 from jobqueue.processor import Processor
 from jobqueue.queue import JobQueue
+from jobqueue.storage.base import JobStore
 from jobqueue.storage.faults import FAULT_FILE_ENV
 from jobqueue.storage.memory import MemoryJobStore
 from tests.daemon_helper import Daemon, wait_until
@@ -277,10 +280,8 @@ def test_dependents_wait_for_an_end_that_is_on_disk() -> None:
     """A job whose end could not be written is not final to its dependents (found by the
     fault storm: a dependent ran while its dependency's file still said running)."""
     store = FailingMemoryStore()
-    core = build_core(store, builtin_registry())
-    start_core(core, 2)
-    queue, live = core.queue, core.live
-    try:
+    with _started_core(store, 2) as core:
+        queue, live = core.queue, core.live
         first = _running_job(queue, live)
         store.fail_ids.add(first)
         wait_until(lambda: first in store.failed, what="its end to fail to be written")
@@ -302,9 +303,6 @@ def test_dependents_wait_for_an_end_that_is_on_disk() -> None:
         assert second_job.status == Status.SUCCESS
         assert first_job.end_timestamp is not None and second_job.ops[0].exec_timestamp
         assert merge_time(first_job.end_timestamp) <= merge_time(second_job.ops[0].exec_timestamp)
-    finally:
-        queue.prepare_shutdown()
-        core.stop()
 
 
 def test_a_job_no_store_can_encode_ends_in_error_not_running(
@@ -316,18 +314,13 @@ def test_a_job_no_store_can_encode_ends_in_error_not_running(
     monkeypatch.setattr(Processor, "_refuse_unstorable", lambda *args: None)
     monkeypatch.setattr(LUTestDummy, "exec", lambda self: {"sizes": {1, 2}})
     store = MemoryJobStore()
-    core = build_core(store, builtin_registry())
-    start_core(core, 1)
-    try:
+    with _started_core(store, 1) as core:
         job_id = core.queue.submit_job([{"OP_ID": "OP_TEST_DUMMY"}])
         wait_until(lambda: _indexed_status(core.live, job_id) in FINALIZED, what="its end")
         job = store.read_job(job_id)
         assert job is not None and job.status == Status.ERROR
         lost = f"Result lost: Job {job_id} cannot be stored as JSON"
         assert str(job.ops[0].result).startswith(lost)
-    finally:
-        core.queue.prepare_shutdown()
-        core.stop()
 
 
 def test_a_bug_in_a_jobs_step_ends_it_in_error_and_its_dependents_go_on(
@@ -344,10 +337,8 @@ def test_a_bug_in_a_jobs_step_ends_it_in_error_and_its_dependents_go_on(
 
     monkeypatch.setattr(JobQueue, "job_started", buggy_job_started)
     store = MemoryJobStore()
-    core = build_core(store, builtin_registry())
-    queue, live = core.queue, core.live
-    start_core(core, 2)
-    try:
+    with _started_core(store, 2) as core:
+        queue, live = core.queue, core.live
         first = queue.submit_job([DELAY0, DELAY0])
         dependent = queue.submit_job([{**DELAY0, "depends": [[first, ["error"]]]}])
         wait_until(lambda: _indexed_status(live, dependent) in FINALIZED, what="the dependent")
@@ -360,9 +351,6 @@ def test_a_bug_in_a_jobs_step_ends_it_in_error_and_its_dependents_go_on(
         assert job.ops[1].result == encode_error(errors.OpExecError(MSG_PRECEDING_FAILED))
         assert _indexed_status(live, dependent) == Status.SUCCESS
         assert f"Job {first}: internal error; the job fails" in caplog.text
-    finally:
-        queue.prepare_shutdown()
-        core.stop()
 
 
 def test_a_bug_after_a_jobs_end_was_written_leaves_that_end(
@@ -379,18 +367,13 @@ def test_a_bug_after_a_jobs_end_was_written_leaves_that_end(
 
     monkeypatch.setattr(JobQueue, "_publish", publish_then_break)
     store = MemoryJobStore()
-    core = build_core(store, builtin_registry())
-    queue = core.queue
-    start_core(core, 2)
-    try:
+    with _started_core(store, 2) as core:
+        queue = core.queue
         job_id, dependent = _kill_while_a_dependent_waits(queue, core.live)
         job = store.read_job(job_id)
         assert job is not None and job.status == Status.CANCELED
         assert _indexed_status(core.live, dependent) == Status.SUCCESS
         assert queue.active_job(job_id) is None
-    finally:
-        core.queue.prepare_shutdown()
-        core.stop()
 
 
 class BrokenEndStore(MemoryJobStore):
@@ -411,18 +394,25 @@ def test_an_end_that_a_bug_kept_from_the_disk_is_written_before_anyone_is_told()
     """The job ended in memory, but its write raised something other than a
     StorageError: it is written again as it ended before it counts as ended."""
     store = BrokenEndStore()
-    core = build_core(store, builtin_registry())
-    queue = core.queue
-    start_core(core, 2)
-    try:
+    with _started_core(store, 2) as core:
+        queue = core.queue
         job_id, dependent = _kill_while_a_dependent_waits(queue, core.live)
         assert store.broke == [job_id]
         job = store.read_job(job_id)
         assert job is not None and job.status == Status.CANCELED
         assert _indexed_status(core.live, job_id) == Status.CANCELED
         assert _indexed_status(core.live, dependent) == Status.SUCCESS
+
+
+@contextlib.contextmanager
+def _started_core(store: JobStore, workers: int, **options: Any) -> Iterator[Core]:
+    """A queue on ``store`` with ``workers`` workers, shut down when the block ends."""
+    core = build_core(store, builtin_registry(), **options)
+    start_core(core, workers)
+    try:
+        yield core
     finally:
-        queue.prepare_shutdown()
+        core.queue.prepare_shutdown()
         core.stop()
 
 
@@ -470,10 +460,8 @@ def test_an_end_stored_despite_a_failed_write_is_published_once() -> None:
     connection, and the job stayed ``running`` to every reader forever."""
     store = UnknownOutcomeStore()
     ended: list[int] = []
-    core = build_core(store, builtin_registry(), on_job_end=lambda job: ended.append(job.id))
-    start_core(core, 2)
-    queue, live = core.queue, core.live
-    try:
+    with _started_core(store, 2, on_job_end=lambda job: ended.append(job.id)) as core:
+        queue, live = core.queue, core.live
         first = _running_job(queue, live)
         store.apply_then_fail.add(first)
         second = queue.submit_job([{**DELAY0, "depends": [[first, []]]}])
@@ -483,6 +471,3 @@ def test_an_end_stored_despite_a_failed_write_is_published_once() -> None:
         wait_until(lambda: _indexed_status(live, second) == Status.SUCCESS, what="the dependent")
         wait_until(lambda: queue.active_job(first) is None, what="the first to leave the queue")
         assert ended.count(first) == 1
-    finally:
-        queue.prepare_shutdown()
-        core.stop()
