@@ -15,11 +15,21 @@ from tests.queue_files import read_job
 EXAMPLES = Path(__file__).resolve().parent.parent / "doc" / "examples" / "plugin"
 
 
+def start_with_plugin(
+    daemon_factory: Callable[..., Daemon],
+    monkeypatch: pytest.MonkeyPatch,
+    directory: Path,
+    module: str,
+) -> Daemon:
+    """A started daemon that loads the opcode plugin ``module`` from ``directory``."""
+    monkeypatch.setenv("PYTHONPATH", f"{directory}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return daemon_factory("--plugin", module).start()
+
+
 def test_example_plugin_runs(
     daemon_factory: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PYTHONPATH", f"{EXAMPLES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    daemon = daemon_factory("--plugin", "jobqueue_example_plugin").start()
+    daemon = start_with_plugin(daemon_factory, monkeypatch, EXAMPLES, "jobqueue_example_plugin")
     client = daemon.client()
     job_id = client.submit_job([{"OP_ID": "OP_EXAMPLE_GREET", "name": "ops", "times": 2}])
     assert daemon.wait_job(job_id) == "success"
@@ -70,8 +80,7 @@ def test_params_style_plugin_still_runs(
     daemon_factory: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     (tmp_path / "jq_old_style_plugin.py").write_text(PARAMS_STYLE_PLUGIN)
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    daemon = daemon_factory("--plugin", "jq_old_style_plugin").start()
+    daemon = start_with_plugin(daemon_factory, monkeypatch, tmp_path, "jq_old_style_plugin")
     client = daemon.client()
     op = {"OP_ID": "OP_OLD_GREET", "name": "ops", "times": 2, "also": ["devs"]}
     job_id = client.submit_job([op])
@@ -134,8 +143,7 @@ def test_results_and_logs_a_job_cannot_store_end_the_job_in_error(
     # Before: the job's write raised TypeError in its worker, and the job stayed
     # "running" until the daemon restarted.
     (tmp_path / "jq_unstorable_plugin.py").write_text(UNSTORABLE_PLUGIN)
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    daemon = daemon_factory("--plugin", "jq_unstorable_plugin").start()
+    daemon = start_with_plugin(daemon_factory, monkeypatch, tmp_path, "jq_unstorable_plugin")
     client = daemon.client()
     cases = {
         ("set", "result"): "The opcode's result cannot be stored: result is of type set",
