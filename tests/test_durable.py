@@ -76,6 +76,55 @@ def test_failures_name_their_step(directory: Directory, tmp_path: Path) -> None:
         directory.exchange("taken", "job-1")
 
 
+def test_create_many_writes_each_file_then_renames_those_written(
+    directory: Directory, tmp_path: Path
+) -> None:
+    (tmp_path / "old").write_bytes(b"a longer old text")
+    (tmp_path / "taken").write_bytes(b"")
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "fourth").write_bytes(b"")
+    entries = [
+        ("new", "job-1", b"one", True),
+        ("old", "job-2", b"two", False),  # written from offset 0 and cut to length
+        ("missing", "job-3", b"x", False),
+        ("taken", "job-4", b"x", True),  # created exclusively: it exists
+        ("fourth", "a-dir", b"x", False),  # a file cannot be renamed over a directory
+    ]
+    assert directory.create_many(entries, 0o600) == [
+        None,
+        None,
+        ("open", errno.ENOENT),
+        ("open", errno.EEXIST),
+        ("rename", errno.EISDIR),
+    ]
+    assert (tmp_path / "job-1").read_bytes() == b"one"
+    assert (tmp_path / "job-2").read_bytes() == b"two"
+    assert oct((tmp_path / "job-1").stat().st_mode & 0o777) == oct(0o600)
+    assert not (tmp_path / "new").exists() and not (tmp_path / "old").exists()
+    assert (tmp_path / "fourth").read_bytes() == b"x"  # written, left under its own name
+    assert not (tmp_path / "job-3").exists() and not (tmp_path / "job-4").exists()
+    assert directory.create_many([("missing", "job-5", b"x", False)], 0o600) == [
+        ("open", errno.ENOENT)
+    ]
+
+
+def test_a_failed_file_system_sync_fails_every_written_file_and_renames_none(
+    tmp_path: Path,
+) -> None:
+    class FailingSync(Disk):
+        def sync_filesystem(self, fd: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    directory = PythonDirectory(FailingSync(), str(tmp_path))  # the helper's syncfs cannot fail
+    entries = [("a", "job-1", b"1", True), ("b", "job-2", b"2", True), ("a", "job-3", b"", True)]
+    assert directory.create_many(entries, 0o600) == [
+        ("syncfs", errno.EIO),
+        ("syncfs", errno.EIO),
+        ("open", errno.EEXIST),
+    ]
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
 class GatedDisk(Disk):
     """Counts directory syncs; the first waits until ``gate`` is set; fails while ``failing``."""
 

@@ -31,6 +31,17 @@
  *     it. Returns None, or (step, errno) for the step that failed: "open",
  *     "write" or "fsync". (A start record: see startrecords.py.)
  *
+ *   create_many(entries, file_mode)
+ *     New files for a batch, made durable by one sync of the file system.
+ *     `entries` is a list of (name, target, data, create) tuples. Each `name`
+ *     is opened (created exclusively with `file_mode` if `create`), written
+ *     from offset 0, cut to length and closed, without a sync; then one
+ *     syncfs of the directory's file system; only then is each written
+ *     `name` renamed to its `target`. Returns a list with, for each entry,
+ *     None or (step, errno) for the step that failed it: "open", "write",
+ *     "syncfs" (every written entry fails with it) or "rename". The caller
+ *     syncs the directory afterwards (sync).
+ *
  * The Directory does not own its descriptor: the caller keeps it open.
  */
 
@@ -61,8 +72,9 @@ exchange_names(int dir_fd, const char *name_a, const char *name_b)
 #endif
 }
 
-enum step { STEP_OK, STEP_OPEN, STEP_WRITE, STEP_FSYNC, STEP_RENAME, STEP_FSYNC_DIR };
-static const char *const step_names[] = {"", "open", "write", "fsync", "rename", "fsync_dir"};
+enum step { STEP_OK, STEP_OPEN, STEP_WRITE, STEP_FSYNC, STEP_RENAME, STEP_FSYNC_DIR, STEP_SYNCFS };
+static const char *const step_names[] = {
+    "", "open", "write", "fsync", "rename", "fsync_dir", "syncfs"};
 
 /* A directory and the state of its shared fsyncs; `lock` guards the counters. */
 typedef struct {
@@ -204,6 +216,129 @@ overwrite_unlocked(int dir_fd, const char *name, const char *data, size_t size, 
     return failed;
 }
 
+struct batch_entry {
+    PyObject *name;   /* bytes (file-system encoding), owned */
+    PyObject *target; /* bytes, owned */
+    Py_buffer data;
+    int create;
+    int has_data;     /* `data` holds a buffer to release */
+    enum step failed;
+    int error;
+};
+
+/* Open, write from offset 0, cut and close `name`, unsynced; STEP_OK or the failed step. */
+static enum step
+fill_unlocked(int dir_fd, struct batch_entry *entry, int file_mode)
+{
+    int flags = O_WRONLY | O_CLOEXEC | O_NOFOLLOW | (entry->create ? O_CREAT | O_EXCL : 0);
+    int fd = openat(dir_fd, PyBytes_AS_STRING(entry->name), flags, file_mode);
+    if (fd < 0) {
+        entry->error = errno;
+        return STEP_OPEN;
+    }
+    const char *data = entry->data.buf;
+    size_t size = (size_t)entry->data.len;
+    if (write_all_at_start(fd, data, size) < 0
+        || (!entry->create && ftruncate(fd, (off_t)size) < 0)) {
+        entry->error = errno;
+        close(fd);
+        return STEP_WRITE;
+    }
+    if (close(fd) < 0 && errno != EINTR) {
+        entry->error = errno;
+        return STEP_WRITE;
+    }
+    return STEP_OK;
+}
+
+/* The whole batch; runs without the interpreter lock. */
+static void
+create_many_unlocked(int dir_fd, struct batch_entry *entries, Py_ssize_t count, int file_mode)
+{
+    int written = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        entries[i].failed = fill_unlocked(dir_fd, &entries[i], file_mode);
+        written += entries[i].failed == STEP_OK;
+    }
+    if (written == 0)
+        return;
+    if (syncfs(dir_fd) < 0) {
+        int error = errno;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if (entries[i].failed == STEP_OK) {
+                entries[i].failed = STEP_SYNCFS;
+                entries[i].error = error;
+            }
+        }
+        return;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (entries[i].failed != STEP_OK)
+            continue;
+        if (renameat(dir_fd, PyBytes_AS_STRING(entries[i].name), dir_fd,
+                     PyBytes_AS_STRING(entries[i].target)) < 0) {
+            entries[i].failed = STEP_RENAME;
+            entries[i].error = errno;
+        }
+    }
+}
+
+static void
+release_entries(struct batch_entry *entries, Py_ssize_t count)
+{
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_XDECREF(entries[i].name);
+        Py_XDECREF(entries[i].target);
+        if (entries[i].has_data)
+            PyBuffer_Release(&entries[i].data);
+    }
+    PyMem_Free(entries);
+}
+
+static PyObject *
+directory_create_many(Directory *self, PyObject *args)
+{
+    PyObject *list;
+    int file_mode;
+    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &file_mode))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    struct batch_entry *entries = PyMem_Calloc(count ? (size_t)count : 1, sizeof *entries);
+    if (entries == NULL)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name, *target;
+        struct batch_entry *entry = &entries[i];
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(list, i), "O&O&y*p", PyUnicode_FSConverter, &name,
+                              PyUnicode_FSConverter, &target, &entry->data, &entry->create)) {
+            /* The parser released what it had converted of this entry. */
+            release_entries(entries, i);
+            return NULL;
+        }
+        entry->name = name;
+        entry->target = target;
+        entry->has_data = 1;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    create_many_unlocked(self->dir_fd, entries, count, file_mode);
+    Py_END_ALLOW_THREADS
+    PyObject *result = PyList_New(count);
+    for (Py_ssize_t i = 0; result != NULL && i < count; i++) {
+        PyObject *item;
+        if (entries[i].failed == STEP_OK) {
+            item = Py_NewRef(Py_None);
+        } else {
+            item = Py_BuildValue("(si)", step_names[entries[i].failed], entries[i].error);
+            if (item == NULL)
+                Py_CLEAR(result);
+        }
+        if (result != NULL)
+            PyList_SET_ITEM(result, i, item);
+    }
+    release_entries(entries, count);
+    return result;
+}
+
 static PyObject *
 directory_overwrite(Directory *self, PyObject *args)
 {
@@ -312,6 +447,9 @@ static PyMethodDef directory_methods[] = {
      "exchange(name_a, name_b)\n--\n\nExchange two names atomically; OSError."},
     {"overwrite", (PyCFunction)directory_overwrite, METH_VARARGS,
      "overwrite(name, data)\n--\n\nWrite from offset 0 and fdatasync; None, or (failed step, errno)."},
+    {"create_many", (PyCFunction)directory_create_many, METH_VARARGS,
+     "create_many(entries, file_mode)\n--\n\n"
+     "New files written unsynced, one syncfs, then renamed; per entry None or (step, errno)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -67,6 +67,15 @@ class Directory(Protocol):
     def overwrite(self, name: str, data: bytes, /) -> Failure | None:
         """Write the existing ``name`` from offset 0 and fdatasync it; None or the failure."""
 
+    def create_many(
+        self, entries: list[tuple[str, str, bytes, bool]], file_mode: int, /
+    ) -> list[Failure | None]:
+        """(name, target, data, create) each: written unsynced, one syncfs, then renamed.
+
+        None or the failure for each entry: "open", "write", "syncfs" (every
+        written entry) or "rename". The caller syncs the directory afterwards.
+        """
+
 
 def compiled_directory(dir_fd: int) -> Directory | None:
     """A ``_fastwrite.Directory`` on ``dir_fd``; None if the helper was not built.
@@ -85,7 +94,7 @@ def compiled_directory(dir_fd: int) -> Directory | None:
     return directory
 
 
-_DIRECTORY_METHODS = ("write_file", "sync", "exchange", "overwrite")
+_DIRECTORY_METHODS = ("write_file", "sync", "exchange", "overwrite", "create_many")
 
 
 def helper_built() -> bool:
@@ -269,6 +278,34 @@ class PythonDirectory:
     def exchange(self, name_a: str, name_b: str, /) -> None:
         self.disk.exchange(os.path.join(self.path, name_a), os.path.join(self.path, name_b))
 
+    def create_many(
+        self, entries: list[tuple[str, str, bytes, bool]], file_mode: int, /
+    ) -> list[Failure | None]:
+        failures: list[Failure | None] = []
+        for name, _, data, create in entries:
+            path = os.path.join(self.path, name)
+            failure = write_whole(self.disk, path, data, file_mode, create, sync=False)
+            failures.append(None if failure is None else (failure[0], _errno(failure[1])))
+        if all(failure is not None for failure in failures):
+            return failures
+        try:
+            dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                self.disk.sync_filesystem(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as err:
+            return [("syncfs", _errno(err)) if f is None else f for f in failures]
+        for index, (name, target, _, _) in enumerate(entries):
+            if failures[index] is None:
+                try:
+                    self.disk.replace(
+                        os.path.join(self.path, name), os.path.join(self.path, target)
+                    )
+                except OSError as err:
+                    failures[index] = ("rename", _errno(err))
+        return failures
+
     def overwrite(self, name: str, data: bytes, /) -> Failure | None:
         step = "open"
         try:
@@ -285,3 +322,7 @@ class PythonDirectory:
         except OSError as err:
             return step, err.errno or errno.EIO
         return None
+
+
+def _errno(err: OSError) -> int:
+    return err.errno or errno.EIO

@@ -44,7 +44,6 @@ from jobqueue.storage.durable import (
     compiled_directory,
     exchange_paths,
     filesystem_sync_refusal,
-    write_whole,
 )
 from jobqueue.storage.filedisk import remove_or_warn, unlink_quietly
 from jobqueue.storage.spares import SparePool, SpareReserve, make_spare, make_spares
@@ -259,50 +258,33 @@ class JobFileWriter:
     def create_many(self, items: Sequence[tuple[str, bytes]]) -> list[OSError | None]:
         """New files ``target`` holding ``data``, for each item, made durable by one sync.
 
-        For a large batch, where ``syncs_batches``. Each ``data`` goes into a
-        spare without a sync of its own; one ``syncfs`` then makes them all
-        durable (Linux gives it the guarantees of an fsync of every file of
-        the file system), and only after that are the spares renamed to their
-        targets: a name never shows data that is not durable. Returns None or
-        the OSError for each item (a failed ``syncfs`` fails them all). The
-        caller syncs the directory (``sync_directory``) before it reports any.
+        For a batch of two or more, where ``syncs_batches``. Each ``data``
+        goes into a spare without a sync of its own; one ``syncfs`` then makes
+        them all durable (Linux gives it the guarantees of an fsync of every
+        file of the file system), and only after that are the spares renamed
+        to their targets: a name never shows data that is not durable. The
+        whole batch is one call of the ``Directory`` (one release of the
+        interpreter lock with the compiled helper). Returns None or the
+        OSError for each item (a failed ``syncfs`` fails them all). The caller
+        syncs the directory (``sync_directory``) before it reports any.
         """
         self.ready_spares(len(items))
         self._reserve.wake()
-        written: list[tuple[int, str, str]] = []  # (index, spare, target)
-        results: list[OSError | None] = [None] * len(items)
-        for index, (target, data) in enumerate(items):
+        entries: list[tuple[str, str, bytes, bool]] = []
+        for target, data in items:
             self._reserve.touch()  # no refill while the batch is written
             spare, create = self._take_spare()
-            step = self._fill(spare, data, create)
-            if step is None:
-                written.append((index, spare, target))
-            else:
-                results[index] = step[1]
-                self._after_failure(spare, target, create, step[0])
-        if not written:
-            return results
-        try:
-            self._disk.sync_filesystem(self._dir_fd)
-        except OSError as err:
-            for index, spare, _ in written:
-                self.pool.give_back(spare)
-                results[index] = err
-            return results
-        for index, spare, target in written:
-            try:
-                self._disk.replace(
-                    os.path.join(self.directory, spare), os.path.join(self.directory, target)
-                )
-            except OSError as err:
-                self.pool.give_back(spare)
-                results[index] = err
+            entries.append((spare, target, data, create))
+        failures = self._dir.create_many(entries, constants.FILE_MODE)
+        results: list[OSError | None] = []
+        for (spare, target, _, create), failure in zip(entries, failures, strict=True):
+            if failure is None:
+                results.append(None)
+                continue
+            step, code = failure
+            results.append(OSError(code, os.strerror(code)))
+            self._after_failure(spare, target, create, step)
         return results
-
-    def _fill(self, spare: str, data: bytes, create: bool) -> tuple[str, OSError] | None:
-        """Write ``data`` into ``spare`` from offset 0, unsynced; None or (failed step, error)."""
-        path = os.path.join(self.directory, spare)
-        return write_whole(self._disk, path, data, constants.FILE_MODE, create, sync=False)
 
     def close(self) -> None:
         """Stop the spare reserve's thread (writes still work, without a reserve)."""
