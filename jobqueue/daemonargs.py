@@ -182,9 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-sync",
         choices=[BATCH_SYNC_FILESYSTEM, BATCH_SYNC_FILES],
         default=BATCH_SYNC_FILESYSTEM,
-        help="how the file store makes a large batch of new jobs durable: one sync of the "
+        help="how the file store makes two or more new jobs durable: one sync of the "
         "file system holding the queue (default; it also writes out other programs' pending "
-        "data on that file system), or a sync of each file",
+        "data on that file system; concurrent submissions are combined), or a sync of "
+        "each file",
     )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     add_etcd_arguments(parser)

@@ -1,4 +1,4 @@
-"""A large batch of new job files made durable by one sync of the file system (syncfs).
+"""Batches of new job files made durable by one sync of the file system (syncfs).
 
 The order that makes it safe: every file's data is written into a spare,
 one ``syncfs`` makes all of it durable, only then are the spares renamed to
@@ -24,10 +24,11 @@ from jobqueue.storage.durable import filesystem_sync_refusal
 from jobqueue.storage.files import Disk, FileJobStore
 from jobqueue.storage.jobwriter import Choice
 from tests.daemon_helper import Daemon, wait_until
+from tests.polling import poll_until
 from tests.queue_files import load_jobs
 
 DELAY0 = {"OP_ID": "OP_TEST_DELAY", "duration": 0}
-#: Large enough for one sync (``filecreate.ONE_SYNC_BATCH``), small enough to be quick.
+#: A batch written by one sync (``filecreate.ONE_SYNC_BATCH``), small enough to be quick.
 BATCH = 40
 
 pytestmark = pytest.mark.skipif(
@@ -115,12 +116,71 @@ def test_a_large_batch_is_written_then_synced_once_then_named(tmp_path: Path) ->
     assert {job.id: job for job in reopened.load_jobs()} == {job.id: job for job in jobs}
 
 
-def test_small_batches_and_single_jobs_sync_each_file(tmp_path: Path) -> None:
+def test_a_single_job_syncs_its_file_and_two_share_one_sync(tmp_path: Path) -> None:
     store, disk = open_store(tmp_path)
-    assert store.create_jobs(make_jobs(1, 5)) == [None] * 5
-    assert store.create_jobs(make_jobs(6, 1)) == [None]
+    assert store.create_jobs(make_jobs(1, 1)) == [None]
     assert disk.steps("syncfs") == []
-    assert len(disk.steps("fsync")) == 6
+    assert len(disk.steps("fsync")) == 1
+    assert store.create_jobs(make_jobs(2, 2)) == [None] * 2
+    assert len(disk.steps("syncfs")) == 1
+    assert len(disk.steps("fsync")) == 1
+    assert job_files(tmp_path / "q") == {"job-1", "job-2", "job-3"}
+
+
+def test_jobs_submitted_during_a_write_share_the_next_sync_and_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    class HeldDisk(RecordingDisk):
+        """Once ``armed``, the first write waits for ``release``."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.armed = False
+            self.first_write = threading.Event()
+            self.release = threading.Event()
+
+        def write(self, fd: int, data: bytes) -> int:
+            if self.armed and not self.first_write.is_set():
+                self.first_write.set()
+                assert self.release.wait(30)
+            return super().write(fd, data)
+
+    disk = HeldDisk()
+    store = FileJobStore(str(tmp_path / "q"), disk=disk, spare_reserve=0)
+    store.load_jobs()
+    store.write_method()
+    disk.log.clear()
+    disk.armed = True
+    results: dict[int, object] = {}
+
+    def create(job: Job) -> None:
+        (results[job.id],) = store.create_jobs([job])
+        with disk._lock:
+            disk.log.append(("returned", layout.job_file_name(job.id)))
+
+    def gathered() -> int:
+        grouped = store._new_files._grouped
+        with grouped._lock:
+            return len(grouped._gathering)
+
+    threads = [threading.Thread(target=create, args=(job,)) for job in make_jobs(1, 6)]
+    threads[0].start()
+    assert disk.first_write.wait(30)
+    for number, thread in enumerate(threads[1:], 1):
+        thread.start()
+        assert poll_until(lambda number=number: gathered() == number, 30)
+    disk.release.set()
+    for thread in threads:
+        thread.join(30)
+    assert results == dict.fromkeys(range(1, 7))
+    assert len(disk.steps("fsync")) == 1  # the first job alone
+    assert len(disk.steps("syncfs")) == 1  # the five others together
+    for job_id in range(1, 7):
+        name = layout.job_file_name(job_id)
+        (renamed,) = [i for i, (_, pair) in enumerate(disk.log) if pair.endswith(f" {name}")]
+        (returned,) = [i for i, entry in enumerate(disk.log) if entry == ("returned", name)]
+        assert any(renamed < i < returned for i in disk.steps("fsync_dir"))
+    assert len(job_files(tmp_path / "q")) == 6
 
 
 @pytest.mark.parametrize(

@@ -3,11 +3,15 @@
 One job: one write of the ``JobFileWriter`` puts its file in place and syncs
 the directory. A batch: its files are written either by up to
 ``BATCH_WRITERS`` threads, each syncing its own file (parallel syncs share
-the device's flushes), or, from ``ONE_SYNC_BATCH`` jobs up where the writer
-can, one after the other and all made durable by one sync of the file system
-(``JobFileWriter.create_many``); then the directory is synced once for the
-whole batch. A job whose file could not be made durable is refused, and no
-file of it is left.
+the device's flushes), or, where the writer can, one after the other and all
+made durable by one sync of the file system (``JobFileWriter.create_many``);
+then the directory is synced once for the whole batch. A job whose file
+could not be made durable is refused, and no file of it is left.
+
+Where batches are made durable by one sync, concurrent calls are combined
+(``groupcommit``): jobs submitted while other new files are being written
+are written together next, as one batch, so that many clients each
+submitting one job share the syncs as one client submitting them all would.
 
 Thread safety: batches may be created concurrently (of different jobs);
 ``_lock`` guards the start and the stop of the writer threads.
@@ -26,6 +30,7 @@ from jobqueue.model import Job
 from jobqueue.storage import layout
 from jobqueue.storage.base import encode_job
 from jobqueue.storage.filedisk import storage_error, unlink_quietly
+from jobqueue.storage.groupcommit import GroupCommit
 from jobqueue.storage.jobwriter import DirectoryNotSynced, JobFileWriter
 from jobqueue.storage.startrecords import JobVersions
 
@@ -33,8 +38,10 @@ from jobqueue.storage.startrecords import JobVersions
 #: for one journal commit per file, many share them (about 6x here).
 BATCH_WRITERS = 16
 #: New job files from this many up are written unsynced and made durable by one
-#: sync of their file system (``JobFileWriter.create_many``), where it can be used.
-ONE_SYNC_BATCH = 32
+#: sync of their file system (``JobFileWriter.create_many``), where it can be used:
+#: from two files up, that costs less CPU and time than a sync per file
+#: (``doc/performance.rst``, "Group commit").
+ONE_SYNC_BATCH = 2
 
 
 class NewJobFiles:
@@ -52,9 +59,15 @@ class NewJobFiles:
         self._versions = versions
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._grouped = GroupCommit(self._create_now)
 
     def create(self, jobs: Sequence[Job]) -> list[StorageError | None]:
         """Write the jobs' files durably; None or the StorageError that refuses each job."""
+        if self._writer().syncs_batches:
+            return self._grouped(jobs)
+        return self._create_now(jobs)
+
+    def _create_now(self, jobs: Sequence[Job]) -> list[StorageError | None]:
         if len(jobs) == 1:  # the write syncs the directory itself
             return [self._create_one(jobs[0], sync_dir=True)]
         writer = self._writer()

@@ -79,9 +79,10 @@ class FileJobStore(JobStore):
     (``leadership``), never before. ``write_method`` forces the Python
     write path or the rename fallback (tests; see ``jobwriter.Choice``).
     ``spare_reserve``: empty spare files kept ready for new jobs (``spares``).
-    ``sync_batches``: a large batch of new job files is made durable by one
-    sync of the file system (``syncfs``) where the kernel reports its errors,
-    instead of a sync per file.
+    ``sync_batches``: two or more new job files written together (concurrent
+    submissions combined, ``filecreate``) are made durable by one sync of the
+    file system (``syncfs``) where the kernel reports its errors, instead of
+    a sync per file.
     """
 
     def __init__(

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from jobqueue import constants, errors
 from jobqueue.lus.command import base_environment
 from jobqueue.luxi import protocol
-from jobqueue.storage.filecreate import BATCH_WRITERS, ONE_SYNC_BATCH
+from jobqueue.storage.filecreate import BATCH_WRITERS
 from tests.daemon_helper import Daemon, read_response, request, wait_until
 from tests.luxi_samples import DELAY0, VALID_CALLS
 from tests.soak.support import SoakReport, pick, seeded_rng, soak_timeout
@@ -290,14 +290,13 @@ class HostileRun:
         self.max_fd_drift = self.max_thread_drift = 0
 
     def _start_job_writers(self) -> None:
-        """Make the file store start its job-writer threads, and the worker pool the
-        threads of workers that step aside; both start them on demand and keep them.
+        """Make the worker pool start the threads of workers that step aside, and the
+        file store its job-writer threads where it syncs batches file by file; both
+        start them on demand and keep them.
 
-        Batches just under ``ONE_SYNC_BATCH`` (larger ones are written without
-        those threads) are run until one adds no thread.
+        Batches that would keep every writer busy are run until one adds no thread.
         """
-        assert ONE_SYNC_BATCH - 1 >= BATCH_WRITERS  # such a batch keeps every writer busy
-        batch = [[DELAY0]] * (ONE_SYNC_BATCH - 1)
+        batch = [[DELAY0]] * BATCH_WRITERS
 
         def run_batch() -> None:
             for _, job_id in self.normal.submit_many_jobs(batch):
