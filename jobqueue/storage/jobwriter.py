@@ -268,12 +268,10 @@ class JobFileWriter:
         OSError for each item (a failed ``syncfs`` fails them all). The caller
         syncs the directory (``sync_directory``) before it reports any.
         """
-        self.ready_spares(len(items))
         self._reserve.wake()
         entries: list[tuple[str, str, bytes, bool]] = []
         for target, data in items:
-            self._reserve.touch()  # no refill while the batch is written
-            spare, create = self._take_spare()
+            spare, create = self.pool.take()  # a spare missing is made by the call itself
             entries.append((spare, target, data, create))
         failures = self._dir.create_many(entries, constants.FILE_MODE)
         results: list[OSError | None] = []

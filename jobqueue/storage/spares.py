@@ -12,11 +12,12 @@ and concurrent writers spun on the lock while one created. So:
 * ``SpareReserve`` keeps up to ``reserve`` empty spares ready, made one at a
   time by one background thread once the queue is idle: a burst of new
   jobs takes made files instead of making them, and the refill comes after;
-* a batch of new jobs makes the spares it lacks first, one at a time, before
-  its files are written in parallel (``JobFileWriter.ready_spares``), and
-  any other write that finds no spare free makes one the same way
-  (``make_spare``): concurrent makers sleep on a lock instead of spinning on
-  the directory's.
+* a batch of new jobs written in parallel makes the spares it lacks first,
+  one at a time (``JobFileWriter.ready_spares``), and any other write that
+  finds no spare free makes one the same way (``make_spare``): concurrent
+  makers sleep on a lock instead of spinning on the directory's. A batch
+  made durable by one sync is written by one thread, which makes the
+  spares it lacks as it goes (``JobFileWriter.create_many``).
 
 A spare's content means nothing and it needs no sync: its name is only ever
 exchanged or renamed, and the write that uses it syncs the directory. A
