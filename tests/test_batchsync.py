@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from jobqueue.constants import Status
 from jobqueue.errors import StorageError
 from jobqueue.model import Job
 from jobqueue.storage import layout
-from jobqueue.storage.durable import filesystem_sync_refusal
+from jobqueue.storage.durable import PythonDirectory, filesystem_sync_refusal
 from jobqueue.storage.files import Disk, FileJobStore
 from jobqueue.storage.jobwriter import Choice
 from tests.daemon_helper import Daemon, wait_until
@@ -199,6 +200,37 @@ def test_a_batch_syncs_each_file_where_asked_or_without_spares(
     assert disk.steps("syncfs") == []
     assert len(disk.steps("fsync")) == BATCH
     assert len(job_files(tmp_path / "q")) == BATCH
+
+
+def test_a_file_system_that_refuses_syncfs_gets_a_sync_per_file(tmp_path: Path) -> None:
+    class NoSyncfs(RecordingDisk):
+        def sync_filesystem(self, fd: int) -> None:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    store = FileJobStore(str(tmp_path / "q"), disk=NoSyncfs(), spare_reserve=0)
+    store.load_jobs()
+    assert store.write_method().endswith(
+        "batches of new files: a sync per file (syncfs fails here (Operation not permitted))"
+    )
+    assert store.create_jobs(make_jobs(1, 3)) == [None] * 3
+
+
+def test_a_batch_whose_write_raises_leaves_no_job_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = open_store(tmp_path)
+    real = PythonDirectory.create_many
+
+    def renames_then_raises(self: PythonDirectory, *args: Any) -> Any:
+        real(self, *args)
+        raise MemoryError
+
+    monkeypatch.setattr(PythonDirectory, "create_many", renames_then_raises)
+    with pytest.raises(MemoryError):
+        store.create_jobs(make_jobs(1, 3))
+    assert job_files(tmp_path / "q") == set()
+    monkeypatch.undo()
+    assert store.create_jobs(make_jobs(1, 3)) == [None] * 3
 
 
 def test_the_method_says_a_batch_is_synced_once(tmp_path: Path) -> None:

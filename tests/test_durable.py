@@ -108,21 +108,65 @@ def test_create_many_writes_each_file_then_renames_those_written(
     ]
 
 
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(
+            "compiled",
+            marks=pytest.mark.skipif(not helper_built(), reason="the C helper was not built"),
+        ),
+        "python",
+    ],
+)
 def test_a_failed_file_system_sync_fails_every_written_file_and_renames_none(
-    tmp_path: Path,
+    tmp_path: Path, kind: str
 ) -> None:
     class FailingSync(Disk):
         def sync_filesystem(self, fd: int) -> None:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
 
-    directory = PythonDirectory(FailingSync(), str(tmp_path))  # the helper's syncfs cannot fail
-    entries = [("a", "job-1", b"1", True), ("b", "job-2", b"2", True), ("a", "job-3", b"", True)]
-    assert directory.create_many(entries, 0o600) == [
-        ("syncfs", errno.EIO),
-        ("syncfs", errno.EIO),
-        ("open", errno.EEXIST),
-    ]
+    # An O_PATH descriptor opens and renames files under it, but cannot be synced.
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        made = compiled_directory(fd) if kind == "compiled" else None
+        directory = made or PythonDirectory(FailingSync(), str(tmp_path), fd)
+        entries = [("a", "job-1", b"1", True), ("b", "job-2", b"2", True)]
+        entries.append(("a", "job-3", b"", True))  # its spare's name is taken
+        assert directory.create_many(entries, 0o600) == [
+            ("syncfs", errno.EBADF),
+            ("syncfs", errno.EBADF),
+            ("open", errno.EEXIST),
+        ]
+    finally:
+        os.close(fd)
     assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+@pytest.mark.skipif(not helper_built(), reason="the C helper was not built")
+def test_the_helper_refuses_a_malformed_batch_before_writing_anything(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        directory = compiled_directory(fd)
+        assert directory is not None
+        good = ("a", "job-1", b"1", True)
+        with pytest.raises(TypeError):
+            directory.create_many([good, ("b", 5, b"2", True)], 0o600)  # type: ignore[list-item]
+        with pytest.raises(TypeError, match="must be a"):
+            directory.create_many([good, ["b", "job-2", b"2", True]], 0o600)  # type: ignore[list-item]
+
+        class Shrinking:
+            """A name whose conversion empties the list being read."""
+
+            def __fspath__(self) -> str:
+                entries.clear()
+                return "c"
+
+        entries: list[tuple[object, str, bytes, bool]] = [good, (Shrinking(), "job-3", b"3", True)]
+        assert directory.create_many(entries, 0o600) == [None, None]  # type: ignore[arg-type]
+        assert directory.create_many([], 0o600) == []
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(tmp_path)) == ["job-1", "job-3"]
 
 
 class GatedDisk(Disk):

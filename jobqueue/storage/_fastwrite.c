@@ -302,23 +302,37 @@ directory_create_many(Directory *self, PyObject *args)
     int file_mode;
     if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &file_mode))
         return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(list);
+    /* A snapshot: converting an entry may run Python code that changes the list. */
+    PyObject *snapshot = PyList_AsTuple(list);
+    if (snapshot == NULL)
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(snapshot);
     struct batch_entry *entries = PyMem_Calloc(count ? (size_t)count : 1, sizeof *entries);
-    if (entries == NULL)
+    if (entries == NULL) {
+        Py_DECREF(snapshot);
         return PyErr_NoMemory();
+    }
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *name, *target;
+        PyObject *name, *target, *item = PyTuple_GET_ITEM(snapshot, i);
         struct batch_entry *entry = &entries[i];
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(list, i), "O&O&y*p", PyUnicode_FSConverter, &name,
+        if (!PyTuple_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "an entry must be a (name, target, data, create) tuple");
+            release_entries(entries, i);
+            Py_DECREF(snapshot);
+            return NULL;
+        }
+        if (!PyArg_ParseTuple(item, "O&O&y*p", PyUnicode_FSConverter, &name,
                               PyUnicode_FSConverter, &target, &entry->data, &entry->create)) {
             /* The parser released what it had converted of this entry. */
             release_entries(entries, i);
+            Py_DECREF(snapshot);
             return NULL;
         }
         entry->name = name;
         entry->target = target;
         entry->has_data = 1;
     }
+    Py_DECREF(snapshot); /* each entry holds what it uses: its own bytes, a buffer view */
     Py_BEGIN_ALLOW_THREADS
     create_many_unlocked(self->dir_fd, entries, count, file_mode);
     Py_END_ALLOW_THREADS

@@ -31,6 +31,7 @@ import importlib.util
 import itertools
 import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -202,14 +203,23 @@ def write_whole(
 class PythonDirectory:
     """The Python twin of ``_fastwrite.Directory``: every call through ``disk``.
 
+    ``dir_fd``: a descriptor of the directory, kept open by the caller, on
+    which ``create_many`` syncs the file system; without one, the directory
+    is opened here and kept open. (``syncfs`` reports a write-back error
+    only to descriptors opened before another caller was told of it.)
+
     ``_done`` (and its lock) guards the group-commit counters: tickets are
     handed out after each rename; ``_synced`` is the highest ticket known
     durable, ``_failed`` the highest that a failed fsync covered.
     """
 
-    def __init__(self, disk: Disk, path: str) -> None:
+    def __init__(self, disk: Disk, path: str, dir_fd: int | None = None) -> None:
         self.disk = disk
         self.path = path
+        if dir_fd is None:
+            dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            weakref.finalize(self, os.close, dir_fd)
+        self._dir_fd = dir_fd
         self._done = threading.Condition(threading.Lock())
         self._requested = self._synced = self._failed = 0
         self._failed_errno = 0
@@ -289,11 +299,7 @@ class PythonDirectory:
         if all(failure is not None for failure in failures):
             return failures
         try:
-            dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                self.disk.sync_filesystem(dir_fd)
-            finally:
-                os.close(dir_fd)
+            self.disk.sync_filesystem(self._dir_fd)
         except OSError as err:
             return [("syncfs", _errno(err)) if f is None else f for f in failures]
         for index, (name, target, _, _) in enumerate(entries):

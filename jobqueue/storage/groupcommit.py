@@ -12,7 +12,9 @@ came, each caller's items together and in their order, and returns one
 result per item. If it raises, every caller of that group raises the same
 exception.
 
-Thread-safe; a caller whose items are empty returns at once.
+Thread-safe; a caller whose items are empty returns at once. A waiting
+caller must not be interrupted (a signal's exception): the daemon's request
+threads, which call it, never are.
 """
 
 from __future__ import annotations
@@ -84,8 +86,8 @@ class GroupCommit(Generic[Item, Result]):
 
     def _write_group(self, group: list[_Caller[Item, Result]]) -> None:
         """Write the items of ``group`` in one call; give each member its results or the error."""
-        items = [item for member in group for item in member.items]
         try:
+            items = [item for member in group for item in member.items]
             results = list(self._write(items))
             if len(results) != len(items):
                 raise RuntimeError(f"{len(results)} results for {len(items)} items")

@@ -106,7 +106,7 @@ class JobFileWriter:
         dir_fd = self._dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         weakref.finalize(self, os.close, dir_fd)
         compiled = compiled_directory(dir_fd) if choice == Choice.AUTO and allow_helper else None
-        self._dir: Directory = compiled or PythonDirectory(disk, directory)
+        self._dir: Directory = compiled or PythonDirectory(disk, directory, dir_fd)
         self._compiled = compiled is not None
         spares = self._clean_up(max(MAX_REUSED_SPARES, spare_reserve))
         self.pool = SparePool(spares, 1 + max(map(_spare_number, spares), default=-1))
@@ -136,7 +136,13 @@ class JobFileWriter:
             return "as asked"
         if not self.exchange:
             return "no spare files"
-        return filesystem_sync_refusal()
+        refusal = filesystem_sync_refusal()
+        if refusal is None:
+            try:  # some sandboxes refuse it outright
+                self._disk.sync_filesystem(self._dir_fd)
+            except OSError as err:
+                return f"syncfs fails here ({os.strerror(err.errno or errno.EIO)})"
+        return refusal
 
     def _clean_up(self, keep: int) -> list[str]:
         """Remove temporary files, keep up to ``keep`` spares (their names).
@@ -273,7 +279,14 @@ class JobFileWriter:
         for target, data in items:
             spare, create = self.pool.take()  # a spare missing is made by the call itself
             entries.append((spare, target, data, create))
-        failures = self._dir.create_many(entries, constants.FILE_MODE)
+        try:
+            failures = self._dir.create_many(entries, constants.FILE_MODE)
+        except Exception:  # not a failure of a step (no memory for the answer, a bug):
+            for _, target, _, _ in entries:  # which names moved is unknown; none is reported
+                unlink_quietly(os.path.join(self.directory, target))
+            raise  # the spares are dropped; the next start finds those left
+        finally:
+            self._reserve.touch()  # no refill during the batch: none until idle after it
         results: list[OSError | None] = []
         for (spare, target, _, create), failure in zip(entries, failures, strict=True):
             if failure is None:
