@@ -155,36 +155,45 @@ struct request {
     int sync_dir;
 };
 
-/* The whole write; runs without the interpreter lock. Sets *error on failure. */
+/* Open `name` (created exclusively with `file_mode` if `create`), write `data` from
+ * offset 0, cut the file to its length unless created, fdatasync it if `sync`, and
+ * close it. Runs without the interpreter lock; STEP_OK, or the failed step (*error set). */
 static enum step
-write_file_unlocked(const struct request *req, int *error)
+write_whole_unlocked(int dir_fd, const char *name, const char *data, size_t size,
+                     int file_mode, int create, int sync, int *error)
 {
-    int flags = O_WRONLY | O_CLOEXEC | O_NOFOLLOW | (req->create ? O_CREAT | O_EXCL : 0);
-    int dir_fd = req->dir->dir_fd;
-    int fd = openat(dir_fd, req->name, flags, req->file_mode);
+    int flags = O_WRONLY | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT | O_EXCL : 0);
+    int fd = openat(dir_fd, name, flags, file_mode);
     if (fd < 0) {
         *error = errno;
         return STEP_OPEN;
     }
-    if (write_all_at_start(fd, req->data, req->size) < 0) {
+    enum step failed = STEP_OK;
+    if (write_all_at_start(fd, data, size) < 0 || (!create && ftruncate(fd, (off_t)size) < 0))
+        failed = STEP_WRITE;
+    else if (sync && fdatasync(fd) < 0)
+        failed = STEP_FSYNC;
+    if (failed != STEP_OK) {
         *error = errno;
         close(fd);
-        return STEP_WRITE;
-    }
-    if (!req->create && ftruncate(fd, (off_t)req->size) < 0) {
-        *error = errno;
-        close(fd);
-        return STEP_WRITE;
-    }
-    if (fdatasync(fd) < 0) {
-        *error = errno;
-        close(fd);
-        return STEP_FSYNC;
+        return failed;
     }
     if (close(fd) < 0 && errno != EINTR) {
         *error = errno;
         return STEP_WRITE;
     }
+    return STEP_OK;
+}
+
+/* The whole write; runs without the interpreter lock. Sets *error on failure. */
+static enum step
+write_file_unlocked(const struct request *req, int *error)
+{
+    int dir_fd = req->dir->dir_fd;
+    enum step failed = write_whole_unlocked(dir_fd, req->name, req->data, req->size,
+                                            req->file_mode, req->create, 1, error);
+    if (failed != STEP_OK)
+        return failed;
     int moved = req->exchange ? exchange_names(dir_fd, req->name, req->target)
                               : renameat(dir_fd, req->name, dir_fd, req->target);
     if (moved < 0) {
@@ -226,38 +235,16 @@ struct batch_entry {
     int error;
 };
 
-/* Open, write from offset 0, cut and close `name`, unsynced; STEP_OK or the failed step. */
-static enum step
-fill_unlocked(int dir_fd, struct batch_entry *entry, int file_mode)
-{
-    int flags = O_WRONLY | O_CLOEXEC | O_NOFOLLOW | (entry->create ? O_CREAT | O_EXCL : 0);
-    int fd = openat(dir_fd, PyBytes_AS_STRING(entry->name), flags, file_mode);
-    if (fd < 0) {
-        entry->error = errno;
-        return STEP_OPEN;
-    }
-    const char *data = entry->data.buf;
-    size_t size = (size_t)entry->data.len;
-    if (write_all_at_start(fd, data, size) < 0
-        || (!entry->create && ftruncate(fd, (off_t)size) < 0)) {
-        entry->error = errno;
-        close(fd);
-        return STEP_WRITE;
-    }
-    if (close(fd) < 0 && errno != EINTR) {
-        entry->error = errno;
-        return STEP_WRITE;
-    }
-    return STEP_OK;
-}
-
 /* The whole batch; runs without the interpreter lock. */
 static void
 create_many_unlocked(int dir_fd, struct batch_entry *entries, Py_ssize_t count, int file_mode)
 {
     int written = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
-        entries[i].failed = fill_unlocked(dir_fd, &entries[i], file_mode);
+        struct batch_entry *entry = &entries[i];
+        entry->failed = write_whole_unlocked(dir_fd, PyBytes_AS_STRING(entry->name),
+                                             entry->data.buf, (size_t)entry->data.len,
+                                             file_mode, entry->create, 0, &entry->error);
         written += entries[i].failed == STEP_OK;
     }
     if (written == 0)
