@@ -280,7 +280,7 @@ def _fail_locked(
         _save_locked(active, env)
         return Verdict.DEFER
     op.status, op.result, op.end_timestamp = Status.ERROR, encode_error(err), now
-    _fail_the_rest_locked(active.job, env.now())
+    _fail_the_rest_locked(active.job, now)
     _save_locked(active, env)
     return Verdict.FINISHED
 

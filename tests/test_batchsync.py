@@ -29,7 +29,7 @@ from tests.polling import poll_until
 from tests.queue_files import load_jobs
 
 DELAY0 = {"OP_ID": "OP_TEST_DELAY", "duration": 0}
-#: A batch written by one sync (``filecreate.ONE_SYNC_BATCH``), small enough to be quick.
+#: A batch of new jobs (one sync for all of them: ``filecreate``), small enough to be quick.
 BATCH = 40
 
 pytestmark = pytest.mark.skipif(

@@ -239,7 +239,7 @@ class PythonDirectory:
         path, target_path = os.path.join(self.path, name), os.path.join(self.path, target)
         failure = write_whole(self.disk, path, data, file_mode, create, sync=True)
         if failure is not None:
-            return failure[0], failure[1].errno or errno.EIO
+            return failure[0], _errno(failure[1])
         step = "rename"
         try:
             if exchange:
@@ -250,7 +250,7 @@ class PythonDirectory:
                 step = "fsync_dir"
                 self.sync()
         except OSError as err:
-            return step, err.errno or errno.EIO
+            return step, _errno(err)
         return None
 
     def sync(self) -> None:
@@ -275,7 +275,7 @@ class PythonDirectory:
             self.disk.fsync_dir(self.path)
             error = 0
         except OSError as err:
-            error = err.errno or errno.EIO
+            error = _errno(err)
         finally:
             self._done.acquire()
             self._syncing = False
@@ -326,7 +326,7 @@ class PythonDirectory:
             finally:
                 os.close(fd)
         except OSError as err:
-            return step, err.errno or errno.EIO
+            return step, _errno(err)
         return None
 
 

@@ -37,11 +37,6 @@ from jobqueue.storage.startrecords import JobVersions
 #: Threads writing one batch of job files in parallel: a single thread waits
 #: for one journal commit per file, many share them (about 6x here).
 BATCH_WRITERS = 16
-#: New job files from this many up are written unsynced and made durable by one
-#: sync of their file system (``JobFileWriter.create_many``), where it can be used:
-#: from two files up, that costs less CPU and time than a sync per file
-#: (``doc/performance.rst``, "Group commit").
-ONE_SYNC_BATCH = 2
 
 
 class NewJobFiles:
@@ -71,7 +66,9 @@ class NewJobFiles:
         if len(jobs) == 1:  # the write syncs the directory itself
             return [self._create_one(jobs[0], sync_dir=True)]
         writer = self._writer()
-        if len(jobs) >= ONE_SYNC_BATCH and writer.syncs_batches:
+        # From two files up, one sync of the file system costs less CPU and time
+        # than a sync per file (``doc/performance.rst``, "Group commit").
+        if writer.syncs_batches:
             results = self._create_with_one_sync(writer, jobs)
         else:
             results = self._create_in_parallel(writer, jobs)
