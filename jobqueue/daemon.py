@@ -84,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as err:
             parser.error(str(err))
     sys.setswitchinterval(daemonproc.SWITCH_INTERVAL)
+    daemonproc.return_large_blocks()
     paths = StatePaths.resolve(args.state_dir)
     ready_fd: list[int] = []
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import io
 import logging
@@ -151,6 +152,37 @@ def remove_stale_sockets(paths: StatePaths) -> None:
                 log.info("Removed the stale socket %s of a daemon that did not stop cleanly", path)
         except FileNotFoundError:
             pass
+
+
+#: Blocks at least this large are mapped on their own and unmapped when freed.
+LARGE_BLOCK = 256 * 1024
+#: ``mallopt``'s parameter number for that size in glibc's ``malloc.h``.
+_M_MMAP_THRESHOLD = -3
+#: The environment variable through which an operator sets that size instead.
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
+
+
+def return_large_blocks() -> bool:
+    """Have glibc give big freed blocks back to the system; whether it was set here.
+
+    glibc maps a block of 128 KiB or more on its own, but once such a block
+    is freed it raises that size to the block's, so from then on blocks of
+    a few megabytes (a big answer's chunks, a large job's encoding) come from
+    the heap, and a heap gives its memory back only from its top. After a
+    storm of big answers the daemon's RSS stayed at its peak for good. A
+    fixed size keeps every block over ``LARGE_BLOCK`` mapped and returned on
+    free. Nothing is done where the C library is not glibc, or when the
+    operator set ``MALLOC_MMAP_THRESHOLD_`` (which glibc reads itself).
+    """
+    if MMAP_THRESHOLD_ENV in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK))
 
 
 def settle_gc() -> None:
