@@ -10,9 +10,9 @@ each stream the opcodes' streams one after the other.
 
 ``job_change`` is the heart of WaitForJobChange: it compares a job with what
 a caller last saw (its requested fields and the serial of its last log
-entry). ``watch_job`` lets a waiter hear of changes: by default from the
-queue that makes them (``LiveJobs``); a process that does not own the queue
-passes a source built on the store's change feed instead (``FeedWatches``).
+entry). ``watch_job`` lets a waiter hear of changes from ``LiveJobs``: the
+queue's own writes on the daemon that leads, the store's change feed on a
+standby (``standby.StoreMirror`` keeps its ``LiveJobs`` in step).
 
 Thread-safe: called from handler threads and the server's loop.
 """
@@ -48,12 +48,6 @@ class Watch(Protocol):
     def close(self) -> None: ...
 
 
-class WatchSource(Protocol):
-    """Who tells a waiter that a job changed (``LiveJobs``, or ``FeedWatches``)."""
-
-    def watch(self, job_id: int, on_change: Callable[[], None]) -> Watch: ...
-
-
 def stored_status(live: LiveJobs, store: JobStore, job_id: int) -> Status | None:
     """A job's status as last written, what dependents may act on; None if unknown.
 
@@ -78,7 +72,6 @@ class JobReader:
         depmgr: DependencyManager,
         summarize: Summarize,
         *,
-        watches: WatchSource | None = None,
         filter_rules: Callable[[], list[filters.FilterRule]] = list,
         compile_filter: filters.CompileFilter = qlang.compile_filter,
         logger: logging.Logger | None = None,
@@ -89,7 +82,6 @@ class JobReader:
         self._locks = locks
         self._depmgr = depmgr
         self._summarize = summarize
-        self._watches: WatchSource = watches or live
         self._filter_rules = filter_rules
         self._compile_filter = compile_filter
         self._log = logger or logging.getLogger(__name__)
@@ -103,7 +95,7 @@ class JobReader:
 
     def watch_job(self, job_id: int, on_change: Callable[[], None]) -> Watch:
         """Hear of the job's changes; see ``Watch``."""
-        return self._watches.watch(job_id, on_change)
+        return self._live.watch(job_id, on_change)
 
     def job_change(
         self,
