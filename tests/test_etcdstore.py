@@ -24,6 +24,7 @@ from jobqueue.livejobs import LiveJobs
 from jobqueue.lus import builtin_registry
 from jobqueue.model import Job
 from jobqueue.standby import StoreMirror
+from jobqueue.storage import etcd as etcd_module
 from jobqueue.storage.base import WATCHER_PAUSE, encode_job, format_pause
 from jobqueue.storage.etcd import EtcdJobStore
 from jobqueue.storage.etcdkv import EtcdKV
@@ -235,6 +236,152 @@ def test_a_submission_of_unknown_outcome_is_read_back_and_never_left_behind(
     store.kv.txn(fence=None, puts={store.keys.job(2): encode_job(make_job(2))})  # lands late
     create(store, make_job(3))  # the next submission removes what was never acknowledged
     assert [job.id for job in store.load_jobs()] == [1, 3]
+
+
+class HeldTxn:
+    """EtcdKV.txn that records each transaction's puts; the first waits for ``release``.
+
+    Once ``fail`` is set, the transactions after the first raise it instead.
+    """
+
+    def __init__(self, kv: EtcdKV) -> None:
+        self.real_txn = kv.txn
+        self.first = threading.Event()
+        self.release = threading.Event()
+        self.fail: StorageError | None = None
+        self.puts: list[list[bytes]] = []
+        self._lock = threading.Lock()
+
+    def txn(self, **request: Any) -> Any:
+        with self._lock:
+            first = not self.first.is_set()
+            self.first.set()
+        if first:
+            assert self.release.wait(30)
+        elif self.fail is not None:
+            raise self.fail
+        result = self.real_txn(**request)
+        with self._lock:
+            self.puts.append(sorted(request.get("puts", {})))
+        return result
+
+
+def test_submissions_made_during_a_write_go_in_together_as_one_transaction(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_etcd_store(etcd_member.endpoints, unique_prefix())
+    held = HeldTxn(store.kv)
+    monkeypatch.setattr(store.kv, "txn", held.txn)
+    results: dict[int, object] = {}
+
+    def submit(job_id: int) -> None:
+        (results[job_id],) = store.create_jobs([make_job(job_id)])
+
+    def gathered() -> int:
+        grouped = store._new_jobs._grouped
+        with grouped._lock:
+            return len(grouped._gathering)
+
+    threads = [threading.Thread(target=submit, args=(job_id,)) for job_id in range(1, 7)]
+    threads[0].start()
+    assert held.first.wait(30)
+    for number, thread in enumerate(threads[1:], 1):
+        thread.start()
+        assert poll_until(lambda number=number: gathered() == number, 30)
+    held.release.set()
+    for thread in threads:
+        thread.join(30)
+    assert results == dict.fromkeys(range(1, 7))
+    keys = store.keys.job
+    assert held.puts == [[keys(1)], sorted(keys(job_id) for job_id in range(2, 7))]
+    assert [job.id for job in store.load_jobs()] == list(range(1, 7))
+
+
+def test_a_failed_combined_transaction_refuses_each_of_its_submissions(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_etcd_store(etcd_member.endpoints, unique_prefix())
+    held = HeldTxn(store.kv)
+    monkeypatch.setattr(store.kv, "txn", held.txn)
+    results: dict[int, object] = {}
+
+    def submit(job_id: int) -> None:
+        (results[job_id],) = store.create_jobs([make_job(job_id)])
+
+    first = threading.Thread(target=submit, args=(1,))
+    first.start()
+    assert held.first.wait(30)
+    later = [threading.Thread(target=submit, args=(job_id,)) for job_id in (2, 3)]
+    for thread in later:
+        thread.start()
+    grouped = store._new_jobs._grouped
+    assert poll_until(lambda: len(grouped._gathering) == 2, 30)
+    held.fail = StorageError("etcd refused it", errno.EIO)
+    held.release.set()
+    for thread in [first, *later]:
+        thread.join(30)
+    assert results[1] is None
+    refused = results[2]
+    assert results[3] is refused and isinstance(refused, StorageError)
+    assert refused.args == ("Cannot store 2 jobs (2 to 3) in etcd: etcd refused it", errno.EIO)
+    held.fail = None
+    assert [job.id for job in store.load_jobs()] == [1]
+
+
+# -- the drain flag while leading ----------------------------------------------------
+
+
+def test_a_leader_reads_the_drain_flag_at_most_once_a_recheck(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoints, prefix = etcd_member.endpoints, unique_prefix()
+    clock = Clock()
+    store = open_etcd_store(endpoints, prefix, monotonic=clock)
+    other = open_etcd_store(endpoints, prefix)
+    assert not store.is_drained()  # not leading: read every time
+    lead = store.leadership("master")
+    assert lead.acquire(0)
+    reads: list[bytes] = []
+    real_get = store.kv.get
+
+    def counted_get(key: bytes) -> Any:
+        reads.append(key)
+        return real_get(key)
+
+    monkeypatch.setattr(store.kv, "get", counted_get)
+    assert [store.is_drained() for _ in range(50)] == [False] * 50
+    assert len(reads) == 1
+    store.set_drained(True)  # its own change counts at once, without a read
+    assert store.is_drained() and len(reads) == 1
+    assert other.is_drained()  # and is in etcd for everyone
+    store.set_drained(False)
+
+    other.kv.txn(fence=None, puts={other.keys.setting("drain"): b"1"})  # etcdctl, say
+    assert not store.is_drained()  # trusted until the recheck...
+    clock.offset += etcd_module.DRAIN_RECHECK  # (well within the lease's TTL)
+    assert store.is_drained()  # ...and read again after it
+    assert len(reads) == 2
+    lead.release()
+    other.kv.txn(fence=None, deletes=[other.keys.setting("drain")])
+    assert not store.is_drained()  # no longer leading: read at once
+
+
+def test_a_new_term_of_leadership_reads_the_drain_flag_afresh(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoints, prefix = etcd_member.endpoints, unique_prefix()
+    store, other = open_etcd_store(endpoints, prefix), open_etcd_store(endpoints, prefix)
+    monkeypatch.setattr(etcd_module, "DRAIN_RECHECK", 3600.0)
+    lead = store.leadership("a")
+    assert lead.acquire(0)
+    assert not store.is_drained()
+    lead.release()
+    other_lead = other.leadership("b")
+    assert other_lead.acquire(5)
+    other.set_drained(True)
+    other_lead.release()
+    assert lead.acquire(5)
+    assert store.is_drained()
 
 
 # -- the size rule ----------------------------------------------------------------

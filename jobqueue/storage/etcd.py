@@ -22,13 +22,19 @@ StorageError (ENOTSUP) and jobs have no output to read.
 
 Failures are StorageError, with etcd's reason and an errno (the table in
 doc/ha.rst): notably ETIMEDOUT, after which a write may or may not have
-been applied. A submission whose outcome is unknown is read back; if it
-cannot be confirmed it is reported failed, and its keys are deleted at the
-next submission, so no job that was not acknowledged stays (see
-``_settle_in_doubt``).
+been applied. New jobs are written by ``etcdcreate`` (concurrent
+submissions combined; one whose outcome is unknown is read back, and if it
+cannot be confirmed it is reported failed and its keys deleted).
+
+The drain flag is read from etcd at most once a second while this handle
+leads (``DRAIN_RECHECK``): every submission asks it, and a read per
+submission cost about a third of the daemon's time of an etcd
+``SubmitJob``. The handle's own changes of the flag count at once; another
+writer's (etcdctl) within the second; a new term of leadership reads it
+afresh.
 
 Thread safety: every method may be called from any thread. ``_ids_lock``
-guards the id counters, ``_doubt_lock`` the jobs in doubt.
+guards the id counters, ``_drain_lock`` the drain flag as last read.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobqueue.errors import JobFileCorrupted, JobQueueError, NotLeaderError, StorageError
 from jobqueue.model import Job
@@ -51,9 +57,9 @@ from jobqueue.storage.base import (
     PruneResult,
     check_setting,
     decode_job,
-    encode_job,
 )
 from jobqueue.storage.etcdarchive import ArchiveKeeper
+from jobqueue.storage.etcdcreate import NewJobKeys
 from jobqueue.storage.etcdfeed import EtcdChangeFeed
 from jobqueue.storage.etcdkv import MAX_TXN_OPS, EtcdKV, Fence, TxnResult
 from jobqueue.storage.etcdlayout import (
@@ -61,9 +67,6 @@ from jobqueue.storage.etcdlayout import (
     REQUEST_MARGIN,
     Keys,
     fit_job,
-    op_cost,
-    request_cost,
-    too_large,
 )
 from jobqueue.storage.etcdlead import NOT_LEADER, EtcdLeadership
 from jobqueue.storage.etcdoptions import EtcdStoreSettings
@@ -71,6 +74,16 @@ from jobqueue.storage.etcdoutput import LocalOutputs
 
 #: The drain flag's setting name: ``<prefix>/settings/drain``.
 DRAIN = "drain"
+#: Seconds the leader trusts the drain flag it read (see the module docstring).
+DRAIN_RECHECK = 1.0
+
+
+class _DrainSeen(NamedTuple):
+    """The drain flag as read or set under one leadership ``fence``, trusted ``until``."""
+
+    fence: Fence
+    drained: bool
+    until: float
 
 
 class EtcdJobStore(JobStore):
@@ -109,12 +122,20 @@ class EtcdJobStore(JobStore):
         self._last_id = self._reserved = 0  # ids handed out / reserved; under _ids_lock
         self._serial_revision = 0  # mod_revision of our last serial write; under _ids_lock
         self._closed = False
-        self._doubt_lock = threading.Lock()
-        self._in_doubt: set[int] = set()  # created with unknown outcome; under _doubt_lock
+        self._drain_lock = threading.Lock()
+        self._drain_seen: _DrainSeen | None = None  # under _drain_lock
         self._trimmed: set[int] = set()  # jobs stored without their oldest log entries
         self._history: collections.deque[tuple[float, int]] = collections.deque()
         self._archive = ArchiveKeeper(
             self._kv, self.keys, self.settings.max_request_bytes, self._write, self._log
+        )
+        self._new_jobs = NewJobKeys(
+            self._kv,
+            self.keys,
+            self._write,
+            job_limit=self.job_limit,
+            max_request_bytes=settings.max_request_bytes,
+            logger=self._log,
         )
         self._outputs = None if output_dir is None else LocalOutputs(output_dir, self._log)
         self._check_version()
@@ -292,88 +313,8 @@ class EtcdJobStore(JobStore):
         self._log.error("etcd key %r is corrupt (%s); moved to %r", key, reason, target)
 
     def create_jobs(self, jobs: Sequence[Job]) -> list[StorageError | None]:
-        """Store new jobs in as few transactions as fit etcd's limits; one result per job."""
-        results: list[StorageError | None] = [None] * len(jobs)
-        self._settle_in_doubt()
-        pending: list[tuple[int, bytes]] = []
-        for index, job in enumerate(jobs):
-            data = encode_job(job)
-            if len(data) > self.job_limit:
-                results[index] = too_large(job, len(data), self.job_limit)
-            else:
-                pending.append((index, data))
-        failure: StorageError | None = None
-        for chunk in self._chunks(pending, jobs):
-            if failure is None:
-                failure = self._create_chunk([jobs[index] for index, _ in chunk], chunk)
-            for index, _ in chunk:
-                results[index] = failure
-        return results
-
-    def _chunks(
-        self, pending: list[tuple[int, bytes]], jobs: Sequence[Job]
-    ) -> Iterator[list[tuple[int, bytes]]]:
-        """Groups of new jobs that fit one transaction (operations and bytes)."""
-        chunk: list[tuple[int, bytes]] = []
-        size = request_cost({})
-        for index, data in pending:
-            cost = op_cost(self.keys.job(jobs[index].id), data)
-            if chunk and (
-                len(chunk) >= MAX_TXN_OPS or size + cost > self.settings.max_request_bytes
-            ):
-                yield chunk
-                chunk, size = [], request_cost({})
-            chunk.append((index, data))
-            size += cost
-        if chunk:
-            yield chunk
-
-    def _create_chunk(self, jobs: list[Job], chunk: list[tuple[int, bytes]]) -> StorageError | None:
-        """Write one group of new jobs; the failure, if any (nothing of them stays then)."""
-        puts = {self.keys.job(job.id): data for job, (_, data) in zip(jobs, chunk, strict=True)}
-        what = f"Cannot store {_job_names(jobs)} in etcd"
-        try:  # no compare on each key: ids are never issued twice, and it halves the speed
-            self._write(what, puts=puts)
-        except NotLeaderError as err:
-            return err
-        except StorageError as err:
-            if err.args[1] == errno.ETIMEDOUT and self._confirmed(puts):
-                return None
-            if err.args[1] == errno.ETIMEDOUT:
-                with self._doubt_lock:
-                    self._in_doubt.update(job.id for job in jobs)
-            return err
-        return None
-
-    def _confirmed(self, puts: dict[bytes, bytes]) -> bool:
-        """Whether a write of unknown outcome is there after all (read back)."""
-        try:
-            found = self._kv.get_many(puts)
-        except StorageError:
-            return False
-        return all(item is not None and item.value == puts[item.key] for item in found)
-
-    def _settle_in_doubt(self) -> None:
-        """Delete jobs whose creation was reported failed but may have landed later.
-
-        etcd orders a write after any earlier one it still commits, so once
-        this delete succeeds none of them can appear any more. A failure is
-        logged; the next submission tries again.
-        """
-        with self._doubt_lock:
-            doubtful = sorted(self._in_doubt)
-        for start in range(0, len(doubtful), MAX_TXN_OPS - 1):
-            batch = doubtful[start : start + MAX_TXN_OPS - 1]
-            try:
-                self._write(
-                    "Cannot remove jobs never acknowledged",
-                    deletes=[self.keys.job(job_id) for job_id in batch],
-                )
-            except StorageError as err:
-                self._log.warning("%s", err)
-                return
-            with self._doubt_lock:
-                self._in_doubt.difference_update(batch)
+        """Store new jobs (``etcdcreate``); one result per job."""
+        return self._new_jobs.create(jobs)
 
     def replace_job(self, job: Job) -> None:
         """Replace the job's key whole; a too-big job is trimmed by the size rule."""
@@ -405,8 +346,7 @@ class EtcdJobStore(JobStore):
                 )
             except StorageError as err:
                 if err.args[1] == errno.ETIMEDOUT:
-                    with self._doubt_lock:
-                        self._in_doubt.update(batch)
+                    self._new_jobs.doubt(batch)
                     removed.extend(batch)
                 failure = err
                 break
@@ -487,10 +427,33 @@ class EtcdJobStore(JobStore):
 
     # -- settings --------------------------------------------------------------
     def is_drained(self) -> bool:
-        return self._read_setting(DRAIN) is not None
+        """The drain flag; while leading, as read in the last ``DRAIN_RECHECK`` seconds."""
+        fence = self._leading_fence()
+        if fence is None:
+            return self._read_setting(DRAIN) is not None
+        with self._drain_lock:  # a read here and a change in set_drained never cross
+            seen = self._drain_seen
+            if seen is None or seen.fence != fence or self._monotonic() >= seen.until:
+                drained = self._read_setting(DRAIN) is not None
+                seen = self._drain_seen = _DrainSeen(
+                    fence, drained, self._monotonic() + DRAIN_RECHECK
+                )
+            return seen.drained
 
     def set_drained(self, drained: bool) -> None:
-        self._write_setting(DRAIN, "1" if drained else None)
+        with self._drain_lock:
+            self._drain_seen = None
+            self._write_setting(DRAIN, "1" if drained else None)
+            fence = self._leading_fence()
+            if fence is not None:
+                self._drain_seen = _DrainSeen(fence, drained, self._monotonic() + DRAIN_RECHECK)
+
+    def _leading_fence(self) -> Fence | None:
+        """The fence of the leadership this handle holds now; None if it does not lead."""
+        try:
+            return self._fence()
+        except NotLeaderError:
+            return None
 
     def read_setting(self, name: str) -> str | None:
         """A named setting, kept at ``<prefix>/settings/<name>``; None if unset."""
@@ -604,9 +567,3 @@ class EtcdJobStore(JobStore):
             return None
         self._kv.compact(target)
         return target
-
-
-def _job_names(jobs: Sequence[Job]) -> str:
-    if len(jobs) == 1:
-        return f"job {jobs[0].id}"
-    return f"jobs {jobs[0].id} to {jobs[-1].id}"
