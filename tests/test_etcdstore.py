@@ -266,12 +266,15 @@ class HeldTxn:
         return result
 
 
-def test_submissions_made_during_a_write_go_in_together_as_one_transaction(
-    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = open_etcd_store(etcd_member.endpoints, unique_prefix())
-    held = HeldTxn(store.kv)
-    monkeypatch.setattr(store.kv, "txn", held.txn)
+def submit_during_a_write(
+    store: EtcdJobStore, held: HeldTxn, later: list[int], fail: StorageError | None = None
+) -> dict[int, object]:
+    """Submit job 1, held in its transaction, then each of ``later`` alone while it waits.
+
+    Each of ``later`` is started once the previous ones are gathered; then
+    ``held.fail`` is set to ``fail`` and the first transaction released.
+    Returns each job's result.
+    """
     results: dict[int, object] = {}
 
     def submit(job_id: int) -> None:
@@ -282,16 +285,27 @@ def test_submissions_made_during_a_write_go_in_together_as_one_transaction(
         with grouped._lock:
             return len(grouped._gathering)
 
-    threads = [threading.Thread(target=submit, args=(job_id,)) for job_id in range(1, 7)]
+    threads = [threading.Thread(target=submit, args=(job_id,)) for job_id in [1, *later]]
     threads[0].start()
     assert held.first.wait(30)
     for number, thread in enumerate(threads[1:], 1):
         thread.start()
         assert poll_until(lambda number=number: gathered() == number, 30)
+    held.fail = fail
     held.release.set()
     for thread in threads:
         thread.join(30)
-    assert results == dict.fromkeys(range(1, 7))
+    held.fail = None
+    return results
+
+
+def test_submissions_made_during_a_write_go_in_together_as_one_transaction(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_etcd_store(etcd_member.endpoints, unique_prefix())
+    held = HeldTxn(store.kv)
+    monkeypatch.setattr(store.kv, "txn", held.txn)
+    assert submit_during_a_write(store, held, [2, 3, 4, 5, 6]) == dict.fromkeys(range(1, 7))
     keys = store.keys.job
     assert held.puts == [[keys(1)], sorted(keys(job_id) for job_id in range(2, 7))]
     assert [job.id for job in store.load_jobs()] == list(range(1, 7))
@@ -303,28 +317,11 @@ def test_a_failed_combined_transaction_refuses_each_of_its_submissions(
     store = open_etcd_store(etcd_member.endpoints, unique_prefix())
     held = HeldTxn(store.kv)
     monkeypatch.setattr(store.kv, "txn", held.txn)
-    results: dict[int, object] = {}
-
-    def submit(job_id: int) -> None:
-        (results[job_id],) = store.create_jobs([make_job(job_id)])
-
-    first = threading.Thread(target=submit, args=(1,))
-    first.start()
-    assert held.first.wait(30)
-    later = [threading.Thread(target=submit, args=(job_id,)) for job_id in (2, 3)]
-    for thread in later:
-        thread.start()
-    grouped = store._new_jobs._grouped
-    assert poll_until(lambda: len(grouped._gathering) == 2, 30)
-    held.fail = StorageError("etcd refused it", errno.EIO)
-    held.release.set()
-    for thread in [first, *later]:
-        thread.join(30)
+    results = submit_during_a_write(store, held, [2, 3], StorageError("etcd refused it", errno.EIO))
     assert results[1] is None
     refused = results[2]
     assert results[3] is refused and isinstance(refused, StorageError)
     assert refused.args == ("Cannot store 2 jobs (2 to 3) in etcd: etcd refused it", errno.EIO)
-    held.fail = None
     assert [job.id for job in store.load_jobs()] == [1]
 
 
