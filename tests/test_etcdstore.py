@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import json
 import threading
 import time
@@ -30,6 +31,7 @@ from jobqueue.storage.etcd import EtcdJobStore
 from jobqueue.storage.etcdkv import EtcdKV
 from jobqueue.storage.etcdlayout import TRIM_MARKER, fit_job
 from jobqueue.storage.etcdoptions import STORE_ETCD, EtcdStoreSettings, add_etcd_arguments
+from jobqueue.storage.groupcommit import GroupCommit
 from tests.etcd_cluster import EtcdCluster, unique_prefix
 from tests.polling import poll_until
 from tests.store_samples import create, make_job
@@ -266,26 +268,24 @@ class HeldTxn:
         return result
 
 
-def submit_during_a_write(
-    store: EtcdJobStore, held: HeldTxn, later: list[int], fail: StorageError | None = None
-) -> dict[int, object]:
-    """Submit job 1, held in its transaction, then each of ``later`` alone while it waits.
+def during_a_held_write(
+    held: HeldTxn,
+    grouped: GroupCommit[Any, Any],
+    calls: list[Callable[[], None]],
+    fail: StorageError | None = None,
+) -> None:
+    """Run ``calls[0]``, held in its transaction, then each other call while it waits.
 
-    Each of ``later`` is started once the previous ones are gathered; then
-    ``held.fail`` is set to ``fail`` and the first transaction released.
-    Returns each job's result.
+    Each later call starts once the previous ones wait in ``grouped``; then
+    ``held.fail`` is set to ``fail``, the first transaction is released and
+    every call is joined.
     """
-    results: dict[int, object] = {}
-
-    def submit(job_id: int) -> None:
-        (results[job_id],) = store.create_jobs([make_job(job_id)])
 
     def gathered() -> int:
-        grouped = store._new_jobs._grouped
         with grouped._lock:
             return len(grouped._gathering)
 
-    threads = [threading.Thread(target=submit, args=(job_id,)) for job_id in [1, *later]]
+    threads = [threading.Thread(target=call) for call in calls]
     threads[0].start()
     assert held.first.wait(30)
     for number, thread in enumerate(threads[1:], 1):
@@ -296,6 +296,19 @@ def submit_during_a_write(
     for thread in threads:
         thread.join(30)
     held.fail = None
+
+
+def submit_during_a_write(
+    store: EtcdJobStore, held: HeldTxn, later: list[int], fail: StorageError | None = None
+) -> dict[int, object]:
+    """Each job's result when job 1 is submitted, held, and each of ``later`` meanwhile."""
+    results: dict[int, object] = {}
+
+    def submit(job_id: int) -> None:
+        (results[job_id],) = store.create_jobs([make_job(job_id)])
+
+    calls = [functools.partial(submit, job_id) for job_id in [1, *later]]
+    during_a_held_write(held, store._job_writes._creating, calls, fail)
     return results
 
 
@@ -323,6 +336,44 @@ def test_a_failed_combined_transaction_refuses_each_of_its_submissions(
     assert results[3] is refused and isinstance(refused, StorageError)
     assert refused.args == ("Cannot store 2 jobs (2 to 3) in etcd: etcd refused it", errno.EIO)
     assert [job.id for job in store.load_jobs()] == [1]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_job_versions_written_during_a_write_go_in_together(
+    etcd_member: EtcdCluster,
+    open_etcd_store: OpenStore,
+    monkeypatch: pytest.MonkeyPatch,
+    fails: bool,
+) -> None:
+    store = open_etcd_store(etcd_member.endpoints, unique_prefix())
+    for job_id in range(1, 5):
+        create(store, make_job(job_id))
+    held = HeldTxn(store.kv)
+    monkeypatch.setattr(store.kv, "txn", held.txn)
+    errors: dict[int, BaseException | None] = {}
+
+    def finish(job_id: int) -> None:
+        try:
+            store.replace_job(make_job(job_id, Status.SUCCESS))
+            errors[job_id] = None
+        except StorageError as err:
+            errors[job_id] = err
+
+    calls = [functools.partial(finish, job_id) for job_id in range(1, 5)]
+    refused = StorageError("etcd refused it", errno.EIO) if fails else None
+    during_a_held_write(held, store._job_writes._replacing, calls, refused)
+    statuses = {job.id: job.status for job in store.read_jobs([1, 2, 3, 4]) if job is not None}
+    keys = store.keys.job
+    if not fails:
+        assert errors == dict.fromkeys(range(1, 5))
+        assert held.puts == [[keys(1)], [keys(2), keys(3), keys(4)]]
+        assert set(statuses.values()) == {Status.SUCCESS}
+        return
+    assert errors[1] is None and held.puts == [[keys(1)]]
+    failure = errors[2]
+    assert isinstance(failure, StorageError) and errors[3] is failure and errors[4] is failure
+    assert failure.args == ("Cannot write 3 jobs (2 to 4) to etcd: etcd refused it", errno.EIO)
+    assert statuses == {1: Status.SUCCESS, 2: Status.QUEUED, 3: Status.QUEUED, 4: Status.QUEUED}
 
 
 # -- the drain flag while leading ----------------------------------------------------

@@ -22,8 +22,8 @@ StorageError (ENOTSUP) and jobs have no output to read.
 
 Failures are StorageError, with etcd's reason and an errno (the table in
 doc/ha.rst): notably ETIMEDOUT, after which a write may or may not have
-been applied. New jobs are written by ``etcdcreate`` (concurrent
-submissions combined; one whose outcome is unknown is read back, and if it
+been applied. Jobs are written by ``etcdwrites`` (concurrent writes
+combined; a submission whose outcome is unknown is read back, and if it
 cannot be confirmed it is reported failed and its keys deleted).
 
 The drain flag is read from etcd at most once a second while this handle
@@ -59,7 +59,6 @@ from jobqueue.storage.base import (
     decode_job,
 )
 from jobqueue.storage.etcdarchive import ArchiveKeeper
-from jobqueue.storage.etcdcreate import NewJobKeys
 from jobqueue.storage.etcdfeed import EtcdChangeFeed
 from jobqueue.storage.etcdkv import MAX_TXN_OPS, EtcdKV, Fence, TxnResult
 from jobqueue.storage.etcdlayout import (
@@ -71,6 +70,7 @@ from jobqueue.storage.etcdlayout import (
 from jobqueue.storage.etcdlead import NOT_LEADER, EtcdLeadership
 from jobqueue.storage.etcdoptions import EtcdStoreSettings
 from jobqueue.storage.etcdoutput import LocalOutputs
+from jobqueue.storage.etcdwrites import JobWrites
 
 #: The drain flag's setting name: ``<prefix>/settings/drain``.
 DRAIN = "drain"
@@ -129,7 +129,7 @@ class EtcdJobStore(JobStore):
         self._archive = ArchiveKeeper(
             self._kv, self.keys, self.settings.max_request_bytes, self._write, self._log
         )
-        self._new_jobs = NewJobKeys(
+        self._job_writes = JobWrites(
             self._kv,
             self.keys,
             self._write,
@@ -313,11 +313,11 @@ class EtcdJobStore(JobStore):
         self._log.error("etcd key %r is corrupt (%s); moved to %r", key, reason, target)
 
     def create_jobs(self, jobs: Sequence[Job]) -> list[StorageError | None]:
-        """Store new jobs (``etcdcreate``); one result per job."""
-        return self._new_jobs.create(jobs)
+        """Store new jobs (``etcdwrites``); one result per job."""
+        return self._job_writes.create(jobs)
 
     def replace_job(self, job: Job) -> None:
-        """Replace the job's key whole; a too-big job is trimmed by the size rule."""
+        """Replace the job's key whole, with concurrent writes (``etcdwrites``); trim if too big."""
         data, dropped = fit_job(job, self.job_limit)
         if dropped and job.id not in self._trimmed:
             self._trimmed.add(job.id)
@@ -327,7 +327,7 @@ class EtcdJobStore(JobStore):
                 job.id,
                 self.job_limit,
             )
-        self._write(f"Cannot write job {job.id} to etcd", puts={self.keys.job(job.id): data})
+        self._job_writes.replace(job.id, data)
 
     def discard_jobs(self, job_ids: Sequence[int]) -> tuple[list[int], StorageError | None]:
         """Delete never-acknowledged jobs, a transaction per 127; stops at the first failure.
@@ -346,7 +346,7 @@ class EtcdJobStore(JobStore):
                 )
             except StorageError as err:
                 if err.args[1] == errno.ETIMEDOUT:
-                    self._new_jobs.doubt(batch)
+                    self._job_writes.doubt(batch)
                     removed.extend(batch)
                 failure = err
                 break

@@ -1,20 +1,25 @@
-"""New jobs into etcd, each acknowledged only once its transaction committed.
+"""Jobs written into etcd, concurrent writes combined into shared transactions.
 
-A submission's jobs go in as few transactions as etcd's limits allow
-(``MAX_TXN_OPS`` operations and the request size). Submissions that arrive
-while others are being written are combined (``groupcommit``): they go in
-together next, so sixteen clients each submitting one job cost about as
-many requests to etcd as one client submitting sixteen. Once a transaction
-fails, the later ones of the same group are not tried and share its failure.
+New jobs (``create``) and new versions of live jobs (``replace``) each go
+through a group commit (``groupcommit``): writes that arrive while others
+are being written go in together next, in as few transactions as etcd's
+limits allow (``MAX_TXN_OPS`` operations and the request size). So sixteen
+clients each submitting one job, or 25 workers each starting an opcode,
+cost about as many requests to etcd as one caller writing them all. Each
+write returns only once its transaction committed; once a transaction
+fails, the later ones of the same group are not tried and share its
+failure, which every caller of it gets.
 
-A transaction whose outcome is unknown (ETIMEDOUT) is read back; if it
-cannot be confirmed its jobs are reported failed and are *in doubt*: their
-keys are deleted before the next group is written, so no job that was not
-acknowledged stays (etcd orders that delete after the lost write if it is
-ever applied).
+A creation whose outcome is unknown (ETIMEDOUT) is read back; if it cannot
+be confirmed its jobs are reported failed and are *in doubt*: their keys
+are deleted before the next group of new jobs is written, so no job that
+was not acknowledged stays (etcd orders that delete after the lost write
+if it is ever applied). A replacement of unknown outcome is reported
+failed; the job's next write replaces it whole anyway.
 
-Thread-safe: ``_lock`` guards the jobs in doubt; the group commit writes one
-group at a time.
+Thread-safe: ``_lock`` guards the jobs in doubt; each group commit writes
+one group at a time. A caller writes each job from one thread at a time,
+so a job is never twice in one group.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from jobqueue.storage.groupcommit import GroupCommit
 Write = Callable[..., TxnResult]
 
 
-class NewJobKeys:
-    """Writes new jobs' keys; see the module docstring.
+class JobWrites:
+    """Writes jobs' keys; see the module docstring.
 
     ``job_limit``: the largest job value stored; ``max_request_bytes``:
     etcd's request size limit, which a transaction must fit.
@@ -60,11 +65,18 @@ class NewJobKeys:
         self._log = logger
         self._lock = threading.Lock()
         self._in_doubt: set[int] = set()  # created with unknown outcome; under _lock
-        self._grouped = GroupCommit(self._create_now)
+        self._creating = GroupCommit(self._create_now)
+        self._replacing = GroupCommit(self._replace_now)
 
     def create(self, jobs: Sequence[Job]) -> list[StorageError | None]:
         """Store ``jobs``, combined with concurrent calls; None or the failure for each job."""
-        return self._grouped(jobs)
+        return self._creating(jobs)
+
+    def replace(self, job_id: int, data: bytes) -> None:
+        """Make ``data`` the job's stored value, combined with concurrent calls; StorageError."""
+        (failure,) = self._replacing([(job_id, data)])
+        if failure is not None:
+            raise failure
 
     def doubt(self, job_ids: Iterable[int]) -> None:
         """Deleting these jobs had an unknown outcome: delete them again before the next write."""
@@ -74,41 +86,63 @@ class NewJobKeys:
     def _create_now(self, jobs: Sequence[Job]) -> list[StorageError | None]:
         results: list[StorageError | None] = [None] * len(jobs)
         self._settle_in_doubt()
-        pending: list[tuple[int, bytes]] = []
+        pending: list[tuple[int, bytes, bytes]] = []
         for index, job in enumerate(jobs):
             data = encode_job(job)
             if len(data) > self._job_limit:
                 results[index] = too_large(job, len(data), self._job_limit)
             else:
-                pending.append((index, data))
+                pending.append((index, self._keys.job(job.id), data))
         failure: StorageError | None = None
-        for chunk in self._chunks(pending, jobs):
+        for chunk in self._chunks(pending):
             if failure is None:
-                failure = self._create_chunk([jobs[index] for index, _ in chunk], chunk)
-            for index, _ in chunk:
+                failure = self._create_chunk([jobs[index] for index, _, _ in chunk], chunk)
+            for index, _, _ in chunk:
+                results[index] = failure
+        return results
+
+    def _replace_now(self, items: Sequence[tuple[int, bytes]]) -> list[StorageError | None]:
+        results: list[StorageError | None] = [None] * len(items)
+        pending = [
+            (index, self._keys.job(job_id), data) for index, (job_id, data) in enumerate(items)
+        ]
+        failure: StorageError | None = None
+        for chunk in self._chunks(pending):
+            if failure is None:
+                ids = [items[index][0] for index, _, _ in chunk]
+                try:
+                    self._write(
+                        f"Cannot write {id_names(ids)} to etcd",
+                        puts={key: data for _, key, data in chunk},
+                    )
+                except StorageError as err:
+                    failure = err
+            for index, _, _ in chunk:
                 results[index] = failure
         return results
 
     def _chunks(
-        self, pending: list[tuple[int, bytes]], jobs: Sequence[Job]
-    ) -> Iterator[list[tuple[int, bytes]]]:
-        """Groups of new jobs that fit one transaction (operations and bytes)."""
-        chunk: list[tuple[int, bytes]] = []
+        self, pending: list[tuple[int, bytes, bytes]]
+    ) -> Iterator[list[tuple[int, bytes, bytes]]]:
+        """Groups of (index, key, value) puts that fit one transaction (operations and bytes)."""
+        chunk: list[tuple[int, bytes, bytes]] = []
         size = request_cost({})
-        for index, data in pending:
-            cost = op_cost(self._keys.job(jobs[index].id), data)
+        for entry in pending:
+            cost = op_cost(entry[1], entry[2])
             if chunk and (len(chunk) >= MAX_TXN_OPS or size + cost > self._max_request_bytes):
                 yield chunk
                 chunk, size = [], request_cost({})
-            chunk.append((index, data))
+            chunk.append(entry)
             size += cost
         if chunk:
             yield chunk
 
-    def _create_chunk(self, jobs: list[Job], chunk: list[tuple[int, bytes]]) -> StorageError | None:
+    def _create_chunk(
+        self, jobs: list[Job], chunk: list[tuple[int, bytes, bytes]]
+    ) -> StorageError | None:
         """Write one transaction of new jobs; the failure, if any (nothing of them stays then)."""
-        puts = {self._keys.job(job.id): data for job, (_, data) in zip(jobs, chunk, strict=True)}
-        what = f"Cannot store {job_names(jobs)} in etcd"
+        puts = {key: data for _, key, data in chunk}
+        what = f"Cannot store {id_names([job.id for job in jobs])} in etcd"
         try:  # no compare on each key: ids are never issued twice, and it halves the speed
             self._write(what, puts=puts)
         except NotLeaderError as err:
@@ -147,9 +181,9 @@ class NewJobKeys:
                 self._in_doubt.difference_update(batch)
 
 
-def job_names(jobs: Sequence[Job]) -> str:
-    """``job 7``, or ``jobs 7 to 12`` (ids in order: one submission's, or several combined)."""
-    if len(jobs) == 1:
-        return f"job {jobs[0].id}"
-    ids = sorted(job.id for job in jobs)
+def id_names(job_ids: Sequence[int]) -> str:
+    """``job 7``, or ``3 jobs (7 to 12)``: one caller's jobs, or several callers' combined."""
+    if len(job_ids) == 1:
+        return f"job {job_ids[0]}"
+    ids = sorted(job_ids)
     return f"{len(ids)} jobs ({ids[0]} to {ids[-1]})"
