@@ -75,8 +75,8 @@ class JobWrites:
     def replace(self, job_id: int, data: bytes) -> None:
         """Make ``data`` the job's stored value, combined with concurrent calls; StorageError."""
         (failure,) = self._replacing([(job_id, data)])
-        if failure is not None:
-            raise failure
+        if failure is not None:  # each caller raises its own (a traceback is per raise)
+            raise type(failure)(*failure.args) from failure
 
     def doubt(self, job_ids: Iterable[int]) -> None:
         """Deleting these jobs had an unknown outcome: delete them again before the next write."""
