@@ -330,27 +330,8 @@ class EtcdJobStore(JobStore):
         self._job_writes.replace(job.id, data)
 
     def discard_jobs(self, job_ids: Sequence[int]) -> tuple[list[int], StorageError | None]:
-        """Delete never-acknowledged jobs, a transaction per 127; stops at the first failure.
-
-        A batch whose outcome is unknown counts as gone (it must not be
-        acknowledged) and is deleted again at the next submission.
-        """
-        removed: list[int] = []
-        failure: StorageError | None = None
-        for start in range(0, len(job_ids), MAX_TXN_OPS - 1):
-            batch = list(job_ids[start : start + MAX_TXN_OPS - 1])
-            try:
-                self._write(
-                    f"Cannot remove {len(batch)} jobs from etcd",
-                    deletes=[self.keys.job(job_id) for job_id in batch],
-                )
-            except StorageError as err:
-                if err.args[1] == errno.ETIMEDOUT:
-                    self._job_writes.doubt(batch)
-                    removed.extend(batch)
-                failure = err
-                break
-            removed.extend(batch)
+        """Delete never-acknowledged jobs (``etcdwrites``), and their local output."""
+        removed, failure = self._job_writes.discard(job_ids)
         if self._outputs is not None:
             self._outputs.delete_live(removed)
         return removed, failure
@@ -434,10 +415,7 @@ class EtcdJobStore(JobStore):
         with self._drain_lock:  # a read here and a change in set_drained never cross
             seen = self._drain_seen
             if seen is None or seen.fence != fence or self._monotonic() >= seen.until:
-                drained = self._read_setting(DRAIN) is not None
-                seen = self._drain_seen = _DrainSeen(
-                    fence, drained, self._monotonic() + DRAIN_RECHECK
-                )
+                seen = self._seen_drain(fence, self._read_setting(DRAIN) is not None)
             return seen.drained
 
     def set_drained(self, drained: bool) -> None:
@@ -446,7 +424,12 @@ class EtcdJobStore(JobStore):
             self._write_setting(DRAIN, "1" if drained else None)
             fence = self._leading_fence()
             if fence is not None:
-                self._drain_seen = _DrainSeen(fence, drained, self._monotonic() + DRAIN_RECHECK)
+                self._seen_drain(fence, drained)
+
+    def _seen_drain(self, fence: Fence, drained: bool) -> _DrainSeen:
+        """Trust ``drained`` under ``fence`` for ``DRAIN_RECHECK`` seconds; ``_drain_lock`` held."""
+        self._drain_seen = _DrainSeen(fence, drained, self._monotonic() + DRAIN_RECHECK)
+        return self._drain_seen
 
     def _leading_fence(self) -> Fence | None:
         """The fence of the leadership this handle holds now; None if it does not lead."""

@@ -14,8 +14,9 @@ A creation whose outcome is unknown (ETIMEDOUT) is read back; if it cannot
 be confirmed its jobs are reported failed and are *in doubt*: their keys
 are deleted before the next group of new jobs is written, so no job that
 was not acknowledged stays (etcd orders that delete after the lost write
-if it is ever applied). A replacement of unknown outcome is reported
-failed; the job's next write replaces it whole anyway.
+if it is ever applied). So are jobs whose removal (``discard``, of jobs
+never acknowledged) had an unknown outcome. A replacement of unknown
+outcome is reported failed; the job's next write replaces it whole anyway.
 
 Thread-safe: ``_lock`` guards the jobs in doubt; each group commit writes
 one group at a time. A caller writes each job from one thread at a time,
@@ -28,6 +29,7 @@ import errno
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from jobqueue.errors import NotLeaderError, StorageError
 from jobqueue.model import Job
@@ -38,6 +40,8 @@ from jobqueue.storage.groupcommit import GroupCommit
 
 #: ``EtcdJobStore._write``: one fenced transaction of puts and deletes.
 Write = Callable[..., TxnResult]
+#: One job's value to put: (its index among the call's items, key, value).
+Put = tuple[int, bytes, bytes]
 
 
 class JobWrites:
@@ -78,27 +82,53 @@ class JobWrites:
         if failure is not None:  # each caller raises its own (a traceback is per raise)
             raise type(failure)(*failure.args) from failure
 
-    def doubt(self, job_ids: Iterable[int]) -> None:
-        """Deleting these jobs had an unknown outcome: delete them again before the next write."""
+    def discard(self, job_ids: Sequence[int]) -> tuple[list[int], StorageError | None]:
+        """Delete never-acknowledged jobs, a transaction per 127; stops at the first failure.
+
+        Returns the jobs gone and the failure. A batch whose outcome is
+        unknown counts as gone (it must not be acknowledged) and is in doubt.
+        """
+        removed: list[int] = []
+        for start in range(0, len(job_ids), MAX_TXN_OPS - 1):
+            batch = list(job_ids[start : start + MAX_TXN_OPS - 1])
+            failure = self._delete(batch, f"Cannot remove {len(batch)} jobs from etcd")
+            if failure is not None:
+                if failure.args[1] == errno.ETIMEDOUT:
+                    self._doubt(batch)
+                    removed.extend(batch)
+                return removed, failure
+            removed.extend(batch)
+        return removed, None
+
+    def _doubt(self, job_ids: Iterable[int]) -> None:
+        """Writing these jobs had an unknown outcome: delete them before the next creation."""
         with self._lock:
             self._in_doubt.update(job_ids)
+
+    def _delete(self, job_ids: list[int], what: str) -> StorageError | None:
+        """Delete the jobs' keys in one transaction; the failure, if any."""
+        return self._try_write(what, deletes=[self._keys.job(job_id) for job_id in job_ids])
+
+    def _try_write(self, what: str, **request: Any) -> StorageError | None:
+        """``_write(what, **request)``; the StorageError it raised, if any."""
+        try:
+            self._write(what, **request)
+        except StorageError as err:
+            return err
+        return None
 
     def _create_now(self, jobs: Sequence[Job]) -> list[StorageError | None]:
         results: list[StorageError | None] = [None] * len(jobs)
         self._settle_in_doubt()
-        pending: list[tuple[int, bytes, bytes]] = []
+        pending: list[Put] = []
         for index, job in enumerate(jobs):
             data = encode_job(job)
             if len(data) > self._job_limit:
                 results[index] = too_large(job, len(data), self._job_limit)
             else:
                 pending.append((index, self._keys.job(job.id), data))
-        failure: StorageError | None = None
-        for chunk in self._chunks(pending):
-            if failure is None:
-                failure = self._create_chunk([jobs[index] for index, _, _ in chunk], chunk)
-            for index, _, _ in chunk:
-                results[index] = failure
+        ids = [job.id for job in jobs]
+        self._write_in_chunks(results, pending, ids, self._create_chunk)
         return results
 
     def _replace_now(self, items: Sequence[tuple[int, bytes]]) -> list[StorageError | None]:
@@ -106,26 +136,34 @@ class JobWrites:
         pending = [
             (index, self._keys.job(job_id), data) for index, (job_id, data) in enumerate(items)
         ]
+        ids = [job_id for job_id, _ in items]
+        self._write_in_chunks(results, pending, ids, self._replace_chunk)
+        return results
+
+    def _write_in_chunks(
+        self,
+        results: list[StorageError | None],
+        pending: list[Put],
+        ids: list[int],
+        write_chunk: Callable[[list[int], dict[bytes, bytes]], StorageError | None],
+    ) -> None:
+        """Write ``pending`` a transaction at a time with ``write_chunk(job ids, puts)``.
+
+        ``ids[index]`` is the job of the put at ``index``. Each put's result
+        goes to ``results[index]``; after a failure, the rest are not tried
+        and share it.
+        """
         failure: StorageError | None = None
         for chunk in self._chunks(pending):
             if failure is None:
-                ids = [items[index][0] for index, _, _ in chunk]
-                try:
-                    self._write(
-                        f"Cannot write {id_names(ids)} to etcd",
-                        puts={key: data for _, key, data in chunk},
-                    )
-                except StorageError as err:
-                    failure = err
+                chunk_ids = [ids[index] for index, _, _ in chunk]
+                failure = write_chunk(chunk_ids, {key: data for _, key, data in chunk})
             for index, _, _ in chunk:
                 results[index] = failure
-        return results
 
-    def _chunks(
-        self, pending: list[tuple[int, bytes, bytes]]
-    ) -> Iterator[list[tuple[int, bytes, bytes]]]:
-        """Groups of (index, key, value) puts that fit one transaction (operations and bytes)."""
-        chunk: list[tuple[int, bytes, bytes]] = []
+    def _chunks(self, pending: list[Put]) -> Iterator[list[Put]]:
+        """Groups of puts that fit one transaction (operations and bytes)."""
+        chunk: list[Put] = []
         size = request_cost({})
         for entry in pending:
             cost = op_cost(entry[1], entry[2])
@@ -137,12 +175,9 @@ class JobWrites:
         if chunk:
             yield chunk
 
-    def _create_chunk(
-        self, jobs: list[Job], chunk: list[tuple[int, bytes, bytes]]
-    ) -> StorageError | None:
+    def _create_chunk(self, job_ids: list[int], puts: dict[bytes, bytes]) -> StorageError | None:
         """Write one transaction of new jobs; the failure, if any (nothing of them stays then)."""
-        puts = {key: data for _, key, data in chunk}
-        what = f"Cannot store {id_names([job.id for job in jobs])} in etcd"
+        what = f"Cannot store {id_names(job_ids)} in etcd"
         try:  # no compare on each key: ids are never issued twice, and it halves the speed
             self._write(what, puts=puts)
         except NotLeaderError as err:
@@ -151,9 +186,13 @@ class JobWrites:
             if err.args[1] == errno.ETIMEDOUT and self._confirmed(puts):
                 return None
             if err.args[1] == errno.ETIMEDOUT:
-                self.doubt(job.id for job in jobs)
+                self._doubt(job_ids)
             return err
         return None
+
+    def _replace_chunk(self, job_ids: list[int], puts: dict[bytes, bytes]) -> StorageError | None:
+        """Write one transaction of job versions; the failure, if any."""
+        return self._try_write(f"Cannot write {id_names(job_ids)} to etcd", puts=puts)
 
     def _confirmed(self, puts: dict[bytes, bytes]) -> bool:
         """Whether a write of unknown outcome is there after all (read back)."""
@@ -169,13 +208,9 @@ class JobWrites:
             doubtful = sorted(self._in_doubt)
         for start in range(0, len(doubtful), MAX_TXN_OPS - 1):
             batch = doubtful[start : start + MAX_TXN_OPS - 1]
-            try:
-                self._write(
-                    "Cannot remove jobs never acknowledged",
-                    deletes=[self._keys.job(job_id) for job_id in batch],
-                )
-            except StorageError as err:
-                self._log.warning("%s", err)
+            failure = self._delete(batch, "Cannot remove jobs never acknowledged")
+            if failure is not None:
+                self._log.warning("%s", failure)
                 return
             with self._lock:
                 self._in_doubt.difference_update(batch)
