@@ -25,7 +25,7 @@ from jobqueue.storage.durable import PythonDirectory, filesystem_sync_refusal
 from jobqueue.storage.files import Disk, FileJobStore
 from jobqueue.storage.jobwriter import Choice
 from tests.daemon_helper import Daemon, wait_until
-from tests.polling import poll_until
+from tests.grouping import start_behind_a_held_write
 from tests.queue_files import load_jobs
 
 DELAY0 = {"OP_ID": "OP_TEST_DELAY", "duration": 0}
@@ -159,17 +159,8 @@ def test_jobs_submitted_during_a_write_share_the_next_sync_and_wait_for_it(
         with disk._lock:
             disk.log.append(("returned", layout.job_file_name(job.id)))
 
-    def gathered() -> int:
-        grouped = store._new_files._grouped
-        with grouped._lock:
-            return len(grouped._gathering)
-
     threads = [threading.Thread(target=create, args=(job,)) for job in make_jobs(1, 6)]
-    threads[0].start()
-    assert disk.first_write.wait(30)
-    for number, thread in enumerate(threads[1:], 1):
-        thread.start()
-        assert poll_until(lambda number=number: gathered() == number, 30)
+    start_behind_a_held_write(store._new_files._grouped, disk.first_write, threads)
     disk.release.set()
     for thread in threads:
         thread.join(30)

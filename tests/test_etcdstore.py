@@ -33,6 +33,7 @@ from jobqueue.storage.etcdlayout import TRIM_MARKER, fit_job
 from jobqueue.storage.etcdoptions import STORE_ETCD, EtcdStoreSettings, add_etcd_arguments
 from jobqueue.storage.groupcommit import GroupCommit
 from tests.etcd_cluster import EtcdCluster, unique_prefix
+from tests.grouping import start_behind_a_held_write
 from tests.polling import poll_until
 from tests.store_samples import create, make_job
 
@@ -281,16 +282,8 @@ def during_a_held_write(
     every call is joined.
     """
 
-    def gathered() -> int:
-        with grouped._lock:
-            return len(grouped._gathering)
-
     threads = [threading.Thread(target=call) for call in calls]
-    threads[0].start()
-    assert held.first.wait(30)
-    for number, thread in enumerate(threads[1:], 1):
-        thread.start()
-        assert poll_until(lambda number=number: gathered() == number, 30)
+    start_behind_a_held_write(grouped, held.first, threads)
     held.fail = fail
     held.release.set()
     for thread in threads:

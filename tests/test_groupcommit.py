@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from jobqueue.storage.groupcommit import GroupCommit
-from tests.polling import poll_until
+from tests.grouping import gathered, start_behind_a_held_write
 
 
 class HeldWrite:
@@ -31,23 +31,18 @@ class HeldWrite:
         return [item * 10 for item in items]
 
 
-def gathered(commit: GroupCommit[int, int]) -> int:
-    with commit._lock:
-        return len(commit._gathering)
-
-
 def call_in_thread(
     commit: GroupCommit[int, int], items: list[int], name: str, outcomes: dict[str, object]
 ) -> threading.Thread:
+    """A thread (not started) that calls ``commit`` and keeps what it got in ``outcomes``."""
+
     def call() -> None:
         try:
             outcomes[name] = commit(items)
         except Exception as err:
             outcomes[name] = err
 
-    thread = threading.Thread(target=call, name=name)
-    thread.start()
-    return thread
+    return threading.Thread(target=call, name=name)
 
 
 def start_held_group(
@@ -56,11 +51,9 @@ def start_held_group(
     """A first call held in its write, then the ``late`` calls gathered behind it."""
     commit = GroupCommit(write)
     outcomes: dict[str, object] = {}
-    threads = [call_in_thread(commit, [1], "first", outcomes)]
-    assert write.first_started.wait(30)
-    for name, items in late.items():
-        threads.append(call_in_thread(commit, items, name, outcomes))
-        assert poll_until(lambda: gathered(commit) == len(threads) - 1, 30)
+    calls = {"first": [1], **late}
+    threads = [call_in_thread(commit, items, name, outcomes) for name, items in calls.items()]
+    start_behind_a_held_write(commit, write.first_started, threads)
     return commit, threads, outcomes
 
 
