@@ -239,7 +239,7 @@ class PythonDirectory:
         path, target_path = os.path.join(self.path, name), os.path.join(self.path, target)
         failure = write_whole(self.disk, path, data, file_mode, create, sync=True)
         if failure is not None:
-            return failure[0], _errno(failure[1])
+            return failure[0], errno_of(failure[1])
         step = "rename"
         try:
             if exchange:
@@ -250,7 +250,7 @@ class PythonDirectory:
                 step = "fsync_dir"
                 self.sync()
         except OSError as err:
-            return step, _errno(err)
+            return step, errno_of(err)
         return None
 
     def sync(self) -> None:
@@ -275,7 +275,7 @@ class PythonDirectory:
             self.disk.fsync_dir(self.path)
             error = 0
         except OSError as err:
-            error = _errno(err)
+            error = errno_of(err)
         finally:
             self._done.acquire()
             self._syncing = False
@@ -295,13 +295,13 @@ class PythonDirectory:
         for name, _, data, create in entries:
             path = os.path.join(self.path, name)
             failure = write_whole(self.disk, path, data, file_mode, create, sync=False)
-            failures.append(None if failure is None else (failure[0], _errno(failure[1])))
+            failures.append(None if failure is None else (failure[0], errno_of(failure[1])))
         if all(failure is not None for failure in failures):
             return failures
         try:
             self.disk.sync_filesystem(self._dir_fd)
         except OSError as err:
-            return [("syncfs", _errno(err)) if f is None else f for f in failures]
+            return [("syncfs", errno_of(err)) if f is None else f for f in failures]
         for index, (name, target, _, _) in enumerate(entries):
             if failures[index] is None:
                 try:
@@ -309,7 +309,7 @@ class PythonDirectory:
                         os.path.join(self.path, name), os.path.join(self.path, target)
                     )
                 except OSError as err:
-                    failures[index] = ("rename", _errno(err))
+                    failures[index] = ("rename", errno_of(err))
         return failures
 
     def overwrite(self, name: str, data: bytes, /) -> Failure | None:
@@ -326,9 +326,10 @@ class PythonDirectory:
             finally:
                 os.close(fd)
         except OSError as err:
-            return step, _errno(err)
+            return step, errno_of(err)
         return None
 
 
-def _errno(err: OSError) -> int:
+def errno_of(err: OSError) -> int:
+    """The error's errno; EIO when it carries none."""
     return err.errno or errno.EIO

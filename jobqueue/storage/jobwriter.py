@@ -42,6 +42,7 @@ from jobqueue.storage.durable import (
     Directory,
     PythonDirectory,
     compiled_directory,
+    errno_of,
     exchange_paths,
     filesystem_sync_refusal,
 )
@@ -141,7 +142,7 @@ class JobFileWriter:
             try:  # some sandboxes refuse it outright
                 self._disk.sync_filesystem(self._dir_fd)
             except OSError as err:
-                return f"syncfs fails here ({os.strerror(err.errno or errno.EIO)})"
+                return f"syncfs fails here ({os.strerror(errno_of(err))})"
         return refusal
 
     def _clean_up(self, keep: int) -> list[str]:
