@@ -53,6 +53,9 @@ MSG_UNCLEAN_SHUTDOWN: Final = "Unclean master daemon shutdown"
 MSG_FAILED_OVER: Final = "Master failed over: the master running this job stopped leading"
 MSG_KILLED_AT_SHUTDOWN: Final = "Killed at daemon shutdown: still running after --shutdown-timeout"
 MSG_PRECEDING_FAILED: Final = "Preceding opcode failed"
+MSG_NOT_RETRIED: Final = (
+    "Not retried: the opcode ran to its end, and running it again would repeat what it did"
+)
 MSG_DRAINED: Final = "Job queue is drained, refusing job"
 MSG_SHUTTING_DOWN: Final = "Job queue is shutting down, refusing job"
 

@@ -6,6 +6,7 @@ The tree::
      +-- ProgrammerError          a bug: an invariant of ours was broken
      +-- OpPrereqError(msg, ecode) input or state does not allow the operation
      +-- OpExecError              an opcode failed while running
+     |    +-- OpResultUnstorable  it ran to its end, but its result cannot be stored
      +-- OpCodeUnknown            no opcode class for this OP_ID
      +-- JobLost                  the job does not exist (any more)
      +-- JobQueueError            the queue refused or failed an operation
@@ -83,6 +84,15 @@ class OpExecError(GenericError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class OpResultUnstorable(OpExecError):
+    """The opcode ran to its end, but what it returned cannot be stored.
+
+    It travels as ``OpExecError`` (not in the allow-list). A job's retry
+    policy does not apply: running the opcode again would repeat what it did
+    for a failure that comes back the same.
+    """
 
 
 class OpCodeUnknown(GenericError):

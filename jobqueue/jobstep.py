@@ -27,7 +27,14 @@ from typing import Any, Protocol
 from jobqueue import constants, plainjson
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.depmgr import DependencyManager, Outcome
-from jobqueue.errors import GenericError, OpExecError, ProgrammerError, StorageError, encode_error
+from jobqueue.errors import (
+    GenericError,
+    OpExecError,
+    OpResultUnstorable,
+    ProgrammerError,
+    StorageError,
+    encode_error,
+)
 from jobqueue.locking import LockAttemptTimeoutStrategy
 from jobqueue.model import Job, QueuedOpCode, Timestamp, merge_time
 from jobqueue.opcodes import InvalidOpCode, OpCode
@@ -154,6 +161,11 @@ def step(active: ActiveJob, env: StepEnv) -> Verdict:
                 error = OpExecError(constants.MSG_KILLED_AT_SHUTDOWN)
                 return _fail_locked(active, env, op, error, retry=True)
             return _cancel_locked(active, env)
+    except OpResultUnstorable as err:
+        with active.lock:
+            if job.retry is not None:
+                job.add_log(index, constants.ELOG_MESSAGE, constants.MSG_NOT_RETRIED, env.now())
+            return _fail_locked(active, env, op, err)
     except GenericError as err:
         with active.lock:
             return _fail_locked(active, env, op, err, retry=True)

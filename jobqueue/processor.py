@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from jobqueue import constants, plainjson
-from jobqueue.errors import GenericError, OpExecError, ProgrammerError
+from jobqueue.errors import GenericError, OpExecError, OpResultUnstorable, ProgrammerError
 from jobqueue.locking import CLUSTER_LOCK, LockManager
 from jobqueue.lus.base import ExecCallbacks, LogicalUnit, LUContext, ResultWithJobs
 from jobqueue.metrics import Metrics
@@ -141,7 +141,7 @@ class Processor:
         """Submit the jobs of a ``ResultWithJobs``; other results pass through.
 
         Either must be plain JSON (the extra values of a ``ResultWithJobs``,
-        checked before any child is submitted); ``OpExecError`` if not.
+        checked before any child is submitted); ``OpResultUnstorable`` if not.
         """
         if not isinstance(result, ResultWithJobs):
             self._refuse_unstorable(opcode, job_id, result)
@@ -155,7 +155,7 @@ class Processor:
         return {**result.extra, JOBS_KEY: cbs.submit_many_jobs(jobs)}
 
     def _refuse_unstorable(self, opcode: OpCode, job_id: int, result: Any) -> None:
-        """Raise ``OpExecError`` unless ``result`` is plain JSON; log why."""
+        """Raise ``OpResultUnstorable`` unless ``result`` is plain JSON; log why."""
         problem = plainjson.problem(result, "result")
         if problem is not None:
             self._log.error(
@@ -164,7 +164,7 @@ class Processor:
                 job_id,
                 problem,
             )
-            raise OpExecError(f"The opcode's result cannot be stored: {problem}")
+            raise OpResultUnstorable(f"The opcode's result cannot be stored: {problem}")
 
 
 def inherit(

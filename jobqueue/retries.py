@@ -2,7 +2,8 @@
 
 A job with a ``RetryPolicy`` whose opcode fails (an error of the opcode
 itself, or an attempt cut short by a crash or a shutdown: never a cancel,
-a kill or a dependency that ended wrongly) is not finished: while it has
+a kill, a dependency that ended wrongly or a result that cannot be stored,
+``OpResultUnstorable``) is not finished: while it has
 retries left, the failed attempt is recorded in ``Job.attempts`` and in the
 opcode's log, the opcode goes back to ``queued`` (its log kept), and the job
 may start again at ``not_before``, the retry's delay from now. The opcodes

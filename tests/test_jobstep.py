@@ -9,8 +9,15 @@ from typing import Any
 
 import pytest
 
+from jobqueue import constants
 from jobqueue.constants import Status
-from jobqueue.errors import OpExecError, ProgrammerError, StorageError, encode_error
+from jobqueue.errors import (
+    OpExecError,
+    OpResultUnstorable,
+    ProgrammerError,
+    StorageError,
+    encode_error,
+)
 from jobqueue.jobstep import (
     UNWRITTEN_LOG_MAX_ENTRIES,
     ActiveJob,
@@ -18,7 +25,7 @@ from jobqueue.jobstep import (
     Verdict,
     step,
 )
-from jobqueue.model import Job
+from jobqueue.model import Job, RetryPolicy
 from jobqueue.signals import LockAcquireTimeout
 from jobqueue.submission import load_opcodes
 from tests.jobstep_harness import (
@@ -226,6 +233,31 @@ class TestSuccess:
         assert statuses(stored) == ["error"]
         assert results(stored) == [["OpExecError", [f"A log entry cannot be stored: {where}"]]]
         assert [entry[3] for entry in stored.ops[0].log] == ["kept"]
+
+    @pytest.mark.parametrize("error", [OpExecError("failed"), OpResultUnstorable("unstorable")])
+    def test_a_retry_policy_reruns_failures_but_not_an_unstorable_result(
+        self, error: OpExecError
+    ) -> None:
+        # A result that cannot be stored comes from an opcode that ran to its end:
+        # a retry would repeat what it did, and fail the same way.
+        def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+            cbs.notify_start()
+            raise error
+
+        env = Env(FakeProcessor(run))
+        active = make_job(dummy())
+        active.job.retry = RetryPolicy(retries=2)
+        verdict = step(active, env)
+        stored = env.stored()
+        messages = [entry[3] for entry in stored.ops[0].log]
+        if isinstance(error, OpResultUnstorable):
+            assert verdict == Verdict.FINISHED and statuses(stored) == ["error"]
+            assert results(stored) == [["OpExecError", ["unstorable"]]]
+            assert stored.attempts == [] and messages == [constants.MSG_NOT_RETRIED]
+        else:
+            assert verdict == Verdict.DEFER and statuses(stored) == ["queued"]
+            assert [record["error"] for record in stored.attempts] == [encode_error(error)]
+            assert messages[0].startswith("Attempt 1 of 3 failed: failed; attempt 2 in")
 
     def test_jobs_submitted_by_an_lu(self) -> None:
         env = Env()

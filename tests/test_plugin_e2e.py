@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobqueue import errors
+from jobqueue import constants, errors
 from tests.daemon_helper import Daemon
 from tests.queue_files import read_job
 
@@ -159,3 +159,12 @@ def test_results_and_logs_a_job_cannot_store_end_the_job_in_error(
         stored = read_job(daemon.state_dir / "queue" / f"job-{job_id}")
         assert stored.ops[0].result == ["OpExecError", [message]]
     assert "returned what no job can store: result is of type set" in daemon.log()
+    # It ran to its end: a retry policy does not run it again.
+    op = {"OP_ID": "OP_ODD", "kind": "set"}
+    job_id = client.submit_job([op], options={"retries": 2})
+    assert daemon.wait_job(job_id) == "error"
+    (row,) = client.query_jobs([job_id], ["opresult", "oplog", "attempts"])
+    assert row[0] == [["OpExecError", [cases[("set", "result")]]]]
+    assert [entry[3] for entry in row[1][0]] == [constants.MSG_NOT_RETRIED]
+    assert row[2] == []
+    assert daemon.log().count("returned what no job can store: result is of type set") == 2
