@@ -27,9 +27,10 @@ class OptionalBuildExt(build_ext):
         print(f"jobqueue: not building the optional C write helper ({err}); using Python")
 
 
-# The etcd store (high availability) talks to etcd's v3 JSON gateway through
-# etcd3gw; doc/ha.rst says why this client. Tested with 2.7 against etcd 3.4.
-ETCD_REQUIRES = ["etcd3gw>=2.7,<3"]
+# The etcd store (high availability) talks to etcd's v3 JSON gateway: calls
+# through the standard library, watch streams through requests; doc/ha.rst
+# says why. Tested against etcd 3.4.
+ETCD_REQUIRES = ["requests>=2.25,<3"]
 # jobqueue-rapi (doc/rapi.rst): aiohttp serves HTTP(S) and the dashboard's
 # event streams; the official Prometheus client writes /metrics. The master
 # daemon needs neither.

@@ -67,8 +67,8 @@ def unavailable() -> str | None:
     binary, detail = etcd_binary()
     if binary is None:
         return detail
-    if importlib.util.find_spec("etcd3gw") is None:
-        return "the etcd client (etcd3gw) is not installed: pip install -e '.[etcd]'"
+    if importlib.util.find_spec("requests") is None:
+        return "the etcd extra (requests) is not installed: pip install -e '.[etcd]'"
     return None
 
 

@@ -1,10 +1,12 @@
 """How the etcd store reaches etcd: endpoints, deadlines, TLS, tokens, and failures.
 
 etcd is reached through its v3 JSON gateway (served on the client port of
-every etcd since 3.4) with the ``etcd3gw`` client; doc/ha.rst says why this
-client. ``EtcdConnection.call`` posts one request to the first endpoint
-that answers, within a deadline (``EtcdSettings.timeout`` unless given), so
-no call hangs when etcd has lost its quorum.
+every etcd since 3.4): calls over kept-alive connections of the standard
+library's ``http.client`` (``etcdhttp``), watch streams through
+``requests``; doc/ha.rst says why. ``EtcdConnection.call`` posts one
+request to the first endpoint that answers, within a deadline
+(``EtcdSettings.timeout`` unless given), so no call hangs when etcd has lost
+its quorum.
 
 A failed call raises ``StorageError`` whose message names each endpoint
 tried and etcd's reason, and whose errno says what happened (the table is
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import json
+import ssl
 import threading
 import time
 import urllib.parse
@@ -27,10 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import requests
-from etcd3gw import exceptions as gw_errors
-from etcd3gw.client import Etcd3Client
 
 from jobqueue.errors import StorageError
+from jobqueue.storage.etcdhttp import GatewayConnections, GatewayError
 
 #: The API path of the JSON gateway in etcd 3.4 and later.
 API_PATH = "/v3/"
@@ -89,24 +91,22 @@ class _Failure(NamedTuple):
     unauthenticated: bool = False
 
 
-def _classify(exc: gw_errors.Etcd3Exception) -> _Failure:
-    """Turn what etcd3gw raised into a message, an errno and what may be retried."""
-    cause = exc.__context__
-    if isinstance(cause, requests.ConnectTimeout):
-        return _Failure("cannot connect in time", errno.ETIMEDOUT, never_sent=True)
-    if isinstance(cause, requests.Timeout):
-        return _Failure("no answer in time", errno.ETIMEDOUT)
-    if isinstance(cause, requests.exceptions.SSLError):
-        return _Failure(f"TLS refused ({cause})", errno.EACCES, never_sent=True)
-    if isinstance(cause, requests.ConnectionError):
-        if "NewConnectionError" in repr(cause):
-            return _Failure("cannot connect", errno.ECONNREFUSED, never_sent=True)
-        return _Failure(f"connection lost ({cause})", errno.ETIMEDOUT)
+def _parsed(data: bytes) -> dict[str, Any] | None:
+    """The JSON object of an answer; None if it is not one."""
     try:
-        detail = json.loads(exc.detail_text or "")
+        answer = json.loads(data)
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def _refusal(text: str) -> _Failure:
+    """What an answer that is not a result means: etcd's reason, an errno, what may be retried."""
+    try:
+        detail = json.loads(text)
         reason, code = str(detail.get("error") or detail.get("message")), int(detail["code"])
     except (ValueError, TypeError, KeyError, AttributeError):
-        return _Failure(f"unexpected answer: {exc.detail_text or exc}", errno.EIO)
+        return _Failure(f"unexpected answer: {text[:500]}", errno.EIO)
     if code == _CODE_UNAUTHENTICATED or "user name is empty" in reason:
         return _Failure(reason, errno.EACCES, unauthenticated=True)
     if code == _CODE_PERMISSION_DENIED or "authentication failed" in reason:
@@ -135,34 +135,24 @@ class EtcdConnection:
         self.clock = clock
         self._lock = threading.Lock()
         self._current = 0  # index of the endpoint tried first; under _lock
-        self._session = self.new_session()
+        self._gateway = GatewayConnections(settings.ca_file, settings.cert_file, settings.key_file)
+        self._token: str | None = None  # sent with every request once authenticated
         self._auth_lock = threading.Lock()
 
     def new_session(self) -> requests.Session:
-        """An HTTP session with our TLS settings (watches use one of their own).
+        """An HTTP session with our TLS settings, for a watch stream.
 
         The environment is ignored: REQUESTS_CA_BUNDLE would override our CA
-        file, and no proxy stands between us and etcd.
+        file, and no proxy stands between us and etcd. Without a CA file it
+        trusts the system's CAs, as calls do (``etcdhttp``).
         """
         session = requests.Session()
         session.trust_env = False
-        if self.settings.ca_file:
-            session.verify = self.settings.ca_file
+        system = ssl.get_default_verify_paths()
+        session.verify = self.settings.ca_file or system.cafile or system.capath or True
         if self.settings.cert_file and self.settings.key_file:
             session.cert = (self.settings.cert_file, self.settings.key_file)
         return session
-
-    def _client(self, endpoint: str, timeout: float) -> Etcd3Client:
-        parts = urllib.parse.urlsplit(endpoint)
-        assert parts.hostname is not None and parts.port is not None
-        return Etcd3Client(
-            host=parts.hostname,
-            port=parts.port,
-            protocol=parts.scheme,
-            timeout=timeout,
-            api_path=API_PATH,
-            session=self._session,
-        )
 
     def endpoint_order(self) -> list[str]:
         """The endpoints, starting with the one that answered last."""
@@ -187,7 +177,7 @@ class EtcdConnection:
         """
         limit = self.settings.timeout if timeout is None else timeout
         deadline = self.clock() + limit
-        if self.settings.user and "Authorization" not in self._session.headers:
+        if self.settings.user and self._token is None:
             self.authenticate(deadline)
         return self._post(path, body, write=write, deadline=deadline, reauthenticate=True)
 
@@ -202,16 +192,23 @@ class EtcdConnection:
     ) -> dict[str, Any]:
         failures: list[str] = []
         code = errno.ECONNREFUSED
+        payload = json.dumps(body).encode()
+        api_path = API_PATH + path.lstrip("/")
         for endpoint in self.endpoint_order() * 2:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 break
+            token = self._token
+            headers = {"Authorization": token} if token else {}
             try:
-                client = self._client(endpoint, remaining)
-                answer: dict[str, Any] = client.post(client.get_url(path), json=body)
-                return answer
-            except gw_errors.Etcd3Exception as exc:
-                failure = _classify(exc)
+                status, data = self._gateway.post(endpoint, api_path, payload, headers, remaining)
+            except GatewayError as exc:
+                failure = _Failure(exc.message, exc.errno, never_sent=not exc.sent)
+            else:
+                answer = _parsed(data) if status == 200 else None
+                if answer is not None:
+                    return answer
+                failure = _refusal(data.decode("utf-8", "replace"))
             failures.append(f"{endpoint}: {failure.message}")
             code = failure.errno
             if failure.unauthenticated and reauthenticate and self.settings.user:
@@ -235,7 +232,7 @@ class EtcdConnection:
             return
         body = {"name": self.settings.user, "password": self.settings.password}
         with self._auth_lock:
-            self._session.headers.pop("Authorization", None)
+            self._token = None
             answer = self._post(
                 "/auth/authenticate",
                 body,
@@ -243,16 +240,15 @@ class EtcdConnection:
                 deadline=deadline or self.clock() + self.settings.timeout,
                 reauthenticate=False,
             )
-            self._session.headers["Authorization"] = str(answer["token"])
+            self._token = str(answer["token"])
 
     @property
     def token(self) -> str | None:
         """The authentication token sent with each request, if any."""
-        token = self._session.headers.get("Authorization")
-        return str(token) if token else None
+        return self._token
 
     def close(self) -> None:
-        self._session.close()
+        self._gateway.close()
 
     def stream(
         self,

@@ -1,0 +1,269 @@
+"""``etcdhttp.GatewayConnections`` against small real HTTP servers on loopback:
+kept-alive connections, and how far a failed request got."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from jobqueue.storage.etcdhttp import MAX_IDLE, GatewayConnections, GatewayError
+from tests.polling import poll_until
+
+ANSWER = b'{"header": {"revision": "7"}}'
+
+
+def answer(status: str, body: bytes, *, close: bool = False) -> bytes:
+    """An HTTP/1.1 answer; ``close`` asks the client to drop the connection."""
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(body)}\r\n" + ("Connection: close\r\n" if close else "")
+    return head.encode() + b"\r\n" + body
+
+
+def read_request(conn: socket.socket) -> bytes | None:
+    """One whole request (head and a Content-Length body); None at end of stream."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+class Server:
+    """A loopback server; ``serve(conn, number)`` handles its ``number``-th connection."""
+
+    def __init__(self, serve: Callable[[socket.socket, int], None]) -> None:
+        self._serve = serve
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self._stopping = threading.Event()
+        self._accepted: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._accepted.append(conn)
+            thread = threading.Thread(
+                target=self._handle, args=(conn, self.connections), daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _handle(self, conn: socket.socket, number: int) -> None:
+        with conn:
+            try:
+                self._serve(conn, number)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        """Stop accepting, hang up on every client, and wait for every thread to end."""
+        self._stopping.set()
+        for sock in (self._listener, *self._accepted):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on it
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(10)
+            assert not thread.is_alive()
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[[Callable[[socket.socket, int], None]], Server]]:
+    started: list[Server] = []
+
+    def start(serve: Callable[[socket.socket, int], None]) -> Server:
+        started.append(Server(serve))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def gateway() -> Iterator[GatewayConnections]:
+    connections = GatewayConnections()
+    yield connections
+    connections.close()
+
+
+def answering(
+    server_requests: list[bytes], reply: bytes = b""
+) -> Callable[[socket.socket, int], None]:
+    """Answer every request on the connection with ``reply`` (200 and ANSWER by default)."""
+
+    def serve(conn: socket.socket, number: int) -> None:
+        while (request := read_request(conn)) is not None:
+            server_requests.append(request)
+            conn.sendall(reply or answer("200 OK", ANSWER))
+
+    return serve
+
+
+def test_calls_share_one_kept_alive_connection(
+    servers: Callable[..., Server], gateway: GatewayConnections
+) -> None:
+    seen: list[bytes] = []
+    server = servers(answering(seen))
+    headers = {"Authorization": "token-1"}
+    for number in range(3):
+        body = b'{"key": "%d"}' % number
+        assert gateway.post(server.endpoint, "/v3/kv/range", body, headers, 5.0) == (200, ANSWER)
+    assert server.connections == 1 and len(seen) == 3
+    head, _, body = seen[2].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /v3/kv/range HTTP/1.1\r\n")
+    assert b"\r\nAuthorization: token-1" in head and b"Content-Type: application/json" in head
+    assert body == b'{"key": "2"}'
+
+
+def test_an_answer_with_an_error_status_is_returned_with_its_body(
+    servers: Callable[..., Server], gateway: GatewayConnections
+) -> None:
+    refusal = b'{"error": "etcdserver: no leader", "code": 14}'
+    server = servers(answering([], answer("503 Service Unavailable", refusal)))
+    assert gateway.post(server.endpoint, "/v3/kv/txn", b"{}", {}, 5.0) == (503, refusal)
+    assert gateway.post(server.endpoint, "/v3/kv/txn", b"{}", {}, 5.0) == (503, refusal)
+    assert server.connections == 1
+
+
+def test_a_connection_the_server_closed_while_idle_is_never_sent_on(
+    servers: Callable[..., Server], gateway: GatewayConnections
+) -> None:
+    hung_up = threading.Event()
+
+    def one_answer_then_close(conn: socket.socket, number: int) -> None:
+        if read_request(conn) is not None:
+            conn.sendall(answer("200 OK", ANSWER))
+        conn.shutdown(socket.SHUT_RDWR)
+        hung_up.set()
+
+    server = servers(one_answer_then_close)
+    assert gateway.post(server.endpoint, "/v3/kv/range", b"{}", {}, 5.0) == (200, ANSWER)
+    assert hung_up.wait(5)
+    # Once the server's close has arrived, it is seen before sending: a new
+    # connection, no failure.
+    assert poll_until(lambda: _idle_closed(gateway, server.endpoint), timeout=5)
+    assert gateway.post(server.endpoint, "/v3/kv/range", b"{}", {}, 5.0) == (200, ANSWER)
+    assert server.connections == 2
+
+
+def _idle_closed(gateway: GatewayConnections, endpoint: str) -> bool:
+    """Whether the idle connection to ``endpoint`` would be dropped now (it is put back)."""
+    connection = gateway._idle_connection(endpoint, 5.0)
+    if connection is None:
+        return True
+    gateway._keep(endpoint, connection)
+    return False
+
+
+def test_connection_close_is_honoured(
+    servers: Callable[..., Server], gateway: GatewayConnections
+) -> None:
+    server = servers(answering([], answer("200 OK", ANSWER, close=True)))
+    for _ in range(2):
+        assert gateway.post(server.endpoint, "/v3/kv/range", b"{}", {}, 5.0) == (200, ANSWER)
+    assert server.connections == 2
+
+
+def test_a_refused_connection_was_never_sent(gateway: GatewayConnections) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()  # nobody listens there now
+    with pytest.raises(GatewayError) as caught:
+        gateway.post(endpoint, "/v3/kv/txn", b"{}", {}, 5.0)
+    assert caught.value.errno == errno.ECONNREFUSED and not caught.value.sent
+    assert caught.value.message.startswith("cannot connect")
+
+
+def test_no_answer_in_time_may_have_been_received(
+    servers: Callable[..., Server], gateway: GatewayConnections
+) -> None:
+    release = threading.Event()
+
+    def silent(conn: socket.socket, number: int) -> None:
+        read_request(conn)
+        release.wait(30)
+
+    server = servers(silent)
+    started = time.monotonic()
+    try:
+        with pytest.raises(GatewayError) as caught:
+            gateway.post(server.endpoint, "/v3/kv/txn", b"{}", {}, 0.3)
+    finally:
+        release.set()
+    assert time.monotonic() - started < 5
+    assert caught.value.errno == errno.ETIMEDOUT and caught.value.sent
+    assert caught.value.message == "no answer in time"
+
+
+def test_a_connection_lost_after_sending_may_have_been_received(
+    servers: Callable[..., Server], gateway: GatewayConnections
+) -> None:
+    def read_and_hang_up(conn: socket.socket, number: int) -> None:
+        read_request(conn)
+
+    server = servers(read_and_hang_up)
+    with pytest.raises(GatewayError) as caught:
+        gateway.post(server.endpoint, "/v3/kv/txn", b"{}", {}, 5.0)
+    assert caught.value.errno == errno.ETIMEDOUT and caught.value.sent
+    assert caught.value.message.startswith("connection lost")
+
+
+def test_concurrent_calls_each_get_a_connection_and_few_stay_idle(
+    servers: Callable[..., Server], gateway: GatewayConnections
+) -> None:
+    callers = MAX_IDLE + 4
+    inside = threading.Barrier(callers, timeout=30)
+
+    def wait_for_all(conn: socket.socket, number: int) -> None:
+        first = True
+        while (request := read_request(conn)) is not None:
+            if first and number <= callers:
+                inside.wait()  # every call is in flight at once, on its own connection
+            first = False
+            conn.sendall(answer("200 OK", request.partition(b"\r\n\r\n")[2]))
+
+    server = servers(wait_for_all)
+    results: dict[int, tuple[int, bytes]] = {}
+
+    def call(index: int) -> None:
+        body = b'{"caller": %d}' % index
+        results[index] = gateway.post(server.endpoint, "/v3/kv/range", body, {}, 30.0)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == {i: (200, b'{"caller": %d}' % i) for i in range(callers)}
+    assert server.connections == callers
+    for _ in range(MAX_IDLE + 2):  # the idle ones are reused; the rest were closed
+        assert gateway.post(server.endpoint, "/v3/kv/range", b"{}", {}, 5.0) == (200, b"{}")
+    assert server.connections == callers
