@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import resource
+import shutil
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from jobqueue.storage.etcdhttp import MAX_IDLE, GatewayConnections, GatewayError
+from tests.etcd_cluster import TlsFiles, make_tls_files
 from tests.polling import poll_until
 
 ANSWER = b'{"header": {"revision": "7"}}'
@@ -50,10 +56,13 @@ def read_request(conn: socket.socket) -> bytes | None:
 class Server:
     """A loopback server; ``serve(conn, number)`` handles its ``number``-th connection."""
 
-    def __init__(self, serve: Callable[[socket.socket, int], None]) -> None:
-        self._serve = serve
+    def __init__(
+        self, serve: Callable[[socket.socket, int], None], tls: ssl.SSLContext | None = None
+    ) -> None:
+        self._serve, self._tls = serve, tls
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        scheme = "https" if tls else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{self._listener.getsockname()[1]}"
         self.connections = 0
         self.requests: list[bytes] = []
         self._stopping = threading.Event()
@@ -78,6 +87,10 @@ class Server:
     def _handle(self, conn: socket.socket, number: int) -> None:
         with conn:
             try:
+                if self._tls is not None:
+                    conn.settimeout(10)
+                    conn = self._tls.wrap_socket(conn, server_side=True)
+                    conn.settimeout(None)
                 self._serve(conn, number)
             except OSError:
                 pass
@@ -95,11 +108,13 @@ class Server:
 
 
 @pytest.fixture
-def servers() -> Iterator[Callable[[Callable[[socket.socket, int], None]], Server]]:
+def servers() -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
-    def start(serve: Callable[[socket.socket, int], None]) -> Server:
-        started.append(Server(serve))
+    def start(
+        serve: Callable[[socket.socket, int], None], tls: ssl.SSLContext | None = None
+    ) -> Server:
+        started.append(Server(serve, tls))
         return started[-1]
 
     yield start
@@ -115,14 +130,17 @@ def gateway() -> Iterator[GatewayConnections]:
 
 
 def answering(
-    server_requests: list[bytes], reply: bytes = b""
+    server_requests: list[bytes], reply: bytes = b"", hangups: list[int] | None = None
 ) -> Callable[[socket.socket, int], None]:
-    """Answer every request on the connection with ``reply`` (200 and ANSWER by default)."""
+    """Answer every request on the connection with ``reply`` (200 and ANSWER by default);
+    the number of each connection the client closed goes to ``hangups``."""
 
     def serve(conn: socket.socket, number: int) -> None:
         while (request := read_request(conn)) is not None:
             server_requests.append(request)
             conn.sendall(reply or answer("200 OK", ANSWER))
+        if hangups is not None:
+            hangups.append(number)  # the client closed the connection
 
     return serve
 
@@ -242,6 +260,8 @@ def test_concurrent_calls_each_get_a_connection_and_few_stay_idle(
     callers = MAX_IDLE + 4
     inside = threading.Barrier(callers, timeout=30)
 
+    hangups: list[int] = []
+
     def wait_for_all(conn: socket.socket, number: int) -> None:
         first = True
         while (request := read_request(conn)) is not None:
@@ -249,6 +269,7 @@ def test_concurrent_calls_each_get_a_connection_and_few_stay_idle(
                 inside.wait()  # every call is in flight at once, on its own connection
             first = False
             conn.sendall(answer("200 OK", request.partition(b"\r\n\r\n")[2]))
+        hangups.append(number)
 
     server = servers(wait_for_all)
     results: dict[int, tuple[int, bytes]] = {}
@@ -264,6 +285,118 @@ def test_concurrent_calls_each_get_a_connection_and_few_stay_idle(
         thread.join(60)
     assert results == {i: (200, b'{"caller": %d}' % i) for i in range(callers)}
     assert server.connections == callers
-    for _ in range(MAX_IDLE + 2):  # the idle ones are reused; the rest were closed
+    # MAX_IDLE stay open for later calls; the client closed the others.
+    assert poll_until(lambda: len(hangups) == callers - MAX_IDLE, timeout=10)
+    for _ in range(3):
         assert gateway.post(server.endpoint, "/v3/kv/range", b"{}", {}, 5.0) == (200, b"{}")
-    assert server.connections == callers
+    assert server.connections == callers and len(hangups) == callers - MAX_IDLE
+    gateway.close()
+    assert poll_until(lambda: len(hangups) == callers, timeout=10)
+
+
+def test_connections_are_kept_when_the_daemon_has_many_files_open(
+    servers: Callable[..., Server], gateway: GatewayConnections
+) -> None:
+    # select() cannot watch a descriptor past 1023; the daemon may well have them.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"needs 1,200 open files, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    read_end, write_end = os.pipe()
+    held = [os.dup(read_end) for _ in range(1100)]
+    try:
+        server = servers(answering([]))
+        for _ in range(3):
+            assert gateway.post(server.endpoint, "/v3/kv/range", b"{}", {}, 5.0) == (200, ANSWER)
+        assert server.connections == 1
+    finally:
+        for fd in (*held, read_end, write_end):
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- TLS -------------------------------------------------------------------------
+
+needs_openssl = pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="needs openssl to make certificates"
+)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[TlsFiles, TlsFiles]:
+    """Two throw-away CAs, each with a server and a client certificate."""
+    base = tmp_path_factory.mktemp("tls")
+    return make_tls_files(base / "one"), make_tls_files(base / "other")
+
+
+def server_tls(files: TlsFiles) -> ssl.SSLContext:
+    """A server's TLS set-up that asks for a client certificate signed by the CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.server_cert, files.server_key)
+    context.load_verify_locations(files.ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client(
+    files: TlsFiles, *, certificate: bool = True, ca: Path | None = None
+) -> GatewayConnections:
+    key = (str(files.client_cert), str(files.client_key)) if certificate else (None, None)
+    return GatewayConnections(str(ca or files.ca), *key)
+
+
+@needs_openssl
+def test_tls_with_a_client_certificate_keeps_its_connection(
+    servers: Callable[..., Server], tls_files: tuple[TlsFiles, TlsFiles]
+) -> None:
+    files = tls_files[0]
+    server = servers(answering([]), server_tls(files))
+    gateway = client(files)
+    try:
+        for _ in range(3):
+            assert gateway.post(server.endpoint, "/v3/kv/range", b"{}", {}, 5.0) == (200, ANSWER)
+    finally:
+        gateway.close()
+    assert server.connections == 1
+
+
+@needs_openssl
+@pytest.mark.parametrize("refusal", ["no client certificate", "unknown server CA"])
+def test_tls_refused_was_never_sent(
+    servers: Callable[..., Server], tls_files: tuple[TlsFiles, TlsFiles], refusal: str
+) -> None:
+    seen: list[bytes] = []
+    files, other = tls_files
+    server = servers(answering(seen), server_tls(files))
+    if refusal == "no client certificate":
+        gateway = client(files, certificate=False)
+    else:
+        gateway = client(files, ca=other.ca)
+    try:
+        with pytest.raises(GatewayError) as caught:
+            gateway.post(server.endpoint, "/v3/kv/txn", b"{}", {}, 5.0)
+    finally:
+        gateway.close()
+    assert caught.value.errno == errno.EACCES and not caught.value.sent, caught.value.message
+    assert caught.value.message.startswith("TLS refused")
+    assert seen == []
+
+
+@needs_openssl
+def test_a_renewed_ca_file_counts_for_the_next_connection(
+    servers: Callable[..., Server], tls_files: tuple[TlsFiles, TlsFiles], tmp_path: Path
+) -> None:
+    files, other = tls_files
+    server = servers(answering([]), server_tls(files))
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(other.ca.read_bytes())  # the wrong CA at first
+    gateway = client(files, ca=ca)
+    try:
+        with pytest.raises(GatewayError):
+            gateway.post(server.endpoint, "/v3/kv/range", b"{}", {}, 5.0)
+        renewed = tmp_path / "ca.pem.new"
+        renewed.write_bytes(files.ca.read_bytes())
+        renewed.replace(ca)  # as an operator renews it: a new file under the name
+        assert gateway.post(server.endpoint, "/v3/kv/range", b"{}", {}, 5.0) == (200, ANSWER)
+    finally:
+        gateway.close()

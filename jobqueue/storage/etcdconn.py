@@ -12,9 +12,10 @@ A failed call raises ``StorageError`` whose message names each endpoint
 tried and etcd's reason, and whose errno says what happened (the table is
 in doc/ha.rst): notably ``ETIMEDOUT``, no answer in time, after which a
 write may or may not have been applied, and ``EFBIG``, over etcd's size
-limit, nothing written. A request never sent (connection or TLS refused) is
-tried on the next endpoint, and so is a read that etcd answers
-"unavailable"; a write of unknown outcome is not retried.
+limit, nothing written. A request never sent whole (connection or TLS
+refused, or the connection closed while sending) is tried on the next
+endpoint, and so is a read that etcd answers "unavailable"; a write of
+unknown outcome is not retried.
 """
 
 from __future__ import annotations
