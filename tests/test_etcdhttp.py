@@ -10,6 +10,7 @@ import resource
 import shutil
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -252,6 +253,26 @@ def test_a_connection_lost_after_sending_may_have_been_received(
         gateway.post(server.endpoint, "/v3/kv/txn", b"{}", {}, 5.0)
     assert caught.value.errno == errno.ETIMEDOUT and caught.value.sent
     assert caught.value.message.startswith("connection lost")
+
+
+def test_a_connection_lost_while_sending_was_never_sent(
+    servers: Callable[..., Server], gateway: GatewayConnections
+) -> None:
+    # etcd acts only on a whole request: a write that failed while it was being
+    # sent may go to another endpoint.
+    def reset_after_the_head(conn: socket.socket, number: int) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # a reset, with most of the body still to come
+
+    server = servers(reset_after_the_head)
+    body = b"[" + b" " * (64 << 20) + b"]"  # more than the socket buffers hold
+    with pytest.raises(GatewayError) as caught:
+        gateway.post(server.endpoint, "/v3/kv/txn", body, {}, 10.0)
+    assert caught.value.errno == errno.ECONNREFUSED and not caught.value.sent
+    assert caught.value.message.startswith("connection closed before the request was sent")
 
 
 def test_concurrent_calls_each_get_a_connection_and_few_stay_idle(
