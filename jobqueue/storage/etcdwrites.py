@@ -42,6 +42,8 @@ from jobqueue.storage.groupcommit import GroupCommit
 Write = Callable[..., TxnResult]
 #: One job's value to put: (its index among the call's items, key, value).
 Put = tuple[int, bytes, bytes]
+#: Jobs deleted in one transaction (``discard`` and the jobs in doubt).
+DELETE_BATCH = MAX_TXN_OPS - 1
 
 
 class JobWrites:
@@ -89,8 +91,7 @@ class JobWrites:
         unknown counts as gone (it must not be acknowledged) and is in doubt.
         """
         removed: list[int] = []
-        for start in range(0, len(job_ids), MAX_TXN_OPS - 1):
-            batch = list(job_ids[start : start + MAX_TXN_OPS - 1])
+        for batch in _batches(job_ids):
             failure = self._delete(batch, f"Cannot remove {len(batch)} jobs from etcd")
             if failure is not None:
                 if failure.args[1] == errno.ETIMEDOUT:
@@ -206,14 +207,19 @@ class JobWrites:
         """Delete the jobs in doubt; a failure is logged and the next write tries again."""
         with self._lock:
             doubtful = sorted(self._in_doubt)
-        for start in range(0, len(doubtful), MAX_TXN_OPS - 1):
-            batch = doubtful[start : start + MAX_TXN_OPS - 1]
+        for batch in _batches(doubtful):
             failure = self._delete(batch, "Cannot remove jobs never acknowledged")
             if failure is not None:
                 self._log.warning("%s", failure)
                 return
             with self._lock:
                 self._in_doubt.difference_update(batch)
+
+
+def _batches(job_ids: Sequence[int]) -> Iterator[list[int]]:
+    """``job_ids`` in order, as many at a time as one transaction deletes."""
+    for start in range(0, len(job_ids), DELETE_BATCH):
+        yield list(job_ids[start : start + DELETE_BATCH])
 
 
 def id_names(job_ids: Sequence[int]) -> str:
