@@ -1,4 +1,4 @@
-"""Shared fixtures: the real daemon under tmp_path, and real etcd clusters."""
+"""Shared fixtures: the real daemon under tmp_path, real etcd clusters, loopback HTTP servers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import pytest
 
 from tests.daemon_helper import Daemon, daemons_made, state_dir_under
 from tests.etcd_cluster import EtcdCluster, TlsFiles, etcd_binary
+from tests.loopback_http import Serve, Server
 
 if TYPE_CHECKING:
+    import ssl
+
     from jobqueue.storage.etcd import EtcdJobStore
     from jobqueue.storage.etcdkv import EtcdKV
 
@@ -130,3 +133,17 @@ def open_kv() -> Iterator[Callable[..., EtcdKV]]:
     yield make
     for kv in made:
         kv.close()
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., Server]]:
+    """Start loopback HTTP servers (``start(serve, tls=None)``); all stopped after."""
+    started: list[Server] = []
+
+    def start(serve: Serve, tls: ssl.SSLContext | None = None) -> Server:
+        started.append(Server(serve, tls))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()

@@ -101,6 +101,11 @@ def _parsed(data: bytes) -> dict[str, Any] | None:
     return answer if isinstance(answer, dict) else None
 
 
+def _unreadable(text: str, write: bool) -> _Failure:
+    """A 200 answer whose body is not a JSON object: whether a write was applied is unknown."""
+    return _Failure(f"unreadable answer: {text[:500]}", errno.ETIMEDOUT if write else errno.EIO)
+
+
 def _refusal(text: str) -> _Failure:
     """What an answer that is not a result means: etcd's reason, an errno, what may be retried."""
     try:
@@ -209,12 +214,13 @@ class EtcdConnection:
                 answer = _parsed(data) if status == 200 else None
                 if answer is not None:
                     return answer
-                failure = _refusal(data.decode("utf-8", "replace"))
+                text = data.decode("utf-8", "replace")
+                failure = _unreadable(text, write) if status == 200 else _refusal(text)
             failures.append(f"{endpoint}: {failure.message}")
             code = failure.errno
             if failure.unauthenticated and reauthenticate and self.settings.user:
                 reauthenticate = False
-                self.authenticate(deadline)
+                self.authenticate(deadline, refused=token)
                 continue
             self.mark_failed(endpoint)
             if not (failure.never_sent or (failure.unavailable and not write)):
@@ -224,24 +230,39 @@ class EtcdConnection:
             failures.append("no answer before the deadline")
         raise StorageError(_message(path, write, failures, code), code)
 
-    def authenticate(self, deadline: float | None = None) -> None:
+    def authenticate(self, deadline: float | None = None, refused: str | None = None) -> None:
         """Get a token for ``settings.user``; every later request sends it.
 
-        Raises StorageError (EACCES) when etcd refuses the user or password.
+        ``refused``: the token etcd turned down (None: no token was sent).
+        Threads refused at once wait for one authentication: a thread that
+        finds the token already replaced when its turn comes asks no new one
+        (etcd checks a password slowly, on purpose). Raises StorageError:
+        EACCES when etcd refuses the user or password, ETIMEDOUT when the
+        deadline passes, waiting included.
         """
         if not self.settings.user:
             return
-        body = {"name": self.settings.user, "password": self.settings.password}
-        with self._auth_lock:
-            self._token = None
-            answer = self._post(
-                "/auth/authenticate",
-                body,
-                write=False,
-                deadline=deadline or self.clock() + self.settings.timeout,
-                reauthenticate=False,
+        deadline = deadline or self.clock() + self.settings.timeout
+        if not self._auth_lock.acquire(timeout=max(0.0, deadline - self.clock())):
+            raise StorageError(
+                "etcd /auth/authenticate failed: another thread's authentication "
+                "did not end before the deadline",
+                errno.ETIMEDOUT,
             )
-            self._token = str(answer["token"])
+        try:
+            if self._token is not None and self._token != refused:
+                return  # renewed by another thread while this one waited
+            self._token = None
+            body = {"name": self.settings.user, "password": self.settings.password}
+            answer = self._post(
+                "/auth/authenticate", body, write=False, deadline=deadline, reauthenticate=False
+            )
+            token = answer.get("token")
+            if not isinstance(token, str) or not token:
+                raise StorageError("etcd /auth/authenticate answered no token", errno.EIO)
+            self._token = token
+        finally:
+            self._auth_lock.release()
 
     @property
     def token(self) -> str | None:
@@ -281,7 +302,7 @@ class EtcdConnection:
             text = response.text[:500]
             response.close()
             if self.settings.user and ("auth token" in text or "user name is empty" in text):
-                self.authenticate()
+                self.authenticate(refused=sent.get("Authorization"))
             raise requests.HTTPError(f"{path} refused by {endpoint}: {text}")
         return response
 
