@@ -13,32 +13,8 @@
 # Never fails the caller: without etcd the etcd tests skip and say why.
 set -u
 
-have() { command -v "$1" >/dev/null 2>&1; }
-
-apt_install() {
-    # apt_install PACKAGE: install one Debian package without questions;
-    # refresh the package lists once and retry when the first attempt fails.
-    local package="$1"
-    if [ "$(id -u)" != 0 ]; then
-        echo "setup: not root, cannot apt-get install $package" >&2
-        return 1
-    fi
-    if ! have apt-get; then
-        echo "setup: no apt-get on this machine, cannot install $package" >&2
-        return 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    local options="-y -q --no-install-recommends -o Dpkg::Options::=--force-confold"
-    # shellcheck disable=SC2086
-    if apt-get install $options "$package" >/dev/null 2>&1; then
-        return 0
-    fi
-    apt-get update -q >/dev/null 2>&1 || true
-    # shellcheck disable=SC2086
-    apt-get install $options "$package" >/dev/null 2>&1 && return 0
-    echo "setup: apt-get install $package failed" >&2
-    return 1
-}
+# shellcheck source=tests/apt_install.sh
+. "$(dirname "$0")/apt_install.sh"
 
 binary="${JOBQUEUE_ETCD:-}"
 if [ -z "$binary" ] && ! have etcd; then
