@@ -69,10 +69,17 @@ def _scalar_problem(value: Any) -> str | None:
     if value is None or isinstance(value, str | bool):
         return None
     if isinstance(value, int):
-        return None if value.bit_length() <= max_int_bits() else "is an integer too long to store"
+        bits = value.bit_length()
+        if bits <= _ALWAYS_STORABLE_BITS or bits <= max_int_bits():
+            return None
+        return "is an integer too long to store"
     if isinstance(value, float):
         return None if math.isfinite(value) else f"is {value!r}, which JSON cannot hold"
     return f"is of type {type(value).__name__}"
+
+
+#: ``max_int_bits`` under the lowest digit limit Python allows: no need to ask.
+_ALWAYS_STORABLE_BITS = 3 * sys.int_info.str_digits_check_threshold
 
 
 def max_int_bits() -> int:

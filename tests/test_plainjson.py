@@ -107,6 +107,10 @@ def test_a_lower_digit_limit_of_the_interpreter_lowers_the_integer_limit() -> No
     try:
         assert problem(10**899, "result") is None
         assert problem(10**1100, "result") == "result is an integer too long to store"
+        lowest = sys.int_info.str_digits_check_threshold  # no limit may be lower
+        sys.set_int_max_str_digits(lowest)
+        assert problem(2 ** (3 * lowest) - 1, "result") is None
+        assert problem(-(2 ** (3 * lowest)), "result") == "result is an integer too long to store"
     finally:
         sys.set_int_max_str_digits(old)
 
