@@ -241,6 +241,132 @@ def test_a_submission_of_unknown_outcome_is_read_back_and_never_left_behind(
     assert [job.id for job in store.load_jobs()] == [1, 3]
 
 
+# -- writes that land late ------------------------------------------------------------------
+# A member that was paused or stalled applies the request waiting in its socket
+# when it resumes, long after its client gave up (ETIMEDOUT) and wrote newer
+# versions through other members. ``Late`` replays such a request, unchanged.
+
+
+class Late:
+    """EtcdKV.txn whose first transaction times out unapplied; ``land`` applies it later."""
+
+    def __init__(self, kv: EtcdKV) -> None:
+        self.real_txn = kv.txn
+        self.request: dict[str, Any] | None = None
+
+    def txn(self, **request: Any) -> Any:
+        if self.request is None:
+            self.request = request
+            raise StorageError(
+                "etcd /kv/txn failed (the write may or may not have been applied)",
+                errno.ETIMEDOUT,
+            )
+        return self.real_txn(**request)
+
+    def land(self) -> Any:
+        assert self.request is not None
+        return self.real_txn(**self.request)
+
+
+def leading_store(open_etcd_store: OpenStore, cluster: EtcdCluster) -> EtcdJobStore:
+    store = open_etcd_store(cluster.endpoints, unique_prefix())
+    assert store.leadership("master").acquire(5)
+    return store
+
+
+def test_a_version_that_lands_late_never_takes_its_job_back(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = leading_store(open_etcd_store, etcd_member)
+    create(store, make_job(1))
+    late = Late(store.kv)
+    monkeypatch.setattr(store.kv, "txn", late.txn)
+    with pytest.raises(StorageError):
+        store.replace_job(make_job(1, Status.RUNNING))  # times out, unapplied
+    store.replace_job(make_job(1, Status.SUCCESS))
+    assert not late.land().succeeded  # the running version comes too late
+    assert store.read_job(1) == make_job(1, Status.SUCCESS)
+    successor = open_etcd_store(etcd_member.endpoints, store.settings.prefix, owner=False)
+    assert [job.status for job in successor.load_jobs()] == [Status.SUCCESS]
+
+
+def test_a_version_that_lands_before_the_next_is_written_over(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = leading_store(open_etcd_store, etcd_member)
+    create(store, make_job(1))
+    late = Late(store.kv)
+    monkeypatch.setattr(store.kv, "txn", late.txn)
+    with pytest.raises(StorageError):
+        store.replace_job(make_job(1, Status.RUNNING))
+    assert [job.status for job in store.load_jobs()] == [Status.QUEUED]  # read before it lands
+    assert late.land().succeeded
+    results: list[Any] = []
+
+    def txn(**request: Any) -> Any:
+        results.append(late.real_txn(**request))
+        return results[-1]
+
+    monkeypatch.setattr(store.kv, "txn", txn)
+    store.replace_job(make_job(1, Status.SUCCESS))
+    assert [result.succeeded for result in results] == [False, True]  # refused, then over it
+    assert store.read_job(1) == make_job(1, Status.SUCCESS)
+
+
+def test_a_version_that_lands_after_archiving_brings_nothing_back(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = leading_store(open_etcd_store, etcd_member)
+    create(store, make_job(1))
+    late = Late(store.kv)
+    monkeypatch.setattr(store.kv, "txn", late.txn)
+    with pytest.raises(StorageError):
+        store.replace_job(make_job(1, Status.RUNNING))
+    store.replace_job(make_job(1, Status.SUCCESS))
+    assert store.archive_jobs([1]) == ([1], None)
+    assert not late.land().succeeded
+    assert store.kv.get(store.keys.job(1)) is None  # in one place only: the archive
+    assert store.read_job(1) == make_job(1, Status.SUCCESS)
+    with pytest.raises(StorageError) as caught:  # nor does a write of ours bring it back
+        store.replace_job(make_job(1, Status.SUCCESS))
+    assert caught.value.args[1] == errno.ENOENT
+    assert store.kv.get(store.keys.job(1)) is None
+
+
+def test_a_submission_refused_in_doubt_never_lands_after_its_removal(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = leading_store(open_etcd_store, etcd_member)
+    late = Late(store.kv)
+    with monkeypatch.context() as patch:
+        patch.setattr(store.kv, "txn", late.txn)
+        (failure,) = store.create_jobs([make_job(2)])  # read back: absent, refused
+    assert isinstance(failure, StorageError) and failure.args[1] == errno.ETIMEDOUT
+    create(store, make_job(3))  # removes job 2 first, moving the withdrawal key
+    assert not late.land().succeeded
+    successor = open_etcd_store(etcd_member.endpoints, store.settings.prefix, owner=False)
+    assert [job.id for job in successor.load_jobs()] == [3]
+
+
+def test_a_submission_sent_while_jobs_are_removed_is_written_again(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = leading_store(open_etcd_store, etcd_member)
+    create(store, make_job(1), make_job(2))
+    real_txn, refused = store.kv.txn, []
+
+    def txn(**request: Any) -> Any:
+        if store.keys.job(3) in request.get("puts", {}) and not refused:
+            assert store.discard_jobs([2]) == ([2], None)  # moves the withdrawal key
+            refused.append(real_txn(**request))
+            assert not refused[0].succeeded
+        return real_txn(**request)
+
+    monkeypatch.setattr(store.kv, "txn", txn)
+    create(store, make_job(3))
+    assert [job.id for job in store.load_jobs()] == [1, 3]
+
+
 class HeldTxn:
     """EtcdKV.txn that records each transaction's puts; the first waits for ``release``.
 

@@ -299,11 +299,11 @@ class TestStoreContract:
         feed.start(on_change)
         try:
             ids = owner.allocate_ids(3)
-            create(owner, make_job(ids[0]), make_job(ids[1], Status.SUCCESS))
-            assert poll_until(lambda: saw(ids[0], ids[1]), 10)
-            owner.replace_job(make_job(ids[2]))
+            create(owner, make_job(ids[0]), make_job(ids[1], Status.SUCCESS), make_job(ids[2]))
+            assert poll_until(lambda: saw(*ids), 10)
+            owner.replace_job(make_job(ids[2], Status.CANCELED))
             owner.archive_jobs([ids[1]])
-            assert poll_until(lambda: saw(ids[2]) and seen.count(ids[1]) >= 2, 10)
+            assert poll_until(lambda: seen.count(ids[2]) >= 2 and seen.count(ids[1]) >= 2, 10)
             owner.record_start(make_job(ids[0], Status.RUNNING))  # in place in the file store
             assert poll_until(lambda: seen.count(ids[0]) >= 2, 10)
         finally:

@@ -269,6 +269,7 @@ class EtcdJobStore(JobStore):
         repair = self._owner and (self._leadership is None or self._leadership.leading())
         highest = 0
         live: set[int] = set()
+        revisions: dict[int, int] = {}  # what the writes expect from now on
         pages = self._kv.range_prefix(self.keys.jobs, page_size=self.settings.page_size)
         for item in pages:
             job_id = self.keys.job_id_in(item.key, self.keys.jobs)
@@ -284,8 +285,10 @@ class EtcdJobStore(JobStore):
                     self._set_aside(item.key, item.value, item.mod_revision, err)
                 continue
             highest = max(highest, job_id)
+            revisions[job_id] = item.mod_revision
             yield job
         if repair:
+            self._job_writes.loaded(revisions)
             highest = max(highest, self._highest_archived())
             if highest:
                 self._raise_serial(highest)
@@ -369,6 +372,7 @@ class EtcdJobStore(JobStore):
         """Move the jobs in etcd, then their output on this host (``etcdoutput``)."""
         moved, failure = self._archive.archive(sorted(set(job_ids)), self._clock())
         self._trimmed.difference_update(moved)
+        self._job_writes.forget(moved)
         if self._outputs is not None:
             self._outputs.archive(moved)
         return moved, failure

@@ -16,7 +16,7 @@ import base64
 import errno
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import requests
@@ -60,13 +60,15 @@ class TxnResult:
 
     ``revision`` is etcd's revision after the transaction (the one it wrote
     at when it succeeded). When refused, ``fenced_out`` says the fence did
-    not hold and ``conflicts`` lists the keys whose mod_revision differed.
+    not hold, ``conflicts`` lists the keys whose mod_revision differed and
+    ``found`` maps each of them to the mod_revision it has (0: absent).
     """
 
     succeeded: bool
     revision: int
     fenced_out: bool = False
     conflicts: tuple[bytes, ...] = ()
+    found: Mapping[bytes, int] = field(default_factory=dict)
 
 
 class Allocation(NamedTuple):
@@ -270,12 +272,12 @@ class EtcdKV:
         found = _ranges(answer)
         fenced_out = fence is not None and _create_of(found[0]) != fence.create_revision
         watched = found[1:] if fence is not None else found
-        conflicts = tuple(
-            key
+        current = {
+            key: _mod_of(kvs)
             for (key, mod), kvs in zip(expect.items(), watched, strict=True)
             if _mod_of(kvs) != mod
-        )
-        return TxnResult(False, _revision(answer), fenced_out, conflicts)
+        }
+        return TxnResult(False, _revision(answer), fenced_out, tuple(current), current)
 
     def allocate(
         self,

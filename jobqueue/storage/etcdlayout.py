@@ -46,6 +46,8 @@ DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
 REQUEST_MARGIN = 4096
 #: Framing of one operation or compare in etcd's request, counted generously.
 _OP_OVERHEAD = 32
+#: A generous estimate of the bytes one compare (and its read when refused) adds.
+COMPARE_COST = _OP_OVERHEAD + 256
 #: The log type and the start of the message of the entry that replaces
 #: trimmed log entries.
 TRIM_LOG_TYPE = "message"
@@ -71,6 +73,8 @@ class Keys:
         self.archive_time = self.root + b"archive-time/"
         self.corrupt = self.root + b"corrupt/"
         self.filters = self.root + b"filters/"
+        # Moved by every removal of jobs never acknowledged; creations expect it unmoved.
+        self.withdrawn = self.root + b"withdrawn"
 
     def job(self, job_id: int) -> bytes:
         return self.jobs + _padded(job_id)
@@ -121,7 +125,7 @@ def request_cost(
     """A generous estimate of the bytes etcd counts for a transaction (its size limit)."""
     cost = sum(op_cost(key, value) for key, value in puts.items())
     cost += sum(op_cost(key) for key in deletes)
-    return cost + compares * (_OP_OVERHEAD + 256) + REQUEST_MARGIN // 4
+    return cost + compares * COMPARE_COST + REQUEST_MARGIN // 4
 
 
 def too_large(job: Job, size: int, limit: int, what: str = "") -> StorageError:

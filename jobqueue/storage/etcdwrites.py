@@ -3,24 +3,41 @@
 New jobs (``create``) and new versions of live jobs (``replace``) each go
 through a group commit (``groupcommit``): writes that arrive while others
 are being written go in together next, in as few transactions as etcd's
-limits allow (``MAX_TXN_OPS`` operations and the request size). So sixteen
-clients each submitting one job, or 25 workers each starting an opcode,
-cost about as many requests to etcd as one caller writing them all. Each
-write returns only once its transaction committed; once a transaction
-fails, the later ones of the same group are not tried and share its
-failure, which every caller of it gets.
+limits allow (``MAX_TXN_OPS`` operations, compares apart, and the request
+size). So sixteen clients each submitting one job, or 25 workers each
+starting an opcode, cost about as many requests to etcd as one caller
+writing them all. Each write returns only once its transaction committed;
+once a transaction fails, the later ones of the same group are not tried
+and share its failure, which every caller of it gets.
 
-A creation whose outcome is unknown (ETIMEDOUT) is read back; if it cannot
-be confirmed its jobs are reported failed and are *in doubt*: their keys
-are deleted before the next group of new jobs is written, so no job that
-was not acknowledged stays (etcd orders that delete after the lost write
-if it is ever applied). So are jobs whose removal (``discard``, of jobs
-never acknowledged) had an unknown outcome. A replacement of unknown
-outcome is reported failed; the job's next write replaces it whole anyway.
+Every write is conditional, because a write whose answer never came
+(ETIMEDOUT) can still be applied much later: a member that was paused or
+stalled applies the request waiting in its socket when it resumes, after
+newer writes went through other members. So:
 
-Thread-safe: ``_lock`` guards the jobs in doubt; each group commit writes
-one group at a time. A caller writes each job from one thread at a time,
-so a job is never twice in one group.
+* a replacement expects each job's key at the mod_revision this master last
+  wrote or read (``_revisions``). A late write finds the key moved on and is
+  refused, so etcd never goes back to an older version of a job. When our
+  own write finds the key moved on, only an earlier write of ours can have
+  moved it (the fence keeps every other master out), and it held an older
+  version: the current revision is taken and the write made over it. A job
+  whose revision is unknown, after a write of unknown outcome, is read
+  first; one whose key is gone is not written back.
+* a creation expects the *withdrawal key* (``Keys.withdrawn``) unmoved since
+  this master last saw it, and every removal of jobs never acknowledged
+  moves that key in the same transaction. A creation sent before a removal
+  can never land after it.
+
+A creation whose outcome is unknown is read back; if it cannot be confirmed
+its jobs are reported failed and are *in doubt*: their keys are deleted
+before the next group of new jobs is written, so no job that was not
+acknowledged stays. So are jobs whose removal (``discard``, of jobs never
+acknowledged) had an unknown outcome. A replacement of unknown outcome is
+reported failed.
+
+Thread-safe: ``_lock`` guards the jobs in doubt and the revisions known;
+each group commit writes one group at a time. A caller writes each job from
+one thread at a time, so a job is never twice in one group.
 """
 
 from __future__ import annotations
@@ -29,21 +46,26 @@ import errno
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
 
 from jobqueue.errors import NotLeaderError, StorageError
 from jobqueue.model import Job
 from jobqueue.storage.base import encode_job
 from jobqueue.storage.etcdkv import MAX_TXN_OPS, EtcdKV, TxnResult
-from jobqueue.storage.etcdlayout import Keys, op_cost, request_cost, too_large
+from jobqueue.storage.etcdlayout import COMPARE_COST, Keys, op_cost, request_cost, too_large
 from jobqueue.storage.groupcommit import GroupCommit
 
 #: ``EtcdJobStore._write``: one fenced transaction of puts and deletes.
 Write = Callable[..., TxnResult]
 #: One job's value to put: (its index among the call's items, key, value).
 Put = tuple[int, bytes, bytes]
-#: Jobs deleted in one transaction (``discard`` and the jobs in doubt).
+#: Jobs deleted in one transaction (``discard`` and the jobs in doubt), beside
+#: the put that moves the withdrawal key.
 DELETE_BATCH = MAX_TXN_OPS - 1
+#: Jobs replaced in one transaction: a compare each, and the fence's.
+REPLACE_BATCH = MAX_TXN_OPS - 1
+#: Transactions tried for one write refused on a revision (a late write of
+#: ours, or a removal, moved the key meanwhile).
+_ATTEMPTS = 4
 
 
 class JobWrites:
@@ -71,6 +93,9 @@ class JobWrites:
         self._log = logger
         self._lock = threading.Lock()
         self._in_doubt: set[int] = set()  # created with unknown outcome; under _lock
+        # Each live job's key's mod_revision as this master last wrote or read it.
+        self._revisions: dict[int, int] = {}  # under _lock
+        self._withdrawal: int | None = None  # the withdrawal key's; None: read it first
         self._creating = GroupCommit(self._create_now)
         self._replacing = GroupCommit(self._replace_now)
 
@@ -83,6 +108,17 @@ class JobWrites:
         (failure,) = self._replacing([(job_id, data)])
         if failure is not None:  # each caller raises its own (a traceback is per raise)
             raise type(failure)(*failure.args) from failure
+
+    def loaded(self, revisions: dict[int, int]) -> None:
+        """The live jobs were read, each key at its mod_revision: the writes expect those."""
+        with self._lock:
+            self._revisions = dict(revisions)
+
+    def forget(self, job_ids: Iterable[int]) -> None:
+        """The jobs are no longer live (archived)."""
+        with self._lock:
+            for job_id in job_ids:
+                self._revisions.pop(job_id, None)
 
     def discard(self, job_ids: Sequence[int]) -> tuple[list[int], StorageError | None]:
         """Delete never-acknowledged jobs, a transaction per 127; stops at the first failure.
@@ -107,15 +143,19 @@ class JobWrites:
             self._in_doubt.update(job_ids)
 
     def _delete(self, job_ids: list[int], what: str) -> StorageError | None:
-        """Delete the jobs' keys in one transaction; the failure, if any."""
-        return self._try_write(what, deletes=[self._keys.job(job_id) for job_id in job_ids])
-
-    def _try_write(self, what: str, **request: Any) -> StorageError | None:
-        """``_write(what, **request)``; the StorageError it raised, if any."""
+        """Delete the jobs' keys and move the withdrawal key, in one transaction."""
         try:
-            self._write(what, **request)
+            result = self._write(
+                what,
+                puts={self._keys.withdrawn: b""},
+                deletes=[self._keys.job(job_id) for job_id in job_ids],
+            )
         except StorageError as err:
             return err
+        with self._lock:
+            self._withdrawal = result.revision
+            for job_id in job_ids:
+                self._revisions.pop(job_id, None)
         return None
 
     def _create_now(self, jobs: Sequence[Job]) -> list[StorageError | None]:
@@ -129,7 +169,8 @@ class JobWrites:
             else:
                 pending.append((index, self._keys.job(job.id), data))
         ids = [job.id for job in jobs]
-        self._write_in_chunks(results, pending, ids, self._create_chunk)
+        chunks = self._chunks(pending, MAX_TXN_OPS, compares=2, compare_each=False)
+        self._write_chunks(results, chunks, ids, self._create_chunk)
         return results
 
     def _replace_now(self, items: Sequence[tuple[int, bytes]]) -> list[StorageError | None]:
@@ -138,70 +179,154 @@ class JobWrites:
             (index, self._keys.job(job_id), data) for index, (job_id, data) in enumerate(items)
         ]
         ids = [job_id for job_id, _ in items]
-        self._write_in_chunks(results, pending, ids, self._replace_chunk)
+        chunks = self._chunks(pending, REPLACE_BATCH, compares=1, compare_each=True)
+        self._write_chunks(results, chunks, ids, self._replace_chunk)
         return results
 
-    def _write_in_chunks(
+    def _write_chunks(
         self,
         results: list[StorageError | None],
-        pending: list[Put],
+        chunks: Iterator[list[Put]],
         ids: list[int],
         write_chunk: Callable[[list[int], dict[bytes, bytes]], StorageError | None],
     ) -> None:
-        """Write ``pending`` a transaction at a time with ``write_chunk(job ids, puts)``.
+        """Write each chunk, a transaction at a time, with ``write_chunk(job ids, puts)``.
 
         ``ids[index]`` is the job of the put at ``index``. Each put's result
         goes to ``results[index]``; after a failure, the rest are not tried
         and share it.
         """
         failure: StorageError | None = None
-        for chunk in self._chunks(pending):
+        for chunk in chunks:
             if failure is None:
                 chunk_ids = [ids[index] for index, _, _ in chunk]
                 failure = write_chunk(chunk_ids, {key: data for _, key, data in chunk})
             for index, _, _ in chunk:
                 results[index] = failure
 
-    def _chunks(self, pending: list[Put]) -> Iterator[list[Put]]:
-        """Groups of puts that fit one transaction (operations and bytes)."""
+    def _chunks(
+        self, pending: list[Put], most: int, *, compares: int, compare_each: bool
+    ) -> Iterator[list[Put]]:
+        """Groups of at most ``most`` puts that fit one transaction's size, with
+        ``compares`` compares and, if ``compare_each``, one more per put."""
         chunk: list[Put] = []
-        size = request_cost({})
+        size = base = request_cost({}, compares=compares)
         for entry in pending:
-            cost = op_cost(entry[1], entry[2])
-            if chunk and (len(chunk) >= MAX_TXN_OPS or size + cost > self._max_request_bytes):
+            cost = op_cost(entry[1], entry[2]) + (COMPARE_COST if compare_each else 0)
+            if chunk and (len(chunk) >= most or size + cost > self._max_request_bytes):
                 yield chunk
-                chunk, size = [], request_cost({})
+                chunk, size = [], base
             chunk.append(entry)
             size += cost
         if chunk:
             yield chunk
 
     def _create_chunk(self, job_ids: list[int], puts: dict[bytes, bytes]) -> StorageError | None:
-        """Write one transaction of new jobs; the failure, if any (nothing of them stays then)."""
+        """Write one transaction of new jobs; the failure, if any (nothing of them stays then).
+
+        No compare on each key (ids are never issued twice, and it halves the
+        speed); the withdrawal key's compare keeps a late one from landing
+        after a removal.
+        """
         what = f"Cannot store {id_names(job_ids)} in etcd"
-        try:  # no compare on each key: ids are never issued twice, and it halves the speed
-            self._write(what, puts=puts)
-        except NotLeaderError as err:
-            return err
-        except StorageError as err:
-            if err.args[1] == errno.ETIMEDOUT and self._confirmed(puts):
+        for _ in range(_ATTEMPTS):
+            try:
+                expect = {self._keys.withdrawn: self._withdrawal_revision()}
+            except StorageError as err:  # a read: nothing was written
+                return _prefixed(what, err)
+            try:
+                result = self._write(what, puts=puts, expect=expect)
+            except NotLeaderError as err:
+                return err
+            except StorageError as err:
+                if err.args[1] == errno.ETIMEDOUT and self._confirmed(job_ids, puts):
+                    return None
+                if err.args[1] == errno.ETIMEDOUT:
+                    self._doubt(job_ids)
+                return _prefixed(what, err)
+            if result.succeeded:
+                self._wrote(job_ids, result.revision)
                 return None
-            if err.args[1] == errno.ETIMEDOUT:
-                self._doubt(job_ids)
-            return err
-        return None
+            with self._lock:  # a removal moved the key meanwhile: nothing was written
+                self._withdrawal = result.found.get(self._keys.withdrawn, 0)
+        return StorageError(f"{what}: jobs kept being removed meanwhile", errno.EAGAIN)
+
+    def _withdrawal_revision(self) -> int:
+        """The withdrawal key's mod_revision as last seen (read once); StorageError."""
+        with self._lock:
+            known = self._withdrawal
+        if known is not None:
+            return known
+        item = self._kv.get(self._keys.withdrawn)
+        revision = 0 if item is None else item.mod_revision
+        with self._lock:
+            if self._withdrawal is None:
+                self._withdrawal = revision
+            return self._withdrawal
 
     def _replace_chunk(self, job_ids: list[int], puts: dict[bytes, bytes]) -> StorageError | None:
-        """Write one transaction of job versions; the failure, if any."""
-        return self._try_write(f"Cannot write {id_names(job_ids)} to etcd", puts=puts)
+        """Write one transaction of job versions, each expecting its key's revision; the
+        failure, if any."""
+        what = f"Cannot write {id_names(job_ids)} to etcd"
+        keys = dict(zip(puts, job_ids, strict=True))
+        for _ in range(_ATTEMPTS):
+            try:
+                expect = self._expected(keys)
+            except StorageError as err:  # a read, or a job gone: nothing was written
+                return _prefixed(what, err)
+            try:
+                result = self._write(what, puts=puts, expect=expect)
+            except NotLeaderError as err:
+                return err
+            except StorageError as err:
+                if err.args[1] == errno.ETIMEDOUT:
+                    self.forget(job_ids)  # read again before the next write
+                return _prefixed(what, err)
+            if result.succeeded:
+                self._wrote(job_ids, result.revision)
+                return None
+            gone = [keys[key] for key, revision in result.found.items() if revision == 0]
+            if gone:
+                return _gone(what, gone)
+            with self._lock:  # a late write of ours landed: an older version, written over
+                for key, revision in result.found.items():
+                    self._revisions[keys[key]] = revision
+        return StorageError(f"{what}: the jobs kept changing in etcd", errno.EAGAIN)
 
-    def _confirmed(self, puts: dict[bytes, bytes]) -> bool:
-        """Whether a write of unknown outcome is there after all (read back)."""
+    def _expected(self, keys: dict[bytes, int]) -> dict[bytes, int]:
+        """The mod_revision each job's key must have, read for those not known; StorageError
+        (ENOENT) when a job's key is gone."""
+        with self._lock:
+            expect = {key: self._revisions.get(job_id) for key, job_id in keys.items()}
+        unknown = [key for key, revision in expect.items() if revision is None]
+        found = self._kv.get_many(unknown) if unknown else []
+        gone = [keys[key] for key, item in zip(unknown, found, strict=True) if item is None]
+        if gone:
+            raise _gone("", gone)
+        known = {key: item.mod_revision for key, item in zip(unknown, found, strict=True) if item}
+        with self._lock:
+            for key, revision in known.items():
+                self._revisions.setdefault(keys[key], revision)
+        return {key: known.get(key, revision or 0) for key, revision in expect.items()}
+
+    def _wrote(self, job_ids: list[int], revision: int) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self._revisions[job_id] = revision
+
+    def _confirmed(self, job_ids: list[int], puts: dict[bytes, bytes]) -> bool:
+        """Whether a creation of unknown outcome is there after all (read back)."""
         try:
             found = self._kv.get_many(puts)
         except StorageError:
             return False
-        return all(item is not None and item.value == puts[item.key] for item in found)
+        if not all(item is not None and item.value == puts[item.key] for item in found):
+            return False
+        with self._lock:
+            for job_id, item in zip(job_ids, found, strict=True):
+                assert item is not None
+                self._revisions[job_id] = item.mod_revision
+        return True
 
     def _settle_in_doubt(self) -> None:
         """Delete the jobs in doubt; a failure is logged and the next write tries again."""
@@ -214,6 +339,20 @@ class JobWrites:
                 return
             with self._lock:
                 self._in_doubt.difference_update(batch)
+
+
+def _prefixed(what: str, err: StorageError) -> StorageError:
+    """``err`` as returned by ``_write`` (already prefixed), or a read's, prefixed with ``what``."""
+    message = str(err.args[0])
+    return err if message.startswith(what) else StorageError(f"{what}: {message}", err.args[1])
+
+
+def _gone(what: str, job_ids: list[int]) -> StorageError:
+    """The refusal to write jobs whose keys are gone: they are not brought back."""
+    prefix = f"{what}: " if what else ""
+    return StorageError(
+        f"{prefix}{id_names(job_ids)} no longer live in etcd (archived or removed)", errno.ENOENT
+    )
 
 
 def _batches(job_ids: Sequence[int]) -> Iterator[list[int]]:
