@@ -15,6 +15,7 @@ The tree::
      |    +-- JobRejected         a job filter rule refuses the job
      |    +-- StorageError        a job file could not be made durable
      |    |    +-- NotLeaderError a write refused: this process no longer leads
+     |    |    +-- JobNotLive     a write refused: the job is no longer live in the store
      |    +-- JobFileCorrupted    a job file could not be parsed
      |    +-- NotMasterError      this daemon is a standby; names the master
      +-- LockError                a lock was misused (not a timeout)
@@ -135,6 +136,13 @@ class StorageError(JobQueueError):
 
 class NotLeaderError(StorageError):
     """A write was refused because this process no longer leads the store (fenced)."""
+
+
+class JobNotLive(StorageError):
+    """A write refused: the job is no longer live in the store (removed by hand, or archived).
+
+    The store does not bring it back; the queue drops the job.
+    """
 
 
 class NotMasterError(JobQueueError):

@@ -44,7 +44,7 @@ from jobqueue.archiving import Archiver
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.controls import Controls
 from jobqueue.depmgr import DependencyManager
-from jobqueue.errors import GenericError, StorageError
+from jobqueue.errors import GenericError, JobNotLive, StorageError
 from jobqueue.jobchanges import JobChanges
 from jobqueue.jobstep import (
     ActiveJob,
@@ -336,11 +336,12 @@ class JobQueue:
         elif not held:
             self._admission.release(job_id)  # waiting for a dependency holds no slot
 
-    def _finished(self, job_id: int) -> None:
+    def _finished(self, job_id: int, *, ended: bool = True) -> None:
+        """The job leaves the active jobs: it ended, or (``ended`` False) it was dropped."""
         with self._lock:
             active = self._active.pop(job_id, None)
         self._admission.release(job_id)
-        if active is not None:  # metrics: a job's end, counted once
+        if active is not None and ended:  # metrics: a job's end, counted once
             job = active.job
             self.metrics.job_finished(job.status, job.start_timestamp, job.end_timestamp)
         waiters = self.depmgr.notify(job_id)
@@ -409,6 +410,9 @@ class JobQueue:
         can count as finished.
         """
         job_id = active.job.id
+        if isinstance(err, JobNotLive):
+            self._drop_not_live(job_id, err)
+            return
         self._log.error(
             "Cannot write job %s (%s); retrying in %.0fs", job_id, err, STORAGE_RETRY_DELAY
         )
@@ -431,6 +435,15 @@ class JobQueue:
             if end_lost_opcodes_locked(active.job, err.args[0], self.now()):
                 active.unsaved = True
         self._timers.call_later(STORAGE_RETRY_DELAY, lambda: self._enqueue([job_id]))
+
+    def _drop_not_live(self, job_id: int, err: JobNotLive) -> None:
+        """The store no longer has the job live (removed by hand): forget it here too.
+
+        Jobs waiting for it look again and find it archived, or lost.
+        """
+        self._log.error("%s; the job is dropped from the queue", err)
+        self.live.drop([job_id])
+        self._finished(job_id, ended=False)
 
     # -- submission (jobqueue.submission) ---------------------------------------
     def submit_job(

@@ -20,7 +20,8 @@ import pytest
 
 from jobqueue import cleaner
 from jobqueue.constants import Status
-from jobqueue.errors import JobQueueError, NotLeaderError, StorageError
+from jobqueue.daemon import build_core, start_core
+from jobqueue.errors import JobNotLive, JobQueueError, NotLeaderError, StorageError
 from jobqueue.livejobs import LiveJobs
 from jobqueue.lus import builtin_registry
 from jobqueue.model import Job
@@ -365,6 +366,87 @@ def test_a_submission_sent_while_jobs_are_removed_is_written_again(
     monkeypatch.setattr(store.kv, "txn", txn)
     create(store, make_job(3))
     assert [job.id for job in store.load_jobs()] == [1, 3]
+
+
+def no_answer(*args: Any, **kwargs: Any) -> Any:
+    raise StorageError("etcd /kv/range failed: no answer in time", errno.ETIMEDOUT)
+
+
+def test_jobs_in_doubt_of_an_earlier_term_are_not_removed_once_loaded_again(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = unique_prefix()
+    first = open_etcd_store(etcd_member.endpoints, prefix)
+    assert first.leadership("first").acquire(5)
+    lost = Flaky(first.kv, apply=True)  # it lands, but neither its answer nor a read-back comes
+    with monkeypatch.context() as patch:
+        patch.setattr(first.kv, "txn", lost.txn)
+        patch.setattr(first.kv, "get_many", no_answer)
+        (failure,) = first.create_jobs([make_job(2)])
+    assert isinstance(failure, StorageError) and failure.args[1] == errno.ETIMEDOUT
+    first.leadership("first").release()
+    other = open_etcd_store(etcd_member.endpoints, prefix)  # leads meanwhile: job 2 is live
+    assert other.leadership("other").acquire(5)
+    assert [job.id for job in other.load_jobs()] == [2]
+    other.replace_job(make_job(2, Status.RUNNING))
+    other.leadership("other").release()
+    assert first.leadership("first").acquire(5)  # a new term: job 2 is loaded as live
+    assert [job.id for job in first.load_jobs()] == [2]
+    create(first, make_job(3))
+    first.replace_job(make_job(2, Status.ERROR))
+    assert [job.status for job in first.load_jobs()] == [Status.ERROR, Status.QUEUED]
+
+
+def test_a_job_no_longer_live_is_refused_alone(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = leading_store(open_etcd_store, etcd_member)
+    create(store, make_job(1), make_job(2), make_job(3))
+    store.kv.txn(fence=None, deletes=[store.keys.job(2)])  # removed by hand
+    held = HeldTxn(store.kv)
+    monkeypatch.setattr(store.kv, "txn", held.txn)
+    results: dict[int, Any] = {}
+
+    def write(job_id: int) -> None:
+        try:
+            store.replace_job(make_job(job_id, Status.RUNNING))
+            results[job_id] = None
+        except StorageError as err:
+            results[job_id] = err
+
+    calls = [functools.partial(write, job_id) for job_id in (1, 2, 3)]
+    during_a_held_write(held, store._job_writes._replacing, calls)  # 2 and 3 go in together
+    assert results[1] is None and results[3] is None
+    assert isinstance(results[2], JobNotLive) and "job 2" in str(results[2])
+    assert store.kv.get(store.keys.job(2)) is None  # not brought back
+    assert [job.id for job in store.load_jobs()] == [1, 3]
+
+
+def test_the_queue_drops_a_job_removed_from_etcd_and_its_dependents_learn_it(
+    etcd_member: EtcdCluster, open_etcd_store: OpenStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = leading_store(open_etcd_store, etcd_member)
+    core = build_core(store, builtin_registry(), name="master")
+    start_core(core, 2)
+    try:
+        queue = core.queue
+        removed = queue.submit_job([{"OP_ID": "OP_TEST_DELAY", "duration": 1.0}])
+        dependent = queue.submit_job(
+            [{"OP_ID": "OP_TEST_DELAY", "duration": 0, "depends": [[removed, ["success"]]]}]
+        )
+        assert poll_until(lambda: core.live.status_of(removed) == Status.RUNNING, 10)
+        store.kv.txn(fence=None, deletes=[store.keys.job(removed)])  # by hand, while it runs
+        assert poll_until(lambda: core.live.status_of(dependent) == Status.ERROR, 15)
+        assert core.live.status_of(removed) is None
+        (row,) = core.reader.query_jobs([dependent], ["opresult"])
+        assert f"job {removed} not found" in json.dumps(row)
+        assert f"Cannot write job {removed} to etcd" in caplog.text
+        assert "retrying" not in caplog.text
+        other = queue.submit_job([{"OP_ID": "OP_TEST_DELAY", "duration": 0}])
+        assert poll_until(lambda: core.live.status_of(other) == Status.SUCCESS, 10)
+    finally:
+        core.queue.prepare_shutdown()
+        core.stop()
 
 
 class HeldTxn:

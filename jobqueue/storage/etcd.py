@@ -370,9 +370,10 @@ class EtcdJobStore(JobStore):
     # -- archive -----------------------------------------------------------------
     def archive_jobs(self, job_ids: Iterable[int]) -> tuple[list[int], StorageError | None]:
         """Move the jobs in etcd, then their output on this host (``etcdoutput``)."""
-        moved, failure = self._archive.archive(sorted(set(job_ids)), self._clock())
+        wanted = sorted(set(job_ids))
+        moved, failure = self._archive.archive(wanted, self._clock())
         self._trimmed.difference_update(moved)
-        self._job_writes.forget(moved)
+        self._job_writes.forget(wanted)  # moved, or finished jobs read afresh if written again
         if self._outputs is not None:
             self._outputs.archive(moved)
         return moved, failure

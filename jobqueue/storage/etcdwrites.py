@@ -47,7 +47,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from jobqueue.errors import NotLeaderError, StorageError
+from jobqueue.errors import JobNotLive, NotLeaderError, StorageError
 from jobqueue.model import Job
 from jobqueue.storage.base import encode_job
 from jobqueue.storage.etcdkv import MAX_TXN_OPS, EtcdKV, TxnResult
@@ -58,6 +58,9 @@ from jobqueue.storage.groupcommit import GroupCommit
 Write = Callable[..., TxnResult]
 #: One job's value to put: (its index among the call's items, key, value).
 Put = tuple[int, bytes, bytes]
+#: What writing one chunk of puts gave: the puts refused on their own (by key),
+#: and the failure of the rest, if any.
+ChunkOutcome = tuple[dict[bytes, StorageError], StorageError | None]
 #: Jobs deleted in one transaction (``discard`` and the jobs in doubt), beside
 #: the put that moves the withdrawal key.
 DELETE_BATCH = MAX_TXN_OPS - 1
@@ -110,9 +113,17 @@ class JobWrites:
             raise type(failure)(*failure.args) from failure
 
     def loaded(self, revisions: dict[int, int]) -> None:
-        """The live jobs were read, each key at its mod_revision: the writes expect those."""
+        """A term begins: the live jobs were read, each key at its mod_revision.
+
+        The writes expect those revisions. Jobs in doubt from an earlier
+        term are no longer removed: a master that led meanwhile may have
+        found and run them, and this term loaded them as live if they are
+        there (a late creation of that term is fenced out).
+        """
         with self._lock:
             self._revisions = dict(revisions)
+            self._in_doubt.clear()
+            self._withdrawal = None
 
     def forget(self, job_ids: Iterable[int]) -> None:
         """The jobs are no longer live (archived)."""
@@ -188,21 +199,22 @@ class JobWrites:
         results: list[StorageError | None],
         chunks: Iterator[list[Put]],
         ids: list[int],
-        write_chunk: Callable[[list[int], dict[bytes, bytes]], StorageError | None],
+        write_chunk: Callable[[list[int], dict[bytes, bytes]], ChunkOutcome],
     ) -> None:
         """Write each chunk, a transaction at a time, with ``write_chunk(job ids, puts)``.
 
         ``ids[index]`` is the job of the put at ``index``. Each put's result
-        goes to ``results[index]``; after a failure, the rest are not tried
-        and share it.
+        goes to ``results[index]``: its own refusal, or the chunk's failure;
+        after a chunk's failure, the rest are not tried and share it.
         """
         failure: StorageError | None = None
         for chunk in chunks:
+            refused: dict[bytes, StorageError] = {}
             if failure is None:
                 chunk_ids = [ids[index] for index, _, _ in chunk]
-                failure = write_chunk(chunk_ids, {key: data for _, key, data in chunk})
-            for index, _, _ in chunk:
-                results[index] = failure
+                refused, failure = write_chunk(chunk_ids, {key: data for _, key, data in chunk})
+            for index, key, _ in chunk:
+                results[index] = refused.get(key, failure)
 
     def _chunks(
         self, pending: list[Put], most: int, *, compares: int, compare_each: bool
@@ -221,7 +233,7 @@ class JobWrites:
         if chunk:
             yield chunk
 
-    def _create_chunk(self, job_ids: list[int], puts: dict[bytes, bytes]) -> StorageError | None:
+    def _create_chunk(self, job_ids: list[int], puts: dict[bytes, bytes]) -> ChunkOutcome:
         """Write one transaction of new jobs; the failure, if any (nothing of them stays then).
 
         No compare on each key (ids are never issued twice, and it halves the
@@ -233,23 +245,23 @@ class JobWrites:
             try:
                 expect = {self._keys.withdrawn: self._withdrawal_revision()}
             except StorageError as err:  # a read: nothing was written
-                return _prefixed(what, err)
+                return {}, _prefixed(what, err)
             try:
                 result = self._write(what, puts=puts, expect=expect)
             except NotLeaderError as err:
-                return err
+                return {}, err
             except StorageError as err:
                 if err.args[1] == errno.ETIMEDOUT and self._confirmed(job_ids, puts):
-                    return None
+                    return {}, None
                 if err.args[1] == errno.ETIMEDOUT:
                     self._doubt(job_ids)
-                return _prefixed(what, err)
+                return {}, _prefixed(what, err)
             if result.succeeded:
                 self._wrote(job_ids, result.revision)
-                return None
+                return {}, None
             with self._lock:  # a removal moved the key meanwhile: nothing was written
                 self._withdrawal = result.found.get(self._keys.withdrawn, 0)
-        return StorageError(f"{what}: jobs kept being removed meanwhile", errno.EAGAIN)
+        return {}, StorageError(f"{what}: jobs kept being removed meanwhile", errno.EAGAIN)
 
     def _withdrawal_revision(self) -> int:
         """The withdrawal key's mod_revision as last seen (read once); StorageError."""
@@ -264,50 +276,61 @@ class JobWrites:
                 self._withdrawal = revision
             return self._withdrawal
 
-    def _replace_chunk(self, job_ids: list[int], puts: dict[bytes, bytes]) -> StorageError | None:
-        """Write one transaction of job versions, each expecting its key's revision; the
-        failure, if any."""
+    def _replace_chunk(self, job_ids: list[int], puts: dict[bytes, bytes]) -> ChunkOutcome:
+        """Write one transaction of job versions, each expecting its key's revision.
+
+        A job whose key is gone is refused on its own (``JobNotLive``) and
+        the others are written without it.
+        """
         what = f"Cannot write {id_names(job_ids)} to etcd"
-        keys = dict(zip(puts, job_ids, strict=True))
+        owners = dict(zip(puts, job_ids, strict=True))
+        puts = dict(puts)
+        refused: dict[bytes, StorageError] = {}
         for _ in range(_ATTEMPTS):
             try:
-                expect = self._expected(keys)
-            except StorageError as err:  # a read, or a job gone: nothing was written
-                return _prefixed(what, err)
+                expect, gone = self._expected({key: owners[key] for key in puts})
+            except StorageError as err:  # a read: nothing was written
+                return refused, _prefixed(what, err)
+            for key in gone:
+                refused[key] = _not_live(owners[key])
+                del puts[key]
+            self.forget(owners[key] for key in gone)
+            if not puts:
+                return refused, None
             try:
                 result = self._write(what, puts=puts, expect=expect)
             except NotLeaderError as err:
-                return err
+                return refused, err
             except StorageError as err:
                 if err.args[1] == errno.ETIMEDOUT:
-                    self.forget(job_ids)  # read again before the next write
-                return _prefixed(what, err)
+                    self.forget(owners[key] for key in puts)  # read again before the next write
+                return refused, _prefixed(what, err)
             if result.succeeded:
-                self._wrote(job_ids, result.revision)
-                return None
-            gone = [keys[key] for key, revision in result.found.items() if revision == 0]
-            if gone:
-                return _gone(what, gone)
-            with self._lock:  # a late write of ours landed: an older version, written over
+                self._wrote([owners[key] for key in puts], result.revision)
+                return refused, None
+            with self._lock:  # moved by a late write of ours (an older version), or gone
                 for key, revision in result.found.items():
-                    self._revisions[keys[key]] = revision
-        return StorageError(f"{what}: the jobs kept changing in etcd", errno.EAGAIN)
+                    self._revisions[owners[key]] = revision
+        return refused, StorageError(f"{what}: the jobs kept changing in etcd", errno.EAGAIN)
 
-    def _expected(self, keys: dict[bytes, int]) -> dict[bytes, int]:
-        """The mod_revision each job's key must have, read for those not known; StorageError
-        (ENOENT) when a job's key is gone."""
+    def _expected(self, owners: dict[bytes, int]) -> tuple[dict[bytes, int], list[bytes]]:
+        """The mod_revision each job's key must have (read for those not known), and the
+        keys that are gone; StorageError when the read fails."""
         with self._lock:
-            expect = {key: self._revisions.get(job_id) for key, job_id in keys.items()}
-        unknown = [key for key, revision in expect.items() if revision is None]
+            known = {key: self._revisions.get(job_id) for key, job_id in owners.items()}
+        unknown = [key for key, revision in known.items() if revision is None]
         found = self._kv.get_many(unknown) if unknown else []
-        gone = [keys[key] for key, item in zip(unknown, found, strict=True) if item is None]
-        if gone:
-            raise _gone("", gone)
-        known = {key: item.mod_revision for key, item in zip(unknown, found, strict=True) if item}
+        read = {
+            key: 0 if item is None else item.mod_revision
+            for key, item in zip(unknown, found, strict=True)
+        }
         with self._lock:
-            for key, revision in known.items():
-                self._revisions.setdefault(keys[key], revision)
-        return {key: known.get(key, revision or 0) for key, revision in expect.items()}
+            for key, revision in read.items():
+                if revision:
+                    self._revisions.setdefault(owners[key], revision)
+        expect = {key: read.get(key, revision or 0) for key, revision in known.items()}
+        gone = [key for key, revision in expect.items() if revision == 0]
+        return {key: revision for key, revision in expect.items() if revision}, gone
 
     def _wrote(self, job_ids: list[int], revision: int) -> None:
         with self._lock:
@@ -347,11 +370,11 @@ def _prefixed(what: str, err: StorageError) -> StorageError:
     return err if message.startswith(what) else StorageError(f"{what}: {message}", err.args[1])
 
 
-def _gone(what: str, job_ids: list[int]) -> StorageError:
-    """The refusal to write jobs whose keys are gone: they are not brought back."""
-    prefix = f"{what}: " if what else ""
-    return StorageError(
-        f"{prefix}{id_names(job_ids)} no longer live in etcd (archived or removed)", errno.ENOENT
+def _not_live(job_id: int) -> JobNotLive:
+    """The refusal to write a job whose key is gone: it is not brought back."""
+    return JobNotLive(
+        f"Cannot write job {job_id} to etcd: it is no longer live there (archived or removed)",
+        errno.ENOENT,
     )
 
 
