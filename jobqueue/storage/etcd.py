@@ -76,6 +76,8 @@ from jobqueue.storage.etcdwrites import JobWrites
 DRAIN = "drain"
 #: Seconds the leader trusts the drain flag it read (see the module docstring).
 DRAIN_RECHECK = 1.0
+#: Transactions tried for one change of a setting or filter rule (``_write_control``).
+CONTROL_ATTEMPTS = 4
 
 
 class _DrainSeen(NamedTuple):
@@ -462,9 +464,29 @@ class EtcdJobStore(JobStore):
     def _write_setting(self, name: str, value: str | None) -> None:
         key, what = self.keys.setting(name), f"Cannot write setting {name} to etcd"
         if value is None:
-            self._write(what, deletes=[key])
+            self._write_control(what, deletes=[key])
         else:
-            self._write(what, puts={key: value.encode("utf-8")})
+            self._write_control(what, puts={key: value.encode("utf-8")})
+
+    def _write_control(
+        self, what: str, *, puts: dict[bytes, bytes] | None = None, deletes: Iterable[bytes] = ()
+    ) -> None:
+        """Change a setting or a filter rule, moving the controls key in the same transaction,
+        on condition that it has not moved since it was read: a change that lands late
+        (doc/ha.rst, "Writes") finds it moved by every later change, and is refused."""
+        key = self.keys.controls
+        for _ in range(CONTROL_ATTEMPTS):
+            try:
+                found = self._kv.get(key)
+            except StorageError as err:
+                raise StorageError(f"{what}: {err}", err.args[1]) from err
+            expect = {key: 0 if found is None else found.mod_revision}
+            result = self._write(
+                what, puts={**(puts or {}), key: b""}, deletes=deletes, expect=expect
+            )
+            if result.succeeded:
+                return
+        raise StorageError(f"{what}: the controls kept changing meanwhile", errno.EAGAIN)
 
     # -- job filter rules ----------------------------------------------------------
     def load_filters(self) -> list[dict[str, Any]]:
@@ -491,7 +513,7 @@ class EtcdJobStore(JobStore):
     def replace_filter(self, rule: dict[str, Any]) -> None:
         data = json.dumps(rule, separators=(",", ":")).encode("utf-8")
         what = f"Cannot write the filter rule {rule['uuid']} to etcd"
-        self._write(what, puts={self.keys.filter_rule(rule["uuid"]): data})
+        self._write_control(what, puts={self.keys.filter_rule(rule["uuid"]): data})
 
     def delete_filter(self, uuid: str) -> bool:
         key = self.keys.filter_rule(uuid)
@@ -499,10 +521,9 @@ class EtcdJobStore(JobStore):
             found = self._kv.get(key)
         except StorageError as err:
             raise StorageError(f"Cannot read the filter rule {uuid}: {err}", err.args[1]) from err
-        if found is None:
-            return False
-        self._write(f"Cannot delete the filter rule {uuid} from etcd", deletes=[key])
-        return True
+        # Written even when there is nothing to delete: a change that lands late is refused.
+        self._write_control(f"Cannot delete the filter rule {uuid} from etcd", deletes=[key])
+        return found is not None
 
     # -- command output: on this host's disk (see the module docstring) ------------------
     def open_output(self, job_id: int, op_index: int, stream: str) -> OutputStream:

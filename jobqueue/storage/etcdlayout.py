@@ -75,6 +75,8 @@ class Keys:
         self.filters = self.root + b"filters/"
         # Moved by every removal of jobs never acknowledged; creations expect it unmoved.
         self.withdrawn = self.root + b"withdrawn"
+        # Moved by every change of a setting or filter rule, which expects it unmoved.
+        self.controls = self.root + b"controls"
 
     def job(self, job_id: int) -> bytes:
         return self.jobs + _padded(job_id)
