@@ -1,23 +1,28 @@
-"""The aiohttp application: every route with the right it needs, and two middlewares.
+"""The aiohttp application: every route with the right it needs, and its middlewares.
 
 ``guard`` runs first: it finds the right the matched route needs (routes
 nobody matched need none: they answer 404 or 501), lets ``access.Gate``
-admit the caller (401, 403) and keeps it in ``request["caller"]``.
-``answer_errors`` wraps everything, guard included: ``HttpError`` and
-aiohttp's own HTTP errors become Ganeti's JSON error body; a method a
+admit the caller (401, 403) and keeps it in ``request["caller"]``; then
+``body_in_time`` reads the body of an admitted request, which must arrive
+within the client timeout (408). ``answer_errors`` wraps those: ``HttpError``
+and aiohttp's own HTTP errors become Ganeti's JSON error body; a method a
 resource does not have is 501 with Ganeti's message; any other exception
-is logged with its traceback and answered 500.
+is logged with its traceback and answered 500. Outermost, ``connections``
+(``connections.Connections``) is told when each request starts and ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
 from aiohttp.typedefs import Handler as AiohttpHandler
+from aiohttp.typedefs import Middleware
 
 from jobqueue.rapi.access import SAFE_METHODS, Gate
 from jobqueue.rapi.answers import HttpError, error_response
+from jobqueue.rapi.connections import Connections
 from jobqueue.rapi.dashboard import Dashboard
 from jobqueue.rapi.exposition import CONTENT_TYPE_LATEST, render
 from jobqueue.rapi.feed import Feed
@@ -39,11 +44,14 @@ def build_app(
     *,
     dashboard_interval: float = 1.0,
     wait_timeout: float = WAIT_TIMEOUT,
+    connections: Connections | None = None,
     logger: logging.Logger | None = None,
 ) -> web.Application:
     """The whole application; ``master`` is closed when it shuts down."""
     log = logger or logging.getLogger("jobqueue.rapi")
-    app = web.Application(middlewares=[answer_errors, guard], client_max_size=MAX_BODY)
+    keeper = connections or Connections()
+    middlewares = [_counted(keeper), answer_errors, guard, _body_in_time(keeper.idle_timeout)]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     feed = Feed(master, interval=dashboard_interval, logger=log)
     dashboard = Dashboard(master, feed)
     metrics = Route("GET", "/metrics", _metrics_handler(master), READ)
@@ -87,6 +95,35 @@ async def guard(request: web.Request, handler: AiohttpHandler) -> web.StreamResp
         if right == WRITE and request.method not in SAFE_METHODS:  # who changed what, for audit
             request.app[LOG].info("%s %s by user %s", request.method, request.path_qs, caller.name)
     return await handler(request)
+
+
+def _counted(connections: Connections) -> Middleware:
+    @web.middleware
+    async def counted(request: web.Request, handler: AiohttpHandler) -> web.StreamResponse:
+        """Tell ``connections`` when the request starts and ends."""
+        connections.request_started(request.protocol)
+        try:
+            return await handler(request)
+        finally:
+            connections.request_ended(request.protocol)
+
+    return counted
+
+
+def _body_in_time(timeout: float) -> Middleware:
+    @web.middleware
+    async def body_in_time(request: web.Request, handler: AiohttpHandler) -> web.StreamResponse:
+        """Read an admitted request's body, which must arrive within ``timeout`` (408)."""
+        if request.body_exists:
+            try:
+                await asyncio.wait_for(request.read(), timeout)
+            except TimeoutError:
+                raise HttpError(
+                    408, f"The request body did not arrive within {timeout:g}s"
+                ) from None
+        return await handler(request)
+
+    return body_in_time
 
 
 @web.middleware

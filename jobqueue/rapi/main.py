@@ -23,6 +23,13 @@ from jobqueue.constants import WFJC_MAX_TIMEOUT
 from jobqueue.paths import StatePaths
 from jobqueue.rapi.access import Gate
 from jobqueue.rapi.app import build_app
+from jobqueue.rapi.connections import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PENDING_OUTPUT,
+    DEFAULT_SEND_TIMEOUT,
+    Connections,
+)
 from jobqueue.rapi.master import Master
 from jobqueue.rapi.resources import WAIT_TIMEOUT
 from jobqueue.rapi.users import UsersFile, UsersFileError
@@ -30,6 +37,8 @@ from jobqueue.rapi.users import UsersFile, UsersFileError
 DEFAULT_PORT = 5080
 #: Seconds requests in flight get when the daemon stops.
 SHUTDOWN_GRACE = 3.0
+#: Header lines a request may have (aiohttp allows 128 of up to 8 KiB each).
+MAX_HEADERS = 40
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("jobqueue.rapi")
 
@@ -91,6 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long GET /2/jobs/[id]/wait waits for a change (default: %(default)s)",
     )
+    add(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="connections served at once; more are refused at once (default: %(default)s)",
+    )
+    add(
+        "--client-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection with no request in progress for this long, and refuse a "
+        "request body not received in this time (default: %(default)s)",
+    )
+    add(
+        "--send-timeout",
+        type=float,
+        default=DEFAULT_SEND_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection whose client takes nothing of its answer for this long "
+        "(default: %(default)s)",
+    )
+    add(
+        "--max-pending-output",
+        type=int,
+        default=DEFAULT_MAX_PENDING_OUTPUT,
+        metavar="BYTES",
+        help="answers held for clients that have not taken them, all together; past it the "
+        "longest stalled connections are closed (default: %(default)s)",
+    )
     add("--debug", action="store_true", help="log debug messages")
     add("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -111,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--ssl-cert and --ssl-key are needed (or --no-ssl for local use)")
     if args.threads < 2:
         parser.error("--threads must be at least 2")
+    if args.max_connections < 1 or args.max_pending_output < 1:
+        parser.error("--max-connections and --max-pending-output must be at least 1")
+    if not (args.client_timeout > 0 and args.send_timeout > 0):
+        parser.error("--client-timeout and --send-timeout must be positive")
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
     )
@@ -136,36 +180,55 @@ async def _serve(
 ) -> None:
     master = Master(socket_path, threads=args.threads)
     gate = Gate(users, anonymous_read=args.allow_anonymous_read, logger=log)
+    connections = Connections(
+        context,
+        max_connections=args.max_connections,
+        idle_timeout=args.client_timeout,
+        send_timeout=args.send_timeout,
+        max_pending_output=args.max_pending_output,
+        logger=log,
+    )
     app = build_app(
         master,
         gate,
+        connections=connections,
         dashboard_interval=args.dashboard_interval,
         wait_timeout=min(max(args.wait_timeout, 0.0), WFJC_MAX_TIMEOUT),
         logger=log,
     )
-    runner = web.AppRunner(app, access_log=logging.getLogger("jobqueue.rapi.access"))
-    await runner.setup()
-    site = web.TCPSite(
-        runner, args.bind, args.port, ssl_context=context, shutdown_timeout=SHUTDOWN_GRACE
+    runner = web.AppRunner(
+        app,
+        access_log=logging.getLogger("jobqueue.rapi.access"),
+        shutdown_timeout=SHUTDOWN_GRACE,
+        handler_cancellation=True,  # a client that hangs up ends its request
+        keepalive_timeout=args.client_timeout,
+        max_headers=MAX_HEADERS,
     )
-    try:
-        await site.start()
+    await runner.setup()
+    assert runner.server is not None  # set up
+    loop = asyncio.get_running_loop()
+    try:  # TLS is started by ``connections`` on each accepted connection
+        server = await loop.create_server(
+            connections.protocol_factory(runner.server), args.bind, args.port, reuse_address=True
+        )
     except OSError:
         await runner.cleanup()
         raise
+    watcher = loop.create_task(connections.watch())
     scheme = "http" if context is None else "https"
-    for address in runner.addresses:
-        host, port = address[0], address[1]
+    for sock in server.sockets:
+        host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         log.info("jobqueue-rapi %s listening on %s://%s:%d/", __version__, scheme, shown, port)
     log.info("Master socket: %s; %d users", socket_path, users.count())
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, users.reload)
     await stop.wait()
     log.info("Stopping")
+    server.close()
+    watcher.cancel()
     await runner.cleanup()
     log.info("jobqueue-rapi stopped")
 

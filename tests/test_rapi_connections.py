@@ -1,0 +1,250 @@
+"""jobqueue-rapi's connections: the limit, and the connections that stall.
+
+``Connections.check`` is driven with a clock and transports of the test's own;
+the rest runs a real master and a real jobqueue-rapi over HTTPS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon_helper import Daemon, state_dir_under, wait_until
+from tests.rapi_client import RapiClient
+from tests.rapi_helper import USERS, Rapi
+
+pytest.importorskip("aiohttp")
+pytest.importorskip("cryptography")
+
+from jobqueue.rapi.connections import REFUSAL, Connections
+
+# -- the checks, on transports of the test's own ------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Transport(asyncio.Transport):
+    """What ``Connections`` asks of a transport; ``pending`` is what waits to be sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending = 0
+        self.written = b""
+        self.aborted = self.closed = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.pending
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 4242) if name == "peername" else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.aborted or self.closed
+
+
+class Inner:
+    """aiohttp's protocol, as far as ``Connections`` uses it."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+def accepted(connections: Connections) -> tuple[Inner, Transport]:
+    inner, transport = Inner(), Transport()
+    protocol = connections.protocol_factory(lambda: inner)()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return inner, transport
+
+
+def test_a_connection_past_the_limit_is_told_503_and_closed() -> None:
+    connections = Connections(max_connections=2)
+    first, second = accepted(connections), accepted(connections)
+    assert connections.count() == 2 and first[0].transport is first[1]
+    inner, refused = accepted(connections)
+    assert inner.transport is None and refused.closed
+    assert refused.written == REFUSAL and b" 503 " in REFUSAL.split(b"\r\n")[0]
+    second_protocol_lost = connections._open[id(second[0])]
+    connections._closed(second_protocol_lost)  # one goes away: room for one more
+    assert accepted(connections)[0].transport is not None
+
+
+def test_a_connection_without_a_request_is_closed_after_the_idle_timeout() -> None:
+    clock = Clock()
+    connections = Connections(idle_timeout=30, clock=clock)
+    idle, busy = accepted(connections), accepted(connections)
+    connections.request_started(busy[0])
+    clock.now += 29.9
+    connections.check()
+    assert not idle[1].aborted
+    clock.now += 0.1
+    connections.check()
+    assert idle[1].aborted and not busy[1].aborted  # a request in progress keeps it
+    connections.request_ended(busy[0])
+    clock.now += 29.9
+    connections.check()
+    assert not busy[1].aborted  # counted from its last answer
+    clock.now += 0.1
+    connections.check()
+    assert busy[1].aborted and connections.count() == 0
+
+
+def test_a_client_that_takes_nothing_of_its_answer_is_closed_after_the_send_timeout() -> None:
+    clock = Clock()
+    connections = Connections(send_timeout=10, clock=clock)
+    slow, stuck = accepted(connections), accepted(connections)
+    for inner, _ in (slow, stuck):
+        connections.request_started(inner)
+    slow[1].pending = stuck[1].pending = 1_000_000
+    connections.check()
+    for _ in range(9):
+        clock.now += 1.0
+        slow[1].pending -= 1000  # takes a little each second
+        connections.check()
+    assert not stuck[1].aborted
+    clock.now += 1.0
+    slow[1].pending -= 1000
+    connections.check()
+    assert stuck[1].aborted and not slow[1].aborted
+
+
+def test_held_answers_over_the_budget_close_the_longest_stalled_first() -> None:
+    clock = Clock()
+    connections = Connections(max_pending_output=250, send_timeout=60, clock=clock)
+    first, second, third = (accepted(connections) for _ in range(3))
+    first[1].pending = 100
+    connections.check()
+    clock.now += 1
+    second[1].pending = third[1].pending = 100
+    connections.check()
+    assert first[1].aborted and not second[1].aborted and not third[1].aborted
+
+
+# -- a real jobqueue-rapi ----------------------------------------------------------------
+
+
+@pytest.fixture
+def rapi(tmp_path: Path) -> Iterator[Rapi]:
+    master = Daemon(state_dir_under(tmp_path), workers=2).start()
+    server = Rapi(
+        tmp_path,
+        master.paths.master_socket,
+        "--max-connections",
+        "4",
+        "--client-timeout",
+        "1",
+        "--send-timeout",
+        "1",
+    ).start()
+    yield server
+    assert server.stop() == 0, server.log()
+    master.stop()
+
+
+def client(rapi: Rapi, user: str = "writer") -> RapiClient:
+    return RapiClient(rapi.url, str(rapi.cert), user, USERS[user][1])
+
+
+def raw_connection(rapi: Rapi) -> socket.socket:
+    host, port = rapi.url.removeprefix("https://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def tls_connection(rapi: Rapi) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(rapi.cert))
+    return context.wrap_socket(raw_connection(rapi), server_hostname="localhost")
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(65536) == b""
+    except (ConnectionResetError, ssl.SSLError):
+        return True
+
+
+def test_silent_connections_are_refused_past_the_limit_and_closed_when_idle(rapi: Rapi) -> None:
+    silent: list[socket.socket] = [raw_connection(rapi) for _ in range(3)]  # never start TLS
+    silent.append(tls_connection(rapi))
+    silent[-1].sendall(b"GET /version HTTP/1.1\r\nHost: localhost\r\n")  # and never ends it
+    wait_until(lambda: "refusing more" in rapi.log() or _refused(rapi), what="the limit")
+    for sock in silent:  # closed after the client timeout (1 s)
+        sock.settimeout(10)
+        assert closed_by_server(sock)
+        sock.close()
+    assert client(rapi).version() == 2  # served again
+
+
+def _refused(rapi: Rapi) -> bool:
+    """Whether one more connection is refused (closed before any TLS)."""
+    try:
+        with tls_connection(rapi):
+            return False
+    except (ConnectionResetError, ssl.SSLError, OSError):
+        return True
+
+
+def test_a_request_body_that_never_arrives_is_answered_408(rapi: Rapi) -> None:
+    credentials = base64.b64encode(f"writer:{USERS['writer'][1]}".encode()).decode()
+    with tls_connection(rapi) as sock:
+        sock.sendall(
+            b"POST /2/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Basic {credentials}\r\n".encode()
+            + b'Content-Length: 100\r\n\r\n{"ops'
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer and b"}" in answer.partition(b"\r\n\r\n")[2]:
+                break
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"did not arrive within 1s" in answer
+
+
+def test_a_client_that_never_reads_its_answer_is_closed(rapi: Rapi) -> None:
+    writer = client(rapi)
+    big = writer.submit(
+        [{"OP_ID": "OP_TEST_DELAY", "duration": 0, "on_nodes": ["n" * 1000] * 4000}]
+    )
+    credentials = base64.b64encode(f"reader:{USERS['reader'][1]}".encode()).decode()
+    sock = raw_connection(rapi)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    context = ssl.create_default_context(cafile=str(rapi.cert))
+    with context.wrap_socket(sock, server_hostname="localhost") as tls:
+        request = f"GET /2/jobs/{big} HTTP/1.1\r\nHost: localhost\r\n"
+        tls.sendall(f"{request}Authorization: Basic {credentials}\r\n\r\n".encode())
+        wait_until(lambda: "it took nothing of" in rapi.log(), what="the send timeout")
+        received = 0
+        try:
+            while chunk := tls.recv(65536):
+                received += len(chunk)
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+    assert received < 4_000_000  # cut short: the answer is over 4 MB
+    assert writer.version() == 2
