@@ -38,7 +38,7 @@ from jobqueue.rapi.access import Caller
 from jobqueue.rapi.answers import HttpError, from_luxi, json_response
 from jobqueue.rapi.feed import Feed, view
 from jobqueue.rapi.master import Master
-from jobqueue.rapi.resources import Route
+from jobqueue.rapi.resources import Route, path_job_id
 from jobqueue.rapi.users import READ
 
 #: Seconds between keep-alive comments on an idle stream.
@@ -129,7 +129,7 @@ class Dashboard:
         return stream
 
     async def job_events(self, request: web.Request) -> web.StreamResponse:
-        job_id = int(request.match_info["job_id"])
+        job_id = path_job_id(request)
         (row,) = await self._ask(lambda c: c.query_jobs([job_id], JOB_FIELDS))
         job = dict(zip(JOB_FIELDS, row, strict=True))
         if job["status"] is None:
