@@ -275,6 +275,24 @@ def test_leading_zeros_of_a_job_id_do_not_count(setup: Setup) -> None:
     assert writer.request("GET", f"/2/jobs/{'0' * 30}{job_id}")["id"] == job_id
 
 
+def test_the_dashboards_search_is_bounded_and_matches_every_word(setup: Setup) -> None:
+    reader = setup.client("reader")
+    job_id = setup.client("writer").submit([DELAY0])
+    found = reader.overview(f"{job_id} TeSt_DeLaY(0)")
+    assert [row["id"] for row in found["jobs"]] == [job_id] and found["matching"] == 1
+    ten = " ".join([str(job_id)] * 9 + ["test_delay"])  # ten words, every one in the job
+    assert [row["id"] for row in reader.overview(ten)["jobs"]] == [job_id]
+    assert reader.overview(f"{job_id} no-such-word")["matching"] == 0
+    assert job_id in [row["id"] for row in reader.overview("")["jobs"]]  # no search: every job
+    too_many = failure(lambda: reader.overview(" ".join(["s"] * 11)))
+    assert too_many.status == 400
+    assert too_many.body["message"] == "The 'search' parameter has more than 10 words"
+    too_long = failure(lambda: reader.overview("s" * 201))
+    assert too_long.status == 400
+    assert too_long.body["message"] == "The 'search' parameter is longer than 200 characters"
+    assert failure(lambda: reader.overview("s " * 3900)).status == 400  # the audit's search
+
+
 def test_a_drained_queue_answers_503(setup: Setup) -> None:
     writer = setup.client("writer")
     luxi = setup.master.client()

@@ -23,6 +23,13 @@ from jobqueue.opcodes import MAX_NESTING
 from jobqueue.rapi.access import Gate, check_same_origin
 from jobqueue.rapi.answers import HttpError, from_luxi
 from jobqueue.rapi.exposition import cumulative, render
+from jobqueue.rapi.feed import (
+    MAX_SEARCH_LENGTH,
+    MAX_SEARCH_WORDS,
+    Snapshot,
+    search_words,
+    view,
+)
 from jobqueue.rapi.main import build_parser
 from jobqueue.rapi.resources import MAX_BODY_NESTING, parse_json
 from jobqueue.rapi.users import READ, WRITE, User, UsersFile, UsersFileError, ha1, parse
@@ -231,6 +238,44 @@ def test_the_body_bound_lies_between_the_masters_two_bounds() -> None:
         -0.0,
         12345678901234567890,
     ]
+
+
+# -- the dashboard's search -------------------------------------------------------------
+def _rows(*summaries: list[str]) -> list[dict[str, object]]:
+    statuses = ("success", "running", "queued")
+    return [
+        {"id": number, "status": statuses[number % 3], "summary": summary}
+        for number, summary in enumerate(summaries, start=1)
+    ]
+
+
+def test_a_search_matches_jobs_having_every_word_in_any_case() -> None:
+    rows = _rows(["COMMAND_RUN(deploy web)"], ["TEST_DELAY(5)"], ["command_run(Deploy db)"])
+    snapshot = Snapshot(1, rows, [], {}, None)
+
+    def ids(search: str, statuses: frozenset[str] = frozenset()) -> list[object]:
+        return [row["id"] for row in view(snapshot, statuses, search_words(search))["jobs"]]
+
+    assert ids("") == [3, 2, 1]  # newest first
+    assert ids("deploy") == [3, 1]
+    assert ids("Deploy  WEB") == [1]
+    assert ids("deploy web db") == []
+    assert ids("running") == [1]  # the status (1 % 3 is running)
+    assert ids("2") == [2]  # the id
+    assert ids("deploy", frozenset({"success"})) == [3]  # 3 % 3 is success
+    assert view(snapshot, frozenset(), search_words("deploy"))["matching"] == 2
+    assert snapshot.search_texts is snapshot.search_texts  # made once for every page
+
+
+def test_a_search_is_bounded() -> None:
+    assert search_words(" ".join(["w"] * MAX_SEARCH_WORDS)) == ["w"] * MAX_SEARCH_WORDS
+    assert len(search_words("x" * MAX_SEARCH_LENGTH)) == 1
+    with pytest.raises(ValueError, match="more than 10 words"):
+        search_words(" ".join(["w"] * (MAX_SEARCH_WORDS + 1)))
+    with pytest.raises(ValueError, match="longer than 200 characters"):
+        search_words("x" * (MAX_SEARCH_LENGTH + 1))
+    with pytest.raises(ValueError, match="longer than 200 characters"):
+        search_words("s " * 3900)  # the audit's search of 3,900 words
 
 
 # -- exposition ------------------------------------------------------------------------
