@@ -12,6 +12,7 @@ import base64
 import json
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -66,6 +67,25 @@ class RapiClient:
         request = urllib.request.Request(self.url + path, headers=sent)
         with urllib.request.urlopen(request, context=self.context, timeout=30) as answer:
             return answer.headers["Content-Type"], answer.read().decode()
+
+    def overview(self, search: str = "", timeout: float = 10.0) -> Any:
+        """The first ``overview`` event of ``/dashboard/events`` that has no error."""
+        query = urllib.parse.urlencode({"search": search})
+        sent = {"Authorization": self.credentials} if self.credentials else {}
+        request = urllib.request.Request(f"{self.url}/dashboard/events?{query}", headers=sent)
+        try:
+            with urllib.request.urlopen(request, context=self.context, timeout=timeout) as stream:
+                event = b""
+                for line in stream:  # server-sent events: "event: name", "data: json", ""
+                    if line.startswith(b"event: "):
+                        event = line.removeprefix(b"event: ").strip()
+                    elif line.startswith(b"data: ") and event == b"overview":
+                        data = json.loads(line.removeprefix(b"data: "))
+                        if data["error"] is None:
+                            return data
+        except urllib.error.HTTPError as err:
+            raise RapiFailure(err.code, json.loads(err.read()), dict(err.headers)) from None
+        raise AssertionError("the event stream ended without an overview")
 
     # -- the documented resources --------------------------------------------------------
     def version(self) -> Any:

@@ -4,6 +4,8 @@ written from the documented shapes (tests/rapi_client.py)."""
 from __future__ import annotations
 
 import base64
+import functools
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -211,6 +213,84 @@ def test_bad_requests_are_answered_as_ganeti_does(setup: Setup) -> None:
     assert unknown.status == 400 and "OP_NO_SUCH_THING" in unknown.body["message"]
     assert failure(lambda: writer.submit([{"OP_ID": "OP_TEST_DELAY"}])).status == 400
     assert failure(lambda: writer.request("GET", "/2/jobs?bulk=yes")).status == 400
+
+
+def _tracebacks(rapi: Rapi) -> int:
+    return rapi.log().count("Traceback")
+
+
+def test_bodies_that_are_not_plain_json_are_400(setup: Setup) -> None:
+    writer, logged = setup.client("writer"), _tracebacks(setup.rapi)
+
+    def post(path: str, raw: str) -> RapiFailure:
+        json_type = {"Content-Type": "application/json"}
+        return failure(
+            lambda: writer.request("POST", path, raw_body=raw.encode(), headers=json_type)
+        )
+
+    for number in ("NaN", "Infinity", "-Infinity", "1e999", "-1e999"):
+        refused = post(
+            "/2/jobs", '{"ops": [{"OP_ID": "OP_TEST_DELAY", "duration": ' + number + "}]}"
+        )
+        assert refused.status == 400, (number, refused.body)  # was 502: the master never saw it
+        assert refused.body["message"].startswith("Unable to parse JSON data: "), refused.body
+    nan_filter = post("/2/filters", '{"predicates": [["jobid", [">", "id", NaN]]]}')
+    assert nan_filter.status == 400, nan_filter.body
+    for depth in (900, 5000):  # deeper than the master reads; deeper than Python parses
+        nested = "[" * depth + "]" * depth
+        for name, path in (("ops", "/2/jobs"), ("predicates", "/2/filters")):
+            refused = post(path, '{"' + name + '": ' + nested + "}")
+            assert refused.status == 400, (path, depth, refused.body)
+            assert "nested deeper than" in refused.body["message"]
+    # Deep, but within the body's bound: the master's own check answers, with its message.
+    deep_result = {"OP_ID": "OP_TEST_DUMMY", "result": json.loads("[" * 100 + "]" * 100)}
+    refused = failure(lambda: writer.submit([deep_result]))
+    assert refused.status == 400 and "64 levels" in refused.body["message"], refused.body
+    assert _tracebacks(setup.rapi) == logged, setup.rapi.log()
+
+
+@pytest.mark.parametrize("job_id", ["9" * 5000, str(10**30)], ids=["5000 digits", "10**30"])
+def test_a_job_id_too_long_for_any_job_is_an_unknown_job(setup: Setup, job_id: str) -> None:
+    # 5,000 digits are more than Python converts to an integer: answered without asking
+    # the master, as the master answers for 10**30.
+    writer, logged = setup.client("writer"), _tracebacks(setup.rapi)
+    waiting = {"fields": ["status"], "previous_job_info": None, "previous_log_serial": None}
+    for method, path, body in (
+        ("GET", f"/2/jobs/{job_id}", None),
+        ("GET", f"/2/jobs/{job_id}/wait", waiting),
+        ("GET", f"/dashboard/jobs/{job_id}/events", None),
+    ):
+        unknown = failure(functools.partial(writer.request, method, path, body))
+        assert unknown.status == 404, (path, unknown.body)
+        assert unknown.body["message"] == f"Job {job_id} not found"
+    assert writer.request("DELETE", f"/2/jobs/{job_id}") == [False, f"Job {job_id} not found"]
+    changed = writer.request("PUT", f"/2/jobs/{job_id}/priority", {"priority": 10})
+    assert changed == [False, f"Job {job_id} not found"]
+    assert _tracebacks(setup.rapi) == logged, setup.rapi.log()
+
+
+def test_leading_zeros_of_a_job_id_do_not_count(setup: Setup) -> None:
+    writer = setup.client("writer")
+    job_id = writer.submit([DELAY0])
+    assert writer.request("GET", f"/2/jobs/{'0' * 30}{job_id}")["id"] == job_id
+
+
+def test_the_dashboards_search_is_bounded_and_matches_every_word(setup: Setup) -> None:
+    reader = setup.client("reader")
+    job_id = setup.client("writer").submit([DELAY0])
+    found = reader.overview(f"{job_id} TeSt_DeLaY(0)")
+    assert [row["id"] for row in found["jobs"]] == [job_id] and found["matching"] == 1
+    ten = " ".join([str(job_id)] * 9 + ["test_delay"])  # ten words, every one in the job
+    assert [row["id"] for row in reader.overview(ten)["jobs"]] == [job_id]
+    assert reader.overview(f"{job_id} no-such-word")["matching"] == 0
+    assert job_id in [row["id"] for row in reader.overview("")["jobs"]]  # no search: every job
+    too_many = failure(lambda: reader.overview(" ".join(["s"] * 11)))
+    assert too_many.status == 400
+    assert too_many.body["message"] == "The 'search' parameter has more than 10 words"
+    too_long = failure(lambda: reader.overview("s" * 201))
+    assert too_long.status == 400
+    assert too_long.body["message"] == "The 'search' parameter is longer than 200 characters"
+    assert failure(lambda: reader.overview("s " * 3900)).status == 400  # the audit's search
 
 
 def test_a_drained_queue_answers_503(setup: Setup) -> None:

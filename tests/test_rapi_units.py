@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import re
@@ -16,11 +17,21 @@ pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobqueue import errors
+from jobqueue.luxi.protocol import MAX_REQUEST_NESTING
 from jobqueue.metrics import Metrics, QueueState
+from jobqueue.opcodes import MAX_NESTING
 from jobqueue.rapi.access import Gate, check_same_origin
 from jobqueue.rapi.answers import HttpError, from_luxi
 from jobqueue.rapi.exposition import cumulative, render
+from jobqueue.rapi.feed import (
+    MAX_SEARCH_LENGTH,
+    MAX_SEARCH_WORDS,
+    Snapshot,
+    search_words,
+    view,
+)
 from jobqueue.rapi.main import build_parser
+from jobqueue.rapi.resources import MAX_BODY_NESTING, parse_json
 from jobqueue.rapi.users import READ, WRITE, User, UsersFile, UsersFileError, ha1, parse
 
 DOC = Path(__file__).resolve().parent.parent / "doc"
@@ -191,6 +202,80 @@ def test_same_origin_rule(headers: dict[str, str], allowed: bool) -> None:
 )
 def test_luxi_errors_map_to_ganetis_statuses(error: errors.GenericError, status: int) -> None:
     assert from_luxi(error).status == status
+
+
+# -- request bodies ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text",
+    ["NaN", "[Infinity]", '{"a": -Infinity}', "[1e999]", '{"a": [-1e400]}', "[1, 2, 3.5e999]"],
+)
+def test_a_body_that_is_not_plain_json_is_refused(text: str) -> None:
+    with pytest.raises(HttpError) as refused:
+        parse_json(text.encode())
+    assert refused.value.status == 400
+    assert refused.value.message.startswith("Unable to parse JSON data: ")
+
+
+def test_a_body_may_nest_up_to_its_bound() -> None:
+    deepest = "[" * MAX_BODY_NESTING + "]" * MAX_BODY_NESTING
+    assert parse_json(('{"a": ' + deepest[1:-1] + "}").encode()) == {"a": json.loads(deepest[1:-1])}
+    for depth in (MAX_BODY_NESTING + 1, 10 * MAX_REQUEST_NESTING):  # the last: a RecursionError
+        with pytest.raises(HttpError) as refused:
+            parse_json(("[" * depth + "]" * depth).encode())
+        assert refused.value.status == 400
+        expected = f"nested deeper than {MAX_BODY_NESTING} levels"
+        assert expected in refused.value.message
+
+
+def test_the_body_bound_lies_between_the_masters_two_bounds() -> None:
+    # Every opcode the master accepts fits (body, ops list, then 64 levels of opcode),
+    # and no body reaches the depth at which the master refuses the whole request
+    # (its LUXI request adds the message and its arguments around the body's values).
+    assert 2 + MAX_NESTING <= MAX_BODY_NESTING < MAX_REQUEST_NESTING - 2
+    assert parse_json(b"[1.5, 1e300, -0.0, 12345678901234567890]") == [
+        1.5,
+        1e300,
+        -0.0,
+        12345678901234567890,
+    ]
+
+
+# -- the dashboard's search -------------------------------------------------------------
+def _rows(*summaries: list[str]) -> list[dict[str, object]]:
+    statuses = ("success", "running", "queued")
+    return [
+        {"id": number, "status": statuses[number % 3], "summary": summary}
+        for number, summary in enumerate(summaries, start=1)
+    ]
+
+
+def test_a_search_matches_jobs_having_every_word_in_any_case() -> None:
+    rows = _rows(["COMMAND_RUN(deploy web)"], ["TEST_DELAY(5)"], ["command_run(Deploy db)"])
+    snapshot = Snapshot(1, rows, [], {}, None)
+
+    def ids(search: str, statuses: frozenset[str] = frozenset()) -> list[object]:
+        return [row["id"] for row in view(snapshot, statuses, search_words(search))["jobs"]]
+
+    assert ids("") == [3, 2, 1]  # newest first
+    assert ids("deploy") == [3, 1]
+    assert ids("Deploy  WEB") == [1]
+    assert ids("deploy web db") == []
+    assert ids("running") == [1]  # the status (1 % 3 is running)
+    assert ids("2") == [2]  # the id
+    assert ids("deploy", frozenset({"success"})) == [3]  # 3 % 3 is success
+    assert view(snapshot, frozenset(), search_words("deploy"))["matching"] == 2
+    assert snapshot.search_texts is snapshot.search_texts  # made once for every page
+
+
+def test_a_search_is_bounded() -> None:
+    assert search_words(" ".join(["w"] * MAX_SEARCH_WORDS)) == ["w"] * MAX_SEARCH_WORDS
+    assert len(search_words("x" * MAX_SEARCH_LENGTH)) == 1
+    with pytest.raises(ValueError, match="more than 10 words"):
+        search_words(" ".join(["w"] * (MAX_SEARCH_WORDS + 1)))
+    with pytest.raises(ValueError, match="longer than 200 characters"):
+        search_words("x" * (MAX_SEARCH_LENGTH + 1))
+    with pytest.raises(ValueError, match="longer than 200 characters"):
+        search_words("s " * 3900)  # the audit's search of 3,900 words
 
 
 # -- exposition ------------------------------------------------------------------------

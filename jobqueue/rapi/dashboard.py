@@ -10,6 +10,8 @@ server-sent events:
     most ``feed.VIEW_LIMIT``), counts by status, locks and their holders,
     the filters, the workers and the running jobs; sent whenever any of it
     changes (``feed.Feed`` polls the master for every open page at once).
+    A search longer than ``feed.MAX_SEARCH_LENGTH`` characters or of more
+    than ``feed.MAX_SEARCH_WORDS`` words is answered 400.
 ``/dashboard/jobs/[id]/events``
     one ``job`` event with the job's fields and its whole log, then a
     ``change`` event for each change (new fields and new log entries, as
@@ -36,9 +38,9 @@ from jobqueue.constants import FINALIZED
 from jobqueue.errors import GenericError
 from jobqueue.rapi.access import Caller
 from jobqueue.rapi.answers import HttpError, from_luxi, json_response
-from jobqueue.rapi.feed import Feed, view
+from jobqueue.rapi.feed import Feed, search_words, view
 from jobqueue.rapi.master import Master
-from jobqueue.rapi.resources import Route
+from jobqueue.rapi.resources import Route, path_job_id
 from jobqueue.rapi.users import READ
 
 #: Seconds between keep-alive comments on an idle stream.
@@ -110,14 +112,19 @@ class Dashboard:
 
     async def overview_events(self, request: web.Request) -> web.StreamResponse:
         statuses = frozenset(s for s in request.query.get("status", "").split(",") if s)
-        search = request.query.get("search", "")
+        try:
+            words = search_words(request.query.get("search", ""))
+        except ValueError as err:
+            raise HttpError(400, str(err)) from None
         stream = await _open_stream(request)
         seen, sent = 0, ""  # version 0 is nothing yet: wait for the first answer
         async with self._feed.listening():
             while not self.closing.is_set():
                 snapshot = await self._feed.next(seen, KEEPALIVE)
+                data = sent  # the same snapshot again (a keep-alive): the same view
+                if not sent or snapshot.version != seen:
+                    data = json.dumps(view(snapshot, statuses, words))
                 seen = snapshot.version
-                data = json.dumps(view(snapshot, statuses, search))
                 try:
                     if data != sent:
                         sent = data
@@ -129,7 +136,7 @@ class Dashboard:
         return stream
 
     async def job_events(self, request: web.Request) -> web.StreamResponse:
-        job_id = int(request.match_info["job_id"])
+        job_id = path_job_id(request)
         (row,) = await self._ask(lambda c: c.query_jobs([job_id], JOB_FIELDS))
         job = dict(zip(JOB_FIELDS, row, strict=True))
         if job["status"] is None:

@@ -8,7 +8,10 @@ every listener when something differs. Each page then picks its own view:
 the jobs matching its status filter and search, newest first, at most
 ``VIEW_LIMIT`` of them. Nothing is asked while no page listens.
 
-All of it runs in the event loop's thread.
+All of it runs in the event loop's thread, so what a page's view costs is
+bounded: a search has at most ``MAX_SEARCH_WORDS`` words (``search_words``
+refuses more), and each row's text to search is made once per snapshot,
+whatever the number of pages.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -32,6 +36,9 @@ LOCK_FIELDS = ["name", "mode", "owner", "pending"]
 CONFIG_FIELDS = ["workers", "drain_flag", "live_jobs", "max_jobs", "role", "master"]
 #: Most jobs one page's list shows.
 VIEW_LIMIT = 200
+#: Longest search, in characters, and most words in it: more than anyone types.
+MAX_SEARCH_LENGTH = 200
+MAX_SEARCH_WORDS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +51,14 @@ class Snapshot:
     config: dict[str, Any]
     filters: list[dict[str, Any]] | None  # None: the master has no job filters
     error: str | None = None
+
+    @functools.cached_property
+    def search_texts(self) -> list[str]:
+        """Each job's id, status and summaries in lower case, in the order of ``jobs``.
+
+        Made on first use, then shared by every page's view of this snapshot.
+        """
+        return [_search_text(row) for row in self.jobs]
 
 
 EMPTY = Snapshot(0, [], [], {}, None, "Waiting for the first answer of the master")
@@ -147,14 +162,35 @@ def _content(snapshot: Snapshot) -> str:
     )
 
 
-def view(snapshot: Snapshot, statuses: frozenset[str], search: str) -> dict[str, Any]:
-    """What one page shows: its jobs (filtered, newest first, bounded) and the rest."""
+def search_words(search: str) -> list[str]:
+    """The words of a search, in lower case.
+
+    Raises ValueError, saying why, for a search longer than
+    ``MAX_SEARCH_LENGTH`` characters or of more than ``MAX_SEARCH_WORDS`` words.
+    """
+    if len(search) > MAX_SEARCH_LENGTH:
+        raise ValueError(f"The 'search' parameter is longer than {MAX_SEARCH_LENGTH} characters")
     words = search.lower().split()
-    matching = [
-        row
-        for row in reversed(snapshot.jobs)
-        if (not statuses or row["status"] in statuses) and _matches(row, words)
+    if len(words) > MAX_SEARCH_WORDS:
+        raise ValueError(f"The 'search' parameter has more than {MAX_SEARCH_WORDS} words")
+    return words
+
+
+def view(snapshot: Snapshot, statuses: frozenset[str], words: list[str]) -> dict[str, Any]:
+    """What one page shows: its jobs (filtered, newest first, bounded) and the rest.
+
+    ``words`` are ``search_words``: a job matches when each appears in its
+    id, status or a summary (any case).
+    """
+    chosen = [
+        index
+        for index, row in enumerate(snapshot.jobs)
+        if not statuses or row["status"] in statuses
     ]
+    if words:
+        texts = snapshot.search_texts
+        chosen = [index for index in chosen if all(word in texts[index] for word in words)]
+    matching = [snapshot.jobs[index] for index in reversed(chosen)]
     counts: dict[str, int] = {}
     for row in snapshot.jobs:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -171,9 +207,5 @@ def view(snapshot: Snapshot, statuses: frozenset[str], search: str) -> dict[str,
     }
 
 
-def _matches(row: dict[str, Any], words: list[str]) -> bool:
-    """Every word of the search appears in the id, status or a summary (any case)."""
-    if not words:
-        return True
-    text = " ".join([str(row["id"]), str(row["status"]), *map(str, row["summary"] or [])]).lower()
-    return all(word in text for word in words)
+def _search_text(row: dict[str, Any]) -> str:
+    return " ".join([str(row["id"]), str(row["status"]), *map(str, row["summary"] or [])]).lower()

@@ -24,23 +24,30 @@ Shapes follow Ganeti's RAPI (``doc/rapi.rst`` of this project lists them):
 
 A request body must be JSON (``Content-Type: application/json``, else 415)
 and is checked here before anything reaches the master (400 naming the
-parameter), as Ganeti's RAPI does.
+parameter), as Ganeti's RAPI does. Only plain JSON passes: no ``NaN`` or
+``Infinity``, no number too large for a float, lists and objects nested at
+most ``MAX_BODY_NESTING`` levels; the master could not be sent anything
+else. A job id in a path longer than ``MAX_JOB_ID_DIGITS`` digits names no
+job, and is answered as any unknown job is, without asking the master.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
 from jobqueue import constants
 from jobqueue.errors import GenericError
 from jobqueue.luxi.client import Client
+from jobqueue.luxi.protocol import nesting_depth
 from jobqueue.model import is_json_int
+from jobqueue.plainjson import MAX_DEPTH
 from jobqueue.rapi.access import Caller
 from jobqueue.rapi.answers import JSON, HttpError, from_luxi, json_response
 from jobqueue.rapi.master import Master, query_as_dicts, rows_as_dicts
@@ -66,6 +73,16 @@ REASON_SOURCE_RAPI = "gnt:library:rlib2"
 #: Seconds ``GET /2/jobs/[id]/wait`` waits for a change before answering ``null``.
 WAIT_TIMEOUT = 10.0
 _FILTER_PARAMS = ("priority", "predicates", "action", "reason")
+#: Deepest nesting of lists and objects in a request body: twice what an opcode,
+#: a filter predicate or a job's result may nest, so every body the master
+#: could accept (or whose values it gave, as a wait's ``previous_job_info``)
+#: passes and the master's own checks name what is too deep; far below the
+#: nesting at which the master refuses the whole LUXI request as malformed
+#: (``luxi.protocol.MAX_REQUEST_NESTING``), which would be answered 502.
+MAX_BODY_NESTING = 2 * MAX_DEPTH
+#: Most digits (leading zeros aside) of a job id in a path: more than any
+#: queue reaches (2**64 has 20), far fewer than Python converts to an integer.
+MAX_JOB_ID_DIGITS = 20
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -142,26 +159,33 @@ class Resources:
         return json_response(await self._ask(lambda c: c.submit_job(ops)))
 
     async def get_job(self, request: web.Request) -> web.Response:
-        job_id = int(request.match_info["job_id"])
+        job_id = path_job_id(request)
         (row,) = await self._ask(lambda c: c.query_jobs([job_id], JOB_FIELDS))
         if row[JOB_FIELDS.index("status")] is None:
             raise HttpError(404, f"Job {job_id} not found")
         return json_response(dict(zip(JOB_FIELDS, row, strict=True)))
 
     async def cancel_job(self, request: web.Request) -> web.Response:
-        job_id, kill = int(request.match_info["job_id"]), flag(request, "kill")
+        kill = flag(request, "kill")
+        try:
+            job_id = path_job_id(request)
+        except HttpError as err:  # as the master answers for an unknown job
+            return json_response([False, err.message])
         return json_response(await self._ask(lambda c: c.cancel_job(job_id, kill)))
 
     async def change_priority(self, request: web.Request) -> web.Response:
-        job_id = int(request.match_info["job_id"])
         priority: Any = (await json_object(request, ("priority",))).get("priority")
         if not is_json_int(priority):
             raise HttpError(400, "The 'priority' parameter should be an integer")
         new = int(priority)
+        try:
+            job_id = path_job_id(request)
+        except HttpError as err:  # as the master answers for an unknown job
+            return json_response([False, err.message])
         return json_response(await self._ask(lambda c: c.change_job_priority(job_id, new)))
 
     async def wait_job(self, request: web.Request) -> web.Response:
-        job_id = int(request.match_info["job_id"])
+        job_id = path_job_id(request)
         body = await json_object(request, ("fields", "previous_job_info", "previous_log_serial"))
         fields = body.get("fields")
         info = body.get("previous_job_info")
@@ -252,6 +276,19 @@ def _is_list(value: Any) -> bool:
     return isinstance(value, list)
 
 
+def path_job_id(request: web.Request) -> int:
+    """The job id in the request's path (digits only, by the route).
+
+    Raises ``HttpError`` 404, with the text the master gives for an unknown
+    job, when it has more than ``MAX_JOB_ID_DIGITS`` digits: no job has such
+    an id, and Python would refuse to convert a very long one.
+    """
+    digits = request.match_info["job_id"].lstrip("0") or "0"
+    if len(digits) > MAX_JOB_ID_DIGITS:
+        raise HttpError(404, f"Job {digits} not found")
+    return int(digits)
+
+
 def flag(request: web.Request, name: str) -> bool:
     """A boolean query parameter: an integer, true unless 0 (400 otherwise)."""
     value = request.query.get(name)
@@ -271,16 +308,52 @@ async def json_object(request: web.Request, allowed: tuple[str, ...]) -> dict[st
     content_type = request.headers.get("Content-Type", "application/octet-stream")
     if content_type.split(";")[0].strip().lower() != JSON:
         raise HttpError(415, f"The request body must be {JSON}")
-    try:
-        body = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise HttpError(400, "Unable to parse JSON data") from None
+    body = parse_json(data)
     if not isinstance(body, dict):
         raise HttpError(400, "Invalid body contents, not a dictionary")
     unknown = sorted(set(body) - set(allowed))
     if unknown:
         raise HttpError(400, f"Invalid body parameters: unknown parameter '{unknown[0]}'")
     return body
+
+
+class _NotPlain(ValueError):
+    """What Python's parser takes but plain JSON has not: NaN, Infinity, 1e999."""
+
+
+def parse_json(data: bytes) -> Any:
+    """The value of a request body, which must be plain JSON (see the module docstring).
+
+    Raises ``HttpError`` 400 otherwise, and nothing else whatever the body:
+    one nested deeper than the parser can go is refused as too deep too.
+    """
+    try:
+        value = json.loads(data, parse_float=_finite_float, parse_constant=_refuse_constant)
+    except _NotPlain as err:
+        raise HttpError(400, f"Unable to parse JSON data: {err}") from None
+    except RecursionError:
+        raise HttpError(400, _too_deep()) from None
+    except (ValueError, UnicodeDecodeError):
+        raise HttpError(400, "Unable to parse JSON data") from None
+    if nesting_depth(value, MAX_BODY_NESTING) > MAX_BODY_NESTING:
+        raise HttpError(400, _too_deep())
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotPlain(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise _NotPlain(f"{name} is not a JSON number")
+
+
+def _too_deep() -> str:
+    levels = MAX_BODY_NESTING
+    return f"Unable to parse JSON data: lists and objects nested deeper than {levels} levels"
 
 
 def filter_parameters(body: dict[str, Any]) -> tuple[int, list[Any], Any, list[Any]]:
