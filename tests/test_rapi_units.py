@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import os
 import re
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +35,7 @@ from jobqueue.rapi.feed import (
     view,
 )
 from jobqueue.rapi.main import build_parser
+from jobqueue.rapi.master import Master
 from jobqueue.rapi.resources import MAX_BODY_NESTING, parse_json
 from jobqueue.rapi.users import READ, WRITE, User, UsersFile, UsersFileError, ha1, parse
 
@@ -349,3 +354,40 @@ def test_the_service_unit_uses_real_options() -> None:
     ).split()
     args = build_parser().parse_args(command[1:])
     assert args.port == 5080 and args.users_file and args.ssl_cert and args.ssl_key
+
+
+def test_dashboard_streams_never_hold_up_a_writers_wait() -> None:
+    release = threading.Event()
+    started: list[str] = []
+
+    class Blocking:
+        def wait_for_job_change(self, who: str) -> str:
+            started.append(who)
+            release.wait(10)
+            return who
+
+        def close(self) -> None:
+            pass
+
+    async def scenario() -> list[str]:
+        blocking: Any = Blocking()
+        master = Master("unused", threads=6, make_client=lambda path, timeout: blocking)
+        streams = [
+            asyncio.ensure_future(
+                master.long_poll(lambda c, n=n: c.wait_for_job_change(f"stream {n}"), watch=True)
+            )
+            for n in range(5)
+        ]
+        wait = asyncio.ensure_future(master.long_poll(lambda c: c.wait_for_job_change("wait")))
+        deadline = time.monotonic() + 10
+        while "wait" not in started and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        seen = list(started)
+        release.set()
+        await asyncio.gather(wait, *streams)
+        master.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert "wait" in seen  # it ran while the streams' turns were all taken
+    assert sum(who.startswith("stream") for who in seen) == 1  # one turn for them of 2

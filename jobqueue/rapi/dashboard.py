@@ -171,7 +171,8 @@ class Dashboard:
     async def _wait(self, job_id: int, info: list[Any] | None, serial: int | None) -> Any:
         try:
             answer = await self._master.long_poll(
-                lambda c: c.wait_for_job_change(job_id, WATCH_FIELDS, info, serial, JOB_WAIT)
+                lambda c: c.wait_for_job_change(job_id, WATCH_FIELDS, info, serial, JOB_WAIT),
+                watch=True,
             )
         except GenericError as err:
             raise from_luxi(err) from err

@@ -7,7 +7,10 @@ resources turn it into an HTTP error (``answers.from_luxi``).
 
 Long polls (``WaitForJobChange``) hold a thread for their whole wait, so at
 most ``threads - QUICK_RESERVE`` of them run at once (the others wait for a
-turn): quick calls always find a thread.
+turn): quick calls always find a thread. Half of those turns are kept for
+the dashboard's job streams (``watch=True``, open to readers) and half for
+``GET /2/jobs/[id]/wait`` (writers), so readers' streams, however many,
+never hold up a writer's wait.
 """
 
 from __future__ import annotations
@@ -50,16 +53,19 @@ class Master:
         self._local = threading.local()
         self._clients_lock = threading.Lock()  # guards _clients
         self._clients: list[Client] = []
-        self._long_polls = asyncio.Semaphore(max(1, threads - QUICK_RESERVE))
+        turns = max(2, threads - QUICK_RESERVE)
+        self._long_polls = asyncio.Semaphore(turns - turns // 2)
+        self._watches = asyncio.Semaphore(turns // 2)
 
     async def call(self, call: Callable[[Client], T]) -> T:
         """Run ``call(client)`` in a pool thread and return its result (or raise its error)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run, call)
 
-    async def long_poll(self, call: Callable[[Client], T]) -> T:
-        """Like ``call``, for calls that block for a while (WaitForJobChange)."""
-        async with self._long_polls:
+    async def long_poll(self, call: Callable[[Client], T], *, watch: bool = False) -> T:
+        """Like ``call``, for calls that block for a while (WaitForJobChange); ``watch``
+        for a dashboard's stream, which takes its turns apart (see the module docstring)."""
+        async with self._watches if watch else self._long_polls:
             return await self.call(call)
 
     def _run(self, call: Callable[[Client], T]) -> T:
