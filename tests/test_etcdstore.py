@@ -275,15 +275,23 @@ def leading_store(open_etcd_store: OpenStore, cluster: EtcdCluster) -> EtcdJobSt
     return store
 
 
+def running_version_timed_out(
+    store: EtcdJobStore, monkeypatch: pytest.MonkeyPatch, job_id: int = 1
+) -> Late:
+    """Job ``job_id`` created, then its running version sent and timed out, unapplied."""
+    create(store, make_job(job_id))
+    late = Late(store.kv)
+    monkeypatch.setattr(store.kv, "txn", late.txn)
+    with pytest.raises(StorageError):
+        store.replace_job(make_job(job_id, Status.RUNNING))
+    return late
+
+
 def test_a_version_that_lands_late_never_takes_its_job_back(
     etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = leading_store(open_etcd_store, etcd_member)
-    create(store, make_job(1))
-    late = Late(store.kv)
-    monkeypatch.setattr(store.kv, "txn", late.txn)
-    with pytest.raises(StorageError):
-        store.replace_job(make_job(1, Status.RUNNING))  # times out, unapplied
+    late = running_version_timed_out(store, monkeypatch)
     store.replace_job(make_job(1, Status.SUCCESS))
     assert not late.land().succeeded  # the running version comes too late
     assert store.read_job(1) == make_job(1, Status.SUCCESS)
@@ -295,11 +303,7 @@ def test_a_version_that_lands_before_the_next_is_written_over(
     etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = leading_store(open_etcd_store, etcd_member)
-    create(store, make_job(1))
-    late = Late(store.kv)
-    monkeypatch.setattr(store.kv, "txn", late.txn)
-    with pytest.raises(StorageError):
-        store.replace_job(make_job(1, Status.RUNNING))
+    late = running_version_timed_out(store, monkeypatch)
     assert [job.status for job in store.load_jobs()] == [Status.QUEUED]  # read before it lands
     assert late.land().succeeded
     results: list[Any] = []
@@ -318,11 +322,7 @@ def test_a_version_that_lands_after_archiving_brings_nothing_back(
     etcd_member: EtcdCluster, open_etcd_store: OpenStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = leading_store(open_etcd_store, etcd_member)
-    create(store, make_job(1))
-    late = Late(store.kv)
-    monkeypatch.setattr(store.kv, "txn", late.txn)
-    with pytest.raises(StorageError):
-        store.replace_job(make_job(1, Status.RUNNING))
+    late = running_version_timed_out(store, monkeypatch)
     store.replace_job(make_job(1, Status.SUCCESS))
     assert store.archive_jobs([1]) == ([1], None)
     assert not late.land().succeeded

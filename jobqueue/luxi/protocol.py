@@ -54,17 +54,27 @@ else:
     Request = namedtuple("Request", ("method", "args", "version"))
 
 
+class NotPlainJSON(ValueError):
+    """JSON text Python's parser takes but plain JSON has not: NaN, Infinity, 1e999."""
+
+
 def _finite_float(text: str) -> float:
     """Parse a JSON number; refuse ones that overflow to infinity (``1e999``)."""
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"Number {text[:40]} is out of range")
+        raise NotPlainJSON(f"Number {text[:40]} is out of range")
     return value
 
 
 def _refuse_constant(name: str) -> NoReturn:
     """Refuse the ``NaN``, ``Infinity`` and ``-Infinity`` literals."""
-    raise ValueError(f"{name} is not allowed")
+    raise NotPlainJSON(f"{name} is not allowed")
+
+
+def loads_plain(text: str | bytes) -> Any:
+    """Decode JSON text; ``NotPlainJSON`` (a ValueError) for NaN, Infinity and numbers
+    that overflow, ValueError for the rest that is not JSON."""
+    return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
 
 
 #: One encoder for every message and answer row: ``json.dumps`` with an
@@ -84,7 +94,7 @@ def _json_loads(text: str) -> Any:
         text = text[1:]
     elif text.startswith("\xef\xbb\xbf"):
         text = text[3:]
-    return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
+    return loads_plain(text)
 
 
 def _dumps(value: Any) -> bytes:

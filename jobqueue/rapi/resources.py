@@ -34,18 +34,16 @@ job, and is answered as any unknown job is, without asking the master.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any
 
 from aiohttp import web
 
 from jobqueue import constants
 from jobqueue.errors import GenericError
 from jobqueue.luxi.client import Client
-from jobqueue.luxi.protocol import nesting_depth
+from jobqueue.luxi.protocol import NotPlainJSON, loads_plain, nesting_depth
 from jobqueue.model import is_json_int
 from jobqueue.plainjson import MAX_DEPTH
 from jobqueue.rapi.access import Caller
@@ -317,10 +315,6 @@ async def json_object(request: web.Request, allowed: tuple[str, ...]) -> dict[st
     return body
 
 
-class _NotPlain(ValueError):
-    """What Python's parser takes but plain JSON has not: NaN, Infinity, 1e999."""
-
-
 def parse_json(data: bytes) -> Any:
     """The value of a request body, which must be plain JSON (see the module docstring).
 
@@ -328,8 +322,8 @@ def parse_json(data: bytes) -> Any:
     one nested deeper than the parser can go is refused as too deep too.
     """
     try:
-        value = json.loads(data, parse_float=_finite_float, parse_constant=_refuse_constant)
-    except _NotPlain as err:
+        value = loads_plain(data)
+    except NotPlainJSON as err:
         raise HttpError(400, f"Unable to parse JSON data: {err}") from None
     except RecursionError:
         raise HttpError(400, _too_deep()) from None
@@ -338,17 +332,6 @@ def parse_json(data: bytes) -> Any:
     if nesting_depth(value, MAX_BODY_NESTING) > MAX_BODY_NESTING:
         raise HttpError(400, _too_deep())
     return value
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _NotPlain(f"the number {text[:40]} is out of range")
-    return value
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise _NotPlain(f"{name} is not a JSON number")
 
 
 def _too_deep() -> str:
