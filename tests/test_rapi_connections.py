@@ -248,3 +248,12 @@ def test_a_client_that_never_reads_its_answer_is_closed(rapi: Rapi) -> None:
             pass
     assert received < 4_000_000  # cut short: the answer is over 4 MB
     assert writer.version() == 2
+
+
+def test_a_request_that_cannot_be_parsed_is_one_log_line(rapi: Rapi) -> None:
+    for _ in range(3):
+        with tls_connection(rapi) as sock:
+            sock.sendall(b"GET /version HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+            assert sock.recv(65536).split(b"\r\n")[0].endswith(b" 400 Bad Request")
+    wait_until(lambda: rapi.log().count("Duplicate Content-Length") == 3, what="three lines")
+    assert "Traceback" not in rapi.log()

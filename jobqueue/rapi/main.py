@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from jobqueue import __version__
 from jobqueue.constants import WFJC_MAX_TIMEOUT
@@ -39,6 +40,8 @@ DEFAULT_PORT = 5080
 SHUTDOWN_GRACE = 3.0
 #: Header lines a request may have (aiohttp allows 128 of up to 8 KiB each).
 MAX_HEADERS = 40
+#: Characters of a malformed request's description kept in the log.
+MISTAKE_CHARS = 200
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("jobqueue.rapi")
 
@@ -158,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
     )
+    logging.getLogger("aiohttp.server").addFilter(_quiet_client_mistakes)
     try:
         context = None if args.no_ssl else tls_context(args.ssl_cert, args.ssl_key)
         users = UsersFile(args.users_file, logger=log)
@@ -231,6 +235,20 @@ async def _serve(
     watcher.cancel()
     await runner.cleanup()
     log.info("jobqueue-rapi stopped")
+
+
+def _quiet_client_mistakes(record: logging.LogRecord) -> bool:
+    """aiohttp logs a request it cannot parse with a traceback, a dozen lines for a
+    few bytes sent: a client's mistake, which the access log shows as a 400 already.
+    It is kept as one line at debug level."""
+    error = record.exc_info[1] if record.exc_info else None
+    if not isinstance(error, HttpProcessingError):
+        return True
+    what = " ".join(str(error).split())[:MISTAKE_CHARS]
+    record.msg, record.args = "%s: %s", (record.getMessage(), what)
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    record.exc_info, record.exc_text = None, None
+    return log.isEnabledFor(logging.DEBUG)
 
 
 def _is_loopback(address: str) -> bool:
