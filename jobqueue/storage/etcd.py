@@ -475,17 +475,18 @@ class EtcdJobStore(JobStore):
         on condition that it has not moved since it was read: a change that lands late
         (doc/ha.rst, "Writes") finds it moved by every later change, and is refused."""
         key = self.keys.controls
+        try:
+            found = self._kv.get(key)
+        except StorageError as err:
+            raise StorageError(f"{what}: {err}", err.args[1]) from err
+        expect = {key: 0 if found is None else found.mod_revision}
         for _ in range(CONTROL_ATTEMPTS):
-            try:
-                found = self._kv.get(key)
-            except StorageError as err:
-                raise StorageError(f"{what}: {err}", err.args[1]) from err
-            expect = {key: 0 if found is None else found.mod_revision}
             result = self._write(
                 what, puts={**(puts or {}), key: b""}, deletes=deletes, expect=expect
             )
             if result.succeeded:
                 return
+            expect = {key: result.found.get(key, 0)}  # moved meanwhile: nothing was written
         raise StorageError(f"{what}: the controls kept changing meanwhile", errno.EAGAIN)
 
     # -- job filter rules ----------------------------------------------------------

@@ -60,15 +60,19 @@ class TxnResult:
 
     ``revision`` is etcd's revision after the transaction (the one it wrote
     at when it succeeded). When refused, ``fenced_out`` says the fence did
-    not hold, ``conflicts`` lists the keys whose mod_revision differed and
-    ``found`` maps each of them to the mod_revision it has (0: absent).
+    not hold and ``found`` maps each key whose mod_revision differed to the
+    mod_revision it has (0: absent).
     """
 
     succeeded: bool
     revision: int
     fenced_out: bool = False
-    conflicts: tuple[bytes, ...] = ()
     found: Mapping[bytes, int] = field(default_factory=dict)
+
+    @property
+    def conflicts(self) -> tuple[bytes, ...]:
+        """The keys whose mod_revision differed."""
+        return tuple(self.found)
 
 
 class Allocation(NamedTuple):
@@ -277,7 +281,7 @@ class EtcdKV:
             for (key, mod), kvs in zip(expect.items(), watched, strict=True)
             if _mod_of(kvs) != mod
         }
-        return TxnResult(False, _revision(answer), fenced_out, tuple(current), current)
+        return TxnResult(False, _revision(answer), fenced_out, current)
 
     def allocate(
         self,

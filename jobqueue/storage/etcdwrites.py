@@ -320,17 +320,10 @@ class JobWrites:
             known = {key: self._revisions.get(job_id) for key, job_id in owners.items()}
         unknown = [key for key, revision in known.items() if revision is None]
         found = self._kv.get_many(unknown) if unknown else []
-        read = {
-            key: 0 if item is None else item.mod_revision
-            for key, item in zip(unknown, found, strict=True)
-        }
-        with self._lock:
-            for key, revision in read.items():
-                if revision:
-                    self._revisions.setdefault(owners[key], revision)
-        expect = {key: read.get(key, revision or 0) for key, revision in known.items()}
-        gone = [key for key, revision in expect.items() if revision == 0]
-        return {key: revision for key, revision in expect.items() if revision}, gone
+        for key, item in zip(unknown, found, strict=True):
+            known[key] = 0 if item is None else item.mod_revision
+        gone = [key for key, revision in known.items() if not revision]
+        return {key: revision for key, revision in known.items() if revision}, gone
 
     def _wrote(self, job_ids: list[int], revision: int) -> None:
         with self._lock:
