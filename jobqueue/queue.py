@@ -63,7 +63,7 @@ from jobqueue.ownership import Ownership
 from jobqueue.processor import Processor
 from jobqueue.settings import QueueSettings
 from jobqueue.storage.base import JobStore
-from jobqueue.submission import Intake, load_opcodes
+from jobqueue.submission import Intake, JobSubmission, load_opcodes
 from jobqueue.timers import Timers
 from jobqueue.workerpool import DeferTask, WorkerPool
 
@@ -458,6 +458,10 @@ class JobQueue:
         return self._intake.submit_job(
             ops, drained_ok=drained_ok, submitter=submitter, options=options
         )
+
+    def submit_each(self, submissions: list[JobSubmission]) -> list[int | GenericError]:
+        """Several callers' single jobs, submitted together (``Intake.submit_each``)."""
+        return self._intake.submit_each(submissions)
 
     def submit_many_jobs(
         self,

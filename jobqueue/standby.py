@@ -105,7 +105,7 @@ class StandbyQueue:
         where = f"the master is {master}" if master else "no master is running right now"
         raise NotMasterError(f"This daemon is a standby and changes nothing; {where}", master)
 
-    submit_job = submit_many_jobs = cancel_job = change_job_priority = _refuse
+    submit_job = submit_each = submit_many_jobs = cancel_job = change_job_priority = _refuse
     archive_job = auto_archive_jobs = prune_archive = set_drain_flag = _refuse
     set_watcher_pause = _refuse
     change_job_start = replace_filter = delete_filter = set_max_running_jobs = _refuse

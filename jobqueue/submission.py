@@ -17,6 +17,12 @@ them to ``LiveJobs`` and only then hands them to the queue to run
 (``activate``): a job's id is returned once it is stored. It is built by
 ``JobQueue`` for itself, as ``Controls`` is.
 
+``Intake.submit_each`` takes the single-job submissions of several callers
+at once (``JobSubmission``, one per SubmitJob call) and handles them as one
+submission: each caller is checked on its own (its options, its right to
+pass the drain flag), and every job that passes is prepared, written and
+published with the others, so that many clients share one durable write.
+
 Locking: ``Intake._lock`` guards ``_slots_claimed`` (the jobs of
 submissions in progress, not yet stored), so that concurrent submissions
 share the room under the live-job limit; it is held for counting only.
@@ -24,6 +30,7 @@ share the room under the live-job limit; it is held for counting only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -49,6 +56,20 @@ from jobqueue.ownership import Ownership
 from jobqueue.storage.base import JobStore
 
 Prepared = tuple[int, list[OpCode]] | GenericError
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSubmission:
+    """One caller's single job, as ``Intake.submit_each`` takes it.
+
+    ``ops`` as sent (checked by the intake); ``options`` the wire value of
+    its job options, or None; ``drained_ok`` past the drain flag (admins only).
+    """
+
+    ops: Any
+    submitter: Submitter | None
+    drained_ok: bool = False
+    options: Any = None
 
 
 def validate_job(ops: Any, registry: Registry, relative_ok: bool) -> list[OpCode]:
@@ -241,6 +262,57 @@ class Intake:
         except JobQueueError as err:
             return [[False, str(err)] for _ in jobs]
 
+    def submit_each(self, submissions: list[JobSubmission]) -> list[int | GenericError]:
+        """Submit one job per caller, together; each job's id, or what refused it.
+
+        Refusals are per caller: one caller's bad options or missing right
+        refuse that caller's job only. Jobs never depend on each other here.
+        """
+        results: dict[int, int | GenericError] = {}
+        admitted: list[int] = []
+        jobs: list[Any] = []
+        options: list[JobOptions] = []
+        submitters: list[Submitter | None] = []
+        drained: list[bool] = []  # read at most once, for the first caller it concerns
+        for index, submission in enumerate(submissions):
+            try:
+                parsed = parse_options(submission.options, 1)
+                self._check_open(submission.drained_ok, submission.submitter, 1, drained)
+            except GenericError as err:
+                results[index] = err
+                continue
+            admitted.append(index)
+            jobs.append(submission.ops)
+            options.append(parsed[0] if parsed else JobOptions())
+            submitters.append(submission.submitter)
+        if jobs:
+            stored = self._store_new(
+                jobs, relative_ok=False, options=options, submitters=submitters
+            )
+            results.update(zip(admitted, stored, strict=True))
+        return [results[index] for index in range(len(submissions))]
+
+    def _check_open(
+        self, drained_ok: bool, submitter: Submitter | None, count: int, drained: list[bool]
+    ) -> None:
+        """Raise unless ``count`` jobs of ``submitter`` may be submitted now.
+
+        ``drained`` caches the drain flag's state for a batch of callers
+        (empty: not read yet).
+        """
+        if drained_ok:
+            self._ownership.check_queue(submitter, "submit jobs past the drain flag")
+        if not self._queue.accepting():
+            self._metrics.submissions(0, count, "shutting_down")
+            raise JobQueueError(constants.MSG_SHUTTING_DOWN)
+        if drained_ok:
+            return
+        if not drained:
+            drained.append(self._store.is_drained())
+        if drained[0]:
+            self._metrics.submissions(0, count, "drained")
+            raise JobQueueDrainError(constants.MSG_DRAINED)
+
     def _submit(
         self,
         jobs: list[Any],
@@ -250,14 +322,23 @@ class Intake:
         relative_ok: bool,
         options: list[JobOptions] | None = None,
     ) -> list[int | GenericError]:
-        if drained_ok:
-            self._ownership.check_queue(submitter, "submit jobs past the drain flag")
-        if not self._queue.accepting():
-            self._metrics.submissions(0, len(jobs), "shutting_down")
-            raise JobQueueError(constants.MSG_SHUTTING_DOWN)
-        if not drained_ok and self._store.is_drained():
-            self._metrics.submissions(0, len(jobs), "drained")
-            raise JobQueueDrainError(constants.MSG_DRAINED)
+        self._check_open(drained_ok, submitter, len(jobs), [])
+        return self._store_new(
+            jobs, relative_ok=relative_ok, options=options, submitters=[submitter] * len(jobs)
+        )
+
+    def _store_new(
+        self,
+        jobs: list[Any],
+        *,
+        relative_ok: bool,
+        options: list[JobOptions] | None,
+        submitters: list[Submitter | None],
+    ) -> list[int | GenericError]:
+        """Prepare, admit, write, publish and activate ``jobs``; each one's id or refusal.
+
+        ``submitters`` and ``options`` (if given) hold one entry per job.
+        """
         prepared = prepare_jobs(
             jobs,
             self._registry,
@@ -268,6 +349,11 @@ class Intake:
         )
         refused = self._rejected(prepared)  # ids of this call that will not be stored
         controls = options_by_id(prepared, options)
+        recorded = {
+            item[0]: submitter or Submitter.daemon()
+            for item, submitter in zip(prepared, submitters, strict=True)
+            if not isinstance(item, GenericError)
+        }
         accepted: list[tuple[int, list[OpCode]]] = []
         results: list[int | GenericError] = []
         with self._lock:  # room is counted and claimed at once: concurrent calls share it
@@ -292,8 +378,7 @@ class Intake:
                 results.append(job_id)
             self._slots_claimed += len(accepted)
         now = self._queue.now()
-        recorded = submitter or Submitter.daemon()
-        to_write = [Job.new(job_id, ops, now, recorded) for job_id, ops in accepted]
+        to_write = [Job.new(job_id, ops, now, recorded[job_id]) for job_id, ops in accepted]
         for job in to_write:
             controls[job.id].apply(job)
         try:

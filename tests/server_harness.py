@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from jobqueue import constants
+from jobqueue import constants, errors
 from jobqueue.luxi import protocol
 from jobqueue.luxi.methods import QueueApi
 from jobqueue.luxi.server import LuxiServer
@@ -126,6 +126,18 @@ class FakeQueue:
         return answer
 
     # -- QueueApi --------------------------------------------------------------
+    def submit_each(self, submissions: list[Any]) -> list[Any]:
+        """Each caller's job through ``submit_job``; what it raises is that caller's answer."""
+        results: list[Any] = []
+        for item in submissions:
+            try:
+                results.append(
+                    self.submit_job(item.ops, drained_ok=item.drained_ok, submitter=item.submitter)
+                )
+            except errors.GenericError as err:
+                results.append(err)
+        return results
+
     def submit_job(self, ops: list[Any], *, drained_ok: bool = False, submitter: Any = None) -> int:
         self.callers.append(submitter)
         self._record("submit_job", ops, drained_ok)

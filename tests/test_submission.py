@@ -12,9 +12,16 @@ import pytest
 
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.daemon import Core, build_core, start_core
-from jobqueue.errors import ECODE_INVAL, OpPrereqError
+from jobqueue.errors import (
+    ECODE_INVAL,
+    AccessDenied,
+    GenericError,
+    JobQueueDrainError,
+    JobQueueError,
+    OpPrereqError,
+)
 from jobqueue.lus import builtin_registry, command, test
-from jobqueue.model import Job
+from jobqueue.model import Job, Submitter
 from jobqueue.opcodes import (
     MAX_NESTING,
     REASON_SOURCE_DAEMON,
@@ -26,7 +33,7 @@ from jobqueue.opcodes import (
 )
 from jobqueue.queue import JobQueue
 from jobqueue.storage.files import Disk, FileJobStore
-from jobqueue.submission import load_opcodes, prepare_jobs
+from jobqueue.submission import JobSubmission, load_opcodes, prepare_jobs
 from tests.polling import poll_until
 from tests.queue_harness import QueueUnderTest
 
@@ -279,3 +286,78 @@ def test_load_opcodes_types_only_what_may_still_run() -> None:
     assert done is None
     assert isinstance(broken, InvalidOpCode) and isinstance(broken.error, OpPrereqError)
     assert pending == registry.typed(DUMMY)
+
+
+# -- submit_each: several callers' single jobs as one submission ------------------
+def stranger() -> Submitter:
+    """A client that is not an admin (neither root nor the daemon's user)."""
+    return Submitter.client(uid=54321, gid=54321, groups=[], pid=4321)
+
+
+def test_submit_each_stores_every_callers_job_in_one_write(
+    make_queue: Callable[..., JobQueue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = make_queue()
+    writes: list[list[int]] = []
+    store = queue.core.store  # type: ignore[attr-defined]
+    create_jobs = store.create_jobs
+
+    def counted(jobs: list[Job]) -> Any:
+        writes.append([job.id for job in jobs])
+        return create_jobs(jobs)
+
+    monkeypatch.setattr(store, "create_jobs", counted)
+    callers = [stranger(), None, Submitter.client(uid=777, gid=7, groups=[7], pid=99)]
+    results = queue.submit_each(
+        [JobSubmission([DUMMY], who, options={"retries": n + 1}) for n, who in enumerate(callers)]
+    )
+    assert all(isinstance(result, int) for result in results)
+    assert writes == [results]
+    for job_id, caller, retries in zip(results, callers, (1, 2, 3), strict=True):
+        stored = store.read_job(job_id)
+        assert stored.submitter == (caller or Submitter.daemon())
+        assert stored.retry is not None and stored.retry.retries == retries
+
+
+def test_submit_each_refuses_a_callers_job_alone(make_queue: Callable[..., JobQueue]) -> None:
+    queue = make_queue()
+    results = queue.submit_each(
+        [
+            JobSubmission([DUMMY], None),
+            JobSubmission([DUMMY], stranger(), options={"no such option": 1}),
+            JobSubmission([{"OP_ID": "OP_NO_SUCH_THING"}], None),
+            JobSubmission([DUMMY], stranger(), drained_ok=True),  # not an admin
+            JobSubmission([DUMMY], None),
+        ]
+    )
+    assert isinstance(results[0], int) and isinstance(results[4], int)
+    assert isinstance(results[1], OpPrereqError) and "no such option" in str(results[1])
+    assert isinstance(results[2], GenericError) and "OP_NO_SUCH_THING" in str(results[2])
+    assert isinstance(results[3], AccessDenied)
+    assert results[4] == results[0] + 1  # the refused callers took no id
+
+
+def test_submit_each_on_a_drained_queue_takes_only_admins_past_the_flag(
+    make_queue: Callable[..., JobQueue],
+) -> None:
+    queue = make_queue()
+    queue.set_drain_flag(True)
+    results = queue.submit_each(
+        [
+            JobSubmission([DUMMY], stranger()),
+            JobSubmission([DUMMY], None, drained_ok=True),
+            JobSubmission([DUMMY], stranger(), drained_ok=True),
+        ]
+    )
+    assert isinstance(results[0], JobQueueDrainError)
+    assert isinstance(results[1], int)
+    assert isinstance(results[2], AccessDenied)
+
+
+def test_submit_each_after_shutdown_began_refuses_every_caller(
+    make_queue: Callable[..., JobQueue],
+) -> None:
+    queue = make_queue()
+    queue.prepare_shutdown()
+    results = queue.submit_each([JobSubmission([DUMMY], None), JobSubmission([DUMMY], None)])
+    assert [type(result) for result in results] == [JobQueueError, JobQueueError]

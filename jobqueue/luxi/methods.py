@@ -23,19 +23,13 @@ from typing import Any, Protocol
 from jobqueue import constants, errors
 from jobqueue.model import Job, Submitter, is_json_int
 from jobqueue.storage.base import OUTPUT_STREAMS
+from jobqueue.submission import JobSubmission
 
 
 class QueueApi(Protocol):
     """What the server changes through; ``jobqueue.queue.JobQueue`` provides it."""
 
-    def submit_job(
-        self,
-        ops: list[Any],
-        *,
-        drained_ok: bool = False,
-        submitter: Submitter | None = None,
-        options: Any = None,
-    ) -> int: ...
+    def submit_each(self, submissions: list[JobSubmission]) -> list[int | errors.GenericError]: ...
     def submit_many_jobs(
         self,
         jobs: list[Any],
@@ -235,7 +229,10 @@ class Method:
     """How one LUXI method is served.
 
     ``call(services, *args)`` runs in the executor; with ``is_async`` it is
-    ``call(server, *args)``, a coroutine run in the loop instead.
+    ``call(server, *args)``, a coroutine run in the loop instead. A
+    ``batched`` method's call only describes one caller's job (a
+    ``JobSubmission``, made in the loop); the server submits those of
+    concurrent callers together (``QueueApi.submit_each``, ``batching``).
     ``args`` then ``optional`` are the positional arguments, as (name, kind).
     ``read_only`` methods change nothing: anyone who may open a socket may
     call them, and they wait for room in the server's output budget.
@@ -246,6 +243,7 @@ class Method:
     optional: _Args = ()
     read_only: bool = False
     is_async: bool = False
+    batched: bool = False
 
     def convert_args(self, name: str, args: list[Any]) -> list[Any]:
         """Check count and types of ``args``; LuxiError naming the first bad one."""
@@ -267,15 +265,15 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "SubmitJob": Method(
-        lambda s, ops, *options: s.queue.submit_job(
-            ops, submitter=s.caller, **_job_options(options)
-        ),
+        lambda s, ops, options=None: JobSubmission(ops, s.caller, options=options),
         (("ops", _LIST),),
         optional=(("options", _OPTIONS),),
+        batched=True,
     ),
     "SubmitJobToDrainedQueue": Method(
-        lambda s, ops: s.queue.submit_job(ops, drained_ok=True, submitter=s.caller),
+        lambda s, ops: JobSubmission(ops, s.caller, drained_ok=True),
         (("ops", _LIST),),
+        batched=True,
     ),
     "SubmitManyJobs": Method(
         lambda s, jobs, *options: s.queue.submit_many_jobs(

@@ -55,6 +55,7 @@ from typing import Any
 
 from jobqueue import constants, errors
 from jobqueue.luxi import access, methods, protocol
+from jobqueue.luxi.batching import SubmissionBatches
 from jobqueue.luxi.connection import Answer, Connection, OutputBudget, error_answer
 from jobqueue.luxi.jobwaits import JobWaits
 from jobqueue.luxi.methods import METHODS
@@ -215,6 +216,11 @@ class LuxiServer:
         )
         self._read_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=reader_threads, thread_name_prefix="luxi-reader"
+        )
+        self._batches = SubmissionBatches(
+            self._change_executor,
+            encode=lambda result: protocol.encode_success(result, self._max_answer_size),
+            failure=self._failure,
         )
         self._pools = (
             (self._change_executor, handler_threads),
@@ -419,6 +425,9 @@ class LuxiServer:
                 return loop.create_task(self._answer_async(connection, method.call(self, *args)))
             answer: asyncio.Future[Answer] = loop.create_future()
             services = methods.Services(self._queue, self._reader, _caller(connection.peer))
+            if method.batched:
+                self._batches.add(connection, answer, method.call(services, *args), self._queue)
+                return answer
             call = (connection, answer, method.call, services, args)
             if method.read_only:
                 start = functools.partial(self._start_read, *call)

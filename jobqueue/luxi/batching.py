@@ -1,0 +1,147 @@
+"""Single-job submissions of many clients, submitted and answered in batches.
+
+A ``SubmitJob`` call does not get a handler thread of its own. The loop
+queues it here (``add``: the caller's ``JobSubmission`` and the future of
+its answer); one runner, a thread of the server's handler pool while there
+is work, takes every call waiting, submits their jobs to the queue in one
+``QueueApi.submit_each`` (one check of the queue's state, one allocation of
+ids, one durable write for all their files), encodes each call's answer and
+gives all of them back to the loop in one hand-off. Calls arriving while a
+batch is being written wait for the next one, so the size of a batch follows
+the load. (A second runner preparing the next batch during the write was
+measured slower: the two contend for the interpreter lock.)
+
+Why: with a thread per call, each submission crossed threads four times
+(loop, handler, the group commit's leader, loop) and waited for a free
+handler; those hand-offs, not the disk, set the rate of many clients each
+submitting one job (``doc/performance.rst``, "SubmitJob in batches").
+
+Bounded: a connection has at most one request in flight, so at most one
+waiting call per open connection. One call's refusal (bad options, a
+missing right) is that call's answer alone; a batch that fails as a whole
+answers each of its calls with the error.
+
+Thread safety: ``add`` is called from the loop thread; the runner takes
+batches under ``_lock``, which also guards whether it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from jobqueue.errors import LuxiError
+from jobqueue.luxi.connection import Answer, Connection
+from jobqueue.submission import JobSubmission
+
+# A call waiting for its batch: who asked, where the answer goes, the job,
+# and the queue (a standby taking over may change it between calls).
+_Call = tuple[Connection, "asyncio.Future[Answer]", JobSubmission, Any]
+
+
+class SubmissionBatches:
+    """Batches of single-job submissions; see the module docstring.
+
+    ``executor`` lends the runner its thread; ``encode`` turns a job id
+    into its answer; ``failure(connection, error)`` turns a refusal into
+    one (and logs what was unexpected).
+    """
+
+    def __init__(
+        self,
+        executor: concurrent.futures.Executor,
+        encode: Callable[[int], Answer],
+        failure: Callable[[Connection, Exception], Answer],
+    ) -> None:
+        self._executor = executor
+        self._encode = encode
+        self._failure = failure
+        self._lock = threading.Lock()
+        self._waiting: list[_Call] = []
+        self._running = False
+
+    def add(
+        self,
+        connection: Connection,
+        answer: asyncio.Future[Answer],
+        submission: JobSubmission,
+        queue: Any,
+    ) -> None:
+        """Queue one call (loop thread); its answer arrives through ``answer``."""
+        with self._lock:
+            self._waiting.append((connection, answer, submission, queue))
+            start, self._running = not self._running, True
+        if start:
+            try:
+                self._executor.submit(self._run)
+            except RuntimeError as err:  # shutting down: answer what waits
+                with self._lock:
+                    self._running = False
+                    calls, self._waiting = self._waiting, []
+                self._answer_all(calls, LuxiError(str(err)))
+
+    def _run(self) -> None:
+        """The runner: submit batches until no call waits."""
+        while True:
+            with self._lock:
+                calls, self._waiting = self._waiting, []
+                if not calls:
+                    self._running = False
+                    return
+            try:
+                self._submit(calls)
+            except Exception as err:  # a bug: these calls fail, later ones are still served
+                self._answer_all(calls, err)
+            except BaseException:
+                with self._lock:
+                    self._running = False
+                raise
+
+    def _submit(self, calls: list[_Call]) -> None:
+        answers: list[tuple[asyncio.Future[Answer], Answer]] = []
+        for queue, group in _by_queue(calls):
+            try:
+                results = queue.submit_each([submission for _, _, submission, _ in group])
+            except Exception as err:  # answered (and logged) here, with its traceback
+                answers += [(answer, self._failure(conn, err)) for conn, answer, _, _ in group]
+                continue
+            for (connection, answer, _, _), result in zip(group, results, strict=True):
+                if isinstance(result, Exception):
+                    answers.append((answer, self._failure(connection, result)))
+                else:
+                    answers.append((answer, self._encode(result)))
+        _deliver(answers)
+
+    def _answer_all(self, calls: list[_Call], err: Exception) -> None:
+        _deliver([(answer, self._failure(conn, err)) for conn, answer, _, _ in calls])
+
+
+def _by_queue(calls: list[_Call]) -> list[tuple[Any, list[_Call]]]:
+    """The calls grouped by the queue they go to, in order (almost always one group)."""
+    groups: list[tuple[Any, list[_Call]]] = []
+    for call in calls:
+        if groups and groups[-1][0] is call[3]:
+            groups[-1][1].append(call)
+        else:
+            groups.append((call[3], [call]))
+    return groups
+
+
+def _deliver(answers: list[tuple[asyncio.Future[Answer], Answer]]) -> None:
+    """Complete the answers' futures in their loop, in one hand-off."""
+    if not answers:
+        return
+    loop = answers[0][0].get_loop()
+    try:
+        loop.call_soon_threadsafe(_complete, answers)
+    except RuntimeError:  # the loop is gone: nobody is waiting
+        pass
+
+
+def _complete(answers: list[tuple[asyncio.Future[Answer], Answer]]) -> None:
+    for answer, data in answers:
+        if not answer.done():  # not if its client went away
+            answer.set_result(data)

@@ -1,0 +1,172 @@
+"""SubmitJob calls in batches (``jobqueue.luxi.batching``), against a fake queue.
+
+The loop is a real asyncio loop in the test's thread, as the server's loop
+thread calls ``add``; the runner is a real thread of a real executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from jobqueue import errors
+from jobqueue.luxi import protocol
+from jobqueue.luxi.batching import SubmissionBatches
+from jobqueue.luxi.connection import Answer, error_answer
+from jobqueue.submission import JobSubmission
+
+WAIT = 5.0
+
+
+class BlockingQueue:
+    """``submit_each`` that records each batch, can hold one until told, and answers ids.
+
+    ``answers[n]`` replaces the results of batch ``n`` (from 0); ``raising``
+    makes the next batch raise.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.entered = threading.Event()
+        self.gate: threading.Event | None = None
+        self.answers: dict[int, list[Any]] = {}
+        self.raising: BaseException | None = None
+        self._next_id = 100
+
+    def submit_each(self, submissions: list[JobSubmission]) -> list[Any]:
+        number = len(self.batches)
+        self.batches.append([item.ops for item in submissions])
+        self.entered.set()
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            assert gate.wait(WAIT)
+        if self.raising is not None:
+            raising, self.raising = self.raising, None
+            raise raising
+        if number in self.answers:
+            return self.answers[number]
+        ids = list(range(self._next_id, self._next_id + len(submissions)))
+        self._next_id += len(submissions)
+        return ids
+
+
+@pytest.fixture
+def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+    yield pool
+    pool.shutdown(wait=True)
+
+
+def make_batches(executor: concurrent.futures.Executor, failures: list[Any]) -> SubmissionBatches:
+    def failure(connection: Any, err: Exception) -> Answer:
+        failures.append((connection, err))
+        return error_answer(err)
+
+    return SubmissionBatches(
+        executor, encode=lambda result: protocol.encode_success(result, 1 << 20), failure=failure
+    )
+
+
+def result_of(answer: Answer) -> tuple[bool, Any]:
+    return protocol.parse_response(b"".join(answer).rstrip(b"\x03"))
+
+
+async def call(batches: SubmissionBatches, queue: Any, name: str) -> asyncio.Future[Answer]:
+    future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+    batches.add(name, future, JobSubmission([name], None), queue)  # type: ignore[arg-type]
+    return future
+
+
+def test_calls_arriving_during_a_write_are_submitted_together(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    queue.gate = gate = threading.Event()
+    batches = make_batches(executor, [])
+
+    async def scenario() -> list[Answer]:
+        first = await call(batches, queue, "a")
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, queue.entered.wait, WAIT)
+        later = [await call(batches, queue, name) for name in ("b", "c", "d")]
+        gate.set()
+        return await asyncio.wait_for(asyncio.gather(first, *later), WAIT)
+
+    answers = asyncio.run(scenario())
+    assert queue.batches == [[["a"]], [["b"], ["c"], ["d"]]]
+    assert [result_of(answer) for answer in answers] == [(True, n) for n in (100, 101, 102, 103)]
+
+
+def test_each_call_gets_its_own_result_or_refusal(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    queue.gate = gate = threading.Event()
+    failures: list[Any] = []
+    batches = make_batches(executor, failures)
+    refusal = errors.OpPrereqError("bad opcode", errors.ECODE_INVAL)
+    queue.answers[1] = [7, refusal, 9]
+
+    async def scenario() -> list[Answer]:
+        first = await call(batches, queue, "a")
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, queue.entered.wait, WAIT)
+        later = [await call(batches, queue, name) for name in ("b", "c", "d")]
+        gate.set()
+        return await asyncio.wait_for(asyncio.gather(first, *later), WAIT)
+
+    answers = asyncio.run(scenario())
+    assert [result_of(answer) for answer in answers] == [
+        (True, 100),
+        (True, 7),
+        (False, ["OpPrereqError", ["bad opcode", "wrong_input"]]),
+        (True, 9),
+    ]
+    assert failures == [("c", refusal)]  # the refusal went to that caller's connection
+
+
+@pytest.mark.parametrize(
+    "breakage", ["raises", "wrong count"], ids=["queue raises", "wrong number of results"]
+)
+def test_a_failed_batch_answers_each_of_its_calls_and_later_ones_are_served(
+    executor: concurrent.futures.ThreadPoolExecutor, breakage: str
+) -> None:
+    queue = BlockingQueue()
+    failures: list[Any] = []
+    batches = make_batches(executor, failures)
+    if breakage == "raises":
+        queue.raising = RuntimeError("disk on fire")
+    else:
+        queue.answers[0] = [1, 2, 3]  # three results for one call
+
+    async def scenario() -> tuple[Answer, Answer]:
+        broken = await asyncio.wait_for(await call(batches, queue, "a"), WAIT)
+        served = await asyncio.wait_for(await call(batches, queue, "b"), WAIT)
+        return broken, served
+
+    broken, served = asyncio.run(scenario())
+    success, result = result_of(broken)
+    assert not success and result[0] == "GenericError"
+    assert result_of(served) == (True, 100)
+    assert [connection for connection, _ in failures] == ["a"]
+
+
+def test_a_call_after_the_executor_stopped_is_refused(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    failures: list[Any] = []
+    batches = make_batches(executor, failures)
+    executor.shutdown(wait=True)
+
+    async def scenario() -> Answer:
+        return await asyncio.wait_for(await call(batches, queue, "a"), WAIT)
+
+    success, result = result_of(asyncio.run(scenario()))
+    assert not success and result[0] == "LuxiError"
+    assert queue.batches == []
