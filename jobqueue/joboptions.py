@@ -24,7 +24,6 @@ Pure: checks values and builds records; nothing here touches a queue.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from jobqueue.errors import ECODE_INVAL, GenericError, OpPrereqError
@@ -106,13 +105,14 @@ def check_start(value: Any) -> float:
     """A start time: seconds since the epoch up to ``MAX_START``; ``OpPrereqError`` if not."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise OpPrereqError("A start time must be a number of seconds", ECODE_INVAL)
-    start = float(value)
-    if not 0 <= start <= MAX_START:
+    # Compared before the conversion: an integer too large for a float (or a
+    # NaN) is out of range, not an OverflowError.
+    if not 0 <= value <= MAX_START:
         raise OpPrereqError(
             f"A start time must be from 0 to {MAX_START:.0f} seconds since the epoch",
             ECODE_INVAL,
         )
-    return start
+    return float(value)
 
 
 def _seconds(options: dict[str, Any], key: str, default: float | None) -> float | None:
@@ -122,12 +122,11 @@ def _seconds(options: dict[str, Any], key: str, default: float | None) -> float 
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise OpPrereqError(f"Job option {key} must be a number", ECODE_INVAL)
-    number = float(value)
-    if not math.isfinite(number) or not 0 <= number <= MAX_SECONDS:
+    if not 0 <= value <= MAX_SECONDS:  # before the conversion, as in ``check_start``
         raise OpPrereqError(
             f"Job option {key} must be a number from 0 to {MAX_SECONDS:.0f}", ECODE_INVAL
         )
-    return number
+    return float(value)
 
 
 def options_by_id(prepared: list[Any], options: list[JobOptions] | None) -> dict[int, JobOptions]:

@@ -46,6 +46,8 @@ from jobqueue.errors import (
     JobQueueError,
     JobQueueFull,
     OpPrereqError,
+    decode_error,
+    encode_error,
 )
 from jobqueue.joboptions import JobOptions, options_by_id, parse_options
 from jobqueue.livejobs import LiveJobs
@@ -56,6 +58,8 @@ from jobqueue.ownership import Ownership
 from jobqueue.storage.base import JobStore
 
 Prepared = tuple[int, list[OpCode]] | GenericError
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +108,9 @@ def prepare_jobs(
             checked.append(validate_job(ops, registry, relative_ok))
         except GenericError as err:
             checked.append(err)
+        except Exception as err:  # a bug, refusing this job alone (jobs of many callers)
+            _log.exception("Checking a submitted job failed")
+            checked.append(decode_error(encode_error(err)))
     valid = [index for index, item in enumerate(checked) if not isinstance(item, GenericError)]
     ids = dict(zip(valid, allocate_ids(len(valid)), strict=True)) if valid else {}
     result: list[Prepared] = []
@@ -280,6 +287,10 @@ class Intake:
                 self._check_open(submission.drained_ok, submission.submitter, 1, drained)
             except GenericError as err:
                 results[index] = err
+                continue
+            except Exception as err:  # a bug: this caller's answer alone
+                self._log.exception("Checking a submission failed")
+                results[index] = decode_error(encode_error(err))
                 continue
             admitted.append(index)
             jobs.append(submission.ops)

@@ -26,8 +26,8 @@ WAIT = 5.0
 class BlockingQueue:
     """``submit_each`` that records each batch, can hold one until told, and answers ids.
 
-    ``answers[n]`` replaces the results of batch ``n`` (from 0); ``raising``
-    makes the next batch raise.
+    ``answers[n]`` replaces the results of batch ``n`` (from 0); ``raising[n]``
+    is raised by it instead.
     """
 
     def __init__(self) -> None:
@@ -35,7 +35,7 @@ class BlockingQueue:
         self.entered = threading.Event()
         self.gate: threading.Event | None = None
         self.answers: dict[int, list[Any]] = {}
-        self.raising: BaseException | None = None
+        self.raising: dict[int, BaseException] = {}
         self._next_id = 100
 
     def submit_each(self, submissions: list[JobSubmission]) -> list[Any]:
@@ -45,9 +45,8 @@ class BlockingQueue:
         if self.gate is not None:
             gate, self.gate = self.gate, None
             assert gate.wait(WAIT)
-        if self.raising is not None:
-            raising, self.raising = self.raising, None
-            raise raising
+        if number in self.raising:
+            raise self.raising[number]
         if number in self.answers:
             return self.answers[number]
         ids = list(range(self._next_id, self._next_id + len(submissions)))
@@ -140,7 +139,7 @@ def test_a_failed_batch_answers_each_of_its_calls_and_later_ones_are_served(
     failures: list[Any] = []
     batches = make_batches(executor, failures)
     if breakage == "raises":
-        queue.raising = RuntimeError("disk on fire")
+        queue.raising[0] = RuntimeError("disk on fire")
     else:
         queue.answers[0] = [1, 2, 3]  # three results for one call
 
@@ -170,3 +169,26 @@ def test_a_call_after_the_executor_stopped_is_refused(
     success, result = result_of(asyncio.run(scenario()))
     assert not success and result[0] == "LuxiError"
     assert queue.batches == []
+
+
+def test_a_batch_that_fails_as_a_whole_is_reported_once(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    queue.gate = gate = threading.Event()
+    queue.raising[1] = RuntimeError("disk on fire")  # the second batch: b, c, d
+    failures: list[Any] = []
+    batches = make_batches(executor, failures)
+
+    async def scenario() -> list[Answer]:
+        first = await call(batches, queue, "a")
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, queue.entered.wait, WAIT)
+        later = [await call(batches, queue, name) for name in ("b", "c", "d")]
+        gate.set()
+        return await asyncio.wait_for(asyncio.gather(first, *later), WAIT)
+
+    answers = asyncio.run(scenario())
+    assert result_of(answers[0]) == (True, 100)
+    assert {result_of(answer)[1][0] for answer in answers[1:]} == {"GenericError"}
+    assert [connection for connection, _ in failures] == ["b"]

@@ -34,6 +34,10 @@ def test_options_are_parsed_for_every_job_or_each() -> None:
         {"start_at": 1e300},
         {"start_at": -5},
         {"timeout": 1e300},
+        {"timeout": float("nan")},
+        {"timeout": 10**400},  # too large for a float: refused, not an OverflowError
+        {"start_at": 10**400},
+        {"retries": 2, "retry_max_delay": -(10**400)},
         {"retries": -1},
         {"retries": 1.5},
         {"retries": 10_000},

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from jobqueue import submission
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.daemon import Core, build_core, start_core
 from jobqueue.errors import (
@@ -361,3 +362,35 @@ def test_submit_each_after_shutdown_began_refuses_every_caller(
     queue.prepare_shutdown()
     results = queue.submit_each([JobSubmission([DUMMY], None), JobSubmission([DUMMY], None)])
     assert [type(result) for result in results] == [JobQueueError, JobQueueError]
+
+
+@pytest.mark.parametrize("stage", ["options", "opcodes"])
+def test_submit_each_an_unexpected_error_refuses_that_caller_alone(
+    make_queue: Callable[..., JobQueue], monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """A bug met checking one caller's job (not a typed refusal) fails that job only."""
+    queue = make_queue()
+    poisoned = {"OP_ID": "OP_TEST_DUMMY", "comment": "poison"}
+    if stage == "options":
+        real = submission.parse_options
+
+        def parse(value: Any, count: int) -> Any:
+            if value == {"poison": True}:
+                raise RuntimeError("options checker broke")
+            return real(value, count)
+
+        monkeypatch.setattr(submission, "parse_options", parse)
+        bad = JobSubmission([DUMMY], None, options={"poison": True})
+    else:
+        validate = submission.validate_job
+
+        def check(ops: Any, registry: Registry, relative_ok: bool) -> list[OpCode]:
+            if ops == [poisoned]:
+                raise RuntimeError("opcode checker broke")
+            return validate(ops, registry, relative_ok)
+
+        monkeypatch.setattr(submission, "validate_job", check)
+        bad = JobSubmission([poisoned], None)
+    results = queue.submit_each([JobSubmission([DUMMY], None), bad, JobSubmission([DUMMY], None)])
+    assert isinstance(results[0], int) and isinstance(results[2], int)
+    assert isinstance(results[1], GenericError) and "checker broke" in str(results[1])

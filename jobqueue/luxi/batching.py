@@ -17,9 +17,11 @@ handler; those hand-offs, not the disk, set the rate of many clients each
 submitting one job (``doc/performance.rst``, "SubmitJob in batches").
 
 Bounded: a connection has at most one request in flight, so at most one
-waiting call per open connection. One call's refusal (bad options, a
-missing right) is that call's answer alone; a batch that fails as a whole
-answers each of its calls with the error.
+waiting call per open connection, and those of clients that went away
+since (their jobs are still submitted, as a thread per call did). One
+call's refusal (bad options, a missing right, even an unexpected error in
+checking it) is that call's answer alone; a batch that fails as a whole
+answers each of its calls with the error, logged once.
 
 Thread safety: ``add`` is called from the loop thread; the runner takes
 batches under ``_lock``, which also guards whether it runs.
@@ -40,6 +42,7 @@ from jobqueue.submission import JobSubmission
 # A call waiting for its batch: who asked, where the answer goes, the job,
 # and the queue (a standby taking over may change it between calls).
 _Call = tuple[Connection, "asyncio.Future[Answer]", JobSubmission, Any]
+_Answered = tuple["asyncio.Future[Answer]", Answer]
 
 
 class SubmissionBatches:
@@ -85,28 +88,34 @@ class SubmissionBatches:
 
     def _run(self) -> None:
         """The runner: submit batches until no call waits."""
-        while True:
+        try:
+            while self._submit_waiting():
+                pass
+        except BaseException:  # never left marked as running: later calls start another
             with self._lock:
-                calls, self._waiting = self._waiting, []
-                if not calls:
-                    self._running = False
-                    return
-            try:
-                self._submit(calls)
-            except Exception as err:  # a bug: these calls fail, later ones are still served
-                self._answer_all(calls, err)
-            except BaseException:
-                with self._lock:
-                    self._running = False
-                raise
+                self._running = False
+            raise
+
+    def _submit_waiting(self) -> bool:
+        """Submit every call waiting; False (and no longer running) if none did."""
+        with self._lock:
+            calls, self._waiting = self._waiting, []
+            if not calls:
+                self._running = False
+                return False
+        try:
+            self._submit(calls)
+        except Exception as err:  # a bug: these calls fail, later ones are still served
+            self._answer_all(calls, err)
+        return True
 
     def _submit(self, calls: list[_Call]) -> None:
-        answers: list[tuple[asyncio.Future[Answer], Answer]] = []
+        answers: list[_Answered] = []
         for queue, group in _by_queue(calls):
             try:
                 results = queue.submit_each([submission for _, _, submission, _ in group])
-            except Exception as err:  # answered (and logged) here, with its traceback
-                answers += [(answer, self._failure(conn, err)) for conn, answer, _, _ in group]
+            except Exception as err:  # logged once, with its traceback; every call answered
+                answers += self._failed(group, err)
                 continue
             for (connection, answer, _, _), result in zip(group, results, strict=True):
                 if isinstance(result, Exception):
@@ -116,7 +125,12 @@ class SubmissionBatches:
         _deliver(answers)
 
     def _answer_all(self, calls: list[_Call], err: Exception) -> None:
-        _deliver([(answer, self._failure(conn, err)) for conn, answer, _, _ in calls])
+        _deliver(self._failed(calls, err))
+
+    def _failed(self, calls: list[_Call], err: Exception) -> list[_Answered]:
+        """Every call answered with ``err``, reported (logged) for the first one only."""
+        first = self._failure(calls[0][0], err)
+        return [(answer, first) for _, answer, _, _ in calls]
 
 
 def _by_queue(calls: list[_Call]) -> list[tuple[Any, list[_Call]]]:
@@ -130,7 +144,7 @@ def _by_queue(calls: list[_Call]) -> list[tuple[Any, list[_Call]]]:
     return groups
 
 
-def _deliver(answers: list[tuple[asyncio.Future[Answer], Answer]]) -> None:
+def _deliver(answers: list[_Answered]) -> None:
     """Complete the answers' futures in their loop, in one hand-off."""
     if not answers:
         return
@@ -141,7 +155,7 @@ def _deliver(answers: list[tuple[asyncio.Future[Answer], Answer]]) -> None:
         pass
 
 
-def _complete(answers: list[tuple[asyncio.Future[Answer], Answer]]) -> None:
+def _complete(answers: list[_Answered]) -> None:
     for answer, data in answers:
         if not answer.done():  # not if its client went away
             answer.set_result(data)
