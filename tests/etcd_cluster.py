@@ -247,8 +247,31 @@ class EtcdMember:
             self.proc.wait(timeout=10)
 
     def pause(self) -> None:
-        """SIGSTOP: the process keeps its sockets but answers nothing."""
+        """SIGSTOP: the process keeps its sockets but answers nothing.
+
+        Returns once every thread of it has stopped: the signal is delivered
+        asynchronously, and on a busy machine a request sent right after
+        ``kill`` could still be answered.
+        """
         self.signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not self._stopped():
+            assert time.monotonic() < deadline, f"{self.name} did not stop on SIGSTOP"
+            time.sleep(0.001)
+
+    def _stopped(self) -> bool:
+        """Whether every thread of the process is stopped (state T in /proc)."""
+        assert self.proc is not None
+        tasks = f"/proc/{self.proc.pid}/task"
+        for task in os.listdir(tasks):
+            try:
+                with open(f"{tasks}/{task}/stat", encoding="ascii") as stat:
+                    state = stat.read().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, IndexError):
+                continue  # a thread that just ended
+            if state not in ("T", "t"):
+                return False
+        return True
 
     def resume(self) -> None:
         self.signal(signal.SIGCONT)
