@@ -80,13 +80,23 @@ def wait_master(daemon: Daemon, timeout: float = 30) -> None:
 
 
 class Submitters:
-    """Client threads submitting ``make_job(tag)`` to the master among ``daemons``."""
+    """Client threads submitting ``make_job(tag)`` to the master among ``daemons``.
+
+    Each thread submits at most once every ``pace`` seconds (0: as fast as it
+    is answered), so that a long storm's backlog stays within what the
+    workers can run before the test ends.
+    """
 
     def __init__(
-        self, daemons: list[Daemon], make_job: Callable[[str], list[Any]], threads: int = 16
+        self,
+        daemons: list[Daemon],
+        make_job: Callable[[str], list[Any]],
+        threads: int = 16,
+        pace: float = 0.0,
     ):
         self.daemons = daemons
         self.make_job = make_job
+        self.pace = pace
         self.lock = threading.Lock()
         self.acked: dict[int, str] = {}  # id -> tag
         self.refusals: dict[str, int] = {}
@@ -116,11 +126,13 @@ class Submitters:
         while not self.stopping.is_set():
             tag = f"t{number}-{sequence}"
             sequence += 1
+            began = time.monotonic()
             for daemon in self.daemons:
                 if self._submit(daemon, tag):
                     break
             else:
                 self.stopping.wait(0.05)  # no master right now: a failover is under way
+            self.stopping.wait(self.pace - (time.monotonic() - began))
 
     def _submit(self, daemon: Daemon, tag: str) -> bool:
         """True once ``tag`` was acknowledged (or refused for good) by this daemon."""
