@@ -81,12 +81,13 @@ async def call(batches: SubmissionBatches, queue: Any, name: str) -> asyncio.Fut
     return future
 
 
-def test_calls_arriving_during_a_write_are_submitted_together(
-    executor: concurrent.futures.ThreadPoolExecutor,
-) -> None:
-    queue = BlockingQueue()
-    queue.gate = gate = threading.Event()
-    batches = make_batches(executor, [])
+def one_then_three(
+    batches: SubmissionBatches, queue: BlockingQueue, gate: threading.Event
+) -> list[Answer]:
+    """Call "a"; while its batch is held at ``gate``, call "b", "c", "d"; then let go.
+
+    The answers of all four, once they have come.
+    """
 
     async def scenario() -> list[Answer]:
         first = await call(batches, queue, "a")
@@ -96,7 +97,17 @@ def test_calls_arriving_during_a_write_are_submitted_together(
         gate.set()
         return await asyncio.wait_for(asyncio.gather(first, *later), WAIT)
 
-    answers = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_calls_arriving_during_a_write_are_submitted_together(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    queue.gate = gate = threading.Event()
+    batches = make_batches(executor, [])
+
+    answers = one_then_three(batches, queue, gate)
     assert queue.batches == [[["a"]], [["b"], ["c"], ["d"]]]
     assert [result_of(answer) for answer in answers] == [(True, n) for n in (100, 101, 102, 103)]
 
@@ -111,15 +122,7 @@ def test_each_call_gets_its_own_result_or_refusal(
     refusal = errors.OpPrereqError("bad opcode", errors.ECODE_INVAL)
     queue.answers[1] = [7, refusal, 9]
 
-    async def scenario() -> list[Answer]:
-        first = await call(batches, queue, "a")
-        loop = asyncio.get_running_loop()
-        assert await loop.run_in_executor(None, queue.entered.wait, WAIT)
-        later = [await call(batches, queue, name) for name in ("b", "c", "d")]
-        gate.set()
-        return await asyncio.wait_for(asyncio.gather(first, *later), WAIT)
-
-    answers = asyncio.run(scenario())
+    answers = one_then_three(batches, queue, gate)
     assert [result_of(answer) for answer in answers] == [
         (True, 100),
         (True, 7),
@@ -180,15 +183,7 @@ def test_a_batch_that_fails_as_a_whole_is_reported_once(
     failures: list[Any] = []
     batches = make_batches(executor, failures)
 
-    async def scenario() -> list[Answer]:
-        first = await call(batches, queue, "a")
-        loop = asyncio.get_running_loop()
-        assert await loop.run_in_executor(None, queue.entered.wait, WAIT)
-        later = [await call(batches, queue, name) for name in ("b", "c", "d")]
-        gate.set()
-        return await asyncio.wait_for(asyncio.gather(first, *later), WAIT)
-
-    answers = asyncio.run(scenario())
+    answers = one_then_three(batches, queue, gate)
     assert result_of(answers[0]) == (True, 100)
     assert {result_of(answer)[1][0] for answer in answers[1:]} == {"GenericError"}
     assert [connection for connection, _ in failures] == ["b"]
