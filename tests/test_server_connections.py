@@ -103,6 +103,23 @@ def test_a_pipelining_client_is_not_read_ahead_of_its_answers(harness: Harness) 
             assert_ok(other)
 
 
+def test_requests_split_across_reads_of_several_clients_arrive_whole(harness: Harness) -> None:
+    """The connections share one read buffer: what one read brings is copied out at once."""
+    first = protocol.encode_request("QueryJobs", [[7], ["id"]])
+    long_ids = list(range(1000, 1000 + 20_000))  # about 120 KB: more than one read
+    second = protocol.encode_request("QueryJobs", [long_ids, ["id"]])
+    with connect(harness.master) as one, connect(harness.master) as two:
+        one.sendall(first[:20])
+        two.sendall(second[: len(second) // 2])
+        with connect(harness.master) as third:  # read between the halves of the others
+            assert_ok(third)
+        one.sendall(first[20:])
+        assert protocol.parse_response(recv_frame(one)) == (True, [[7, "queued"]])
+        two.sendall(second[len(second) // 2 :])
+        success, rows = protocol.parse_response(recv_frame(two))
+        assert success and [row[0] for row in rows] == long_ids
+
+
 # -- size and idle limits -------------------------------------------------------------
 def test_oversized_message_gets_one_error_then_close(make_server: Callable[..., Harness]) -> None:
     harness = make_server(max_message_size=1024)

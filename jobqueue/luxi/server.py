@@ -56,7 +56,7 @@ from typing import Any
 from jobqueue import constants, errors
 from jobqueue.luxi import access, methods, protocol
 from jobqueue.luxi.batching import SubmissionBatches
-from jobqueue.luxi.connection import Answer, Connection, OutputBudget, error_answer
+from jobqueue.luxi.connection import Answer, Connection, OutputBudget, ReadBuffer, error_answer
 from jobqueue.luxi.jobwaits import JobWaits
 from jobqueue.luxi.methods import METHODS
 from jobqueue.metrics import Metrics
@@ -236,6 +236,7 @@ class LuxiServer:
         self._stop_requested: asyncio.Event | None = None
         self._waits: JobWaits | None = None
         self._budget = OutputBudget(output_budget, reader_threads)
+        self._read_buffer = ReadBuffer()  # for every connection: they all run on the loop
         self._listeners: list[tuple[asyncio.AbstractServer, str, int]] = []
         self._connections: set[Connection] = set()
         self._connection_numbers = itertools.count(1)
@@ -395,6 +396,7 @@ class LuxiServer:
                 self._handle,
                 gate=gate,
                 budget=self._budget,
+                read_buffer=self._read_buffer,
                 max_message_size=self._max_message_size,
                 client_timeout=self._client_timeout,
                 send_timeout=self._send_timeout,
