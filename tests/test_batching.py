@@ -61,13 +61,18 @@ def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
     pool.shutdown(wait=True)
 
 
-def make_batches(executor: concurrent.futures.Executor, failures: list[Any]) -> SubmissionBatches:
+def make_batches(
+    executor: concurrent.futures.Executor, failures: list[Any], gather: float = 0.0
+) -> SubmissionBatches:
     def failure(connection: Any, err: Exception) -> Answer:
         failures.append((connection, err))
         return error_answer(err)
 
     return SubmissionBatches(
-        executor, encode=lambda result: protocol.encode_success(result, 1 << 20), failure=failure
+        executor,
+        encode=lambda result: protocol.encode_success(result, 1 << 20),
+        failure=failure,
+        gather=gather,
     )
 
 
@@ -89,15 +94,19 @@ def one_then_three(
     The answers of all four, once they have come.
     """
 
-    async def scenario() -> list[Answer]:
-        first = await call(batches, queue, "a")
-        loop = asyncio.get_running_loop()
-        assert await loop.run_in_executor(None, queue.entered.wait, WAIT)
-        later = [await call(batches, queue, name) for name in ("b", "c", "d")]
-        gate.set()
-        return await asyncio.wait_for(asyncio.gather(first, *later), WAIT)
+    return asyncio.run(calling_one_then_three(batches, queue, gate))
 
-    return asyncio.run(scenario())
+
+async def calling_one_then_three(
+    batches: SubmissionBatches, queue: BlockingQueue, gate: threading.Event
+) -> list[Answer]:
+    """``one_then_three`` in a running loop."""
+    first = await call(batches, queue, "a")
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, queue.entered.wait, WAIT)
+    later = [await call(batches, queue, name) for name in ("b", "c", "d")]
+    gate.set()
+    return await asyncio.wait_for(asyncio.gather(first, *later), WAIT)
 
 
 def test_calls_arriving_during_a_write_are_submitted_together(
@@ -187,3 +196,80 @@ def test_a_batch_that_fails_as_a_whole_is_reported_once(
     assert result_of(answers[0]) == (True, 100)
     assert {result_of(answer)[1][0] for answer in answers[1:]} == {"GenericError"}
     assert [connection for connection, _ in failures] == ["b"]
+
+
+# -- gathering the last batch's callers -------------------------------------------
+# The runner may wait far longer than WAIT here, so a test that ends within
+# WAIT shows that the wait was cut short, or never began.
+LONG_GATHER = 20 * WAIT
+
+
+def test_the_runner_waits_for_the_last_batchs_callers_to_call_again(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    queue.gate = gate = threading.Event()
+    batches = make_batches(executor, [], gather=LONG_GATHER)
+
+    async def scenario() -> tuple[set[Any], list[Answer]]:
+        await calling_one_then_three(batches, queue, gate)  # batches: a; then b, c, d
+        again = [await call(batches, queue, "b"), await call(batches, queue, "c")]
+        early, _ = await asyncio.wait(again, timeout=0.2)  # "d" has not called again yet
+        again.append(await call(batches, queue, "d"))  # the last one is back: the batch goes
+        return early, await asyncio.wait_for(asyncio.gather(*again), WAIT)
+
+    early, answers = asyncio.run(scenario())
+    assert early == set()
+    assert queue.batches == [[["a"]], [["b"], ["c"], ["d"]], [["b"], ["c"], ["d"]]]
+    assert [result_of(answer) for answer in answers] == [(True, n) for n in (104, 105, 106)]
+
+
+def test_a_new_caller_does_not_end_the_wait_but_joins_the_batch(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    queue.gate = gate = threading.Event()
+    batches = make_batches(executor, [], gather=LONG_GATHER)
+
+    async def scenario() -> tuple[set[Any], list[Answer]]:
+        await calling_one_then_three(batches, queue, gate)
+        again = [await call(batches, queue, name) for name in ("b", "c", "e")]
+        early, _ = await asyncio.wait(again, timeout=0.2)  # "e" is new; "d" is still away
+        again.append(await call(batches, queue, "d"))
+        return early, await asyncio.wait_for(asyncio.gather(*again), WAIT)
+
+    early, answers = asyncio.run(scenario())
+    assert early == set()
+    assert queue.batches[-1] == [["b"], ["c"], ["e"], ["d"]]
+    assert len(answers) == 4
+
+
+def test_after_a_batch_of_one_call_the_runner_does_not_wait(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    batches = make_batches(executor, [], gather=LONG_GATHER)
+
+    async def scenario() -> list[Answer]:
+        return [await asyncio.wait_for(await call(batches, queue, name), WAIT) for name in "abc"]
+
+    answers = asyncio.run(scenario())  # each call alone: answered within WAIT, not LONG_GATHER
+    assert queue.batches == [[["a"]], [["b"]], [["c"]]]
+    assert [result_of(answer) for answer in answers] == [(True, n) for n in (100, 101, 102)]
+
+
+def test_a_caller_that_does_not_come_back_costs_the_others_one_gathering_wait(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    queue.gate = gate = threading.Event()
+    batches = make_batches(executor, [], gather=0.05)
+
+    async def scenario() -> list[Answer]:
+        await calling_one_then_three(batches, queue, gate)
+        again = [await call(batches, queue, name) for name in ("b", "c")]  # "d" is gone
+        return await asyncio.wait_for(asyncio.gather(*again), WAIT)
+
+    answers = asyncio.run(scenario())
+    assert queue.batches[-1] == [["b"], ["c"]]
+    assert [result_of(answer) for answer in answers] == [(True, 104), (True, 105)]

@@ -11,6 +11,14 @@ batch is being written wait for the next one, so the size of a batch follows
 the load. (A second runner preparing the next batch during the write was
 measured slower: the two contend for the interpreter lock.)
 
+Gathering: when the last batch had two callers or more, the runner waits a
+moment (``GATHER_SECONDS``, at most) for those callers to call again before
+it takes the next batch, as PostgreSQL's ``commit_delay`` with
+``commit_siblings`` does. Without it, many clients fall into groups that
+take turns, each batch waiting for the other's write; with it they meet in
+one batch, and one write and one hand-off serve them all. A single client
+never waits: its last batch had one caller.
+
 Why: with a thread per call, each submission crossed threads four times
 (loop, handler, the group commit's leader, loop) and waited for a free
 handler; those hand-offs, not the disk, set the rate of many clients each
@@ -39,6 +47,11 @@ from jobqueue.errors import LuxiError
 from jobqueue.luxi.connection import Answer, Connection
 from jobqueue.submission import JobSubmission
 
+#: How long the runner waits, at most, for the last batch's callers to call
+#: again. Well under one device flush (about 0.7 ms here, ``make bench``), so
+#: a caller that does not come back costs less than the write it shares.
+GATHER_SECONDS = 0.001
+
 # A call waiting for its batch: who asked, where the answer goes, the job,
 # and the queue (a standby taking over may change it between calls).
 _Call = tuple[Connection, "asyncio.Future[Answer]", JobSubmission, Any]
@@ -50,7 +63,8 @@ class SubmissionBatches:
 
     ``executor`` lends the runner its thread; ``encode`` turns a job id
     into its answer; ``failure(connection, error)`` turns a refusal into
-    one (and logs what was unexpected).
+    one (and logs what was unexpected); ``gather`` is how long the runner
+    waits for the last batch's callers (seconds).
     """
 
     def __init__(
@@ -58,13 +72,18 @@ class SubmissionBatches:
         executor: concurrent.futures.Executor,
         encode: Callable[[int], Answer],
         failure: Callable[[Connection, Exception], Answer],
+        gather: float = GATHER_SECONDS,
     ) -> None:
         self._executor = executor
         self._encode = encode
         self._failure = failure
+        self._gather = gather
         self._lock = threading.Lock()
+        self._returned = threading.Condition(self._lock)  # the last batch's callers are back
         self._waiting: list[_Call] = []
         self._running = False
+        # Connections of the last batch that have not called again; None: no gathering.
+        self._returning: set[Connection] | None = None
 
     def add(
         self,
@@ -77,6 +96,10 @@ class SubmissionBatches:
         with self._lock:
             self._waiting.append((connection, answer, submission, queue))
             start, self._running = not self._running, True
+            if self._returning:
+                self._returning.discard(connection)
+                if not self._returning:
+                    self._returned.notify()
         if start:
             try:
                 self._executor.submit(self._run)
@@ -99,7 +122,9 @@ class SubmissionBatches:
     def _submit_waiting(self) -> bool:
         """Submit every call waiting; False (and no longer running) if none did."""
         with self._lock:
+            self._gather_returning()
             calls, self._waiting = self._waiting, []
+            self._returning = {call[0] for call in calls} if len(calls) > 1 else None
             if not calls:
                 self._running = False
                 return False
@@ -108,6 +133,14 @@ class SubmissionBatches:
         except Exception as err:  # a bug: these calls fail, later ones are still served
             self._answer_all(calls, err)
         return True
+
+    def _gather_returning(self) -> None:
+        """Wait (``_lock`` held) up to ``gather`` for the last batch's callers to call again."""
+        returning = self._returning
+        if returning:
+            returning.difference_update(call[0] for call in self._waiting)
+            if returning:
+                self._returned.wait(self._gather)
 
     def _submit(self, calls: list[_Call]) -> None:
         answers: list[_Answered] = []
