@@ -258,18 +258,39 @@ def test_after_a_batch_of_one_call_the_runner_does_not_wait(
     assert [result_of(answer) for answer in answers] == [(True, n) for n in (100, 101, 102)]
 
 
-def test_a_caller_that_does_not_come_back_costs_the_others_one_gathering_wait(
+def test_a_caller_that_does_not_come_back_is_waited_for_until_the_gathering_ends(
     executor: concurrent.futures.ThreadPoolExecutor,
 ) -> None:
     queue = BlockingQueue()
     queue.gate = gate = threading.Event()
-    batches = make_batches(executor, [], gather=0.05)
+    batches = make_batches(executor, [], gather=2.0)  # from the answers of b, c, d
 
-    async def scenario() -> list[Answer]:
+    async def scenario() -> tuple[set[Any], list[Answer]]:
         await calling_one_then_three(batches, queue, gate)
-        again = [await call(batches, queue, name) for name in ("b", "c")]  # "d" is gone
-        return await asyncio.wait_for(asyncio.gather(*again), WAIT)
+        again = [await call(batches, queue, "b")]
+        early, _ = await asyncio.wait(again, timeout=0.2)  # held for c and d
+        again.append(await call(batches, queue, "c"))  # "d" is gone: held until the end
+        return early, await asyncio.wait_for(asyncio.gather(*again), WAIT)
 
-    answers = asyncio.run(scenario())
+    early, answers = asyncio.run(scenario())
+    assert early == set()
     assert queue.batches[-1] == [["b"], ["c"]]
     assert [result_of(answer) for answer in answers] == [(True, 104), (True, 105)]
+
+
+def test_callers_coming_back_after_the_gathering_ended_are_not_held(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    queue.gate = gate = threading.Event()
+    batches = make_batches(executor, [], gather=1.0)
+
+    async def scenario() -> set[Any]:
+        await calling_one_then_three(batches, queue, gate)
+        await asyncio.sleep(1.05)  # past the gathering: waiting for c and d is over
+        answered, _ = await asyncio.wait([await call(batches, queue, "b")], timeout=0.9)
+        return answered
+
+    answered = asyncio.run(scenario())
+    assert len(answered) == 1  # not held for a whole gathering of its own
+    assert queue.batches[-1] == [["b"]]

@@ -11,13 +11,14 @@ batch is being written wait for the next one, so the size of a batch follows
 the load. (A second runner preparing the next batch during the write was
 measured slower: the two contend for the interpreter lock.)
 
-Gathering: when the last batch had two callers or more, the runner waits a
-moment (``GATHER_SECONDS``, at most) for those callers to call again before
-it takes the next batch, as PostgreSQL's ``commit_delay`` with
-``commit_siblings`` does. Without it, many clients fall into groups that
-take turns, each batch waiting for the other's write; with it they meet in
-one batch, and one write and one hand-off serve them all. A single client
-never waits: its last batch had one caller.
+Gathering: when the last batch had two callers or more, the next one waits
+for those callers to call again, until ``GATHER_SECONDS`` after they were
+answered at most, as PostgreSQL's ``commit_delay`` with ``commit_siblings``
+does. Without it, many clients fall into groups that take turns, each batch
+waiting for the other's write; with it they meet in one batch, and one
+write and one hand-off serve them all. A single client never waits (its
+last batch had one caller), and the runner never waits with nothing to
+submit: it stops, and the first call to come starts one that gathers.
 
 Why: with a thread per call, each submission crossed threads four times
 (loop, handler, the group commit's leader, loop) and waited for a free
@@ -40,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,9 +49,10 @@ from jobqueue.errors import LuxiError
 from jobqueue.luxi.connection import Answer, Connection
 from jobqueue.submission import JobSubmission
 
-#: How long the runner waits, at most, for the last batch's callers to call
-#: again. Well under one device flush (about 0.7 ms here, ``make bench``), so
-#: a caller that does not come back costs less than the write it shares.
+#: How long after their answers the last batch's callers may take to call
+#: again and still be waited for. Shorter than the write a batch shares (two
+#: device flushes, about 1.5 ms on the benchmark's machine), so a caller that
+#: does not come back costs the next batch less than its write.
 GATHER_SECONDS = 0.001
 
 # A call waiting for its batch: who asked, where the answer goes, the job,
@@ -82,8 +85,10 @@ class SubmissionBatches:
         self._returned = threading.Condition(self._lock)  # the last batch's callers are back
         self._waiting: list[_Call] = []
         self._running = False
-        # Connections of the last batch that have not called again; None: no gathering.
+        # Connections of the last batch that have not called again (None: no
+        # gathering), and until when (monotonic seconds) they are waited for.
         self._returning: set[Connection] | None = None
+        self._gather_until = 0.0
 
     def add(
         self,
@@ -122,25 +127,29 @@ class SubmissionBatches:
     def _submit_waiting(self) -> bool:
         """Submit every call waiting; False (and no longer running) if none did."""
         with self._lock:
+            if not self._waiting:
+                self._running = False
+                return False
             self._gather_returning()
             calls, self._waiting = self._waiting, []
             self._returning = {call[0] for call in calls} if len(calls) > 1 else None
-            if not calls:
-                self._running = False
-                return False
         try:
             self._submit(calls)
         except Exception as err:  # a bug: these calls fail, later ones are still served
             self._answer_all(calls, err)
+        finally:
+            with self._lock:
+                self._gather_until = time.monotonic() + self._gather
         return True
 
     def _gather_returning(self) -> None:
-        """Wait (``_lock`` held) up to ``gather`` for the last batch's callers to call again."""
+        """Wait (``_lock`` held) for the last batch's callers, until ``_gather_until``."""
         returning = self._returning
         if returning:
             returning.difference_update(call[0] for call in self._waiting)
-            if returning:
-                self._returned.wait(self._gather)
+            remaining = self._gather_until - time.monotonic()
+            if returning and remaining > 0:
+                self._returned.wait(remaining)
 
     def _submit(self, calls: list[_Call]) -> None:
         answers: list[_Answered] = []
