@@ -62,7 +62,10 @@ def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
 
 
 def make_batches(
-    executor: concurrent.futures.Executor, failures: list[Any], gather: float = 0.0
+    executor: concurrent.futures.Executor,
+    failures: list[Any],
+    gather: float = 0.0,
+    gather_at_most: int = 100,
 ) -> SubmissionBatches:
     def failure(connection: Any, err: Exception) -> Answer:
         failures.append((connection, err))
@@ -73,6 +76,7 @@ def make_batches(
         encode=lambda result: protocol.encode_success(result, 1 << 20),
         failure=failure,
         gather=gather,
+        gather_at_most=gather_at_most,
     )
 
 
@@ -294,3 +298,20 @@ def test_callers_coming_back_after_the_gathering_ended_are_not_held(
     answered = asyncio.run(scenario())
     assert len(answered) == 1  # not held for a whole gathering of its own
     assert queue.batches[-1] == [["b"]]
+
+
+def test_enough_calls_waiting_end_the_wait(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    queue.gate = gate = threading.Event()
+    batches = make_batches(executor, [], gather=LONG_GATHER, gather_at_most=2)
+
+    async def scenario() -> list[Answer]:
+        await calling_one_then_three(batches, queue, gate)
+        again = [await call(batches, queue, name) for name in ("b", "c")]  # "d" is still away
+        return await asyncio.wait_for(asyncio.gather(*again), WAIT)
+
+    answers = asyncio.run(scenario())
+    assert [result_of(answer) for answer in answers] == [(True, 104), (True, 105)]
+    assert queue.batches[-1] == [["b"], ["c"]]

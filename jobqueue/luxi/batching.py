@@ -16,9 +16,12 @@ for those callers to call again, until ``GATHER_SECONDS`` after they were
 answered at most, as PostgreSQL's ``commit_delay`` with ``commit_siblings``
 does. Without it, many clients fall into groups that take turns, each batch
 waiting for the other's write; with it they meet in one batch, and one
-write and one hand-off serve them all. A single client never waits (its
-last batch had one caller), and the runner never waits with nothing to
-submit: it stops, and the first call to come starts one that gathers.
+write and one hand-off serve them all. It stops once ``GATHER_AT_MOST``
+calls wait: with more clients, two groups taking turns do better, one
+group's calls being read and prepared while the other's are written. A
+single client never waits (its last batch had one caller), and the runner
+never waits with nothing to submit: it stops, and the first call to come
+starts one that gathers.
 
 Why: with a thread per call, each submission crossed threads four times
 (loop, handler, the group commit's leader, loop) and waited for a free
@@ -54,6 +57,10 @@ from jobqueue.submission import JobSubmission
 #: device flushes, about 1.5 ms on the benchmark's machine), so a caller that
 #: does not come back costs the next batch less than its write.
 GATHER_SECONDS = 0.001
+#: The gathering stops once this many calls wait. Measured (16, 8 and 4
+#: clients, ``doc/performance.rst``): gathering all 16 clients into one batch
+#: lost the overlap of two groups; 8 kept it, and gained with fewer clients.
+GATHER_AT_MOST = 8
 
 # A call waiting for its batch: who asked, where the answer goes, the job,
 # and the queue (a standby taking over may change it between calls).
@@ -66,8 +73,9 @@ class SubmissionBatches:
 
     ``executor`` lends the runner its thread; ``encode`` turns a job id
     into its answer; ``failure(connection, error)`` turns a refusal into
-    one (and logs what was unexpected); ``gather`` is how long the runner
-    waits for the last batch's callers (seconds).
+    one (and logs what was unexpected); ``gather`` is how long after their
+    answers the last batch's callers are waited for (seconds), and
+    ``gather_at_most`` how many calls end the wait.
     """
 
     def __init__(
@@ -76,11 +84,13 @@ class SubmissionBatches:
         encode: Callable[[int], Answer],
         failure: Callable[[Connection, Exception], Answer],
         gather: float = GATHER_SECONDS,
+        gather_at_most: int = GATHER_AT_MOST,
     ) -> None:
         self._executor = executor
         self._encode = encode
         self._failure = failure
         self._gather = gather
+        self._gather_at_most = gather_at_most
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)  # the last batch's callers are back
         self._waiting: list[_Call] = []
@@ -103,7 +113,7 @@ class SubmissionBatches:
             start, self._running = not self._running, True
             if self._returning:
                 self._returning.discard(connection)
-                if not self._returning:
+                if not self._returning or len(self._waiting) >= self._gather_at_most:
                     self._returned.notify()
         if start:
             try:
@@ -148,7 +158,8 @@ class SubmissionBatches:
         if returning:
             returning.difference_update(call[0] for call in self._waiting)
             remaining = self._gather_until - time.monotonic()
-            if returning and remaining > 0:
+            enough = len(self._waiting) >= self._gather_at_most
+            if returning and remaining > 0 and not enough:
                 self._returned.wait(remaining)
 
     def _submit(self, calls: list[_Call]) -> None:
