@@ -97,7 +97,6 @@ def one_then_three(
 
     The answers of all four, once they have come.
     """
-
     return asyncio.run(calling_one_then_three(batches, queue, gate))
 
 
@@ -111,6 +110,29 @@ async def calling_one_then_three(
     later = [await call(batches, queue, name) for name in ("b", "c", "d")]
     gate.set()
     return await asyncio.wait_for(asyncio.gather(first, *later), WAIT)
+
+
+def held_then_last(
+    batches: SubmissionBatches,
+    queue: BlockingQueue,
+    gate: threading.Event,
+    held: tuple[str, ...],
+    last: str,
+) -> tuple[set[Any], list[Answer]]:
+    """After ``one_then_three``, call ``held``, then ``last`` 0.2 s later.
+
+    Returns the answers of ``held`` that came within those 0.2 s, and the
+    answers of every call once they have all come.
+    """
+
+    async def scenario() -> tuple[set[Any], list[Answer]]:
+        await calling_one_then_three(batches, queue, gate)
+        again = [await call(batches, queue, name) for name in held]
+        early, _ = await asyncio.wait(again, timeout=0.2)
+        again.append(await call(batches, queue, last))
+        return early, await asyncio.wait_for(asyncio.gather(*again), WAIT)
+
+    return asyncio.run(scenario())
 
 
 def test_calls_arriving_during_a_write_are_submitted_together(
@@ -215,14 +237,8 @@ def test_the_runner_waits_for_the_last_batchs_callers_to_call_again(
     queue.gate = gate = threading.Event()
     batches = make_batches(executor, [], gather=LONG_GATHER)
 
-    async def scenario() -> tuple[set[Any], list[Answer]]:
-        await calling_one_then_three(batches, queue, gate)  # batches: a; then b, c, d
-        again = [await call(batches, queue, "b"), await call(batches, queue, "c")]
-        early, _ = await asyncio.wait(again, timeout=0.2)  # "d" has not called again yet
-        again.append(await call(batches, queue, "d"))  # the last one is back: the batch goes
-        return early, await asyncio.wait_for(asyncio.gather(*again), WAIT)
-
-    early, answers = asyncio.run(scenario())
+    # Batches a, then b c d; then b and c call again, and "d" last: the batch goes.
+    early, answers = held_then_last(batches, queue, gate, held=("b", "c"), last="d")
     assert early == set()
     assert queue.batches == [[["a"]], [["b"], ["c"], ["d"]], [["b"], ["c"], ["d"]]]
     assert [result_of(answer) for answer in answers] == [(True, n) for n in (104, 105, 106)]
@@ -235,14 +251,8 @@ def test_a_new_caller_does_not_end_the_wait_but_joins_the_batch(
     queue.gate = gate = threading.Event()
     batches = make_batches(executor, [], gather=LONG_GATHER)
 
-    async def scenario() -> tuple[set[Any], list[Answer]]:
-        await calling_one_then_three(batches, queue, gate)
-        again = [await call(batches, queue, name) for name in ("b", "c", "e")]
-        early, _ = await asyncio.wait(again, timeout=0.2)  # "e" is new; "d" is still away
-        again.append(await call(batches, queue, "d"))
-        return early, await asyncio.wait_for(asyncio.gather(*again), WAIT)
-
-    early, answers = asyncio.run(scenario())
+    # "e" is new; "d" is still away until last.
+    early, answers = held_then_last(batches, queue, gate, held=("b", "c", "e"), last="d")
     assert early == set()
     assert queue.batches[-1] == [["b"], ["c"], ["e"], ["d"]]
     assert len(answers) == 4
@@ -269,14 +279,8 @@ def test_a_caller_that_does_not_come_back_is_waited_for_until_the_gathering_ends
     queue.gate = gate = threading.Event()
     batches = make_batches(executor, [], gather=2.0)  # from the answers of b, c, d
 
-    async def scenario() -> tuple[set[Any], list[Answer]]:
-        await calling_one_then_three(batches, queue, gate)
-        again = [await call(batches, queue, "b")]
-        early, _ = await asyncio.wait(again, timeout=0.2)  # held for c and d
-        again.append(await call(batches, queue, "c"))  # "d" is gone: held until the end
-        return early, await asyncio.wait_for(asyncio.gather(*again), WAIT)
-
-    early, answers = asyncio.run(scenario())
+    # "b" is held for c and d; "d" is gone, so with "c" back both wait out the gathering.
+    early, answers = held_then_last(batches, queue, gate, held=("b",), last="c")
     assert early == set()
     assert queue.batches[-1] == [["b"], ["c"]]
     assert [result_of(answer) for answer in answers] == [(True, 104), (True, 105)]

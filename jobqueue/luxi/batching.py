@@ -95,9 +95,9 @@ class SubmissionBatches:
         self._returned = threading.Condition(self._lock)  # the last batch's callers are back
         self._waiting: list[_Call] = []
         self._running = False
-        # Connections of the last batch that have not called again (None: no
+        # Connections of the last batch that have not called again (empty: no
         # gathering), and until when (monotonic seconds) they are waited for.
-        self._returning: set[Connection] | None = None
+        self._returning: set[Connection] = set()
         self._gather_until = 0.0
 
     def add(
@@ -113,7 +113,7 @@ class SubmissionBatches:
             start, self._running = not self._running, True
             if self._returning:
                 self._returning.discard(connection)
-                if not self._returning or len(self._waiting) >= self._gather_at_most:
+                if self._gathered():
                     self._returned.notify()
         if start:
             try:
@@ -142,7 +142,7 @@ class SubmissionBatches:
                 return False
             self._gather_returning()
             calls, self._waiting = self._waiting, []
-            self._returning = {call[0] for call in calls} if len(calls) > 1 else None
+            self._returning = {call[0] for call in calls} if len(calls) > 1 else set()
         try:
             self._submit(calls)
         except Exception as err:  # a bug: these calls fail, later ones are still served
@@ -154,13 +154,14 @@ class SubmissionBatches:
 
     def _gather_returning(self) -> None:
         """Wait (``_lock`` held) for the last batch's callers, until ``_gather_until``."""
-        returning = self._returning
-        if returning:
-            returning.difference_update(call[0] for call in self._waiting)
-            remaining = self._gather_until - time.monotonic()
-            enough = len(self._waiting) >= self._gather_at_most
-            if returning and remaining > 0 and not enough:
-                self._returned.wait(remaining)
+        self._returning.difference_update(call[0] for call in self._waiting)
+        remaining = self._gather_until - time.monotonic()
+        if remaining > 0 and not self._gathered():
+            self._returned.wait(remaining)
+
+    def _gathered(self) -> bool:
+        """Whether the gathering is over (``_lock`` held): everyone back, or enough waiting."""
+        return not self._returning or len(self._waiting) >= self._gather_at_most
 
     def _submit(self, calls: list[_Call]) -> None:
         answers: list[_Answered] = []
