@@ -29,6 +29,7 @@ from bench.common import (
     cpu_count,
     latency_rows,
     median,
+    percentile,
     skipped,
 )
 from bench.daemon import (
@@ -47,6 +48,11 @@ CLI = "6 cli"
 SUBMIT_WORKERS = 2
 #: The target of SubmitJob from many clients: this share of the disk limit.
 SUBMIT_SHARE_OF_DISK = 0.70
+#: Opcodes of each job the large-job client sends (about 86 KB of request:
+#: past ``batching.LARGEST_BATCHED``, so it is submitted alone).
+LARGE_JOB_OPS = 2_000
+#: SubmitJob calls timed beside the large-job client.
+CALLS_BESIDE_LARGE = 200
 #: Occupies a worker while submissions are measured; killed afterwards.
 BLOCKER = {"OP_ID": "OP_TEST_DELAY", "duration": 3600}
 #: Long jobs the other waiters of section 4 watch (each takes a worker).
@@ -188,6 +194,7 @@ def run_submit(ctx: Context) -> Iterator[Row]:
         yield compare(row, disk_one, "disk 1 thread")
         for row in latency_rows(SUBMIT, f"SubmitManyJobs({size}) latency", batch_latencies):
             yield remember(ctx, row)
+        alone: list[float] = []
         for clients in (1, settings.submit_clients):
             cpu_began = daemon_cpu_seconds(daemon), time.process_time()
             rate, latencies = submit_concurrently(
@@ -206,9 +213,59 @@ def run_submit(ctx: Context) -> Iterator[Row]:
                 yield compare(cpu_row, cpu_budget_ms(disk_many), "CPU budget at 0.7 of disk")
             for row in latency_rows(SUBMIT, f"SubmitJob latency, {clients} {noun}", latencies):
                 yield remember(ctx, row)
+            if clients == 1:
+                alone = latencies
+        yield from beside_large_jobs(ctx, daemon, alone)
         with connected(daemon) as client:
             for job_id in blockers:
                 client.cancel_job(job_id, True)
+
+
+def beside_large_jobs(ctx: Context, daemon: Daemon, alone: list[float]) -> Iterator[Row]:
+    """SubmitJob latency of one client while another sends jobs of ``LARGE_JOB_OPS`` opcodes.
+
+    Compared with the same client's latency alone, measured just before in
+    the same daemon: how much a client sending huge jobs slows the others.
+    """
+    stop = threading.Event()
+    large: list[float] = []
+    failures: list[BaseException] = []
+
+    def send_large() -> None:
+        try:
+            with connected(daemon) as client:
+                job = [dict(NOOP) for _ in range(LARGE_JOB_OPS)]
+                while not stop.is_set():
+                    began = time.perf_counter()
+                    client.submit_job(job)
+                    large.append(time.perf_counter() - began)
+        except BaseException as error:
+            failures.append(error)
+
+    sender = threading.Thread(target=send_large, daemon=True)
+    sender.start()
+    latencies: list[float] = []
+    try:
+        with connected(daemon) as client:
+            client.submit_job([NOOP])
+            while not large and not failures:  # the first large call is answered
+                time.sleep(0.005)
+            for _ in range(CALLS_BESIDE_LARGE):
+                began = time.perf_counter()
+                client.submit_job([NOOP])
+                latencies.append(time.perf_counter() - began)
+    finally:
+        stop.set()
+        sender.join(600)
+    if failures:
+        raise failures[0]
+    name = f"SubmitJob latency beside {LARGE_JOB_OPS:,}-opcode jobs"
+    detail = {"large_calls": len(large), "large_call_p50_ms": percentile(large, 0.5) * 1000}
+    for row, fraction in zip(
+        latency_rows(SUBMIT, name, latencies, detail), (0.5, 0.99), strict=True
+    ):
+        reference = percentile(alone, fraction) * 1000 if alone else None
+        yield compare(remember(ctx, row), reference, f"1 client alone p{round(fraction * 100)}")
 
 
 def cpu_budget_ms(disk_rate: float | None) -> float | None:

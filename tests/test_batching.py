@@ -66,6 +66,7 @@ def make_batches(
     failures: list[Any],
     gather: float = 0.0,
     gather_at_most: int = 100,
+    largest_batched: int = 1 << 20,
 ) -> SubmissionBatches:
     def failure(connection: Any, err: Exception) -> Answer:
         failures.append((connection, err))
@@ -77,6 +78,7 @@ def make_batches(
         failure=failure,
         gather=gather,
         gather_at_most=gather_at_most,
+        largest_batched=largest_batched,
     )
 
 
@@ -84,9 +86,12 @@ def result_of(answer: Answer) -> tuple[bool, Any]:
     return protocol.parse_response(b"".join(answer).rstrip(b"\x03"))
 
 
-async def call(batches: SubmissionBatches, queue: Any, name: str) -> asyncio.Future[Answer]:
+async def call(
+    batches: SubmissionBatches, queue: Any, name: str, size: int = 0
+) -> asyncio.Future[Answer]:
+    """Call with a request of ``size`` bytes; the name stands for the connection and the job."""
     future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-    batches.add(name, future, JobSubmission([name], None), queue)  # type: ignore[arg-type]
+    batches.add(name, future, JobSubmission([name], None), queue, size)  # type: ignore[arg-type]
     return future
 
 
@@ -319,3 +324,46 @@ def test_enough_calls_waiting_end_the_wait(
     answers = asyncio.run(scenario())
     assert [result_of(answer) for answer in answers] == [(True, 104), (True, 105)]
     assert queue.batches[-1] == [["b"], ["c"]]
+
+
+def test_a_large_request_is_submitted_alone_beside_a_held_batch(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    queue.gate = gate = threading.Event()
+    batches = make_batches(executor, [], largest_batched=100)
+
+    async def scenario() -> tuple[Answer, list[Answer], bool]:
+        held = await call(batches, queue, "a")
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, queue.entered.wait, WAIT)
+        small = await call(batches, queue, "b", size=100)  # waits for the next batch
+        large = await call(batches, queue, "big", size=101)  # does not
+        alone = await asyncio.wait_for(large, WAIT)  # while "a" is still held
+        small_waited = not small.done()
+        gate.set()
+        return alone, await asyncio.wait_for(asyncio.gather(held, small), WAIT), small_waited
+
+    alone, others, small_waited = asyncio.run(scenario())
+    assert queue.batches == [[["a"]], [["big"]], [["b"]]]
+    assert small_waited
+    ids = [result_of(answer) for answer in (alone, *others)]
+    assert sorted(ids) == [(True, 100), (True, 101), (True, 102)]
+
+
+def test_a_large_request_of_a_caller_of_the_last_batch_ends_the_wait_for_it(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    queue.gate = gate = threading.Event()
+    batches = make_batches(executor, [], gather=LONG_GATHER, largest_batched=100)
+
+    async def scenario() -> list[Answer]:
+        await calling_one_then_three(batches, queue, gate)  # the last batch: b, c, d
+        again = [await call(batches, queue, name) for name in ("b", "c")]
+        again.append(await call(batches, queue, "d", size=101))  # "d" is back, alone
+        return await asyncio.wait_for(asyncio.gather(*again), WAIT)
+
+    answers = asyncio.run(scenario())  # within WAIT: nobody waited for "d" to join
+    assert sorted(queue.batches[2:]) == [[["b"], ["c"]], [["d"]]]
+    assert all(result_of(answer)[0] for answer in answers)

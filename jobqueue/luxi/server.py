@@ -428,7 +428,8 @@ class LuxiServer:
             answer: asyncio.Future[Answer] = loop.create_future()
             services = methods.Services(self._queue, self._reader, _caller(connection.peer))
             if method.batched:
-                self._batches.add(connection, answer, method.call(services, *args), self._queue)
+                submission = method.call(services, *args)
+                self._batches.add(connection, answer, submission, self._queue, len(frame))
                 return answer
             call = (connection, answer, method.call, services, args)
             if method.read_only:
