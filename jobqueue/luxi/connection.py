@@ -51,6 +51,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from jobqueue import errors
 from jobqueue.luxi import access, protocol
+from jobqueue.model import Submitter
 
 #: An encoded answer: the pieces of one terminated message, in order.
 Answer = list[bytes]
@@ -86,6 +87,9 @@ class Gate(Protocol):
 
     def may_change(self, peer: access.PeerCredentials | None) -> bool:
         """Whether ``peer`` may call methods that change something."""
+
+    def caller(self, peer: access.PeerCredentials | None) -> Submitter | None:
+        """Who ``peer`` is, as the queue records and checks it (None: unknown)."""
 
 
 class OutputBudget:
@@ -179,8 +183,9 @@ class Connection(asyncio.BufferedProtocol):
     """One client of a LUXI socket; see the module docstring.
 
     ``closed`` is done once the connection is gone; ``peer`` holds the
-    peer's credentials (None if they could not be read) and
-    ``may_change`` whether it may call methods that change something.
+    peer's credentials (None if they could not be read), ``caller`` who
+    that is for the queue, and ``may_change`` whether it may call methods
+    that change something; all three are set once, at connect.
     """
 
     def __init__(
@@ -199,6 +204,7 @@ class Connection(asyncio.BufferedProtocol):
         self.number = number
         self.read_only = gate.read_only
         self.peer: access.PeerCredentials | None = None
+        self.caller: Submitter | None = None
         self.may_change = False
         self._handle = handle
         self._gate = gate
@@ -239,6 +245,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._counted = True
         self.peer = self._read_peer(transport)
+        self.caller = self._gate.caller(self.peer)
         self.may_change = self._gate.may_change(self.peer)
         self._timer = self._loop.call_later(self._client_timeout, self._check_timeout)
 

@@ -149,6 +149,12 @@ class _Listener:
     def may_change(self, peer: access.PeerCredentials | None) -> bool:
         return peer is not None and self._rule.allows(peer)
 
+    def caller(self, peer: access.PeerCredentials | None) -> Submitter | None:
+        if peer is None:
+            return None
+        groups = peer.groups if peer.groups is not None else access.supplementary_groups(peer.pid)
+        return Submitter.client(uid=peer.uid, gid=peer.gid, groups=groups, pid=peer.pid)
+
 
 class LuxiServer:
     """The daemon's LUXI endpoint; see the module docstring.
@@ -426,7 +432,7 @@ class LuxiServer:
             if method.is_async:
                 return loop.create_task(self._answer_async(connection, method.call(self, *args)))
             answer: asyncio.Future[Answer] = loop.create_future()
-            services = methods.Services(self._queue, self._reader, _caller(connection.peer))
+            services = methods.Services(self._queue, self._reader, connection.caller)
             if method.batched:
                 submission = method.call(services, *args)
                 self._batches.add(connection, answer, submission, self._queue, len(frame))
@@ -598,11 +604,3 @@ def _start_all_threads(executor: concurrent.futures.ThreadPoolExecutor, size: in
     barrier = threading.Barrier(size)
     for future in [executor.submit(barrier.wait, SHUTDOWN_GRACE) for _ in range(size)]:
         future.result()
-
-
-def _caller(peer: access.PeerCredentials | None) -> Submitter | None:
-    """Who a request comes from, as the queue records and checks it; None if unknown."""
-    if peer is None:
-        return None
-    groups = peer.groups if peer.groups is not None else access.supplementary_groups(peer.pid)
-    return Submitter.client(uid=peer.uid, gid=peer.gid, groups=groups, pid=peer.pid)
