@@ -32,25 +32,30 @@ class BlockingQueue:
 
     def __init__(self) -> None:
         self.batches: list[list[Any]] = []
+        self.threads: list[int] = []  # the thread that submitted each batch
         self.entered = threading.Event()
         self.gate: threading.Event | None = None
         self.answers: dict[int, list[Any]] = {}
         self.raising: dict[int, BaseException] = {}
         self._next_id = 100
+        self._lock = threading.Lock()
 
     def submit_each(self, submissions: list[JobSubmission]) -> list[Any]:
-        number = len(self.batches)
-        self.batches.append([item.ops for item in submissions])
-        self.entered.set()
-        if self.gate is not None:
-            gate, self.gate = self.gate, None
+        with self._lock:
+            number = len(self.batches)
+            self.batches.append([item.ops for item in submissions])
+            self.threads.append(threading.get_ident())
+            gate, self.gate = self.gate, None  # held by the first batch to come only
+            self.entered.set()
+        if gate is not None:
             assert gate.wait(WAIT)
         if number in self.raising:
             raise self.raising[number]
         if number in self.answers:
             return self.answers[number]
-        ids = list(range(self._next_id, self._next_id + len(submissions)))
-        self._next_id += len(submissions)
+        with self._lock:
+            ids = list(range(self._next_id, self._next_id + len(submissions)))
+            self._next_id += len(submissions)
         return ids
 
 
@@ -346,6 +351,7 @@ def test_a_large_request_is_submitted_alone_beside_a_held_batch(
 
     alone, others, small_waited = asyncio.run(scenario())
     assert queue.batches == [[["a"]], [["big"]], [["b"]]]
+    assert queue.threads[1] != threading.get_ident()  # not on the loop's thread
     assert small_waited
     ids = [result_of(answer) for answer in (alone, *others)]
     assert sorted(ids) == [(True, 100), (True, 101), (True, 102)]
@@ -367,3 +373,27 @@ def test_a_large_request_of_a_caller_of_the_last_batch_ends_the_wait_for_it(
     answers = asyncio.run(scenario())  # within WAIT: nobody waited for "d" to join
     assert sorted(queue.batches[2:]) == [[["b"], ["c"]], [["d"]]]
     assert all(result_of(answer)[0] for answer in answers)
+
+
+def test_large_requests_are_submitted_one_at_a_time_beside_the_batches(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    queue = BlockingQueue()
+    queue.gate = gate = threading.Event()
+    batches = make_batches(executor, [], largest_batched=100)
+
+    async def scenario() -> tuple[bool, Answer, list[Answer]]:
+        held = await call(batches, queue, "big1", size=101)
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, queue.entered.wait, WAIT)
+        later = [await call(batches, queue, name, size=101) for name in ("big2", "big3")]
+        small = await asyncio.wait_for(await call(batches, queue, "s"), WAIT)
+        large_waited = not any(future.done() for future in later)
+        gate.set()
+        return large_waited, small, await asyncio.wait_for(asyncio.gather(held, *later), WAIT)
+
+    large_waited, small, large = asyncio.run(scenario())
+    assert large_waited  # behind "big1", although threads were free
+    assert queue.batches == [[["big1"]], [["s"]], [["big2"]], [["big3"]]]
+    assert len(set(queue.threads[2:] + queue.threads[:1])) == 1  # one runner of large calls
+    assert all(result_of(answer)[0] for answer in (small, *large))

@@ -24,9 +24,12 @@ never waits with nothing to submit: it stops, and the first call to come
 starts one that gathers.
 
 Large requests: a call whose request is over ``LARGEST_BATCHED`` bytes is
-submitted alone, on a handler thread of its own beside the runner, so that a
-client sending huge jobs does not hold up the small calls that would share
-its batch (its file's write may still share a sync with theirs).
+submitted alone, by a runner of large calls (a second thread of the pool
+while there are any) that takes them one at a time, in order. So a client
+sending huge jobs neither holds up the small calls that would have shared
+its batch nor takes more than one handler thread, however many
+connections it opens. (Its file's write may still share a sync with
+theirs.)
 
 Why: with a thread per call, each submission crossed threads four times
 (loop, handler, the group commit's leader, loop) and waited for a free
@@ -40,8 +43,8 @@ call's refusal (bad options, a missing right, even an unexpected error in
 checking it) is that call's answer alone; a batch that fails as a whole
 answers each of its calls with the error, logged once.
 
-Thread safety: ``add`` is called from the loop thread; the runner takes
-batches under ``_lock``, which also guards whether it runs.
+Thread safety: ``add`` is called from the loop thread; the runners take
+calls under ``_lock``, which also guards whether each of them runs.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ GATHER_SECONDS = 0.001
 #: lost the overlap of two groups; 8 kept it, and gained with fewer clients.
 GATHER_AT_MOST = 8
 #: A request larger than this (bytes) does not join a batch: it is submitted
-#: alone on a handler thread, as a ``SubmitManyJobs`` call is. Its checking
+#: alone, by the runner of large calls. Its checking
 #: and encoding would otherwise hold up every small call of its batch
 #: (measured: beside a client sending jobs of 2,000 opcodes, another's
 #: one-opcode ``SubmitJob`` took 25 ms at the median instead of 1 ms; 8 ms now).
@@ -107,8 +110,8 @@ class SubmissionBatches:
         self._largest_batched = largest_batched
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)  # the last batch's callers are back
-        self._waiting: list[_Call] = []
-        self._running = False
+        self._batched = _Lane()
+        self._large = _Lane()
         # Connections of the last batch that have not called again (empty: no
         # gathering), and until when (monotonic seconds) they are waited for.
         self._returning: set[Connection] = set()
@@ -127,33 +130,27 @@ class SubmissionBatches:
         A request of more than ``largest_batched`` bytes (``size``) is
         submitted alone instead.
         """
-        call: _Call = (connection, answer, submission, queue)
-        alone = size > self._largest_batched
+        large = size > self._largest_batched
+        lane = self._large if large else self._batched
         with self._lock:
-            if not alone:
-                self._waiting.append(call)
-                start, self._running = not self._running, True
+            lane.calls.append((connection, answer, submission, queue))
+            start, lane.running = not lane.running, True
             if self._returning:
                 self._returning.discard(connection)
                 if self._gathered():
                     self._returned.notify()
-        if alone:
-            self._submit_alone(call)
-        elif start:
-            try:
-                self._executor.submit(self._run)
-            except RuntimeError as err:  # shutting down: answer what waits
-                with self._lock:
-                    self._running = False
-                    calls, self._waiting = self._waiting, []
-                self._answer_all(calls, LuxiError(str(err)))
+        if start:
+            self._start(lane, self._run_large if large else self._run)
 
-    def _submit_alone(self, call: _Call) -> None:
-        """Submit one call on a thread of its own, beside the batches."""
+    def _start(self, lane: _Lane, runner: Callable[[], None]) -> None:
+        """Lend ``runner`` a thread of the executor; if it is shutting down, answer ``lane``."""
         try:
-            self._executor.submit(self._submit_safely, [call])
-        except RuntimeError as err:  # shutting down
-            self._answer_all([call], LuxiError(str(err)))
+            self._executor.submit(runner)
+        except RuntimeError as err:
+            with self._lock:
+                lane.running = False
+                calls, lane.calls = lane.calls, []
+            self._answer_all(calls, LuxiError(str(err)))
 
     def _run(self) -> None:
         """The runner: submit batches until no call waits."""
@@ -162,17 +159,32 @@ class SubmissionBatches:
                 pass
         except BaseException:  # never left marked as running: later calls start another
             with self._lock:
-                self._running = False
+                self._batched.running = False
+            raise
+
+    def _run_large(self) -> None:
+        """The runner of large requests: each alone, in order, until none waits."""
+        try:
+            while True:
+                with self._lock:
+                    if not self._large.calls:
+                        self._large.running = False
+                        return
+                    call = self._large.calls.pop(0)
+                self._submit_safely([call])
+        except BaseException:  # as in _run
+            with self._lock:
+                self._large.running = False
             raise
 
     def _submit_waiting(self) -> bool:
         """Submit every call waiting; False (and no longer running) if none did."""
         with self._lock:
-            if not self._waiting:
-                self._running = False
+            if not self._batched.calls:
+                self._batched.running = False
                 return False
             self._gather_returning()
-            calls, self._waiting = self._waiting, []
+            calls, self._batched.calls = self._batched.calls, []
             self._returning = {call[0] for call in calls} if len(calls) > 1 else set()
         try:
             self._submit_safely(calls)
@@ -183,14 +195,14 @@ class SubmissionBatches:
 
     def _gather_returning(self) -> None:
         """Wait (``_lock`` held) for the last batch's callers, until ``_gather_until``."""
-        self._returning.difference_update(call[0] for call in self._waiting)
+        self._returning.difference_update(call[0] for call in self._batched.calls)
         remaining = self._gather_until - time.monotonic()
         if remaining > 0 and not self._gathered():
             self._returned.wait(remaining)
 
     def _gathered(self) -> bool:
         """Whether the gathering is over (``_lock`` held): everyone back, or enough waiting."""
-        return not self._returning or len(self._waiting) >= self._gather_at_most
+        return not self._returning or len(self._batched.calls) >= self._gather_at_most
 
     def _submit_safely(self, calls: list[_Call]) -> None:
         try:
@@ -220,6 +232,16 @@ class SubmissionBatches:
         """Every call answered with ``err``, reported (logged) for the first one only."""
         first = self._failure(calls[0][0], err)
         return [(answer, first) for _, answer, _, _ in calls]
+
+
+class _Lane:
+    """Calls waiting for one runner, and whether it runs (``_lock`` guards both)."""
+
+    __slots__ = ("calls", "running")
+
+    def __init__(self) -> None:
+        self.calls: list[_Call] = []
+        self.running = False
 
 
 def _by_queue(calls: list[_Call]) -> list[tuple[Any, list[_Call]]]:

@@ -34,6 +34,8 @@ from jobqueue.storage.groupcommit import GroupCommit
 from jobqueue.storage.jobwriter import DirectoryNotSynced, JobFileWriter
 from jobqueue.storage.startrecords import JobVersions
 
+#: A new job and its encoded file.
+_File = tuple[Job, bytes]
 #: Threads writing one batch of job files in parallel: a single thread waits
 #: for one journal commit per file, many share them (about 6x here).
 BATCH_WRITERS = 16
@@ -57,22 +59,29 @@ class NewJobFiles:
         self._grouped = GroupCommit(self._create_now)
 
     def create(self, jobs: Sequence[Job]) -> list[StorageError | None]:
-        """Write the jobs' files durably; None or the StorageError that refuses each job."""
-        if self._writer().syncs_batches:
-            return self._grouped(jobs)
-        return self._create_now(jobs)
+        """Write the jobs' files durably; None or the StorageError that refuses each job.
 
-    def _create_now(self, jobs: Sequence[Job]) -> list[StorageError | None]:
-        if len(jobs) == 1:  # the write syncs the directory itself
-            return [self._create_one(jobs[0], sync_dir=True)]
+        The files are encoded here, by the caller, before any group commit:
+        the group's leader only writes.
+        """
+        files = [(job, encode_job(job, 1)) for job in jobs]
+        if self._writer().syncs_batches:
+            return self._grouped(files)
+        return self._create_now(files)
+
+    def _create_now(self, files: Sequence[_File]) -> list[StorageError | None]:
+        if len(files) == 1:  # the write syncs the directory itself
+            return [self._create_one(*files[0], sync_dir=True)]
         writer = self._writer()
         # From two files up, one sync of the file system costs less CPU and time
         # than a sync per file (``doc/performance.rst``, "Group commit").
         if writer.syncs_batches:
-            results = self._create_with_one_sync(writer, jobs)
+            results = self._create_with_one_sync(writer, files)
         else:
-            results = self._create_in_parallel(writer, jobs)
-        written = [job.id for job, failure in zip(jobs, results, strict=True) if failure is None]
+            results = self._create_in_parallel(writer, files)
+        written = [
+            job.id for (job, _), failure in zip(files, results, strict=True) if failure is None
+        ]
         if written:
             try:
                 writer.sync_directory()
@@ -94,11 +103,9 @@ class NewJobFiles:
     def _path(self, job_id: int) -> str:
         return os.path.join(self._queue_dir, layout.job_file_name(job_id))
 
-    def _create_one(self, job: Job, sync_dir: bool = False) -> StorageError | None:
+    def _create_one(self, job: Job, data: bytes, sync_dir: bool = False) -> StorageError | None:
         try:
-            self._writer().create(
-                layout.job_file_name(job.id), encode_job(job, 1), sync_dir=sync_dir
-            )
+            self._writer().create(layout.job_file_name(job.id), data, sync_dir=sync_dir)
         except DirectoryNotSynced as err:
             return storage_error(f"Cannot sync {self._queue_dir}", err)
         except OSError as err:
@@ -107,14 +114,12 @@ class NewJobFiles:
         return None
 
     def _create_with_one_sync(
-        self, writer: JobFileWriter, jobs: Sequence[Job]
+        self, writer: JobFileWriter, files: Sequence[_File]
     ) -> list[StorageError | None]:
         """Write the jobs' files, all made durable by one file-system sync."""
-        failures = writer.create_many(
-            [(layout.job_file_name(job.id), encode_job(job, 1)) for job in jobs]
-        )
+        failures = writer.create_many([(layout.job_file_name(job.id), data) for job, data in files])
         results: list[StorageError | None] = []
-        for job, failure in zip(jobs, failures, strict=True):
+        for (job, _), failure in zip(files, failures, strict=True):
             if failure is None:
                 self._versions.loaded(job.id, 1)
                 results.append(None)
@@ -123,7 +128,7 @@ class NewJobFiles:
         return results
 
     def _create_in_parallel(
-        self, writer: JobFileWriter, jobs: Sequence[Job]
+        self, writer: JobFileWriter, files: Sequence[_File]
     ) -> list[StorageError | None]:
         """``_create_one`` for each job, on up to ``BATCH_WRITERS`` threads.
 
@@ -132,20 +137,20 @@ class NewJobFiles:
         submission's Python). Raises what a write raised other than its
         StorageError, once every thread has stopped.
         """
-        results: list[StorageError | None] = [None] * len(jobs)
-        pending = collections.deque(enumerate(jobs))
-        writer.ready_spares(len(jobs))
+        results: list[StorageError | None] = [None] * len(files)
+        pending = collections.deque(enumerate(files))
+        writer.ready_spares(len(files))
 
         def drain() -> None:
             while True:
                 try:
-                    index, job = pending.popleft()
+                    index, (job, data) = pending.popleft()
                 except IndexError:
                     return
-                results[index] = self._create_one(job)
+                results[index] = self._create_one(job, data)
 
         pool = self._writer_threads()
-        tasks = [pool.submit(drain) for _ in range(min(BATCH_WRITERS, len(jobs)))]
+        tasks = [pool.submit(drain) for _ in range(min(BATCH_WRITERS, len(files)))]
         for task in tasks:
             task.exception()  # waits
         for task in tasks:
