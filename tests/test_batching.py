@@ -177,23 +177,28 @@ def test_each_call_gets_its_own_result_or_refusal(
     assert failures == [("c", refusal)]  # the refusal went to that caller's connection
 
 
+#: Request sizes of a test with ``largest_batched=100``: a batched call, a large one.
+SIZES = pytest.mark.parametrize("size", [100, 101], ids=["batched", "large"])
+
+
+@SIZES
 @pytest.mark.parametrize(
     "breakage", ["raises", "wrong count"], ids=["queue raises", "wrong number of results"]
 )
 def test_a_failed_batch_answers_each_of_its_calls_and_later_ones_are_served(
-    executor: concurrent.futures.ThreadPoolExecutor, breakage: str
+    executor: concurrent.futures.ThreadPoolExecutor, breakage: str, size: int
 ) -> None:
     queue = BlockingQueue()
     failures: list[Any] = []
-    batches = make_batches(executor, failures)
+    batches = make_batches(executor, failures, largest_batched=100)
     if breakage == "raises":
         queue.raising[0] = RuntimeError("disk on fire")
     else:
         queue.answers[0] = [1, 2, 3]  # three results for one call
 
     async def scenario() -> tuple[Answer, Answer]:
-        broken = await asyncio.wait_for(await call(batches, queue, "a"), WAIT)
-        served = await asyncio.wait_for(await call(batches, queue, "b"), WAIT)
+        broken = await asyncio.wait_for(await call(batches, queue, "a", size), WAIT)
+        served = await asyncio.wait_for(await call(batches, queue, "b", size), WAIT)
         return broken, served
 
     broken, served = asyncio.run(scenario())
@@ -203,16 +208,17 @@ def test_a_failed_batch_answers_each_of_its_calls_and_later_ones_are_served(
     assert [connection for connection, _ in failures] == ["a"]
 
 
+@SIZES
 def test_a_call_after_the_executor_stopped_is_refused(
-    executor: concurrent.futures.ThreadPoolExecutor,
+    executor: concurrent.futures.ThreadPoolExecutor, size: int
 ) -> None:
     queue = BlockingQueue()
     failures: list[Any] = []
-    batches = make_batches(executor, failures)
+    batches = make_batches(executor, failures, largest_batched=100)
     executor.shutdown(wait=True)
 
     async def scenario() -> Answer:
-        return await asyncio.wait_for(await call(batches, queue, "a"), WAIT)
+        return await asyncio.wait_for(await call(batches, queue, "a", size), WAIT)
 
     success, result = result_of(asyncio.run(scenario()))
     assert not success and result[0] == "LuxiError"

@@ -124,6 +124,17 @@ def test_a_batch_larger_than_the_writer_threads_reports_each_job_in_order(
     assert sorted(job.id for job in store.load_jobs()) == [i for i in range(1, 41) if i != 23]
 
 
+def test_a_new_job_that_cannot_be_encoded_is_refused_alone(tmp_path: Path) -> None:
+    FileJobStore(str(tmp_path / "q")).allocate_ids(3)
+    store = FileJobStore(str(tmp_path / "q"))
+    unstorable = make_job(2)
+    unstorable.ops[0].input["comment"] = {1, 2}  # a set: no JSON for it
+    results = store.create_jobs([make_job(1), unstorable, make_job(3)])
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], StorageError) and "cannot be stored as JSON" in str(results[1])
+    assert sorted(job.id for job in store.load_jobs()) == [1, 3]
+
+
 def test_temp_files_cleaned_at_start(tmp_path: Path) -> None:
     queue = tmp_path / "queue"
     FileJobStore(str(queue))

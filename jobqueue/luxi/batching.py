@@ -50,6 +50,7 @@ calls under ``_lock``, which also guards whether each of them runs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import threading
 import time
@@ -149,7 +150,7 @@ class SubmissionBatches:
         except RuntimeError as err:
             with self._lock:
                 lane.running = False
-                calls, lane.calls = lane.calls, []
+                calls, lane.calls = list(lane.calls), collections.deque()
             self._answer_all(calls, LuxiError(str(err)))
 
     def _run(self) -> None:
@@ -170,7 +171,7 @@ class SubmissionBatches:
                     if not self._large.calls:
                         self._large.running = False
                         return
-                    call = self._large.calls.pop(0)
+                    call = self._large.calls.popleft()
                 self._submit_safely([call])
         except BaseException:  # as in _run
             with self._lock:
@@ -184,7 +185,7 @@ class SubmissionBatches:
                 self._batched.running = False
                 return False
             self._gather_returning()
-            calls, self._batched.calls = self._batched.calls, []
+            calls, self._batched.calls = list(self._batched.calls), collections.deque()
             self._returning = {call[0] for call in calls} if len(calls) > 1 else set()
         try:
             self._submit_safely(calls)
@@ -240,7 +241,7 @@ class _Lane:
     __slots__ = ("calls", "running")
 
     def __init__(self) -> None:
-        self.calls: list[_Call] = []
+        self.calls: collections.deque[_Call] = collections.deque()
         self.running = False
 
 

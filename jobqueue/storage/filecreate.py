@@ -62,12 +62,22 @@ class NewJobFiles:
         """Write the jobs' files durably; None or the StorageError that refuses each job.
 
         The files are encoded here, by the caller, before any group commit:
-        the group's leader only writes.
+        the group's leader only writes. A job that cannot be encoded is
+        refused alone.
         """
-        files = [(job, encode_job(job, 1)) for job in jobs]
-        if self._writer().syncs_batches:
-            return self._grouped(files)
-        return self._create_now(files)
+        results: list[StorageError | None] = [None] * len(jobs)
+        files: list[_File] = []
+        for index, job in enumerate(jobs):
+            try:
+                files.append((job, encode_job(job, 1)))
+            except StorageError as err:
+                results[index] = err
+        if not files:
+            return results
+        written = iter(
+            self._grouped(files) if self._writer().syncs_batches else self._create_now(files)
+        )
+        return [next(written) if result is None else result for result in results]
 
     def _create_now(self, files: Sequence[_File]) -> list[StorageError | None]:
         if len(files) == 1:  # the write syncs the directory itself
