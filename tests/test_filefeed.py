@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import logging
 import os
@@ -48,8 +50,21 @@ def replace_job_file(queue_dir: Path, job_id: int, content: str = "{}") -> None:
     os.replace(temp, queue_dir / f"job-{job_id}")
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def fd_targets() -> collections.Counter[str]:
+    """What this process's descriptors point to (``anon_inode:inotify``, ``pipe:[N]``...).
+
+    Compared by target, not by count: another test's leftover thread may
+    close a descriptor of its own at any moment.
+    """
+    targets: collections.Counter[str] = collections.Counter()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile (the listing's own among them)
+            targets[os.readlink(f"/proc/self/fd/{name}")] += 1
+    return targets
+
+
+def inotify_fds() -> int:
+    return fd_targets()["anon_inode:inotify"]
 
 
 @pytest.fixture
@@ -144,13 +159,20 @@ def test_archive_and_delete_are_reported(tmp_path: Path) -> None:
 
 
 def test_stop_releases_everything_and_is_idempotent(tmp_path: Path) -> None:
-    before, threads = open_fds(), threading.active_count()
+    before, threads = fd_targets(), set(threading.enumerate())
     feed = FileChangeFeed(str(tmp_path))
     feed.start(Recorder())
-    assert open_fds() == before + 3  # inotify and the stop pipe
-    assert threading.active_count() == threads + 1
+    opened = fd_targets() - before
+    # inotify, and both ends of the stop pipe
+    assert opened["anon_inode:inotify"] == 1
+    pipes = [target for target, count in opened.items() if target.startswith("pipe:")]
+    assert len(pipes) == 1 and opened[pipes[0]] == 2
+    started = set(threading.enumerate()) - threads
+    assert len(started) == 1
     feed.stop()
-    assert open_fds() == before and threading.active_count() == threads
+    after = fd_targets()
+    assert after["anon_inode:inotify"] == before["anon_inode:inotify"] and pipes[0] not in after
+    assert not any(thread.is_alive() for thread in started)
     feed.stop()
 
 
@@ -160,7 +182,7 @@ def test_start_twice_is_an_error(feed: tuple[FileChangeFeed, Recorder]) -> None:
 
 
 def test_missing_directory_is_an_error_and_leaks_nothing(tmp_path: Path) -> None:
-    before = open_fds()
+    before = fd_targets()
     with pytest.raises(StorageError, match="Cannot watch"):
         FileChangeFeed(str(tmp_path / "missing")).start(Recorder())
-    assert open_fds() == before
+    assert not fd_targets() - before
