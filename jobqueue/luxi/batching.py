@@ -50,7 +50,6 @@ calls under ``_lock``, which also guards whether each of them runs.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import threading
 import time
@@ -141,42 +140,37 @@ class SubmissionBatches:
                 if self._gathered():
                     self._returned.notify()
         if start:
-            self._start(lane, self._run_large if large else self._run)
+            self._start(lane, self._submit_large if large else self._submit_waiting)
 
-    def _start(self, lane: _Lane, runner: Callable[[], None]) -> None:
-        """Lend ``runner`` a thread of the executor; if it is shutting down, answer ``lane``."""
+    def _start(self, lane: _Lane, submit_next: Callable[[], bool]) -> None:
+        """Lend ``lane`` a runner's thread; if the executor is shutting down, answer ``lane``."""
         try:
-            self._executor.submit(runner)
+            self._executor.submit(self._run, lane, submit_next)
         except RuntimeError as err:
             with self._lock:
                 lane.running = False
-                calls, lane.calls = list(lane.calls), collections.deque()
+                calls, lane.calls = lane.calls, []
             self._answer_all(calls, LuxiError(str(err)))
 
-    def _run(self) -> None:
-        """The runner: submit batches until no call waits."""
+    def _run(self, lane: _Lane, submit_next: Callable[[], bool]) -> None:
+        """A runner: ``submit_next`` until no call waits in ``lane``."""
         try:
-            while self._submit_waiting():
+            while submit_next():
                 pass
         except BaseException:  # never left marked as running: later calls start another
             with self._lock:
-                self._batched.running = False
+                lane.running = False
             raise
 
-    def _run_large(self) -> None:
-        """The runner of large requests: each alone, in order, until none waits."""
-        try:
-            while True:
-                with self._lock:
-                    if not self._large.calls:
-                        self._large.running = False
-                        return
-                    call = self._large.calls.popleft()
-                self._submit_safely([call])
-        except BaseException:  # as in _run
-            with self._lock:
+    def _submit_large(self) -> bool:
+        """Submit the first large call waiting, alone; False (and no longer running) if none."""
+        with self._lock:
+            if not self._large.calls:
                 self._large.running = False
-            raise
+                return False
+            call = self._large.calls.pop(0)
+        self._submit_safely([call])
+        return True
 
     def _submit_waiting(self) -> bool:
         """Submit every call waiting; False (and no longer running) if none did."""
@@ -185,7 +179,7 @@ class SubmissionBatches:
                 self._batched.running = False
                 return False
             self._gather_returning()
-            calls, self._batched.calls = list(self._batched.calls), collections.deque()
+            calls, self._batched.calls = self._batched.calls, []
             self._returning = {call[0] for call in calls} if len(calls) > 1 else set()
         try:
             self._submit_safely(calls)
@@ -241,7 +235,7 @@ class _Lane:
     __slots__ = ("calls", "running")
 
     def __init__(self) -> None:
-        self.calls: collections.deque[_Call] = collections.deque()
+        self.calls: list[_Call] = []
         self.running = False
 
 
