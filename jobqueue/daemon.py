@@ -322,6 +322,7 @@ def _run_on(
             max_connections=daemonproc.connection_limit(
                 args.max_connections, fd_limit, args.workers
             ),
+            max_connections_per_user=args.max_connections_per_user,
             logger=log,
             metrics=metrics,
         )

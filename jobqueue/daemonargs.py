@@ -8,6 +8,7 @@ from jobqueue import __version__, constants
 from jobqueue.hooks import DEFAULT_TIMEOUT as DEFAULT_HOOK_TIMEOUT
 from jobqueue.lus.command import RUN_AS_DAEMON, RUN_AS_SUBMITTER
 from jobqueue.luxi import server as luxi_server
+from jobqueue.luxi.listeners import ADMIN_RESERVE
 from jobqueue.storage.etcdoptions import add_etcd_arguments
 from jobqueue.storage.spares import DEFAULT_RESERVE as DEFAULT_SPARE_RESERVE
 
@@ -149,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="clients served at once on each socket; more are refused at once; lowered at "
         "start if the descriptor limit leaves less room (default: %(default)s)",
+    )
+    add(
+        "--max-connections-per-user",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="connections one user may hold on each socket; root and the daemon's user are "
+        f"not held to it and may open {ADMIN_RESERVE} past --max-connections "
+        "(default: a quarter of --max-connections)",
     )
     add(
         "--max-output-size",

@@ -21,6 +21,7 @@ import threading
 from types import FrameType
 
 from jobqueue.luxi import server as luxi_server
+from jobqueue.luxi.listeners import ADMIN_RESERVE
 from jobqueue.paths import StatePaths
 
 log = logging.getLogger("jobqueue")
@@ -128,7 +129,12 @@ def raise_fd_limit() -> int:
 def connection_limit(wanted: int, fd_limit: int, workers: int) -> int:
     """Clients per socket: ``wanted``, or fewer so both sockets leave the daemon its reserve."""
     # Each socket may have a burst of connections accepted before they are counted.
-    reserve = BASE_FD_RESERVE + 2 * luxi_server.ACCEPT_BATCH + FD_RESERVE_PER_WORKER * workers
+    # Root and the daemon's user may open a few past the limit on each socket.
+    reserve = (
+        BASE_FD_RESERVE
+        + 2 * (luxi_server.ACCEPT_BATCH + ADMIN_RESERVE)
+        + FD_RESERVE_PER_WORKER * workers
+    )
     room = max(1, (fd_limit - reserve) // 2)
     if room < wanted:
         log.warning(

@@ -507,7 +507,8 @@ def test_a_client_that_does_not_take_its_answer_is_closed_after_the_send_timeout
 def test_connections_past_the_limit_are_refused_at_once(
     make_server: Callable[..., Harness], caplog: pytest.LogCaptureFixture
 ) -> None:
-    harness = make_server(max_connections=3)
+    # No reserve and no share for this test's own user: only the limit.
+    harness = make_server(max_connections=3, max_connections_per_user=3, admin_uids=())
     caplog.set_level(logging.WARNING, LOGGER)
     kept = [connect(harness.query) for _ in range(3)]
     try:

@@ -239,12 +239,12 @@ class Connection(asyncio.BufferedProtocol):
         # whole piece: the transport's own buffer then holds at most one piece.
         transport.set_write_buffer_limits(high=0)
         self._touch()
+        self.peer = self._read_peer(transport)  # the gate counts connections by user
         refusal = self._gate.opened(self)
         if refusal is not None:
             self._last_word(error_answer(refusal))
             return
         self._counted = True
-        self.peer = self._read_peer(transport)
         self.caller = self._gate.caller(self.peer)
         self.may_change = self._gate.may_change(self.peer)
         self._timer = self._loop.call_later(self._client_timeout, self._check_timeout)

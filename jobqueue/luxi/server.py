@@ -23,10 +23,12 @@ published state there, so hundreds of waiting clients cost no threads and no
 file is read for a live job. A waiter whose client goes away stops waiting
 at once.
 
-Descriptors: each socket serves at most ``max_connections`` clients; one
-more is answered with a ``LuxiError`` and closed at once, so clients can
-never take the descriptors the daemon needs for its own files and commands.
-Refusals, and the event loop's own errors, are logged at a bounded rate.
+Descriptors: each socket serves at most ``max_connections`` clients, a user
+at most ``max_connections_per_user`` of them, and root and the daemon's user
+a few more (``listeners``); one more is answered with a ``LuxiError`` and
+closed at once, so clients can never take the descriptors the daemon needs
+for its own files and commands, nor one user every connection. Refusals,
+and the event loop's own errors, are logged at a bounded rate.
 
 Version: a request may carry ``"version"``. One that differs from
 ``constants.LUXI_VERSION`` is logged and accepted anyway: newer Ganeti
@@ -58,9 +60,9 @@ from jobqueue.luxi import access, methods, protocol
 from jobqueue.luxi.batching import SubmissionBatches
 from jobqueue.luxi.connection import Answer, Connection, OutputBudget, ReadBuffer, error_answer
 from jobqueue.luxi.jobwaits import JobWaits
+from jobqueue.luxi.listeners import Listener
 from jobqueue.luxi.methods import METHODS
 from jobqueue.metrics import Metrics
-from jobqueue.model import Submitter
 
 MASTER_SOCKET_MODE = 0o660
 QUERY_SOCKET_MODE = 0o660
@@ -108,54 +110,6 @@ class RateLimitedLog:
         self._next[kind] = now + self._interval
 
 
-class _Listener:
-    """One listening socket: its rule, its connection count and limit (a ``connection.Gate``)."""
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        read_only: bool,
-        limit: int,
-        rule: access.MasterAccess,
-        log: RateLimitedLog,
-    ) -> None:
-        self.name = name
-        self.read_only = read_only
-        self.limit = limit
-        self.count = 0
-        self.refused = 0
-        self._rule = rule
-        self._log = log
-
-    def opened(self, connection: Connection) -> errors.GenericError | None:
-        if self.count >= self.limit:
-            self.refused += 1
-            self._log.warning(
-                f"refused-{self.name}",
-                "Refusing a connection on the %s socket: %d clients already (--max-connections)",
-                self.name,
-                self.count,
-            )
-            return errors.LuxiError(
-                f"Too many connections to the {self.name} socket ({self.limit}); try again later"
-            )
-        self.count += 1
-        return None
-
-    def closed(self, connection: Connection) -> None:
-        self.count -= 1
-
-    def may_change(self, peer: access.PeerCredentials | None) -> bool:
-        return peer is not None and self._rule.allows(peer)
-
-    def caller(self, peer: access.PeerCredentials | None) -> Submitter | None:
-        if peer is None:
-            return None
-        groups = peer.groups if peer.groups is not None else access.supplementary_groups(peer.pid)
-        return Submitter.client(uid=peer.uid, gid=peer.gid, groups=groups, pid=peer.pid)
-
-
 class LuxiServer:
     """The daemon's LUXI endpoint; see the module docstring.
 
@@ -163,7 +117,11 @@ class LuxiServer:
     ``socket_group`` decide who may use the master socket, and call methods
     that change something on either socket. The query socket is given
     ``query_group`` (default: ``socket_group``) and mode 0660, or 0666 with
-    ``query_public``. ``clock`` measures WaitForJobChange deadlines.
+    ``query_public``. ``max_connections_per_user`` is a user's share of
+    each socket (default: ``listeners.default_per_user``); ``admin_uids``
+    are held to no share and may open a few connections past the limit
+    (default: root and the daemon's effective uid). ``clock``
+    measures WaitForJobChange deadlines.
     ``start`` and ``stop`` may be called from any thread but the server's
     own; all other state belongs to the loop thread.
     """
@@ -184,10 +142,12 @@ class LuxiServer:
         client_timeout: float = constants.DEFAULT_CLIENT_TIMEOUT,
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_user: int | None = None,
         handler_threads: int = 8,
         reader_threads: int = 2,
         logger: logging.Logger | None = None,
         allowed_uids: Collection[int] | None = None,
+        admin_uids: Collection[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
     ) -> None:
@@ -208,12 +168,16 @@ class LuxiServer:
         uids = {0, os.geteuid()} if allowed_uids is None else allowed_uids
         rule = access.MasterAccess(allowed_uids=uids, group=socket_group)
         self._gates = {
-            False: _Listener(
-                "master", read_only=False, limit=max_connections, rule=rule, log=self._rare_log
-            ),
-            True: _Listener(
-                "query", read_only=True, limit=max_connections, rule=rule, log=self._rare_log
-            ),
+            read_only: Listener(
+                "query" if read_only else "master",
+                read_only=read_only,
+                limit=max_connections,
+                per_user=max_connections_per_user,
+                rule=rule,
+                log=self._rare_log,
+                admins=admin_uids,
+            )
+            for read_only in (False, True)
         }
         self._clock = clock
         self._metrics = metrics or Metrics()
@@ -395,7 +359,7 @@ class LuxiServer:
                 await asyncio.wait(pending)
         self._log.info("LUXI server stopped")
 
-    def _connection_factory(self, gate: _Listener) -> Callable[[], Connection]:
+    def _connection_factory(self, gate: Listener) -> Callable[[], Connection]:
         def make() -> Connection:
             connection = Connection(
                 next(self._connection_numbers),
