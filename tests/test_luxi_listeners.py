@@ -1,23 +1,30 @@
 """Who gets a connection on a LUXI socket (``jobqueue.luxi.listeners``).
 
 The rules are checked on ``Listener`` alone, with connections of the test's
-own (only their ``peer`` is read); then on a real daemon, where a throwaway
+own (only their ``peer`` is read); then on a real server with a fake queue;
+then on a real daemon, where a throwaway
 user fills its share of the public query socket while root is still served,
 also past the socket's limit (needs root, like the other permission tests).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
 from typing import Any
 
-from jobqueue.luxi import access
+import pytest
+
+from jobqueue.luxi import access, protocol
 from jobqueue.luxi.listeners import ADMIN_RESERVE, Listener, default_per_user
 from tests import accounts
 from tests.accounts import Account
 from tests.daemon_helper import Daemon, read_response, request
+from tests.server_harness import LOGGER, Harness, assert_ok, connect, recv_frame, wait_until
+from tests.server_harness import make_server as make_server  # the fixture
+from tests.server_harness import tmp_dir as tmp_dir  # the fixture it needs
 
 outsider = accounts.outsider  # the account and daemon fixtures
 open_state_dir = accounts.open_state_dir
@@ -99,6 +106,23 @@ def test_counts_go_back_to_nothing() -> None:
     for connection in opened:
         gate.closed(connection)  # type: ignore[arg-type]
     assert gate.count == 0 and gate._by_user == {}
+
+
+def test_a_closed_connection_gives_its_share_back_on_a_real_server(
+    make_server: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, LOGGER)
+    harness = make_server(max_connections=10, max_connections_per_user=1, admin_uids=())
+    for _ in range(3):  # counted and given back under the same user each time
+        with connect(harness.query) as sock:
+            assert_ok(sock)
+        wait_until(lambda: not harness.server._connections, "the connection to close")
+    with connect(harness.query) as sock, connect(harness.query) as second:
+        assert_ok(sock)
+        refusal = protocol.parse_response(recv_frame(second))
+        assert refusal[0] is False and "from your user" in refusal[1][1][0]
+    # Counted as this process's user: its credentials were read before it was counted.
+    assert f"uid {os.geteuid()} has 1 already" in caplog.text
 
 
 def test_the_default_share_is_a_quarter_of_the_limit() -> None:

@@ -8,8 +8,10 @@ Ganeti tool and ``jobctl`` call needs a connection):
 * a user (uid) holds at most ``per_user`` of a socket's connections;
 * root and the daemon's own user (the admins here) are not held to that
   share, and may open ``ADMIN_RESERVE`` connections past the limit, as
-  PostgreSQL keeps connections for its superusers: however the others fill
-  a socket, an operator still gets in.
+  PostgreSQL keeps connections for its superusers: however the other users
+  fill a socket, an operator still gets in. (The commands of jobs that run
+  as one of them count as them: under a daemon that is not root, that is
+  every job's.)
 
 A connection past a limit gets one ``LuxiError`` and is closed; refusals are
 logged at a bounded rate. Peers whose credentials cannot be read share one
@@ -67,6 +69,7 @@ class Listener:
         self.count = 0
         self.refused = 0
         self._by_user: dict[int | None, int] = {}
+        self._user_of: dict[Connection, int | None] = {}  # counted under which uid
         self._admins = frozenset({0, os.geteuid()} if admins is None else admins)
         self._rule = rule
         self._log = log
@@ -94,12 +97,13 @@ class Listener:
             )
         self.count += 1
         self._by_user[uid] = held + 1
+        self._user_of[connection] = uid
         return None
 
     def closed(self, connection: Connection) -> None:
+        uid = self._user_of.pop(connection)
         self.count -= 1
-        uid = None if connection.peer is None else connection.peer.uid
-        held = self._by_user.pop(uid, 0) - 1
+        held = self._by_user.pop(uid) - 1
         if held > 0:
             self._by_user[uid] = held
 
