@@ -23,7 +23,7 @@ from tests.rapi_helper import USERS, Rapi
 pytest.importorskip("aiohttp")
 pytest.importorskip("cryptography")
 
-from jobqueue.rapi.connections import REFUSAL, Connections
+from jobqueue.rapi.connections import ANSWER_GRACE, REFUSAL, Connections
 
 # -- the checks, on transports of the test's own ------------------------------------------
 
@@ -88,12 +88,46 @@ def test_a_connection_past_the_limit_is_told_503_and_closed() -> None:
     connections = Connections(max_connections=2)
     first, second = accepted(connections), accepted(connections)
     assert connections.count() == 2 and first[0].transport is first[1]
+    for inner, _ in (first, second):  # each serving a request: none can make room
+        connections.request_started(inner)
     inner, refused = accepted(connections)
     assert inner.transport is None and refused.closed
     assert refused.written == REFUSAL and b" 503 " in REFUSAL.split(b"\r\n")[0]
     second_protocol_lost = connections._open[id(second[0])]
     connections._closed(second_protocol_lost)  # one goes away: room for one more
     assert accepted(connections)[0].transport is not None
+
+
+def test_at_the_limit_a_new_connection_takes_the_place_of_a_silent_one() -> None:
+    clock = Clock()
+    connections = Connections(max_connections=3, clock=clock)
+    silent_first, silent_later, busy = (accepted(connections) for _ in range(3))
+    connections.request_started(busy[0])
+    clock.now += 5
+    newcomer = accepted(connections)
+    assert newcomer[0].transport is newcomer[1] and connections.count() == 3
+    assert silent_first[1].aborted  # accepted first, and never sent a request
+    assert not silent_later[1].aborted and not busy[1].aborted
+    assert accepted(connections)[0].transport is not None  # then the next silent one
+    assert silent_later[1].aborted and not newcomer[1].aborted and not busy[1].aborted
+
+
+def test_an_answered_connection_makes_room_only_once_its_answer_is_out() -> None:
+    clock = Clock()
+    connections = Connections(max_connections=2, clock=clock)
+    answered, sending = accepted(connections), accepted(connections)
+    for inner, _ in (answered, sending):
+        connections.request_started(inner)
+        connections.request_ended(inner)
+    sending[1].pending = 10_000  # its answer still waits to be sent
+    refused = accepted(connections)  # the answers were handed over just now
+    assert refused[0].transport is None and refused[1].closed
+    clock.now += ANSWER_GRACE
+    newcomer = accepted(connections)
+    assert newcomer[0].transport is not None
+    assert answered[1].aborted and not sending[1].aborted
+    refused = accepted(connections)  # the newcomer has not sent a request: it goes first
+    assert refused[0].transport is not None and newcomer[1].aborted
 
 
 def test_a_connection_without_a_request_is_closed_after_the_idle_timeout() -> None:
@@ -189,25 +223,40 @@ def closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
-def test_silent_connections_are_refused_past_the_limit_and_closed_when_idle(rapi: Rapi) -> None:
-    silent: list[socket.socket] = [raw_connection(rapi) for _ in range(3)]  # never start TLS
+def silent_connections(rapi: Rapi, count: int) -> list[socket.socket]:
+    """``count`` connections that say nothing: all but the last never start TLS,
+    the last never ends its request's head."""
+    silent = [raw_connection(rapi) for _ in range(count - 1)]
     silent.append(tls_connection(rapi))
-    silent[-1].sendall(b"GET /version HTTP/1.1\r\nHost: localhost\r\n")  # and never ends it
-    wait_until(lambda: "refusing more" in rapi.log() or _refused(rapi), what="the limit")
-    for sock in silent:  # closed after the client timeout (1 s)
+    silent[-1].sendall(b"GET /version HTTP/1.1\r\nHost: localhost\r\n")
+    return silent
+
+
+def test_silent_connections_are_closed_when_idle(rapi: Rapi) -> None:
+    for sock in silent_connections(rapi, 4):  # closed after the client timeout (1 s)
         sock.settimeout(10)
         assert closed_by_server(sock)
         sock.close()
-    assert client(rapi).version() == 2  # served again
+    assert client(rapi).version() == 2
 
 
-def _refused(rapi: Rapi) -> bool:
-    """Whether one more connection is refused (closed before any TLS)."""
+def test_silent_connections_at_the_limit_make_room_for_a_client(tmp_path: Path) -> None:
+    master = Daemon(state_dir_under(tmp_path), workers=1).start()
+    patient = Rapi(
+        tmp_path, master.paths.master_socket, "--max-connections", "4", "--client-timeout", "600"
+    ).start()
     try:
-        with tls_connection(rapi):
-            return False
-    except (ConnectionResetError, ssl.SSLError, OSError):
-        return True
+        # In the order accepted: the last one's TLS handshake was answered.
+        silent = silent_connections(patient, 4)
+        assert client(patient).version() == 2  # long before any of them times out
+        silent[0].settimeout(10)
+        assert closed_by_server(silent[0])  # the one accepted first made room
+        assert "closing idle ones to let new ones in (1 so far)" in patient.log()
+        for sock in silent:
+            sock.close()
+    finally:
+        assert patient.stop() == 0, patient.log()
+        master.stop()
 
 
 def test_a_request_body_that_never_arrives_is_answered_408(rapi: Rapi) -> None:

@@ -3,8 +3,16 @@
 Whatever a client does with its connection, the others stay served:
 
 * at most ``max_connections`` are open at once, counted from the moment a
-  connection is accepted (before TLS); one more is closed at once (over
-  plain HTTP it is first told 503), before it costs more than its socket;
+  connection is accepted (before TLS). At the limit, a new connection takes
+  the place of one that has no request in progress and nothing waiting to
+  be sent: first of one that has not yet sent a request (in its TLS
+  handshake or its first request's head), accepted first; else of the
+  keep-alive connection idle longest, at least ``ANSWER_GRACE`` after its
+  last answer. (nginx, too, closes idle keep-alive connections when it runs
+  out.) So a client that opens connections and says nothing cannot lock
+  the others out. Only when every connection is serving a request is the
+  new one closed at once (over plain HTTP it is first told 503), before it
+  costs more than its socket;
 * a connection with no request in progress for ``idle_timeout`` seconds
   is closed: one whose client never finishes the TLS handshake or a
   request's head, or an idle keep-alive connection;
@@ -41,6 +49,10 @@ DEFAULT_SEND_TIMEOUT = 30.0
 DEFAULT_MAX_PENDING_OUTPUT = 256 * 1024 * 1024
 #: Seconds between two checks of every connection.
 CHECK_INTERVAL = 1.0
+#: Seconds after a request ends before its keep-alive connection may make
+#: room for a new one: the answer is written after the request's handler
+#: returns, and once in the socket's buffer it is counted as waiting to be sent.
+ANSWER_GRACE = 1.0
 _REFUSAL_BODY = b'{"code": 503, "message": "Too many connections", "explain": ""}\n'
 #: What a plain-HTTP connection past the limit is told before it is closed.
 REFUSAL = (
@@ -57,6 +69,7 @@ class _Connection:
         self.raw = raw  # the TCP transport
         self.transport: asyncio.Transport | None = None  # what aiohttp writes to, once given
         self.requests = 0  # in progress (aiohttp serves one at a time per connection)
+        self.answered = False  # a request of it has ended
         self.idle_since = now
         self.pending = 0  # bytes waiting to be sent, at the last check
         self.sending_since = now  # since when the client took nothing, if ``pending``
@@ -159,6 +172,7 @@ class Connections:
         self._log = logger or logging.getLogger("jobqueue.rapi")
         self._open: dict[int, _Connection] = {}  # by id() of aiohttp's protocol
         self._refused = 0
+        self._replaced = 0
         self._handshakes: set[asyncio.Task[None]] = set()
 
     def protocol_factory(self, make_inner: Callable[[], Any]) -> Callable[[], asyncio.Protocol]:
@@ -171,7 +185,7 @@ class Connections:
         return len(self._open)
 
     def _accept(self, make_inner: Callable[[], Any], raw: asyncio.Transport) -> _Connection | None:
-        if len(self._open) >= self.max_connections:
+        if len(self._open) >= self.max_connections and not self._make_room():
             self._refused += 1
             if self._refused == 1 or self._refused % 1000 == 0:
                 self._log.warning(
@@ -217,6 +231,29 @@ class Connections:
         for data in early:
             connection.inner.data_received(data)
 
+    def _make_room(self) -> bool:
+        """Close the connection that may best make room for a new one; False if none may."""
+        now = self._clock()
+        spare = [
+            connection
+            for connection in self._open.values()
+            if not connection.requests
+            and not self._pending(connection)
+            and (not connection.answered or now - connection.idle_since >= ANSWER_GRACE)
+        ]
+        if not spare:
+            return False
+        victim = min(spare, key=lambda c: (c.answered, c.idle_since))
+        self._replaced += 1
+        if self._replaced == 1 or self._replaced % 1000 == 0:
+            self._log.warning(
+                "%d connections open: closing idle ones to let new ones in (%d so far)",
+                len(self._open),
+                self._replaced,
+            )
+        self._close(victim, "idle, and a new connection needs its place", logging.DEBUG)
+        return True
+
     def _give(self, connection: _Connection, transport: asyncio.Transport) -> None:
         connection.transport = transport
         connection.inner.connection_made(transport)
@@ -235,6 +272,7 @@ class Connections:
         connection = self._open.get(id(protocol))
         if connection is not None:
             connection.requests = max(0, connection.requests - 1)
+            connection.answered = True
             connection.idle_since = self._clock()
 
     async def watch(self) -> None:
@@ -261,15 +299,20 @@ class Connections:
             reason = f"{held + connection.pending} bytes held for clients, over the limit"
             self._close(connection, reason)
 
-    def _close(self, connection: _Connection, reason: str) -> None:
-        self._log.info("Closing the connection of %s: %s", _peer(connection.raw), reason)
+    def _close(self, connection: _Connection, reason: str, level: int = logging.INFO) -> None:
+        self._log.log(level, "Closing the connection of %s: %s", _peer(connection.raw), reason)
         self._open.pop(id(connection.inner), None)
         connection.raw.abort()
 
-    def _stalled(self, connection: _Connection, now: float) -> str | None:
+    def _pending(self, connection: _Connection) -> int:
+        """Bytes waiting to be sent to the client of ``connection``."""
         pending = connection.raw.get_write_buffer_size()
         if connection.transport not in (None, connection.raw):  # and what TLS still holds
             pending += connection.transport.get_write_buffer_size()
+        return pending
+
+    def _stalled(self, connection: _Connection, now: float) -> str | None:
+        pending = self._pending(connection)
         if pending == 0 or pending < connection.pending:
             connection.sending_since = now  # the client took something
         connection.pending = pending
