@@ -18,6 +18,8 @@ import signal
 import stat
 import sys
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
 
 from jobqueue.luxi import server as luxi_server
@@ -194,15 +196,58 @@ def return_large_blocks() -> bool:
 def settle_gc() -> None:
     """Keep the cyclic garbage collector off what start-up loaded; run it less often.
 
-    What is loaded by now (modules, the job index) lives as long as the
-    daemon, so it is frozen out of every later collection. With the default
-    threshold a full collection ran about every 30 log lines of a busy job
-    and walked the whole heap: it was nearly all of WaitForJobChange's p99
-    (8 ms, 2-3 ms without). Reference counting still frees everything.
+    What is loaded by now (modules, the job index) lives long, so it is
+    frozen out of every later collection. With the default threshold a full
+    collection ran about every 30 log lines of a busy job and walked the
+    whole heap: it was nearly all of WaitForJobChange's p99 (8 ms, 2-3 ms
+    without). Reference counting still frees everything: job records hold no
+    reference cycles (``tests/test_daemonproc_gc.py``). From then on, what a
+    slow full collection finds alive is frozen too (``FreezeSlowCollections``).
     """
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
+    if not any(isinstance(callback, FreezeSlowCollections) for callback in gc.callbacks):
+        gc.callbacks.append(FreezeSlowCollections(SLOW_FULL_COLLECTION))
     gc.enable()
+
+
+#: Seconds a full collection may take before what it found alive is frozen.
+SLOW_FULL_COLLECTION = 0.05
+
+
+class FreezeSlowCollections:
+    """A ``gc.callbacks`` entry: freezes what a full collection slower than ``slow`` left.
+
+    Jobs submitted after start are not frozen, and a full collection walks
+    every one of their opcodes: with two million queued (a hundred jobs of
+    20,000 opcodes) each took up to 4 s, during which no thread of the
+    daemon ran, and collections were 44 % of the time to submit them. A
+    full collection has just freed every unreachable cycle, so what is left
+    is alive; frozen, it is never walked again and the next collections
+    are short. The price: a cycle among objects frozen alive that later
+    becomes garbage is never freed. Job records hold none, so that is only
+    what was in flight at that moment (a request, an exception being
+    handled), and a freeze happens only once the heap grew by many objects.
+    Runs in whichever thread collects, holding the interpreter lock; it
+    must not log (the logging lock may be held by that very thread).
+    """
+
+    def __init__(self, slow: float, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._slow = slow
+        self._clock = clock
+        self._began: float | None = None
+        self.freezes = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._began = self._clock()
+            return
+        began, self._began = self._began, None
+        if began is not None and self._clock() - began >= self._slow:
+            gc.freeze()
+            self.freezes += 1
 
 
 class StopRequest:
