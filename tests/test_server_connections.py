@@ -352,6 +352,16 @@ def test_peer_credentials_carry_the_supplementary_groups() -> None:
     assert peer.groups == frozenset(os.getgroups())
 
 
+def test_without_the_kernels_groups_they_are_read_from_proc_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(access, "peer_groups", lambda sock: None)
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with left, right:
+        peer = access.peer_credentials(left)
+    assert peer.groups == frozenset(os.getgroups())  # this process's, from /proc
+
+
 def test_supplementary_groups_from_proc(tmp_dir: str) -> None:
     os.makedirs(os.path.join(tmp_dir, "123"))
     with open(os.path.join(tmp_dir, "123", "status"), "w", encoding="ascii") as handle:

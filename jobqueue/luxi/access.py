@@ -35,7 +35,8 @@ _PEER_GROUP_COUNTS = (64, 65536)
 class PeerCredentials:
     """The process at the other end of a Unix socket.
 
-    ``groups`` are its supplementary groups when the kernel reported them.
+    ``groups`` are its supplementary groups (None: unknown, to be read from
+    ``/proc`` when needed).
     """
 
     pid: int
@@ -45,10 +46,16 @@ class PeerCredentials:
 
 
 def peer_credentials(sock: socket.socket) -> PeerCredentials:
-    """Read the peer's credentials of a connected Unix socket; OSError if unavailable."""
+    """Read the peer's credentials of a connected Unix socket; OSError if unavailable.
+
+    Its groups are the kernel's, else read from ``/proc`` now, once.
+    """
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    return PeerCredentials(pid=pid, uid=uid, gid=gid, groups=peer_groups(sock))
+    groups = peer_groups(sock)
+    if groups is None:
+        groups = supplementary_groups(pid)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid, groups=groups)
 
 
 def peer_groups(sock: socket.socket) -> frozenset[int] | None:
