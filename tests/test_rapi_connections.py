@@ -23,7 +23,7 @@ from tests.rapi_helper import USERS, Rapi
 pytest.importorskip("aiohttp")
 pytest.importorskip("cryptography")
 
-from jobqueue.rapi.connections import ANSWER_GRACE, REFUSAL, Connections
+from jobqueue.rapi.connections import REFUSAL, Connections
 
 # -- the checks, on transports of the test's own ------------------------------------------
 
@@ -64,11 +64,23 @@ class Transport(asyncio.Transport):
         return self.aborted or self.closed
 
 
+class Waiter:
+    """aiohttp's future of a connection's next request: pending while it waits for one."""
+
+    def __init__(self, done: bool = False) -> None:
+        self._done = done
+
+    def done(self) -> bool:
+        return self._done
+
+
 class Inner:
-    """aiohttp's protocol, as far as ``Connections`` uses it."""
+    """aiohttp's protocol, as far as ``Connections`` uses it: idle (waiting for a
+    request) unless told otherwise."""
 
     def __init__(self) -> None:
         self.transport: Any = None
+        self._waiter: Waiter | None = Waiter()
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -112,22 +124,45 @@ def test_at_the_limit_a_new_connection_takes_the_place_of_a_silent_one() -> None
     assert silent_later[1].aborted and not newcomer[1].aborted and not busy[1].aborted
 
 
-def test_an_answered_connection_makes_room_only_once_its_answer_is_out() -> None:
+def test_only_a_connection_aiohttp_holds_nothing_of_makes_room() -> None:
     clock = Clock()
-    connections = Connections(max_connections=2, clock=clock)
-    answered, sending = accepted(connections), accepted(connections)
-    for inner, _ in (answered, sending):
+    connections = Connections(max_connections=3, clock=clock)
+    parsed, sending, answered = (accepted(connections) for _ in range(3))
+    parsed[0]._waiter = Waiter(done=True)  # a request read whole, not yet handed to a handler
+    for inner, _ in (sending, answered):
         connections.request_started(inner)
         connections.request_ended(inner)
     sending[1].pending = 10_000  # its answer still waits to be sent
-    refused = accepted(connections)  # the answers were handed over just now
-    assert refused[0].transport is None and refused[1].closed
-    clock.now += ANSWER_GRACE
+    clock.now += 1
     newcomer = accepted(connections)
-    assert newcomer[0].transport is not None
-    assert answered[1].aborted and not sending[1].aborted
-    refused = accepted(connections)  # the newcomer has not sent a request: it goes first
+    assert newcomer[0].transport is not None and answered[1].aborted
+    assert not parsed[1].aborted and not sending[1].aborted
+    parsed[0]._waiter = None  # aiohttp handling it (or an aiohttp without the attribute)
+    sending[1].pending = 0
+    refused = accepted(connections)  # the newcomer never had a request answered: it goes first
     assert refused[0].transport is not None and newcomer[1].aborted
+    assert not sending[1].aborted and not parsed[1].aborted
+    connections.request_started(refused[0])  # serving a request: only ``sending`` is idle now
+    assert accepted(connections)[0].transport is not None and sending[1].aborted
+
+
+def test_a_connection_closed_before_its_tls_handshake_began_starts_none() -> None:
+    async def scenario() -> list[Any]:
+        started: list[Any] = []
+
+        async def start_tls(raw: Any, *args: Any, **kwargs: Any) -> None:
+            started.append(raw)  # the real one would hold 256 KiB until its timeout
+
+        asyncio.get_running_loop().start_tls = start_tls  # type: ignore[method-assign]
+        connections = Connections(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
+        connections.max_connections = 1
+        first, second = accepted(connections), accepted(connections)  # in one loop turn
+        assert first[1].aborted  # it made room before its handshake's turn came
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return [raw is second[1] for raw in started]
+
+    assert asyncio.run(scenario()) == [True]
 
 
 def test_a_connection_without_a_request_is_closed_after_the_idle_timeout() -> None:
@@ -246,8 +281,11 @@ def test_silent_connections_at_the_limit_make_room_for_a_client(tmp_path: Path) 
         tmp_path, master.paths.master_socket, "--max-connections", "4", "--client-timeout", "600"
     ).start()
     try:
-        # In the order accepted: the last one's TLS handshake was answered.
-        silent = silent_connections(patient, 4)
+        # Past TLS, each with a request's head begun and never ended: aiohttp
+        # waits for the rest, so each is idle. In the order accepted.
+        silent = [tls_connection(patient) for _ in range(4)]
+        for sock in silent:
+            sock.sendall(b"GET /version HTTP/1.1\r\nHost: localhost\r\n")
         assert client(patient).version() == 2  # long before any of them times out
         silent[0].settimeout(10)
         assert closed_by_server(silent[0])  # the one accepted first made room

@@ -4,15 +4,15 @@ Whatever a client does with its connection, the others stay served:
 
 * at most ``max_connections`` are open at once, counted from the moment a
   connection is accepted (before TLS). At the limit, a new connection takes
-  the place of one that has no request in progress and nothing waiting to
-  be sent: first of one that has not yet sent a request (in its TLS
-  handshake or its first request's head), accepted first; else of the
-  keep-alive connection idle longest, at least ``ANSWER_GRACE`` after its
-  last answer. (nginx, too, closes idle keep-alive connections when it runs
-  out.) So a client that opens connections and says nothing cannot lock
-  the others out. Only when every connection is serving a request is the
-  new one closed at once (over plain HTTP it is first told 503), before it
-  costs more than its socket;
+  the place of one that is idle: still in its TLS handshake, or with
+  aiohttp waiting for its next request (none being read whole, handled or
+  answered) and nothing left to send; first of one that never had a
+  request answered, accepted first, else of the keep-alive connection idle
+  longest. (nginx, too, closes idle keep-alive connections when it runs
+  out.) So clients that connect and say nothing, or never finish a
+  request's head, cannot lock the others out. Only when none is idle is
+  the new one closed at once (over plain HTTP it is first told 503),
+  before it costs more than its socket;
 * a connection with no request in progress for ``idle_timeout`` seconds
   is closed: one whose client never finishes the TLS handshake or a
   request's head, or an idle keep-alive connection;
@@ -49,10 +49,6 @@ DEFAULT_SEND_TIMEOUT = 30.0
 DEFAULT_MAX_PENDING_OUTPUT = 256 * 1024 * 1024
 #: Seconds between two checks of every connection.
 CHECK_INTERVAL = 1.0
-#: Seconds after a request ends before its keep-alive connection may make
-#: room for a new one: the answer is written after the request's handler
-#: returns, and once in the socket's buffer it is counted as waiting to be sent.
-ANSWER_GRACE = 1.0
 _REFUSAL_BODY = b'{"code": 503, "message": "Too many connections", "explain": ""}\n'
 #: What a plain-HTTP connection past the limit is told before it is closed.
 REFUSAL = (
@@ -209,6 +205,8 @@ class Connections:
         return None  # from now on the TLS layer gets the connection's events
 
     async def _start_tls(self, connection: _Connection, context: ssl.SSLContext) -> None:
+        if connection.raw.is_closing():  # closed to make room before its turn came
+            return
         loop = asyncio.get_running_loop()
         try:
             transport = await loop.start_tls(
@@ -232,15 +230,8 @@ class Connections:
             connection.inner.data_received(data)
 
     def _make_room(self) -> bool:
-        """Close the connection that may best make room for a new one; False if none may."""
-        now = self._clock()
-        spare = [
-            connection
-            for connection in self._open.values()
-            if not connection.requests
-            and not self._pending(connection)
-            and (not connection.answered or now - connection.idle_since >= ANSWER_GRACE)
-        ]
+        """Close the idle connection that may best make room for a new one; False if none is."""
+        spare = [connection for connection in self._open.values() if self._idle(connection)]
         if not spare:
             return False
         victim = min(spare, key=lambda c: (c.answered, c.idle_since))
@@ -253,6 +244,21 @@ class Connections:
             )
         self._close(victim, "idle, and a new connection needs its place", logging.DEBUG)
         return True
+
+    def _idle(self, connection: _Connection) -> bool:
+        """Whether closing ``connection`` loses nothing but the connection itself."""
+        if connection.transport is None:  # in its TLS handshake: aiohttp has nothing of it
+            return True
+        # aiohttp's own test of an idle connection (its keep-alive timeout):
+        # waiting for the next request, none parsed, handled or being answered.
+        # Without that attribute (another aiohttp), none counts as idle.
+        waiter = getattr(connection.inner, "_waiter", None)
+        return (
+            waiter is not None
+            and not waiter.done()
+            and not connection.requests
+            and not self._pending(connection)
+        )
 
     def _give(self, connection: _Connection, transport: asyncio.Transport) -> None:
         connection.transport = transport
