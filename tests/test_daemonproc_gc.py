@@ -27,15 +27,22 @@ JOB_RECORDS = (Job, QueuedOpCode, OpCode, ActiveJob, LogBacklog, IndexEntry)
 
 @pytest.fixture
 def collector() -> Iterator[None]:
-    """Nothing frozen before; afterwards: nothing frozen, the callbacks and thresholds as before."""
+    """Nothing frozen before; afterwards the collector as it was: nothing frozen, the same
+    callbacks, thresholds, debug flags, found garbage, and enabled or not."""
     if gc.get_freeze_count():
         pytest.skip("something in this process froze objects already")
-    callbacks, threshold = list(gc.callbacks), gc.get_threshold()
+    callbacks, threshold, debug = list(gc.callbacks), gc.get_threshold(), gc.get_debug()
+    enabled, garbage = gc.isenabled(), list(gc.garbage)
     yield
     gc.callbacks[:] = callbacks
     gc.set_threshold(*threshold)
+    gc.set_debug(debug)
+    gc.garbage[:] = garbage
     gc.unfreeze()
-    gc.enable()
+    if enabled:
+        gc.enable()
+    else:
+        gc.disable()
 
 
 class Clock:
@@ -68,6 +75,7 @@ def test_only_a_slow_full_collection_freezes_what_it_left() -> None:
 @pytest.mark.usefixtures("collector")
 def test_freezing_from_within_a_real_collection_works() -> None:
     freeze = FreezeSlowCollections(0.0)  # every full collection is slow enough
+    gc.disable()  # only the collection below, none of the allocations'
     gc.callbacks.append(freeze)
     alive = [{"n": index} for index in range(1000)]
     cycle: list[object] = []
@@ -101,10 +109,7 @@ def test_records_of_finished_and_archived_jobs_are_in_no_cycle(make_queue: MakeQ
     for job_id in job_ids:
         assert queue.archive_job(job_id)
     gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable stays in gc.garbage
-    try:
-        gc.collect()
-        in_cycles = [type(obj).__name__ for obj in gc.garbage if isinstance(obj, JOB_RECORDS)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
+    gc.garbage.clear()
+    gc.collect()
+    in_cycles = [type(obj).__name__ for obj in gc.garbage if isinstance(obj, JOB_RECORDS)]
     assert in_cycles == []
