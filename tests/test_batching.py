@@ -240,6 +240,43 @@ def test_a_batch_that_fails_as_a_whole_is_reported_once(
     assert [connection for connection, _ in failures] == ["b"]
 
 
+class Interrupted(BaseException):
+    """Not an ``Exception``: what a batch must not swallow (as ``SystemExit``)."""
+
+
+def test_a_batch_interrupted_by_a_base_exception_answers_its_calls_and_those_behind_it(
+    executor: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    taken = threading.Event()  # the batch of "a" alone is being submitted
+    arrived = threading.Event()  # "b" waits behind it
+
+    class InterruptedQueue(BlockingQueue):
+        def submit_each(self, submissions: list[JobSubmission]) -> list[Any]:
+            if submissions[0].ops == ["a"]:
+                taken.set()
+                assert arrived.wait(WAIT)
+                raise Interrupted()
+            return super().submit_each(submissions)
+
+    queue = InterruptedQueue()
+    failures: list[Any] = []
+    batches = make_batches(executor, failures)
+
+    async def scenario() -> tuple[Answer, Answer]:
+        interrupted = await call(batches, queue, "a")
+        assert await asyncio.get_running_loop().run_in_executor(None, taken.wait, WAIT)
+        behind = await call(batches, queue, "b")
+        arrived.set()
+        return await asyncio.wait_for(interrupted, WAIT), await asyncio.wait_for(behind, WAIT)
+
+    interrupted, behind = asyncio.run(scenario())
+    assert result_of(interrupted) == (
+        False,
+        ["LuxiError", ["Submission interrupted (Interrupted)"]],
+    )
+    assert result_of(behind) == (True, 100)  # without another call to start a runner
+
+
 # -- gathering the last batch's callers -------------------------------------------
 # The runner may wait far longer than WAIT here, so a test that ends within
 # WAIT shows that the wait was cut short, or never began.

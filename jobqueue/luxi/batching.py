@@ -41,7 +41,10 @@ waiting call per open connection, and those of clients that went away
 since (their jobs are still submitted, as a thread per call did). One
 call's refusal (bad options, a missing right, even an unexpected error in
 checking it) is that call's answer alone; a batch that fails as a whole
-answers each of its calls with the error, logged once.
+answers each of its calls with the error, logged once. One stopped by a
+``BaseException`` (not ours to swallow) answers its calls with a
+``LuxiError`` and passes it on, and the calls waiting behind it get a new
+runner.
 
 Thread safety: ``add`` is called from the loop thread; the runners take
 calls under ``_lock``, which also guards whether each of them runs.
@@ -157,9 +160,12 @@ class SubmissionBatches:
         try:
             while submit_next():
                 pass
-        except BaseException:  # never left marked as running: later calls start another
+        except BaseException:  # never left marked as running; calls left get another runner
             with self._lock:
-                lane.running = False
+                lane.running = bool(lane.calls)
+                restart = lane.running
+            if restart:
+                self._start(lane, submit_next)
             raise
 
     def _submit_large(self) -> bool:
@@ -204,6 +210,9 @@ class SubmissionBatches:
             self._submit(calls)
         except Exception as err:  # a bug: these calls fail, later ones are still served
             self._answer_all(calls, err)
+        except BaseException as err:  # not for us to stop: answered, then passed on
+            self._answer_all(calls, LuxiError(f"Submission interrupted ({type(err).__name__})"))
+            raise
 
     def _submit(self, calls: list[_Call]) -> None:
         answers: list[_Answered] = []
