@@ -247,26 +247,16 @@ class Interrupted(BaseException):
 def test_a_batch_interrupted_by_a_base_exception_answers_its_calls_and_those_behind_it(
     executor: concurrent.futures.ThreadPoolExecutor,
 ) -> None:
-    taken = threading.Event()  # the batch of "a" alone is being submitted
-    arrived = threading.Event()  # "b" waits behind it
-
-    class InterruptedQueue(BlockingQueue):
-        def submit_each(self, submissions: list[JobSubmission]) -> list[Any]:
-            if submissions[0].ops == ["a"]:
-                taken.set()
-                assert arrived.wait(WAIT)
-                raise Interrupted()
-            return super().submit_each(submissions)
-
-    queue = InterruptedQueue()
-    failures: list[Any] = []
-    batches = make_batches(executor, failures)
+    queue = BlockingQueue()
+    queue.gate = gate = threading.Event()  # holds the batch of "a" alone
+    queue.raising[0] = Interrupted()
+    batches = make_batches(executor, [])
 
     async def scenario() -> tuple[Answer, Answer]:
         interrupted = await call(batches, queue, "a")
-        assert await asyncio.get_running_loop().run_in_executor(None, taken.wait, WAIT)
-        behind = await call(batches, queue, "b")
-        arrived.set()
+        assert await asyncio.get_running_loop().run_in_executor(None, queue.entered.wait, WAIT)
+        behind = await call(batches, queue, "b")  # waits behind it
+        gate.set()
         return await asyncio.wait_for(interrupted, WAIT), await asyncio.wait_for(behind, WAIT)
 
     interrupted, behind = asyncio.run(scenario())

@@ -183,12 +183,7 @@ class Connections:
     def _accept(self, make_inner: Callable[[], Any], raw: asyncio.Transport) -> _Connection | None:
         if len(self._open) >= self.max_connections and not self._make_room():
             self._refused += 1
-            if self._refused == 1 or self._refused % 1000 == 0:
-                self._log.warning(
-                    "%d connections open: refusing more (%d refused so far)",
-                    len(self._open),
-                    self._refused,
-                )
+            self._now_and_then(self._refused, "refusing more (%d refused so far)")
             if self._tls is None:
                 raw.write(REFUSAL)
             raw.close()
@@ -236,14 +231,14 @@ class Connections:
             return False
         victim = min(spare, key=lambda c: (c.answered, c.idle_since))
         self._replaced += 1
-        if self._replaced == 1 or self._replaced % 1000 == 0:
-            self._log.warning(
-                "%d connections open: closing idle ones to let new ones in (%d so far)",
-                len(self._open),
-                self._replaced,
-            )
+        self._now_and_then(self._replaced, "closing idle ones to let new ones in (%d so far)")
         self._close(victim, "idle, and a new connection needs its place", logging.DEBUG)
         return True
+
+    def _now_and_then(self, count: int, what: str) -> None:
+        """Warn of the ``count``-th event of a kind: the first, then every thousandth."""
+        if count == 1 or count % 1000 == 0:
+            self._log.warning("%d connections open: " + what, len(self._open), count)
 
     def _idle(self, connection: _Connection) -> bool:
         """Whether closing ``connection`` loses nothing but the connection itself."""
