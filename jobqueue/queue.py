@@ -296,7 +296,8 @@ class JobQueue:
             [job.id for job in jobs], [job.priority for job in jobs], [job.id for job in jobs]
         )
 
-    def _enqueue(self, job_ids: list[int]) -> None:
+    def enqueue(self, job_ids: list[int]) -> None:
+        """Have the workers look again at those of these jobs that are active."""
         with self._lock:
             actives = [self._active[i] for i in job_ids if i in self._active]
         for active in actives:
@@ -330,13 +331,13 @@ class JobQueue:
         if verdict == Verdict.WAITDEP and active.rerun:  # read after release: none is lost
             verdict = Verdict.DEFER
         if verdict == Verdict.FINISHED:
-            self._finished(job_id)
+            self.finished(job_id)
         elif verdict == Verdict.DEFER:
             raise DeferTask(priority=active.job.priority)
         elif not held:
             self._admission.release(job_id)  # waiting for a dependency holds no slot
 
-    def _finished(self, job_id: int, *, ended: bool = True) -> None:
+    def finished(self, job_id: int, *, ended: bool = True) -> None:
         """The job leaves the active jobs: it ended, or (``ended`` False) it was dropped."""
         with self._lock:
             active = self._active.pop(job_id, None)
@@ -346,27 +347,31 @@ class JobQueue:
             self.metrics.job_finished(job.status, job.start_timestamp, job.end_timestamp)
         waiters = self.depmgr.notify(job_id)
         if waiters:
-            self._enqueue(waiters)
+            self.enqueue(waiters)
 
     # -- for the controls and the job changes (jobqueue.controls, jobqueue.jobchanges) --
     def active_job(self, job_id: int) -> ActiveJob | None:
-        return self._get_active(job_id)
+        with self._lock:
+            return self._active.get(job_id)
 
     def active_jobs(self) -> list[ActiveJob]:
         with self._lock:
             return list(self._active.values())
 
     def change_locked(self, active: ActiveJob, change: Callable[[], None]) -> None:
-        self._change_locked(active, change)
-
-    def enqueue(self, job_ids: list[int]) -> None:
-        self._enqueue(job_ids)
+        """Apply ``change`` and write it; on a failed write undo it and raise."""
+        before = active.job.snapshot()
+        change()
+        try:
+            self.write(active.job)
+        except StorageError:
+            active.job.restore(before)
+            raise
 
     def not_active_message(self, job_id: int) -> str:
-        return self._not_active_message(job_id)
-
-    def finished(self, job_id: int) -> None:
-        self._finished(job_id)
+        if self.live.contains(job_id) or self.store.is_archived(job_id):
+            return f"Job {job_id} has already finished"
+        return f"Job {job_id} not found"
 
     def _fail_on_internal_error(self, active: ActiveJob, err: Exception) -> bool:
         """End the job in error after a bug broke its step; False if that was not written.
@@ -434,7 +439,7 @@ class JobQueue:
                 self._publish(active.job)
             if end_lost_opcodes_locked(active.job, err.args[0], self.now()):
                 active.unsaved = True
-        self._timers.call_later(STORAGE_RETRY_DELAY, lambda: self._enqueue([job_id]))
+        self._timers.call_later(STORAGE_RETRY_DELAY, lambda: self.enqueue([job_id]))
 
     def _drop_not_live(self, job_id: int, err: JobNotLive) -> None:
         """The store no longer has the job live (removed by hand): forget it here too.
@@ -443,7 +448,7 @@ class JobQueue:
         """
         self._log.error("%s; the job is dropped from the queue", err)
         self.live.drop([job_id])
-        self._finished(job_id, ended=False)
+        self.finished(job_id, ended=False)
 
     # -- submission (jobqueue.submission) ---------------------------------------
     def submit_job(
@@ -494,25 +499,6 @@ class JobQueue:
     ) -> list[Any]:
         """Change the priority of the job's queued and waiting opcodes."""
         return self._changes.change_job_priority(job_id, priority, caller=caller)
-
-    def _change_locked(self, active: ActiveJob, change: Callable[[], None]) -> None:
-        """Apply ``change`` and write it; on a failed write undo it and raise."""
-        before = active.job.snapshot()
-        change()
-        try:
-            self.write(active.job)
-        except StorageError:
-            active.job.restore(before)
-            raise
-
-    def _get_active(self, job_id: int) -> ActiveJob | None:
-        with self._lock:
-            return self._active.get(job_id)
-
-    def _not_active_message(self, job_id: int) -> str:
-        if self.live.contains(job_id) or self.store.is_archived(job_id):
-            return f"Job {job_id} has already finished"
-        return f"Job {job_id} not found"
 
     # -- archive (jobqueue.archiving) --------------------------------------------
     def archive_job(self, job_id: int, *, caller: Submitter | None = None) -> bool:

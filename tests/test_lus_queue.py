@@ -51,8 +51,8 @@ class TestProcessing:
         job_id = queue.submit_job([delay(0.3, repeat=1)])
         wait_for_status(queue, job_id, "running")
         with caplog.at_level(logging.ERROR, logger="test.queue"):
-            queue._enqueue([job_id])
-            queue._enqueue([job_id])
+            queue.enqueue([job_id])
+            queue.enqueue([job_id])
             assert wait_for_status(queue, job_id, FINAL) == "success"
             assert wait_until(lambda: queue.pool.stats()["queued"] == 0)
             assert wait_until(lambda: not queue.pool.has_running_tasks())
@@ -102,7 +102,7 @@ class TestProcessing:
                 return real_lock.locked()
 
         active.run_lock = RacingLock()  # type: ignore[assignment]
-        queue._enqueue([job_id])
+        queue.enqueue([job_id])
         assert wait_until(lambda: len(checks) >= 2, PROMPT), "the job was not looked at again"
         kill(queue, blocker)
         assert wait_for_status(queue, job_id, FINAL) == "success"
