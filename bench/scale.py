@@ -25,6 +25,12 @@ TARGET_LEVEL = 100_000
 ARCHIVE_TIMEOUT = 600.0
 #: ``--max-jobs`` is the generated count plus this (the daemon's default limit).
 MAX_JOBS_HEADROOM = 50_000
+#: The memory of queued opcodes: this many jobs of this many no-op opcodes wait.
+QUEUED_JOBS, OPCODES_PER_JOB = 10, 20_000
+#: What a queued opcode may cost the daemon, in bytes of resident memory.
+OPCODE_MEMORY_LIMIT = 1280
+#: A job that keeps the one worker of that daemon busy while the others wait.
+BLOCKER: dict[str, Any] = {"OP_ID": "OP_TEST_DELAY", "duration": 3600}
 
 
 def job_text_template(stamp: int) -> str:
@@ -145,8 +151,48 @@ def latency_row(ctx: Context, count: int, latencies: list[float]) -> Row:
     return compare(row, baseline, "at 0 jobs")
 
 
+def queued_opcode_memory(ctx: Context) -> Row:
+    """The daemon's resident memory per opcode of jobs waiting in the queue.
+
+    One worker is kept busy; ``QUEUED_JOBS`` jobs of ``OPCODES_PER_JOB``
+    minimal opcodes are submitted behind it, and the growth of the daemon's
+    RSS is divided by the opcodes. The detail gives the job file's bytes per
+    opcode beside it.
+    """
+    with ctx.scratch_dir("scale-opcodes-") as scratch:
+        state_dir = scratch / "state"
+        daemon = Daemon(state_dir, 1)
+        with daemon:
+            client = daemon.client()
+            try:
+                blocker = client.submit_job([BLOCKER])
+                deadline = time.monotonic() + 60.0
+                while client.query_jobs([blocker], ["status"])[0][0] != "running":
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the blocking job did not start within 60 s")
+                    time.sleep(0.05)
+                before, _ = daemon.rss_bytes()
+                job_ids = [client.submit_job([NOOP] * OPCODES_PER_JOB) for _ in range(QUEUED_JOBS)]
+                after, _ = daemon.rss_bytes()
+                statuses = {row[0] for row in client.query_jobs(job_ids, ["status"])}
+                if statuses != {"queued"}:
+                    raise RuntimeError(f"the jobs did not all wait: {sorted(statuses)}")
+            finally:
+                client.close()
+            file_bytes = (state_dir / "queue" / f"job-{job_ids[-1]}").stat().st_size
+            daemon.kill()  # nothing to wait for: the scratch directory goes
+    opcodes = QUEUED_JOBS * OPCODES_PER_JOB
+    row = Row(SECTION, "daemon RSS per queued opcode", (after - before) / opcodes, "B")
+    row.detail = {
+        "opcodes": opcodes,
+        "file_bytes_per_opcode": file_bytes / OPCODES_PER_JOB,
+    }
+    return at_most(row, OPCODE_MEMORY_LIMIT)
+
+
 def run(ctx: Context) -> Iterator[Row]:
-    """Section 5: every scale level and latency level, smallest first."""
+    """Section 5: every scale level and latency level, smallest first; then the
+    memory of queued opcodes."""
     settings = ctx.settings
     levels = sorted(set(settings.scale_counts) | set(settings.latency_levels))
     for count in levels:
@@ -161,3 +207,4 @@ def run(ctx: Context) -> Iterator[Row]:
                 for row in measure_level(ctx, daemon, count, full):
                     row.detail.setdefault("generate_seconds", generated)
                     yield row
+    yield queued_opcode_memory(ctx)

@@ -48,7 +48,7 @@ def now_stamp(clock: Callable[[], float] = time.time) -> Timestamp:
     return split_time(clock())
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class QueuedOpCode:
     """One opcode of a job and what happened to it.
 
@@ -56,7 +56,8 @@ class QueuedOpCode:
     in); ``opcode`` is its typed record for a job that may run, None for a
     job read only to be shown (``from_dict``): the queue types a live job
     once, at submission or when it loads the job. ``priority`` starts as the
-    input's priority and may change while the opcode waits.
+    input's priority and may change while the opcode waits. Slotted: a
+    queue may hold millions of them.
     """
 
     input: dict[str, Any]
@@ -74,6 +75,20 @@ class QueuedOpCode:
     @property
     def op_id(self) -> str:
         return str(self.input.get("OP_ID", ""))
+
+    def copy(self) -> QueuedOpCode:
+        """A shallow copy with a log list of its own (the entries are shared)."""
+        return QueuedOpCode(
+            self.input,
+            self.status,
+            self.result,
+            list(self.log),
+            self.priority,
+            self.start_timestamp,
+            self.exec_timestamp,
+            self.end_timestamp,
+            self.opcode,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -333,9 +348,8 @@ class Job:
         """
         restored = Job.from_dict(state)
         for op, old in zip(self.ops, restored.ops, strict=True):
-            opcode = op.opcode
-            op.__dict__.update(old.__dict__)
-            op.opcode = opcode
+            for name in _RESTORED_OP_FIELDS:
+                setattr(op, name, getattr(old, name))
         self.received_timestamp = restored.received_timestamp
         self.start_timestamp = restored.start_timestamp
         self.end_timestamp = restored.end_timestamp
@@ -421,6 +435,15 @@ def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ValueError(f"{name} must be a non-negative number")
     return float(value)
+
+
+#: What ``Job.restore`` brings back of an opcode: all but what never changes
+#: after submission, its input and typed record (shared, not copied again).
+_RESTORED_OP_FIELDS = tuple(
+    field.name
+    for field in dataclasses.fields(QueuedOpCode)
+    if field.name not in ("input", "opcode")
+)
 
 
 def calc_status(op_statuses: Iterable[Status]) -> Status:

@@ -134,15 +134,28 @@ def _finish(
 ) -> list[OpCode]:
     """Replace relative dependency ids, check absolute ones exist; extend the trails."""
     entry = [REASON_SOURCE_DAEMON, f"submitted as job {ids[index]}", timestamp_ns]
+    # Typed opcodes with the same trail share its extension (a job of many
+    # opcodes keeps one, not one per opcode, while it waits). The lists of
+    # plugins' opcodes in the older style are their LUs' to change: not shared.
+    trails: dict[tuple[Any, ...], tuple[list[Any], Any]] = {}
     finished = []
     for op in ops:
-        changes: dict[str, Any] = {"reason": [*op.stored().get("reason", ()), entry]}
+        prior = op.stored().get("reason", ())
+        key = tuple(map(tuple, prior))
+        trail = trails.get(key) if op.FROZEN else None
+        if trail is None:
+            reason = [*prior, entry]
+            frozen = op.params_by_name()["reason"].type.freeze(reason) if op.FROZEN else reason
+            trail = (reason, frozen)
+            if op.FROZEN:
+                trails[key] = trail
+        changes: dict[str, Any] = {"reason": trail[0]}
         if op.depends:
             changes["depends"] = [
                 [_dependency_id(job_id, index, ids, exists), [str(status) for status in statuses]]
                 for job_id, statuses in op.depends
             ]
-        finished.append(op.replaced(**changes))
+        finished.append(op.replaced_sharing(changes, {"reason": trail[1]}))
     return finished
 
 

@@ -97,6 +97,18 @@ def test_summaries_are_computed_once_per_job() -> None:
     assert entry is not None and entry.summary == ["S", "S", "S"]
 
 
+def test_equal_summaries_of_a_job_share_one_string() -> None:
+    """A job of many alike opcodes keeps one summary text while it lives."""
+    live = LiveJobs(lambda op_input: "".join(["DELAY(", str(op_input["n"] % 2), ")"]))
+    job = new_job(1, ops=4)
+    for index, op in enumerate(job.ops):
+        op.input = {**op.input, "n": index}
+    live.publish([job])
+    entry = live.entry(1)
+    assert entry is not None and entry.summary == ["DELAY(0)", "DELAY(1)"] * 2
+    assert entry.summary[0] is entry.summary[2] and entry.summary[1] is entry.summary[3]
+
+
 def test_watches_hear_each_publication_of_their_job_only(live: LiveJobs) -> None:
     heard: list[str] = []
     job, other = new_job(1), new_job(2)

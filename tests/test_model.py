@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -222,6 +223,22 @@ def test_jobs_read_back_are_untyped_and_round_trip_exactly() -> None:
     assert again == job  # the record takes no part in comparisons
 
 
+def test_a_queued_opcode_is_slotted_and_copies_its_log() -> None:
+    op = QueuedOpCode(input={"OP_ID": "OP_X"}, log=[[1, [0, 0], "message", "m"]], priority=3)
+    assert not hasattr(op, "__dict__"), "millions may wait: no instance dict"
+    for field in dataclasses.fields(QueuedOpCode):  # a field copy() forgets fails here
+        if field.name != "log":
+            setattr(op, field.name, object())
+    clone = op.copy()
+    assert clone.log == op.log and clone.log is not op.log
+    for field in dataclasses.fields(QueuedOpCode):
+        if field.name != "log":
+            assert getattr(clone, field.name) is getattr(op, field.name), field.name
+    op.log.append([2, [0, 0], "message", "n"])
+    op.status = Status.RUNNING
+    assert len(clone.log) == 1 and clone.status is not Status.RUNNING
+
+
 def test_restore_keeps_the_typed_opcodes() -> None:
     registry = builtin_registry()
     typed = registry.typed({"OP_ID": "OP_TEST_DUMMY"})
@@ -230,6 +247,7 @@ def test_restore_keeps_the_typed_opcodes() -> None:
     job.ops[0].status = Status.RUNNING
     job.restore(before)
     assert job.ops[0].status == Q and job.ops[0].opcode is typed
+    assert job.ops[0].input is typed.stored(), "inputs never change: kept, not copied"
 
 
 @pytest.mark.parametrize("op_id", [[[["x"]]], {"a": {"b": 1}}])

@@ -82,6 +82,17 @@ class TestTypedRecords:
         assert op.reason == () and "reason" not in op.to_dict()
         assert op.to_dict()["depends"] == [[2, []]]
 
+    def test_records_hold_only_what_was_given(self, registry: Registry) -> None:
+        """Defaults are the class's, not copied into each record: a waiting
+        job keeps one record per opcode."""
+        op = registry.typed(delay(duration=2, on_nodes=["a"]))
+        assert set(vars(op)) == {"duration", "on_nodes", "_json"}
+        assert (op.repeat, op.on_master, op.comment, op.reason) == (0, True, None, ())
+        assert op == OpTestDelay(duration=2, on_nodes=("a",))
+        changed = op.replaced(comment="c")
+        assert set(vars(changed)) == {"duration", "on_nodes", "comment", "_json"}
+        assert changed.comment == "c" and op.comment is None
+
     def test_load_never_raises(self, registry: Registry) -> None:
         gone = registry.load({"OP_ID": "OP_GONE", "x": 1})
         assert isinstance(gone, InvalidOpCode) and isinstance(gone.error, OpCodeUnknown)

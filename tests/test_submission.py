@@ -24,17 +24,20 @@ from jobqueue.errors import (
 from jobqueue.lus import builtin_registry, command, test
 from jobqueue.model import Job, Submitter
 from jobqueue.opcodes import (
+    INT,
     MAX_NESTING,
     REASON_SOURCE_DAEMON,
     Dependency,
     InvalidOpCode,
     OpCode,
+    Param,
     ReasonEntry,
     Registry,
 )
 from jobqueue.queue import JobQueue
 from jobqueue.storage.files import Disk, FileJobStore
 from jobqueue.submission import JobSubmission, load_opcodes, prepare_jobs
+from tests.opcode_samples import LUPluginThing
 from tests.polling import poll_until
 from tests.queue_harness import QueueUnderTest
 
@@ -193,6 +196,52 @@ def test_prepared_records_hold_resolved_dependencies_and_the_trail() -> None:
         "submit_jobs": [],
     }
     assert first[1][0].reason == (ReasonEntry(REASON_SOURCE_DAEMON, "submitted as job 50", 99),)
+
+
+def test_opcodes_with_the_same_trail_share_its_extension() -> None:
+    """A job of many opcodes keeps one trail while it waits, not one per opcode."""
+    client = [CLIENT_ENTRY]
+    ops = [DUMMY, DUMMY, {**DUMMY, "reason": client}, {**DUMMY, "reason": list(client)}]
+    (prepared,) = prepare_jobs(
+        [ops],
+        builtin_registry(),
+        exists=lambda job_id: False,
+        relative_ok=False,
+        allocate_ids=lambda count: [60],
+        timestamp_ns=5,
+    )
+    assert isinstance(prepared, tuple)
+    bare_a, bare_b, given_a, given_b = prepared[1]
+    ours = [REASON_SOURCE_DAEMON, "submitted as job 60", 5]
+    assert bare_a.to_dict()["reason"] == [ours]
+    assert given_a.to_dict()["reason"] == given_b.to_dict()["reason"] == [CLIENT_ENTRY, ours]
+    assert bare_a.reason is bare_b.reason and bare_a.stored()["reason"] is bare_b.stored()["reason"]
+    assert given_a.reason is given_b.reason
+    assert given_a.reason is not bare_a.reason and given_a.reason[-1] == bare_a.reason[0]
+
+
+def test_older_style_plugin_opcodes_keep_a_trail_each() -> None:
+    """Their LUs get plain lists, theirs to change: one opcode's never reaches another's."""
+
+    class OpOlder(OpCode):
+        OP_ID = "OP_OLDER"
+        PARAMS = (Param("size", INT, default=0),)
+
+    registry = builtin_registry()
+    registry.register(OpOlder, LUPluginThing)
+    (prepared,) = prepare_jobs(
+        [[{"OP_ID": "OP_OLDER"}] * 2],
+        registry,
+        exists=lambda job_id: False,
+        relative_ok=False,
+        allocate_ids=lambda count: [61],
+        timestamp_ns=5,
+    )
+    assert isinstance(prepared, tuple)
+    first, second = prepared[1]
+    assert first.reason == second.reason == [[REASON_SOURCE_DAEMON, "submitted as job 61", 5]]
+    first.reason.append(["gnt:plugin", "changed", 6])
+    assert len(second.reason) == 1 and len(second.stored()["reason"]) == 1
 
 
 @pytest.mark.parametrize("where", ["result", "then"])

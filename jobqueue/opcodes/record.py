@@ -148,7 +148,7 @@ class OpCode:
     _declared: ClassVar[tuple[str, ...]] = ()
     _all_params: ClassVar[tuple[Param, ...] | None] = None
     _params_by_name: ClassVar[dict[str, Param] | None] = None
-    _blank_cache: ClassVar[tuple[dict[str, Any], list[tuple[str, Callable[[], Any]]]] | None] = None
+    _factories_cache: ClassVar[list[tuple[str, Callable[[], Any]]] | None] = None
 
     priority: int | None = param(
         INT, default=None, fill=False, doc="Priority: -10 high, 0 normal, 10 low"
@@ -222,15 +222,15 @@ class OpCode:
     def from_checked(cls, values: dict[str, Any], stored: dict[str, Any]) -> Self:
         """A record of values the registry checked and froze, with its JSON form.
 
-        Parameters left out take their defaults. The dataclass ``__init__`` is
-        skipped (it would only set the same fields again, one by one);
-        ``__post_init__``, if an opcode defines one, still runs.
+        Parameters left out take their defaults: a plain default is the
+        class attribute dataclasses leave, so the instance holds only what was
+        given (a queued opcode's record is kept as long as its job lives). The
+        dataclass ``__init__`` is skipped (it would set every field, one by
+        one); ``__post_init__``, if an opcode defines one, still runs.
         """
         record = object.__new__(cls)
         fields = record.__dict__
-        defaults, factories = cls._blank()
-        fields.update(defaults)
-        for name, factory in factories:
+        for name, factory in cls._factories():
             if name not in values:
                 fields[name] = factory()
         fields.update(values)
@@ -241,18 +241,15 @@ class OpCode:
         return record
 
     @classmethod
-    def _blank(cls) -> tuple[dict[str, Any], list[tuple[str, Callable[[], Any]]]]:
-        """The plain defaults and the default factories of the fields (cached)."""
-        cached = cls.__dict__.get("_blank_cache")
+    def _factories(cls) -> list[tuple[str, Callable[[], Any]]]:
+        """The fields whose default is made by a factory, with it (cached)."""
+        cached = cls.__dict__.get("_factories_cache")
         if cached is None:
-            defaults: dict[str, Any] = {}
-            factories: list[tuple[str, Callable[[], Any]]] = []
-            for field in dataclasses.fields(cls):
-                if field.default is not dataclasses.MISSING:
-                    defaults[field.name] = field.default
-                elif field.default_factory is not dataclasses.MISSING:
-                    factories.append((field.name, field.default_factory))
-            cached = cls._blank_cache = (defaults, factories)
+            cached = cls._factories_cache = [
+                (field.name, field.default_factory)
+                for field in dataclasses.fields(cls)
+                if field.default_factory is not dataclasses.MISSING
+            ]
         return cached
 
     def check(self) -> None:
@@ -302,12 +299,21 @@ class OpCode:
 
         In the JSON form a parameter given before keeps its place; a new one goes last.
         """
+        return self.replaced_sharing(json_values, {})
+
+    def replaced_sharing(self, json_values: dict[str, Any], frozen: dict[str, Any]) -> Self:
+        """``replaced``, where ``frozen`` gives the record's form of some of the
+        values (``type.freeze`` of the JSON one, or the JSON one itself where
+        ``FROZEN`` is false), made once and shared by many records."""
         params = self.params_by_name()
-        copy = object.__new__(type(self))
-        copy.__dict__.update(self.__dict__)
+        state = {**self.__dict__, "_json": {**self.stored(), **json_values}}
         for name, value in json_values.items():
-            copy.__dict__[name] = params[name].type.freeze(value) if self.FROZEN else value
-        copy.__dict__["_json"] = {**self.stored(), **json_values}
+            if name in frozen:
+                state[name] = frozen[name]
+            else:
+                state[name] = params[name].type.freeze(value) if self.FROZEN else value
+        copy = object.__new__(type(self))
+        object.__setattr__(copy, "__dict__", state)
         return copy
 
     @classmethod
