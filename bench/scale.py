@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Context, Row, at_most, compare, compare_ratio_max, percentile
-from bench.daemon import NOOP, Daemon
+from bench.daemon import NOOP, Daemon, check_submitted
 
 SECTION = "5 scale"
 #: The issue's targets hold at this many jobs.
@@ -25,10 +25,12 @@ TARGET_LEVEL = 100_000
 ARCHIVE_TIMEOUT = 600.0
 #: ``--max-jobs`` is the generated count plus this (the daemon's default limit).
 MAX_JOBS_HEADROOM = 50_000
-#: The memory of queued opcodes: this many jobs of this many no-op opcodes wait.
-QUEUED_JOBS, OPCODES_PER_JOB = 10, 20_000
-#: What a queued opcode may cost the daemon, in bytes of resident memory.
-OPCODE_MEMORY_LIMIT = 1280
+#: The memory of waiting jobs: this many jobs of this many no-op opcodes wait,
+#: then this many jobs of one.
+QUEUED_JOBS, OPCODES_PER_JOB, ONE_OPCODE_JOBS = 10, 20_000, 20_000
+#: What a waiting opcode of a large job, and a waiting job of one opcode, may
+#: cost the daemon, in bytes of resident memory.
+OPCODE_MEMORY_LIMIT, JOB_MEMORY_LIMIT = 1280, 5120
 #: A job that keeps the one worker of that daemon busy while the others wait.
 BLOCKER: dict[str, Any] = {"OP_ID": "OP_TEST_DELAY", "duration": 3600}
 
@@ -151,15 +153,15 @@ def latency_row(ctx: Context, count: int, latencies: list[float]) -> Row:
     return compare(row, baseline, "at 0 jobs")
 
 
-def queued_opcode_memory(ctx: Context) -> Row:
-    """The daemon's resident memory per opcode of jobs waiting in the queue.
+def waiting_memory(ctx: Context) -> Iterator[Row]:
+    """The daemon's resident memory per opcode, and per job, of jobs waiting.
 
-    One worker is kept busy; ``QUEUED_JOBS`` jobs of ``OPCODES_PER_JOB``
-    minimal opcodes are submitted behind it, and the growth of the daemon's
-    RSS is divided by the opcodes. The detail gives the job file's bytes per
-    opcode beside it.
+    One worker is kept busy; behind it, ``QUEUED_JOBS`` jobs of
+    ``OPCODES_PER_JOB`` minimal opcodes, then ``ONE_OPCODE_JOBS`` jobs of
+    one, are submitted, and the growth of the daemon's RSS is divided by the
+    opcodes, then by the jobs. The detail gives the job file's bytes beside it.
     """
-    with ctx.scratch_dir("scale-opcodes-") as scratch:
+    with ctx.scratch_dir("scale-waiting-") as scratch:
         state_dir = scratch / "state"
         daemon = Daemon(state_dir, 1)
         with daemon:
@@ -171,28 +173,34 @@ def queued_opcode_memory(ctx: Context) -> Row:
                     if time.monotonic() > deadline:
                         raise TimeoutError("the blocking job did not start within 60 s")
                     time.sleep(0.05)
-                before, _ = daemon.rss_bytes()
-                job_ids = [client.submit_job([NOOP] * OPCODES_PER_JOB) for _ in range(QUEUED_JOBS)]
-                after, _ = daemon.rss_bytes()
-                statuses = {row[0] for row in client.query_jobs(job_ids, ["status"])}
+                start, _ = daemon.rss_bytes()
+                large = [client.submit_job([NOOP] * OPCODES_PER_JOB) for _ in range(QUEUED_JOBS)]
+                middle, _ = daemon.rss_bytes()
+                small = []
+                for _ in range(ONE_OPCODE_JOBS // 1000):
+                    small += check_submitted(client.submit_many_jobs([[NOOP]] * 1000))
+                end, _ = daemon.rss_bytes()
+                statuses = {row[0] for row in client.query_jobs(large + small, ["status"])}
                 if statuses != {"queued"}:
                     raise RuntimeError(f"the jobs did not all wait: {sorted(statuses)}")
             finally:
                 client.close()
-            file_bytes = (state_dir / "queue" / f"job-{job_ids[-1]}").stat().st_size
+            queue = state_dir / "queue"
+            large_bytes = (queue / f"job-{large[-1]}").stat().st_size
+            small_bytes = (queue / f"job-{small[-1]}").stat().st_size
             daemon.kill()  # nothing to wait for: the scratch directory goes
     opcodes = QUEUED_JOBS * OPCODES_PER_JOB
-    row = Row(SECTION, "daemon RSS per queued opcode", (after - before) / opcodes, "B")
-    row.detail = {
-        "opcodes": opcodes,
-        "file_bytes_per_opcode": file_bytes / OPCODES_PER_JOB,
-    }
-    return at_most(row, OPCODE_MEMORY_LIMIT)
+    row = Row(SECTION, "daemon RSS per waiting opcode", (middle - start) / opcodes, "B")
+    row.detail = {"opcodes": opcodes, "file_bytes_per_opcode": large_bytes / OPCODES_PER_JOB}
+    yield at_most(row, OPCODE_MEMORY_LIMIT)
+    row = Row(SECTION, "daemon RSS per waiting 1-opcode job", (end - middle) / len(small), "B")
+    row.detail = {"jobs": len(small), "file_bytes": small_bytes}
+    yield at_most(row, JOB_MEMORY_LIMIT)
 
 
 def run(ctx: Context) -> Iterator[Row]:
     """Section 5: every scale level and latency level, smallest first; then the
-    memory of queued opcodes."""
+    memory of waiting jobs."""
     settings = ctx.settings
     levels = sorted(set(settings.scale_counts) | set(settings.latency_levels))
     for count in levels:
@@ -207,4 +215,4 @@ def run(ctx: Context) -> Iterator[Row]:
                 for row in measure_level(ctx, daemon, count, full):
                     row.detail.setdefault("generate_seconds", generated)
                     yield row
-    yield queued_opcode_memory(ctx)
+    yield from waiting_memory(ctx)

@@ -78,6 +78,10 @@ class Verdict(enum.Enum):
     FINISHED = "finished"
 
 
+#: Guards the first making of an ``ActiveJob``'s kill event.
+_KILL_EVENT_MADE = threading.Lock()
+
+
 @dataclasses.dataclass(eq=False)
 class ActiveJob:
     """A live, unfinished job and what the queue tracks about it in memory."""
@@ -85,7 +89,7 @@ class ActiveJob:
     job: Job
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     run_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    kill: threading.Event = dataclasses.field(default_factory=threading.Event)
+    _kill: threading.Event | None = dataclasses.field(default=None, init=False, repr=False)
     strategy: LockAttemptTimeoutStrategy | None = None
     strategy_op: int = -1
     rerun: bool = False
@@ -97,6 +101,19 @@ class ActiveJob:
     cancel_message: str | None = None
     #: Whether the timer of the job's time limit is set.
     timeout_armed: bool = False
+
+    @property
+    def kill(self) -> threading.Event:
+        """Set to stop the running opcode now (``CancelJob`` with kill, a slow
+        shutdown). Made when first asked for: an event costs about 1 KB, and
+        most jobs only ever wait."""
+        event = self._kill
+        if event is None:
+            with _KILL_EVENT_MADE:
+                event = self._kill
+                if event is None:
+                    event = self._kill = threading.Event()
+        return event
 
 
 class StepEnv(Protocol):

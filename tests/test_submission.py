@@ -292,6 +292,17 @@ def wait_finished(queue: JobQueue, job_id: int) -> str:
     return str(rows[0][0])
 
 
+def test_a_job_that_only_waits_has_no_kill_event(make_queue: Callable[..., JobQueue]) -> None:
+    """An event costs about 1 KB: a queue of waiting jobs makes none."""
+    queue = make_queue()
+    job_ids = [queue.submit_job([DUMMY]) for _ in range(3)]
+    queue.change_job_priority(job_ids[0], -10)
+    actives = [queue.active_job(job_id) for job_id in job_ids]
+    assert all(active is not None and active._kill is None for active in actives)
+    queue.kill_running()  # a slow shutdown asks every job, and makes them then
+    assert all(active is not None and active.kill.is_set() for active in actives)
+
+
 def test_opcodes_are_typed_once_not_per_run(make_queue: Callable[..., JobQueue]) -> None:
     registry = CountingRegistry()
     queue = make_queue(registry=registry, run=True)
