@@ -224,6 +224,9 @@ class JobQueue:
         """
         self._admission.load_rules()
         jobs = list(self.store.load_jobs())
+        for job in jobs:  # typed before they are published: the copies share their inputs
+            if not job.is_finalized:
+                load_opcodes(job, self.registry)
         self.live.load(jobs)
         for job in jobs:
             self._controls.issued(job.id)
@@ -247,7 +250,6 @@ class JobQueue:
                     if op.status == Status.WAITING:
                         op.status, op.result = Status.QUEUED, None
                 self.write(job)
-            load_opcodes(job, self.registry)
             self.activate([job])
         self._log.info(
             "Job queue loaded: %d live jobs, %d to run", self.live.count(), len(self._active)

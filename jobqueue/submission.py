@@ -178,10 +178,25 @@ def load_opcodes(job: Job, registry: Registry) -> None:
 
     An opcode that no longer validates (its OP_ID unregistered, say) becomes
     an ``InvalidOpCode``: the job loads, and that opcode fails when it runs.
+    A job read back is kept as it was when submitted: an opcode whose
+    record's JSON form equals what was read keeps that one form, not both,
+    and typed opcodes with equal trails share one.
     """
+    trails: dict[tuple[Any, ...], OpCode] = {}
     for op in job.ops:
-        if op.status not in FINALIZED:
-            op.opcode = registry.load(op.input)
+        if op.status in FINALIZED:
+            continue
+        record = registry.load(op.input)
+        if isinstance(record, OpCode) and record.FROZEN:
+            reason = record.stored().get("reason")
+            if reason:
+                first = trails.setdefault(tuple(map(tuple, reason)), record)
+                if first is not record:
+                    shared = {"reason": first.stored()["reason"]}
+                    record = record.replaced_sharing(shared, {"reason": first.reason})
+            if record.stored() == op.input:
+                op.input = record.stored()
+        op.opcode = record
 
 
 class IntakeQueue(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -325,6 +326,20 @@ def test_a_loaded_job_is_typed_once_at_start(
     assert (registry.typed_calls, registry.load_calls) == (2, 2)  # typed by load, only
 
 
+def test_a_loaded_job_and_its_published_copy_share_one_input_per_opcode(
+    make_queue: Callable[..., JobQueue],
+) -> None:
+    first = make_queue()
+    job_id = first.submit_job([DUMMY, DUMMY])
+    first.prepare_shutdown()
+    first.shutdown()
+    second = make_queue()
+    active, published = second.active_job(job_id), second.live.latest(job_id)
+    assert active is not None and published is not None and published is not active.job
+    for op, copied in zip(active.job.ops, published.ops, strict=True):
+        assert op.opcode is not None and op.input is op.opcode.stored() is copied.input
+
+
 def test_a_stored_opcode_no_longer_registered_loads_and_fails_when_run(
     make_queue: Callable[..., JobQueue], tmp_path: Path
 ) -> None:
@@ -347,6 +362,23 @@ def test_load_opcodes_types_only_what_may_still_run() -> None:
     assert done is None
     assert isinstance(broken, InvalidOpCode) and isinstance(broken.error, OpPrereqError)
     assert pending == registry.typed(DUMMY)
+
+
+def test_a_job_read_back_keeps_one_form_and_one_trail_per_opcode() -> None:
+    """Read back, a job costs what it did when submitted; its stored form is unchanged."""
+    registry = builtin_registry()
+    trail = [CLIENT_ENTRY, [REASON_SOURCE_DAEMON, "submitted as job 5", 1]]
+    op = {**registry.validate(DUMMY), "reason": trail}
+    old_form = {"OP_ID": "OP_TEST_DUMMY", "reason": trail}  # keys a later version fills in
+    stored = Job.new(5, [op, op, old_form], [1, 0]).to_dict()
+    job = Job.from_dict(json.loads(json.dumps(stored)))
+    load_opcodes(job, registry)
+    first, second, old = job.ops
+    assert first.input is first.opcode.stored() and second.input is second.opcode.stored()
+    assert second.opcode.reason is first.opcode.reason
+    assert second.input["reason"] is first.input["reason"]
+    assert old.input is not old.opcode.stored() and old.input == old_form
+    assert job.to_dict() == stored
 
 
 # -- submit_each: several callers' single jobs as one submission ------------------
