@@ -312,15 +312,20 @@ def test_opcodes_are_typed_once_not_per_run(make_queue: Callable[..., JobQueue])
     assert (registry.typed_calls, registry.load_calls) == (2, 0)
 
 
-def test_a_loaded_job_is_typed_once_at_start(
-    make_queue: Callable[..., JobQueue], tmp_path: Path
-) -> None:
+def restarted_with_a_job(
+    make_queue: Callable[..., JobQueue], **options: Any
+) -> tuple[JobQueue, int]:
+    """A queue started (with ``options``) on what another left: a job of two opcodes."""
     first = make_queue()
     job_id = first.submit_job([DUMMY, DUMMY])
     first.prepare_shutdown()
     first.shutdown()
+    return make_queue(**options), job_id
+
+
+def test_a_loaded_job_is_typed_once_at_start(make_queue: Callable[..., JobQueue]) -> None:
     registry = CountingRegistry()
-    second = make_queue(registry=registry, run=True)
+    second, job_id = restarted_with_a_job(make_queue, registry=registry, run=True)
     assert registry.load_calls == 2
     assert wait_finished(second, job_id) == "success"
     assert (registry.typed_calls, registry.load_calls) == (2, 2)  # typed by load, only
@@ -329,11 +334,7 @@ def test_a_loaded_job_is_typed_once_at_start(
 def test_a_loaded_job_and_its_published_copy_share_one_input_per_opcode(
     make_queue: Callable[..., JobQueue],
 ) -> None:
-    first = make_queue()
-    job_id = first.submit_job([DUMMY, DUMMY])
-    first.prepare_shutdown()
-    first.shutdown()
-    second = make_queue()
+    second, job_id = restarted_with_a_job(make_queue)
     active, published = second.active_job(job_id), second.live.latest(job_id)
     assert active is not None and published is not None and published is not active.job
     for op, copied in zip(active.job.ops, published.ops, strict=True):
