@@ -219,3 +219,21 @@ def wait_until_finished(client: Any, job_ids: list[int], timeout: float) -> dict
             time.sleep(0.01)
         pending = still
     return counts
+
+
+def wait_until_quiet(daemon: Daemon, timeout: float = 60.0) -> None:
+    """Return once the daemon used under 5 ms of CPU in each of three 100 ms periods."""
+    deadline = time.monotonic() + timeout
+    calm, used = 0, daemon_cpu_seconds(daemon)
+    while calm < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        previous, used = used, daemon_cpu_seconds(daemon)
+        calm = calm + 1 if used - previous < 0.005 else 0
+
+
+def daemon_cpu_seconds(daemon: Daemon) -> float:
+    """User plus system CPU the daemon process has used so far."""
+    assert daemon.process is not None
+    with open(f"/proc/{daemon.process.pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -35,7 +35,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from bench.common import Context, Row, at_most, compare, latency_rows, median, percentile, skipped
-from bench.daemon import NOOP, Daemon, DaemonUnavailable, check_submitted, wait_until_finished
+from bench.daemon import (
+    NOOP,
+    Daemon,
+    DaemonUnavailable,
+    check_submitted,
+    daemon_cpu_seconds,
+    wait_until_finished,
+)
 from bench.jobqueue_sections import (
     ALTERNATED_PEER,
     BLOCKER,
@@ -43,7 +50,6 @@ from bench.jobqueue_sections import (
     SUBMIT_WORKERS,
     alternated_key,
     connected,
-    daemon_cpu_seconds,
     submit_batches,
     submit_concurrently,
 )

@@ -38,7 +38,9 @@ from bench.daemon import (
     Daemon,
     DaemonUnavailable,
     check_submitted,
+    daemon_cpu_seconds,
     wait_until_finished,
+    wait_until_quiet,
 )
 
 SUBMIT = "2 submit"
@@ -486,24 +488,6 @@ class OtherWaiters:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def wait_until_quiet(daemon: Daemon, timeout: float = 60.0) -> None:
-    """Return once the daemon used under 5 ms of CPU in each of three 100 ms periods."""
-    deadline = time.monotonic() + timeout
-    calm, used = 0, daemon_cpu_seconds(daemon)
-    while calm < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
-        previous, used = used, daemon_cpu_seconds(daemon)
-        calm = calm + 1 if used - previous < 0.005 else 0
-
-
-def daemon_cpu_seconds(daemon: Daemon) -> float:
-    """User plus system CPU the daemon process has used so far."""
-    assert daemon.process is not None
-    with open(f"/proc/{daemon.process.pid}/stat", encoding="ascii") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def followed_job_cpu(daemon: Daemon, followers: int) -> float:

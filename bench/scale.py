@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Context, Row, at_most, compare, compare_ratio_max, percentile
-from bench.daemon import NOOP, Daemon, check_submitted
+from bench.daemon import NOOP, Daemon, check_submitted, wait_until_quiet
+from bench.jobqueue_sections import BLOCKER
 
 SECTION = "5 scale"
 #: The issue's targets hold at this many jobs.
@@ -31,8 +32,9 @@ QUEUED_JOBS, OPCODES_PER_JOB, ONE_OPCODE_JOBS = 10, 20_000, 20_000
 #: What a waiting opcode of a large job, and a waiting job of one opcode, may
 #: cost the daemon, in bytes of resident memory.
 OPCODE_MEMORY_LIMIT, JOB_MEMORY_LIMIT = 1280, 5120
-#: A job that keeps the one worker of that daemon busy while the others wait.
-BLOCKER: dict[str, Any] = {"OP_ID": "OP_TEST_DELAY", "duration": 3600}
+#: What those jobs, read back by a daemon started on them, may cost it at most,
+#: as a multiple of what they cost as submitted.
+READ_BACK_LIMIT = 1.15
 
 
 def job_text_template(stamp: int) -> str:
@@ -160,6 +162,9 @@ def waiting_memory(ctx: Context) -> Iterator[Row]:
     ``OPCODES_PER_JOB`` minimal opcodes, then ``ONE_OPCODE_JOBS`` jobs of
     one, are submitted, and the growth of the daemon's RSS is divided by the
     opcodes, then by the jobs. The detail gives the job file's bytes beside it.
+    Then a filter rule pauses every job, the daemon is killed (``kill -9``)
+    and a new one started on its queue: what it holds once quiet, above the
+    first daemon's RSS before the jobs came, against what they cost that one.
     """
     with ctx.scratch_dir("scale-waiting-") as scratch:
         state_dir = scratch / "state"
@@ -183,12 +188,17 @@ def waiting_memory(ctx: Context) -> Iterator[Row]:
                 statuses = {row[0] for row in client.query_jobs(large + small, ["status"])}
                 if statuses != {"queued"}:
                     raise RuntimeError(f"the jobs did not all wait: {sorted(statuses)}")
+                client.replace_filter(None, 0, [], "PAUSE", [])  # the next daemon runs none
             finally:
                 client.close()
             queue = state_dir / "queue"
             large_bytes = (queue / f"job-{large[-1]}").stat().st_size
             small_bytes = (queue / f"job-{small[-1]}").stat().st_size
-            daemon.kill()  # nothing to wait for: the scratch directory goes
+            daemon.kill()
+        with Daemon(state_dir, 1) as second:
+            wait_until_quiet(second)
+            read_back, _ = second.rss_bytes()
+            second.kill()  # nothing to wait for: the scratch directory goes
     opcodes = QUEUED_JOBS * OPCODES_PER_JOB
     row = Row(SECTION, "daemon RSS per waiting opcode", (middle - start) / opcodes, "B")
     row.detail = {"opcodes": opcodes, "file_bytes_per_opcode": large_bytes / OPCODES_PER_JOB}
@@ -196,6 +206,8 @@ def waiting_memory(ctx: Context) -> Iterator[Row]:
     row = Row(SECTION, "daemon RSS per waiting 1-opcode job", (end - middle) / len(small), "B")
     row.detail = {"jobs": len(small), "file_bytes": small_bytes}
     yield at_most(row, JOB_MEMORY_LIMIT)
+    row = Row(SECTION, "daemon RSS of those read back", (read_back - start) / 2**20, "MB")
+    yield compare_ratio_max(row, (end - start) / 2**20, "as submitted", READ_BACK_LIMIT)
 
 
 def run(ctx: Context) -> Iterator[Row]:
