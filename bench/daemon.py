@@ -221,14 +221,16 @@ def wait_until_finished(client: Any, job_ids: list[int], timeout: float) -> dict
     return counts
 
 
-def wait_until_quiet(daemon: Daemon, timeout: float = 60.0) -> None:
-    """Return once the daemon used under 5 ms of CPU in each of three 100 ms periods."""
+def wait_until_quiet(daemon: Daemon, timeout: float = 60.0) -> bool:
+    """Wait until the daemon used under 5 ms of CPU in each of three 100 ms
+    periods; whether it did within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     calm, used = 0, daemon_cpu_seconds(daemon)
     while calm < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
         previous, used = used, daemon_cpu_seconds(daemon)
         calm = calm + 1 if used - previous < 0.005 else 0
+    return calm >= 3
 
 
 def daemon_cpu_seconds(daemon: Daemon) -> float:

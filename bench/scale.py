@@ -196,8 +196,13 @@ def waiting_memory(ctx: Context) -> Iterator[Row]:
             small_bytes = (queue / f"job-{small[-1]}").stat().st_size
             daemon.kill()
         with Daemon(state_dir, 1) as second:
-            wait_until_quiet(second)
+            if not wait_until_quiet(second):
+                raise RuntimeError("the daemon reading the jobs back did not settle in 60 s")
             read_back, _ = second.rss_bytes()
+            with second.client() as client:
+                live, held = client.query_config_values(["live_jobs", "held_jobs"])
+            if (live, held.get("paused")) != (1 + len(large) + len(small), len(large) + len(small)):
+                raise RuntimeError(f"read back {live} live jobs, {held} held")
             second.kill()  # nothing to wait for: the scratch directory goes
     opcodes = QUEUED_JOBS * OPCODES_PER_JOB
     row = Row(SECTION, "daemon RSS per waiting opcode", (middle - start) / opcodes, "B")

@@ -178,24 +178,25 @@ def load_opcodes(job: Job, registry: Registry) -> None:
 
     An opcode that no longer validates (its OP_ID unregistered, say) becomes
     an ``InvalidOpCode``: the job loads, and that opcode fails when it runs.
-    A job read back is kept as it was when submitted: an opcode whose
-    record's JSON form equals what was read keeps that one form, not both,
-    and typed opcodes with equal trails share one.
+    A job read back is kept as it was when submitted: where a typed record's
+    JSON form equals what was read, the record takes what was read as its
+    form (its keys in the file's order, so the next write changes no byte
+    of it, its ``OP_ID`` the class's string), and equal trails of the job
+    share one list and one frozen tuple.
     """
-    trails: dict[tuple[Any, ...], OpCode] = {}
+    trails: dict[tuple[Any, ...], tuple[list[Any], Any]] = {}
     for op in job.ops:
         if op.status in FINALIZED:
             continue
         record = registry.load(op.input)
-        if isinstance(record, OpCode) and record.FROZEN:
-            reason = record.stored().get("reason")
+        if isinstance(record, OpCode) and record.FROZEN and record.stored() == op.input:
+            op.input["OP_ID"] = record.OP_ID  # the class's string, not one read per opcode
+            frozen: dict[str, Any] = {}
+            reason = op.input.get("reason")
             if reason:
-                first = trails.setdefault(tuple(map(tuple, reason)), record)
-                if first is not record:
-                    shared = {"reason": first.stored()["reason"]}
-                    record = record.replaced_sharing(shared, {"reason": first.reason})
-            if record.stored() == op.input:
-                op.input = record.stored()
+                shared = trails.setdefault(tuple(map(tuple, reason)), (reason, record.reason))
+                op.input["reason"], frozen["reason"] = shared  # equal: the key keeps its place
+            record = record.with_form(op.input, frozen)
         op.opcode = record
 
 

@@ -316,6 +316,14 @@ class OpCode:
         object.__setattr__(copy, "__dict__", state)
         return copy
 
+    def with_form(self, stored: dict[str, Any], frozen: dict[str, Any]) -> Self:
+        """A copy whose JSON form is ``stored``, equal to its own (as read back from
+        a job, keys in the file's order), and whose ``frozen`` values replace
+        equal ones of its own (shared by many records)."""
+        copy = object.__new__(type(self))
+        object.__setattr__(copy, "__dict__", {**self.__dict__, **frozen, "_json": stored})
+        return copy
+
     @classmethod
     def summary(cls, values: dict[str, Any]) -> str:
         """Short text for listings from a stored opcode, e.g. ``TEST_DELAY(0.5)``."""
