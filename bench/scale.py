@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.common import Context, Row, at_most, compare, compare_ratio_max, percentile
 from bench.daemon import NOOP, Daemon, check_submitted, wait_until_quiet
-from bench.jobqueue_sections import BLOCKER
+from bench.jobqueue_sections import BLOCKER, wait_until_running
 
 SECTION = "5 scale"
 #: The issue's targets hold at this many jobs.
@@ -172,12 +172,7 @@ def waiting_memory(ctx: Context) -> Iterator[Row]:
         with daemon:
             client = daemon.client()
             try:
-                blocker = client.submit_job([BLOCKER])
-                deadline = time.monotonic() + 60.0
-                while client.query_jobs([blocker], ["status"])[0][0] != "running":
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("the blocking job did not start within 60 s")
-                    time.sleep(0.05)
+                wait_until_running(client, client.submit_job([BLOCKER]))
                 start, _ = daemon.rss_bytes()
                 large = [client.submit_job([NOOP] * OPCODES_PER_JOB) for _ in range(QUEUED_JOBS)]
                 middle, _ = daemon.rss_bytes()
