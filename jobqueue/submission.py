@@ -134,29 +134,39 @@ def _finish(
 ) -> list[OpCode]:
     """Replace relative dependency ids, check absolute ones exist; extend the trails."""
     entry = [REASON_SOURCE_DAEMON, f"submitted as job {ids[index]}", timestamp_ns]
-    # Typed opcodes with the same trail share its extension (a job of many
-    # opcodes keeps one, not one per opcode, while it waits). The lists of
-    # plugins' opcodes in the older style are their LUs' to change: not shared.
-    trails: dict[tuple[Any, ...], tuple[list[Any], Any]] = {}
+    trails = _SharedTrails()
     finished = []
     for op in ops:
-        prior = op.stored().get("reason", ())
-        key = tuple(map(tuple, prior))
-        trail = trails.get(key) if op.FROZEN else None
-        if trail is None:
-            reason = [*prior, entry]
-            frozen = op.params_by_name()["reason"].type.freeze(reason) if op.FROZEN else reason
-            trail = (reason, frozen)
-            if op.FROZEN:
-                trails[key] = trail
-        changes: dict[str, Any] = {"reason": trail[0]}
+        reason = [*op.stored().get("reason", ()), entry]
+        if op.FROZEN:
+            reason, frozen = trails.share(reason, op.params_by_name()["reason"].type.freeze)
+        else:  # older-style plugins' lists are their LUs' to change: one each
+            frozen = reason
+        changes: dict[str, Any] = {"reason": reason}
         if op.depends:
             changes["depends"] = [
                 [_dependency_id(job_id, index, ids, exists), [str(status) for status in statuses]]
                 for job_id, statuses in op.depends
             ]
-        finished.append(op.replaced_sharing(changes, {"reason": trail[1]}))
+        finished.append(op.replaced_sharing(changes, {"reason": frozen}))
     return finished
+
+
+class _SharedTrails:
+    """The reason trails of one job's typed opcodes, one of each: a job of many
+    opcodes keeps one trail, not one per opcode, while it waits."""
+
+    def __init__(self) -> None:
+        self._by_content: dict[tuple[Any, ...], tuple[list[Any], Any]] = {}
+
+    def share(self, trail: list[Any], freeze: Callable[[Any], Any]) -> tuple[list[Any], Any]:
+        """The trail kept for those equal to ``trail`` (the first of them), and
+        its record form (``freeze`` of it)."""
+        key = tuple(map(tuple, trail))
+        shared = self._by_content.get(key)
+        if shared is None:
+            shared = self._by_content[key] = (trail, freeze(trail))
+        return shared
 
 
 def _dependency_id(
@@ -184,7 +194,7 @@ def load_opcodes(job: Job, registry: Registry) -> None:
     of it, its ``OP_ID`` the class's string), and equal trails of the job
     share one list and one frozen tuple.
     """
-    trails: dict[tuple[Any, ...], tuple[list[Any], Any]] = {}
+    trails = _SharedTrails()
     for op in job.ops:
         if op.status in FINALIZED:
             continue
@@ -194,8 +204,9 @@ def load_opcodes(job: Job, registry: Registry) -> None:
             frozen: dict[str, Any] = {}
             reason = op.input.get("reason")
             if reason:
-                shared = trails.setdefault(tuple(map(tuple, reason)), (reason, record.reason))
-                op.input["reason"], frozen["reason"] = shared  # equal: the key keeps its place
+                freeze = record.params_by_name()["reason"].type.freeze
+                shared, frozen["reason"] = trails.share(reason, freeze)
+                op.input["reason"] = shared  # equal to what it replaces: the key keeps its place
             record = record.with_form(op.input, frozen)
         op.opcode = record
 
