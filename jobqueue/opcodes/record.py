@@ -306,22 +306,18 @@ class OpCode:
         values (``type.freeze`` of the JSON one, or the JSON one itself where
         ``FROZEN`` is false), made once and shared by many records."""
         params = self.params_by_name()
-        state = {**self.__dict__, "_json": {**self.stored(), **json_values}}
+        values = dict(frozen)
         for name, value in json_values.items():
-            if name in frozen:
-                state[name] = frozen[name]
-            else:
-                state[name] = params[name].type.freeze(value) if self.FROZEN else value
-        copy = object.__new__(type(self))
-        object.__setattr__(copy, "__dict__", state)
-        return copy
+            if name not in frozen:
+                values[name] = params[name].type.freeze(value) if self.FROZEN else value
+        return self.with_form({**self.stored(), **json_values}, values)
 
-    def with_form(self, stored: dict[str, Any], frozen: dict[str, Any]) -> Self:
-        """A copy whose JSON form is ``stored``, equal to its own (as read back from
-        a job, keys in the file's order), and whose ``frozen`` values replace
-        equal ones of its own (shared by many records)."""
+    def with_form(self, stored: dict[str, Any], values: dict[str, Any]) -> Self:
+        """A copy whose JSON form is ``stored`` and whose ``values`` (record forms)
+        replace its own; the caller makes the two agree (``replaced_sharing``, or
+        its own form read back from a job, keys in the file's order)."""
         copy = object.__new__(type(self))
-        object.__setattr__(copy, "__dict__", {**self.__dict__, **frozen, "_json": stored})
+        object.__setattr__(copy, "__dict__", {**self.__dict__, **values, "_json": stored})
         return copy
 
     @classmethod
