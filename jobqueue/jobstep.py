@@ -115,6 +115,11 @@ class ActiveJob:
                     event = self._kill = threading.Event()
         return event
 
+    def kill_requested(self) -> bool:
+        """Whether ``kill`` is set, without making it."""
+        event = self._kill
+        return event is not None and event.is_set()
+
 
 class StepEnv(Protocol):
     """What the step needs from the queue."""
@@ -283,9 +288,11 @@ def _save_locked(active: ActiveJob, env: StepEnv, *, start: bool = False) -> Non
     """
     env.write(active.job, start=start)
     active.unsaved = False
-    if active.backlog.failure is not None:
-        env.log_unwritten(active.job.id, active.backlog, True)
-    active.backlog = LogBacklog()
+    backlog = active.backlog
+    if backlog.failure is not None:
+        env.log_unwritten(active.job.id, backlog, True)
+    if backlog.entries or backlog.failure is not None:  # else it is as new (most writes)
+        active.backlog = LogBacklog()
 
 
 def _finish_locked(active: ActiveJob, env: StepEnv, status: Status, result: Any) -> Verdict:
@@ -443,9 +450,11 @@ class OpCallbacks:
             raise QueueShutdown()
 
     def kill_requested(self) -> bool:
-        return self._active.kill.is_set()
+        return self._active.kill_requested()
 
     def wait_kill(self, timeout: float) -> bool:
+        if timeout <= 0:  # a look, not a wait (a no-op delay): no event is made for it
+            return self._active.kill_requested()
         return self._active.kill.wait(timeout)
 
     def submit_many_jobs(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]:

@@ -128,6 +128,23 @@ class TestCancel:
         assert statuses(job) == ["success", "canceled", "canceled"]
         assert results(job) == ["done anyway", CANCELED, CANCELED]
 
+    def test_a_look_for_a_kill_makes_no_event(self) -> None:
+        """A no-op delay (``wait_kill(0)``) and ``kill_requested`` only look:
+        the event (about 1 KB) is made by a wait that can be woken, or a kill."""
+        seen: list[tuple[bool, bool, bool]] = []
+
+        def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
+            cbs.notify_start()
+            looked = (cbs.wait_kill(0), cbs.kill_requested(), active._kill is None)
+            active.kill.set()  # CancelJob(kill=True) while the LU runs
+            seen.append(looked)
+            seen.append((cbs.wait_kill(0), cbs.kill_requested(), cbs.wait_kill(60)))
+            return "done"
+
+        active = make_job(dummy())
+        assert step(active, Env(FakeProcessor(run))) == Verdict.FINISHED
+        assert seen == [(False, False, True), (True, True, True)]
+
     def test_lu_raising_job_canceled(self) -> None:
         def run(op_input: dict[str, Any], cbs: OpCallbacks, timeout: Any) -> Any:
             cbs.notify_start()
