@@ -52,9 +52,9 @@ class DeferTask(Exception):
         self.priority = priority
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True)
 class _Task:
-    """One heap entry; ordered by priority, then by the order it was added in."""
+    """A queued task; the heap orders it by priority, then by the order it was added in."""
 
     priority: int
     order: int
@@ -113,7 +113,9 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
         self._state_changed = threading.Condition(self._lock)
-        self._heap: list[_Task] = []
+        # (priority, order, task): tuples compare in C, and no two share an order,
+        # so a task itself is never compared (a dataclass's ``__lt__`` is Python's).
+        self._heap: list[tuple[int, int, _Task]] = []
         # The live entry of every queued task; a heap entry not found here
         # under its own id is abandoned and skipped by the workers.
         self._queued: dict[Hashable, _Task] = {}
@@ -200,15 +202,15 @@ class WorkerPool:
     def _push_locked(self, task: _Task) -> None:
         """Make ``task`` the live entry for its id, abandoning any previous one."""
         self._queued[task.task_id] = task
-        heapq.heappush(self._heap, task)
+        heapq.heappush(self._heap, (task.priority, task.order, task))
         if len(self._heap) > 2 * len(self._queued) + _COMPACT_SLACK:
-            self._heap = list(self._queued.values())
+            self._heap = [(task.priority, task.order, task) for task in self._queued.values()]
             heapq.heapify(self._heap)
 
     def _pop_live_locked(self) -> _Task | None:
         """Remove and return the best live task, dropping abandoned entries."""
         while self._heap:
-            task = heapq.heappop(self._heap)
+            task = heapq.heappop(self._heap)[2]
             if self._queued.get(task.task_id) is task:
                 del self._queued[task.task_id]
                 return task
