@@ -453,7 +453,9 @@ class OpCallbacks:
         return self._active.kill_requested()
 
     def wait_kill(self, timeout: float) -> bool:
-        if timeout <= 0:  # a look, not a wait (a no-op delay): no event is made for it
+        # A wait of zero (a no-op delay) only looks: it makes no event. None
+        # (no LU passes it: the parameters are seconds) would wait for ever.
+        if timeout is not None and timeout <= 0:
             return self._active.kill_requested()
         return self._active.kill.wait(timeout)
 

@@ -113,9 +113,11 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
         self._state_changed = threading.Condition(self._lock)
-        # (priority, order, task): tuples compare in C, and no two share an order,
-        # so a task itself is never compared (a dataclass's ``__lt__`` is Python's).
-        self._heap: list[tuple[int, int, _Task]] = []
+        # (priority, order, push, task): tuples compare in C (a dataclass's
+        # ``__lt__`` is Python's). A task moved to another priority and back has
+        # two entries of equal priority and order, the abandoned one and its own;
+        # no two entries share a push number, so tasks are never compared.
+        self._heap: list[tuple[int, int, int, _Task]] = []
         # The live entry of every queued task; a heap entry not found here
         # under its own id is abandoned and skipped by the workers.
         self._queued: dict[Hashable, _Task] = {}
@@ -125,6 +127,7 @@ class WorkerPool:
         self._busy = 0
         self._active = True
         self._order = itertools.count()
+        self._pushes = itertools.count()
         self._task_ids = itertools.count()
         self._worker_numbers = itertools.count(1)
         self.resize(num_workers)
@@ -202,15 +205,18 @@ class WorkerPool:
     def _push_locked(self, task: _Task) -> None:
         """Make ``task`` the live entry for its id, abandoning any previous one."""
         self._queued[task.task_id] = task
-        heapq.heappush(self._heap, (task.priority, task.order, task))
+        heapq.heappush(self._heap, (task.priority, task.order, next(self._pushes), task))
         if len(self._heap) > 2 * len(self._queued) + _COMPACT_SLACK:
-            self._heap = [(task.priority, task.order, task) for task in self._queued.values()]
+            self._heap = [
+                (task.priority, task.order, next(self._pushes), task)
+                for task in self._queued.values()
+            ]
             heapq.heapify(self._heap)
 
     def _pop_live_locked(self) -> _Task | None:
         """Remove and return the best live task, dropping abandoned entries."""
         while self._heap:
-            task = heapq.heappop(self._heap)[2]
+            task = heapq.heappop(self._heap)[3]
             if self._queued.get(task.task_id) is task:
                 del self._queued[task.task_id]
                 return task

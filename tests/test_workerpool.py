@@ -222,6 +222,24 @@ def test_change_task_priority_reorders_and_keeps_fifo(make_pool: MakePool) -> No
     assert ran == ["c", "e", "b", "d", "a"]
 
 
+def test_change_task_priority_there_and_back(make_pool: MakePool) -> None:
+    """A task moved away and back has two heap entries of equal priority and
+    order (one abandoned): the heap must order them without comparing tasks."""
+    gate = Gate()
+    ran: list[str] = []
+    pool = make_pool(1, lambda payload: gate() if payload is gate else ran.append(payload))
+    pool.add_task(gate)
+    assert gate.started.wait(WAIT)
+    for name in "abc":
+        pool.add_task(name, priority=5, task_id=name)
+    for priority in (1, 5, 1, 5):
+        pool.change_task_priority("b", priority)
+    pool.add_task("d", priority=5, task_id="d")
+    gate.opened.set()
+    assert pool.quiesce(WAIT)
+    assert ran == ["a", "b", "c", "d"]
+
+
 def test_change_task_priority_unknown_finished_and_running(make_pool: MakePool) -> None:
     gate = Gate()
     pool = make_pool(1, run_callable)
