@@ -205,13 +205,13 @@ class WorkerPool:
     def _push_locked(self, task: _Task) -> None:
         """Make ``task`` the live entry for its id, abandoning any previous one."""
         self._queued[task.task_id] = task
-        heapq.heappush(self._heap, (task.priority, task.order, next(self._pushes), task))
+        heapq.heappush(self._heap, self._heap_entry(task))
         if len(self._heap) > 2 * len(self._queued) + _COMPACT_SLACK:
-            self._heap = [
-                (task.priority, task.order, next(self._pushes), task)
-                for task in self._queued.values()
-            ]
+            self._heap = [self._heap_entry(task) for task in self._queued.values()]
             heapq.heapify(self._heap)
+
+    def _heap_entry(self, task: _Task) -> tuple[int, int, int, _Task]:
+        return task.priority, task.order, next(self._pushes), task
 
     def _pop_live_locked(self) -> _Task | None:
         """Remove and return the best live task, dropping abandoned entries."""
