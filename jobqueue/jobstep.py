@@ -120,6 +120,15 @@ class ActiveJob:
         event = self._kill
         return event is not None and event.is_set()
 
+    def wait_kill(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever) for ``kill``; whether it is set.
+
+        A wait of zero (a no-op delay) only looks: it makes no event.
+        """
+        if timeout is not None and timeout <= 0:
+            return self.kill_requested()
+        return self.kill.wait(timeout)
+
 
 class StepEnv(Protocol):
     """What the step needs from the queue."""
@@ -453,11 +462,7 @@ class OpCallbacks:
         return self._active.kill_requested()
 
     def wait_kill(self, timeout: float) -> bool:
-        # A wait of zero (a no-op delay) only looks: it makes no event. None
-        # (no LU passes it: the parameters are seconds) would wait for ever.
-        if timeout is not None and timeout <= 0:
-            return self._active.kill_requested()
-        return self._active.kill.wait(timeout)
+        return self._active.wait_kill(timeout)
 
     def submit_many_jobs(self, jobs: list[list[dict[str, Any]]]) -> list[list[Any]]:
         return self._env.submit_from_lu(jobs, self._active.job)  # its id and submitter
