@@ -82,12 +82,19 @@ def test_single_worker_runs_in_insertion_order(make_pool: MakePool) -> None:
     assert ran == list(range(50))
 
 
-def test_priority_then_fifo(make_pool: MakePool) -> None:
+def one_worker_held(make_pool: MakePool) -> tuple[WorkerPool, Gate, list[Any]]:
+    """A pool of one worker, busy with a gate until ``gate.opened`` is set;
+    the payloads of the tasks it runs after the gate are appended to ``ran``."""
     gate = Gate()
-    ran: list[tuple[int, str]] = []
+    ran: list[Any] = []
     pool = make_pool(1, lambda payload: gate() if payload is gate else ran.append(payload))
     pool.add_task(gate)
     assert gate.started.wait(WAIT)
+    return pool, gate, ran
+
+
+def test_priority_then_fifo(make_pool: MakePool) -> None:
+    pool, gate, ran = one_worker_held(make_pool)
     added = [(5, "a"), (0, "b"), (5, "c"), (-3, "d"), (0, "e"), (5, "f"), (-3, "g")]
     for priority, name in added:
         pool.add_task((priority, name), priority=priority)
@@ -205,11 +212,7 @@ def test_defer_task_is_a_signal_not_an_error() -> None:
 
 
 def test_change_task_priority_reorders_and_keeps_fifo(make_pool: MakePool) -> None:
-    gate = Gate()
-    ran: list[str] = []
-    pool = make_pool(1, lambda payload: gate() if payload is gate else ran.append(payload))
-    pool.add_task(gate)
-    assert gate.started.wait(WAIT)
+    pool, gate, ran = one_worker_held(make_pool)
     for name in "abcde":
         pool.add_task(name, priority=5, task_id=name)
     pool.change_task_priority("e", 1)
@@ -225,11 +228,7 @@ def test_change_task_priority_reorders_and_keeps_fifo(make_pool: MakePool) -> No
 def test_change_task_priority_there_and_back(make_pool: MakePool) -> None:
     """A task moved away and back has two heap entries of equal priority and
     order (one abandoned): the heap must order them without comparing tasks."""
-    gate = Gate()
-    ran: list[str] = []
-    pool = make_pool(1, lambda payload: gate() if payload is gate else ran.append(payload))
-    pool.add_task(gate)
-    assert gate.started.wait(WAIT)
+    pool, gate, ran = one_worker_held(make_pool)
     for name in "abc":
         pool.add_task(name, priority=5, task_id=name)
     for priority in (1, 5, 1, 5):
