@@ -88,6 +88,9 @@ DEFAULT_WORKERS: Final = 25
 #: The most workers ``SetMaxRunningJobs`` accepts.
 MAX_WORKERS: Final = 1000
 DEFAULT_MAX_JOBS: Final = 50_000
+#: Opcodes the live jobs may hold in all: a waiting opcode costs the daemon
+#: about 1 KiB of memory (``doc/performance.rst``), so about 0.5 GiB.
+DEFAULT_MAX_OPCODES: Final = 500_000
 DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
 DEFAULT_CLIENT_TIMEOUT: Final = 300.0
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 60.0

@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="live jobs before submissions fail with JobQueueFull (default: %(default)s)",
     )
     add(
+        "--max-opcodes",
+        type=_positive_int,
+        default=constants.DEFAULT_MAX_OPCODES,
+        help="opcodes the live jobs may hold in all before submissions fail with JobQueueFull;"
+        " a job of more is refused outright (default: %(default)s)",
+    )
+    add(
         "--socket-group",
         metavar="NAME",
         help="group whose members may use the master socket (besides root and the daemon's user)",

@@ -116,8 +116,9 @@ class LiveJobs:
 
     def __init__(self, summarize: Summarize) -> None:
         self._summarize = summarize
-        self._lock = threading.Lock()  # guards the three dicts
+        self._lock = threading.Lock()  # guards the three dicts and the count
         self._entries: dict[int, IndexEntry] = {}
+        self._opcodes = 0  # of every entry: the sum of their summaries' lengths
         self._latest: dict[int, Job] = {}
         self._watches: dict[int, list[JobWatch]] = {}
 
@@ -136,9 +137,10 @@ class LiveJobs:
             entry = entries[job.id] = IndexEntry.of(job, self._summarize)
             if entry.status not in FINALIZED:
                 latest[job.id] = snapshot(job) if copy else job
+        opcodes = sum(len(entry.summary) for entry in entries.values())
         callbacks = []
         with self._lock:
-            self._entries, self._latest = entries, latest
+            self._entries, self._latest, self._opcodes = entries, latest, opcodes
             for job_id, watches in self._watches.items():
                 for watch in watches:
                     watch.latest = latest.get(job_id)
@@ -156,8 +158,11 @@ class LiveJobs:
         callbacks = []
         with self._lock:
             for job, copied in copies:
-                entry = IndexEntry.of(copied, self._summarize, self._entries.get(copied.id))
+                previous = self._entries.get(copied.id)
+                entry = IndexEntry.of(copied, self._summarize, previous)
                 self._entries[entry.id] = entry
+                if previous is None:
+                    self._opcodes += len(entry.summary)
                 if entry.status in FINALIZED:
                     self._latest.pop(entry.id, None)
                 else:
@@ -176,7 +181,9 @@ class LiveJobs:
         callbacks = []
         with self._lock:
             for job_id in job_ids:
-                self._entries.pop(job_id, None)
+                entry = self._entries.pop(job_id, None)
+                if entry is not None:
+                    self._opcodes -= len(entry.summary)
                 self._latest.pop(job_id, None)
                 for watch in self._watches.get(job_id, ()):
                     watch.latest = None
@@ -221,6 +228,11 @@ class LiveJobs:
     def count(self) -> int:
         with self._lock:
             return len(self._entries)
+
+    def opcode_count(self) -> int:
+        """How many opcodes the live jobs hold, all together."""
+        with self._lock:
+            return self._opcodes
 
     def tally(self) -> dict[tuple[str, int], int]:
         """How many live jobs have each (status, priority); for metrics."""

@@ -171,6 +171,9 @@ class QueueState:
     busy_workers: int = 0
     drained: bool = False
     max_jobs: int = 0
+    #: Opcodes the live jobs hold, and how many they may (``--max-opcodes``).
+    opcodes: int = 0
+    max_opcodes: int = 0
     #: Jobs held back now per (reason, filter rule uuid or "" for a start time).
     held: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     #: Job filter rules in force.
@@ -360,6 +363,18 @@ def _state_families(state: QueueState) -> list[dict[str, Any]]:
             "Live jobs allowed before submissions are refused (--max-jobs)",
             [],
             [[[], float(state.max_jobs)]],
+        ),
+        _gauge(
+            "jobqueue_live_opcodes",
+            "Opcodes the live jobs hold, all together",
+            [],
+            [[[], float(state.opcodes)]],
+        ),
+        _gauge(
+            "jobqueue_max_opcodes",
+            "Opcodes the live jobs may hold before submissions are refused (--max-opcodes)",
+            [],
+            [[[], float(state.max_opcodes)]],
         ),
         _gauge(
             "jobqueue_drained",

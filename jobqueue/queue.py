@@ -89,6 +89,7 @@ class JobQueue:
         archiver: Archiver,
         ownership: Ownership,
         max_jobs: int = constants.DEFAULT_MAX_JOBS,
+        max_opcodes: int = constants.DEFAULT_MAX_OPCODES,
         name: str | None = None,
         strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
         clock: Callable[[], float] = time.time,
@@ -136,6 +137,7 @@ class JobQueue:
             ownership=ownership,
             metrics=self.metrics,
             max_jobs=max_jobs,
+            max_opcodes=max_opcodes,
             clock=clock,
             logger=self._log,
         )
@@ -148,6 +150,7 @@ class JobQueue:
             self.metrics,
             ownership,
             max_jobs=max_jobs,
+            max_opcodes=max_opcodes,
             name=name,
             accepting=self.accepting,
             max_running_jobs=self._controls.workers,

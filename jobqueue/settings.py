@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jobqueue import configfields
+from jobqueue import configfields, constants
 from jobqueue.admission import Admission
 from jobqueue.errors import ECODE_INVAL, OpPrereqError
 from jobqueue.livejobs import LiveJobs
@@ -40,6 +40,7 @@ class QueueSettings:
         ownership: Ownership,
         *,
         max_jobs: int,
+        max_opcodes: int = constants.DEFAULT_MAX_OPCODES,
         name: str | None,
         accepting: Callable[[], bool],
         max_running_jobs: Callable[[], int],
@@ -55,6 +56,7 @@ class QueueSettings:
         self._metrics = metrics
         self._ownership = ownership
         self._max_jobs = max_jobs
+        self._max_opcodes = max_opcodes
         self._name = name
         self._accepting = accepting
         self._max_running_jobs = max_running_jobs
@@ -98,6 +100,8 @@ class QueueSettings:
             "watcher_pause": self.watcher_pause,
             "live_jobs": self._live.count,
             "max_jobs": lambda: self._max_jobs,
+            "live_opcodes": self._live.opcode_count,
+            "max_opcodes": lambda: self._max_opcodes,
             "workers": lambda: self._pool.stats()["workers"],
             "busy_workers": lambda: self._pool.stats()["busy"],
             "max_running_jobs": self._max_running_jobs,
@@ -119,6 +123,8 @@ class QueueSettings:
             busy_workers=stats["busy"],
             drained=self._store.is_drained(),
             max_jobs=self._max_jobs,
+            opcodes=self._live.opcode_count(),
+            max_opcodes=self._max_opcodes,
             held=self._live.held_tally(),
             filter_rules=len(self._admission.rules()),
         )

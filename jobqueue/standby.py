@@ -92,12 +92,14 @@ class StandbyQueue:
         live: LiveJobs,
         *,
         max_jobs: int = constants.DEFAULT_MAX_JOBS,
+        max_opcodes: int = constants.DEFAULT_MAX_OPCODES,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._master = master
         self._live = live
         self._max_jobs = max_jobs
+        self._max_opcodes = max_opcodes
         self._metrics = metrics or Metrics()
 
     def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
@@ -119,6 +121,8 @@ class StandbyQueue:
             ),
             "live_jobs": self._live.count,
             "max_jobs": lambda: self._max_jobs,
+            "live_opcodes": self._live.opcode_count,
+            "max_opcodes": lambda: self._max_opcodes,
             "workers": lambda: 0,
             "busy_workers": lambda: 0,
             "max_running_jobs": lambda: 0,
@@ -137,5 +141,7 @@ class StandbyQueue:
             jobs=self._live.tally(),
             drained=self._store.is_drained(),
             max_jobs=self._max_jobs,
+            opcodes=self._live.opcode_count(),
+            max_opcodes=self._max_opcodes,
         )
         return self._metrics.export(state)

@@ -11,8 +11,8 @@ back from storage, once, when the queue takes it up again.
 ``Intake`` is the queue's side of a submission (SubmitJob, SubmitManyJobs,
 the jobs an LU returns): it refuses all while the queue is drained or
 shutting down, prepares the jobs, leaves out those a filter rule rejects
-(``Controls.rejected``), those past the live-job limit and those whose
-dependency of the same call is refused, writes the rest durably, publishes
+(``Controls.rejected``), those past the live-job or live-opcode limit and
+those whose dependency of the same call is refused, writes the rest durably, publishes
 them to ``LiveJobs`` and only then hands them to the queue to run
 (``activate``): a job's id is returned once it is stored. It is built by
 ``JobQueue`` for itself, as ``Controls`` is.
@@ -23,9 +23,10 @@ submission: each caller is checked on its own (its options, its right to
 pass the drain flag), and every job that passes is prepared, written and
 published with the others, so that many clients share one durable write.
 
-Locking: ``Intake._lock`` guards ``_slots_claimed`` (the jobs of
-submissions in progress, not yet stored), so that concurrent submissions
-share the room under the live-job limit; it is held for counting only.
+Locking: ``Intake._lock`` guards ``_slots_claimed`` and ``_opcodes_claimed``
+(the jobs and opcodes of submissions in progress, not yet stored), so that
+concurrent submissions share the room under the limits; it is held for
+counting only.
 """
 
 from __future__ import annotations
@@ -233,10 +234,15 @@ class Intake:
         ownership: Ownership,
         metrics: Metrics,
         max_jobs: int,
+        max_opcodes: int = constants.DEFAULT_MAX_OPCODES,
         clock: Callable[[], float] = time.time,
         logger: logging.Logger,
     ) -> None:
-        """``rejected`` names the prepared jobs a filter rule refuses (``Controls.rejected``)."""
+        """``rejected`` names the prepared jobs a filter rule refuses (``Controls.rejected``).
+
+        ``max_jobs`` and ``max_opcodes`` bound the live jobs and the opcodes
+        they hold in all (``--max-jobs``, ``--max-opcodes``).
+        """
         self._queue = queue
         self._store = store
         self._live = live
@@ -245,10 +251,12 @@ class Intake:
         self._ownership = ownership
         self._metrics = metrics
         self._max_jobs = max_jobs
+        self._max_opcodes = max_opcodes
         self._clock = clock
         self._log = logger
         self._lock = threading.Lock()
         self._slots_claimed = 0  # jobs of submissions in progress, not yet stored
+        self._opcodes_claimed = 0  # and their opcodes
 
     def submit_job(
         self,
@@ -409,6 +417,7 @@ class Intake:
         results: list[int | GenericError] = []
         with self._lock:  # room is counted and claimed at once: concurrent calls share it
             room = self._max_jobs - self._live.count() - self._slots_claimed
+            opcode_room = self._max_opcodes - self._live.opcode_count() - self._opcodes_claimed
             for item in prepared:
                 if isinstance(item, GenericError):
                     results.append(item)
@@ -424,10 +433,15 @@ class Intake:
                     refused[job_id] = _dependency_refused(blocker)
                 elif len(accepted) >= room:
                     refused[job_id] = JobQueueFull(f"The job queue is full ({self._max_jobs} jobs)")
+                elif len(ops) > opcode_room:
+                    refused[job_id] = self._too_many_opcodes(len(ops))
                 else:
                     accepted.append((job_id, ops))
+                    opcode_room -= len(ops)
                 results.append(job_id)
+            claimed_opcodes = sum(len(ops) for _, ops in accepted)
             self._slots_claimed += len(accepted)
+            self._opcodes_claimed += claimed_opcodes
         now = self._queue.now()
         to_write = [Job.new(job_id, ops, now, recorded[job_id]) for job_id, ops in accepted]
         for job in to_write:
@@ -442,12 +456,26 @@ class Intake:
         finally:
             with self._lock:
                 self._slots_claimed -= len(to_write)
+                self._opcodes_claimed -= claimed_opcodes
         self._withdraw_orphans(to_write, refused)
         self._queue.activate([job for job in to_write if job.id not in refused])
         outcome = [refused.get(r, r) if isinstance(r, int) else r for r in results]
         stored = sum(1 for r in outcome if isinstance(r, int))
         self._metrics.submissions(stored, len(outcome) - stored)  # metrics: submissions
         return outcome
+
+    def _too_many_opcodes(self, count: int) -> GenericError:
+        """Why a job of ``count`` opcodes is refused under the live-opcode limit.
+
+        A job larger than the whole limit could never be taken: that is the
+        job's fault (``OpPrereqError``); otherwise the queue is full for now.
+        """
+        if count > self._max_opcodes:
+            return OpPrereqError(
+                f"The job has {count} opcodes; the queue takes at most {self._max_opcodes}",
+                ECODE_INVAL,
+            )
+        return JobQueueFull(f"The job queue is full ({self._max_opcodes} opcodes)")
 
     def _withdraw_orphans(self, written: list[Job], refused: dict[int, GenericError]) -> None:
         """Remove written jobs whose dependency of the same call could not be stored.

@@ -402,6 +402,8 @@ class TestQueue:
             "version": "0.1.0",
             "live_jobs": 3,
             "max_jobs": 50,
+            "live_opcodes": 7,
+            "max_opcodes": 500000,
             "max_running_jobs": 25,
             "busy_workers": 3,
             "filters": 0,
@@ -415,7 +417,8 @@ class TestQueue:
         luxi.answers["Query"] = lambda what, fields, qfilter: {"fields": [], "data": []}
         assert run_jobctl(luxi.path, "queue", "info").stdout == (
             "The drain flag is unset\nPaused: no\nDaemon version: 0.1.0\nLive jobs: 3\n"
-            "Most live jobs allowed: 50\nWorkers: 25 (3 busy)\nFilter rules: 0\n"
+            "Most live jobs allowed: 50\nLive opcodes: 7\nMost live opcodes allowed: 500000\n"
+            "Workers: 25 (3 busy)\nFilter rules: 0\n"
             "This daemon: master\n"
             "Master: host1 pid 7\n"
         )
@@ -436,6 +439,8 @@ class TestQueue:
                 "version",
                 "live_jobs",
                 "max_jobs",
+                "live_opcodes",
+                "max_opcodes",
                 "max_running_jobs",
                 "busy_workers",
                 "filters",
@@ -462,9 +467,10 @@ class TestQueue:
         luxi.answers["Query"] = lambda what, fields, qfilter: {"fields": [], "data": []}
         result = run_jobctl(luxi.path, "queue", "info")
         assert (result.returncode, result.stderr) == (0, "")
-        assert "Workers: 4\n" in result.stdout
+        assert "Workers: 4\n" in result.stdout and "opcodes" not in result.stdout
         result = run_jobctl(luxi.path, "queue", "info", "--output", "json")
-        assert json.loads(result.stdout)["busy_workers"] is None
+        answer = json.loads(result.stdout)
+        assert answer["busy_workers"] is None and answer["max_opcodes"] is None
 
 
 class TestInProcess:

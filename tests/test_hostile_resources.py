@@ -260,6 +260,34 @@ def test_deep_nesting_is_refused_at_parse_time(start: Any, text: str) -> None:
     assert " ERROR " not in daemon.log()
 
 
+# -- opcodes held by the live jobs --------------------------------------------------------
+def test_the_live_jobs_opcodes_are_bounded_across_a_restart(start: Any) -> None:
+    """A waiting opcode costs about 1 KiB and its wire form 40 bytes: jobs of
+    many small opcodes once grew the daemon without bound, up to ``--max-jobs``
+    requests of 16 MiB."""
+    daemon = start("--max-opcodes", "30")
+    client = daemon.client()
+    job = [DELAY0] * 10
+    accepted = [client.submit_job(job) for _ in range(3)]
+    with pytest.raises(errors.JobQueueFull, match="30 opcodes"):
+        client.submit_job([DELAY0])
+    with pytest.raises(errors.OpPrereqError, match="31 opcodes; the queue takes at most 30"):
+        client.submit_job([DELAY0] * 31)
+    assert client.query_config_values(["live_opcodes", "max_opcodes"]) == [30, 30]
+    for job_id in accepted:
+        assert daemon.wait_job(job_id) == "success"
+    assert daemon.stop() == 0
+    daemon.start()  # the count is rebuilt from the stored jobs
+    client = daemon.client()
+    assert client.query_config_values(["live_opcodes"]) == [30]
+    with pytest.raises(errors.JobQueueFull):
+        client.submit_job([DELAY0])
+    assert client.archive_job(accepted[0]) is True
+    assert client.query_config_values(["live_opcodes"]) == [20]
+    client.submit_job(job)
+    assert " ERROR " not in daemon.log()
+
+
 # -- item 11 (sockets): stale socket files -------------------------------------------------------
 def _jobctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

@@ -81,6 +81,21 @@ def test_load_copies_only_unfinished_jobs(live: LiveJobs) -> None:
     assert latest is not None and latest.id == 3
 
 
+def test_the_opcode_count_follows_loads_publications_and_drops(live: LiveJobs) -> None:
+    live.load([new_job(1, ops=3), new_job(2, ops=2)])
+    assert live.opcode_count() == 5
+    job = new_job(3, ops=4)
+    live.publish([job])
+    live.publish([job])  # a new state of a job it holds: no new opcodes
+    job.finalize_pending(Status.SUCCESS, None, [5, 0])
+    live.publish([job])  # finished, still live until dropped
+    assert live.opcode_count() == 9
+    live.drop([1, 3, 7])  # 7 is not live: nothing to take away
+    assert live.opcode_count() == 2
+    live.load([])
+    assert live.opcode_count() == 0
+
+
 def test_summaries_are_computed_once_per_job() -> None:
     calls: list[dict[str, Any]] = []
 

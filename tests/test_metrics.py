@@ -106,6 +106,8 @@ def test_export_reads_the_queue_state() -> None:
         busy_workers=3,
         drained=True,
         max_jobs=100,
+        opcodes=12,
+        max_opcodes=500,
         held={("paused", "u-1"): 2, ("scheduled", ""): 1},
         filter_rules=3,
     )
@@ -118,6 +120,8 @@ def test_export_reads_the_queue_state() -> None:
     assert values(export, "jobqueue_role") == {("master",): 0, ("standby",): 1}
     assert values(export, "jobqueue_drained") == {(): 1}
     assert values(export, "jobqueue_max_jobs") == {(): 100}
+    assert values(export, "jobqueue_live_opcodes") == {(): 12}
+    assert values(export, "jobqueue_max_opcodes") == {(): 500}
     assert values(export, "jobqueue_jobs_held") == {("paused", "u-1"): 2, ("scheduled", ""): 1}
     assert values(export, "jobqueue_filter_rules") == {(): 3}
     for each in export["families"]:

@@ -20,6 +20,7 @@ from jobqueue.errors import (
     GenericError,
     JobQueueDrainError,
     JobQueueError,
+    JobQueueFull,
     OpPrereqError,
 )
 from jobqueue.lus import builtin_registry, command, test
@@ -75,12 +76,19 @@ def make_queue(tmp_path: Path, disk: FailJob) -> Iterator[Callable[..., JobQueue
     def make(
         max_jobs: int = 100,
         *,
+        max_opcodes: int = 1000,
         registry: Registry | None = None,
         clock: Callable[[], float] = time.time,
         run: bool = False,
     ) -> JobQueue:
         store = FileJobStore(str(tmp_path / "queue"), disk=disk)
-        core = build_core(store, registry or builtin_registry(), max_jobs=max_jobs, clock=clock)
+        core = build_core(
+            store,
+            registry or builtin_registry(),
+            max_jobs=max_jobs,
+            max_opcodes=max_opcodes,
+            clock=clock,
+        )
         start_core(core, 1 if run else 0)  # unless asked, nothing runs: only submission is tested
         made.append(core)
         return QueueUnderTest(core)  # type: ignore[return-value]
@@ -102,6 +110,47 @@ def test_dependent_of_a_job_refused_for_room_is_refused(
     assert "of this submission was refused" in results[1][1]
     assert results[2][0] is False and "full" in results[2][1]
     assert queue.live.count() == 1
+
+
+def test_jobs_past_the_opcode_limit_are_refused_until_room_is_made(
+    make_queue: Callable[..., JobQueue],
+) -> None:
+    queue = make_queue(max_opcodes=5)
+    first = queue.submit_job([DUMMY] * 3)
+    results = queue.submit_many_jobs([[DUMMY] * 3, [DUMMY] * 2, [DUMMY]])
+    assert results[0] == [False, "The job queue is full (5 opcodes)"]
+    assert results[1][0] is True  # the smaller job after it still fits
+    assert results[2][0] is False and "full (5 opcodes)" in results[2][1]
+    assert queue.live.opcode_count() == 5
+    with pytest.raises(JobQueueFull):
+        queue.submit_job([DUMMY])
+    assert queue.cancel_job(first)[0] is True
+    assert queue.archive_job(first) is True
+    assert queue.live.opcode_count() == 2
+    queue.submit_job([DUMMY] * 3)
+    assert queue.live.opcode_count() == 5
+
+
+def test_a_job_larger_than_the_opcode_limit_is_refused_as_invalid(
+    make_queue: Callable[..., JobQueue],
+) -> None:
+    """It could never be taken, however empty the queue: the job is at fault."""
+    queue = make_queue(max_opcodes=3)
+    with pytest.raises(OpPrereqError, match="4 opcodes; the queue takes at most 3"):
+        queue.submit_job([DUMMY] * 4)
+    assert queue.live.count() == 0 and queue.live.opcode_count() == 0
+
+
+def test_concurrent_callers_share_the_opcode_room(make_queue: Callable[..., JobQueue]) -> None:
+    queue = make_queue(max_opcodes=5)
+    callers = [JobSubmission([DUMMY] * 3, None) for _ in range(3)]
+    results = queue.submit_each(callers)
+    assert sum(isinstance(result, int) for result in results) == 1
+    assert [type(result) for result in results if not isinstance(result, int)] == [
+        JobQueueFull,
+        JobQueueFull,
+    ]
+    assert queue.live.opcode_count() == 3
 
 
 def test_dependent_of_a_job_whose_write_failed_is_withdrawn(

@@ -28,6 +28,8 @@ QUEUE_INFO = (
     ("version", "Daemon version"),
     ("live_jobs", "Live jobs"),
     ("max_jobs", "Most live jobs allowed"),
+    ("live_opcodes", "Live opcodes"),
+    ("max_opcodes", "Most live opcodes allowed"),
     ("max_running_jobs", "Workers"),
     ("busy_workers", None),  # shown with the workers
     ("filters", "Filter rules"),

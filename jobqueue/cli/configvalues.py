@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from jobqueue.luxi.client import Client
 
 #: Fields the first daemons did not answer.
-NEWER_FIELDS = frozenset({"busy_workers"})
+NEWER_FIELDS = frozenset({"busy_workers", "live_opcodes", "max_opcodes"})
 
 
 def config_values(client: Client, names: list[str]) -> dict[str, Any]:
