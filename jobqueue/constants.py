@@ -91,6 +91,9 @@ DEFAULT_MAX_JOBS: Final = 50_000
 #: Opcodes the live jobs may hold in all: a waiting opcode costs the daemon
 #: about 1 KiB of memory (``doc/performance.rst``), so about 0.5 GiB.
 DEFAULT_MAX_OPCODES: Final = 500_000
+#: Bytes of JSON the live jobs' opcode inputs may take in all (their values'
+#: size, which the opcode count does not bound).
+DEFAULT_MAX_OPCODE_BYTES: Final = 256 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
 DEFAULT_CLIENT_TIMEOUT: Final = 300.0
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 60.0

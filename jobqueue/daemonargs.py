@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
         " a job of more is refused outright (default: %(default)s)",
     )
     add(
+        "--max-opcode-bytes",
+        type=_positive_size,
+        default=constants.DEFAULT_MAX_OPCODE_BYTES,
+        metavar="BYTES",
+        help="bytes of JSON the live jobs' opcode inputs may take in all, e.g. 100M or 1G,"
+        " before submissions fail with JobQueueFull (default: 256M)",
+    )
+    add(
         "--socket-group",
         metavar="NAME",
         help="group whose members may use the master socket (besides root and the daemon's user)",
@@ -237,3 +245,11 @@ def _size(text: str) -> int:
             f"expected a size in bytes, or with K, M, G or T (such as 100M), got {text!r}"
         )
     return int(number) * _SIZE_UNITS[unit]
+
+
+def _positive_size(text: str) -> int:
+    """An argparse type: ``_size``, at least 1 byte."""
+    size = _size(text)
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected a size of at least 1 byte, got {text!r}")
+    return size

@@ -11,6 +11,10 @@ queue publishes every write (``publish``); whoever watches a job
 reads the new state from its watch without reading or parsing anything.
 Finished jobs keep only their entry: their full state is read from the store.
 
+It also counts what the live jobs hold, for the queue's limits: their
+opcodes, and the bytes of JSON their opcodes' inputs take (measured once
+per job, when it first appears).
+
 Entries and snapshots change together under one lock, so a reader never
 sees an entry newer than the snapshot next to it, and neither ever goes
 back: a job has one writer, and it publishes in the order it writes.
@@ -28,6 +32,7 @@ from typing import Any
 
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.model import Job, Submitter, Timestamp
+from jobqueue.storage.base import encode_compact
 
 Summarize = Callable[[dict[str, Any]], str]
 
@@ -46,6 +51,8 @@ class IndexEntry:
     submitter: Submitter | None = None
     #: Why the queue holds the job back now (``Job.hold``), None if it does not.
     hold: dict[str, Any] | None = None
+    #: Bytes of JSON its opcodes' inputs take (``input_size``); set by ``LiveJobs``.
+    input_bytes: int = 0
 
     @classmethod
     def of(cls, job: Job, summarize: Summarize, previous: IndexEntry | None = None) -> IndexEntry:
@@ -68,6 +75,11 @@ class IndexEntry:
             submitter=job.submitter,
             hold=job.hold,
         )
+
+
+def input_size(job: Job) -> int:
+    """Bytes of JSON the inputs of ``job``'s opcodes take: what its submission held."""
+    return len(encode_compact([op.input for op in job.ops]))
 
 
 def snapshot(job: Job) -> Job:
@@ -119,6 +131,7 @@ class LiveJobs:
         self._lock = threading.Lock()  # guards the three dicts and the count
         self._entries: dict[int, IndexEntry] = {}
         self._opcodes = 0  # of every entry: the sum of their summaries' lengths
+        self._input_bytes = 0  # of every entry: the sum of their input_bytes
         self._latest: dict[int, Job] = {}
         self._watches: dict[int, list[JobWatch]] = {}
 
@@ -135,12 +148,15 @@ class LiveJobs:
         latest: dict[int, Job] = {}
         for job in jobs:
             entry = entries[job.id] = IndexEntry.of(job, self._summarize)
+            entry.input_bytes = input_size(job)
             if entry.status not in FINALIZED:
                 latest[job.id] = snapshot(job) if copy else job
         opcodes = sum(len(entry.summary) for entry in entries.values())
+        input_bytes = sum(entry.input_bytes for entry in entries.values())
         callbacks = []
         with self._lock:
-            self._entries, self._latest, self._opcodes = entries, latest, opcodes
+            self._entries, self._latest = entries, latest
+            self._opcodes, self._input_bytes = opcodes, input_bytes
             for job_id, watches in self._watches.items():
                 for watch in watches:
                     watch.latest = latest.get(job_id)
@@ -155,6 +171,8 @@ class LiveJobs:
         but never changes: it is copied only for the watches it has.
         """
         copies = [(job, snapshot(job) if copy and not job.is_finalized else job) for job in jobs]
+        # Measured outside the lock: a job is new here once, at its submission.
+        sizes = {job.id: input_size(job) for job, _ in copies if job.id not in self._entries}
         callbacks = []
         with self._lock:
             for job, copied in copies:
@@ -162,7 +180,11 @@ class LiveJobs:
                 entry = IndexEntry.of(copied, self._summarize, previous)
                 self._entries[entry.id] = entry
                 if previous is None:
+                    entry.input_bytes = sizes.get(entry.id) or input_size(copied)
                     self._opcodes += len(entry.summary)
+                    self._input_bytes += entry.input_bytes
+                else:
+                    entry.input_bytes = previous.input_bytes
                 if entry.status in FINALIZED:
                     self._latest.pop(entry.id, None)
                 else:
@@ -184,6 +206,7 @@ class LiveJobs:
                 entry = self._entries.pop(job_id, None)
                 if entry is not None:
                     self._opcodes -= len(entry.summary)
+                    self._input_bytes -= entry.input_bytes
                 self._latest.pop(job_id, None)
                 for watch in self._watches.get(job_id, ()):
                     watch.latest = None
@@ -233,6 +256,11 @@ class LiveJobs:
         """How many opcodes the live jobs hold, all together."""
         with self._lock:
             return self._opcodes
+
+    def input_bytes(self) -> int:
+        """Bytes of JSON the live jobs' opcode inputs take, all together (``input_size``)."""
+        with self._lock:
+            return self._input_bytes
 
     def tally(self) -> dict[tuple[str, int], int]:
         """How many live jobs have each (status, priority); for metrics."""

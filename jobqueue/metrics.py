@@ -174,6 +174,9 @@ class QueueState:
     #: Opcodes the live jobs hold, and how many they may (``--max-opcodes``).
     opcodes: int = 0
     max_opcodes: int = 0
+    #: Bytes of JSON their opcodes' inputs take, and how many they may.
+    opcode_bytes: int = 0
+    max_opcode_bytes: int = 0
     #: Jobs held back now per (reason, filter rule uuid or "" for a start time).
     held: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     #: Job filter rules in force.
@@ -375,6 +378,19 @@ def _state_families(state: QueueState) -> list[dict[str, Any]]:
             "Opcodes the live jobs may hold before submissions are refused (--max-opcodes)",
             [],
             [[[], float(state.max_opcodes)]],
+        ),
+        _gauge(
+            "jobqueue_live_opcode_bytes",
+            "Bytes of JSON the inputs of the live jobs' opcodes take, all together",
+            [],
+            [[[], float(state.opcode_bytes)]],
+        ),
+        _gauge(
+            "jobqueue_max_opcode_bytes",
+            "Opcode input bytes the live jobs may hold before submissions are refused"
+            " (--max-opcode-bytes)",
+            [],
+            [[[], float(state.max_opcode_bytes)]],
         ),
         _gauge(
             "jobqueue_drained",

@@ -90,6 +90,7 @@ class JobQueue:
         ownership: Ownership,
         max_jobs: int = constants.DEFAULT_MAX_JOBS,
         max_opcodes: int = constants.DEFAULT_MAX_OPCODES,
+        max_opcode_bytes: int = constants.DEFAULT_MAX_OPCODE_BYTES,
         name: str | None = None,
         strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
         clock: Callable[[], float] = time.time,
@@ -138,6 +139,7 @@ class JobQueue:
             metrics=self.metrics,
             max_jobs=max_jobs,
             max_opcodes=max_opcodes,
+            max_opcode_bytes=max_opcode_bytes,
             clock=clock,
             logger=self._log,
         )
@@ -151,6 +153,7 @@ class JobQueue:
             ownership,
             max_jobs=max_jobs,
             max_opcodes=max_opcodes,
+            max_opcode_bytes=max_opcode_bytes,
             name=name,
             accepting=self.accepting,
             max_running_jobs=self._controls.workers,

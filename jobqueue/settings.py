@@ -41,6 +41,7 @@ class QueueSettings:
         *,
         max_jobs: int,
         max_opcodes: int = constants.DEFAULT_MAX_OPCODES,
+        max_opcode_bytes: int = constants.DEFAULT_MAX_OPCODE_BYTES,
         name: str | None,
         accepting: Callable[[], bool],
         max_running_jobs: Callable[[], int],
@@ -57,6 +58,7 @@ class QueueSettings:
         self._ownership = ownership
         self._max_jobs = max_jobs
         self._max_opcodes = max_opcodes
+        self._max_opcode_bytes = max_opcode_bytes
         self._name = name
         self._accepting = accepting
         self._max_running_jobs = max_running_jobs
@@ -102,6 +104,8 @@ class QueueSettings:
             "max_jobs": lambda: self._max_jobs,
             "live_opcodes": self._live.opcode_count,
             "max_opcodes": lambda: self._max_opcodes,
+            "live_opcode_bytes": self._live.input_bytes,
+            "max_opcode_bytes": lambda: self._max_opcode_bytes,
             "workers": lambda: self._pool.stats()["workers"],
             "busy_workers": lambda: self._pool.stats()["busy"],
             "max_running_jobs": self._max_running_jobs,
@@ -125,6 +129,8 @@ class QueueSettings:
             max_jobs=self._max_jobs,
             opcodes=self._live.opcode_count(),
             max_opcodes=self._max_opcodes,
+            opcode_bytes=self._live.input_bytes(),
+            max_opcode_bytes=self._max_opcode_bytes,
             held=self._live.held_tally(),
             filter_rules=len(self._admission.rules()),
         )

@@ -93,6 +93,7 @@ class StandbyQueue:
         *,
         max_jobs: int = constants.DEFAULT_MAX_JOBS,
         max_opcodes: int = constants.DEFAULT_MAX_OPCODES,
+        max_opcode_bytes: int = constants.DEFAULT_MAX_OPCODE_BYTES,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
@@ -100,6 +101,7 @@ class StandbyQueue:
         self._live = live
         self._max_jobs = max_jobs
         self._max_opcodes = max_opcodes
+        self._max_opcode_bytes = max_opcode_bytes
         self._metrics = metrics or Metrics()
 
     def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
@@ -123,6 +125,8 @@ class StandbyQueue:
             "max_jobs": lambda: self._max_jobs,
             "live_opcodes": self._live.opcode_count,
             "max_opcodes": lambda: self._max_opcodes,
+            "live_opcode_bytes": self._live.input_bytes,
+            "max_opcode_bytes": lambda: self._max_opcode_bytes,
             "workers": lambda: 0,
             "busy_workers": lambda: 0,
             "max_running_jobs": lambda: 0,
@@ -143,5 +147,7 @@ class StandbyQueue:
             max_jobs=self._max_jobs,
             opcodes=self._live.opcode_count(),
             max_opcodes=self._max_opcodes,
+            opcode_bytes=self._live.input_bytes(),
+            max_opcode_bytes=self._max_opcode_bytes,
         )
         return self._metrics.export(state)

@@ -11,11 +11,12 @@ back from storage, once, when the queue takes it up again.
 ``Intake`` is the queue's side of a submission (SubmitJob, SubmitManyJobs,
 the jobs an LU returns): it refuses all while the queue is drained or
 shutting down, prepares the jobs, leaves out those a filter rule rejects
-(``Controls.rejected``), those past the live-job or live-opcode limit and
-those whose dependency of the same call is refused, writes the rest durably, publishes
-them to ``LiveJobs`` and only then hands them to the queue to run
-(``activate``): a job's id is returned once it is stored. It is built by
-``JobQueue`` for itself, as ``Controls`` is.
+(``Controls.rejected``), those past the limits of live jobs, opcodes and
+opcode bytes and those whose dependency of the same call is refused,
+writes the rest durably, publishes them to ``LiveJobs`` and only then
+hands them to the queue to run (``activate``): a job's id is returned
+once it is stored. It is built by ``JobQueue`` for itself, as
+``Controls`` is.
 
 ``Intake.submit_each`` takes the single-job submissions of several callers
 at once (``JobSubmission``, one per SubmitJob call) and handles them as one
@@ -235,6 +236,7 @@ class Intake:
         metrics: Metrics,
         max_jobs: int,
         max_opcodes: int = constants.DEFAULT_MAX_OPCODES,
+        max_opcode_bytes: int = constants.DEFAULT_MAX_OPCODE_BYTES,
         clock: Callable[[], float] = time.time,
         logger: logging.Logger,
     ) -> None:
@@ -242,6 +244,9 @@ class Intake:
 
         ``max_jobs`` and ``max_opcodes`` bound the live jobs and the opcodes
         they hold in all (``--max-jobs``, ``--max-opcodes``).
+        ``max_opcode_bytes`` bounds the bytes of their opcodes' inputs
+        (``--max-opcode-bytes``), softly: it is measured once jobs are
+        stored, so the submissions under way when it is reached go in.
         """
         self._queue = queue
         self._store = store
@@ -252,6 +257,7 @@ class Intake:
         self._metrics = metrics
         self._max_jobs = max_jobs
         self._max_opcodes = max_opcodes
+        self._max_opcode_bytes = max_opcode_bytes
         self._clock = clock
         self._log = logger
         self._lock = threading.Lock()
@@ -418,6 +424,7 @@ class Intake:
         with self._lock:  # room is counted and claimed at once: concurrent calls share it
             room = self._max_jobs - self._live.count() - self._slots_claimed
             opcode_room = self._max_opcodes - self._live.opcode_count() - self._opcodes_claimed
+            bytes_full = self._live.input_bytes() >= self._max_opcode_bytes
             for item in prepared:
                 if isinstance(item, GenericError):
                     results.append(item)
@@ -435,6 +442,10 @@ class Intake:
                     refused[job_id] = JobQueueFull(f"The job queue is full ({self._max_jobs} jobs)")
                 elif len(ops) > opcode_room:
                     refused[job_id] = self._too_many_opcodes(len(ops))
+                elif bytes_full:
+                    refused[job_id] = JobQueueFull(
+                        f"The job queue is full ({self._max_opcode_bytes} bytes of opcodes)"
+                    )
                 else:
                     accepted.append((job_id, ops))
                     opcode_room -= len(ops)

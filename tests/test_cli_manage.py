@@ -404,6 +404,8 @@ class TestQueue:
             "max_jobs": 50,
             "live_opcodes": 7,
             "max_opcodes": 500000,
+            "live_opcode_bytes": 420,
+            "max_opcode_bytes": 268435456,
             "max_running_jobs": 25,
             "busy_workers": 3,
             "filters": 0,
@@ -418,6 +420,7 @@ class TestQueue:
         assert run_jobctl(luxi.path, "queue", "info").stdout == (
             "The drain flag is unset\nPaused: no\nDaemon version: 0.1.0\nLive jobs: 3\n"
             "Most live jobs allowed: 50\nLive opcodes: 7\nMost live opcodes allowed: 500000\n"
+            "Bytes of their inputs: 420\nMost input bytes allowed: 268435456\n"
             "Workers: 25 (3 busy)\nFilter rules: 0\n"
             "This daemon: master\n"
             "Master: host1 pid 7\n"
@@ -441,6 +444,8 @@ class TestQueue:
                 "max_jobs",
                 "live_opcodes",
                 "max_opcodes",
+                "live_opcode_bytes",
+                "max_opcode_bytes",
                 "max_running_jobs",
                 "busy_workers",
                 "filters",
@@ -471,6 +476,7 @@ class TestQueue:
         result = run_jobctl(luxi.path, "queue", "info", "--output", "json")
         answer = json.loads(result.stdout)
         assert answer["busy_workers"] is None and answer["max_opcodes"] is None
+        assert answer["max_opcode_bytes"] is None
 
 
 class TestInProcess:

@@ -288,6 +288,30 @@ def test_the_live_jobs_opcodes_are_bounded_across_a_restart(start: Any) -> None:
     assert " ERROR " not in daemon.log()
 
 
+def test_the_live_jobs_opcode_bytes_are_bounded_across_a_restart(start: Any) -> None:
+    """Few opcodes with large values: the opcode count alone let ``--max-jobs``
+    requests of 16 MiB each stay in memory."""
+    daemon = start("--max-opcode-bytes", "100K")
+    client = daemon.client()
+    large = {"OP_ID": "OP_TEST_DUMMY", "messages": ["x" * 40_000]}
+    accepted = [client.submit_job([large]) for _ in range(3)]  # 0, 40 and 80 KB before each
+    with pytest.raises(errors.JobQueueFull, match="102400 bytes of opcodes"):
+        client.submit_job([DELAY0])
+    held, limit = client.query_config_values(["live_opcode_bytes", "max_opcode_bytes"])
+    assert 120_000 < held < 121_000 and limit == 102_400
+    for job_id in accepted:
+        assert daemon.wait_job(job_id) == "success"
+    assert daemon.stop() == 0
+    daemon.start()  # measured again from the stored jobs
+    client = daemon.client()
+    assert client.query_config_values(["live_opcode_bytes"]) == [held]
+    with pytest.raises(errors.JobQueueFull):
+        client.submit_job([DELAY0])
+    assert client.archive_job(accepted[0]) is True
+    client.submit_job([DELAY0])
+    assert " ERROR " not in daemon.log()
+
+
 # -- item 11 (sockets): stale socket files -------------------------------------------------------
 def _jobctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from jobqueue.constants import Status
 from jobqueue.depmgr import DependencyManager
 from jobqueue.jobreader import JobReader, stored_status
-from jobqueue.livejobs import LiveJobs
+from jobqueue.livejobs import LiveJobs, input_size
 from jobqueue.locking import LockManager
 from jobqueue.model import Job, default_summary
 from jobqueue.storage.memory import MemoryJobStore
@@ -94,6 +95,19 @@ def test_the_opcode_count_follows_loads_publications_and_drops(live: LiveJobs) -
     assert live.opcode_count() == 2
     live.load([])
     assert live.opcode_count() == 0
+
+
+def test_input_bytes_are_measured_once_per_job_and_follow_it(live: LiveJobs) -> None:
+    small, large = new_job(1), Job.new(2, [{**DELAY, "comment": "x" * 5000}], [1000, 0])
+    assert input_size(small) == len(json.dumps([small.ops[0].input], separators=(",", ":"))) + 1
+    live.load([small])
+    assert live.input_bytes() == input_size(small)
+    live.publish([large])
+    large.add_log(0, "message", "y" * 9000, [1, 2])  # its log is not its input
+    live.publish([large])
+    assert live.input_bytes() == input_size(small) + input_size(large) > 5000
+    live.drop([1])
+    assert live.input_bytes() == input_size(large)
 
 
 def test_summaries_are_computed_once_per_job() -> None:

@@ -108,6 +108,8 @@ def test_export_reads_the_queue_state() -> None:
         max_jobs=100,
         opcodes=12,
         max_opcodes=500,
+        opcode_bytes=3000,
+        max_opcode_bytes=4096,
         held={("paused", "u-1"): 2, ("scheduled", ""): 1},
         filter_rules=3,
     )
@@ -122,6 +124,8 @@ def test_export_reads_the_queue_state() -> None:
     assert values(export, "jobqueue_max_jobs") == {(): 100}
     assert values(export, "jobqueue_live_opcodes") == {(): 12}
     assert values(export, "jobqueue_max_opcodes") == {(): 500}
+    assert values(export, "jobqueue_live_opcode_bytes") == {(): 3000}
+    assert values(export, "jobqueue_max_opcode_bytes") == {(): 4096}
     assert values(export, "jobqueue_jobs_held") == {("paused", "u-1"): 2, ("scheduled", ""): 1}
     assert values(export, "jobqueue_filter_rules") == {(): 3}
     for each in export["families"]:

@@ -77,6 +77,7 @@ def make_queue(tmp_path: Path, disk: FailJob) -> Iterator[Callable[..., JobQueue
         max_jobs: int = 100,
         *,
         max_opcodes: int = 1000,
+        max_opcode_bytes: int = 1 << 20,
         registry: Registry | None = None,
         clock: Callable[[], float] = time.time,
         run: bool = False,
@@ -87,6 +88,7 @@ def make_queue(tmp_path: Path, disk: FailJob) -> Iterator[Callable[..., JobQueue
             registry or builtin_registry(),
             max_jobs=max_jobs,
             max_opcodes=max_opcodes,
+            max_opcode_bytes=max_opcode_bytes,
             clock=clock,
         )
         start_core(core, 1 if run else 0)  # unless asked, nothing runs: only submission is tested
@@ -139,6 +141,23 @@ def test_a_job_larger_than_the_opcode_limit_is_refused_as_invalid(
     with pytest.raises(OpPrereqError, match="4 opcodes; the queue takes at most 3"):
         queue.submit_job([DUMMY] * 4)
     assert queue.live.count() == 0 and queue.live.opcode_count() == 0
+
+
+def test_jobs_are_refused_once_their_inputs_pass_the_byte_limit(
+    make_queue: Callable[..., JobQueue],
+) -> None:
+    queue = make_queue(max_opcode_bytes=10_000)
+    large = {**DUMMY, "messages": ["x" * 4000]}
+    first = queue.submit_job([large])
+    queue.submit_job([large])  # 8,000 and more: still under the limit
+    assert queue.live.input_bytes() > 8000
+    results = queue.submit_many_jobs([[large], [DUMMY]])  # measured once stored: both go in
+    assert [ok for ok, _ in results] == [True, True]
+    with pytest.raises(JobQueueFull, match="10000 bytes of opcodes"):
+        queue.submit_job([DUMMY])
+    assert queue.cancel_job(first)[0] is True and queue.archive_job(first) is True
+    assert queue.live.input_bytes() < 10_000
+    queue.submit_job([DUMMY])
 
 
 def test_concurrent_callers_share_the_opcode_room(make_queue: Callable[..., JobQueue]) -> None:

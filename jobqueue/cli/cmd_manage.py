@@ -30,6 +30,8 @@ QUEUE_INFO = (
     ("max_jobs", "Most live jobs allowed"),
     ("live_opcodes", "Live opcodes"),
     ("max_opcodes", "Most live opcodes allowed"),
+    ("live_opcode_bytes", "Bytes of their inputs"),
+    ("max_opcode_bytes", "Most input bytes allowed"),
     ("max_running_jobs", "Workers"),
     ("busy_workers", None),  # shown with the workers
     ("filters", "Filter rules"),

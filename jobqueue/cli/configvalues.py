@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from jobqueue.luxi.client import Client
 
 #: Fields the first daemons did not answer.
-NEWER_FIELDS = frozenset({"busy_workers", "live_opcodes", "max_opcodes"})
+NEWER_FIELDS = frozenset(
+    {"busy_workers", "live_opcodes", "max_opcodes", "live_opcode_bytes", "max_opcode_bytes"}
+)
 
 
 def config_values(client: Client, names: list[str]) -> dict[str, Any]:
