@@ -185,6 +185,7 @@ class LiveJobs:
                     self._input_bytes += entry.input_bytes
                 else:
                     entry.input_bytes = previous.input_bytes
+                    self._opcodes += len(entry.summary) - len(previous.summary)  # 0: ops stay
                 if entry.status in FINALIZED:
                     self._latest.pop(entry.id, None)
                 else:

@@ -438,10 +438,18 @@ class Intake:
                     pass
                 elif blocker is not None:
                     refused[job_id] = _dependency_refused(blocker)
+                elif len(ops) > self._max_opcodes:  # never takeable: no use trying again
+                    refused[job_id] = OpPrereqError(
+                        f"The job has {len(ops)} opcodes; the queue takes at most"
+                        f" {self._max_opcodes}",
+                        ECODE_INVAL,
+                    )
                 elif len(accepted) >= room:
                     refused[job_id] = JobQueueFull(f"The job queue is full ({self._max_jobs} jobs)")
                 elif len(ops) > opcode_room:
-                    refused[job_id] = self._too_many_opcodes(len(ops))
+                    refused[job_id] = JobQueueFull(
+                        f"The job queue is full ({self._max_opcodes} opcodes)"
+                    )
                 elif bytes_full:
                     refused[job_id] = JobQueueFull(
                         f"The job queue is full ({self._max_opcode_bytes} bytes of opcodes)"
@@ -453,11 +461,12 @@ class Intake:
             claimed_opcodes = sum(len(ops) for _, ops in accepted)
             self._slots_claimed += len(accepted)
             self._opcodes_claimed += claimed_opcodes
-        now = self._queue.now()
-        to_write = [Job.new(job_id, ops, now, recorded[job_id]) for job_id, ops in accepted]
-        for job in to_write:
-            controls[job.id].apply(job)
-        try:
+        to_write: list[Job] = []
+        try:  # from here on the claims are given back, whatever happens
+            now = self._queue.now()
+            to_write = [Job.new(job_id, ops, now, recorded[job_id]) for job_id, ops in accepted]
+            for job in to_write:
+                controls[job.id].apply(job)
             with self._metrics.timed_write("create", len(to_write)):  # metrics: write latency
                 failures = self._store.create_jobs(to_write)
             for job, failure in zip(to_write, failures, strict=True):
@@ -466,7 +475,7 @@ class Intake:
             self._live.publish(job for job in to_write if job.id not in refused)  # live from here
         finally:
             with self._lock:
-                self._slots_claimed -= len(to_write)
+                self._slots_claimed -= len(accepted)
                 self._opcodes_claimed -= claimed_opcodes
         self._withdraw_orphans(to_write, refused)
         self._queue.activate([job for job in to_write if job.id not in refused])
@@ -474,19 +483,6 @@ class Intake:
         stored = sum(1 for r in outcome if isinstance(r, int))
         self._metrics.submissions(stored, len(outcome) - stored)  # metrics: submissions
         return outcome
-
-    def _too_many_opcodes(self, count: int) -> GenericError:
-        """Why a job of ``count`` opcodes is refused under the live-opcode limit.
-
-        A job larger than the whole limit could never be taken: that is the
-        job's fault (``OpPrereqError``); otherwise the queue is full for now.
-        """
-        if count > self._max_opcodes:
-            return OpPrereqError(
-                f"The job has {count} opcodes; the queue takes at most {self._max_opcodes}",
-                ECODE_INVAL,
-            )
-        return JobQueueFull(f"The job queue is full ({self._max_opcodes} opcodes)")
 
     def _withdraw_orphans(self, written: list[Job], refused: dict[int, GenericError]) -> None:
         """Remove written jobs whose dependency of the same call could not be stored.

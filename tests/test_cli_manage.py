@@ -455,6 +455,28 @@ class TestQueue:
             ]
         ]
 
+    def test_info_from_a_daemon_without_the_opcode_counts_keeps_its_busy_workers(
+        self, luxi: FakeLuxi
+    ) -> None:
+        values = {
+            "drain_flag": False,
+            "version": "0.2.0",
+            "live_jobs": 0,
+            "max_jobs": 50,
+            "max_running_jobs": 4,
+            "busy_workers": 3,
+            "filters": 0,
+            "held_jobs": {"paused": 0, "rate_limited": 0, "scheduled": 0},
+            "role": "master",
+            "master": "host1 pid 7",
+        }
+        luxi.answers["QueryConfigValues"] = older_daemon(values)
+        luxi.answers["Query"] = lambda what, fields, qfilter: {"fields": [], "data": []}
+        result = run_jobctl(luxi.path, "queue", "info")
+        assert (result.returncode, result.stderr) == (0, "")
+        assert "Workers: 4 (3 busy)\n" in result.stdout and "opcodes" not in result.stdout
+        assert len(luxi.args_of("QueryConfigValues")) == 2  # asked again without the newest
+
     def test_info_from_a_daemon_without_busy_workers(self, luxi: FakeLuxi) -> None:
         values = {
             "drain_flag": False,
@@ -472,7 +494,9 @@ class TestQueue:
         luxi.answers["Query"] = lambda what, fields, qfilter: {"fields": [], "data": []}
         result = run_jobctl(luxi.path, "queue", "info")
         assert (result.returncode, result.stderr) == (0, "")
-        assert "Workers: 4\n" in result.stdout and "opcodes" not in result.stdout
+        assert "Workers: 4\n" in result.stdout
+        for label in ("Live opcodes", "Most live opcodes", "Bytes of their inputs", "input bytes"):
+            assert label not in result.stdout
         result = run_jobctl(luxi.path, "queue", "info", "--output", "json")
         answer = json.loads(result.stdout)
         assert answer["busy_workers"] is None and answer["max_opcodes"] is None

@@ -172,6 +172,9 @@ def test_a_standby_serves_reads_and_refuses_changes_naming_the_master(
         0,
     ]
     assert first.queue.query_config_values(["role", "master"]) == ["master", "first"]
+    counts = ["live_opcodes", "max_opcodes", "live_opcode_bytes", "max_opcode_bytes"]
+    assert second.queue.query_config_values(counts) == first.queue.query_config_values(counts)
+    assert second.queue.query_config_values(counts)[0] == 1
     until = int(time.time()) + 600
     first.queue.set_watcher_pause(until)
     assert second.queue.query_config_values(["watcher_pause"]) == [until]

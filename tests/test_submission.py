@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -158,6 +159,61 @@ def test_jobs_are_refused_once_their_inputs_pass_the_byte_limit(
     assert queue.cancel_job(first)[0] is True and queue.archive_job(first) is True
     assert queue.live.input_bytes() < 10_000
     queue.submit_job([DUMMY])
+
+
+def test_a_job_larger_than_the_opcode_limit_is_invalid_even_when_the_queue_is_full(
+    make_queue: Callable[..., JobQueue],
+) -> None:
+    """Not JobQueueFull: a client would try again a job that can never be taken."""
+    queue = make_queue(max_jobs=1, max_opcodes=3)
+    queue.submit_job([DUMMY])
+    with pytest.raises(OpPrereqError, match="4 opcodes"):
+        queue.submit_job([DUMMY] * 4)
+
+
+def test_opcodes_of_a_submission_being_written_are_not_given_twice(
+    make_queue: Callable[..., JobQueue],
+) -> None:
+    queue = make_queue(max_opcodes=5)
+    store = queue.core.store  # type: ignore[attr-defined]
+    create, entered, release = store.create_jobs, threading.Event(), threading.Event()
+
+    def held_create(jobs: list[Job]) -> list[Any]:
+        entered.set()
+        assert release.wait(30)
+        return create(jobs)
+
+    store.create_jobs = held_create
+    first: list[int] = []
+    thread = threading.Thread(target=lambda: first.append(queue.submit_job([DUMMY] * 3)))
+    thread.start()
+    try:
+        assert entered.wait(30)
+        store.create_jobs = create  # the next call writes at once
+        with pytest.raises(JobQueueFull, match="5 opcodes"):
+            queue.submit_job([DUMMY] * 3)
+        queue.submit_job([DUMMY] * 2)  # what is left of the room
+    finally:
+        release.set()
+        thread.join(30)
+    assert len(first) == 1 and queue.live.opcode_count() == 5
+
+
+def test_room_claimed_by_a_submission_that_failed_is_given_back(
+    make_queue: Callable[..., JobQueue],
+) -> None:
+    queue = make_queue(max_jobs=1, max_opcodes=3)
+    real = queue.core.queue  # type: ignore[attr-defined]
+
+    def broken_clock() -> list[int]:
+        raise RuntimeError("a bug between claiming room and writing")
+
+    real.now = broken_clock
+    with pytest.raises(RuntimeError, match="a bug"):
+        queue.submit_job([DUMMY] * 3)
+    del real.now
+    queue.submit_job([DUMMY] * 3)  # neither the slot nor the opcodes leaked
+    assert queue.live.count() == 1 and queue.live.opcode_count() == 3
 
 
 def test_concurrent_callers_share_the_opcode_room(make_queue: Callable[..., JobQueue]) -> None:

@@ -1,9 +1,12 @@
 """``QueryConfigValues`` from a daemon of any version jobctl may meet.
 
-A daemon refuses the whole call when one field is unknown to it; a field
-added since (``NEWER_FIELDS``) is then asked for again without, and reads
-as None, so that a newer jobctl still works while an older daemon runs
-(between an upgrade and its restart, say).
+A daemon refuses the whole call when one field is unknown to it. The
+fields added since the first daemons come in generations
+(``NEWER_FIELDS``, oldest first); when a call is refused, it is asked
+again without the newest generation, then without the next, and so on,
+and the fields left out read as None. So a newer jobctl still works while
+an older daemon runs (between an upgrade and its restart, say), and gets
+every field that daemon knows.
 """
 
 from __future__ import annotations
@@ -17,22 +20,30 @@ if TYPE_CHECKING:
 
     from jobqueue.luxi.client import Client
 
-#: Fields the first daemons did not answer.
-NEWER_FIELDS = frozenset(
-    {"busy_workers", "live_opcodes", "max_opcodes", "live_opcode_bytes", "max_opcode_bytes"}
+#: Fields the first daemons did not answer, by the generation that added them.
+NEWER_FIELDS: tuple[frozenset[str], ...] = (
+    frozenset({"busy_workers"}),
+    frozenset({"live_opcodes", "max_opcodes", "live_opcode_bytes", "max_opcode_bytes"}),
 )
 
 
 def config_values(client: Client, names: list[str]) -> dict[str, Any]:
-    """The named values; those in ``NEWER_FIELDS`` None if the daemon does not know them.
+    """The named values; those of ``NEWER_FIELDS`` None if the daemon does not know them.
 
     ``OpPrereqError`` for any other field the daemon does not know.
     """
-    try:
-        return dict(zip(names, client.query_config_values(names), strict=True))
-    except OpPrereqError:
-        known = [name for name in names if name not in NEWER_FIELDS]
-        if len(known) == len(names):
-            raise
-        values = dict(zip(known, client.query_config_values(known), strict=True))
+    left_out: set[str] = set()
+    generations = list(NEWER_FIELDS)
+    while True:
+        asked = [name for name in names if name not in left_out]
+        try:
+            values = dict(zip(asked, client.query_config_values(asked), strict=True))
+        except OpPrereqError:
+            newer = set(names) - left_out
+            while generations and not (newer & generations[-1]):
+                generations.pop()
+            if not generations:
+                raise
+            left_out |= generations.pop()
+            continue
         return {name: values.get(name) for name in names}
