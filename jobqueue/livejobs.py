@@ -128,7 +128,7 @@ class LiveJobs:
 
     def __init__(self, summarize: Summarize) -> None:
         self._summarize = summarize
-        self._lock = threading.Lock()  # guards the three dicts and the count
+        self._lock = threading.Lock()  # guards the three dicts and the two counts
         self._entries: dict[int, IndexEntry] = {}
         self._opcodes = 0  # of every entry: the sum of their summaries' lengths
         self._input_bytes = 0  # of every entry: the sum of their input_bytes
