@@ -1,8 +1,8 @@
 """QueryConfigValues: the fields every daemon answers alike, and the lookup by name.
 
 The master (``settings.QueueSettings``) and a standby (``standby``) each
-answer with a table of getters; both start from ``common_fields`` and look
-names up with ``select``.
+answer with a table of getters; both start from ``common_fields`` and
+``held_fields`` and look names up with ``select``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 from jobqueue import __version__, constants
 from jobqueue.errors import ECODE_INVAL, OpPrereqError
+from jobqueue.livejobs import Limits, LiveJobs
 
 Getter = Callable[[], Any]
 
@@ -22,6 +23,18 @@ def common_fields() -> dict[str, Getter]:
         "version": lambda: __version__,
         "luxi_version": lambda: constants.LUXI_VERSION,
         "queue_format_version": lambda: constants.QUEUE_FORMAT_VERSION,
+    }
+
+
+def held_fields(live: LiveJobs, limits: Limits) -> dict[str, Getter]:
+    """What the live jobs hold, each beside its limit."""
+    return {
+        "live_jobs": live.count,
+        "max_jobs": lambda: limits.jobs,
+        "live_opcodes": live.opcode_count,
+        "max_opcodes": lambda: limits.opcodes,
+        "live_opcode_bytes": live.input_bytes,
+        "max_opcode_bytes": lambda: limits.opcode_bytes,
     }
 
 

@@ -47,7 +47,7 @@ from jobqueue.errors import GenericError
 from jobqueue.ha import Roles
 from jobqueue.hooks import FinishHooks
 from jobqueue.jobreader import JobReader, stored_status
-from jobqueue.livejobs import LiveJobs
+from jobqueue.livejobs import DEFAULT_LIMITS, Limits, LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.lus import builtin_registry, load_plugins
 from jobqueue.lus.command import RUN_AS_SUBMITTER
@@ -133,9 +133,7 @@ def build_core(
     *,
     live: LiveJobs | None = None,
     name: str | None = None,
-    max_jobs: int = constants.DEFAULT_MAX_JOBS,
-    max_opcodes: int = constants.DEFAULT_MAX_OPCODES,
-    max_opcode_bytes: int = constants.DEFAULT_MAX_OPCODE_BYTES,
+    limits: Limits = DEFAULT_LIMITS,
     kill_grace: float = constants.DEFAULT_KILL_GRACE,
     processes: ProcessGroups | None = None,
     max_output_size: int = constants.DEFAULT_MAX_OUTPUT_SIZE,
@@ -193,9 +191,7 @@ def build_core(
         admission=admission,
         archiver=archiver,
         ownership=ownership,
-        max_jobs=max_jobs,
-        max_opcodes=max_opcodes,
-        max_opcode_bytes=max_opcode_bytes,
+        limits=limits,
         name=name,
         strategy_factory=strategy_factory,
         clock=clock,
@@ -301,6 +297,7 @@ def _run_on(
     name = f"{platform.node()} pid {os.getpid()}"
     leadership = store.leadership(name)
     live = LiveJobs(registry.summarize)
+    limits = Limits(args.max_jobs, args.max_opcodes, args.max_opcode_bytes)
     metrics = Metrics()
     stop = daemonproc.install_signal_handlers(paths, file_handler)
     servers: list[LuxiServer] = []
@@ -356,9 +353,7 @@ def _run_on(
             registry,
             live=live,
             name=name,
-            max_jobs=args.max_jobs,
-            max_opcodes=args.max_opcodes,
-            max_opcode_bytes=args.max_opcode_bytes,
+            limits=limits,
             kill_grace=args.kill_grace,
             processes=processes,
             ownership=Ownership(daemon_uid=os.geteuid(), admin_gid=groups.admin),
@@ -383,15 +378,7 @@ def _run_on(
         store,
         leadership,
         StoreMirror(store, live, logger=log),
-        StandbyQueue(
-            store,
-            leadership.holder,
-            live,
-            max_jobs=args.max_jobs,
-            max_opcodes=args.max_opcodes,
-            max_opcode_bytes=args.max_opcode_bytes,
-            metrics=metrics,
-        ),
+        StandbyQueue(store, leadership.holder, live, limits=limits, metrics=metrics),
         JobReader(
             live,
             store,

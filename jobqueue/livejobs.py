@@ -30,11 +30,27 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from jobqueue import constants
 from jobqueue.constants import FINALIZED, Status
 from jobqueue.model import Job, Submitter, Timestamp
 from jobqueue.storage.base import encode_compact
 
 Summarize = Callable[[dict[str, Any]], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What the live jobs may hold before submissions are refused: jobs
+    (``--max-jobs``), opcodes (``--max-opcodes``) and bytes of opcode inputs
+    (``--max-opcode-bytes``)."""
+
+    jobs: int = constants.DEFAULT_MAX_JOBS
+    opcodes: int = constants.DEFAULT_MAX_OPCODES
+    opcode_bytes: int = constants.DEFAULT_MAX_OPCODE_BYTES
+
+
+#: The daemon's defaults.
+DEFAULT_LIMITS = Limits()
 
 
 @dataclasses.dataclass(slots=True)

@@ -40,6 +40,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from jobqueue.constants import PENDING, Status
+from jobqueue.livejobs import Limits
+
+#: ``QueueState``'s limits where none are given.
+_NO_LIMITS = Limits(0, 0, 0)
 
 EXPORT_VERSION = 1
 
@@ -170,13 +174,10 @@ class QueueState:
     workers: int = 0
     busy_workers: int = 0
     drained: bool = False
-    max_jobs: int = 0
-    #: Opcodes the live jobs hold, and how many they may (``--max-opcodes``).
+    #: What the live jobs may hold, and the opcodes and bytes of inputs they hold.
+    limits: Limits = _NO_LIMITS
     opcodes: int = 0
-    max_opcodes: int = 0
-    #: Bytes of JSON their opcodes' inputs take, and how many they may.
     opcode_bytes: int = 0
-    max_opcode_bytes: int = 0
     #: Jobs held back now per (reason, filter rule uuid or "" for a start time).
     held: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     #: Job filter rules in force.
@@ -365,7 +366,7 @@ def _state_families(state: QueueState) -> list[dict[str, Any]]:
             "jobqueue_max_jobs",
             "Live jobs allowed before submissions are refused (--max-jobs)",
             [],
-            [[[], float(state.max_jobs)]],
+            [[[], float(state.limits.jobs)]],
         ),
         _gauge(
             "jobqueue_live_opcodes",
@@ -377,7 +378,7 @@ def _state_families(state: QueueState) -> list[dict[str, Any]]:
             "jobqueue_max_opcodes",
             "Opcodes the live jobs may hold before submissions are refused (--max-opcodes)",
             [],
-            [[[], float(state.max_opcodes)]],
+            [[[], float(state.limits.opcodes)]],
         ),
         _gauge(
             "jobqueue_live_opcode_bytes",
@@ -390,7 +391,7 @@ def _state_families(state: QueueState) -> list[dict[str, Any]]:
             "Opcode input bytes the live jobs may hold before submissions are refused"
             " (--max-opcode-bytes)",
             [],
-            [[[], float(state.max_opcode_bytes)]],
+            [[[], float(state.limits.opcode_bytes)]],
         ),
         _gauge(
             "jobqueue_drained",

@@ -54,7 +54,7 @@ from jobqueue.jobstep import (
     fail_on_internal_error_locked,
     step,
 )
-from jobqueue.livejobs import LiveJobs
+from jobqueue.livejobs import DEFAULT_LIMITS, Limits, LiveJobs
 from jobqueue.locking import LockAttemptTimeoutStrategy, LockManager
 from jobqueue.metrics import Metrics
 from jobqueue.model import Job, Submitter, Timestamp, now_stamp
@@ -88,9 +88,7 @@ class JobQueue:
         admission: Admission,
         archiver: Archiver,
         ownership: Ownership,
-        max_jobs: int = constants.DEFAULT_MAX_JOBS,
-        max_opcodes: int = constants.DEFAULT_MAX_OPCODES,
-        max_opcode_bytes: int = constants.DEFAULT_MAX_OPCODE_BYTES,
+        limits: Limits = DEFAULT_LIMITS,
         name: str | None = None,
         strategy_factory: Callable[[], LockAttemptTimeoutStrategy] = LockAttemptTimeoutStrategy,
         clock: Callable[[], float] = time.time,
@@ -137,9 +135,7 @@ class JobQueue:
             rejected=self._controls.rejected,
             ownership=ownership,
             metrics=self.metrics,
-            max_jobs=max_jobs,
-            max_opcodes=max_opcodes,
-            max_opcode_bytes=max_opcode_bytes,
+            limits=limits,
             clock=clock,
             logger=self._log,
         )
@@ -151,9 +147,7 @@ class JobQueue:
             admission,
             self.metrics,
             ownership,
-            max_jobs=max_jobs,
-            max_opcodes=max_opcodes,
-            max_opcode_bytes=max_opcode_bytes,
+            limits=limits,
             name=name,
             accepting=self.accepting,
             max_running_jobs=self._controls.workers,

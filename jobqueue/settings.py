@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jobqueue import configfields, constants
+from jobqueue import configfields
 from jobqueue.admission import Admission
 from jobqueue.errors import ECODE_INVAL, OpPrereqError
-from jobqueue.livejobs import LiveJobs
+from jobqueue.livejobs import Limits, LiveJobs
 from jobqueue.metrics import Metrics, QueueState
 from jobqueue.model import Submitter
 from jobqueue.ownership import Ownership
@@ -39,9 +39,7 @@ class QueueSettings:
         metrics: Metrics,
         ownership: Ownership,
         *,
-        max_jobs: int,
-        max_opcodes: int = constants.DEFAULT_MAX_OPCODES,
-        max_opcode_bytes: int = constants.DEFAULT_MAX_OPCODE_BYTES,
+        limits: Limits,
         name: str | None,
         accepting: Callable[[], bool],
         max_running_jobs: Callable[[], int],
@@ -56,9 +54,7 @@ class QueueSettings:
         self._admission = admission
         self._metrics = metrics
         self._ownership = ownership
-        self._max_jobs = max_jobs
-        self._max_opcodes = max_opcodes
-        self._max_opcode_bytes = max_opcode_bytes
+        self._limits = limits
         self._name = name
         self._accepting = accepting
         self._max_running_jobs = max_running_jobs
@@ -100,12 +96,7 @@ class QueueSettings:
             **configfields.common_fields(),
             "drain_flag": self._store.is_drained,
             "watcher_pause": self.watcher_pause,
-            "live_jobs": self._live.count,
-            "max_jobs": lambda: self._max_jobs,
-            "live_opcodes": self._live.opcode_count,
-            "max_opcodes": lambda: self._max_opcodes,
-            "live_opcode_bytes": self._live.input_bytes,
-            "max_opcode_bytes": lambda: self._max_opcode_bytes,
+            **configfields.held_fields(self._live, self._limits),
             "workers": lambda: self._pool.stats()["workers"],
             "busy_workers": lambda: self._pool.stats()["busy"],
             "max_running_jobs": self._max_running_jobs,
@@ -126,11 +117,9 @@ class QueueSettings:
             workers=stats["workers"],
             busy_workers=stats["busy"],
             drained=self._store.is_drained(),
-            max_jobs=self._max_jobs,
+            limits=self._limits,
             opcodes=self._live.opcode_count(),
-            max_opcodes=self._max_opcodes,
             opcode_bytes=self._live.input_bytes(),
-            max_opcode_bytes=self._max_opcode_bytes,
             held=self._live.held_tally(),
             filter_rules=len(self._admission.rules()),
         )

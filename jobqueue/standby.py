@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jobqueue import configfields, constants
+from jobqueue import configfields
 from jobqueue.errors import GenericError, NotMasterError
-from jobqueue.livejobs import LiveJobs
+from jobqueue.livejobs import DEFAULT_LIMITS, Limits, LiveJobs
 from jobqueue.metrics import Metrics, QueueState
 from jobqueue.storage.base import WATCHER_PAUSE, ChangeFeed, JobStore, pause_until
 
@@ -91,17 +91,13 @@ class StandbyQueue:
         master: Callable[[], str | None],
         live: LiveJobs,
         *,
-        max_jobs: int = constants.DEFAULT_MAX_JOBS,
-        max_opcodes: int = constants.DEFAULT_MAX_OPCODES,
-        max_opcode_bytes: int = constants.DEFAULT_MAX_OPCODE_BYTES,
+        limits: Limits = DEFAULT_LIMITS,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._master = master
         self._live = live
-        self._max_jobs = max_jobs
-        self._max_opcodes = max_opcodes
-        self._max_opcode_bytes = max_opcode_bytes
+        self._limits = limits
         self._metrics = metrics or Metrics()
 
     def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
@@ -121,12 +117,7 @@ class StandbyQueue:
             "watcher_pause": lambda: pause_until(
                 self._store.read_setting(WATCHER_PAUSE), time.time()
             ),
-            "live_jobs": self._live.count,
-            "max_jobs": lambda: self._max_jobs,
-            "live_opcodes": self._live.opcode_count,
-            "max_opcodes": lambda: self._max_opcodes,
-            "live_opcode_bytes": self._live.input_bytes,
-            "max_opcode_bytes": lambda: self._max_opcode_bytes,
+            **configfields.held_fields(self._live, self._limits),
             "workers": lambda: 0,
             "busy_workers": lambda: 0,
             "max_running_jobs": lambda: 0,
@@ -144,10 +135,8 @@ class StandbyQueue:
             role="standby",
             jobs=self._live.tally(),
             drained=self._store.is_drained(),
-            max_jobs=self._max_jobs,
+            limits=self._limits,
             opcodes=self._live.opcode_count(),
-            max_opcodes=self._max_opcodes,
             opcode_bytes=self._live.input_bytes(),
-            max_opcode_bytes=self._max_opcode_bytes,
         )
         return self._metrics.export(state)

@@ -52,7 +52,7 @@ from jobqueue.errors import (
     encode_error,
 )
 from jobqueue.joboptions import JobOptions, options_by_id, parse_options
-from jobqueue.livejobs import LiveJobs
+from jobqueue.livejobs import Limits, LiveJobs
 from jobqueue.metrics import Metrics
 from jobqueue.model import Job, Submitter, Timestamp
 from jobqueue.opcodes import REASON_SOURCE_DAEMON, OpCode, Registry
@@ -234,19 +234,15 @@ class Intake:
         rejected: Callable[[list[Prepared]], dict[int, GenericError]],
         ownership: Ownership,
         metrics: Metrics,
-        max_jobs: int,
-        max_opcodes: int = constants.DEFAULT_MAX_OPCODES,
-        max_opcode_bytes: int = constants.DEFAULT_MAX_OPCODE_BYTES,
+        limits: Limits,
         clock: Callable[[], float] = time.time,
         logger: logging.Logger,
     ) -> None:
         """``rejected`` names the prepared jobs a filter rule refuses (``Controls.rejected``).
 
-        ``max_jobs`` and ``max_opcodes`` bound the live jobs and the opcodes
-        they hold in all (``--max-jobs``, ``--max-opcodes``).
-        ``max_opcode_bytes`` bounds the bytes of their opcodes' inputs
-        (``--max-opcode-bytes``), softly: it is measured once jobs are
-        stored, so the submissions under way when it is reached go in.
+        ``limits`` bound the live jobs, their opcodes and the bytes of their
+        opcodes' inputs; the last softly: jobs are measured once stored, so
+        the submissions under way when it is reached go in.
         """
         self._queue = queue
         self._store = store
@@ -255,9 +251,7 @@ class Intake:
         self._rejected = rejected
         self._ownership = ownership
         self._metrics = metrics
-        self._max_jobs = max_jobs
-        self._max_opcodes = max_opcodes
-        self._max_opcode_bytes = max_opcode_bytes
+        self._limits = limits
         self._clock = clock
         self._log = logger
         self._lock = threading.Lock()
@@ -422,9 +416,9 @@ class Intake:
         accepted: list[tuple[int, list[OpCode]]] = []
         results: list[int | GenericError] = []
         with self._lock:  # room is counted and claimed at once: concurrent calls share it
-            room = self._max_jobs - self._live.count() - self._slots_claimed
-            opcode_room = self._max_opcodes - self._live.opcode_count() - self._opcodes_claimed
-            bytes_full = self._live.input_bytes() >= self._max_opcode_bytes
+            room = self._limits.jobs - self._live.count() - self._slots_claimed
+            opcode_room = self._limits.opcodes - self._live.opcode_count() - self._opcodes_claimed
+            bytes_full = self._live.input_bytes() >= self._limits.opcode_bytes
             for item in prepared:
                 if isinstance(item, GenericError):
                     results.append(item)
@@ -438,21 +432,23 @@ class Intake:
                     pass
                 elif blocker is not None:
                     refused[job_id] = _dependency_refused(blocker)
-                elif len(ops) > self._max_opcodes:  # never takeable: no use trying again
+                elif len(ops) > self._limits.opcodes:  # never takeable: no use trying again
                     refused[job_id] = OpPrereqError(
                         f"The job has {len(ops)} opcodes; the queue takes at most"
-                        f" {self._max_opcodes}",
+                        f" {self._limits.opcodes}",
                         ECODE_INVAL,
                     )
                 elif len(accepted) >= room:
-                    refused[job_id] = JobQueueFull(f"The job queue is full ({self._max_jobs} jobs)")
+                    refused[job_id] = JobQueueFull(
+                        f"The job queue is full ({self._limits.jobs} jobs)"
+                    )
                 elif len(ops) > opcode_room:
                     refused[job_id] = JobQueueFull(
-                        f"The job queue is full ({self._max_opcodes} opcodes)"
+                        f"The job queue is full ({self._limits.opcodes} opcodes)"
                     )
                 elif bytes_full:
                     refused[job_id] = JobQueueFull(
-                        f"The job queue is full ({self._max_opcode_bytes} bytes of opcodes)"
+                        f"The job queue is full ({self._limits.opcode_bytes} bytes of opcodes)"
                     )
                 else:
                     accepted.append((job_id, ops))

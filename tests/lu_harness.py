@@ -20,6 +20,7 @@ import pytest
 from jobqueue import constants
 from jobqueue.children import ProcessGroups
 from jobqueue.daemon import Core, build_core, start_core
+from jobqueue.livejobs import Limits
 from jobqueue.locking import LockAttemptTimeoutStrategy
 from jobqueue.lus import builtin_registry
 from jobqueue.storage.files import FileJobStore
@@ -57,7 +58,7 @@ def make_queue(tmp_path: Path) -> Iterator[MakeQueue]:
         core = build_core(
             store,
             registry,
-            max_jobs=max_jobs,
+            limits=Limits(jobs=max_jobs),
             kill_grace=1.0,
             processes=processes,
             logger=logging.getLogger("test.queue"),

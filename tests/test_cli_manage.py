@@ -66,6 +66,20 @@ def pending_daemon(luxi: FakeLuxi) -> JobTable:
     return table
 
 
+#: ``queue info``'s values from a daemon older than ``busy_workers``.
+OLDER_INFO: dict[str, Any] = {
+    "drain_flag": False,
+    "version": "0.0.9",
+    "live_jobs": 0,
+    "max_jobs": 50,
+    "max_running_jobs": 4,
+    "filters": 0,
+    "held_jobs": {"paused": 0, "rate_limited": 0, "scheduled": 0},
+    "role": "master",
+    "master": "host1 pid 7",
+}
+
+
 def older_daemon(values: dict[str, Any]) -> Any:
     """QueryConfigValues of a daemon that knows the fields of ``values`` alone."""
 
@@ -458,19 +472,7 @@ class TestQueue:
     def test_info_from_a_daemon_without_the_opcode_counts_keeps_its_busy_workers(
         self, luxi: FakeLuxi
     ) -> None:
-        values = {
-            "drain_flag": False,
-            "version": "0.2.0",
-            "live_jobs": 0,
-            "max_jobs": 50,
-            "max_running_jobs": 4,
-            "busy_workers": 3,
-            "filters": 0,
-            "held_jobs": {"paused": 0, "rate_limited": 0, "scheduled": 0},
-            "role": "master",
-            "master": "host1 pid 7",
-        }
-        luxi.answers["QueryConfigValues"] = older_daemon(values)
+        luxi.answers["QueryConfigValues"] = older_daemon({**OLDER_INFO, "busy_workers": 3})
         luxi.answers["Query"] = lambda what, fields, qfilter: {"fields": [], "data": []}
         result = run_jobctl(luxi.path, "queue", "info")
         assert (result.returncode, result.stderr) == (0, "")
@@ -478,19 +480,7 @@ class TestQueue:
         assert len(luxi.args_of("QueryConfigValues")) == 2  # asked again without the newest
 
     def test_info_from_a_daemon_without_busy_workers(self, luxi: FakeLuxi) -> None:
-        values = {
-            "drain_flag": False,
-            "version": "0.0.9",
-            "live_jobs": 0,
-            "max_jobs": 50,
-            "max_running_jobs": 4,
-            "filters": 0,
-            "held_jobs": {"paused": 0, "rate_limited": 0, "scheduled": 0},
-            "role": "master",
-            "master": "host1 pid 7",
-        }
-
-        luxi.answers["QueryConfigValues"] = older_daemon(values)
+        luxi.answers["QueryConfigValues"] = older_daemon(OLDER_INFO)
         luxi.answers["Query"] = lambda what, fields, qfilter: {"fields": [], "data": []}
         result = run_jobctl(luxi.path, "queue", "info")
         assert (result.returncode, result.stderr) == (0, "")

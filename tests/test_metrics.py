@@ -12,6 +12,7 @@ import pytest
 
 from jobqueue.daemon import Core, build_core, start_core
 from jobqueue.errors import JobQueueDrainError
+from jobqueue.livejobs import Limits
 from jobqueue.locking import LockManager
 from jobqueue.lus import builtin_registry
 from jobqueue.metrics import Counter, Gauge, Histogram, Metrics, QueueState
@@ -105,11 +106,9 @@ def test_export_reads_the_queue_state() -> None:
         workers=4,
         busy_workers=3,
         drained=True,
-        max_jobs=100,
+        limits=Limits(jobs=100, opcodes=500, opcode_bytes=4096),
         opcodes=12,
-        max_opcodes=500,
         opcode_bytes=3000,
-        max_opcode_bytes=4096,
         held={("paused", "u-1"): 2, ("scheduled", ""): 1},
         filter_rules=3,
     )

@@ -24,6 +24,7 @@ from jobqueue.errors import (
     JobQueueFull,
     OpPrereqError,
 )
+from jobqueue.livejobs import Limits
 from jobqueue.lus import builtin_registry, command, test
 from jobqueue.model import Job, Submitter
 from jobqueue.opcodes import (
@@ -87,9 +88,7 @@ def make_queue(tmp_path: Path, disk: FailJob) -> Iterator[Callable[..., JobQueue
         core = build_core(
             store,
             registry or builtin_registry(),
-            max_jobs=max_jobs,
-            max_opcodes=max_opcodes,
-            max_opcode_bytes=max_opcode_bytes,
+            limits=Limits(max_jobs, max_opcodes, max_opcode_bytes),
             clock=clock,
         )
         start_core(core, 1 if run else 0)  # unless asked, nothing runs: only submission is tested
